@@ -1,0 +1,271 @@
+//! Arithmetic modulo a word-sized integer: Barrett reduction of 128-bit values and Shoup
+//! multiplication by precomputed constants.
+
+/// Largest modulus supported by [`Modulus`]: values stay below 2^62 so that lazy sums of four
+/// residues never overflow a `u64`.
+pub const MAX_MODULUS_BITS: u32 = 62;
+
+/// A modulus `p` with `2 <= p < 2^62` and the constants for fast reduction modulo `p`.
+///
+/// `Modulus` is `Copy`, immutable and thread-safe.
+///
+/// ```
+/// use cipherml_he::math::Modulus;
+/// let p = Modulus::new(97).unwrap();
+/// assert_eq!(p.mul(50, 60), (50 * 60) % 97);
+/// assert_eq!(p.inv(3).map(|i| p.mul(i, 3)), Some(1));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Modulus {
+    p: u64,
+    /// floor(2^128 / p), high and low words.
+    mu_hi: u64,
+    mu_lo: u64,
+    bits: u32,
+}
+
+impl Modulus {
+    /// Returns `None` if `p < 2` or `p >= 2^62`.
+    pub const fn new(p: u64) -> Option<Self> {
+        if p < 2 || p >= (1u64 << MAX_MODULUS_BITS) {
+            return None;
+        }
+        // floor(2^128 / p) = floor((2^128 - 1) / p) unless p divides 2^128 (a power of two).
+        let mut mu = u128::MAX / p as u128;
+        if p.is_power_of_two() {
+            mu += 1;
+        }
+        Some(Self {
+            p,
+            mu_hi: (mu >> 64) as u64,
+            mu_lo: mu as u64,
+            bits: 64 - p.leading_zeros(),
+        })
+    }
+
+    /// The modulus value.
+    #[inline(always)]
+    pub const fn value(&self) -> u64 {
+        self.p
+    }
+
+    /// Bit length of the modulus.
+    #[inline(always)]
+    pub const fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// `x mod p` for any 128-bit `x`.
+    #[inline(always)]
+    pub fn reduce_u128(&self, x: u128) -> u64 {
+        let x1 = (x >> 64) as u64;
+        let x0 = x as u64;
+        // q ~ floor(x * mu / 2^128), dropping the lowest partial product (error <= 3).
+        let q = ((x1 as u128 * self.mu_hi as u128) as u64)
+            .wrapping_add(((x1 as u128 * self.mu_lo as u128) >> 64) as u64)
+            .wrapping_add(((x0 as u128 * self.mu_hi as u128) >> 64) as u64);
+        let mut r = x0.wrapping_sub(q.wrapping_mul(self.p));
+        while r >= self.p {
+            r -= self.p;
+        }
+        r
+    }
+
+    /// `x mod p` for a 64-bit `x`.
+    #[inline(always)]
+    pub fn reduce(&self, x: u64) -> u64 {
+        if x < self.p {
+            x
+        } else {
+            let q = ((x as u128 * self.mu_hi as u128) >> 64) as u64;
+            let mut r = x.wrapping_sub(q.wrapping_mul(self.p));
+            while r >= self.p {
+                r -= self.p;
+            }
+            r
+        }
+    }
+
+    /// Reduces a signed value into `[0, p)`.
+    #[inline(always)]
+    pub fn reduce_i64(&self, x: i64) -> u64 {
+        if x >= 0 {
+            self.reduce(x as u64)
+        } else {
+            let r = self.reduce(x.unsigned_abs());
+            if r == 0 {
+                0
+            } else {
+                self.p - r
+            }
+        }
+    }
+
+    /// The representative of `x` (in `[0, p)`) in `(-p/2, p/2]`.
+    #[inline(always)]
+    pub fn center(&self, x: u64) -> i64 {
+        if x > self.p / 2 {
+            x as i64 - self.p as i64
+        } else {
+            x as i64
+        }
+    }
+
+    /// `a + b mod p` for reduced inputs.
+    #[inline(always)]
+    pub fn add(&self, a: u64, b: u64) -> u64 {
+        let s = a + b;
+        if s >= self.p {
+            s - self.p
+        } else {
+            s
+        }
+    }
+
+    /// `a - b mod p` for reduced inputs.
+    #[inline(always)]
+    pub fn sub(&self, a: u64, b: u64) -> u64 {
+        if a >= b {
+            a - b
+        } else {
+            a + self.p - b
+        }
+    }
+
+    /// `-a mod p` for a reduced input.
+    #[inline(always)]
+    pub fn neg(&self, a: u64) -> u64 {
+        if a == 0 {
+            0
+        } else {
+            self.p - a
+        }
+    }
+
+    /// `a * b mod p` for inputs below 2^64.
+    #[inline(always)]
+    pub fn mul(&self, a: u64, b: u64) -> u64 {
+        self.reduce_u128(a as u128 * b as u128)
+    }
+
+    /// Precomputes the Shoup constant `floor(w * 2^64 / p)` of a reduced `w`.
+    #[inline(always)]
+    pub fn shoup(&self, w: u64) -> u64 {
+        debug_assert!(w < self.p);
+        (((w as u128) << 64) / self.p as u128) as u64
+    }
+
+    /// `a * w mod p` with `w_shoup = self.shoup(w)`, for `a < 2^64`.
+    #[inline(always)]
+    pub fn mul_shoup(&self, a: u64, w: u64, w_shoup: u64) -> u64 {
+        let q = ((a as u128 * w_shoup as u128) >> 64) as u64;
+        let r = a.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p));
+        if r >= self.p {
+            r - self.p
+        } else {
+            r
+        }
+    }
+
+    /// `a^e mod p`.
+    pub fn pow(&self, a: u64, mut e: u64) -> u64 {
+        let mut base = self.reduce(a);
+        let mut acc = 1 % self.p;
+        while e > 0 {
+            if e & 1 == 1 {
+                acc = self.mul(acc, base);
+            }
+            base = self.mul(base, base);
+            e >>= 1;
+        }
+        acc
+    }
+
+    /// The inverse of `a` modulo `p`, if `gcd(a, p) = 1`.
+    pub fn inv(&self, a: u64) -> Option<u64> {
+        // Extended Euclid on signed 128-bit values.
+        let (mut r0, mut r1) = (self.p as i128, self.reduce(a) as i128);
+        let (mut t0, mut t1) = (0i128, 1i128);
+        while r1 != 0 {
+            let q = r0 / r1;
+            (r0, r1) = (r1, r0 - q * r1);
+            (t0, t1) = (t1, t0 - q * t1);
+        }
+        if r0 != 1 {
+            return None;
+        }
+        Some(t0.rem_euclid(self.p as i128) as u64)
+    }
+
+    /// Draws a uniform value in `[0, p)` by rejection sampling.
+    #[inline]
+    pub fn random<R: rand::RngCore + ?Sized>(&self, rng: &mut R) -> u64 {
+        let mask = if self.bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.bits) - 1
+        };
+        loop {
+            let v = rng.next_u64() & mask;
+            if v < self.p {
+                return v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn moduli() -> impl Strategy<Value = u64> {
+        prop_oneof![2u64..1000, 2u64..(1u64 << 62), Just((1u64 << 62) - 57), Just(1u64 << 40)]
+    }
+
+    proptest! {
+        #[test]
+        fn reduce_u128_matches_reference(p in moduli(), x: u128) {
+            let m = Modulus::new(p).unwrap();
+            prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
+        }
+
+        #[test]
+        fn mul_and_shoup_match_reference(p in moduli(), a: u64, b: u64) {
+            let m = Modulus::new(p).unwrap();
+            let (a, b) = (a % p, b % p);
+            let expect = ((a as u128 * b as u128) % p as u128) as u64;
+            prop_assert_eq!(m.mul(a, b), expect);
+            prop_assert_eq!(m.mul_shoup(a, b, m.shoup(b)), expect);
+            prop_assert_eq!(m.add(a, b) as u128, (a as u128 + b as u128) % p as u128);
+            prop_assert_eq!(m.add(m.sub(a, b), b), a);
+            prop_assert_eq!(m.add(m.neg(a), a), 0);
+        }
+
+        #[test]
+        fn reduce_signed(p in moduli(), x: i64) {
+            let m = Modulus::new(p).unwrap();
+            prop_assert_eq!(m.reduce_i64(x) as i128, (x as i128).rem_euclid(p as i128));
+            let c = m.center(m.reduce_i64(x));
+            prop_assert!(c * 2 <= p as i64 && c * 2 > -(p as i64));
+            prop_assert_eq!(m.reduce_i64(c), m.reduce_i64(x));
+        }
+
+        #[test]
+        fn inverse_and_pow(p in moduli(), a: u64) {
+            let m = Modulus::new(p).unwrap();
+            if let Some(i) = m.inv(a) {
+                prop_assert_eq!(m.mul(i, a % p), 1 % p);
+            }
+            prop_assert_eq!(m.pow(a, 3), m.mul(m.mul(a % p, a % p), a % p));
+        }
+    }
+
+    #[test]
+    fn rejects_out_of_range() {
+        assert!(Modulus::new(0).is_none());
+        assert!(Modulus::new(1).is_none());
+        assert!(Modulus::new(1 << 62).is_none());
+        assert!(Modulus::new((1 << 62) - 1).is_some());
+    }
+}

@@ -1,0 +1,414 @@
+//! Residue number system bases: CRT constants and fast base conversion between bases.
+
+use std::sync::Arc;
+
+use super::modulus::Modulus;
+use super::ntt::NttOperator;
+
+/// One RNS prime with its NTT operator. Shared (`Arc`) between the bases that contain it.
+#[derive(Debug)]
+pub struct Prime {
+    /// The prime and its reduction constants.
+    pub modulus: Modulus,
+    /// The negacyclic NTT modulo this prime.
+    pub ntt: NttOperator,
+}
+
+impl Prime {
+    /// Builds the prime and its NTT plan; `None` if `p` is not an NTT-friendly prime for `n`.
+    pub fn new(p: u64, n: usize) -> Option<Arc<Self>> {
+        let modulus = Modulus::new(p)?;
+        let ntt = NttOperator::new(modulus, n)?;
+        Some(Arc::new(Self { modulus, ntt }))
+    }
+}
+
+/// An ordered RNS basis `q_0, ..., q_{k-1}` with its CRT constants.
+#[derive(Debug, Clone)]
+pub struct RnsBasis {
+    primes: Vec<Arc<Prime>>,
+    /// `(Q/q_i)^-1 mod q_i` and its Shoup constant.
+    q_hat_inv: Vec<(u64, u64)>,
+    /// `1/q_i` as a float, for the quotient estimate of exact conversions.
+    inv_q: Vec<f64>,
+    log2_q: f64,
+}
+
+impl RnsBasis {
+    /// Builds a basis from distinct primes of the same degree.
+    pub fn new(primes: Vec<Arc<Prime>>) -> Self {
+        let q_hat_inv = primes
+            .iter()
+            .enumerate()
+            .map(|(i, pi)| {
+                let m = pi.modulus;
+                let mut prod = 1u64;
+                for (j, pj) in primes.iter().enumerate() {
+                    if i != j {
+                        prod = m.mul(prod, m.reduce(pj.modulus.value()));
+                    }
+                }
+                let inv = m.inv(prod).expect("RNS primes must be distinct");
+                (inv, m.shoup(inv))
+            })
+            .collect();
+        let inv_q = primes
+            .iter()
+            .map(|p| 1.0 / p.modulus.value() as f64)
+            .collect();
+        let log2_q = primes
+            .iter()
+            .map(|p| (p.modulus.value() as f64).log2())
+            .sum();
+        Self {
+            primes,
+            q_hat_inv,
+            inv_q,
+            log2_q,
+        }
+    }
+
+    /// The primes.
+    #[inline]
+    pub fn primes(&self) -> &[Arc<Prime>] {
+        &self.primes
+    }
+
+    /// The number of primes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.primes.len()
+    }
+
+    /// Whether the basis is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.primes.is_empty()
+    }
+
+    /// The `i`-th modulus.
+    #[inline]
+    pub fn modulus(&self, i: usize) -> &Modulus {
+        &self.primes[i].modulus
+    }
+
+    /// `log2` of the product of the primes.
+    pub fn log2_product(&self) -> f64 {
+        self.log2_q
+    }
+
+    /// The product of the primes modulo `m`.
+    pub fn product_mod(&self, m: &Modulus) -> u64 {
+        self.primes
+            .iter()
+            .fold(1 % m.value(), |acc, p| m.mul(acc, m.reduce(p.modulus.value())))
+    }
+
+    /// The sub-basis of the primes in `range`.
+    pub fn sub_basis(&self, range: std::ops::Range<usize>) -> RnsBasis {
+        RnsBasis::new(self.primes[range].to_vec())
+    }
+
+    /// The concatenation of two bases.
+    pub fn concat(&self, other: &RnsBasis) -> RnsBasis {
+        let mut v = self.primes.clone();
+        v.extend(other.primes.iter().cloned());
+        RnsBasis::new(v)
+    }
+
+    /// Mixed-radix (Garner) digits of the residues `x`: `x = v_0 + v_1 q_0 + v_2 q_0 q_1 + ...`.
+    pub fn mixed_radix(&self, x: &[u64]) -> Vec<u64> {
+        let k = self.len();
+        let mut v = vec![0u64; k];
+        for i in 0..k {
+            let m = self.modulus(i);
+            // (x_i - (v_0 + v_1 q_0 + ...)) / (q_0 ... q_{i-1}) mod q_i
+            let mut acc = m.reduce(x[i]);
+            let mut prod = 1u64;
+            for j in 0..i {
+                let t = m.mul(m.reduce(v[j]), prod);
+                acc = m.sub(acc, t);
+                prod = m.mul(prod, m.reduce(self.modulus(j).value()));
+            }
+            v[i] = m.mul(acc, m.inv(prod).expect("distinct primes"));
+        }
+        v
+    }
+
+    /// `log2 |x|` of the centered value with residues `x` (`None` if it is zero); exact to
+    /// about 2^-40 relative precision, without big integers.
+    pub fn log2_abs_centered(&self, x: &[u64]) -> Option<f64> {
+        let k = self.len();
+        let mut v = self.mixed_radix(x);
+        // Is x > Q/2? Compare digits against those of floor(Q/2) from the top; Q is odd, so
+        // x > Q/2 iff 2x > Q iff x >= (Q+1)/2.
+        let half: Vec<u64> = {
+            // Digits of (Q-1)/2: halve the digits of Q-1 = sum (q_i - 1) * prod_{j<i} q_j.
+            let mut d: Vec<u64> = (0..k).map(|i| self.modulus(i).value() - 1).collect();
+            let mut carry = 0u128; // remainder carried downward, in units of the next radix
+            for i in (0..k).rev() {
+                let cur = d[i] as u128 + carry * self.modulus(i).value() as u128;
+                d[i] = (cur / 2) as u64;
+                carry = cur % 2;
+            }
+            d
+        };
+        let mut greater = false;
+        for i in (0..k).rev() {
+            if v[i] != half[i] {
+                greater = v[i] > half[i];
+                break;
+            }
+        }
+        if greater {
+            // Q - x: digits of (Q - 1 - x) plus one.
+            for i in 0..k {
+                v[i] = self.modulus(i).value() - 1 - v[i];
+            }
+            let mut i = 0;
+            loop {
+                if i == k {
+                    break;
+                }
+                v[i] += 1;
+                if v[i] == self.modulus(i).value() {
+                    v[i] = 0;
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        let top = (0..k).rev().find(|&i| v[i] != 0)?;
+        let mut mant = v[top] as f64;
+        let mut log_base: f64 = (0..top)
+            .map(|j| (self.modulus(j).value() as f64).log2())
+            .sum();
+        if top > 0 {
+            let below = self.modulus(top - 1).value() as f64;
+            mant += v[top - 1] as f64 / below;
+            if top > 1 {
+                mant += v[top - 2] as f64 / below / self.modulus(top - 2).value() as f64;
+            }
+        }
+        log_base += mant.log2();
+        Some(log_base)
+    }
+}
+
+/// Converts residues from a basis `Q` to a basis `P`.
+///
+/// Fast (approximate) conversion returns `x + u Q` for some `0 <= u < k`; exact conversion
+/// returns the centered representative of `x` in `(-Q/2, Q/2]` (up to a rounding error of
+/// probability about 2^-50 per coefficient, when `x/Q` is within 2^-50 of one half).
+#[derive(Debug, Clone)]
+pub struct BaseConverter {
+    from: RnsBasis,
+    to: RnsBasis,
+    /// `[j][i] = (Q/q_i) mod p_j`.
+    q_hat_mod_p: Vec<Vec<u64>>,
+    /// `[j] = Q mod p_j`.
+    q_mod_p: Vec<u64>,
+}
+
+impl BaseConverter {
+    /// Precomputes the constants for `from -> to`.
+    pub fn new(from: &RnsBasis, to: &RnsBasis) -> Self {
+        let q_hat_mod_p = to
+            .primes()
+            .iter()
+            .map(|pj| {
+                let m = pj.modulus;
+                (0..from.len())
+                    .map(|i| {
+                        let mut prod = 1u64;
+                        for (l, ql) in from.primes().iter().enumerate() {
+                            if l != i {
+                                prod = m.mul(prod, m.reduce(ql.modulus.value()));
+                            }
+                        }
+                        prod
+                    })
+                    .collect()
+            })
+            .collect();
+        let q_mod_p = to.primes().iter().map(|p| from.product_mod(&p.modulus)).collect();
+        Self {
+            from: from.clone(),
+            to: to.clone(),
+            q_hat_mod_p,
+            q_mod_p,
+        }
+    }
+
+    /// The source basis.
+    pub fn from_basis(&self) -> &RnsBasis {
+        &self.from
+    }
+
+    /// The target basis.
+    pub fn to_basis(&self) -> &RnsBasis {
+        &self.to
+    }
+
+    /// Converts `input` (`k` limbs of `n` coefficients, limb-major) into `output` (`m` limbs).
+    /// With `exact`, the result is the centered representative.
+    pub fn convert(&self, input: &[u64], output: &mut [u64], n: usize, exact: bool) {
+        let k = self.from.len();
+        let m = self.to.len();
+        debug_assert_eq!(input.len(), k * n);
+        debug_assert_eq!(output.len(), m * n);
+        let mut y = vec![0u64; k];
+        for c in 0..n {
+            let mut v = 0f64;
+            for i in 0..k {
+                let qi = self.from.modulus(i);
+                let (w, ws) = self.from.q_hat_inv[i];
+                y[i] = qi.mul_shoup(input[i * n + c], w, ws);
+                if exact {
+                    v += y[i] as f64 * self.from.inv_q[i];
+                }
+            }
+            let v = if exact { v.round() as u64 } else { 0 };
+            for j in 0..m {
+                let pj = self.to.modulus(j);
+                let row = &self.q_hat_mod_p[j];
+                let mut acc: u128 = 0;
+                for i in 0..k {
+                    acc += y[i] as u128 * row[i] as u128;
+                }
+                let mut r = pj.reduce_u128(acc);
+                if v != 0 {
+                    r = pj.sub(r, pj.mul(pj.reduce(v), self.q_mod_p[j]));
+                }
+                output[j * n + c] = r;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::primes::ntt_primes;
+    use num_bigint::{BigInt, BigUint};
+    use num_traits::{Signed, ToPrimitive, Zero};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    fn basis(bits: &[u32], n: usize, exclude: &mut Vec<u64>) -> RnsBasis {
+        let mut primes = Vec::new();
+        for &b in bits {
+            let p = ntt_primes(b, n, 1, exclude).unwrap()[0];
+            exclude.push(p);
+            primes.push(Prime::new(p, n).unwrap());
+        }
+        RnsBasis::new(primes)
+    }
+
+    fn product(b: &RnsBasis) -> BigUint {
+        b.primes()
+            .iter()
+            .fold(BigUint::from(1u32), |acc, p| acc * p.modulus.value())
+    }
+
+    fn crt(b: &RnsBasis, x: &[u64]) -> BigUint {
+        let q = product(b);
+        let mut acc = BigUint::zero();
+        for (i, p) in b.primes().iter().enumerate() {
+            let qi = p.modulus.value();
+            let qhat = &q / qi;
+            let inv = b.q_hat_inv[i].0;
+            acc += BigUint::from(x[i]) * inv % qi * qhat;
+        }
+        acc % q
+    }
+
+    fn residues(b: &RnsBasis, v: &BigInt) -> Vec<u64> {
+        b.primes()
+            .iter()
+            .map(|p| {
+                let m = BigInt::from(p.modulus.value());
+                (((v % &m) + &m) % &m).to_u64().unwrap()
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn crt_round_trip_and_mixed_radix(seed: u64) {
+            let mut ex = Vec::new();
+            let b = basis(&[40, 45, 50, 30], 16, &mut ex);
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let x: Vec<u64> = (0..b.len()).map(|i| rng.random_range(0..b.modulus(i).value())).collect();
+            let big = crt(&b, &x);
+            prop_assert_eq!(residues(&b, &BigInt::from(big.clone())), x.clone());
+            // mixed radix digits reconstruct the same value
+            let v = b.mixed_radix(&x);
+            let mut acc = BigUint::zero();
+            let mut radix = BigUint::from(1u32);
+            for (i, d) in v.iter().enumerate() {
+                acc += &radix * *d;
+                radix *= b.modulus(i).value();
+            }
+            prop_assert_eq!(&acc, &big);
+            // centered magnitude
+            let q = product(&b);
+            let centered = if &big * 2u32 > q { BigInt::from(big) - BigInt::from(q) } else { BigInt::from(big) };
+            let expect = centered.abs().to_f64().unwrap().log2();
+            let got = b.log2_abs_centered(&x).unwrap();
+            prop_assert!((got - expect).abs() < 1e-9, "{} vs {}", got, expect);
+        }
+
+        #[test]
+        fn base_conversion_matches_bigint(seed: u64) {
+            let n = 16;
+            let mut ex = Vec::new();
+            let from = basis(&[44, 44, 43], n, &mut ex);
+            let to = basis(&[50, 50, 50, 49], n, &mut ex);
+            let conv = BaseConverter::new(&from, &to);
+            let q = BigInt::from(product(&from));
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let values: Vec<BigInt> = (0..n).map(|_| {
+                let r: u128 = rng.random();
+                let v = BigInt::from(r) * BigInt::from(rng.random::<u64>()) % &q;
+                v - &q / 2
+            }).collect();
+            let mut input = vec![0u64; from.len() * n];
+            for (c, v) in values.iter().enumerate() {
+                for (i, r) in residues(&from, v).into_iter().enumerate() {
+                    input[i * n + c] = r;
+                }
+            }
+            let mut exact = vec![0u64; to.len() * n];
+            conv.convert(&input, &mut exact, n, true);
+            let mut fast = vec![0u64; to.len() * n];
+            conv.convert(&input, &mut fast, n, false);
+            for (c, v) in values.iter().enumerate() {
+                let want = residues(&to, v);
+                for j in 0..to.len() {
+                    prop_assert_eq!(exact[j * n + c], want[j]);
+                }
+                // fast conversion is off by a multiple u*Q with 0 <= u < k
+                let ok = (0..from.len() as i64 + 1).any(|u| {
+                    let cand = residues(&to, &(v + &q * u));
+                    (0..to.len()).all(|j| fast[j * n + c] == cand[j])
+                });
+                prop_assert!(ok);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_has_no_log() {
+        let mut ex = Vec::new();
+        let b = basis(&[40, 41], 16, &mut ex);
+        assert!(b.log2_abs_centered(&[0, 0]).is_none());
+        let m1: Vec<u64> = (0..2).map(|i| b.modulus(i).value() - 1).collect();
+        assert!(b.log2_abs_centered(&m1).unwrap().abs() < 1e-12);
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let _ = rng.random::<u8>();
+    }
+}
