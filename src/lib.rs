@@ -1,1 +1,10 @@
-//! placeholder
+//! # cipherml
+//!
+//! Machine learning on encrypted data. This crate ties together the HE layer
+//! ([`cipherml_he`], re-exported as [`he`]) and the two-party layer ([`cipherml_mpc`],
+//! re-exported as [`mpc`]).
+
+pub use cipherml_he as he;
+pub use cipherml_mpc as mpc;
+
+pub mod bench;

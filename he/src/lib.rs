@@ -31,5 +31,6 @@ pub mod bfv;
 pub mod error;
 pub mod math;
 pub mod rlwe;
+pub mod serialize;
 
 pub use error::{DecodeError, Error, Result};

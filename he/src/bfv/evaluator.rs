@@ -243,22 +243,29 @@ impl Evaluator {
     fn scale_down(&self, lv: &BfvLevel, x: &Poly<Coeff>, k: usize) -> Poly<Coeff> {
         let n = self.params.degree();
         let m = lv.qr.len() - k;
-        let r = &lv.qr.primes()[k..];
+        let r: Vec<_> = lv.qr.primes()[k..].iter().map(|p| p.modulus).collect();
         let mut y = vec![0u64; m * n];
         let xd = x.data();
-        for c in 0..n {
-            let mut frac: u128 = 0;
-            for i in 0..k {
-                frac += xd[i * n + c] as u128 * lv.lambda[i] as u128;
+        let lambda = &lv.lambda[..k];
+        let mut rnd = vec![0u64; n];
+        for (c, out) in rnd.iter_mut().enumerate() {
+            let mut frac: u128 = 1u128 << 63;
+            for (i, &l) in lambda.iter().enumerate() {
+                frac += xd[i * n + c] as u128 * l as u128;
             }
-            let rnd = ((frac + (1u128 << 63)) >> 64) as u128;
-            for j in 0..m {
-                let row = &lv.omega[j];
-                let mut acc = rnd + xd[(k + j) * n + c] as u128 * lv.t_qinv_r[j] as u128;
-                for i in 0..k {
-                    acc += xd[i * n + c] as u128 * row[i] as u128;
+            *out = (frac >> 64) as u64;
+        }
+        for j in 0..m {
+            let row = &lv.omega[j][..k];
+            let tq = lv.t_qinv_r[j] as u128;
+            let own = &xd[(k + j) * n..(k + j + 1) * n];
+            let out = &mut y[j * n..(j + 1) * n];
+            for c in 0..n {
+                let mut acc = rnd[c] as u128 + own[c] as u128 * tq;
+                for (i, &w) in row.iter().enumerate() {
+                    acc += xd[i * n + c] as u128 * w as u128;
                 }
-                y[j * n + c] = r[j].modulus.reduce_u128(acc);
+                out[c] = r[j].reduce_u128(acc);
             }
         }
         let mut out = vec![0u64; k * n];

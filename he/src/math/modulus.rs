@@ -21,6 +21,8 @@ pub struct Modulus {
     /// floor(2^128 / p), high and low words.
     mu_hi: u64,
     mu_lo: u64,
+    /// floor(2^(2 bits) / p).
+    mu_small: u64,
     bits: u32,
 }
 
@@ -35,11 +37,13 @@ impl Modulus {
         if p.is_power_of_two() {
             mu += 1;
         }
+        let bits = 64 - p.leading_zeros();
         Some(Self {
             p,
             mu_hi: (mu >> 64) as u64,
             mu_lo: mu as u64,
-            bits: 64 - p.leading_zeros(),
+            mu_small: ((1u128 << (2 * bits)) / p as u128) as u64,
+            bits,
         })
     }
 
@@ -60,15 +64,19 @@ impl Modulus {
     pub fn reduce_u128(&self, x: u128) -> u64 {
         let x1 = (x >> 64) as u64;
         let x0 = x as u64;
-        // q ~ floor(x * mu / 2^128), dropping the lowest partial product (error <= 3).
-        let q = ((x1 as u128 * self.mu_hi as u128) as u64)
-            .wrapping_add(((x1 as u128 * self.mu_lo as u128) >> 64) as u64)
-            .wrapping_add(((x0 as u128 * self.mu_hi as u128) >> 64) as u64);
-        let mut r = x0.wrapping_sub(q.wrapping_mul(self.p));
-        while r >= self.p {
-            r -= self.p;
+        // q = floor(x * mu / 2^128) mod 2^64, exactly (the carry out of the middle sum only
+        // affects bits of q above 64, which cancel in x - q p).
+        let mid = (x1 as u128 * self.mu_lo as u128)
+            .wrapping_add(x0 as u128 * self.mu_hi as u128)
+            .wrapping_add((x0 as u128 * self.mu_lo as u128) >> 64);
+        let q = ((x1 as u128 * self.mu_hi as u128) as u64).wrapping_add((mid >> 64) as u64);
+        // floor(x mu / 2^128) >= floor(x / p) - 1, so r < 2p.
+        let r = x0.wrapping_sub(q.wrapping_mul(self.p));
+        if r >= self.p {
+            r - self.p
+        } else {
+            r
         }
-        r
     }
 
     /// `x mod p` for a 64-bit `x`.
@@ -140,6 +148,21 @@ impl Modulus {
         } else {
             self.p - a
         }
+    }
+
+    /// `a * b mod p` for reduced inputs (`a, b < p`): one Barrett step on `a b < p^2`.
+    #[inline(always)]
+    pub fn mul_reduced(&self, a: u64, b: u64) -> u64 {
+        debug_assert!(a < self.p && b < self.p);
+        let x = a as u128 * b as u128;
+        // x < 2^(2 bits): (x >> (bits - 1)) < 2^(bits + 1) and mu_small < 2^(bits + 1).
+        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_small as u128)
+            >> (self.bits + 1)) as u64;
+        let mut r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
+        while r >= self.p {
+            r -= self.p;
+        }
+        r
     }
 
     /// `a * b mod p` for inputs below 2^64.
@@ -236,6 +259,7 @@ mod tests {
             let (a, b) = (a % p, b % p);
             let expect = ((a as u128 * b as u128) % p as u128) as u64;
             prop_assert_eq!(m.mul(a, b), expect);
+            prop_assert_eq!(m.mul_reduced(a, b), expect);
             prop_assert_eq!(m.mul_shoup(a, b, m.shoup(b)), expect);
             prop_assert_eq!(m.add(a, b) as u128, (a as u128 + b as u128) % p as u128);
             prop_assert_eq!(m.add(m.sub(a, b), b), a);

@@ -246,7 +246,7 @@ impl Poly<Ntt> {
         for ((a, b), p) in self.limbs_mut().zip(other.limbs()).zip(basis.primes()) {
             let m = &p.modulus;
             for (x, &y) in a.iter_mut().zip(b) {
-                *x = m.mul(*x, y);
+                *x = m.mul_reduced(*x, y);
             }
         }
     }

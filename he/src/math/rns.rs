@@ -205,11 +205,16 @@ impl RnsBasis {
 pub struct BaseConverter {
     from: RnsBasis,
     to: RnsBasis,
+    from_mod: Vec<Modulus>,
+    to_mod: Vec<Modulus>,
     /// `[j][i] = (Q/q_i) mod p_j`.
     q_hat_mod_p: Vec<Vec<u64>>,
-    /// `[j] = Q mod p_j`.
-    q_mod_p: Vec<u64>,
+    /// `[j] = -Q mod p_j`.
+    neg_q_mod_p: Vec<u64>,
 }
+
+/// Coefficients processed per block, so that the intermediate values stay in L1 cache.
+const BLOCK: usize = 64;
 
 impl BaseConverter {
     /// Precomputes the constants for `from -> to`.
@@ -232,12 +237,18 @@ impl BaseConverter {
                     .collect()
             })
             .collect();
-        let q_mod_p = to.primes().iter().map(|p| from.product_mod(&p.modulus)).collect();
+        let neg_q_mod_p = to
+            .primes()
+            .iter()
+            .map(|p| p.modulus.neg(from.product_mod(&p.modulus)))
+            .collect();
         Self {
             from: from.clone(),
             to: to.clone(),
+            from_mod: from.primes().iter().map(|p| p.modulus).collect(),
+            to_mod: to.primes().iter().map(|p| p.modulus).collect(),
             q_hat_mod_p,
-            q_mod_p,
+            neg_q_mod_p,
         }
     }
 
@@ -254,34 +265,53 @@ impl BaseConverter {
     /// Converts `input` (`k` limbs of `n` coefficients, limb-major) into `output` (`m` limbs).
     /// With `exact`, the result is the centered representative.
     pub fn convert(&self, input: &[u64], output: &mut [u64], n: usize, exact: bool) {
-        let k = self.from.len();
-        let m = self.to.len();
-        debug_assert_eq!(input.len(), k * n);
-        debug_assert_eq!(output.len(), m * n);
-        let mut y = vec![0u64; k];
-        for c in 0..n {
-            let mut v = 0f64;
-            for i in 0..k {
-                let qi = self.from.modulus(i);
-                let (w, ws) = self.from.q_hat_inv[i];
-                y[i] = qi.mul_shoup(input[i * n + c], w, ws);
-                if exact {
-                    v += y[i] as f64 * self.from.inv_q[i];
+        let k = self.from_mod.len();
+        let m = self.to_mod.len();
+        assert_eq!(input.len(), k * n);
+        assert_eq!(output.len(), m * n);
+        if k == 1 && !exact {
+            // A single prime: the residue itself is the (non-centered) lift.
+            for (j, pj) in self.to_mod.iter().enumerate() {
+                for (o, &x) in output[j * n..(j + 1) * n].iter_mut().zip(input) {
+                    *o = pj.reduce(x);
                 }
             }
-            let v = if exact { v.round() as u64 } else { 0 };
+            return;
+        }
+        let mut y = [0u64; BLOCK * 64];
+        let y = &mut y[..k * BLOCK];
+        let mut v = [0u64; BLOCK];
+        for start in (0..n).step_by(BLOCK) {
+            let len = BLOCK.min(n - start);
+            for i in 0..k {
+                let qi = &self.from_mod[i];
+                let (w, ws) = self.from.q_hat_inv[i];
+                let src = &input[i * n + start..i * n + start + len];
+                for (yc, &x) in y[i * BLOCK..i * BLOCK + len].iter_mut().zip(src) {
+                    *yc = qi.mul_shoup(x, w, ws);
+                }
+            }
+            if exact {
+                for c in 0..len {
+                    let mut s = 0.5f64;
+                    for i in 0..k {
+                        s += y[i * BLOCK + c] as f64 * self.from.inv_q[i];
+                    }
+                    v[c] = s as u64;
+                }
+            }
             for j in 0..m {
-                let pj = self.to.modulus(j);
-                let row = &self.q_hat_mod_p[j];
-                let mut acc: u128 = 0;
-                for i in 0..k {
-                    acc += y[i] as u128 * row[i] as u128;
+                let pj = &self.to_mod[j];
+                let row = &self.q_hat_mod_p[j][..k];
+                let negq = self.neg_q_mod_p[j] as u128;
+                let out = &mut output[j * n + start..j * n + start + len];
+                for (c, o) in out.iter_mut().enumerate() {
+                    let mut acc: u128 = if exact { v[c] as u128 * negq } else { 0 };
+                    for (i, &w) in row.iter().enumerate() {
+                        acc += y[i * BLOCK + c] as u128 * w as u128;
+                    }
+                    *o = pj.reduce_u128(acc);
                 }
-                let mut r = pj.reduce_u128(acc);
-                if v != 0 {
-                    r = pj.sub(r, pj.mul(pj.reduce(v), self.q_mod_p[j]));
-                }
-                output[j * n + c] = r;
             }
         }
     }

@@ -1,0 +1,548 @@
+//! The versioned, bounded, bit-packed wire format of cipherml-he.
+//!
+//! Every object starts with a 16-byte header: the magic `CMHE`, a format version, an object
+//! kind, two reserved zero bytes, and the 64-bit id of the parameters it belongs to.
+//! Coefficients are bit-packed to the width of their modulus, and uniform polynomials that
+//! come from a seed are sent as the 32-byte seed. Decoding treats its input as hostile: it
+//! checks the header, then the exact length implied by the parameters before allocating,
+//! then that every coefficient is reduced; it returns a [`DecodeError`] and never panics.
+//!
+//! ```
+//! use cipherml_he::bfv::*;
+//! use cipherml_he::rlwe::SecretKey;
+//! use std::sync::Arc;
+//! let params = BfvParameters::new(&BfvParametersLiteral::n4096()).unwrap();
+//! let mut rng = rand::rng();
+//! let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+//! let dec = Decryptor::new(&params, sk).unwrap();
+//! let pt = Encoder::new(&params).encode_u64(&[7, 8, 9]).unwrap();
+//! let ct = dec.encrypt_symmetric(&pt, &mut rng).unwrap();
+//! let bytes = ct.to_bytes(&params);
+//! let back = Ciphertext::from_bytes(&params, &bytes).unwrap();
+//! assert_eq!(back, ct);
+//! assert!(Ciphertext::from_bytes(&params, &bytes[..bytes.len() - 1]).is_err());
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use zeroize::Zeroize;
+
+use crate::bfv::{BfvParameters, BfvParametersLiteral, Ciphertext, Plaintext};
+use crate::error::{DecodeError, Result};
+use crate::math::sampler::{uniform_from_seed, Seed};
+use crate::math::{Ntt, Poly, RnsBasis};
+use crate::rlwe::keys::KeySwitchKey;
+use crate::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
+
+/// Magic bytes of every object.
+pub const MAGIC: [u8; 4] = *b"CMHE";
+/// Current format version.
+pub const VERSION: u8 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 16;
+
+/// Object kinds of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A BFV parameter literal.
+    BfvParameters = 1,
+    /// A BFV ciphertext.
+    BfvCiphertext = 2,
+    /// A BFV plaintext.
+    BfvPlaintext = 3,
+    /// A public key.
+    PublicKey = 4,
+    /// A relinearization key.
+    RelinKey = 5,
+    /// A set of Galois keys.
+    GaloisKeys = 6,
+    /// A secret key (for the key owner's own storage only).
+    SecretKey = 7,
+}
+
+fn header(kind: Kind, id: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER_LEN);
+    v.extend_from_slice(&MAGIC);
+    v.push(VERSION);
+    v.push(kind as u8);
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&id.to_le_bytes());
+    v
+}
+
+/// Reads and checks a header; returns the body.
+fn check_header(bytes: &[u8], kind: Kind, id: Option<u64>) -> std::result::Result<&[u8], DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN,
+            available: bytes.len(),
+        });
+    }
+    let magic: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic { found: magic });
+    }
+    if bytes[4] != VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: bytes[4],
+            supported: VERSION,
+        });
+    }
+    if bytes[5] != kind as u8 {
+        return Err(DecodeError::WrongKind {
+            found: bytes[5],
+            expected: kind as u8,
+        });
+    }
+    if bytes[6] != 0 || bytes[7] != 0 {
+        return Err(DecodeError::Invalid {
+            what: "reserved header bytes",
+            value: u16::from_le_bytes([bytes[6], bytes[7]]) as u64,
+        });
+    }
+    let found = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if let Some(expected) = id {
+        if found != expected {
+            return Err(DecodeError::WrongParameters { expected, found });
+        }
+    }
+    Ok(&bytes[HEADER_LEN..])
+}
+
+/// A bounds-checked reader over untrusted bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    fn take(&mut self, len: usize) -> std::result::Result<&'a [u8], DecodeError> {
+        let available = self.bytes.len() - self.pos;
+        if len > available {
+            return Err(DecodeError::Truncated {
+                needed: len,
+                available,
+            });
+        }
+        let s = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> std::result::Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn finish(&self) -> std::result::Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(DecodeError::TrailingBytes { extra }),
+        }
+    }
+}
+
+/// Bytes of `n` values of `width` bits.
+fn packed_len(n: usize, width: u32) -> usize {
+    (n * width as usize).div_ceil(8)
+}
+
+/// Bytes of a polynomial over `basis`.
+fn poly_len(n: usize, basis: &RnsBasis) -> usize {
+    basis
+        .primes()
+        .iter()
+        .map(|p| packed_len(n, p.modulus.bits()))
+        .sum()
+}
+
+fn pack_values(out: &mut Vec<u8>, values: &[u64], width: u32) {
+    let mut acc: u128 = 0;
+    let mut nbits = 0u32;
+    for &v in values {
+        acc |= (v as u128) << nbits;
+        nbits += width;
+        while nbits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            nbits -= 8;
+        }
+    }
+    if nbits > 0 {
+        out.push(acc as u8);
+    }
+}
+
+fn unpack_values(
+    bytes: &[u8],
+    n: usize,
+    width: u32,
+    modulus: u64,
+) -> std::result::Result<Vec<u64>, DecodeError> {
+    debug_assert_eq!(bytes.len(), packed_len(n, width));
+    let mask = if width == 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut acc: u128 = 0;
+    let mut nbits = 0u32;
+    let mut it = bytes.iter();
+    for _ in 0..n {
+        while nbits < width {
+            acc |= (*it.next().expect("length checked") as u128) << nbits;
+            nbits += 8;
+        }
+        let v = (acc as u64) & mask;
+        acc >>= width;
+        nbits -= width;
+        if v >= modulus {
+            return Err(DecodeError::CoefficientOutOfRange { value: v, modulus });
+        }
+        out.push(v);
+    }
+    // Padding bits of the last byte must be zero (canonical encoding).
+    if acc != 0 {
+        return Err(DecodeError::Invalid {
+            what: "padding bits",
+            value: acc as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn pack_poly(out: &mut Vec<u8>, p: &Poly<Ntt>, basis: &RnsBasis) {
+    for (limb, pr) in p.limbs().zip(basis.primes()) {
+        pack_values(out, limb, pr.modulus.bits());
+    }
+}
+
+fn unpack_poly(
+    r: &mut Reader<'_>,
+    n: usize,
+    basis: &RnsBasis,
+) -> std::result::Result<Poly<Ntt>, DecodeError> {
+    let mut data = Vec::with_capacity(n * basis.len());
+    for pr in basis.primes() {
+        let w = pr.modulus.bits();
+        let bytes = r.take(packed_len(n, w))?;
+        data.extend(unpack_values(bytes, n, w, pr.modulus.value())?);
+    }
+    Ok(Poly::from_data(n, data))
+}
+
+fn expect_len(body: &[u8], expected: usize) -> std::result::Result<(), DecodeError> {
+    if body.len() < expected {
+        Err(DecodeError::Truncated {
+            needed: expected,
+            available: body.len(),
+        })
+    } else if body.len() > expected {
+        Err(DecodeError::TrailingBytes {
+            extra: body.len() - expected,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl BfvParametersLiteral {
+    /// The parameter literal with a wire header (id 0: the literal defines the id).
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut v = header(Kind::BfvParameters, 0);
+        v.extend(self.to_bytes());
+        v
+    }
+
+    /// Decodes [`Self::to_wire`] output (bounded to 4 KiB of body).
+    pub fn from_wire(bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::BfvParameters, None)?;
+        Self::from_bytes(body)
+    }
+}
+
+const FLAG_SEEDED: u8 = 1;
+
+impl Ciphertext {
+    /// Serializes: header, level, number of polynomials, flags, then the bit-packed
+    /// polynomials (for a seeded ciphertext: the first polynomial and the 32-byte seed).
+    pub fn to_bytes(&self, params: &BfvParameters) -> Vec<u8> {
+        let q = params.context().q_at(self.level);
+        let mut v = header(Kind::BfvCiphertext, self.params_id);
+        v.push(self.level as u8);
+        v.push(self.polys.len() as u8);
+        match &self.seed {
+            Some(seed) => {
+                v.push(FLAG_SEEDED);
+                pack_poly(&mut v, &self.polys[0], q);
+                v.extend_from_slice(seed);
+            }
+            None => {
+                v.push(0);
+                for p in &self.polys {
+                    pack_poly(&mut v, p, q);
+                }
+            }
+        }
+        v
+    }
+
+    /// Decodes untrusted bytes against `params`.
+    pub fn from_bytes(params: &Arc<BfvParameters>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::BfvCiphertext, Some(params.id()))?;
+        let mut r = Reader::new(body);
+        let level = r.u8()? as usize;
+        let count = r.u8()? as usize;
+        let flags = r.u8()?;
+        let max = params.max_level();
+        if level > max {
+            return Err(DecodeError::TooLarge {
+                what: "level",
+                value: level as u64,
+                max: max as u64,
+            }
+            .into());
+        }
+        if !(2..=3).contains(&count) {
+            return Err(DecodeError::Invalid {
+                what: "polynomial count",
+                value: count as u64,
+            }
+            .into());
+        }
+        let n = params.degree();
+        let q = params.context().q_at(level);
+        let plen = poly_len(n, q);
+        let seeded = match flags {
+            0 => false,
+            FLAG_SEEDED if count == 2 && level == max => true,
+            f => {
+                return Err(DecodeError::Invalid {
+                    what: "ciphertext flags",
+                    value: f as u64,
+                }
+                .into())
+            }
+        };
+        let expected = if seeded { plen + 32 } else { count * plen };
+        expect_len(&body[3..], expected)?;
+        let mut polys = Vec::with_capacity(count);
+        let seed = if seeded {
+            polys.push(unpack_poly(&mut r, n, q)?);
+            let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+            polys.push(uniform_from_seed(&seed, n, q, 0));
+            Some(seed)
+        } else {
+            for _ in 0..count {
+                polys.push(unpack_poly(&mut r, n, q)?);
+            }
+            None
+        };
+        r.finish()?;
+        Ok(Ciphertext {
+            params_id: params.id(),
+            level,
+            polys,
+            seed,
+        })
+    }
+}
+
+impl Plaintext {
+    /// Serializes the coefficients bit-packed to the width of `t`.
+    pub fn to_bytes(&self, params: &BfvParameters) -> Vec<u8> {
+        let t = params.plaintext_modulus();
+        let w = 64 - (t - 1).leading_zeros();
+        let mut v = header(Kind::BfvPlaintext, self.params_id);
+        pack_values(&mut v, &self.coeffs, w.max(1));
+        v
+    }
+
+    /// Decodes untrusted bytes against `params`.
+    pub fn from_bytes(params: &Arc<BfvParameters>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::BfvPlaintext, Some(params.id()))?;
+        let t = params.plaintext_modulus();
+        let w = (64 - (t - 1).leading_zeros()).max(1);
+        let n = params.degree();
+        expect_len(body, packed_len(n, w))?;
+        let coeffs = unpack_values(body, n, w, t)?;
+        Ok(Plaintext {
+            params_id: params.id(),
+            coeffs,
+        })
+    }
+}
+
+impl PublicKey {
+    /// Serializes `b` bit-packed and `a` as its seed.
+    pub fn to_bytes(&self, ctx: &RlweContext) -> Vec<u8> {
+        let mut v = header(Kind::PublicKey, self.ctx_id);
+        pack_poly(&mut v, &self.b, ctx.q());
+        v.extend_from_slice(&self.seed);
+        v
+    }
+
+    /// Decodes untrusted bytes against `ctx`.
+    pub fn from_bytes(ctx: &Arc<RlweContext>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::PublicKey, Some(ctx.id()))?;
+        let n = ctx.degree();
+        expect_len(body, poly_len(n, ctx.q()) + 32)?;
+        let mut r = Reader::new(body);
+        let b = unpack_poly(&mut r, n, ctx.q())?;
+        let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+        r.finish()?;
+        Ok(PublicKey {
+            ctx_id: ctx.id(),
+            b,
+            a: uniform_from_seed(&seed, n, ctx.q(), 0),
+            seed,
+        })
+    }
+}
+
+fn ksk_len(ctx: &RlweContext) -> usize {
+    let digits = ctx.q().len().div_ceil(ctx.p().len());
+    digits * poly_len(ctx.degree(), ctx.qp()) + 32
+}
+
+fn pack_ksk(out: &mut Vec<u8>, k: &KeySwitchKey, ctx: &RlweContext) {
+    for b in &k.b {
+        pack_poly(out, b, ctx.qp());
+    }
+    out.extend_from_slice(&k.seed);
+}
+
+fn unpack_ksk(r: &mut Reader<'_>, ctx: &RlweContext) -> std::result::Result<KeySwitchKey, DecodeError> {
+    let digits = ctx.q().len().div_ceil(ctx.p().len());
+    let n = ctx.degree();
+    let mut b = Vec::with_capacity(digits);
+    for _ in 0..digits {
+        b.push(unpack_poly(r, n, ctx.qp())?);
+    }
+    let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+    let a = (0..digits)
+        .map(|j| KeySwitchKey::expand_a(ctx, &seed, j))
+        .collect();
+    Ok(KeySwitchKey {
+        ctx_id: ctx.id(),
+        b,
+        a,
+        seed,
+    })
+}
+
+impl RelinKey {
+    /// Serializes the key: the `b` halves bit-packed, the `a` halves as one seed.
+    pub fn to_bytes(&self, ctx: &RlweContext) -> Vec<u8> {
+        let mut v = header(Kind::RelinKey, self.ksk.ctx_id);
+        pack_ksk(&mut v, &self.ksk, ctx);
+        v
+    }
+
+    /// Decodes untrusted bytes against `ctx`.
+    pub fn from_bytes(ctx: &Arc<RlweContext>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::RelinKey, Some(ctx.id()))?;
+        expect_len(body, ksk_len(ctx))?;
+        let mut r = Reader::new(body);
+        let ksk = unpack_ksk(&mut r, ctx)?;
+        r.finish()?;
+        Ok(RelinKey { ksk })
+    }
+}
+
+impl GaloisKeys {
+    /// Serializes: the number of keys, then for each its Galois element and key.
+    pub fn to_bytes(&self, ctx: &RlweContext) -> Vec<u8> {
+        let mut v = header(Kind::GaloisKeys, self.ctx_id);
+        v.extend_from_slice(&(self.keys.len() as u32).to_le_bytes());
+        for (&g, k) in &self.keys {
+            v.extend_from_slice(&(g as u32).to_le_bytes());
+            pack_ksk(&mut v, k, ctx);
+        }
+        v
+    }
+
+    /// Decodes untrusted bytes against `ctx`; at most `N` keys, distinct valid elements.
+    pub fn from_bytes(ctx: &Arc<RlweContext>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::GaloisKeys, Some(ctx.id()))?;
+        let mut r = Reader::new(body);
+        let count = r.u32()? as usize;
+        let n = ctx.degree();
+        if count > n {
+            return Err(DecodeError::TooLarge {
+                what: "Galois key count",
+                value: count as u64,
+                max: n as u64,
+            }
+            .into());
+        }
+        let per = 4 + ksk_len(ctx);
+        expect_len(&body[4..], count * per)?;
+        let mut keys = BTreeMap::new();
+        for _ in 0..count {
+            let g = r.u32()? as usize;
+            if g % 2 == 0 || g >= 2 * n || keys.contains_key(&g) {
+                return Err(DecodeError::Invalid {
+                    what: "Galois element",
+                    value: g as u64,
+                }
+                .into());
+            }
+            keys.insert(g, unpack_ksk(&mut r, ctx)?);
+        }
+        r.finish()?;
+        Ok(GaloisKeys {
+            ctx_id: ctx.id(),
+            keys,
+        })
+    }
+}
+
+impl SecretKey {
+    /// Serializes the secret key (2 bits per coefficient). Only for the key owner's own
+    /// storage: never send it. The returned buffer should be zeroized after use.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = header(Kind::SecretKey, self.context().id());
+        let mut vals: Vec<u64> = self
+            .coefficients()
+            .iter()
+            .map(|&c| (c + 1) as u64)
+            .collect();
+        pack_values(&mut v, &vals, 2);
+        vals.zeroize();
+        v
+    }
+
+    /// Decodes a secret key for `ctx`.
+    pub fn from_bytes(ctx: &Arc<RlweContext>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::SecretKey, Some(ctx.id()))?;
+        let n = ctx.degree();
+        expect_len(body, packed_len(n, 2))?;
+        let mut vals = unpack_values(body, n, 2, 3)?;
+        let coeffs = vals.iter().map(|&v| v as i64 - 1).collect();
+        vals.zeroize();
+        Ok(SecretKey::from_coefficients(ctx, coeffs))
+    }
+}
+
+/// Size in bytes of a serialized ciphertext with `count` polynomials at `level`.
+pub fn ciphertext_size(params: &BfvParameters, level: usize, count: usize, seeded: bool) -> Result<usize> {
+    params.context().check_level(level)?;
+    let plen = poly_len(params.degree(), params.context().q_at(level));
+    let body = if seeded { plen + 32 } else { count * plen };
+    Ok(HEADER_LEN + 3 + body)
+}

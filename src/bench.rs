@@ -1,0 +1,220 @@
+//! Benchmarks that print one JSON object per line, in the format of BENCHMARKS.md:
+//! `{"name": ..., "median_us": ..., "min_us": ..., "bytes": ..., "rounds": ..., "threads": ..., "params": ...}`.
+//!
+//! Used by `cargo run --release --example bench -- [he|mpc|nn|all]`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cipherml_he::bfv::{
+    BfvParameters, BfvParametersLiteral, Decryptor, Encoder, Encryptor, Evaluator,
+};
+use cipherml_he::math::primes::ntt_primes;
+use cipherml_he::math::{Modulus, NttOperator};
+use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// One measured figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchLine {
+    /// Name, e.g. `bfv.mul_relin.n8192`.
+    pub name: String,
+    /// Median time per operation in microseconds (0 for size-only lines).
+    pub median_us: f64,
+    /// Minimum time per operation in microseconds.
+    pub min_us: f64,
+    /// Bytes, where meaningful.
+    pub bytes: Option<u64>,
+    /// Communication rounds, where meaningful.
+    pub rounds: Option<u64>,
+    /// Threads used.
+    pub threads: usize,
+    /// Parameters used.
+    pub params: String,
+}
+
+impl BenchLine {
+    /// The JSON line.
+    pub fn to_json(&self) -> String {
+        fn opt(v: Option<u64>) -> String {
+            v.map_or("null".into(), |x| x.to_string())
+        }
+        format!(
+            "{{\"name\": \"{}\", \"median_us\": {:.3}, \"min_us\": {:.3}, \"bytes\": {}, \"rounds\": {}, \"threads\": {}, \"params\": \"{}\"}}",
+            self.name,
+            self.median_us,
+            self.min_us,
+            opt(self.bytes),
+            opt(self.rounds),
+            self.threads,
+            self.params.replace('"', "'")
+        )
+    }
+}
+
+/// Times `f`: a short warm-up, then samples for about `budget` (at least 5, at most 1000).
+pub fn time<F: FnMut()>(budget: Duration, mut f: F) -> (f64, f64) {
+    for _ in 0..2 {
+        f();
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while (start.elapsed() < budget || samples.len() < 5) && samples.len() < 1000 {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    (samples[samples.len() / 2], samples[0])
+}
+
+fn line(name: &str, (median_us, min_us): (f64, f64), bytes: Option<u64>, params: &str) -> BenchLine {
+    BenchLine {
+        name: name.into(),
+        median_us,
+        min_us,
+        bytes,
+        rounds: None,
+        threads: 1,
+        params: params.into(),
+    }
+}
+
+fn describe(p: &BfvParameters) -> String {
+    let lit = p.literal();
+    format!(
+        "BFV N={} q_bits={:?} p_bits={:?} t={} log2(QP)<={}",
+        p.degree(),
+        lit.ciphertext_moduli_bits,
+        lit.special_moduli_bits,
+        p.plaintext_modulus(),
+        lit.ciphertext_moduli_bits
+            .iter()
+            .chain(&lit.special_moduli_bits)
+            .sum::<u32>()
+    )
+}
+
+/// The HE benchmarks (NTT and BFV at N = 8192), calling `emit` for each line.
+pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+    let mut rng = ChaCha20Rng::from_os_rng();
+    let n = 8192;
+    for (bits, name) in [(50u32, "ntt.fwd.n8192"), (60, "ntt.fwd.n8192.q60")] {
+        let p = ntt_primes(bits, n, 1, &[]).expect("prime")[0];
+        let op = NttOperator::new(Modulus::new(p).expect("modulus"), n).expect("ntt");
+        let mut a: Vec<u64> = (0..n).map(|_| rng.random_range(0..p)).collect();
+        let t = time(budget, || op.forward(&mut a));
+        emit(line(name, t, None, &format!("N=8192, {bits}-bit prime, tfhe-ntt")));
+    }
+
+    let params = BfvParameters::new(&BfvParametersLiteral::n8192()).expect("preset");
+    bfv_suite(&params, "n8192", budget, &mut rng, emit);
+}
+
+fn bfv_suite(
+    params: &Arc<BfvParameters>,
+    tag: &str,
+    budget: Duration,
+    rng: &mut ChaCha20Rng,
+    emit: &mut dyn FnMut(BenchLine),
+) {
+    let desc = describe(params);
+    let sk = Arc::new(SecretKey::random(params.context(), rng));
+    let pk = PublicKey::new(&sk, rng);
+    let rlk = RelinKey::new(&sk, rng);
+    let ev = Evaluator::new(params);
+    let g = ev.galois_element_rows(1).expect("step");
+    let gk = GaloisKeys::new(&sk, &[g], rng).expect("keys");
+    let enc = Encoder::new(params);
+    let encryptor = Encryptor::new(params, pk).expect("pk");
+    let decryptor = Decryptor::new(params, sk.clone()).expect("sk");
+    let t = params.plaintext_modulus();
+    let vals: Vec<u64> = (0..params.degree()).map(|_| rng.random_range(0..t)).collect();
+    let pt = enc.encode_u64(&vals).expect("encode");
+    let a = encryptor.encrypt(&pt, rng).expect("enc");
+    let b = encryptor.encrypt(&pt, rng).expect("enc");
+
+    let mut r2 = ChaCha20Rng::from_os_rng();
+    emit(line(
+        &format!("bfv.encrypt_pk.{tag}"),
+        time(budget, || {
+            std::hint::black_box(encryptor.encrypt(&pt, &mut r2).expect("enc"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.encrypt_sk.{tag}"),
+        time(budget, || {
+            std::hint::black_box(decryptor.encrypt_symmetric(&pt, &mut r2).expect("enc"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.encode.{tag}"),
+        time(budget, || {
+            std::hint::black_box(enc.encode_u64(&vals).expect("encode"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.decrypt.{tag}"),
+        time(budget, || {
+            std::hint::black_box(decryptor.decrypt(&a).expect("dec"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.add.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.add(&a, &b).expect("add"));
+        }),
+        None,
+        &desc,
+    ));
+    let prepared = enc.prepare(&pt, a.level()).expect("prepare");
+    emit(line(
+        &format!("bfv.mul_plain.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.mul_plain_prepared(&a, &prepared).expect("mul"));
+        }),
+        None,
+        &format!("{desc}; plaintext prepared (NTT form)"),
+    ));
+    emit(line(
+        &format!("bfv.mul_plain_unprepared.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.mul_plain(&a, &pt).expect("mul"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.mul_relin.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.mul_relin(&a, &b, &rlk).expect("mul"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.rotate.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.rotate_rows(&a, 1, &gk).expect("rot"));
+        }),
+        None,
+        &desc,
+    ));
+    emit(line(
+        &format!("bfv.mod_switch.{tag}"),
+        time(budget, || {
+            std::hint::black_box(ev.mod_switch_to_next(&a).expect("ms"));
+        }),
+        None,
+        &desc,
+    ));
+}
