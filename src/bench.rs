@@ -69,7 +69,12 @@ pub fn time<F: FnMut()>(budget: Duration, mut f: F) -> (f64, f64) {
     (samples[samples.len() / 2], samples[0])
 }
 
-fn line(name: &str, (median_us, min_us): (f64, f64), bytes: Option<u64>, params: &str) -> BenchLine {
+fn line(
+    name: &str,
+    (median_us, min_us): (f64, f64),
+    bytes: Option<u64>,
+    params: &str,
+) -> BenchLine {
     BenchLine {
         name: name.into(),
         median_us,
@@ -105,7 +110,12 @@ pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
         let op = NttOperator::new(Modulus::new(p).expect("modulus"), n).expect("ntt");
         let mut a: Vec<u64> = (0..n).map(|_| rng.random_range(0..p)).collect();
         let t = time(budget, || op.forward(&mut a));
-        emit(line(name, t, None, &format!("N=8192, {bits}-bit prime, tfhe-ntt")));
+        emit(line(
+            name,
+            t,
+            None,
+            &format!("N=8192, {bits}-bit prime, tfhe-ntt"),
+        ));
     }
 
     let params = BfvParameters::new(&BfvParametersLiteral::n8192()).expect("preset");
@@ -130,7 +140,9 @@ fn bfv_suite(
     let encryptor = Encryptor::new(params, pk).expect("pk");
     let decryptor = Decryptor::new(params, sk.clone()).expect("sk");
     let t = params.plaintext_modulus();
-    let vals: Vec<u64> = (0..params.degree()).map(|_| rng.random_range(0..t)).collect();
+    let vals: Vec<u64> = (0..params.degree())
+        .map(|_| rng.random_range(0..t))
+        .collect();
     let pt = enc.encode_u64(&vals).expect("encode");
     let a = encryptor.encrypt(&pt, rng).expect("enc");
     let b = encryptor.encrypt(&pt, rng).expect("enc");

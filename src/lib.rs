@@ -8,3 +8,8 @@ pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
 pub mod bench;
+
+/// The README's examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

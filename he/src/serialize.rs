@@ -73,7 +73,11 @@ fn header(kind: Kind, id: u64) -> Vec<u8> {
 }
 
 /// Reads and checks a header; returns the body.
-fn check_header(bytes: &[u8], kind: Kind, id: Option<u64>) -> std::result::Result<&[u8], DecodeError> {
+fn check_header(
+    bytes: &[u8],
+    kind: Kind,
+    id: Option<u64>,
+) -> std::result::Result<&[u8], DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Truncated {
             needed: HEADER_LEN,
@@ -140,7 +144,9 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> std::result::Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn remaining(&self) -> usize {
@@ -426,7 +432,10 @@ fn pack_ksk(out: &mut Vec<u8>, k: &KeySwitchKey, ctx: &RlweContext) {
     out.extend_from_slice(&k.seed);
 }
 
-fn unpack_ksk(r: &mut Reader<'_>, ctx: &RlweContext) -> std::result::Result<KeySwitchKey, DecodeError> {
+fn unpack_ksk(
+    r: &mut Reader<'_>,
+    ctx: &RlweContext,
+) -> std::result::Result<KeySwitchKey, DecodeError> {
     let digits = ctx.q().len().div_ceil(ctx.p().len());
     let n = ctx.degree();
     let mut b = Vec::with_capacity(digits);
@@ -495,7 +504,7 @@ impl GaloisKeys {
         let mut keys = BTreeMap::new();
         for _ in 0..count {
             let g = r.u32()? as usize;
-            if g % 2 == 0 || g >= 2 * n || keys.contains_key(&g) {
+            if g.is_multiple_of(2) || g >= 2 * n || keys.contains_key(&g) {
                 return Err(DecodeError::Invalid {
                     what: "Galois element",
                     value: g as u64,
@@ -540,7 +549,12 @@ impl SecretKey {
 }
 
 /// Size in bytes of a serialized ciphertext with `count` polynomials at `level`.
-pub fn ciphertext_size(params: &BfvParameters, level: usize, count: usize, seeded: bool) -> Result<usize> {
+pub fn ciphertext_size(
+    params: &BfvParameters,
+    level: usize,
+    count: usize,
+    seeded: bool,
+) -> Result<usize> {
     params.context().check_level(level)?;
     let plen = poly_len(params.degree(), params.context().q_at(level));
     let body = if seeded { plen + 32 } else { count * plen };

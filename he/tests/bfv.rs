@@ -185,7 +185,10 @@ fn mismatches_are_typed_errors() {
     let c3 = b.ev.mul(&cx, &cx).unwrap();
     assert!(matches!(
         b.ev.mul(&c3, &cx),
-        Err(Error::CiphertextSize { found: 3, expected: 2 })
+        Err(Error::CiphertextSize {
+            found: 3,
+            expected: 2
+        })
     ));
     let t = b.params.plaintext_modulus();
     assert!(matches!(
@@ -194,7 +197,10 @@ fn mismatches_are_typed_errors() {
     ));
     assert!(matches!(
         b.enc.encode_i64(&vec![0; 65]),
-        Err(Error::TooManyValues { given: 65, capacity: 64 })
+        Err(Error::TooManyValues {
+            given: 65,
+            capacity: 64
+        })
     ));
     assert!(b.ev.mod_switch_to_level(&low, 2).is_err());
 }
@@ -221,10 +227,17 @@ fn modulus_switching_keeps_the_plaintext() {
 fn signed_and_coefficient_encodings() {
     let mut b = setup(&small_params(), true, 7);
     let t = b.params.plaintext_modulus() as i64;
-    let v: Vec<i64> = (0..64).map(|_| b.rng.random_range(-t / 2..=t / 2)).collect();
+    let v: Vec<i64> = (0..64)
+        .map(|_| b.rng.random_range(-t / 2..=t / 2))
+        .collect();
     let pt = b.enc.encode_i64(&v).unwrap();
     let ct = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
-    assert_eq!(b.enc.decode_i64(&b.decryptor.decrypt(&ct).unwrap()).unwrap(), v);
+    assert_eq!(
+        b.enc
+            .decode_i64(&b.decryptor.decrypt(&ct).unwrap())
+            .unwrap(),
+        v
+    );
     let pc = b.enc.encode_coeffs_i64(&v).unwrap();
     assert_eq!(b.enc.decode_coeffs_i64(&pc).unwrap(), v);
 }
@@ -302,7 +315,10 @@ fn presets_noise_budgets_stay_above_bounds() {
         let (cx, cy) = (b.encrypt(&x), b.encrypt(&y));
         let fresh = b.decryptor.noise_budget(&cx).unwrap();
         let bound = fresh_budget_bound(&b);
-        assert!(fresh >= bound, "N={degree}: fresh budget {fresh} < bound {bound}");
+        assert!(
+            fresh >= bound,
+            "N={degree}: fresh budget {fresh} < bound {bound}"
+        );
         // symmetric (seeded) encryption has less noise
         let sym = b
             .decryptor
@@ -326,7 +342,10 @@ fn presets_noise_budgets_stay_above_bounds() {
         let gk = b.galois(&[g]);
         let rot = b.ev.rotate_rows(&cx, 1, &gk).unwrap();
         let after_rot = b.decryptor.noise_budget(&rot).unwrap();
-        assert!(after_rot + 3 >= fresh, "N={degree}: rotation {fresh} -> {after_rot}");
+        assert!(
+            after_rot + 3 >= fresh,
+            "N={degree}: rotation {fresh} -> {after_rot}"
+        );
         let d = b.decrypt(&rot);
         assert_eq!(d[0], x[1]);
         let sum = b.ev.add(&prod, &prod).unwrap();
@@ -334,7 +353,11 @@ fn presets_noise_budgets_stay_above_bounds() {
         // Depth: the 8192 preset supports at least two sequential multiplications.
         if degree == 8192 {
             let p2 = b.ev.mul_relin(&prod, &cx, &b.rlk).unwrap();
-            let want2: Vec<u64> = want.iter().zip(&x).map(|(a, c)| mulmod(*a, *c, t)).collect();
+            let want2: Vec<u64> = want
+                .iter()
+                .zip(&x)
+                .map(|(a, c)| mulmod(*a, *c, t))
+                .collect();
             assert_eq!(b.decrypt(&p2), want2);
             assert!(b.decryptor.noise_budget(&p2).unwrap() > 0);
         }

@@ -182,7 +182,11 @@ impl Evaluator {
     }
 
     /// `ct * pt` with a plaintext already in NTT form at the ciphertext's level.
-    pub fn mul_plain_prepared(&self, ct: &Ciphertext, pt: &PreparedPlaintext) -> Result<Ciphertext> {
+    pub fn mul_plain_prepared(
+        &self,
+        ct: &Ciphertext,
+        pt: &PreparedPlaintext,
+    ) -> Result<Ciphertext> {
         self.check(ct)?;
         if pt.params_id != self.params.id() {
             return Err(Error::ParameterMismatch {
@@ -211,7 +215,11 @@ impl Evaluator {
         let t = self.params.t();
         let cs = t.center(t.reduce_i64(c));
         let q = self.q(ct.level);
-        let res: Vec<u64> = q.primes().iter().map(|p| p.modulus.reduce_i64(cs)).collect();
+        let res: Vec<u64> = q
+            .primes()
+            .iter()
+            .map(|p| p.modulus.reduce_i64(cs))
+            .collect();
         let mut out = ct.clone();
         for x in &mut out.polys {
             x.mul_scalar_assign(&res, q);
@@ -230,10 +238,7 @@ impl Evaluator {
         data.extend_from_slice(p.data());
         data.resize((k + m) * n, 0);
         lv.q_to_r.convert(coeff.data(), &mut data[k * n..], n, true);
-        for (limb, pr) in data[k * n..]
-            .chunks_exact_mut(n)
-            .zip(&lv.qr.primes()[k..])
-        {
+        for (limb, pr) in data[k * n..].chunks_exact_mut(n).zip(&lv.qr.primes()[k..]) {
             pr.ntt.forward(limb);
         }
         Poly::from_data(n, data)
@@ -275,7 +280,11 @@ impl Evaluator {
 
     /// The tensor product of two 2-polynomial ciphertexts, scaled by `t/Q`: `(d0, d1)` in NTT
     /// form and `d2` in coefficient form.
-    fn tensor(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(Poly<Ntt>, Poly<Ntt>, Poly<Coeff>)> {
+    fn tensor(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+    ) -> Result<(Poly<Ntt>, Poly<Ntt>, Poly<Coeff>)> {
         self.check_pair(a, b)?;
         Self::check_size(a, 2)?;
         Self::check_size(b, 2)?;
@@ -290,7 +299,10 @@ impl Evaluator {
         let (b0, b1) = if std::ptr::eq(a, b) {
             (a0.clone(), a1.clone())
         } else {
-            (self.extend(lv, &b.polys[0], q), self.extend(lv, &b.polys[1], q))
+            (
+                self.extend(lv, &b.polys[0], q),
+                self.extend(lv, &b.polys[1], q),
+            )
         };
         let mut d0 = Poly::<Ntt>::zero(n, qr.len());
         d0.mul_accumulate(&a0, &b0, qr);

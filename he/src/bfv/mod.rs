@@ -13,3 +13,6 @@ pub use ciphertext::{Ciphertext, Decryptor, Encryptor};
 pub use encoding::{Encoder, Plaintext, PreparedPlaintext};
 pub use evaluator::Evaluator;
 pub use params::{BfvParameters, BfvParametersLiteral, PlaintextModulus};
+
+#[cfg(test)]
+mod reference_tests;

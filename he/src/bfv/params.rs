@@ -249,8 +249,8 @@ impl BfvParameters {
         let mut used: Vec<u64> = ctx.q_values();
         used.extend(ctx.p_values());
         used.push(t_val);
-        let r_primes = ntt_primes(50, n, r_count, &used)
-            .ok_or(Error::NotEnoughPrimes { bits: 50, n })?;
+        let r_primes =
+            ntt_primes(50, n, r_count, &used).ok_or(Error::NotEnoughPrimes { bits: 50, n })?;
         let r = RnsBasis::new(
             r_primes
                 .iter()
@@ -260,7 +260,7 @@ impl BfvParameters {
         let levels = (0..=ctx.max_level())
             .map(|l| Self::level_constants(&ctx, l, &t, &r))
             .collect();
-        let id = fnv1a([ctx.id(), t_val, 0x4246_56]);
+        let id = fnv1a([ctx.id(), t_val, 0x0042_4656]);
         Ok(Arc::new(Self {
             literal: literal.clone(),
             ctx,
@@ -318,7 +318,9 @@ impl BfvParameters {
             .map(|i| {
                 let m = q.modulus(i);
                 let rq = r.product_mod(m);
-                let theta = m.inv(m.mul(q_tilde_inv(q_tilde[i], m), rq)).expect("invertible");
+                let theta = m
+                    .inv(m.mul(q_tilde_inv(q_tilde[i], m), rq))
+                    .expect("invertible");
                 m.mul(m.mul(m.reduce(tv), rq), theta)
             })
             .collect();

@@ -156,8 +156,8 @@ impl Modulus {
         debug_assert!(a < self.p && b < self.p);
         let x = a as u128 * b as u128;
         // x < 2^(2 bits): (x >> (bits - 1)) < 2^(bits + 1) and mu_small < 2^(bits + 1).
-        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_small as u128)
-            >> (self.bits + 1)) as u64;
+        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_small as u128) >> (self.bits + 1))
+            as u64;
         let mut r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
         while r >= self.p {
             r -= self.p;
@@ -243,7 +243,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn moduli() -> impl Strategy<Value = u64> {
-        prop_oneof![2u64..1000, 2u64..(1u64 << 62), Just((1u64 << 62) - 57), Just(1u64 << 40)]
+        prop_oneof![
+            2u64..1000,
+            2u64..(1u64 << 62),
+            Just((1u64 << 62) - 57),
+            Just(1u64 << 40)
+        ]
     }
 
     proptest! {

@@ -59,7 +59,7 @@ impl<R: Representation> Poly<R> {
 
     /// Wraps limb-major data (`limbs * n` values, each reduced modulo its prime).
     pub fn from_data(n: usize, data: Vec<u64>) -> Self {
-        assert!(n > 0 && data.len() % n == 0);
+        assert!(n > 0 && data.len().is_multiple_of(n));
         Self {
             n,
             data,
@@ -367,7 +367,11 @@ mod tests {
             let mut want = vec![0i64; n];
             for i in 0..n {
                 let j = (i * g) % (2 * n);
-                if j < n { want[j] = a[i] } else { want[j - n] = -a[i] }
+                if j < n {
+                    want[j] = a[i]
+                } else {
+                    want[j - n] = -a[i]
+                }
             }
             assert_eq!(direct, Poly::from_signed(&want, &b));
         }

@@ -8,7 +8,7 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
@@ -81,9 +81,9 @@ pub fn primitive_root(p: u64) -> Option<u64> {
     let mut r = p - 1;
     let mut f = 2u64;
     while f * f <= r {
-        if r % f == 0 {
+        if r.is_multiple_of(f) {
             factors.push(f);
-            while r % f == 0 {
+            while r.is_multiple_of(f) {
                 r /= f;
             }
         }

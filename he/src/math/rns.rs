@@ -99,9 +99,9 @@ impl RnsBasis {
 
     /// The product of the primes modulo `m`.
     pub fn product_mod(&self, m: &Modulus) -> u64 {
-        self.primes
-            .iter()
-            .fold(1 % m.value(), |acc, p| m.mul(acc, m.reduce(p.modulus.value())))
+        self.primes.iter().fold(1 % m.value(), |acc, p| {
+            m.mul(acc, m.reduce(p.modulus.value()))
+        })
     }
 
     /// The sub-basis of the primes in `range`.

@@ -274,7 +274,9 @@ impl GaloisKeys {
         for &g in elements {
             if g % 2 == 0 || g >= two_n {
                 return Err(Error::InvalidParameters {
-                    reason: format!("invalid Galois element {g}: must be odd and below 2N = {two_n}"),
+                    reason: format!(
+                        "invalid Galois element {g}: must be odd and below 2N = {two_n}"
+                    ),
                 });
             }
             if keys.contains_key(&g) {

@@ -49,7 +49,9 @@ impl Bfv {
     pub fn random_slots(&mut self) -> Vec<u64> {
         use rand::Rng;
         let t = self.params.plaintext_modulus();
-        (0..self.params.degree()).map(|_| self.rng.random_range(0..t)).collect()
+        (0..self.params.degree())
+            .map(|_| self.rng.random_range(0..t))
+            .collect()
     }
 
     pub fn encrypt(&mut self, v: &[u64]) -> Ciphertext {
@@ -58,7 +60,9 @@ impl Bfv {
     }
 
     pub fn decrypt(&self, ct: &Ciphertext) -> Vec<u64> {
-        self.enc.decode_u64(&self.decryptor.decrypt(ct).unwrap()).unwrap()
+        self.enc
+            .decode_u64(&self.decryptor.decrypt(ct).unwrap())
+            .unwrap()
     }
 }
 

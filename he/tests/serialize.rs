@@ -1,0 +1,269 @@
+//! Wire format: round trips, sizes, and a corpus of corrupted inputs that must give errors
+//! (never a panic, never a huge allocation).
+
+mod common;
+
+use std::sync::Arc;
+
+use cipherml_he::bfv::*;
+use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
+use cipherml_he::serialize::{ciphertext_size, HEADER_LEN};
+use cipherml_he::{DecodeError, Error};
+use common::*;
+use proptest::prelude::*;
+
+fn decode_err(r: Result<Ciphertext, Error>) -> DecodeError {
+    match r {
+        Err(Error::Decode(e)) => e,
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trips_of_every_object() {
+    let mut b = setup(&BfvParametersLiteral::n4096(), false, 11);
+    let ctx = b.params.context().clone();
+    let x = b.random_slots();
+    let ct = b.encrypt(&x);
+    let back = Ciphertext::from_bytes(&b.params, &ct.to_bytes(&b.params)).unwrap();
+    assert_eq!(back, ct);
+    let c3 = b.ev.mul(&ct, &ct).unwrap();
+    assert_eq!(
+        Ciphertext::from_bytes(&b.params, &c3.to_bytes(&b.params)).unwrap(),
+        c3
+    );
+    let seeded = b
+        .decryptor
+        .encrypt_symmetric(&b.enc.encode_u64(&x).unwrap(), &mut b.rng)
+        .unwrap();
+    let sb = seeded.to_bytes(&b.params);
+    let back = Ciphertext::from_bytes(&b.params, &sb).unwrap();
+    assert_eq!(back, seeded);
+    assert_eq!(b.decrypt(&back), x);
+
+    let pt = b.enc.encode_u64(&x).unwrap();
+    assert_eq!(
+        Plaintext::from_bytes(&b.params, &pt.to_bytes(&b.params)).unwrap(),
+        pt
+    );
+    let pk = PublicKey::new(&b.sk, &mut b.rng);
+    assert_eq!(PublicKey::from_bytes(&ctx, &pk.to_bytes(&ctx)).unwrap(), pk);
+    let rlk = RelinKey::new(&b.sk, &mut b.rng);
+    let rlk2 = RelinKey::from_bytes(&ctx, &rlk.to_bytes(&ctx)).unwrap();
+    assert_eq!(rlk2, rlk);
+    let gk = b.galois(&[3, 5, 8191]);
+    let gk2 = GaloisKeys::from_bytes(&ctx, &gk.to_bytes(&ctx)).unwrap();
+    assert_eq!(gk2, gk);
+    assert_eq!(gk2.elements().collect::<Vec<_>>(), vec![3, 5, 8191]);
+    // A deserialized secret key decrypts.
+    let sk2 = Arc::new(SecretKey::from_bytes(&ctx, &b.sk.to_bytes()).unwrap());
+    let d2 = Decryptor::new(&b.params, sk2).unwrap();
+    assert_eq!(b.enc.decode_u64(&d2.decrypt(&ct).unwrap()).unwrap(), x);
+    // Deserialized keys work: relinearize and rotate with them.
+    let r = b.ev.rotate_rows(&ct, 1, &gk2).unwrap();
+    assert_eq!(b.decrypt(&r)[0], x[1]);
+    let m = b.ev.mul_relin(&ct, &ct, &rlk2).unwrap();
+    let t = b.params.plaintext_modulus() as u128;
+    assert_eq!(b.decrypt(&m)[5] as u128, x[5] as u128 * x[5] as u128 % t);
+    // Parameter literals.
+    let lit = BfvParametersLiteral::n8192();
+    assert_eq!(
+        BfvParametersLiteral::from_wire(&lit.to_wire()).unwrap(),
+        lit
+    );
+}
+
+#[test]
+fn sizes_at_n8192() {
+    let mut b = setup(&BfvParametersLiteral::n8192(), false, 12);
+    let x = b.random_slots();
+    let full = b.encrypt(&x).to_bytes(&b.params);
+    let seeded = b
+        .decryptor
+        .encrypt_symmetric(&b.enc.encode_u64(&x).unwrap(), &mut b.rng)
+        .unwrap()
+        .to_bytes(&b.params);
+    // 8192 coefficients x (43 + 43 + 44 + 44) bits per polynomial.
+    let poly = 8192 * (43 + 43 + 44 + 44) / 8;
+    assert_eq!(full.len(), HEADER_LEN + 3 + 2 * poly);
+    assert_eq!(seeded.len(), HEADER_LEN + 3 + poly + 32);
+    assert_eq!(full.len(), ciphertext_size(&b.params, 3, 2, false).unwrap());
+    assert!(
+        full.len() <= 420_000,
+        "full ciphertext {} bytes",
+        full.len()
+    );
+    assert!(
+        (seeded.len() as f64) <= 0.55 * full.len() as f64,
+        "seeded {} vs full {}",
+        seeded.len(),
+        full.len()
+    );
+    // Modulus switching to level 0 shrinks a reply to a quarter.
+    let ct = b.encrypt(&x);
+    let low = b.ev.mod_switch_to_level(&ct, 0).unwrap();
+    assert_eq!(
+        low.to_bytes(&b.params).len(),
+        HEADER_LEN + 3 + 2 * 8192 * 43 / 8
+    );
+}
+
+#[test]
+fn corrupted_inputs_give_errors() {
+    let mut b = setup(&small(64, vec![50, 50, 50], vec![50], 17), true, 13);
+    let x = b.random_slots();
+    let ct = b.encrypt(&x);
+    let good = ct.to_bytes(&b.params);
+    let p = &b.params;
+
+    // Truncated at every length.
+    for len in 0..good.len() {
+        let e = decode_err(Ciphertext::from_bytes(p, &good[..len]));
+        assert!(
+            matches!(e, DecodeError::Truncated { .. }),
+            "length {len}: {e:?}"
+        );
+    }
+    // Trailing bytes.
+    let mut long = good.clone();
+    long.push(0);
+    assert_eq!(
+        decode_err(Ciphertext::from_bytes(p, &long)),
+        DecodeError::TrailingBytes { extra: 1 }
+    );
+    // Bad magic, version, kind, reserved bytes, parameter id.
+    let mut m = good.clone();
+    m[0] = b'X';
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::BadMagic { .. }
+    ));
+    let mut m = good.clone();
+    m[4] = 99;
+    assert_eq!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::UnsupportedVersion {
+            found: 99,
+            supported: 1
+        }
+    );
+    let mut m = good.clone();
+    m[5] = 3;
+    assert_eq!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::WrongKind {
+            found: 3,
+            expected: 2
+        }
+    );
+    let mut m = good.clone();
+    m[6] = 1;
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::Invalid { .. }
+    ));
+    let mut m = good.clone();
+    m[8] ^= 1;
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::WrongParameters { .. }
+    ));
+    // A ciphertext of other parameters.
+    let mut other = setup(&small(64, vec![50, 50], vec![50], 17), true, 14);
+    let oc = other.encrypt(&x).to_bytes(&other.params);
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &oc)),
+        DecodeError::WrongParameters { .. }
+    ));
+    // Level and polynomial count out of range, bad flags.
+    let mut m = good.clone();
+    m[HEADER_LEN] = 200;
+    assert_eq!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::TooLarge {
+            what: "level",
+            value: 200,
+            max: 2
+        }
+    );
+    for count in [0u8, 1, 4, 255] {
+        let mut m = good.clone();
+        m[HEADER_LEN + 1] = count;
+        assert!(matches!(
+            decode_err(Ciphertext::from_bytes(p, &m)),
+            DecodeError::Invalid { .. }
+        ));
+    }
+    let mut m = good.clone();
+    m[HEADER_LEN + 2] = 7;
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::Invalid { .. }
+    ));
+    // An out-of-range coefficient: set the first 50-bit field to all ones.
+    let mut m = good.clone();
+    for byte in &mut m[HEADER_LEN + 3..HEADER_LEN + 3 + 6] {
+        *byte = 0xff;
+    }
+    m[HEADER_LEN + 3 + 6] |= 0x03;
+    assert!(matches!(
+        decode_err(Ciphertext::from_bytes(p, &m)),
+        DecodeError::CoefficientOutOfRange { .. }
+    ));
+    // A huge Galois key count is refused before any allocation.
+    let ctx = b.params.context().clone();
+    let gk = b.galois(&[3]);
+    let mut gb = gk.to_bytes(&ctx);
+    gb[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        GaloisKeys::from_bytes(&ctx, &gb),
+        Err(Error::Decode(DecodeError::TooLarge {
+            what: "Galois key count",
+            ..
+        }))
+    ));
+    let mut gb = gk.to_bytes(&ctx);
+    gb[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&2u32.to_le_bytes());
+    assert!(matches!(
+        GaloisKeys::from_bytes(&ctx, &gb),
+        Err(Error::Decode(DecodeError::Truncated { .. }))
+    ));
+    // An even Galois element.
+    let mut gb = gk.to_bytes(&ctx);
+    gb[HEADER_LEN + 4] = 4;
+    assert!(GaloisKeys::from_bytes(&ctx, &gb).is_err());
+    // Keys of the wrong size.
+    let rlk = b.rlk.to_bytes(&ctx);
+    assert!(RelinKey::from_bytes(&ctx, &rlk[..rlk.len() - 8]).is_err());
+    assert!(RelinKey::from_bytes(&ctx, &good).is_err());
+    let pk = PublicKey::new(&b.sk, &mut b.rng).to_bytes(&ctx);
+    assert!(PublicKey::from_bytes(&ctx, &pk[..pk.len() / 2]).is_err());
+    // Oversized parameter literal.
+    let mut lit = BfvParametersLiteral::n4096().to_wire();
+    lit.extend(std::iter::repeat_n(0xff, 10_000));
+    assert!(BfvParametersLiteral::from_wire(&lit).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random bytes and random mutations of a valid ciphertext never panic.
+    #[test]
+    fn random_and_mutated_inputs_never_panic(
+        random in proptest::collection::vec(any::<u8>(), 0..2048),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let b = setup(&small(64, vec![50, 50, 50], vec![50], 17), true, 15);
+        let ctx = b.params.context().clone();
+        let _ = Ciphertext::from_bytes(&b.params, &random);
+        let _ = GaloisKeys::from_bytes(&ctx, &random);
+        let _ = RelinKey::from_bytes(&ctx, &random);
+        let _ = BfvParametersLiteral::from_wire(&random);
+        let mut m = b.rlk.to_bytes(&ctx);
+        for (pos, v) in &flips {
+            let i = pos % m.len();
+            m[i] ^= v | 1;
+        }
+        prop_assert!(RelinKey::from_bytes(&ctx, &m).map(|k| k != b.rlk).unwrap_or(true));
+    }
+}
