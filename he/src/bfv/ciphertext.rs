@@ -208,12 +208,17 @@ impl Decryptor {
             });
         }
         let q = self.params.context().q_at(ct.level);
-        let s = self.sk.ntt_q(ct.level);
+        let s = self.sk.ntt_qp();
         let mut acc = ct.polys[0].clone();
-        let mut s_pow = s.clone();
-        for c in &ct.polys[1..] {
-            acc.mul_accumulate(c, &s_pow, q);
-            s_pow.mul_assign(&s, q);
+        for (i, pr) in q.primes().iter().enumerate() {
+            pr.ntt
+                .mul_accumulate(acc.limb_mut(i), ct.polys[1].limb(i), s.limb(i));
+        }
+        if let Some(c2) = ct.polys.get(2) {
+            let mut s2 = s.truncated(q.len());
+            s2.mul_assign(&s.truncated(q.len()), q);
+            acc.mul_accumulate(c2, &s2, q);
+            s2.zeroize();
         }
         Ok(acc.into_coeff(q))
     }
@@ -225,19 +230,20 @@ impl Decryptor {
         let lv = &self.params.levels[ct.level];
         let t = self.params.t();
         let k = ct.level + 1;
-        let mut coeffs = vec![0u64; n];
-        for (c, out) in coeffs.iter_mut().enumerate() {
-            let mut int: u128 = 0;
-            let mut frac: u128 = 0;
-            for i in 0..k {
-                let xi = x.limb(i)[c] as u128;
-                let (w, f) = lv.dec[i];
-                int += xi * w as u128;
-                frac += xi * f as u128;
+        let mut int = vec![0u128; n];
+        let mut frac = vec![1u128 << 63; n];
+        for (i, limb) in x.limbs().enumerate().take(k) {
+            let (w, f) = lv.dec[i];
+            for ((a, b), &xi) in int.iter_mut().zip(frac.iter_mut()).zip(limb) {
+                *a += xi as u128 * w as u128;
+                *b += xi as u128 * f as u128;
             }
-            let rounded = ((frac + (1u128 << 63)) >> 64) as u64;
-            *out = t.add(t.reduce_u128(int), t.reduce(rounded));
         }
+        let coeffs = int
+            .iter()
+            .zip(&frac)
+            .map(|(&a, &b)| t.add(t.reduce_u128(a), t.reduce((b >> 64) as u64)))
+            .collect();
         Ok(Plaintext {
             params_id: self.params.id(),
             coeffs,

@@ -49,6 +49,8 @@ impl Plaintext {
 pub struct PreparedPlaintext {
     pub(crate) params_id: u64,
     pub(crate) level: usize,
+    /// `N * pt` in NTT form: the factor `N` cancels the `1/N` that the vectorized product
+    /// ([`crate::math::NttOperator::mul_assign_scaled`]) applies.
     pub(crate) poly: Poly<Ntt>,
 }
 
@@ -219,7 +221,13 @@ impl Encoder {
         let t = self.params.t();
         let signed: Vec<i64> = pt.coeffs.iter().map(|&v| t.center(v)).collect();
         let q = self.params.context().q_at(level);
-        let poly = Poly::from_signed(&signed, q).into_ntt(q);
+        let mut poly = Poly::from_signed(&signed, q).into_ntt(q);
+        let n_mod: Vec<u64> = q
+            .primes()
+            .iter()
+            .map(|p| p.modulus.reduce(self.params.degree() as u64))
+            .collect();
+        poly.mul_scalar_assign(&n_mod, q);
         Ok(PreparedPlaintext {
             params_id: self.params.id(),
             level,

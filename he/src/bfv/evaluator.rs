@@ -7,7 +7,7 @@ use super::ciphertext::{scaled_message, Ciphertext};
 use super::encoding::{Encoder, Plaintext, PreparedPlaintext};
 use super::params::{BfvLevel, BfvParameters};
 use crate::error::{Error, Result};
-use crate::math::{Coeff, Ntt, Poly, RnsBasis};
+use crate::math::{pool, Coeff, Ntt, Poly, RnsBasis};
 use crate::rlwe::{GaloisKeys, RelinKey};
 
 /// Evaluates operations on BFV ciphertexts. Holds no key and no mutable state: it takes
@@ -203,7 +203,9 @@ impl Evaluator {
         let q = self.q(ct.level);
         let mut out = ct.clone();
         for x in &mut out.polys {
-            x.mul_assign(&pt.poly, q);
+            for ((limb, w), pr) in x.limbs_mut().zip(pt.poly.limbs()).zip(q.primes()) {
+                pr.ntt.mul_assign_scaled(limb, w);
+            }
         }
         out.seed = None;
         Ok(out)
@@ -234,9 +236,8 @@ impl Evaluator {
         let k = q.len();
         let m = lv.qr.len() - k;
         let coeff = p.clone().into_coeff(q);
-        let mut data = Vec::with_capacity((k + m) * n);
-        data.extend_from_slice(p.data());
-        data.resize((k + m) * n, 0);
+        let mut data = pool::take((k + m) * n);
+        data[..k * n].copy_from_slice(p.data());
         lv.q_to_r.convert(coeff.data(), &mut data[k * n..], n, true);
         for (limb, pr) in data[k * n..].chunks_exact_mut(n).zip(&lv.qr.primes()[k..]) {
             pr.ntt.forward(limb);
@@ -249,7 +250,9 @@ impl Evaluator {
         let n = self.params.degree();
         let m = lv.qr.len() - k;
         let r: Vec<_> = lv.qr.primes()[k..].iter().map(|p| p.modulus).collect();
-        let mut y = vec![0u64; m * n];
+        let y = Poly::<Coeff>::from_data(n, pool::take(m * n));
+        let mut y = y;
+        let yd = y.data_mut();
         let xd = x.data();
         let lambda = &lv.lambda[..k];
         let mut rnd = vec![0u64; n];
@@ -264,7 +267,7 @@ impl Evaluator {
             let row = &lv.omega[j][..k];
             let tq = lv.t_qinv_r[j] as u128;
             let own = &xd[(k + j) * n..(k + j + 1) * n];
-            let out = &mut y[j * n..(j + 1) * n];
+            let out = &mut yd[j * n..(j + 1) * n];
             for c in 0..n {
                 let mut acc = rnd[c] as u128 + own[c] as u128 * tq;
                 for (i, &w) in row.iter().enumerate() {
@@ -273,9 +276,9 @@ impl Evaluator {
                 out[c] = r[j].reduce_u128(acc);
             }
         }
-        let mut out = vec![0u64; k * n];
-        lv.r_to_q.convert(&y, &mut out, n, true);
-        Poly::from_data(n, out)
+        let mut out = Poly::from_data(n, pool::take(k * n));
+        lv.r_to_q.convert(y.data(), out.data_mut(), n, true);
+        out
     }
 
     /// The tensor product of two 2-polynomial ciphertexts, scaled by `t/Q`: `(d0, d1)` in NTT

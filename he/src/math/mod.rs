@@ -4,6 +4,7 @@
 pub mod modulus;
 pub mod ntt;
 pub mod poly;
+pub mod pool;
 pub mod primes;
 pub mod rns;
 pub mod sampler;

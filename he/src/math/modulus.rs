@@ -72,26 +72,17 @@ impl Modulus {
         let q = ((x1 as u128 * self.mu_hi as u128) as u64).wrapping_add((mid >> 64) as u64);
         // floor(x mu / 2^128) >= floor(x / p) - 1, so r < 2p.
         let r = x0.wrapping_sub(q.wrapping_mul(self.p));
-        if r >= self.p {
-            r - self.p
-        } else {
-            r
-        }
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// `x mod p` for a 64-bit `x`.
     #[inline(always)]
     pub fn reduce(&self, x: u64) -> u64 {
-        if x < self.p {
-            x
-        } else {
-            let q = ((x as u128 * self.mu_hi as u128) >> 64) as u64;
-            let mut r = x.wrapping_sub(q.wrapping_mul(self.p));
-            while r >= self.p {
-                r -= self.p;
-            }
-            r
-        }
+        // floor(x mu_hi / 2^64) >= floor(x / p) - 2, so r < 3p.
+        let q = ((x as u128 * self.mu_hi as u128) >> 64) as u64;
+        let r = x.wrapping_sub(q.wrapping_mul(self.p));
+        let r = r.min(r.wrapping_sub(self.p));
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// Reduces a signed value into `[0, p)`.
@@ -122,32 +113,23 @@ impl Modulus {
     /// `a + b mod p` for reduced inputs.
     #[inline(always)]
     pub fn add(&self, a: u64, b: u64) -> u64 {
+        // Branch-free: for s < p, s - p wraps above s.
         let s = a + b;
-        if s >= self.p {
-            s - self.p
-        } else {
-            s
-        }
+        s.min(s.wrapping_sub(self.p))
     }
 
     /// `a - b mod p` for reduced inputs.
     #[inline(always)]
     pub fn sub(&self, a: u64, b: u64) -> u64 {
-        if a >= b {
-            a - b
-        } else {
-            a + self.p - b
-        }
+        let d = a.wrapping_sub(b);
+        d.min(d.wrapping_add(self.p))
     }
 
     /// `-a mod p` for a reduced input.
     #[inline(always)]
     pub fn neg(&self, a: u64) -> u64 {
-        if a == 0 {
-            0
-        } else {
-            self.p - a
-        }
+        let d = self.p - a;
+        d.min(d.wrapping_sub(self.p))
     }
 
     /// `a * b mod p` for reduced inputs (`a, b < p`): one Barrett step on `a b < p^2`.
@@ -158,11 +140,9 @@ impl Modulus {
         // x < 2^(2 bits): (x >> (bits - 1)) < 2^(bits + 1) and mu_small < 2^(bits + 1).
         let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_small as u128) >> (self.bits + 1))
             as u64;
-        let mut r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
-        while r >= self.p {
-            r -= self.p;
-        }
-        r
+        let r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
+        let r = r.min(r.wrapping_sub(self.p));
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// `a * b mod p` for inputs below 2^64.
@@ -183,11 +163,7 @@ impl Modulus {
     pub fn mul_shoup(&self, a: u64, w: u64, w_shoup: u64) -> u64 {
         let q = ((a as u128 * w_shoup as u128) >> 64) as u64;
         let r = a.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p));
-        if r >= self.p {
-            r - self.p
-        } else {
-            r
-        }
+        r.min(r.wrapping_sub(self.p))
     }
 
     /// `a^e mod p`.

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use zeroize::Zeroize;
 
 use super::ntt::automorphism_coeff;
+use super::pool;
 use super::rns::RnsBasis;
 
 /// Marker: the polynomial holds coefficients.
@@ -23,7 +24,7 @@ impl Representation for Ntt {}
 /// A polynomial modulo each prime of an RNS basis; limb `i` holds the `n` values modulo `q_i`.
 ///
 /// The basis is not stored: operations take it, and check the limb count.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Poly<R: Representation> {
     n: usize,
     data: Vec<u64>,
@@ -41,6 +42,24 @@ impl<R: Representation> std::fmt::Debug for Poly<R> {
     }
 }
 
+impl<R: Representation> Clone for Poly<R> {
+    fn clone(&self) -> Self {
+        let mut data = pool::take(self.data.len());
+        data.copy_from_slice(&self.data);
+        Self {
+            n: self.n,
+            data,
+            _repr: PhantomData,
+        }
+    }
+}
+
+impl<R: Representation> Drop for Poly<R> {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.data));
+    }
+}
+
 impl<R: Representation> Zeroize for Poly<R> {
     fn zeroize(&mut self) {
         self.data.zeroize();
@@ -52,7 +71,7 @@ impl<R: Representation> Poly<R> {
     pub fn zero(n: usize, limbs: usize) -> Self {
         Self {
             n,
-            data: vec![0; n * limbs],
+            data: pool::take_zeroed(n * limbs),
             _repr: PhantomData,
         }
     }
@@ -120,7 +139,9 @@ impl<R: Representation> Poly<R> {
 
     /// A copy of the first `k` limbs.
     pub fn truncated(&self, k: usize) -> Self {
-        Self::from_data(self.n, self.data[..k * self.n].to_vec())
+        let mut data = pool::take(k * self.n);
+        data.copy_from_slice(&self.data[..k * self.n]);
+        Self::from_data(self.n, data)
     }
 
     /// Drops all limbs from `k` on.
@@ -200,7 +221,7 @@ impl Poly<Coeff> {
     /// A polynomial with small signed coefficients, reduced into every limb of `basis`.
     pub fn from_signed(coeffs: &[i64], basis: &RnsBasis) -> Self {
         let n = coeffs.len();
-        let mut p = Self::zero(n, basis.len());
+        let mut p = Self::from_data(n, pool::take(n * basis.len()));
         for (limb, pr) in p.limbs_mut().zip(basis.primes()) {
             for (x, &c) in limb.iter_mut().zip(coeffs) {
                 *x = pr.modulus.reduce_i64(c);
@@ -267,7 +288,7 @@ impl Poly<Ntt> {
     /// `a(X) -> a(X^g)` for odd `g`, as a slot permutation.
     pub fn automorphism(&self, g: usize, basis: &RnsBasis) -> Self {
         self.check(basis);
-        let mut out = Self::zero(self.n, basis.len());
+        let mut out = Self::from_data(self.n, pool::take(self.data.len()));
         for ((o, a), p) in out.limbs_mut().zip(self.limbs()).zip(basis.primes()) {
             p.ntt.automorphism_ntt(a, g, o);
         }

@@ -300,17 +300,28 @@ impl BaseConverter {
                     v[c] = s as u64;
                 }
             }
+            let mut acc = [0u128; BLOCK];
             for j in 0..m {
                 let pj = &self.to_mod[j];
                 let row = &self.q_hat_mod_p[j][..k];
-                let negq = self.neg_q_mod_p[j] as u128;
-                let out = &mut output[j * n + start..j * n + start + len];
-                for (c, o) in out.iter_mut().enumerate() {
-                    let mut acc: u128 = if exact { v[c] as u128 * negq } else { 0 };
-                    for (i, &w) in row.iter().enumerate() {
-                        acc += y[i * BLOCK + c] as u128 * w as u128;
+                let acc = &mut acc[..len];
+                if exact {
+                    let negq = self.neg_q_mod_p[j] as u128;
+                    for (a, &vc) in acc.iter_mut().zip(&v[..len]) {
+                        *a = vc as u128 * negq;
                     }
-                    *o = pj.reduce_u128(acc);
+                } else {
+                    acc.fill(0);
+                }
+                for (i, &w) in row.iter().enumerate() {
+                    let yi = &y[i * BLOCK..i * BLOCK + len];
+                    for (a, &yc) in acc.iter_mut().zip(yi) {
+                        *a += yc as u128 * w as u128;
+                    }
+                }
+                let out = &mut output[j * n + start..j * n + start + len];
+                for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                    *o = pj.reduce_u128(a);
                 }
             }
         }

@@ -185,15 +185,15 @@ impl KeySwitchKey {
         let k = qp.len();
         let mut acc0: Poly<Ntt> = Poly::zero(n, k);
         let mut acc1: Poly<Ntt> = Poly::zero(n, k);
-        let mut buf = vec![0u64; k * n];
+        let mut buf = Poly::<Coeff>::from_data(n, crate::math::pool::take(k * n));
         for (j, (range, conv)) in lv.digits.iter().enumerate() {
             conv.convert(
                 &c.data()[range.start * n..range.end * n],
-                &mut buf,
+                buf.data_mut(),
                 n,
                 false,
             );
-            for (i, limb) in buf.chunks_exact_mut(n).enumerate() {
+            for (i, limb) in buf.limbs_mut().enumerate() {
                 let pr = &qp.primes()[i];
                 pr.ntt.forward(limb);
                 let ki = ctx.qp_limb_index(level, i);
@@ -217,11 +217,11 @@ pub(crate) fn mod_down(ctx: &RlweContext, level: usize, x: Poly<Ntt>) -> Poly<Nt
     for (limb, pr) in p_part.chunks_exact_mut(n).zip(ctx.p().primes()) {
         pr.ntt.backward(limb);
     }
-    let mut conv = vec![0u64; kq * n];
-    lv.p_to_q.convert(&p_part, &mut conv, n, false);
+    let mut conv = Poly::<Coeff>::from_data(n, crate::math::pool::take(kq * n));
+    lv.p_to_q.convert(&p_part, conv.data_mut(), n, false);
     for (i, (limb, c)) in data
         .chunks_exact_mut(n)
-        .zip(conv.chunks_exact_mut(n))
+        .zip(conv.limbs_mut())
         .enumerate()
     {
         let pr = &lv.q.primes()[i];

@@ -1,0 +1,89 @@
+//! A per-thread pool of large `u64` buffers.
+//!
+//! Homomorphic operations allocate and free many buffers of a few hundred kilobytes. With
+//! the system allocator such buffers are mapped and unmapped (or trimmed) again and again,
+//! and every first touch of a page faults: that alone cost a third of a BFV multiplication.
+//! Polynomials therefore take their storage from, and return it to, a small per-thread
+//! pool. The pool is bounded (count and bytes), holds no secret beyond what freed memory
+//! would, and is invisible to the API: it is scratch, not shared state.
+
+use std::cell::RefCell;
+
+/// Buffers smaller than this (in `u64`s) bypass the pool.
+const MIN_LEN: usize = 4096;
+/// At most this many buffers per thread.
+const MAX_BUFFERS: usize = 48;
+/// At most this many bytes per thread.
+const MAX_BYTES: usize = 96 << 20;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u64>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of exactly `len` values with unspecified contents.
+pub fn take(len: usize) -> Vec<u64> {
+    if len >= MIN_LEN {
+        let reused = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            // Prefer an exact length (no fill needed), then any large-enough capacity.
+            let pos = p
+                .iter()
+                .position(|v| v.len() == len)
+                .or_else(|| p.iter().position(|v| v.capacity() >= len));
+            pos.map(|i| p.swap_remove(i))
+        });
+        if let Some(mut v) = reused {
+            if v.len() != len {
+                v.resize(len, 0);
+            }
+            return v;
+        }
+    }
+    vec![0; len]
+}
+
+/// A buffer of `len` zeros.
+pub fn take_zeroed(len: usize) -> Vec<u64> {
+    let mut v = take(len);
+    v.fill(0);
+    v
+}
+
+/// Returns a buffer to the pool (or frees it if the pool is full).
+pub fn give(v: Vec<u64>) {
+    if v.capacity() < MIN_LEN {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let bytes: usize = p.iter().map(|b| b.capacity() * 8).sum();
+        if p.len() < MAX_BUFFERS && bytes + v.capacity() * 8 <= MAX_BYTES {
+            p.push(v);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_bounded() {
+        let v = take(MIN_LEN * 2);
+        let ptr = v.as_ptr();
+        give(v);
+        let w = take(MIN_LEN * 2);
+        assert_eq!(w.as_ptr(), ptr, "same-size buffer is reused");
+        assert_eq!(w.len(), MIN_LEN * 2);
+        give(w);
+        let z = take_zeroed(MIN_LEN);
+        assert!(z.iter().all(|&x| x == 0));
+        assert_eq!(z.len(), MIN_LEN);
+        // The pool never holds more than MAX_BUFFERS.
+        let many: Vec<_> = (0..MAX_BUFFERS + 10).map(|_| vec![1u64; MIN_LEN]).collect();
+        for v in many {
+            give(v);
+        }
+        POOL.with(|p| assert!(p.borrow().len() <= MAX_BUFFERS));
+    }
+}
