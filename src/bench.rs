@@ -132,6 +132,7 @@ fn bfv_suite(
     let desc = describe(params);
     let sk = Arc::new(SecretKey::random(params.context(), rng));
     let pk = PublicKey::new(&sk, rng);
+    let pk_bytes = pk.to_bytes(params.context()).len();
     let rlk = RelinKey::new(&sk, rng);
     let ev = Evaluator::new(params);
     let g = ev.galois_element_rows(1).expect("step");
@@ -147,7 +148,45 @@ fn bfv_suite(
     let a = encryptor.encrypt(&pt, rng).expect("enc");
     let b = encryptor.encrypt(&pt, rng).expect("enc");
 
+    let ctx = params.context();
+    let size = |name: &str, bytes: usize, note: &str| BenchLine {
+        name: format!("{name}.{tag}"),
+        median_us: 0.0,
+        min_us: 0.0,
+        bytes: Some(bytes as u64),
+        rounds: None,
+        threads: 1,
+        params: format!("{desc}; {note}"),
+    };
+    let seeded = decryptor.encrypt_symmetric(&pt, rng).expect("enc");
+    emit(size("bfv.ct_bytes", a.to_bytes(params).len(), "fresh, bit-packed, no compressor"));
+    emit(size(
+        "bfv.ct_seeded_bytes",
+        seeded.to_bytes(params).len(),
+        "symmetric, seeded, bit-packed",
+    ));
+    let low = ev.mod_switch_to_level(&a, 0).expect("ms");
+    emit(size(
+        "bfv.ct_level0_bytes",
+        low.to_bytes(params).len(),
+        "after modulus switching to one prime",
+    ));
+    emit(size("setup.bfv.pk_bytes", pk_bytes, "public key, seeded"));
+    emit(size("setup.bfv.relin_key_bytes", rlk.to_bytes(ctx).len(), "seeded"));
+    emit(size(
+        "setup.bfv.galois_key_bytes",
+        gk.to_bytes(ctx).len(),
+        "one Galois key, seeded",
+    ));
     let mut r2 = ChaCha20Rng::from_os_rng();
+    emit(line(
+        &format!("setup.bfv.keygen_relin.{tag}"),
+        time(budget / 4, || {
+            std::hint::black_box(RelinKey::new(&sk, &mut r2));
+        }),
+        None,
+        &desc,
+    ));
     emit(line(
         &format!("bfv.encrypt_pk.{tag}"),
         time(budget, || {

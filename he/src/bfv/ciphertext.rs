@@ -9,9 +9,9 @@ use zeroize::Zeroize;
 use super::encoding::Plaintext;
 use super::params::BfvParameters;
 use crate::error::{Error, Result};
-use crate::math::sampler::{random_seed, ternary, uniform_from_seed, Seed};
+use crate::math::sampler::{centered_binomial, Seed};
 use crate::math::{Coeff, Ntt, Poly};
-use crate::rlwe::keys::error_ntt;
+use crate::rlwe::ops;
 use crate::rlwe::{PublicKey, SecretKey};
 
 /// A BFV ciphertext: two (or, after a multiplication, three) polynomials modulo `Q_level`,
@@ -116,22 +116,15 @@ impl Encryptor {
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
         let ctx = self.params.context();
-        let n = ctx.degree();
         let level = ctx.max_level();
-        let q = ctx.q_at(level);
-        let mut u = ternary(rng, n);
-        let u_ntt = Poly::from_signed(&u, q).into_ntt(q);
-        u.zeroize();
-        let mut e0 = crate::math::sampler::centered_binomial(rng, n);
-        let mut c0 = scaled_message(&self.params, pt, level, Some(&e0)).into_ntt(q);
+        let mut e0 = centered_binomial(rng, ctx.degree());
+        let m = scaled_message(&self.params, pt, level, Some(&e0));
         e0.zeroize();
-        let mut c1 = error_ntt(rng, n, q);
-        c0.mul_accumulate(&self.pk.b, &u_ntt, q);
-        c1.mul_accumulate(&self.pk.a, &u_ntt, q);
+        let polys = ops::encrypt_pk(ctx, &self.pk, m, rng);
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
-            polys: vec![c0, c1],
+            polys,
             seed: None,
         })
     }
@@ -174,21 +167,15 @@ impl Decryptor {
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
         let ctx = self.params.context();
-        let n = ctx.degree();
         let level = ctx.max_level();
-        let q = ctx.q_at(level);
-        let seed = random_seed(rng);
-        let a = uniform_from_seed(&seed, n, q, 0);
-        let mut e = crate::math::sampler::centered_binomial(rng, n);
-        let mut c0 = scaled_message(&self.params, pt, level, Some(&e)).into_ntt(q);
+        let mut e = centered_binomial(rng, ctx.degree());
+        let m = scaled_message(&self.params, pt, level, Some(&e));
         e.zeroize();
-        let mut as_ = a.clone();
-        as_.mul_assign(&self.sk.ntt_q(level), q);
-        c0.sub_assign(&as_, q);
+        let (polys, seed) = ops::encrypt_sk(ctx, &self.sk, m, rng);
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
-            polys: vec![c0, a],
+            polys,
             seed: Some(seed),
         })
     }
@@ -207,20 +194,7 @@ impl Decryptor {
                 expected: 2,
             });
         }
-        let q = self.params.context().q_at(ct.level);
-        let s = self.sk.ntt_qp();
-        let mut acc = ct.polys[0].clone();
-        for (i, pr) in q.primes().iter().enumerate() {
-            pr.ntt
-                .mul_accumulate(acc.limb_mut(i), ct.polys[1].limb(i), s.limb(i));
-        }
-        if let Some(c2) = ct.polys.get(2) {
-            let mut s2 = s.truncated(q.len());
-            s2.mul_assign(&s.truncated(q.len()), q);
-            acc.mul_accumulate(c2, &s2, q);
-            s2.zeroize();
-        }
-        Ok(acc.into_coeff(q))
+        Ok(ops::phase(self.params.context(), &self.sk, &ct.polys, ct.level))
     }
 
     /// Decrypts: `m = round(t (c0 + c1 s) / Q) mod t`, computed in RNS without big integers.

@@ -8,7 +8,7 @@ use super::encoding::{Encoder, Plaintext, PreparedPlaintext};
 use super::params::{BfvLevel, BfvParameters};
 use crate::error::{Error, Result};
 use crate::math::{pool, Coeff, Ntt, Poly, RnsBasis};
-use crate::rlwe::{GaloisKeys, RelinKey};
+use crate::rlwe::{ops, GaloisKeys, RelinKey};
 
 /// Evaluates operations on BFV ciphertexts. Holds no key and no mutable state: it takes
 /// `&self`, is `Send + Sync`, and can be shared across threads.
@@ -263,6 +263,8 @@ impl Evaluator {
             }
             *out = (frac >> 64) as u64;
         }
+        let max_bits = lv.qr.primes().iter().map(|p| p.modulus.bits()).max().unwrap_or(0);
+        let wide_ok = max_bits + (usize::BITS - (k + 2).leading_zeros()) <= 62;
         for j in 0..m {
             let row = &lv.omega[j][..k];
             let tq = lv.t_qinv_r[j] as u128;
@@ -273,7 +275,11 @@ impl Evaluator {
                 for (i, &w) in row.iter().enumerate() {
                     acc += xd[i * n + c] as u128 * w as u128;
                 }
-                out[c] = r[j].reduce_u128(acc);
+                out[c] = if wide_ok {
+                    r[j].reduce_wide(acc)
+                } else {
+                    r[j].reduce_u128(acc)
+                };
             }
         }
         let mut out = Poly::from_data(n, pool::take(k * n));
@@ -345,11 +351,8 @@ impl Evaluator {
     /// `a * b` then relinearization: a 2-polynomial ciphertext.
     pub fn mul_relin(&self, a: &Ciphertext, b: &Ciphertext, rlk: &RelinKey) -> Result<Ciphertext> {
         self.check_rlk(rlk)?;
-        let (mut d0, mut d1, d2) = self.tensor(a, b)?;
-        let q = self.q(a.level);
-        let (k0, k1) = rlk.ksk.switch(self.params.context(), a.level, &d2);
-        d0.add_assign(&k0, q);
-        d1.add_assign(&k1, q);
+        let (d0, d1, d2) = self.tensor(a, b)?;
+        let (d0, d1) = ops::relinearize(self.params.context(), a.level, d0, d1, &d2, &rlk.ksk);
         Ok(Ciphertext {
             params_id: self.params.id(),
             level: a.level,
@@ -368,11 +371,14 @@ impl Evaluator {
         Self::check_size(ct, 3)?;
         let q = self.q(ct.level);
         let c2 = ct.polys[2].clone().into_coeff(q);
-        let (k0, k1) = rlk.ksk.switch(self.params.context(), ct.level, &c2);
-        let mut c0 = ct.polys[0].clone();
-        let mut c1 = ct.polys[1].clone();
-        c0.add_assign(&k0, q);
-        c1.add_assign(&k1, q);
+        let (c0, c1) = ops::relinearize(
+            self.params.context(),
+            ct.level,
+            ct.polys[0].clone(),
+            ct.polys[1].clone(),
+            &c2,
+            &rlk.ksk,
+        );
         Ok(Ciphertext {
             params_id: self.params.id(),
             level: ct.level,
@@ -392,11 +398,14 @@ impl Evaluator {
             });
         }
         let key = keys.get(g)?;
-        let q = self.q(ct.level);
-        let c0 = ct.polys[0].automorphism(g, q);
-        let c1 = ct.polys[1].automorphism(g, q).into_coeff(q);
-        let (mut d0, d1) = key.switch(self.params.context(), ct.level, &c1);
-        d0.add_assign(&c0, q);
+        let (d0, d1) = ops::apply_galois(
+            self.params.context(),
+            ct.level,
+            &ct.polys[0],
+            &ct.polys[1],
+            g,
+            key,
+        );
         Ok(Ciphertext {
             params_id: self.params.id(),
             level: ct.level,
@@ -492,30 +501,10 @@ impl Evaluator {
                 reason: "cannot switch a level-0 ciphertext to a lower level".into(),
             });
         }
-        let q = self.q(l);
-        let q_next = self.q(l - 1);
-        let lv = &self.params.levels[l];
-        let n = self.params.degree();
-        let last = q.modulus(l);
         let polys = ct
             .polys
             .iter()
-            .map(|p| {
-                let mut lastlimb = p.limb(l).to_vec();
-                q.primes()[l].ntt.backward(&mut lastlimb);
-                let centered: Vec<i64> = lastlimb.iter().map(|&v| last.center(v)).collect();
-                let lifted = Poly::from_signed(&centered, q_next).into_ntt(q_next);
-                let mut out = p.truncated(l);
-                for (i, (o, s)) in out.limbs_mut().zip(lifted.limbs()).enumerate() {
-                    let m = q_next.modulus(i);
-                    let (inv, invs) = lv.q_last_inv[i];
-                    for (x, &y) in o.iter_mut().zip(s) {
-                        *x = m.mul_shoup(m.sub(*x, y), inv, invs);
-                    }
-                }
-                debug_assert_eq!(out.degree(), n);
-                out
-            })
+            .map(|p| ops::divide_by_last_prime(self.params.context(), l, p))
             .collect();
         Ok(Ciphertext {
             params_id: self.params.id(),

@@ -139,8 +139,6 @@ pub(crate) struct BfvLevel {
     pub lambda: Vec<u64>,
     /// `t Q_l^-1 mod r_j`.
     pub t_qinv_r: Vec<u64>,
-    /// `q_l^-1 mod q_i` for `i < l` (modulus switching), Shoup form.
-    pub q_last_inv: Vec<(u64, u64)>,
 }
 
 /// Checked BFV parameters: the RLWE context, the plaintext modulus and the precomputed
@@ -351,13 +349,6 @@ impl BfvParameters {
                 m.mul(m.reduce(tv), m.inv(q.product_mod(&m)).expect("coprime"))
             })
             .collect();
-        let q_last_inv = (0..l)
-            .map(|i| {
-                let m = q.modulus(i);
-                let inv = m.inv(m.reduce(q.modulus(l).value())).expect("distinct");
-                (inv, m.shoup(inv))
-            })
-            .collect();
         BfvLevel {
             delta,
             dec,
@@ -367,7 +358,6 @@ impl BfvParameters {
             omega,
             lambda,
             t_qinv_r,
-            q_last_inv,
         }
     }
 

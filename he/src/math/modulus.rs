@@ -23,6 +23,8 @@ pub struct Modulus {
     mu_lo: u64,
     /// floor(2^(2 bits) / p).
     mu_small: u64,
+    /// floor(2^(bits + 62) / p), for [`Modulus::reduce_wide`].
+    mu_wide: u64,
     bits: u32,
 }
 
@@ -43,6 +45,7 @@ impl Modulus {
             mu_hi: (mu >> 64) as u64,
             mu_lo: mu as u64,
             mu_small: ((1u128 << (2 * bits)) / p as u128) as u64,
+            mu_wide: ((1u128 << (bits + 62)) / p as u128) as u64,
             bits,
         })
     }
@@ -73,6 +76,25 @@ impl Modulus {
         // floor(x mu / 2^128) >= floor(x / p) - 1, so r < 2p.
         let r = x0.wrapping_sub(q.wrapping_mul(self.p));
         r.min(r.wrapping_sub(self.p))
+    }
+
+    /// `x mod p` for `x < 2^(bits + 62)`: one Barrett step with a single 64x64-bit product,
+    /// for lazily accumulated sums of products (base conversions).
+    #[inline(always)]
+    pub fn reduce_wide(&self, x: u128) -> u64 {
+        debug_assert!(x >> (self.bits + 62) == 0);
+        // (x >> (bits - 1)) < 2^63 and mu_wide <= 2^63: the product fits in 128 bits, and the
+        // quotient estimate is at most 2 below floor(x / p).
+        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_wide as u128) >> 63) as u64;
+        let r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
+        let r = r.min(r.wrapping_sub(self.p));
+        r.min(r.wrapping_sub(self.p))
+    }
+
+    /// Bit length bound of the values [`Modulus::reduce_wide`] accepts.
+    #[inline(always)]
+    pub const fn wide_bits(&self) -> u32 {
+        self.bits + 62
     }
 
     /// `x mod p` for a 64-bit `x`.
@@ -232,6 +254,10 @@ mod tests {
         fn reduce_u128_matches_reference(p in moduli(), x: u128) {
             let m = Modulus::new(p).unwrap();
             prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
+            let xw = x >> (128 - m.wide_bits());
+            prop_assert_eq!(m.reduce_wide(xw) as u128, xw % p as u128);
+            let top = (1u128 << m.wide_bits()) - 1 - (x % 1024);
+            prop_assert_eq!(m.reduce_wide(top) as u128, top % p as u128);
         }
 
         #[test]

@@ -211,6 +211,8 @@ pub struct BaseConverter {
     q_hat_mod_p: Vec<Vec<u64>>,
     /// `[j] = -Q mod p_j`.
     neg_q_mod_p: Vec<u64>,
+    /// Whether every accumulated sum fits the single-product Barrett reduction.
+    wide_ok: bool,
 }
 
 /// Coefficients processed per block, so that the intermediate values stay in L1 cache.
@@ -242,7 +244,10 @@ impl BaseConverter {
             .iter()
             .map(|p| p.modulus.neg(from.product_mod(&p.modulus)))
             .collect();
+        let max_in = from.primes().iter().map(|p| p.modulus.bits()).max().unwrap_or(0);
+        let wide_ok = max_in + (usize::BITS - from.len().leading_zeros()) + 1 <= 62;
         Self {
+            wide_ok,
             from: from.clone(),
             to: to.clone(),
             from_mod: from.primes().iter().map(|p| p.modulus).collect(),
@@ -320,8 +325,14 @@ impl BaseConverter {
                     }
                 }
                 let out = &mut output[j * n + start..j * n + start + len];
-                for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                    *o = pj.reduce_u128(a);
+                if self.wide_ok {
+                    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                        *o = pj.reduce_wide(a);
+                    }
+                } else {
+                    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+                        *o = pj.reduce_u128(a);
+                    }
                 }
             }
         }

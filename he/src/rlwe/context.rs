@@ -52,6 +52,8 @@ pub(crate) struct LevelContext {
     pub p_to_q: BaseConverter,
     /// `P^-1 mod q_i` with Shoup constants.
     pub p_inv: Vec<(u64, u64)>,
+    /// `q_l^-1 mod q_i` for `i < l` (rescaling, modulus switching), Shoup form.
+    pub q_last_inv: Vec<(u64, u64)>,
 }
 
 /// The checked, immutable RLWE context shared (in an `Arc`) by keys, ciphertexts and
@@ -155,12 +157,20 @@ impl RlweContext {
                         (inv, m.shoup(inv))
                     })
                     .collect();
+                let q_last_inv = (0..l)
+                    .map(|i| {
+                        let m = ql.modulus(i);
+                        let inv = m.inv(m.reduce(ql.modulus(l).value())).expect("distinct");
+                        (inv, m.shoup(inv))
+                    })
+                    .collect();
                 LevelContext {
                     q: ql,
                     qp: qpl,
                     digits,
                     p_to_q,
                     p_inv,
+                    q_last_inv,
                 }
             })
             .collect();

@@ -171,6 +171,50 @@ impl KeySwitchKey {
         uniform_from_seed(seed, ctx.degree(), qp, digit * qp.len())
     }
 
+    /// The digits of `c` (coefficients modulo `Q_level`), each mod-up to `Q_level P` and in
+    /// NTT form.
+    pub(crate) fn decompose(ctx: &RlweContext, level: usize, c: &Poly<Coeff>) -> Vec<Poly<Ntt>> {
+        let n = ctx.degree();
+        let lv = ctx.level(level);
+        let qp = &lv.qp;
+        lv.digits
+            .iter()
+            .map(|(range, conv)| {
+                let mut buf = Poly::<Coeff>::from_data(n, crate::math::pool::take(qp.len() * n));
+                conv.convert(
+                    &c.data()[range.start * n..range.end * n],
+                    buf.data_mut(),
+                    n,
+                    false,
+                );
+                buf.into_ntt(qp)
+            })
+            .collect()
+    }
+
+    /// Key switching from decomposed digits: `sum_j d_j (b_j, a_j)`, divided by `P`.
+    pub(crate) fn switch_decomposed(
+        &self,
+        ctx: &RlweContext,
+        level: usize,
+        digits: &[Poly<Ntt>],
+    ) -> (Poly<Ntt>, Poly<Ntt>) {
+        let n = ctx.degree();
+        let qp = &ctx.level(level).qp;
+        let k = qp.len();
+        let mut acc0: Poly<Ntt> = Poly::zero(n, k);
+        let mut acc1: Poly<Ntt> = Poly::zero(n, k);
+        for (j, d) in digits.iter().enumerate() {
+            for (i, limb) in d.limbs().enumerate() {
+                let pr = &qp.primes()[i];
+                let ki = ctx.qp_limb_index(level, i);
+                pr.ntt.mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
+                pr.ntt.mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
+            }
+        }
+        (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
+    }
+
     /// Key-switches `c` (coefficients modulo `Q_level`): returns `(d0, d1)` in NTT form over
     /// `Q_level` with `d0 + d1 s = c s' + small`.
     pub(crate) fn switch(
@@ -197,10 +241,8 @@ impl KeySwitchKey {
                 let pr = &qp.primes()[i];
                 pr.ntt.forward(limb);
                 let ki = ctx.qp_limb_index(level, i);
-                pr.ntt
-                    .mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
-                pr.ntt
-                    .mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
+                pr.ntt.mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
+                pr.ntt.mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
             }
         }
         (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))

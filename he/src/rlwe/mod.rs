@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod keys;
+pub(crate) mod ops;
 
 pub use context::{max_log_qp_128, RlweContext};
 pub use keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};

@@ -1,0 +1,192 @@
+//! Scheme-independent RLWE operations on ciphertext polynomials (NTT form over `Q_level`):
+//! encryption, the decryption phase, division by the last prime, relinearization, Galois
+//! automorphisms with key switching, and hoisted rotations. BFV and CKKS build on these.
+
+use rand::{CryptoRng, RngCore};
+use zeroize::Zeroize;
+
+use super::context::RlweContext;
+use super::keys::{error_ntt, KeySwitchKey, PublicKey, SecretKey};
+use crate::math::sampler::{centered_binomial, random_seed, ternary, uniform_from_seed, Seed};
+use crate::math::{pool, Coeff, Ntt, Poly};
+
+/// An error polynomial (centered binomial) in coefficient form over `Q_level`.
+pub(crate) fn error_coeff<R: RngCore + CryptoRng + ?Sized>(
+    ctx: &RlweContext,
+    level: usize,
+    rng: &mut R,
+) -> Poly<Coeff> {
+    let mut e = centered_binomial(rng, ctx.degree());
+    let p = Poly::from_signed(&e, ctx.q_at(level));
+    e.zeroize();
+    p
+}
+
+/// Public-key encryption at the top level: `(b u + e0 + m, a u + e1)`, where `m_plus_e0`
+/// (coefficient form over `Q_L`) already holds the message and `e0`.
+pub(crate) fn encrypt_pk<R: RngCore + CryptoRng + ?Sized>(
+    ctx: &RlweContext,
+    pk: &PublicKey,
+    m_plus_e0: Poly<Coeff>,
+    rng: &mut R,
+) -> Vec<Poly<Ntt>> {
+    let level = ctx.max_level();
+    let q = ctx.q_at(level);
+    let mut u = ternary(rng, ctx.degree());
+    let mut u_ntt = Poly::from_signed(&u, q).into_ntt(q);
+    u.zeroize();
+    let mut c0 = m_plus_e0.into_ntt(q);
+    let mut c1 = error_ntt(rng, ctx.degree(), q);
+    c0.mul_accumulate(&pk.b, &u_ntt, q);
+    c1.mul_accumulate(&pk.a, &u_ntt, q);
+    u_ntt.zeroize();
+    vec![c0, c1]
+}
+
+/// Secret-key encryption at the top level: `(-a s + e + m, a)` with `a` from a fresh seed.
+pub(crate) fn encrypt_sk<R: RngCore + CryptoRng + ?Sized>(
+    ctx: &RlweContext,
+    sk: &SecretKey,
+    m_plus_e: Poly<Coeff>,
+    rng: &mut R,
+) -> (Vec<Poly<Ntt>>, Seed) {
+    let level = ctx.max_level();
+    let q = ctx.q_at(level);
+    let seed = random_seed(rng);
+    let a = uniform_from_seed(&seed, ctx.degree(), q, 0);
+    let mut c0 = m_plus_e.into_ntt(q);
+    let s = sk.ntt_qp();
+    for (i, pr) in q.primes().iter().enumerate() {
+        // c0 -= a * s, as c0 + a * (-s): negate a copy of the product limb.
+        let mut t = a.limb(i).to_vec();
+        let m = &pr.modulus;
+        for (x, &si) in t.iter_mut().zip(s.limb(i)) {
+            *x = m.neg(m.mul_reduced(*x, si));
+        }
+        for (x, &y) in c0.limb_mut(i).iter_mut().zip(&t) {
+            *x = m.add(*x, y);
+        }
+    }
+    (vec![c0, a], seed)
+}
+
+/// `c0 + c1 s + c2 s^2` (coefficient form) for polynomials over `Q_level`.
+pub(crate) fn phase(ctx: &RlweContext, sk: &SecretKey, polys: &[Poly<Ntt>], level: usize) -> Poly<Coeff> {
+    let q = ctx.q_at(level);
+    let s = sk.ntt_qp();
+    let mut acc = polys[0].clone();
+    for (i, pr) in q.primes().iter().enumerate() {
+        pr.ntt.mul_accumulate(acc.limb_mut(i), polys[1].limb(i), s.limb(i));
+    }
+    if let Some(c2) = polys.get(2) {
+        let mut s2 = s.truncated(q.len());
+        s2.mul_assign(&s.truncated(q.len()), q);
+        acc.mul_accumulate(c2, &s2, q);
+        s2.zeroize();
+    }
+    acc.into_coeff(q)
+}
+
+/// Divides by the last prime `q_level` with rounding: the result is over `Q_{level-1}`.
+/// (BFV modulus switching and CKKS rescaling.)
+pub(crate) fn divide_by_last_prime(ctx: &RlweContext, level: usize, p: &Poly<Ntt>) -> Poly<Ntt> {
+    debug_assert!(level > 0);
+    let q = ctx.q_at(level);
+    let q_next = ctx.q_at(level - 1);
+    let lv = ctx.level(level);
+    let last = q.modulus(level);
+    let n = ctx.degree();
+    let mut lastlimb = pool::take(n);
+    lastlimb.copy_from_slice(p.limb(level));
+    q.primes()[level].ntt.backward(&mut lastlimb);
+    let mut out = p.truncated(level);
+    let mut lifted = pool::take(n);
+    for (i, o) in out.limbs_mut().enumerate() {
+        let pr = &q_next.primes()[i];
+        let m = &pr.modulus;
+        for (x, &v) in lifted.iter_mut().zip(&lastlimb) {
+            *x = m.reduce_i64(last.center(v));
+        }
+        pr.ntt.forward(&mut lifted);
+        let (inv, invs) = lv.q_last_inv[i];
+        for (x, &y) in o.iter_mut().zip(&lifted) {
+            *x = m.mul_shoup(m.sub(*x, y), inv, invs);
+        }
+    }
+    pool::give(lastlimb);
+    pool::give(lifted);
+    out
+}
+
+/// Relinearizes `(c0, c1, c2)` with `c2` in coefficient form: returns `(c0', c1')`.
+pub(crate) fn relinearize(
+    ctx: &RlweContext,
+    level: usize,
+    mut c0: Poly<Ntt>,
+    mut c1: Poly<Ntt>,
+    c2: &Poly<Coeff>,
+    rlk: &KeySwitchKey,
+) -> (Poly<Ntt>, Poly<Ntt>) {
+    let q = ctx.q_at(level);
+    let (k0, k1) = rlk.switch(ctx, level, c2);
+    c0.add_assign(&k0, q);
+    c1.add_assign(&k1, q);
+    (c0, c1)
+}
+
+/// Applies `X -> X^g` to `(c0, c1)` and key-switches back to `s`.
+pub(crate) fn apply_galois(
+    ctx: &RlweContext,
+    level: usize,
+    c0: &Poly<Ntt>,
+    c1: &Poly<Ntt>,
+    g: usize,
+    key: &KeySwitchKey,
+) -> (Poly<Ntt>, Poly<Ntt>) {
+    let q = ctx.q_at(level);
+    let c0g = c0.automorphism(g, q);
+    let c1g = c1.automorphism(g, q).into_coeff(q);
+    let (mut d0, d1) = key.switch(ctx, level, &c1g);
+    d0.add_assign(&c0g, q);
+    (d0, d1)
+}
+
+/// The key-switching decomposition of `c1`, computed once and rotated many times
+/// (hoisted rotations): the digits mod-up to `Q_l P`, in NTT form.
+pub(crate) struct Decomposition {
+    level: usize,
+    digits: Vec<Poly<Ntt>>,
+}
+
+impl Decomposition {
+    /// Decomposes `c1` (NTT form over `Q_level`).
+    pub(crate) fn new(ctx: &RlweContext, level: usize, c1: &Poly<Ntt>) -> Self {
+        let q = ctx.q_at(level);
+        let coeff = c1.clone().into_coeff(q);
+        Self {
+            level,
+            digits: KeySwitchKey::decompose(ctx, level, &coeff),
+        }
+    }
+
+    /// `(c0, c1) -> rotate by g` using the decomposition of `c1`.
+    pub(crate) fn apply_galois(
+        &self,
+        ctx: &RlweContext,
+        c0: &Poly<Ntt>,
+        g: usize,
+        key: &KeySwitchKey,
+    ) -> (Poly<Ntt>, Poly<Ntt>) {
+        let level = self.level;
+        let q = ctx.q_at(level);
+        let qp = &ctx.level(level).qp;
+        let rotated: Vec<Poly<Ntt>> = self
+            .digits
+            .iter()
+            .map(|d| d.automorphism(g, qp))
+            .collect();
+        let (mut d0, d1) = key.switch_decomposed(ctx, level, &rotated);
+        d0.add_assign(&c0.automorphism(g, q), q);
+        (d0, d1)
+    }
+}
