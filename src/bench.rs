@@ -159,7 +159,11 @@ fn bfv_suite(
         params: format!("{desc}; {note}"),
     };
     let seeded = decryptor.encrypt_symmetric(&pt, rng).expect("enc");
-    emit(size("bfv.ct_bytes", a.to_bytes(params).len(), "fresh, bit-packed, no compressor"));
+    emit(size(
+        "bfv.ct_bytes",
+        a.to_bytes(params).len(),
+        "fresh, bit-packed, no compressor",
+    ));
     emit(size(
         "bfv.ct_seeded_bytes",
         seeded.to_bytes(params).len(),
@@ -172,7 +176,11 @@ fn bfv_suite(
         "after modulus switching to one prime",
     ));
     emit(size("setup.bfv.pk_bytes", pk_bytes, "public key, seeded"));
-    emit(size("setup.bfv.relin_key_bytes", rlk.to_bytes(ctx).len(), "seeded"));
+    emit(size(
+        "setup.bfv.relin_key_bytes",
+        rlk.to_bytes(ctx).len(),
+        "seeded",
+    ));
     emit(size(
         "setup.bfv.galois_key_bytes",
         gk.to_bytes(ctx).len(),

@@ -1,7 +1,7 @@
 //! Typed errors of cipherml-he. Every variant carries the offending values.
 
 /// Errors of the HE layer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The ring degree is not a supported power of two.
@@ -128,6 +128,50 @@ pub enum Error {
         step: i64,
         /// Bound on the absolute value.
         max: usize,
+    },
+    /// CKKS operands have different scales.
+    #[error("scale mismatch: {left} vs {right}")]
+    ScaleMismatch {
+        /// Scale of the left operand.
+        left: f64,
+        /// Scale of the right operand.
+        right: f64,
+    },
+    /// A scale is out of the supported range.
+    #[error("scale {scale} out of range: {reason}")]
+    ScaleOutOfRange {
+        /// The scale.
+        scale: f64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A CKKS value cannot be encoded (not finite, or too large for the scale).
+    #[error("cannot encode {value} at scale {scale}: |value * scale| must be finite and below 2^{max_log2}")]
+    EncodingOverflow {
+        /// The value.
+        value: f64,
+        /// The scale.
+        scale: f64,
+        /// Bound, as a power of two.
+        max_log2: u32,
+    },
+    /// A computation needs more levels than the ciphertext has left.
+    #[error("not enough levels: need {needed}, have {available}")]
+    NotEnoughLevels {
+        /// Levels needed.
+        needed: usize,
+        /// Levels available.
+        available: usize,
+    },
+    /// Tensor shapes do not fit the operation.
+    #[error("shape mismatch: {what}: {left:?} vs {right:?}")]
+    ShapeMismatch {
+        /// The operation.
+        what: &'static str,
+        /// Left shape.
+        left: Vec<usize>,
+        /// Right shape.
+        right: Vec<usize>,
     },
     /// Decoding untrusted bytes failed.
     #[error("decode error: {0}")]

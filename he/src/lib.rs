@@ -28,6 +28,7 @@
 //! ```
 
 pub mod bfv;
+pub mod ckks;
 pub mod error;
 pub mod math;
 pub mod rlwe;

@@ -194,7 +194,12 @@ impl Decryptor {
                 expected: 2,
             });
         }
-        Ok(ops::phase(self.params.context(), &self.sk, &ct.polys, ct.level))
+        Ok(ops::phase(
+            self.params.context(),
+            &self.sk,
+            &ct.polys,
+            ct.level,
+        ))
     }
 
     /// Decrypts: `m = round(t (c0 + c1 s) / Q) mod t`, computed in RNS without big integers.

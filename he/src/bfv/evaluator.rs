@@ -263,7 +263,13 @@ impl Evaluator {
             }
             *out = (frac >> 64) as u64;
         }
-        let max_bits = lv.qr.primes().iter().map(|p| p.modulus.bits()).max().unwrap_or(0);
+        let max_bits = lv
+            .qr
+            .primes()
+            .iter()
+            .map(|p| p.modulus.bits())
+            .max()
+            .unwrap_or(0);
         let wide_ok = max_bits + (usize::BITS - (k + 2).leading_zeros()) <= 62;
         for j in 0..m {
             let row = &lv.omega[j][..k];

@@ -32,6 +32,14 @@ pub struct RnsBasis {
     /// `1/q_i` as a float, for the quotient estimate of exact conversions.
     inv_q: Vec<f64>,
     log2_q: f64,
+    /// Garner constants: `[i] = (q_0 ... q_{i-1})^-1 mod q_i`.
+    garner_inv: Vec<u64>,
+    /// `[i][j] = (q_0 ... q_{j-1}) mod q_i` for `j <= i`.
+    garner_prefix: Vec<Vec<u64>>,
+    /// Mixed-radix digits of `(Q - 1) / 2`.
+    half_digits: Vec<u64>,
+    /// `prod_{j<i} q_j` as floats.
+    radix_f64: Vec<f64>,
 }
 
 impl RnsBasis {
@@ -60,11 +68,52 @@ impl RnsBasis {
             .iter()
             .map(|p| (p.modulus.value() as f64).log2())
             .sum();
+        let k = primes.len();
+        let qs: Vec<u64> = primes.iter().map(|p| p.modulus.value()).collect();
+        let garner_prefix: Vec<Vec<u64>> = (0..k)
+            .map(|i| {
+                let m = primes[i].modulus;
+                let mut v = Vec::with_capacity(i + 1);
+                let mut prod = 1 % m.value();
+                for &qj in &qs[..i] {
+                    v.push(prod);
+                    prod = m.mul(prod, m.reduce(qj));
+                }
+                v.push(prod);
+                v
+            })
+            .collect();
+        let garner_inv = (0..k)
+            .map(|i| {
+                primes[i]
+                    .modulus
+                    .inv(garner_prefix[i][i])
+                    .expect("RNS primes must be distinct")
+            })
+            .collect();
+        // Digits of (Q-1)/2: halve the digits of Q-1 = sum (q_i - 1) prod_{j<i} q_j.
+        let mut half_digits: Vec<u64> = qs.iter().map(|q| q - 1).collect();
+        let mut carry = 0u128;
+        for i in (0..k).rev() {
+            let cur = half_digits[i] as u128 + carry * qs[i] as u128;
+            half_digits[i] = (cur / 2) as u64;
+            carry = cur % 2;
+        }
+        let mut radix_f64 = Vec::with_capacity(k);
+        let mut r = 1f64;
+        for &q in &qs {
+            radix_f64.push(r);
+            r *= q as f64;
+        }
         Self {
             primes,
             q_hat_inv,
             inv_q,
             log2_q,
+            garner_inv,
+            garner_prefix,
+            half_digits,
+            radix_f64,
         }
     }
 
@@ -118,21 +167,65 @@ impl RnsBasis {
 
     /// Mixed-radix (Garner) digits of the residues `x`: `x = v_0 + v_1 q_0 + v_2 q_0 q_1 + ...`.
     pub fn mixed_radix(&self, x: &[u64]) -> Vec<u64> {
-        let k = self.len();
-        let mut v = vec![0u64; k];
-        for i in 0..k {
-            let m = self.modulus(i);
-            // (x_i - (v_0 + v_1 q_0 + ...)) / (q_0 ... q_{i-1}) mod q_i
-            let mut acc = m.reduce(x[i]);
-            let mut prod = 1u64;
-            for j in 0..i {
-                let t = m.mul(m.reduce(v[j]), prod);
-                acc = m.sub(acc, t);
-                prod = m.mul(prod, m.reduce(self.modulus(j).value()));
-            }
-            v[i] = m.mul(acc, m.inv(prod).expect("distinct primes"));
-        }
+        let mut v = vec![0u64; self.len()];
+        self.mixed_radix_into(x, &mut v);
         v
+    }
+
+    fn mixed_radix_into(&self, x: &[u64], v: &mut [u64]) {
+        for i in 0..self.len() {
+            let m = self.modulus(i);
+            let pre = &self.garner_prefix[i];
+            let mut acc = m.reduce(x[i]);
+            for j in 0..i {
+                acc = m.sub(acc, m.mul(m.reduce(v[j]), pre[j]));
+            }
+            v[i] = m.mul(acc, self.garner_inv[i]);
+        }
+    }
+
+    /// Whether the digits `v` exceed those of `(Q - 1) / 2`, and if so, replaces them by the
+    /// digits of `Q - x`.
+    fn center_digits(&self, v: &mut [u64]) -> bool {
+        let k = self.len();
+        let mut greater = false;
+        for i in (0..k).rev() {
+            if v[i] != self.half_digits[i] {
+                greater = v[i] > self.half_digits[i];
+                break;
+            }
+        }
+        if greater {
+            for i in 0..k {
+                v[i] = self.modulus(i).value() - 1 - v[i];
+            }
+            for i in 0..k {
+                v[i] += 1;
+                if v[i] == self.modulus(i).value() {
+                    v[i] = 0;
+                } else {
+                    break;
+                }
+            }
+        }
+        greater
+    }
+
+    /// The centered value `x in (-Q/2, Q/2]` with residues `x`, as a float (relative error
+    /// about 2^-52), computed without big integers.
+    pub fn to_f64_centered(&self, x: &[u64], scratch: &mut Vec<u64>) -> f64 {
+        scratch.resize(self.len(), 0);
+        self.mixed_radix_into(x, scratch);
+        let neg = self.center_digits(scratch);
+        let mut acc = 0f64;
+        for i in (0..self.len()).rev() {
+            acc += scratch[i] as f64 * self.radix_f64[i];
+        }
+        if neg {
+            -acc
+        } else {
+            acc
+        }
     }
 
     /// `log2 |x|` of the centered value with residues `x` (`None` if it is zero); exact to
@@ -140,45 +233,7 @@ impl RnsBasis {
     pub fn log2_abs_centered(&self, x: &[u64]) -> Option<f64> {
         let k = self.len();
         let mut v = self.mixed_radix(x);
-        // Is x > Q/2? Compare digits against those of floor(Q/2) from the top; Q is odd, so
-        // x > Q/2 iff 2x > Q iff x >= (Q+1)/2.
-        let half: Vec<u64> = {
-            // Digits of (Q-1)/2: halve the digits of Q-1 = sum (q_i - 1) * prod_{j<i} q_j.
-            let mut d: Vec<u64> = (0..k).map(|i| self.modulus(i).value() - 1).collect();
-            let mut carry = 0u128; // remainder carried downward, in units of the next radix
-            for i in (0..k).rev() {
-                let cur = d[i] as u128 + carry * self.modulus(i).value() as u128;
-                d[i] = (cur / 2) as u64;
-                carry = cur % 2;
-            }
-            d
-        };
-        let mut greater = false;
-        for i in (0..k).rev() {
-            if v[i] != half[i] {
-                greater = v[i] > half[i];
-                break;
-            }
-        }
-        if greater {
-            // Q - x: digits of (Q - 1 - x) plus one.
-            for i in 0..k {
-                v[i] = self.modulus(i).value() - 1 - v[i];
-            }
-            let mut i = 0;
-            loop {
-                if i == k {
-                    break;
-                }
-                v[i] += 1;
-                if v[i] == self.modulus(i).value() {
-                    v[i] = 0;
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-        }
+        self.center_digits(&mut v);
         let top = (0..k).rev().find(|&i| v[i] != 0)?;
         let mut mant = v[top] as f64;
         let mut log_base: f64 = (0..top)
@@ -244,7 +299,12 @@ impl BaseConverter {
             .iter()
             .map(|p| p.modulus.neg(from.product_mod(&p.modulus)))
             .collect();
-        let max_in = from.primes().iter().map(|p| p.modulus.bits()).max().unwrap_or(0);
+        let max_in = from
+            .primes()
+            .iter()
+            .map(|p| p.modulus.bits())
+            .max()
+            .unwrap_or(0);
         let wide_ok = max_in + (usize::BITS - from.len().leading_zeros()) + 1 <= 62;
         Self {
             wide_ok,
@@ -412,6 +472,9 @@ mod tests {
             let expect = centered.abs().to_f64().unwrap().log2();
             let got = b.log2_abs_centered(&x).unwrap();
             prop_assert!((got - expect).abs() < 1e-9, "{} vs {}", got, expect);
+            let f = b.to_f64_centered(&x, &mut Vec::new());
+            let want = centered.to_f64().unwrap();
+            prop_assert!((f - want).abs() <= want.abs() * 1e-14, "{} vs {}", f, want);
         }
 
         #[test]

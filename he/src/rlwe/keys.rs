@@ -208,8 +208,10 @@ impl KeySwitchKey {
             for (i, limb) in d.limbs().enumerate() {
                 let pr = &qp.primes()[i];
                 let ki = ctx.qp_limb_index(level, i);
-                pr.ntt.mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
-                pr.ntt.mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
+                pr.ntt
+                    .mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
+                pr.ntt
+                    .mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
             }
         }
         (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
@@ -241,8 +243,10 @@ impl KeySwitchKey {
                 let pr = &qp.primes()[i];
                 pr.ntt.forward(limb);
                 let ki = ctx.qp_limb_index(level, i);
-                pr.ntt.mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
-                pr.ntt.mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
+                pr.ntt
+                    .mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));
+                pr.ntt
+                    .mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
             }
         }
         (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
@@ -261,11 +265,7 @@ pub(crate) fn mod_down(ctx: &RlweContext, level: usize, x: Poly<Ntt>) -> Poly<Nt
     }
     let mut conv = Poly::<Coeff>::from_data(n, crate::math::pool::take(kq * n));
     lv.p_to_q.convert(&p_part, conv.data_mut(), n, false);
-    for (i, (limb, c)) in data
-        .chunks_exact_mut(n)
-        .zip(conv.limbs_mut())
-        .enumerate()
-    {
+    for (i, (limb, c)) in data.chunks_exact_mut(n).zip(conv.limbs_mut()).enumerate() {
         let pr = &lv.q.primes()[i];
         pr.ntt.forward(c);
         let m = &pr.modulus;

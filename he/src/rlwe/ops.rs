@@ -71,12 +71,18 @@ pub(crate) fn encrypt_sk<R: RngCore + CryptoRng + ?Sized>(
 }
 
 /// `c0 + c1 s + c2 s^2` (coefficient form) for polynomials over `Q_level`.
-pub(crate) fn phase(ctx: &RlweContext, sk: &SecretKey, polys: &[Poly<Ntt>], level: usize) -> Poly<Coeff> {
+pub(crate) fn phase(
+    ctx: &RlweContext,
+    sk: &SecretKey,
+    polys: &[Poly<Ntt>],
+    level: usize,
+) -> Poly<Coeff> {
     let q = ctx.q_at(level);
     let s = sk.ntt_qp();
     let mut acc = polys[0].clone();
     for (i, pr) in q.primes().iter().enumerate() {
-        pr.ntt.mul_accumulate(acc.limb_mut(i), polys[1].limb(i), s.limb(i));
+        pr.ntt
+            .mul_accumulate(acc.limb_mut(i), polys[1].limb(i), s.limb(i));
     }
     if let Some(c2) = polys.get(2) {
         let mut s2 = s.truncated(q.len());
@@ -180,11 +186,7 @@ impl Decomposition {
         let level = self.level;
         let q = ctx.q_at(level);
         let qp = &ctx.level(level).qp;
-        let rotated: Vec<Poly<Ntt>> = self
-            .digits
-            .iter()
-            .map(|d| d.automorphism(g, qp))
-            .collect();
+        let rotated: Vec<Poly<Ntt>> = self.digits.iter().map(|d| d.automorphism(g, qp)).collect();
         let (mut d0, d1) = key.switch_decomposed(ctx, level, &rotated);
         d0.add_assign(&c0.automorphism(g, q), q);
         (d0, d1)

@@ -1,0 +1,218 @@
+//! CKKS ciphertexts, encryption (public key, or seeded secret key) and decryption.
+
+use std::sync::Arc;
+
+use num_complex::Complex64;
+use rand::{CryptoRng, RngCore};
+
+use super::encoding::{Encoder, Plaintext};
+use super::params::CkksParameters;
+use crate::error::{Error, Result};
+use crate::math::sampler::Seed;
+use crate::math::{Ntt, Poly};
+use crate::rlwe::{ops, PublicKey, SecretKey};
+
+/// A CKKS ciphertext: two (or three, before relinearization) polynomials modulo `Q_level`
+/// in NTT form, with the scale of the message they encrypt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ciphertext {
+    pub(crate) params_id: u64,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+    pub(crate) polys: Vec<Poly<Ntt>>,
+    pub(crate) seed: Option<Seed>,
+}
+
+impl Ciphertext {
+    /// The level: the number of rescalings left.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// The scale of the encrypted message.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Number of polynomials (2, or 3 before relinearization).
+    pub fn len(&self) -> usize {
+        self.polys.len()
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        self.polys.is_empty()
+    }
+
+    /// Whether the uniform half is given by a seed (fresh symmetric encryption).
+    pub fn is_seeded(&self) -> bool {
+        self.seed.is_some()
+    }
+
+    /// The parameter id.
+    pub fn params_id(&self) -> u64 {
+        self.params_id
+    }
+}
+
+fn check_pt(params: &CkksParameters, pt: &Plaintext) -> Result<()> {
+    if pt.params_id != params.id() {
+        return Err(Error::ParameterMismatch {
+            expected: params.id(),
+            found: pt.params_id,
+        });
+    }
+    if pt.level != params.max_level() {
+        return Err(Error::LevelMismatch {
+            left: params.max_level(),
+            right: pt.level,
+        });
+    }
+    Ok(())
+}
+
+/// Public-key encryption. Immutable and `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Encryptor {
+    params: Arc<CkksParameters>,
+    pk: PublicKey,
+}
+
+impl Encryptor {
+    /// An encryptor with the public key `pk`.
+    pub fn new(params: &Arc<CkksParameters>, pk: PublicKey) -> Result<Self> {
+        if pk.ctx_id != params.context().id() {
+            return Err(Error::ParameterMismatch {
+                expected: params.context().id(),
+                found: pk.ctx_id,
+            });
+        }
+        Ok(Self {
+            params: params.clone(),
+            pk,
+        })
+    }
+
+    /// Encrypts a plaintext encoded at the top level.
+    pub fn encrypt<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        check_pt(&self.params, pt)?;
+        let ctx = self.params.context();
+        let level = ctx.max_level();
+        let e0 = ops::error_coeff(ctx, level, rng);
+        let mut polys = ops::encrypt_pk(ctx, &self.pk, e0, rng);
+        polys[0].add_assign(&pt.poly, ctx.q_at(level));
+        Ok(Ciphertext {
+            params_id: self.params.id(),
+            level,
+            scale: pt.scale,
+            polys,
+            seed: None,
+        })
+    }
+
+    /// Encodes real values at the top level and default scale, and encrypts them.
+    pub fn encrypt_f64<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        values: &[f64],
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        let p = &self.params;
+        let pt = Encoder::new(p).encode_f64(values, p.max_level(), p.default_scale())?;
+        self.encrypt(&pt, rng)
+    }
+}
+
+/// Secret-key operations: decryption and seeded symmetric encryption. `Send + Sync`.
+pub struct Decryptor {
+    params: Arc<CkksParameters>,
+    sk: Arc<SecretKey>,
+}
+
+impl std::fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decryptor").finish_non_exhaustive()
+    }
+}
+
+impl Decryptor {
+    /// A decryptor for `sk`.
+    pub fn new(params: &Arc<CkksParameters>, sk: Arc<SecretKey>) -> Result<Self> {
+        if sk.context().id() != params.context().id() {
+            return Err(Error::ParameterMismatch {
+                expected: params.context().id(),
+                found: sk.context().id(),
+            });
+        }
+        Ok(Self {
+            params: params.clone(),
+            sk,
+        })
+    }
+
+    /// Symmetric encryption with a seeded uniform half (about half the size on the wire).
+    pub fn encrypt_symmetric<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        check_pt(&self.params, pt)?;
+        let ctx = self.params.context();
+        let level = ctx.max_level();
+        let e = ops::error_coeff(ctx, level, rng);
+        let (mut polys, seed) = ops::encrypt_sk(ctx, &self.sk, e, rng);
+        polys[0].add_assign(&pt.poly, ctx.q_at(level));
+        Ok(Ciphertext {
+            params_id: self.params.id(),
+            level,
+            scale: pt.scale,
+            polys,
+            seed: Some(seed),
+        })
+    }
+
+    fn check(&self, ct: &Ciphertext) -> Result<()> {
+        if ct.params_id != self.params.id() {
+            return Err(Error::ParameterMismatch {
+                expected: self.params.id(),
+                found: ct.params_id,
+            });
+        }
+        if !(2..=3).contains(&ct.polys.len()) {
+            return Err(Error::CiphertextSize {
+                found: ct.polys.len(),
+                expected: 2,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decrypts to a plaintext (`c0 + c1 s`, at the ciphertext's level and scale).
+    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
+        self.check(ct)?;
+        let ctx = self.params.context();
+        let q = ctx.q_at(ct.level);
+        let poly = ops::phase(ctx, &self.sk, &ct.polys, ct.level).into_ntt(q);
+        Ok(Plaintext {
+            params_id: self.params.id(),
+            level: ct.level,
+            scale: ct.scale,
+            poly,
+        })
+    }
+
+    /// Decrypts and decodes the `N/2` complex slots.
+    pub fn decrypt_decode(&self, ct: &Ciphertext) -> Result<Vec<Complex64>> {
+        self.check(ct)?;
+        let x = ops::phase(self.params.context(), &self.sk, &ct.polys, ct.level);
+        Ok(Encoder::new(&self.params).decode_coeff(&x, ct.level, ct.scale))
+    }
+
+    /// Decrypts and decodes the real parts of the slots.
+    pub fn decrypt_f64(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
+        Ok(self.decrypt_decode(ct)?.into_iter().map(|c| c.re).collect())
+    }
+}
