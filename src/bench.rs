@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cipherml_he::bfv::{
     BfvParameters, BfvParametersLiteral, Decryptor, Encoder, Encryptor, Evaluator,
 };
+use cipherml_he::ckks::{CkksParameters, CkksParametersLiteral};
 use cipherml_he::math::primes::ntt_primes;
 use cipherml_he::math::{Modulus, NttOperator};
 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
@@ -120,6 +121,121 @@ pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
 
     let params = BfvParameters::new(&BfvParametersLiteral::n8192()).expect("preset");
     bfv_suite(&params, "n8192", budget, &mut rng, emit);
+
+    let params = CkksParameters::new(&CkksParametersLiteral::n8192()).expect("preset");
+    ckks_suite(&params, "n8192", true, budget, &mut rng, emit);
+    let params = CkksParameters::new(&CkksParametersLiteral::n16384()).expect("preset");
+    ckks_suite(&params, "n16384", false, budget, &mut rng, emit);
+}
+
+fn describe_ckks(p: &CkksParameters) -> String {
+    let lit = p.literal();
+    format!(
+        "CKKS N={} q_bits={:?} p_bits={:?} scale=2^{}",
+        p.degree(),
+        lit.ciphertext_moduli_bits,
+        lit.special_moduli_bits,
+        lit.scale_bits
+    )
+}
+
+fn ckks_suite(
+    params: &Arc<CkksParameters>,
+    tag: &str,
+    full: bool,
+    budget: Duration,
+    rng: &mut ChaCha20Rng,
+    emit: &mut dyn FnMut(BenchLine),
+) {
+    use cipherml_he::ckks::{
+        Decryptor as CDec, Encoder as CEnc, Encryptor as CEnc2, Evaluator as CEv,
+    };
+    let desc = describe_ckks(params);
+    let sk = Arc::new(SecretKey::random(params.context(), rng));
+    let pk = PublicKey::new(&sk, rng);
+    let rlk = RelinKey::new(&sk, rng);
+    let ev = CEv::new(params);
+    let gk = GaloisKeys::new(&sk, &[ev.galois_element(1)], rng).expect("keys");
+    let enc = CEnc::new(params);
+    let encryptor = CEnc2::new(params, pk).expect("pk");
+    let decryptor = CDec::new(params, sk.clone()).expect("sk");
+    let vals: Vec<f64> = (0..params.slots())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let top = params.max_level();
+    let scale = params.default_scale();
+    let a = encryptor.encrypt_f64(&vals, rng).expect("enc");
+    let b = encryptor.encrypt_f64(&vals, rng).expect("enc");
+    let mut r2 = ChaCha20Rng::from_os_rng();
+    let mut emit_t =
+        |name: &str, t: (f64, f64)| emit(line(&format!("{name}.{tag}"), t, None, &desc));
+    emit_t(
+        "ckks.mul_relin",
+        time(budget, || {
+            std::hint::black_box(ev.mul_relin(&a, &b, &rlk).expect("mul"));
+        }),
+    );
+    emit_t(
+        "ckks.rotate",
+        time(budget, || {
+            std::hint::black_box(ev.rotate(&a, 1, &gk).expect("rot"));
+        }),
+    );
+    if !full {
+        return;
+    }
+    emit_t(
+        "ckks.encode_encrypt",
+        time(budget, || {
+            let pt = enc.encode_f64(&vals, top, scale).expect("encode");
+            std::hint::black_box(encryptor.encrypt(&pt, &mut r2).expect("enc"));
+        }),
+    );
+    let prod = ev.mul_relin(&a, &b, &rlk).expect("mul");
+    emit_t(
+        "ckks.rescale",
+        time(budget, || {
+            std::hint::black_box(ev.rescale(&prod).expect("rescale"));
+        }),
+    );
+    emit_t(
+        "ckks.decrypt_decode",
+        time(budget, || {
+            std::hint::black_box(decryptor.decrypt_f64(&a).expect("dec"));
+        }),
+    );
+    emit_t(
+        "ckks.add",
+        time(budget, || {
+            std::hint::black_box(ev.add(&a, &b).expect("add"));
+        }),
+    );
+    let pt = enc.encode_f64(&vals, top, scale).expect("encode");
+    emit_t(
+        "ckks.mul_plain",
+        time(budget, || {
+            std::hint::black_box(ev.mul_plain(&a, &pt).expect("mul"));
+        }),
+    );
+    let seeded = decryptor.encrypt_symmetric(&pt, rng).expect("enc");
+    emit(BenchLine {
+        name: format!("ckks.ct_seeded_bytes.{tag}"),
+        median_us: 0.0,
+        min_us: 0.0,
+        bytes: Some(seeded.to_bytes(params).len() as u64),
+        rounds: None,
+        threads: 1,
+        params: format!("{desc}; seeded, bit-packed"),
+    });
+    emit(BenchLine {
+        name: format!("ckks.ct_bytes.{tag}"),
+        median_us: 0.0,
+        min_us: 0.0,
+        bytes: Some(a.to_bytes(params).len() as u64),
+        rounds: None,
+        threads: 1,
+        params: format!("{desc}; bit-packed"),
+    });
 }
 
 fn bfv_suite(

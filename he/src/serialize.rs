@@ -29,6 +29,7 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 use crate::bfv::{BfvParameters, BfvParametersLiteral, Ciphertext, Plaintext};
+use crate::ckks;
 use crate::error::{DecodeError, Result};
 use crate::math::sampler::{uniform_from_seed, Seed};
 use crate::math::{Ntt, Poly, RnsBasis};
@@ -60,6 +61,10 @@ pub enum Kind {
     GaloisKeys = 6,
     /// A secret key (for the key owner's own storage only).
     SecretKey = 7,
+    /// A CKKS ciphertext.
+    CkksCiphertext = 8,
+    /// A CKKS parameter literal.
+    CkksParameters = 9,
 }
 
 fn header(kind: Kind, id: u64) -> Vec<u8> {
@@ -559,4 +564,126 @@ pub fn ciphertext_size(
     let plen = poly_len(params.degree(), params.context().q_at(level));
     let body = if seeded { plen + 32 } else { count * plen };
     Ok(HEADER_LEN + 3 + body)
+}
+
+impl ckks::CkksParametersLiteral {
+    /// The parameter literal with a wire header.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut v = header(Kind::CkksParameters, 0);
+        v.extend(
+            bincode::serde::encode_to_vec(self, bincode::config::standard())
+                .expect("serializing a literal cannot fail"),
+        );
+        v
+    }
+
+    /// Decodes [`Self::to_wire`] output (bounded to 4 KiB of body).
+    pub fn from_wire(bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::CkksParameters, None)?;
+        let cfg = bincode::config::standard().with_limit::<4096>();
+        let (lit, used): (Self, usize) = bincode::serde::decode_from_slice(body, cfg)
+            .map_err(|e| DecodeError::Parameters(e.to_string()))?;
+        if used != body.len() {
+            return Err(DecodeError::TrailingBytes {
+                extra: body.len() - used,
+            }
+            .into());
+        }
+        Ok(lit)
+    }
+}
+
+impl ckks::Ciphertext {
+    /// Serializes: header, level, number of polynomials, flags, the scale (IEEE 754, 8 bytes),
+    /// then the bit-packed polynomials (seeded: the first polynomial and the seed).
+    pub fn to_bytes(&self, params: &ckks::CkksParameters) -> Vec<u8> {
+        let q = params.context().q_at(self.level);
+        let mut v = header(Kind::CkksCiphertext, self.params_id);
+        v.push(self.level as u8);
+        v.push(self.polys.len() as u8);
+        v.push(if self.seed.is_some() { FLAG_SEEDED } else { 0 });
+        v.extend_from_slice(&self.scale.to_le_bytes());
+        match &self.seed {
+            Some(seed) => {
+                pack_poly(&mut v, &self.polys[0], q);
+                v.extend_from_slice(seed);
+            }
+            None => {
+                for p in &self.polys {
+                    pack_poly(&mut v, p, q);
+                }
+            }
+        }
+        v
+    }
+
+    /// Decodes untrusted bytes against `params`; the scale must be finite, at least 1 and
+    /// below the ciphertext modulus.
+    pub fn from_bytes(params: &Arc<ckks::CkksParameters>, bytes: &[u8]) -> Result<Self> {
+        let body = check_header(bytes, Kind::CkksCiphertext, Some(params.id()))?;
+        let mut r = Reader::new(body);
+        let level = r.u8()? as usize;
+        let count = r.u8()? as usize;
+        let flags = r.u8()?;
+        let scale = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let max = params.max_level();
+        if level > max {
+            return Err(DecodeError::TooLarge {
+                what: "level",
+                value: level as u64,
+                max: max as u64,
+            }
+            .into());
+        }
+        if !(2..=3).contains(&count) {
+            return Err(DecodeError::Invalid {
+                what: "polynomial count",
+                value: count as u64,
+            }
+            .into());
+        }
+        let q = params.context().q_at(level);
+        if !scale.is_finite() || scale < 1.0 || scale.log2() >= q.log2_product() {
+            return Err(DecodeError::Invalid {
+                what: "scale (f64 bits)",
+                value: scale.to_bits(),
+            }
+            .into());
+        }
+        let n = params.degree();
+        let plen = poly_len(n, q);
+        let seeded = match flags {
+            0 => false,
+            FLAG_SEEDED if count == 2 && level == max => true,
+            f => {
+                return Err(DecodeError::Invalid {
+                    what: "ciphertext flags",
+                    value: f as u64,
+                }
+                .into())
+            }
+        };
+        let expected = if seeded { plen + 32 } else { count * plen };
+        expect_len(&body[11..], expected)?;
+        let mut polys = Vec::with_capacity(count);
+        let seed = if seeded {
+            polys.push(unpack_poly(&mut r, n, q)?);
+            let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+            polys.push(uniform_from_seed(&seed, n, q, 0));
+            Some(seed)
+        } else {
+            for _ in 0..count {
+                polys.push(unpack_poly(&mut r, n, q)?);
+            }
+            None
+        };
+        r.finish()?;
+        Ok(ckks::Ciphertext {
+            params_id: params.id(),
+            level,
+            scale,
+            polys,
+            seed,
+        })
+    }
 }

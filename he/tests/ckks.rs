@@ -339,3 +339,34 @@ fn activation_approximations_stay_within_their_stated_error() {
         );
     }
 }
+
+#[test]
+fn serialization_round_trips_and_rejects_corruption() {
+    let mut c = setup(&CkksParametersLiteral::n8192(), false, 6);
+    let x = c.random(1.0);
+    let cx = c.encrypt(&x);
+    let bytes = cx.to_bytes(&c.params);
+    assert_eq!(Ciphertext::from_bytes(&c.params, &bytes).unwrap(), cx);
+    let pt = c.enc.encode_f64(&x, 2, c.params.default_scale()).unwrap();
+    let seeded = c.dec.encrypt_symmetric(&pt, &mut c.rng).unwrap();
+    let sb = seeded.to_bytes(&c.params);
+    // 8192 x (60 + 40 + 40) bits = 143,360 bytes plus a 32-byte seed and a 27-byte header.
+    assert_eq!(sb.len(), 8192 * 140 / 8 + 32 + 27);
+    assert!(sb.len() <= 150_000);
+    let back = Ciphertext::from_bytes(&c.params, &sb).unwrap();
+    assert!(precision_bits(&c.dec.decrypt_f64(&back).unwrap(), &x) >= 21.0);
+    for len in [0, 10, 20, 27, sb.len() - 1] {
+        assert!(Ciphertext::from_bytes(&c.params, &sb[..len]).is_err());
+    }
+    let mut bad = bytes.clone();
+    bad[19..27].copy_from_slice(&f64::NAN.to_le_bytes());
+    assert!(Ciphertext::from_bytes(&c.params, &bad).is_err());
+    let mut bad = bytes.clone();
+    bad[19..27].copy_from_slice(&1e300f64.to_le_bytes());
+    assert!(Ciphertext::from_bytes(&c.params, &bad).is_err());
+    let lit = CkksParametersLiteral::n16384();
+    assert_eq!(
+        CkksParametersLiteral::from_wire(&lit.to_wire()).unwrap(),
+        lit
+    );
+}

@@ -123,11 +123,25 @@ impl NttOperator {
 
     /// Applies `a(X) -> a(X^g)` (odd `g`) to a polynomial in NTT form: a slot permutation.
     pub fn automorphism_ntt(&self, input: &[u64], g: usize, out: &mut [u64]) {
-        let mask = 2 * self.n - 1;
-        for (i, o) in out.iter_mut().enumerate() {
-            let e = (self.slot_exp[i] as usize * g) & mask;
-            *o = input[self.exp_slot[e / 2] as usize];
+        let perm = self.automorphism_permutation(g);
+        for (o, &j) in out.iter_mut().zip(&perm) {
+            *o = input[j as usize];
         }
+    }
+
+    /// The slot permutation of `X -> X^g`: output slot `i` takes input slot `perm[i]`.
+    pub fn automorphism_permutation(&self, g: usize) -> Vec<u32> {
+        let mask = 2 * self.n - 1;
+        self.slot_exp
+            .iter()
+            .map(|&e| self.exp_slot[((e as usize * g) & mask) / 2])
+            .collect()
+    }
+
+    /// Whether `other` orders its evaluation points like `self` (then automorphism
+    /// permutations can be shared).
+    pub fn same_slot_order(&self, other: &NttOperator) -> bool {
+        self.slot_exp == other.slot_exp
     }
 }
 

@@ -289,8 +289,18 @@ impl Poly<Ntt> {
     pub fn automorphism(&self, g: usize, basis: &RnsBasis) -> Self {
         self.check(basis);
         let mut out = Self::from_data(self.n, pool::take(self.data.len()));
-        for ((o, a), p) in out.limbs_mut().zip(self.limbs()).zip(basis.primes()) {
-            p.ntt.automorphism_ntt(a, g, o);
+        let primes = basis.primes();
+        if basis.uniform_slot_order() {
+            let perm = primes[0].ntt.automorphism_permutation(g);
+            for (o, a) in out.limbs_mut().zip(self.limbs()) {
+                for (x, &j) in o.iter_mut().zip(&perm) {
+                    *x = a[j as usize];
+                }
+            }
+        } else {
+            for ((o, a), p) in out.limbs_mut().zip(self.limbs()).zip(primes) {
+                p.ntt.automorphism_ntt(a, g, o);
+            }
         }
         out
     }

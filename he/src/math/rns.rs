@@ -40,6 +40,8 @@ pub struct RnsBasis {
     half_digits: Vec<u64>,
     /// `prod_{j<i} q_j` as floats.
     radix_f64: Vec<f64>,
+    /// Whether all primes' NTTs order their evaluation points alike.
+    uniform_slot_order: bool,
 }
 
 impl RnsBasis {
@@ -105,7 +107,9 @@ impl RnsBasis {
             radix_f64.push(r);
             r *= q as f64;
         }
+        let uniform_slot_order = primes.iter().all(|p| p.ntt.same_slot_order(&primes[0].ntt));
         Self {
+            uniform_slot_order,
             primes,
             q_hat_inv,
             inv_q,
@@ -121,6 +125,12 @@ impl RnsBasis {
     #[inline]
     pub fn primes(&self) -> &[Arc<Prime>] {
         &self.primes
+    }
+
+    /// Whether every prime's NTT orders its evaluation points alike, so that one slot
+    /// permutation serves all limbs.
+    pub fn uniform_slot_order(&self) -> bool {
+        self.uniform_slot_order
     }
 
     /// The number of primes.
@@ -336,9 +346,20 @@ impl BaseConverter {
         assert_eq!(output.len(), m * n);
         if k == 1 && !exact {
             // A single prime: the residue itself is the (non-centered) lift.
+            let q = self.from_mod[0].value();
             for (j, pj) in self.to_mod.iter().enumerate() {
-                for (o, &x) in output[j * n..(j + 1) * n].iter_mut().zip(input) {
-                    *o = pj.reduce(x);
+                let out = &mut output[j * n..(j + 1) * n];
+                let p = pj.value();
+                if q <= p {
+                    out.copy_from_slice(input);
+                } else if q <= 2 * p {
+                    for (o, &x) in out.iter_mut().zip(input) {
+                        *o = x.min(x.wrapping_sub(p));
+                    }
+                } else {
+                    for (o, &x) in out.iter_mut().zip(input) {
+                        *o = pj.reduce(x);
+                    }
                 }
             }
             return;
