@@ -217,6 +217,34 @@ fn ckks_suite(
             std::hint::black_box(ev.mul_plain(&a, &pt).expect("mul"));
         }),
     );
+    // Encrypted 784-vector times plaintext 784x128 matrix (BSGS, hoisted baby steps).
+    {
+        use cipherml_he::tensor::{CkksTensor, LinearMap};
+        let w = ndarray::Array2::from_shape_fn((128, 784), |_| rng.random_range(-1.0..1.0));
+        let x =
+            ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[784]), |_| rng.random_range(0.0..1.0));
+        let cx = CkksTensor::encrypt(&encryptor, &x, rng).expect("enc");
+        let map = LinearMap::dense(w.view(), None, cx.period()).expect("map");
+        let elements = map.galois_elements(&ev);
+        let mgk = GaloisKeys::new(&sk, &elements, rng).expect("keys");
+        let prepared = map.encode(&enc, cx.ct.level()).expect("encode");
+        let t = time(budget, || {
+            std::hint::black_box(prepared.apply(&ev, &cx, &mgk).expect("apply"));
+        });
+        emit(BenchLine {
+            name: "ckks.matvec_784x128".into(),
+            median_us: t.0,
+            min_us: t.1,
+            bytes: Some(mgk.to_bytes(params.context()).len() as u64),
+            rounds: None,
+            threads: 1,
+            params: format!(
+                "{desc}; {} Galois keys (bytes = their seeded size), {} diagonals, diagonals pre-encoded",
+                elements.len(),
+                map.nonzero_diagonals()
+            ),
+        });
+    }
     let seeded = decryptor.encrypt_symmetric(&pt, rng).expect("enc");
     emit(BenchLine {
         name: format!("ckks.ct_seeded_bytes.{tag}"),

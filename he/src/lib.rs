@@ -33,5 +33,6 @@ pub mod error;
 pub mod math;
 pub mod rlwe;
 pub mod serialize;
+pub mod tensor;
 
 pub use error::{DecodeError, Error, Result};

@@ -83,6 +83,11 @@ impl Encoder {
         }
     }
 
+    /// The parameters.
+    pub fn params(&self) -> &Arc<BfvParameters> {
+        &self.params
+    }
+
     /// Number of slots (`N`) for batching, coefficients for coefficient encoding.
     pub fn capacity(&self) -> usize {
         self.params.degree()

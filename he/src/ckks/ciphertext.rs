@@ -93,6 +93,11 @@ impl Encryptor {
         })
     }
 
+    /// The parameters.
+    pub fn params(&self) -> &Arc<CkksParameters> {
+        &self.params
+    }
+
     /// Encrypts a plaintext encoded at the top level.
     pub fn encrypt<R: RngCore + CryptoRng + ?Sized>(
         &self,

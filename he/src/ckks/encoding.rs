@@ -73,6 +73,11 @@ impl Encoder {
         }
     }
 
+    /// The parameters.
+    pub fn params(&self) -> &Arc<CkksParameters> {
+        &self.params
+    }
+
     fn bit_reverse(v: &mut [Complex64]) {
         let n = v.len();
         let mut j = 0usize;

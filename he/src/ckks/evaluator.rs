@@ -192,13 +192,55 @@ impl Evaluator {
         self.check(ct)?;
         self.check_pt(ct, pt)?;
         let q = self.q(ct.level);
-        let mut out = ct.clone();
-        for x in &mut out.polys {
-            x.mul_assign(&pt.poly, q);
+        let n = self.params.degree();
+        let polys = ct
+            .polys
+            .iter()
+            .map(|c| {
+                let mut out = Poly::<Ntt>::zero(n, q.len());
+                out.mul_accumulate(c, &pt.poly, q);
+                out
+            })
+            .collect();
+        Ok(self.make(ct.level, ct.scale * pt.scale, polys))
+    }
+
+    /// `acc += ct * pt` (vectorized multiply-accumulate, for linear maps). `acc` must have
+    /// the level of `ct` and the scale `ct.scale * pt.scale`.
+    pub fn mul_plain_accumulate(
+        &self,
+        acc: &mut Ciphertext,
+        ct: &Ciphertext,
+        pt: &Plaintext,
+    ) -> Result<()> {
+        self.check(ct)?;
+        self.check(acc)?;
+        self.check_pt(ct, pt)?;
+        if acc.level != ct.level {
+            return Err(Error::LevelMismatch {
+                left: acc.level,
+                right: ct.level,
+            });
         }
-        out.scale = ct.scale * pt.scale;
-        out.seed = None;
-        Ok(out)
+        let s = ct.scale * pt.scale;
+        if !scales_match(acc.scale, s) {
+            return Err(Error::ScaleMismatch {
+                left: acc.scale,
+                right: s,
+            });
+        }
+        if acc.polys.len() != ct.polys.len() {
+            return Err(Error::CiphertextSize {
+                found: ct.polys.len(),
+                expected: acc.polys.len(),
+            });
+        }
+        let q = self.q(ct.level);
+        for (a, c) in acc.polys.iter_mut().zip(&ct.polys) {
+            a.mul_accumulate(c, &pt.poly, q);
+        }
+        acc.seed = None;
+        Ok(())
     }
 
     /// Residues of `round(c)` for a real `c`, with `|c| < 2^120`.
