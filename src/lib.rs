@@ -8,6 +8,7 @@ pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
 pub mod bench;
+pub mod data;
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

@@ -112,7 +112,7 @@ impl CkksParameters {
         let ksi = (0..=m)
             .map(|k| Complex64::from_polar(1.0, 2.0 * std::f64::consts::PI * k as f64 / m as f64))
             .collect();
-        let id = fnv1a([ctx.id(), literal.scale_bits as u64, 0x0043_4b4b_53]);
+        let id = fnv1a([ctx.id(), literal.scale_bits as u64, 0x0000_434b_4b53]);
         Ok(Arc::new(Self {
             literal: literal.clone(),
             scale: (literal.scale_bits as f64).exp2(),

@@ -315,7 +315,7 @@ impl BaseConverter {
             .map(|p| p.modulus.bits())
             .max()
             .unwrap_or(0);
-        let wide_ok = max_in + (usize::BITS - from.len().leading_zeros()) + 1 <= 62;
+        let wide_ok = max_in + (usize::BITS - from.len().leading_zeros()) < 62;
         Self {
             wide_ok,
             from: from.clone(),

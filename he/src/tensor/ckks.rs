@@ -176,6 +176,9 @@ fn encryptor_slots(e: &Encryptor) -> usize {
     e.params().slots()
 }
 
+/// The non-zero diagonals of one giant step: `(k, [(baby step b, pre-rotated diagonal)])`.
+type DiagonalGroup = (usize, Vec<(usize, Vec<f64>)>);
+
 /// A plaintext linear map `y = M x + b` for the diagonal method (see the module docs).
 #[derive(Debug, Clone)]
 pub struct LinearMap {
@@ -187,7 +190,7 @@ pub struct LinearMap {
     period: usize,
     baby: usize,
     /// `(giant index k, [(baby b, diagonal k*g+b rotated right by k*g)])`.
-    groups: Vec<(usize, Vec<(usize, Vec<f64>)>)>,
+    groups: Vec<DiagonalGroup>,
     bias: Option<Vec<f64>>,
 }
 
@@ -381,7 +384,7 @@ impl PreparedLinearMap {
     /// replicated layout with period [`LinearMap::output_period`].
     pub fn apply(&self, ev: &Evaluator, x: &CkksTensor, keys: &GaloisKeys) -> Result<CkksTensor> {
         let m = &self.map;
-        if x.len() != m.cols || m.period % x.period != 0 {
+        if x.len() != m.cols || !m.period.is_multiple_of(x.period) {
             return Err(Error::ShapeMismatch {
                 what: "linear map input",
                 left: vec![m.rows, m.cols],
