@@ -310,7 +310,8 @@ fn polynomial_evaluation_matches_plaintext() {
 fn activation_approximations_stay_within_their_stated_error() {
     // N = 16384 with seven levels: degree-7 approximations (depth 3) and degree 15 (depth 4).
     let mut c = setup(&CkksParametersLiteral::n16384(), false, 5);
-    let cases: Vec<(PolyApprox, Box<dyn Fn(f64) -> f64>)> = vec![
+    type Case = (PolyApprox, Box<dyn Fn(f64) -> f64>);
+    let cases: Vec<Case> = vec![
         (
             PolyApprox::sigmoid(8.0, 7),
             Box::new(|v: f64| 1.0 / (1.0 + (-v).exp())),
