@@ -23,13 +23,17 @@ fn main() {
         let gk = GaloisKeys::new(&sk, &[ev.galois_element(1)], &mut rng).expect("keys");
         let e = ckks::Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).expect("pk");
         let a = e.encrypt_f64(&[1.0, 2.0], &mut rng).expect("encrypt");
+        let mut times = Vec::new();
         for _ in 0..100 {
+            let t0 = std::time::Instant::now();
             if rest.ends_with("mul") {
                 std::hint::black_box(ev.mul_relin(&a, &a, &rlk).expect("mul"));
             } else {
                 std::hint::black_box(ev.rotate(&a, 1, &gk).expect("rot"));
             }
+            times.push(t0.elapsed().as_secs_f64() * 1e6);
         }
+        report(&mut times);
         return;
     }
     let params = bfv::BfvParameters::new(&bfv::BfvParametersLiteral::n8192()).expect("preset");
@@ -42,7 +46,9 @@ fn main() {
     let e = bfv::Encryptor::new(&params, pk).expect("pk");
     let pt = enc.encode_u64(&[1, 2, 3]).expect("encode");
     let a = e.encrypt(&pt, &mut rng).expect("encrypt");
+    let mut times = Vec::new();
     for _ in 0..200 {
+        let t0 = std::time::Instant::now();
         match op.as_str() {
             "mul" => {
                 std::hint::black_box(ev.mul_relin(&a, &a, &rlk).expect("mul"));
@@ -54,5 +60,16 @@ fn main() {
                 std::hint::black_box(e.encrypt(&pt, &mut rng).expect("enc"));
             }
         }
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
     }
+    report(&mut times);
+}
+
+fn report(times: &mut [f64]) {
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    println!(
+        "min {:.1} us, median {:.1} us",
+        times[0],
+        times[times.len() / 2]
+    );
 }

@@ -426,7 +426,7 @@ impl PublicKey {
 }
 
 fn ksk_len(ctx: &RlweContext) -> usize {
-    let digits = ctx.q().len().div_ceil(ctx.p().len());
+    let digits = ctx.num_digits();
     digits * poly_len(ctx.degree(), ctx.qp()) + 32
 }
 
@@ -441,7 +441,7 @@ fn unpack_ksk(
     r: &mut Reader<'_>,
     ctx: &RlweContext,
 ) -> std::result::Result<KeySwitchKey, DecodeError> {
-    let digits = ctx.q().len().div_ceil(ctx.p().len());
+    let digits = ctx.num_digits();
     let n = ctx.degree();
     let mut b = Vec::with_capacity(digits);
     for _ in 0..digits {

@@ -358,7 +358,8 @@ impl Evaluator {
     pub fn mul_relin(&self, a: &Ciphertext, b: &Ciphertext, rlk: &RelinKey) -> Result<Ciphertext> {
         self.check_rlk(rlk)?;
         let (d0, d1, d2) = self.tensor(a, b)?;
-        let (d0, d1) = ops::relinearize(self.params.context(), a.level, d0, d1, &d2, &rlk.ksk);
+        let (d0, d1) =
+            ops::relinearize(self.params.context(), a.level, d0, d1, &d2, None, &rlk.ksk);
         Ok(Ciphertext {
             params_id: self.params.id(),
             level: a.level,
@@ -383,6 +384,7 @@ impl Evaluator {
             ct.polys[0].clone(),
             ct.polys[1].clone(),
             &c2,
+            Some(&ct.polys[2]),
             &rlk.ksk,
         );
         Ok(Ciphertext {

@@ -241,14 +241,14 @@ impl BfvParameters {
             }
             None => Vec::new(),
         };
-        // HPS auxiliary basis R: R > 4 |round(t x / Q)|, |x| <= N Q^2 / 2.
+        // HPS auxiliary basis R of 60-bit primes (fewer limbs beat the faster NTT of smaller primes here): R > 4 |round(t x / Q)|, |x| <= N Q^2 / 2.
         let r_bits_needed = q.log2_product() + (n as f64).log2() + (t_val as f64).log2() + 4.0;
-        let r_count = (r_bits_needed / 49.0).ceil() as usize;
+        let r_count = (r_bits_needed / 59.0).ceil() as usize;
         let mut used: Vec<u64> = ctx.q_values();
         used.extend(ctx.p_values());
         used.push(t_val);
         let r_primes =
-            ntt_primes(50, n, r_count, &used).ok_or(Error::NotEnoughPrimes { bits: 50, n })?;
+            ntt_primes(60, n, r_count, &used).ok_or(Error::NotEnoughPrimes { bits: 60, n })?;
         let r = RnsBasis::new(
             r_primes
                 .iter()

@@ -369,6 +369,7 @@ impl Evaluator {
             ct.polys[0].clone(),
             ct.polys[1].clone(),
             &c2,
+            Some(&ct.polys[2]),
             &rlk.ksk,
         );
         Ok(self.make(ct.level, ct.scale, vec![c0, c1]))

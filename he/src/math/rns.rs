@@ -280,9 +280,6 @@ pub struct BaseConverter {
     wide_ok: bool,
 }
 
-/// Coefficients processed per block, so that the intermediate values stay in L1 cache.
-const BLOCK: usize = 64;
-
 impl BaseConverter {
     /// Precomputes the constants for `from -> to`.
     pub fn new(from: &RnsBasis, to: &RnsBasis) -> Self {
@@ -364,57 +361,82 @@ impl BaseConverter {
             }
             return;
         }
-        let mut y = [0u64; BLOCK * 64];
-        let y = &mut y[..k * BLOCK];
-        let mut v = [0u64; BLOCK];
-        for start in (0..n).step_by(BLOCK) {
-            let len = BLOCK.min(n - start);
-            for i in 0..k {
-                let qi = &self.from_mod[i];
-                let (w, ws) = self.from.q_hat_inv[i];
-                let src = &input[i * n + start..i * n + start + len];
-                for (yc, &x) in y[i * BLOCK..i * BLOCK + len].iter_mut().zip(src) {
-                    *yc = qi.mul_shoup(x, w, ws);
+        match k {
+            1 => self.convert_k::<1>(input, output, n, exact),
+            2 => self.convert_k::<2>(input, output, n, exact),
+            3 => self.convert_k::<3>(input, output, n, exact),
+            4 => self.convert_k::<4>(input, output, n, exact),
+            5 => self.convert_k::<5>(input, output, n, exact),
+            6 => self.convert_k::<6>(input, output, n, exact),
+            _ => self.convert_any(input, output, n, exact),
+        }
+    }
+
+    /// The conversion for a source basis of exactly `K` primes: the whole inner computation
+    /// stays in registers.
+    fn convert_k<const K: usize>(&self, input: &[u64], output: &mut [u64], n: usize, exact: bool) {
+        let m = self.to_mod.len();
+        let qhat: [(u64, u64); K] = std::array::from_fn(|i| self.from.q_hat_inv[i]);
+        let from: [Modulus; K] = std::array::from_fn(|i| self.from_mod[i]);
+        let inv_q: [f64; K] = std::array::from_fn(|i| self.from.inv_q[i]);
+        let rows: Vec<[u64; K]> = self
+            .q_hat_mod_p
+            .iter()
+            .map(|r| std::array::from_fn(|i| r[i]))
+            .collect();
+        let inputs: [&[u64]; K] = std::array::from_fn(|i| &input[i * n..(i + 1) * n]);
+        for c in 0..n {
+            let y: [u64; K] =
+                std::array::from_fn(|i| from[i].mul_shoup(inputs[i][c], qhat[i].0, qhat[i].1));
+            let v = if exact {
+                let mut s = 0.5f64;
+                for i in 0..K {
+                    s += y[i] as f64 * inv_q[i];
                 }
-            }
-            if exact {
-                for c in 0..len {
-                    let mut s = 0.5f64;
-                    for i in 0..k {
-                        s += y[i * BLOCK + c] as f64 * self.from.inv_q[i];
-                    }
-                    v[c] = s as u64;
-                }
-            }
-            let mut acc = [0u128; BLOCK];
+                s as u64
+            } else {
+                0
+            };
             for j in 0..m {
+                let w = &rows[j];
+                let mut acc = v as u128 * self.neg_q_mod_p[j] as u128;
+                for i in 0..K {
+                    acc += y[i] as u128 * w[i] as u128;
+                }
                 let pj = &self.to_mod[j];
-                let row = &self.q_hat_mod_p[j][..k];
-                let acc = &mut acc[..len];
-                if exact {
-                    let negq = self.neg_q_mod_p[j] as u128;
-                    for (a, &vc) in acc.iter_mut().zip(&v[..len]) {
-                        *a = vc as u128 * negq;
-                    }
+                output[j * n + c] = if self.wide_ok {
+                    pj.reduce_wide(acc)
                 } else {
-                    acc.fill(0);
+                    pj.reduce_u128(acc)
+                };
+            }
+        }
+    }
+
+    fn convert_any(&self, input: &[u64], output: &mut [u64], n: usize, exact: bool) {
+        let k = self.from_mod.len();
+        let m = self.to_mod.len();
+        let mut y = vec![0u64; k];
+        for c in 0..n {
+            let mut s = 0.5f64;
+            for i in 0..k {
+                let (w, ws) = self.from.q_hat_inv[i];
+                y[i] = self.from_mod[i].mul_shoup(input[i * n + c], w, ws);
+                s += y[i] as f64 * self.from.inv_q[i];
+            }
+            let v = if exact { s as u64 } else { 0 };
+            for j in 0..m {
+                let row = &self.q_hat_mod_p[j];
+                let mut acc = v as u128 * self.neg_q_mod_p[j] as u128;
+                for i in 0..k {
+                    acc += y[i] as u128 * row[i] as u128;
                 }
-                for (i, &w) in row.iter().enumerate() {
-                    let yi = &y[i * BLOCK..i * BLOCK + len];
-                    for (a, &yc) in acc.iter_mut().zip(yi) {
-                        *a += yc as u128 * w as u128;
-                    }
-                }
-                let out = &mut output[j * n + start..j * n + start + len];
-                if self.wide_ok {
-                    for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                        *o = pj.reduce_wide(a);
-                    }
+                let pj = &self.to_mod[j];
+                output[j * n + c] = if self.wide_ok {
+                    pj.reduce_wide(acc)
                 } else {
-                    for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                        *o = pj.reduce_u128(a);
-                    }
-                }
+                    pj.reduce_u128(acc)
+                };
             }
         }
     }

@@ -134,15 +134,16 @@ impl RlweContext {
         let q = RnsBasis::new(q_primes);
         let p = RnsBasis::new(p_primes);
         let qp = q.concat(&p);
-        let alpha = p.len();
+        let groups = Self::digit_groups(&q, &p);
         let levels = (0..q.len())
             .map(|l| {
                 let ql = q.sub_basis(0..l + 1);
                 let qpl = ql.concat(&p);
-                let digits = (0..=l)
-                    .step_by(alpha)
-                    .map(|start| {
-                        let r = start..(start + alpha).min(l + 1);
+                let digits = groups
+                    .iter()
+                    .filter(|g| g.start <= l)
+                    .map(|g| {
+                        let r = g.start..g.end.min(l + 1);
                         let conv = BaseConverter::new(&ql.sub_basis(r.clone()), &qpl);
                         (r, conv)
                     })
@@ -189,6 +190,32 @@ impl RlweContext {
             id,
             secure,
         }
+    }
+
+    /// The digits of the key-switching decomposition: consecutive ciphertext primes, greedily
+    /// grouped while their product stays within about `P` (at most 2 bits above), so the
+    /// key-switching noise stays small while the number of digits (and of NTTs) is minimal.
+    fn digit_groups(q: &RnsBasis, p: &RnsBasis) -> Vec<Range<usize>> {
+        let budget = p.log2_product() + 2.0;
+        let mut groups = Vec::new();
+        let mut start = 0;
+        let mut bits = 0.0;
+        for i in 0..q.len() {
+            let b = (q.modulus(i).value() as f64).log2();
+            if i > start && bits + b > budget {
+                groups.push(start..i);
+                start = i;
+                bits = 0.0;
+            }
+            bits += b;
+        }
+        groups.push(start..q.len());
+        groups
+    }
+
+    /// Number of digits of the key-switching decomposition at the top level.
+    pub fn num_digits(&self) -> usize {
+        self.levels[self.max_level()].digits.len()
     }
 
     /// Ring degree `N`.

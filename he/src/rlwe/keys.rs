@@ -117,7 +117,8 @@ impl PublicKey {
 }
 
 /// A hybrid key-switching key from `s'` to `s`: one RLWE sample over `QP` per digit of
-/// `alpha` ciphertext primes, `b_j = -a_j s + e_j + P s' [q in digit j]`.
+/// group of ciphertext primes (see [`RlweContext::num_digits`]),
+/// `b_j = -a_j s + e_j + P s' [q in digit j]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySwitchKey {
     pub(crate) ctx_id: u64,
@@ -217,13 +218,15 @@ impl KeySwitchKey {
         (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
     }
 
-    /// Key-switches `c` (coefficients modulo `Q_level`): returns `(d0, d1)` in NTT form over
-    /// `Q_level` with `d0 + d1 s = c s' + small`.
+    /// Key-switches `c` (coefficients modulo `Q_level`, and optionally the same polynomial in
+    /// NTT form, which saves the transforms of each digit's own limbs): returns `(d0, d1)` in
+    /// NTT form over `Q_level` with `d0 + d1 s = c s' + small`.
     pub(crate) fn switch(
         &self,
         ctx: &RlweContext,
         level: usize,
         c: &Poly<Coeff>,
+        c_ntt: Option<&Poly<Ntt>>,
     ) -> (Poly<Ntt>, Poly<Ntt>) {
         let n = ctx.degree();
         let lv = ctx.level(level);
@@ -241,7 +244,11 @@ impl KeySwitchKey {
             );
             for (i, limb) in buf.limbs_mut().enumerate() {
                 let pr = &qp.primes()[i];
-                pr.ntt.forward(limb);
+                match c_ntt {
+                    // The digit's own limbs are `c`'s limbs: reuse their NTT form.
+                    Some(cn) if range.contains(&i) => limb.copy_from_slice(cn.limb(i)),
+                    _ => pr.ntt.forward(limb),
+                }
                 let ki = ctx.qp_limb_index(level, i);
                 pr.ntt
                     .mul_accumulate(acc0.limb_mut(i), limb, self.b[j].limb(ki));

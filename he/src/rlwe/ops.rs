@@ -124,17 +124,19 @@ pub(crate) fn divide_by_last_prime(ctx: &RlweContext, level: usize, p: &Poly<Ntt
     out
 }
 
-/// Relinearizes `(c0, c1, c2)` with `c2` in coefficient form: returns `(c0', c1')`.
+/// Relinearizes `(c0, c1, c2)` with `c2` in coefficient form (and, if available, in NTT
+/// form): returns `(c0', c1')`.
 pub(crate) fn relinearize(
     ctx: &RlweContext,
     level: usize,
     mut c0: Poly<Ntt>,
     mut c1: Poly<Ntt>,
     c2: &Poly<Coeff>,
+    c2_ntt: Option<&Poly<Ntt>>,
     rlk: &KeySwitchKey,
 ) -> (Poly<Ntt>, Poly<Ntt>) {
     let q = ctx.q_at(level);
-    let (k0, k1) = rlk.switch(ctx, level, c2);
+    let (k0, k1) = rlk.switch(ctx, level, c2, c2_ntt);
     c0.add_assign(&k0, q);
     c1.add_assign(&k1, q);
     (c0, c1)
@@ -151,8 +153,9 @@ pub(crate) fn apply_galois(
 ) -> (Poly<Ntt>, Poly<Ntt>) {
     let q = ctx.q_at(level);
     let c0g = c0.automorphism(g, q);
-    let c1g = c1.automorphism(g, q).into_coeff(q);
-    let (mut d0, d1) = key.switch(ctx, level, &c1g);
+    let c1g_ntt = c1.automorphism(g, q);
+    let c1g = c1g_ntt.clone().into_coeff(q);
+    let (mut d0, d1) = key.switch(ctx, level, &c1g, Some(&c1g_ntt));
     d0.add_assign(&c0g, q);
     (d0, d1)
 }
