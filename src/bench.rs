@@ -102,8 +102,47 @@ fn describe(p: &BfvParameters) -> String {
     )
 }
 
-/// The HE benchmarks (NTT and BFV at N = 8192), calling `emit` for each line.
+/// The HE benchmarks, calling `emit` for each line: NTT, BFV at N = 8192, CKKS at 8192 and
+/// 16384, the 784x128 encrypted mat-vec. Everything runs on a one-thread rayon pool (the
+/// figures BENCHMARKS.md compares), then the multiplications once more on two threads.
 pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("thread pool");
+    one.install(|| he_single(budget, emit));
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("thread pool");
+    two.install(|| he_two_threads(budget, emit));
+}
+
+fn he_two_threads(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+    let mut rng = ChaCha20Rng::from_os_rng();
+    let params = BfvParameters::new(&BfvParametersLiteral::n8192()).expect("preset");
+    let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+    let rlk = RelinKey::new(&sk, &mut rng);
+    let encryptor = Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).expect("pk");
+    let pt = Encoder::new(&params)
+        .encode_u64(&[1, 2, 3])
+        .expect("encode");
+    let a = encryptor.encrypt(&pt, &mut rng).expect("enc");
+    let b = encryptor.encrypt(&pt, &mut rng).expect("enc");
+    let ev = Evaluator::new(&params);
+    let mut l = line(
+        "bfv.mul_relin.n8192.t2",
+        time(budget, || {
+            std::hint::black_box(ev.mul_relin(&a, &b, &rlk).expect("mul"));
+        }),
+        None,
+        &describe(&params),
+    );
+    l.threads = 2;
+    emit(l);
+}
+
+fn he_single(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
     let mut rng = ChaCha20Rng::from_os_rng();
     let n = 8192;
     for (bits, name) in [(50u32, "ntt.fwd.n8192"), (60, "ntt.fwd.n8192.q60")] {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::ciphertext::{scaled_message, Ciphertext};
 use super::encoding::{Encoder, Plaintext, PreparedPlaintext};
 use super::params::{BfvLevel, BfvParameters};
@@ -309,16 +311,22 @@ impl Evaluator {
         let k = q.len();
         let qr = &lv.qr;
         let n = self.params.degree();
-        let a0 = self.extend(lv, &a.polys[0], q);
-        let a1 = self.extend(lv, &a.polys[1], q);
-        let (b0, b1) = if std::ptr::eq(a, b) {
-            (a0.clone(), a1.clone())
+        // The base extensions are independent: run them in parallel on the rayon pool.
+        let square = std::ptr::eq(a, b);
+        let inputs: Vec<&Poly<Ntt>> = if square {
+            vec![&a.polys[0], &a.polys[1]]
         } else {
-            (
-                self.extend(lv, &b.polys[0], q),
-                self.extend(lv, &b.polys[1], q),
-            )
+            vec![&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]]
         };
+        let mut ext: Vec<Poly<Ntt>> = inputs.par_iter().map(|p| self.extend(lv, p, q)).collect();
+        let (b0, b1) = if square {
+            (ext[0].clone(), ext[1].clone())
+        } else {
+            let b1 = ext.pop().expect("four");
+            (ext.pop().expect("four"), b1)
+        };
+        let a1 = ext.pop().expect("two");
+        let a0 = ext.pop().expect("two");
         let mut d0 = Poly::<Ntt>::zero(n, qr.len());
         d0.mul_accumulate(&a0, &b0, qr);
         let mut d1 = Poly::<Ntt>::zero(n, qr.len());
@@ -326,9 +334,15 @@ impl Evaluator {
         d1.mul_accumulate(&a1, &b0, qr);
         let mut d2 = Poly::<Ntt>::zero(n, qr.len());
         d2.mul_accumulate(&a1, &b1, qr);
-        let s0 = self.scale_down(lv, &d0.into_coeff(qr), k).into_ntt(q);
-        let s1 = self.scale_down(lv, &d1.into_coeff(qr), k).into_ntt(q);
-        let s2 = self.scale_down(lv, &d2.into_coeff(qr), k);
+        let ((s0, s1), s2) = rayon::join(
+            || {
+                rayon::join(
+                    || self.scale_down(lv, &d0.into_coeff(qr), k).into_ntt(q),
+                    || self.scale_down(lv, &d1.into_coeff(qr), k).into_ntt(q),
+                )
+            },
+            || self.scale_down(lv, &d2.into_coeff(qr), k),
+        );
         Ok((s0, s1, s2))
     }
 

@@ -7,6 +7,11 @@ use zeroize::Zeroize;
 
 use super::ntt::automorphism_coeff;
 use super::pool;
+use rayon::prelude::*;
+
+/// Values (limbs x degree) from which limb-wise transforms run in parallel on the rayon
+/// pool: below it, task overhead outweighs the gain.
+const PAR_THRESHOLD: usize = 1 << 15;
 use super::rns::RnsBasis;
 
 /// Marker: the polynomial holds coefficients.
@@ -230,11 +235,19 @@ impl Poly<Coeff> {
         p
     }
 
-    /// Forward NTT of every limb.
+    /// Forward NTT of every limb (limbs in parallel when there is enough work).
     pub fn into_ntt(mut self, basis: &RnsBasis) -> Poly<Ntt> {
         self.check(basis);
-        for (limb, p) in self.limbs_mut().zip(basis.primes()) {
-            p.ntt.forward(limb);
+        let n = self.n;
+        if self.data.len() >= PAR_THRESHOLD {
+            self.data
+                .par_chunks_exact_mut(n)
+                .zip(basis.primes().par_iter())
+                .for_each(|(limb, p)| p.ntt.forward(limb));
+        } else {
+            for (limb, p) in self.limbs_mut().zip(basis.primes()) {
+                p.ntt.forward(limb);
+            }
         }
         Poly::from_data(self.n, self.into_data())
     }
@@ -251,11 +264,19 @@ impl Poly<Coeff> {
 }
 
 impl Poly<Ntt> {
-    /// Inverse NTT of every limb.
+    /// Inverse NTT of every limb (limbs in parallel when there is enough work).
     pub fn into_coeff(mut self, basis: &RnsBasis) -> Poly<Coeff> {
         self.check(basis);
-        for (limb, p) in self.limbs_mut().zip(basis.primes()) {
-            p.ntt.backward(limb);
+        let n = self.n;
+        if self.data.len() >= PAR_THRESHOLD {
+            self.data
+                .par_chunks_exact_mut(n)
+                .zip(basis.primes().par_iter())
+                .for_each(|(limb, p)| p.ntt.backward(limb));
+        } else {
+            for (limb, p) in self.limbs_mut().zip(basis.primes()) {
+                p.ntt.backward(limb);
+            }
         }
         Poly::from_data(self.n, self.into_data())
     }

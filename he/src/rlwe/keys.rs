@@ -215,7 +215,7 @@ impl KeySwitchKey {
                     .mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
             }
         }
-        (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
+        rayon::join(|| mod_down(ctx, level, acc0), || mod_down(ctx, level, acc1))
     }
 
     /// Key-switches `c` (coefficients modulo `Q_level`, and optionally the same polynomial in
@@ -256,7 +256,7 @@ impl KeySwitchKey {
                     .mul_accumulate(acc1.limb_mut(i), limb, self.a[j].limb(ki));
             }
         }
-        (mod_down(ctx, level, acc0), mod_down(ctx, level, acc1))
+        rayon::join(|| mod_down(ctx, level, acc0), || mod_down(ctx, level, acc1))
     }
 }
 
