@@ -105,7 +105,7 @@ fn describe(p: &BfvParameters) -> String {
 /// The HE benchmarks, calling `emit` for each line: NTT, BFV at N = 8192, CKKS at 8192 and
 /// 16384, the 784x128 encrypted mat-vec. Everything runs on a one-thread rayon pool (the
 /// figures BENCHMARKS.md compares), then the multiplications once more on two threads.
-pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+pub fn he(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -118,7 +118,7 @@ pub fn he(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
     two.install(|| he_two_threads(budget, emit));
 }
 
-fn he_two_threads(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+fn he_two_threads(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
     let mut rng = ChaCha20Rng::from_os_rng();
     let params = BfvParameters::new(&BfvParametersLiteral::n8192()).expect("preset");
     let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
@@ -142,7 +142,7 @@ fn he_two_threads(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
     emit(l);
 }
 
-fn he_single(budget: Duration, emit: &mut dyn FnMut(BenchLine)) {
+fn he_single(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
     let mut rng = ChaCha20Rng::from_os_rng();
     let n = 8192;
     for (bits, name) in [(50u32, "ntt.fwd.n8192"), (60, "ntt.fwd.n8192.q60")] {
@@ -184,7 +184,7 @@ fn ckks_suite(
     full: bool,
     budget: Duration,
     rng: &mut ChaCha20Rng,
-    emit: &mut dyn FnMut(BenchLine),
+    emit: &mut (dyn FnMut(BenchLine) + Send),
 ) {
     use cipherml_he::ckks::{
         Decryptor as CDec, Encoder as CEnc, Encryptor as CEnc2, Evaluator as CEv,
@@ -310,7 +310,7 @@ fn bfv_suite(
     tag: &str,
     budget: Duration,
     rng: &mut ChaCha20Rng,
-    emit: &mut dyn FnMut(BenchLine),
+    emit: &mut (dyn FnMut(BenchLine) + Send),
 ) {
     let desc = describe(params);
     let sk = Arc::new(SecretKey::random(params.context(), rng));
