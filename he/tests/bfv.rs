@@ -46,12 +46,19 @@ fn insecure_parameters_are_refused_without_opt_in() {
         other => panic!("expected InsecureParameters, got {other:?}"),
     }
     assert!(BfvParameters::new_insecure(&lit).is_ok());
-    for d in [4096, 8192, 16384] {
+    for d in [4096, 8192, 16384, 32768] {
         let p = BfvParameters::new(&BfvParametersLiteral::preset(d).unwrap()).unwrap();
         assert!(p.is_secure());
         assert!(p.supports_batching());
         assert_eq!(p.plaintext_modulus() % (2 * d as u64), 1);
     }
+    // The largest preset encrypts, multiplies and decrypts.
+    let mut b = setup(&BfvParametersLiteral::n32768(), false, 32768);
+    let x = b.random_slots();
+    let cx = b.encrypt(&x);
+    let t = b.params.plaintext_modulus();
+    let sq: Vec<u64> = x.iter().map(|v| mulmod(*v, *v, t)).collect();
+    assert_eq!(b.decrypt(&b.ev.mul_relin(&cx, &cx, &b.rlk).unwrap()), sq);
 }
 
 #[test]

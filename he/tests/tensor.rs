@@ -311,3 +311,60 @@ fn bfv_coefficient_conv2d_is_exact() {
         assert_eq!(got, want, "C={c} O={o} H={h} k={k} s={stride} p={pad}");
     }
 }
+
+#[test]
+fn batched_dense_layer_and_bfv_simd_tensors() {
+    let mut c = ckks_setup(&deep(), true);
+    let w = random_matrix(&mut c.rng, 6, 12);
+    let xs: Vec<ArrayD<f64>> = (0..3)
+        .map(|_| ArrayD::from_shape_fn(IxDyn(&[12]), |_| c.rng.random_range(-1.0..1.0)))
+        .collect();
+    let cts: Vec<CkksTensor> = xs
+        .iter()
+        .map(|x| CkksTensor::encrypt(&c.encryptor, x, &mut c.rng).unwrap())
+        .collect();
+    let map = LinearMap::dense(w.view(), None, 16).unwrap();
+    let gk = GaloisKeys::new(&c.sk, &map.galois_elements(&c.ev), &mut c.rng).unwrap();
+    let prepared = map.encode(&c.enc, cts[0].ct.level()).unwrap();
+    let ys = prepared.apply_batch(&c.ev, &cts, &gk).unwrap();
+    for (x, y) in xs.iter().zip(&ys) {
+        let x1 = Array1::from_vec(x.iter().copied().collect());
+        assert!(max_err(&y.decrypt(&c.dec).unwrap(), &w.dot(&x1).into_dyn()) < 1e-5);
+    }
+
+    let params = bfv::BfvParameters::new(&BfvParametersLiteral::n4096()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+    let enc = bfv::Encoder::new(&params);
+    let encryptor = bfv::Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).unwrap();
+    let dec = bfv::Decryptor::new(&params, sk.clone()).unwrap();
+    let ev = bfv::Evaluator::new(&params);
+    let rlk = RelinKey::new(&sk, &mut rng);
+    // 5000 elements: two ciphertexts.
+    let a = ArrayD::from_shape_fn(IxDyn(&[50, 100]), |_| rng.random_range(-150i64..150));
+    let b = ArrayD::from_shape_fn(IxDyn(&[50, 100]), |_| rng.random_range(-150i64..150));
+    let ca = BfvTensor::encrypt(&enc, &encryptor, &a, &mut rng).unwrap();
+    let cb = BfvTensor::encrypt(&enc, &encryptor, &b, &mut rng).unwrap();
+    assert_eq!(ca.cts.len(), 2);
+    assert_eq!(
+        ca.add(&ev, &cb).unwrap().decrypt(&enc, &dec).unwrap(),
+        &a + &b
+    );
+    assert_eq!(
+        ca.mul(&ev, &cb, &rlk).unwrap().decrypt(&enc, &dec).unwrap(),
+        &a * &b
+    );
+    assert_eq!(
+        ca.mul_plain(&ev, &enc, &b)
+            .unwrap()
+            .decrypt(&enc, &dec)
+            .unwrap(),
+        &a * &b
+    );
+    assert!(ca
+        .add(
+            &ev,
+            &BfvTensor::encrypt(&enc, &encryptor, &ArrayD::zeros(IxDyn(&[3])), &mut rng).unwrap()
+        )
+        .is_err());
+}

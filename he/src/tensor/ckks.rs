@@ -380,6 +380,18 @@ impl PreparedLinearMap {
         &self.map
     }
 
+    /// Applies the map to every row of an encrypted batch (one ciphertext per row), rows in
+    /// parallel on the rayon pool.
+    pub fn apply_batch(
+        &self,
+        ev: &Evaluator,
+        rows: &[CkksTensor],
+        keys: &GaloisKeys,
+    ) -> Result<Vec<CkksTensor>> {
+        use rayon::prelude::*;
+        rows.par_iter().map(|x| self.apply(ev, x, keys)).collect()
+    }
+
     /// Applies the map: one level is consumed; the output has the input's scale and the
     /// replicated layout with period [`LinearMap::output_period`].
     pub fn apply(&self, ev: &Evaluator, x: &CkksTensor, keys: &GaloisKeys) -> Result<CkksTensor> {

@@ -6,7 +6,9 @@
 //! Depends on [`crate::ckks`], [`crate::bfv`] and below.
 
 pub mod bfv_coeff;
+pub mod bfv_simd;
 pub mod ckks;
 
 pub use self::ckks::{avg_pool_matrix, conv2d_matrix, CkksTensor, LinearMap, PreparedLinearMap};
 pub use bfv_coeff::{CoeffConv2d, CoeffMatVec};
+pub use bfv_simd::BfvTensor;
