@@ -58,7 +58,9 @@ pub enum Error {
         bits: u32,
     },
     /// A fixed-point precision that does not fit the ring.
-    #[error("invalid fixed-point precision: {frac_bits} fractional bits in a {ring_bits}-bit ring")]
+    #[error(
+        "invalid fixed-point precision: {frac_bits} fractional bits in a {ring_bits}-bit ring"
+    )]
     InvalidPrecision {
         /// Fractional bits.
         frac_bits: u32,

@@ -96,7 +96,10 @@ mod tests {
             assert_eq!(fp.decode(fp.encode(x).unwrap()), x);
         }
         assert!(matches!(fp.encode(f64::NAN), Err(Error::NotFinite { .. })));
-        assert!(matches!(fp.encode(f64::INFINITY), Err(Error::NotFinite { .. })));
+        assert!(matches!(
+            fp.encode(f64::INFINITY),
+            Err(Error::NotFinite { .. })
+        ));
         assert!(matches!(fp.encode(1e9), Err(Error::OutOfRange { .. })));
         assert!(matches!(
             fp.encode(fp.max_value() + 1.0),

@@ -181,7 +181,10 @@ mod tests {
             for v in [0i64, -1, r.min_signed(), r.max_signed()] {
                 assert_eq!(r.to_signed(r.from_signed(v)), v, "bits {bits} v {v}");
             }
-            assert_eq!(r.add(r.from_signed(r.max_signed()), 1), r.from_signed(r.min_signed()));
+            assert_eq!(
+                r.add(r.from_signed(r.max_signed()), 1),
+                r.from_signed(r.min_signed())
+            );
             assert_eq!(r.neg(r.from_signed(-1)), 1);
         }
     }

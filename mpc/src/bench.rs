@@ -1,0 +1,265 @@
+//! Figures for the workspace's bench output (`cargo run --release --example bench -- mpc`):
+//! both parties on TCP loopback, one thread each.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::net::{tcp_loopback_pair, Channel, ChannelConfig, TcpChannel};
+use crate::ot::{OtReceiver, OtSender};
+use crate::party::Party;
+use crate::prg::os_rng;
+use crate::ring::Ring;
+use crate::share::PartyId;
+use crate::triples::he::{HeTripleClient, HeTripleServer};
+use rand_chacha::ChaCha20Rng;
+
+/// One measured figure (one JSON line of the bench contract).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchLine {
+    /// Name, e.g. `ot.iknp_2e20`.
+    pub name: String,
+    /// Median time in microseconds.
+    pub median_us: f64,
+    /// Minimum time in microseconds.
+    pub min_us: f64,
+    /// Bytes sent by both parties (per run), if meaningful.
+    pub bytes: Option<u64>,
+    /// Rounds (flights of the busier party) per run, if meaningful.
+    pub rounds: Option<u64>,
+    /// Threads used (one per party).
+    pub threads: usize,
+    /// Parameters and derived figures, free text.
+    pub params: String,
+}
+
+impl BenchLine {
+    /// The line as a JSON object.
+    pub fn to_json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_string(), |x| x.to_string());
+        format!(
+            "{{\"name\": \"{}\", \"median_us\": {:.1}, \"min_us\": {:.1}, \"bytes\": {}, \"rounds\": {}, \"threads\": {}, \"params\": \"{}\"}}",
+            self.name,
+            self.median_us,
+            self.min_us,
+            opt(self.bytes),
+            opt(self.rounds),
+            self.threads,
+            self.params.replace('"', "'")
+        )
+    }
+}
+
+/// Per-run result of a two-party job: time and traffic.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    us: f64,
+    bytes: u64,
+    rounds: u64,
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let min = v.first().copied().unwrap_or(f64::NAN);
+    (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), min)
+}
+
+/// Runs `setup` once per party (it takes the channel into its state; `chan` gives it
+/// back), then `job` repeatedly (at least `min_reps`, until `budget` is spent) with both
+/// parties synchronized; time is party 0's, from its go signal to party 1's done.
+fn two_party<S0, S1>(
+    budget: Duration,
+    min_reps: usize,
+    setup0: impl FnOnce(TcpChannel) -> Result<S0> + Send + 'static,
+    setup1: impl FnOnce(TcpChannel) -> Result<S1> + Send + 'static,
+    chan0: fn(&mut S0) -> &mut TcpChannel,
+    chan1: fn(&mut S1) -> &mut TcpChannel,
+    job0: impl Fn(&mut S0) -> Result<()> + Send + 'static,
+    job1: impl Fn(&mut S1) -> Result<()> + Send + 'static,
+) -> Result<Vec<Sample>>
+where
+    S0: Send + 'static,
+    S1: Send + 'static,
+{
+    let cfg = ChannelConfig {
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let (c0, c1) = tcp_loopback_pair(cfg)?;
+    let h = std::thread::spawn(move || -> Result<Vec<crate::net::Stats>> {
+        let mut s = setup1(c1)?;
+        let mut out = Vec::new();
+        loop {
+            let go = chan1(&mut s).recv()?;
+            if go.first() != Some(&1) {
+                return Ok(out);
+            }
+            let st = chan1(&mut s).stats();
+            job1(&mut s)?;
+            let c = chan1(&mut s);
+            c.send(&[2])?;
+            c.flush()?;
+            out.push(c.stats().since(&st));
+        }
+    });
+    let mut s0 = setup0(c0)?;
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < min_reps || start.elapsed() < budget {
+        let c = chan0(&mut s0);
+        c.send(&[1])?;
+        c.flush()?;
+        let st = c.stats();
+        let t = Instant::now();
+        job0(&mut s0)?;
+        let c = chan0(&mut s0);
+        c.recv()?; // party 1 done
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        samples.push((us, c.stats().since(&st)));
+        if samples.len() >= 1000 {
+            break;
+        }
+    }
+    let c = chan0(&mut s0);
+    c.send(&[0])?;
+    c.flush()?;
+    let p1 = h.join().map_err(|_| Error::aborted("party 1 panicked"))??;
+    Ok(samples
+        .iter()
+        .zip(p1)
+        .map(|((us, d0), d1)| Sample {
+            us: *us,
+            // The one-byte "done" message of party 1 (5 bytes) excluded.
+            bytes: d0.bytes_sent + d1.bytes_sent - 5,
+            rounds: d0.rounds_sent.max(d1.rounds_sent.saturating_sub(1)),
+        })
+        .collect())
+}
+
+fn line(name: &str, samples: &[Sample], params: String) -> BenchLine {
+    let (med, min) = median(samples.iter().map(|s| s.us).collect());
+    BenchLine {
+        name: name.to_string(),
+        median_us: med,
+        min_us: min,
+        bytes: samples.first().map(|s| s.bytes),
+        rounds: samples.first().map(|s| s.rounds),
+        threads: 2,
+        params,
+    }
+}
+
+/// `ot.iknp_2e20`: 2^20 random OTs by IKNP extension (base OTs done once, apart).
+pub fn bench_ot(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 1usize << 20;
+    let samples = two_party(
+        budget,
+        3,
+        |mut c| Ok((OtSender::setup(&mut c, &mut os_rng())?, c)),
+        |mut c| Ok((OtReceiver::setup(&mut c, &mut os_rng())?, c, os_rng())),
+        |s| &mut s.1,
+        |s| &mut s.1,
+        move |(s, c)| {
+            std::hint::black_box(s.random_ot(c, n)?);
+            Ok(())
+        },
+        move |(r, c, rng)| {
+            std::hint::black_box(r.random_ot(c, n, rng)?);
+            Ok(())
+        },
+    )?;
+    let base = two_party(
+        budget / 4,
+        3,
+        Ok,
+        Ok,
+        |c| c,
+        |c| c,
+        |c| OtSender::setup(c, &mut os_rng()).map(|_| ()),
+        |c| OtReceiver::setup(c, &mut os_rng()).map(|_| ()),
+    )?;
+    Ok(vec![
+        line(
+            "ot.iknp_2e20",
+            &samples,
+            "2^20 random OTs (128-bit outputs), semi-honest IKNP, kappa=128, AES-CTR PRG, fixed-key AES CCR hash; target <= 60 ms".into(),
+        ),
+        line(
+            "ot.base_128",
+            &base,
+            "128 Chou-Orlandi base OTs over Ristretto (setup of one IKNP direction)".into(),
+        ),
+    ])
+}
+
+/// Every figure of the MPC layer. `budget` is the time spent per figure (roughly).
+pub fn bench_lines(budget: Duration) -> Result<Vec<BenchLine>> {
+    let mut out = bench_ot(budget)?;
+    out.extend(bench_relu(budget)?);
+    out.extend(bench_he_triples(budget)?);
+    Ok(out)
+}
+
+/// `mpc.relu_2e16`: ReLU on 2^16 shared 32-bit values (OT setup done once, apart).
+pub fn bench_relu(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 1usize << 16;
+    let ring = Ring::new(32)?;
+    type P = Party<TcpChannel, ChaCha20Rng>;
+    let mk = move |id: PartyId| {
+        move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
+            let mut rng = os_rng();
+            let x = ring.random_vec(&mut rng, n);
+            Ok((Party::setup(id, c, rng)?, x))
+        }
+    };
+    let job = move |s: &mut (P, Vec<u64>)| {
+        let (p, x) = s;
+        std::hint::black_box(crate::protocols::compare::relu(p, ring, x)?);
+        Ok(())
+    };
+    let samples = two_party(
+        budget,
+        2,
+        mk(PartyId::P0),
+        mk(PartyId::P1),
+        |s| s.0.channel(),
+        |s| s.0.channel(),
+        job,
+        job,
+    )?;
+    let per = samples[0].bytes as f64 / n as f64;
+    Ok(vec![line(
+        "mpc.relu_2e16",
+        &samples,
+        format!(
+            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by KK13 1-of-16 OT, AND tree from IKNP random OTs, multiplexer by correlated OT; base OTs apart); {:.0} bytes per ReLU; targets <= 1.5 s, <= 700 B/ReLU",
+            crate::protocols::compare::BETA,
+            per
+        ),
+    )])
+}
+
+/// `mpc.he_triples`: HE-generated Beaver triples (8192 per batch, Z_2^32).
+pub fn bench_he_triples(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 8192usize;
+    let ring = Ring::new(32)?;
+    let samples = two_party(
+        budget,
+        2,
+        |mut c| Ok((HeTripleServer::setup(&mut c)?, c)),
+        |mut c| Ok((HeTripleClient::setup(&mut c, &mut os_rng())?, c)),
+        |s| &mut s.1,
+        |s| &mut s.1,
+        move |(s, c)| s.triples(c, ring, n, &mut os_rng()).map(|_| ()),
+        move |(s, c)| s.triples(c, ring, n, &mut os_rng()).map(|_| ()),
+    )?;
+    let (med, _) = median(samples.iter().map(|s| s.us).collect());
+    let per_s = n as f64 / (med / 1e6);
+    let bpt = samples[0].bytes as f64 / n as f64;
+    Ok(vec![line(
+        "mpc.he_triples_8192",
+        &samples,
+        format!(
+            "8192 Beaver triples in Z_2^32 from BFV (N=8192, log QP=218, 60-bit t, 8-bit limbs, flooding); {per_s:.0} triples/s, {bpt:.0} bytes/triple"
+        ),
+    )])
+}

@@ -1,0 +1,598 @@
+//! IKNP OT extension (Ishai, Kilian, Nissim, Petrank, Crypto 2003) with `kappa = 128` base
+//! OTs, AES-CTR column PRGs and fixed-key AES hashes; on top of it: correlated OT with a
+//! chosen global delta, random OT, chosen-message OT, arithmetic correlated OT in
+//! `Z_2^l` (the building block of Gilboa products and multiplexers) and 1-of-N OT.
+//!
+//! One type per role: [`OtSender`] (holds the global `delta`) and [`OtReceiver`]. An
+//! instance of each extends any number of batches; the PRG counters advance in lockstep.
+//!
+//! Security: semi-honest (no KOS consistency check), as the rest of the layer.
+
+use rand::{CryptoRng, RngCore};
+
+use super::aes::{transpose128, AesPrg, Block, FixedKeyAes};
+use super::base::{BaseOtReceiver, BaseOtSender};
+use crate::error::{Error, Result};
+use crate::net::{decode_ring, encode_ring, recv_exact, Channel};
+use crate::ring::{mask, Ring};
+
+const KAPPA: usize = 128;
+
+/// Tweak domain of 1-of-N pads, apart from any other use of the hash.
+const ONE_OF_N_DOMAIN: u128 = 1 << 127;
+
+/// The sender of extended OTs (the base-OT receiver, holding the global `delta`).
+#[derive(Debug, Clone)]
+pub struct OtSender {
+    delta: Block,
+    prgs: Vec<AesPrg>,
+    hash: FixedKeyAes,
+    tweak: u128,
+}
+
+/// A correlated-OT receive in progress (see [`OtReceiver::start_receive_correlated`]).
+#[derive(Debug)]
+pub struct PendingCorrelated {
+    ring: Ring,
+    w: usize,
+    choices: Vec<u8>,
+    mt: Vec<u64>,
+}
+
+/// The receiver of extended OTs (the base-OT sender).
+#[derive(Debug, Clone)]
+pub struct OtReceiver {
+    prgs: Vec<(AesPrg, AesPrg)>,
+    hash: FixedKeyAes,
+    tweak: u128,
+}
+
+fn pack_choices(choices: &[u8], nb: usize) -> Vec<Block> {
+    let mut r = vec![0u128; nb];
+    for (i, &c) in choices.iter().enumerate() {
+        r[i >> 7] |= ((c & 1) as u128) << (i & 127);
+    }
+    r
+}
+
+/// OTs per extension message: 64 blocks of 128 (the chunk stays in L2; messages of a
+/// batch stream while the peer works).
+const CHUNK_BLOCKS: usize = 64;
+
+/// Column-major `128 x (128 w)` bit matrix -> `128 w` rows of 128 bits.
+fn transpose_chunk(cols: &[Block], w: usize, rows: &mut [Block]) {
+    let mut a = [0u128; 128];
+    for b in 0..w {
+        for j in 0..KAPPA {
+            a[j] = cols[j * w + b];
+        }
+        transpose128(&mut a);
+        rows[b * 128..(b + 1) * 128].copy_from_slice(&a);
+    }
+}
+
+#[inline]
+fn block_from(c: &[u8]) -> Block {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(c);
+    u128::from_le_bytes(a)
+}
+
+fn block_bytes(v: &[Block]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 16);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn bytes_blocks(b: &[u8]) -> Vec<Block> {
+    b.chunks_exact(16).map(block_from).collect()
+}
+
+/// Expands hashed seeds into `w` ring elements each (fixed-key AES in counter mode).
+fn expand(hash: &FixedKeyAes, seeds: &[Block], w: usize, ring: Ring) -> Vec<u64> {
+    if w == 1 {
+        return seeds.iter().map(|&s| ring.reduce(s as u64)).collect();
+    }
+    let per = w.div_ceil(2);
+    let mut blocks = Vec::with_capacity(seeds.len() * per);
+    for &s in seeds {
+        for j in 0..per {
+            blocks.push(s ^ j as u128);
+        }
+    }
+    let orig = blocks.clone();
+    hash.permute(&mut blocks);
+    let mut out = Vec::with_capacity(seeds.len() * w);
+    for (i, _) in seeds.iter().enumerate() {
+        for k in 0..w {
+            let b = blocks[i * per + k / 2] ^ orig[i * per + k / 2];
+            let v = if k % 2 == 0 {
+                b as u64
+            } else {
+                (b >> 64) as u64
+            };
+            out.push(ring.reduce(v));
+        }
+    }
+    out
+}
+
+impl OtSender {
+    /// Sets up with a random global `delta` (128 base OTs, the peer running
+    /// [`OtReceiver::setup`]).
+    pub fn setup<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let mut d = [0u8; 16];
+        rng.fill_bytes(&mut d);
+        Self::setup_with_delta(ch, u128::from_le_bytes(d), rng)
+    }
+
+    /// Sets up with a chosen global `delta`: afterwards every correlated OT satisfies
+    /// `receiver_block = sender_block xor choice * delta`.
+    pub fn setup_with_delta<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        delta: Block,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let bits: Vec<u8> = (0..KAPPA).map(|j| ((delta >> j) & 1) as u8).collect();
+        let keys = BaseOtReceiver::receive(ch, &bits, rng)?;
+        Ok(Self {
+            delta,
+            prgs: keys.into_iter().map(AesPrg::new).collect(),
+            hash: FixedKeyAes::default(),
+            tweak: 0,
+        })
+    }
+
+    /// The global correlation.
+    pub fn delta(&self) -> Block {
+        self.delta
+    }
+
+    /// `n` correlated OTs with the global delta: returns `q_i`; the receiver gets
+    /// `q_i xor c_i * delta`.
+    pub fn cot<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<Vec<Block>> {
+        let mut rows = vec![0u128; n];
+        self.cot_with(ch, n, |off, chunk| {
+            let m = chunk.len().min(n - off);
+            rows[off..off + m].copy_from_slice(&chunk[..m]);
+        })?;
+        Ok(rows)
+    }
+
+    /// The engine of [`Self::cot`]: hands each transposed chunk (128 rows per block, the
+    /// last chunk possibly longer than needed) with its offset to `f` while it is in cache.
+    fn cot_with<C: Channel + ?Sized, F: FnMut(usize, &mut [Block])>(
+        &mut self,
+        ch: &mut C,
+        n: usize,
+        mut f: F,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let nb = n.div_ceil(128);
+        let mut rows = vec![0u128; CHUNK_BLOCKS * 128];
+        let mut q = vec![0u128; KAPPA * CHUNK_BLOCKS];
+        for cb in (0..nb).step_by(CHUNK_BLOCKS) {
+            let w = CHUNK_BLOCKS.min(nb - cb);
+            let u = recv_exact(ch, "IKNP extension matrix", KAPPA * w * 16)?;
+            for j in 0..KAPPA {
+                let col = &mut q[j * w..(j + 1) * w];
+                self.prgs[j].fill(col);
+                if (self.delta >> j) & 1 == 1 {
+                    let uj = &u[j * w * 16..(j + 1) * w * 16];
+                    for (x, c) in col.iter_mut().zip(uj.chunks_exact(16)) {
+                        *x ^= block_from(c);
+                    }
+                }
+            }
+            transpose_chunk(&q, w, &mut rows[..w * 128]);
+            f(cb * 128, &mut rows[..w * 128]);
+        }
+        Ok(())
+    }
+
+    /// `n` random OTs: the pairs `(H(q_i), H(q_i xor delta))`; the receiver learns one.
+    pub fn random_ot<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        n: usize,
+    ) -> Result<Vec<[Block; 2]>> {
+        let mut out: Vec<[Block; 2]> = Vec::with_capacity(n);
+        let delta = self.delta;
+        let hash = self.hash.clone();
+        self.cot_with(ch, n, |off, chunk| {
+            let m = chunk.len().min(n - off);
+            out.extend(chunk[..m].iter().map(|&q| [q, q ^ delta]));
+            hash.ccr(out[off..off + m].as_flattened_mut());
+        })?;
+        Ok(out)
+    }
+
+    fn hash_pairs(&self, q: &[Block]) -> (Vec<Block>, Vec<Block>) {
+        let mut h0 = q.to_vec();
+        let mut h1: Vec<Block> = q.iter().map(|&x| x ^ self.delta).collect();
+        self.hash.ccr(&mut h0);
+        self.hash.ccr(&mut h1);
+        (h0, h1)
+    }
+
+    /// Chosen-message OT: the receiver learns `msgs[i][c_i]`.
+    pub fn send_chosen<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        msgs: &[[Block; 2]],
+    ) -> Result<()> {
+        let q = self.cot(ch, msgs.len())?;
+        let (h0, h1) = self.hash_pairs(&q);
+        let mut out = Vec::with_capacity(msgs.len() * 2);
+        for (i, m) in msgs.iter().enumerate() {
+            out.push(m[0] ^ h0[i]);
+            out.push(m[1] ^ h1[i]);
+        }
+        ch.send(&block_bytes(&out))?;
+        ch.flush()
+    }
+
+    /// Arithmetic correlated OT in `Z_2^l`, `w` elements per OT: for OT `i` with
+    /// correlation `deltas[i*w..(i+1)*w]`, returns this party's `x_i` (random); the
+    /// receiver gets `x_i + c_i * delta_i`. Costs 128 + `w l` bits per OT.
+    pub fn send_correlated<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        ring: Ring,
+        deltas: &[u64],
+        w: usize,
+    ) -> Result<Vec<u64>> {
+        if w == 0 || !deltas.len().is_multiple_of(w) {
+            return Err(Error::InvalidInput {
+                what: "correlation length is not a multiple of the width",
+                expected: w as u64,
+                found: deltas.len() as u64,
+            });
+        }
+        let n = deltas.len() / w;
+        let q = self.cot(ch, n)?;
+        let (h0, h1) = self.hash_pairs(&q);
+        let m0 = expand(&self.hash, &h0, w, ring);
+        let m1 = expand(&self.hash, &h1, w, ring);
+        let y: Vec<u64> = (0..n * w)
+            .map(|k| ring.sub(ring.add(m0[k], deltas[k]), m1[k]))
+            .collect();
+        ch.send(&encode_ring(ring, &y))?;
+        ch.flush()?;
+        Ok(m0)
+    }
+
+    /// 1-of-N OT with `N = 2^log_n`, messages of `bits` bits: `msgs[i * N + x]` is message
+    /// `x` of instance `i`. Built from `log_n` correlated OTs per instance, each message
+    /// masked by the XOR of tweaked hashes of the keys its index selects.
+    pub fn send_one_of_n<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        msgs: &[u64],
+        log_n: u32,
+        bits: u32,
+    ) -> Result<()> {
+        let nn = 1usize << log_n;
+        if !(1..=8).contains(&log_n) || !msgs.len().is_multiple_of(nn) || !(1..=64).contains(&bits)
+        {
+            return Err(Error::InvalidInput {
+                what: "1-of-N OT shape (log N in 1..=8, messages a multiple of N)",
+                expected: nn as u64,
+                found: msgs.len() as u64,
+            });
+        }
+        let inst = msgs.len() / nn;
+        let ln = log_n as usize;
+        let q = self.cot(ch, inst * ln)?;
+        // pi(k) for both keys of every OT.
+        let mut pis = Vec::with_capacity(q.len() * 2);
+        for &x in &q {
+            pis.push(x);
+            pis.push(x ^ self.delta);
+        }
+        self.hash.permute(&mut pis);
+        let base_tweak = self.tweak;
+        self.tweak += (inst * ln) as u128;
+        let m = mask(bits);
+        let mut out = BitWriter::with_capacity(inst * nn * bits as usize);
+        let mut pi_in = vec![0u128; nn * ln];
+        let mut tw = vec![0u128; nn * ln];
+        let mut pads = vec![0u128; nn * ln];
+        for i in 0..inst {
+            for x in 0..nn {
+                for j in 0..ln {
+                    let ot = i * ln + j;
+                    let b = (x >> j) & 1;
+                    pi_in[x * ln + j] = pis[2 * ot + b];
+                    tw[x * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot as u128) << 8) | x as u128;
+                }
+            }
+            self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
+            for x in 0..nn {
+                let mut p = 0u64;
+                for j in 0..ln {
+                    p ^= pads[x * ln + j] as u64;
+                }
+                out.push((msgs[i * nn + x] ^ p) & m, bits);
+            }
+        }
+        ch.send(&out.finish())?;
+        ch.flush()
+    }
+}
+
+/// Packs values of a fixed bit width into bytes, least significant bit first.
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u128,
+    nacc: u32,
+}
+
+impl BitWriter {
+    fn with_capacity(bits: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(bits.div_ceil(8)),
+            acc: 0,
+            nacc: 0,
+        }
+    }
+
+    fn push(&mut self, v: u64, bits: u32) {
+        self.acc |= (v as u128) << self.nacc;
+        self.nacc += bits;
+        while self.nacc >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.nacc -= 8;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.nacc > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// Reads `bits`-bit value number `idx` of a [`BitWriter`] stream.
+fn read_bits(buf: &[u8], idx: usize, bits: u32) -> u64 {
+    let start = idx * bits as usize;
+    let mut v: u128 = 0;
+    let first = start / 8;
+    let last = (start + bits as usize).div_ceil(8);
+    for (k, &b) in buf[first..last].iter().enumerate() {
+        v |= (b as u128) << (8 * k);
+    }
+    ((v >> (start % 8)) as u64) & mask(bits)
+}
+
+impl OtReceiver {
+    /// Sets up (128 base OTs as their sender; the peer runs [`OtSender::setup`]).
+    pub fn setup<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let keys = BaseOtSender::send(ch, KAPPA, rng)?;
+        Ok(Self {
+            prgs: keys
+                .into_iter()
+                .map(|(k0, k1)| (AesPrg::new(k0), AesPrg::new(k1)))
+                .collect(),
+            hash: FixedKeyAes::default(),
+            tweak: 0,
+        })
+    }
+
+    /// Correlated OTs with choice bits `choices` (`0`/`1`): returns
+    /// `t_i = q_i xor c_i * delta`.
+    pub fn cot<C: Channel + ?Sized>(&mut self, ch: &mut C, choices: &[u8]) -> Result<Vec<Block>> {
+        let n = choices.len();
+        let mut rows = vec![0u128; n];
+        self.cot_with(ch, choices, |off, chunk| {
+            let m = chunk.len().min(n - off);
+            rows[off..off + m].copy_from_slice(&chunk[..m]);
+        })?;
+        Ok(rows)
+    }
+
+    /// The engine of [`Self::cot`], handing each transposed chunk to `f` (as the sender's).
+    fn cot_with<C: Channel + ?Sized, F: FnMut(usize, &mut [Block])>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u8],
+        mut f: F,
+    ) -> Result<()> {
+        let n = choices.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let nb = n.div_ceil(128);
+        let r = pack_choices(choices, nb);
+        let mut rows = vec![0u128; CHUNK_BLOCKS * 128];
+        let mut t = vec![0u128; KAPPA * CHUNK_BLOCKS];
+        let mut g1 = vec![0u128; CHUNK_BLOCKS];
+        for cb in (0..nb).step_by(CHUNK_BLOCKS) {
+            let w = CHUNK_BLOCKS.min(nb - cb);
+            let mut u = Vec::with_capacity(KAPPA * w * 16);
+            for j in 0..KAPPA {
+                let col = &mut t[j * w..(j + 1) * w];
+                let (p0, p1) = &mut self.prgs[j];
+                p0.fill(col);
+                p1.fill(&mut g1[..w]);
+                for b in 0..w {
+                    u.extend_from_slice(&(col[b] ^ g1[b] ^ r[cb + b]).to_le_bytes());
+                }
+            }
+            ch.send(&u)?;
+            transpose_chunk(&t, w, &mut rows[..w * 128]);
+            f(cb * 128, &mut rows[..w * 128]);
+        }
+        ch.flush()
+    }
+
+    /// `n` random OTs with random choices: returns the choices and `H(t_i)`.
+    pub fn random_ot<C: Channel + ?Sized, R: RngCore + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, Vec<Block>)> {
+        let mut choices = vec![0u8; n];
+        rng.fill_bytes(&mut choices);
+        choices.iter_mut().for_each(|c| *c &= 1);
+        let mut out: Vec<Block> = Vec::with_capacity(n);
+        let hash = self.hash.clone();
+        self.cot_with(ch, &choices, |off, chunk| {
+            let m = chunk.len().min(n - off);
+            out.extend_from_slice(&chunk[..m]);
+            hash.ccr(&mut out[off..off + m]);
+        })?;
+        Ok((choices, out))
+    }
+
+    /// Chosen-message OT: returns `msgs[i][c_i]` of the sender.
+    pub fn receive_chosen<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u8],
+    ) -> Result<Vec<Block>> {
+        let mut t = self.cot(ch, choices)?;
+        self.hash.ccr(&mut t);
+        let y = recv_exact(ch, "chosen OT messages", choices.len() * 32)?;
+        let y = bytes_blocks(&y);
+        Ok(choices
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| t[i] ^ y[2 * i + (c & 1) as usize])
+            .collect())
+    }
+
+    /// The receiver of [`OtSender::send_correlated`]: returns `x_i + c_i * delta_i`.
+    pub fn receive_correlated<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        ring: Ring,
+        choices: &[u8],
+        w: usize,
+    ) -> Result<Vec<u64>> {
+        let pending = self.start_receive_correlated(ch, ring, choices, w)?;
+        Self::finish_receive_correlated(ch, pending)
+    }
+
+    /// First half of [`Self::receive_correlated`] (sends the extension matrix), so that
+    /// both parties can play both roles at once without waiting on each other.
+    pub fn start_receive_correlated<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        ring: Ring,
+        choices: &[u8],
+        w: usize,
+    ) -> Result<PendingCorrelated> {
+        if w == 0 {
+            return Err(Error::InvalidInput {
+                what: "correlation width",
+                expected: 1,
+                found: 0,
+            });
+        }
+        let mut t = self.cot(ch, choices)?;
+        self.hash.ccr(&mut t);
+        let mt = expand(&self.hash, &t, w, ring);
+        Ok(PendingCorrelated {
+            ring,
+            w,
+            choices: choices.iter().map(|c| c & 1).collect(),
+            mt,
+        })
+    }
+
+    /// Second half of [`Self::receive_correlated`] (receives the corrections).
+    pub fn finish_receive_correlated<C: Channel + ?Sized>(
+        ch: &mut C,
+        p: PendingCorrelated,
+    ) -> Result<Vec<u64>> {
+        let (ring, w) = (p.ring, p.w);
+        let n = p.choices.len();
+        let m = ch.recv()?;
+        let y = decode_ring(ring, &m, n * w, "correlated OT corrections")?;
+        Ok((0..n * w)
+            .map(|k| {
+                if p.choices[k / w] == 1 {
+                    ring.add(p.mt[k], y[k])
+                } else {
+                    p.mt[k]
+                }
+            })
+            .collect())
+    }
+
+    /// The receiver of [`OtSender::send_one_of_n`]: `choices[i] < 2^log_n`.
+    pub fn receive_one_of_n<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u16],
+        log_n: u32,
+        bits: u32,
+    ) -> Result<Vec<u64>> {
+        let nn = 1usize << log_n;
+        if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
+            return Err(Error::InvalidInput {
+                what: "1-of-N OT shape (log N in 1..=8)",
+                expected: 8,
+                found: log_n as u64,
+            });
+        }
+        if let Some(&c) = choices.iter().find(|&&c| c as usize >= nn) {
+            return Err(Error::InvalidInput {
+                what: "1-of-N choice out of range",
+                expected: nn as u64 - 1,
+                found: c as u64,
+            });
+        }
+        let inst = choices.len();
+        let ln = log_n as usize;
+        let mut bits_vec = Vec::with_capacity(inst * ln);
+        for &c in choices {
+            for j in 0..ln {
+                bits_vec.push(((c >> j) & 1) as u8);
+            }
+        }
+        let mut t = self.cot(ch, &bits_vec)?;
+        self.hash.permute(&mut t);
+        let base_tweak = self.tweak;
+        self.tweak += (inst * ln) as u128;
+        let mut tw = vec![0u128; inst * ln];
+        for (i, &c) in choices.iter().enumerate() {
+            for j in 0..ln {
+                let ot = i * ln + j;
+                tw[ot] = ONE_OF_N_DOMAIN | ((base_tweak + ot as u128) << 8) | c as u128;
+            }
+        }
+        let mut pads = vec![0u128; inst * ln];
+        self.hash.tccr_with_pi(&t, &tw, &mut pads);
+        let m = recv_exact(
+            ch,
+            "1-of-N OT messages",
+            (inst * nn * bits as usize).div_ceil(8),
+        )?;
+        let mk = mask(bits);
+        let mut out = Vec::with_capacity(inst);
+        for (i, &c) in choices.iter().enumerate() {
+            let v = read_bits(&m, i * nn + c as usize, bits);
+            let mut p = 0u64;
+            for j in 0..ln {
+                p ^= pads[i * ln + j] as u64;
+            }
+            out.push((v ^ p) & mk);
+        }
+        Ok(out)
+    }
+}

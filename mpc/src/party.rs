@@ -1,0 +1,121 @@
+//! A party of a two-party computation: its role, the channel to the peer, its CSPRNG, OT
+//! extension in both directions and a PRG seed shared with the peer.
+//!
+//! Generic over the [`Channel`] and the RNG, so the same protocol code runs in one process
+//! (over [`crate::net::MemoryChannel`]) and across machines (over
+//! [`crate::net::TcpChannel`]). `Send` if its parts are; not meant to be shared.
+
+use rand::{CryptoRng, RngCore};
+
+use crate::error::Result;
+use crate::net::{Channel, Stats};
+use crate::ot::{KkReceiver, KkSender, OtReceiver, OtSender};
+use crate::prg::SharedPrg;
+use crate::share::PartyId;
+
+/// One of the two parties, set up for the protocols of [`crate::protocols`].
+#[derive(Debug)]
+pub struct Party<C: Channel, R: RngCore + CryptoRng> {
+    id: PartyId,
+    ch: C,
+    rng: R,
+    ot_send: OtSender,
+    ot_recv: OtReceiver,
+    kk: Kk,
+    prg: SharedPrg,
+}
+
+/// The KK13 1-of-N role of a party: party 0 sends, party 1 receives.
+#[derive(Debug)]
+pub(crate) enum Kk {
+    Sender(KkSender),
+    Receiver(KkReceiver),
+}
+
+/// Mutable views of a party's parts, borrowed at once.
+pub(crate) struct Parts<'a, C, R> {
+    pub id: PartyId,
+    pub ch: &'a mut C,
+    pub rng: &'a mut R,
+    pub ot_send: &'a mut OtSender,
+    pub ot_recv: &'a mut OtReceiver,
+    pub kk: &'a mut Kk,
+}
+
+impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
+    /// Sets up: base OTs for both IKNP directions and for KK13 1-of-N OT from party 0 to
+    /// party 1 (512 Chou-Orlandi OTs in all) and a shared seed. Both parties call it,
+    /// with different `id`s.
+    pub fn setup(id: PartyId, mut ch: C, mut rng: R) -> Result<Self> {
+        let (ot_send, ot_recv, kk) = match id {
+            PartyId::P0 => {
+                let s = OtSender::setup(&mut ch, &mut rng)?;
+                let r = OtReceiver::setup(&mut ch, &mut rng)?;
+                let k = Kk::Sender(KkSender::setup(&mut ch, &mut rng)?);
+                (s, r, k)
+            }
+            PartyId::P1 => {
+                let r = OtReceiver::setup(&mut ch, &mut rng)?;
+                let s = OtSender::setup(&mut ch, &mut rng)?;
+                let k = Kk::Receiver(KkReceiver::setup(&mut ch, &mut rng)?);
+                (s, r, k)
+            }
+        };
+        let prg = SharedPrg::agree(&mut ch, &mut rng)?;
+        Ok(Self {
+            id,
+            ch,
+            rng,
+            ot_send,
+            ot_recv,
+            kk,
+            prg,
+        })
+    }
+
+    /// This party's role.
+    pub fn id(&self) -> PartyId {
+        self.id
+    }
+
+    /// Whether this is party 0.
+    pub fn is_p0(&self) -> bool {
+        self.id == PartyId::P0
+    }
+
+    /// The channel to the peer.
+    pub fn channel(&mut self) -> &mut C {
+        &mut self.ch
+    }
+
+    /// This party's CSPRNG.
+    pub fn rng(&mut self) -> &mut R {
+        &mut self.rng
+    }
+
+    /// The PRG shared with the peer (correlated randomness at no communication).
+    pub fn shared_prg(&mut self) -> &mut SharedPrg {
+        &mut self.prg
+    }
+
+    /// The traffic so far.
+    pub fn stats(&self) -> Stats {
+        self.ch.stats()
+    }
+
+    /// Gives the channel back.
+    pub fn into_channel(self) -> C {
+        self.ch
+    }
+
+    pub(crate) fn parts(&mut self) -> Parts<'_, C, R> {
+        Parts {
+            id: self.id,
+            ch: &mut self.ch,
+            rng: &mut self.rng,
+            ot_send: &mut self.ot_send,
+            ot_recv: &mut self.ot_recv,
+            kk: &mut self.kk,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Multiplication, matrix product and truncation.
+
+use rand::{CryptoRng, RngCore};
+
+use super::{check_len, exchange};
+use crate::error::{Error, Result};
+use crate::net::Channel;
+use crate::party::Party;
+use crate::protocols::{boolean, compare};
+use crate::ring::{mask, Ring};
+use crate::triples::{ArithTriples, MatrixTriple};
+
+/// Elementwise product of shares with Beaver triples (one round).
+pub fn mul<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u64],
+    y: &[u64],
+    t: &ArithTriples,
+) -> Result<Vec<u64>> {
+    let ring = t.ring;
+    let n = x.len();
+    check_len("mul: y length", n, y.len())?;
+    check_len("mul: triples", n, t.len())?;
+    let mut de = ring.sub_vec(x, &t.a);
+    de.extend(ring.sub_vec(y, &t.b));
+    let other = exchange(p, ring, &de, "mul openings")?;
+    let de = ring.add_vec(&de, &other);
+    let (d, e) = de.split_at(n);
+    let p0 = p.is_p0();
+    Ok((0..n)
+        .map(|i| {
+            let mut z = ring.add(
+                t.c[i],
+                ring.add(ring.mul(d[i], t.b[i]), ring.mul(e[i], t.a[i])),
+            );
+            if p0 {
+                z = ring.add(z, ring.mul(d[i], e[i]));
+            }
+            z
+        })
+        .collect())
+}
+
+/// Matrix product `X Y` of shares, `X` of `m x k`, `Y` of `k x n` (row-major), with a
+/// matrix triple of that shape (one round).
+pub fn matmul<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u64],
+    y: &[u64],
+    t: &MatrixTriple,
+) -> Result<Vec<u64>> {
+    let ring = t.ring;
+    let (m, k, n) = (t.m, t.k, t.n);
+    check_len("matmul: X size", m * k, x.len())?;
+    check_len("matmul: Y size", k * n, y.len())?;
+    let mut de = ring.sub_vec(x, &t.a);
+    de.extend(ring.sub_vec(y, &t.b));
+    let other = exchange(p, ring, &de, "matmul openings")?;
+    let de = ring.add_vec(&de, &other);
+    let (d, e) = de.split_at(m * k);
+    let mut z = ring.add_vec(&t.c, &ring.matmul(d, &t.b, m, k, n));
+    z = ring.add_vec(&z, &ring.matmul(&t.a, e, m, k, n));
+    if p.is_p0() {
+        z = ring.add_vec(&z, &ring.matmul(d, e, m, k, n));
+    }
+    Ok(z)
+}
+
+/// Probabilistic local truncation by `f` bits (SecureML): no communication. For a signed
+/// value with `|x| < 2^lx`, the result is `floor(x / 2^f)` or one more, except with
+/// probability at most `2^(lx + 1 - l)`, when it is wrong by about `2^(l - f)`.
+pub fn trunc_local<C: Channel, R: RngCore + CryptoRng>(
+    p: &Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Vec<u64> {
+    if f == 0 {
+        return x.to_vec();
+    }
+    let p0 = p.is_p0();
+    x.iter()
+        .map(|&v| {
+            if p0 {
+                v >> f
+            } else {
+                ring.neg(ring.neg(v) >> f)
+            }
+        })
+        .collect()
+}
+
+/// Faithful truncation: exactly `floor(x / 2^f)` for every signed `x` (arithmetic shift).
+/// Two millionaire comparisons (the wrap of the shares over `l` bits and the carry of
+/// their low `f` bits) and two B2A conversions.
+pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    if f == 0 {
+        return Ok(x.to_vec());
+    }
+    let l = ring.bits();
+    if f >= l {
+        return Err(Error::InvalidInput {
+            what: "truncation bits must be below the ring width",
+            expected: l as u64 - 1,
+            found: f as u64,
+        });
+    }
+    let p0 = p.is_p0();
+    let half = 1u64 << (l - 1);
+    // Offset to unsigned: u = x + 2^(l-1).
+    let u: Vec<u64> = x
+        .iter()
+        .map(|&v| if p0 { ring.add(v, half) } else { v })
+        .collect();
+    let lo_mask = mask(f);
+    // wrap = 1{u0 + u1 >= 2^l} = 1{u0 > 2^l - 1 - u1}; carry over the low f bits alike.
+    let (wrap_in, carry_in): (Vec<u64>, Vec<u64>) = if p0 {
+        (u.clone(), u.iter().map(|&v| v & lo_mask).collect())
+    } else {
+        (
+            u.iter().map(|&v| ring.mask() - v).collect(),
+            u.iter().map(|&v| lo_mask - (v & lo_mask)).collect(),
+        )
+    };
+    let wrap = compare::millionaire(p, l, &wrap_in)?;
+    let carry = compare::millionaire(p, f, &carry_in)?;
+    let mut bits = wrap;
+    bits.extend(carry);
+    let arith = boolean::b2a(p, ring, &bits)?;
+    let (w, c) = arith.split_at(x.len());
+    let shift = 1u64.wrapping_shl(l - f) & ring.mask();
+    let off = half >> f;
+    Ok((0..x.len())
+        .map(|i| {
+            let mut z = ring.add(u[i] >> f, c[i]);
+            z = ring.sub(z, ring.mul(w[i], shift));
+            if p0 {
+                z = ring.sub(z, off);
+            }
+            z
+        })
+        .collect())
+}
+
+/// Shares of a public constant: party 0 holds it, party 1 holds zero.
+pub fn constant<C: Channel, R: RngCore + CryptoRng>(
+    p: &Party<C, R>,
+    ring: Ring,
+    v: u64,
+    n: usize,
+) -> Vec<u64> {
+    vec![if p.is_p0() { ring.reduce(v) } else { 0 }; n]
+}

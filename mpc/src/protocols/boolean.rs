@@ -1,0 +1,202 @@
+//! Boolean shares: AND with bit triples, B2A, the multiplexer (select) and A2B.
+
+use rand::{CryptoRng, RngCore};
+
+use super::check_len;
+use crate::error::Result;
+use crate::net::{pack_bits, unpack_bits, Channel};
+use crate::ot::OtReceiver;
+use crate::party::Party;
+use crate::ring::Ring;
+use crate::triples::ot::bit_triples;
+use crate::triples::BitTriples;
+
+/// `x AND y` for shared bits `x` and shared `width`-bit values `y` (each bit of `y`
+/// ANDed with `x`), with triples of that width (one round).
+pub fn and_with<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u8],
+    y: &[u8],
+    t: &BitTriples,
+    offset: usize,
+) -> Result<Vec<u8>> {
+    let n = x.len();
+    check_len("AND: y length", n, y.len())?;
+    if t.a.len() < offset + n || t.b.len() < offset + n || t.c.len() < offset + n {
+        return Err(crate::error::Error::InvalidInput {
+            what: "AND: not enough triples",
+            expected: (offset + n) as u64,
+            found: t.a.len().min(t.b.len()).min(t.c.len()) as u64,
+        });
+    }
+    let w = t.width as usize;
+    let mk = ((1u16 << w) - 1) as u8;
+    let mut bits = Vec::with_capacity(n * (1 + w));
+    for i in 0..n {
+        bits.push((x[i] ^ t.a[offset + i]) & 1);
+    }
+    for i in 0..n {
+        let e = (y[i] ^ t.b[offset + i]) & mk;
+        for k in 0..w {
+            bits.push((e >> k) & 1);
+        }
+    }
+    p.channel().send(&pack_bits(&bits))?;
+    let m = p.channel().recv()?;
+    let other = unpack_bits(&m, bits.len(), "AND openings")?;
+    let p0 = p.is_p0();
+    Ok((0..n)
+        .map(|i| {
+            let d = bits[i] ^ other[i];
+            let mut e = 0u8;
+            for k in 0..w {
+                e |= (bits[n + i * w + k] ^ other[n + i * w + k]) << k;
+            }
+            let dm = if d == 1 { mk } else { 0 };
+            let am = if t.a[offset + i] & 1 == 1 { mk } else { 0 };
+            let mut z = t.c[offset + i] ^ (dm & t.b[offset + i]) ^ (e & am);
+            if p0 {
+                z ^= dm & e;
+            }
+            z
+        })
+        .collect())
+}
+
+/// `x AND y` for shared bits, generating the triples (two random OTs per AND).
+pub fn and<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u8],
+    y: &[u8],
+) -> Result<Vec<u8>> {
+    let t = bit_triples(p, x.len(), 1)?;
+    and_with(p, x, y, &t, 0)
+}
+
+/// Boolean to arithmetic: shares of `b` in `ring` (one correlated OT per bit, 2 rounds).
+pub fn b2a<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    b: &[u8],
+) -> Result<Vec<u64>> {
+    // b = b0 + b1 - 2 b0 b1; the product by a correlated OT, party 0 sending.
+    let parts = p.parts();
+    if parts.id.index() == 0 {
+        let deltas: Vec<u64> = b.iter().map(|&x| (x & 1) as u64).collect();
+        let m0 = parts.ot_send.send_correlated(parts.ch, ring, &deltas, 1)?;
+        // Share of b0 b1 is -m0.
+        Ok(b.iter()
+            .zip(&m0)
+            .map(|(&x, &m)| ring.add((x & 1) as u64, ring.add(m, m)))
+            .collect())
+    } else {
+        let got = parts.ot_recv.receive_correlated(parts.ch, ring, b, 1)?;
+        Ok(b.iter()
+            .zip(&got)
+            .map(|(&x, &g)| ring.sub((x & 1) as u64, ring.add(g, g)))
+            .collect())
+    }
+}
+
+/// The multiplexer: shares of `b * x` for shared bits `b` and shared values `x`
+/// (`select`). Two correlated OTs, one per direction, run at once (2 rounds).
+pub fn mux<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    b: &[u8],
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    check_len("mux: values", b.len(), x.len())?;
+    let parts = p.parts();
+    let pending = parts
+        .ot_recv
+        .start_receive_correlated(parts.ch, ring, b, 1)?;
+    let deltas: Vec<u64> = b
+        .iter()
+        .zip(x)
+        .map(|(&bi, &xi)| if bi & 1 == 1 { ring.neg(xi) } else { xi })
+        .collect();
+    let m0 = parts.ot_send.send_correlated(parts.ch, ring, &deltas, 1)?;
+    let got = OtReceiver::finish_receive_correlated(parts.ch, pending)?;
+    Ok((0..b.len())
+        .map(|i| {
+            let own = if b[i] & 1 == 1 { x[i] } else { 0 };
+            ring.add(ring.sub(own, m0[i]), got[i])
+        })
+        .collect())
+}
+
+/// Select: `b ? y : x` for shared bits and shared values.
+pub fn select<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    b: &[u8],
+    x: &[u64],
+    y: &[u64],
+) -> Result<Vec<u64>> {
+    check_len("select: y", x.len(), y.len())?;
+    let d = ring.sub_vec(y, x);
+    let m = mux(p, ring, b, &d)?;
+    Ok(ring.add_vec(x, &m))
+}
+
+/// AND of bit-packed words (`bits` low bits of each word), bitwise.
+fn and_words<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u64],
+    y: &[u64],
+    bits: u32,
+) -> Result<Vec<u64>> {
+    let b = bits as usize;
+    let unpack = |v: &[u64]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|&w| (0..b).map(move |k| ((w >> k) & 1) as u8))
+            .collect()
+    };
+    let z = and(p, &unpack(x), &unpack(y))?;
+    Ok(z.chunks(b)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u64, |acc, (k, &v)| acc | ((v as u64) << k))
+        })
+        .collect())
+}
+
+/// Arithmetic to boolean: XOR shares of every bit of `x` (bit `k` of word `i` of the
+/// result), by a Kogge-Stone adder on the shares (`log2 l` AND rounds).
+pub fn a2b<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let l = ring.bits();
+    let m = ring.mask();
+    let n = x.len();
+    let p0 = p.is_p0();
+    // Boolean sharings of the two addends: a = x0 (held by P0), b = x1 (held by P1).
+    let (a, b): (Vec<u64>, Vec<u64>) = if p0 {
+        (x.to_vec(), vec![0; n])
+    } else {
+        (vec![0; n], x.to_vec())
+    };
+    let mut g = and_words(p, &a, &b, l)?;
+    let prop: Vec<u64> = (0..n).map(|i| a[i] ^ b[i]).collect();
+    let mut pp = prop.clone();
+    let mut s = 1u32;
+    while s < l {
+        let gs: Vec<u64> = g.iter().map(|&v| (v << s) & m).collect();
+        let ps: Vec<u64> = pp.iter().map(|&v| (v << s) & m).collect();
+        let mut lhs = pp.clone();
+        lhs.extend_from_slice(&pp);
+        let mut rhs = gs;
+        rhs.extend(ps);
+        let z = and_words(p, &lhs, &rhs, l)?;
+        for (gi, zi) in g.iter_mut().zip(&z[..n]) {
+            *gi ^= zi;
+        }
+        pp.copy_from_slice(&z[n..]);
+        s <<= 1;
+    }
+    Ok((0..n).map(|i| (prop[i] ^ (g[i] << 1)) & m).collect())
+}

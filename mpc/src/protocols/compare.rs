@@ -1,0 +1,321 @@
+//! Comparisons: the millionaire protocol of CrypTFlow2 (Rathee et al., CCS 2020), and on
+//! top of it MSB, DReLU, ReLU, less-than, max, max-pool and argmax. All exact.
+//!
+//! Millionaire: party 0 holds `x`, party 1 holds `y` (both `bits`-bit); the output is a
+//! boolean sharing of `x > y`. The values are cut into digits of `beta` bits; for each
+//! digit one 1-of-`2^beta` OT (KK13 extension, [`crate::ot::kk`]) gives shares of `x_j > y_j` and `x_j = y_j`; an AND tree
+//! combines them (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with AND triples
+//! from random OTs (two triples sharing `eq_hi` per node from one OT in each direction).
+
+use rand::{CryptoRng, RngCore};
+
+use super::{boolean, check_len};
+use crate::error::Result;
+use crate::net::Channel;
+use crate::party::{Kk, Party};
+use crate::ring::{mask, Ring};
+use crate::triples::ot::bit_triples;
+
+/// Digit size of the millionaire protocol (1-of-16 OTs).
+pub const BETA: u32 = 4;
+
+/// Boolean shares of `x > y`, `x` the input of party 0 and `y` that of party 1, both
+/// below `2^bits` (`bits <= 64`). Party 0 passes its `x`, party 1 its `y`.
+pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    bits: u32,
+    input: &[u64],
+) -> Result<Vec<u8>> {
+    let n = input.len();
+    if bits == 0 || n == 0 {
+        return Ok(vec![0; n]);
+    }
+    let q = bits.div_ceil(BETA) as usize;
+    let widths: Vec<u32> = (0..q).map(|j| BETA.min(bits - j as u32 * BETA)).collect();
+    // AND nodes of the tree: pairs per level, the last level only computes gt.
+    let mut levels = Vec::new();
+    let mut s = q;
+    while s > 1 {
+        levels.push(s / 2);
+        s = s.div_ceil(2);
+    }
+    let ands_per: usize = levels.iter().sum();
+    let triples = bit_triples(p, n * ands_per, 2)?;
+
+    // Leaves: gt[i * q + j], eq[i * q + j].
+    let mut gt = vec![0u8; n * q];
+    let mut eq = vec![0u8; n * q];
+    for (width, digits) in group_digits(&widths) {
+        let nn = 1usize << width;
+        if p.is_p0() {
+            let mut msgs = Vec::with_capacity(n * digits.len() * nn);
+            for i in 0..n {
+                for &j in &digits {
+                    let xj = (input[i] >> (j as u32 * BETA)) & mask(width);
+                    let r = p.rng().next_u32();
+                    let (g0, e0) = ((r & 1) as u8, ((r >> 1) & 1) as u8);
+                    gt[i * q + j] = g0;
+                    eq[i * q + j] = e0;
+                    for k in 0..nn as u64 {
+                        let g = g0 ^ (xj > k) as u8;
+                        let e = e0 ^ (xj == k) as u8;
+                        msgs.push((g | (e << 1)) as u64);
+                    }
+                }
+            }
+            let parts = p.parts();
+            match parts.kk {
+                Kk::Sender(k) => k.send(parts.ch, &msgs, width, 2)?,
+                Kk::Receiver(_) => return Err(wrong_role()),
+            }
+        } else {
+            let mut choices = Vec::with_capacity(n * digits.len());
+            for i in 0..n {
+                for &j in &digits {
+                    choices.push(((input[i] >> (j as u32 * BETA)) & mask(width)) as u16);
+                }
+            }
+            let parts = p.parts();
+            let got = match parts.kk {
+                Kk::Receiver(k) => k.receive(parts.ch, &choices, width, 2)?,
+                Kk::Sender(_) => return Err(wrong_role()),
+            };
+            let mut k = 0;
+            for i in 0..n {
+                for &j in &digits {
+                    gt[i * q + j] = (got[k] & 1) as u8;
+                    eq[i * q + j] = ((got[k] >> 1) & 1) as u8;
+                    k += 1;
+                }
+            }
+        }
+    }
+
+    // The AND tree, all instances at once.
+    let mut s = q;
+    let mut toff = 0usize;
+    while s > 1 {
+        let pairs = s / 2;
+        let last = s == 2;
+        let mut xa = Vec::with_capacity(n * pairs);
+        let mut yb = Vec::with_capacity(n * pairs);
+        for i in 0..n {
+            for k in 0..pairs {
+                let (lo, hi) = (i * s + 2 * k, i * s + 2 * k + 1);
+                xa.push(eq[hi]);
+                yb.push(gt[lo] | (eq[lo] << 1));
+            }
+        }
+        let z = boolean::and_with(p, &xa, &yb, &triples, toff)?;
+        toff += n * pairs;
+        let ns = s.div_ceil(2);
+        let mut ngt = vec![0u8; n * ns];
+        let mut neq = vec![0u8; n * ns];
+        for i in 0..n {
+            for k in 0..pairs {
+                let hi = i * s + 2 * k + 1;
+                ngt[i * ns + k] = gt[hi] ^ (z[i * pairs + k] & 1);
+                if !last {
+                    neq[i * ns + k] = (z[i * pairs + k] >> 1) & 1;
+                }
+            }
+            if s % 2 == 1 {
+                ngt[i * ns + pairs] = gt[i * s + s - 1];
+                neq[i * ns + pairs] = eq[i * s + s - 1];
+            }
+        }
+        gt = ngt;
+        eq = neq;
+        s = ns;
+    }
+    Ok(gt)
+}
+
+fn wrong_role() -> crate::error::Error {
+    crate::error::Error::aborted("KK13 role does not match the party id")
+}
+
+/// Groups digit indices by width (at most two groups: full digits and the last one).
+fn group_digits(widths: &[u32]) -> Vec<(u32, Vec<usize>)> {
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for (j, &w) in widths.iter().enumerate() {
+        match groups.iter_mut().find(|(gw, _)| *gw == w) {
+            Some(g) => g.1.push(j),
+            None => groups.push((w, vec![j])),
+        }
+    }
+    groups
+}
+
+/// Boolean shares of the most significant bit (the sign) of shared values.
+pub fn msb<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+) -> Result<Vec<u8>> {
+    let l = ring.bits();
+    let low = mask(l - 1);
+    let p0 = p.is_p0();
+    // carry = 1{x0' + x1' >= 2^(l-1)} = 1{x0' > 2^(l-1) - 1 - x1'}.
+    let input: Vec<u64> = x
+        .iter()
+        .map(|&v| if p0 { v & low } else { low - (v & low) })
+        .collect();
+    let carry = millionaire(p, l - 1, &input)?;
+    Ok(x.iter()
+        .zip(&carry)
+        .map(|(&v, &c)| ring.msb(v) as u8 ^ c)
+        .collect())
+}
+
+/// DReLU: boolean shares of `x >= 0` (signed).
+pub fn drelu<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+) -> Result<Vec<u8>> {
+    let m = msb(p, ring, x)?;
+    let p0 = p.is_p0();
+    Ok(m.into_iter().map(|b| if p0 { b ^ 1 } else { b }).collect())
+}
+
+/// ReLU: shares of `max(x, 0)` (signed), exact.
+pub fn relu<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let d = drelu(p, ring, x)?;
+    boolean::mux(p, ring, &d, x)
+}
+
+/// Boolean shares of `x < y` (signed), exact for all inputs (no overflow of `x - y`):
+/// `lt = s_d ^ ((s_x ^ s_y) & (s_d ^ s_x))` from the signs of `x`, `y` and `x - y`.
+pub fn less_than<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    y: &[u64],
+) -> Result<Vec<u8>> {
+    let n = x.len();
+    check_len("less_than: y", n, y.len())?;
+    let mut all = x.to_vec();
+    all.extend_from_slice(y);
+    all.extend(ring.sub_vec(x, y));
+    let s = msb(p, ring, &all)?;
+    let (sx, rest) = s.split_at(n);
+    let (sy, sd) = rest.split_at(n);
+    let a: Vec<u8> = (0..n).map(|i| sx[i] ^ sy[i]).collect();
+    let b: Vec<u8> = (0..n).map(|i| sd[i] ^ sx[i]).collect();
+    let z = boolean::and(p, &a, &b)?;
+    Ok((0..n).map(|i| sd[i] ^ z[i]).collect())
+}
+
+/// Elementwise `max(x, y)`, exact.
+pub fn max<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    y: &[u64],
+) -> Result<Vec<u64>> {
+    let lt = less_than(p, ring, x, y)?;
+    boolean::select(p, ring, &lt, x, y)
+}
+
+/// The maximum of each window: `x` holds `x.len() / window` windows of `window`
+/// consecutive values (max-pool after the caller's im2col). A tree of comparisons.
+pub fn max_pool<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    window: usize,
+) -> Result<Vec<u64>> {
+    let (v, _) = argmax_inner(p, ring, x, window, false)?;
+    Ok(v)
+}
+
+/// Shares of the index of the maximum of each window (the first one on ties), and of
+/// the maximum itself.
+pub fn argmax<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    window: usize,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let (v, i) = argmax_inner(p, ring, x, window, true)?;
+    Ok((i, v))
+}
+
+fn argmax_inner<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    window: usize,
+    with_index: bool,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    if window == 0 || !x.len().is_multiple_of(window) {
+        return Err(crate::error::Error::InvalidInput {
+            what: "window must divide the input length",
+            expected: window as u64,
+            found: x.len() as u64,
+        });
+    }
+    let rows = x.len() / window;
+    let p0 = p.is_p0();
+    let mut vals = x.to_vec();
+    let mut idx: Vec<u64> = (0..x.len())
+        .map(|k| {
+            if p0 {
+                ring.reduce((k % window) as u64)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut s = window;
+    while s > 1 {
+        let pairs = s / 2;
+        let ns = s.div_ceil(2);
+        let mut a = Vec::with_capacity(rows * pairs);
+        let mut b = Vec::with_capacity(rows * pairs);
+        let mut ia = Vec::new();
+        let mut ib = Vec::new();
+        for r in 0..rows {
+            for k in 0..pairs {
+                a.push(vals[r * s + 2 * k]);
+                b.push(vals[r * s + 2 * k + 1]);
+                if with_index {
+                    ia.push(idx[r * s + 2 * k]);
+                    ib.push(idx[r * s + 2 * k + 1]);
+                }
+            }
+        }
+        let lt = less_than(p, ring, &a, &b)?;
+        let (mut sel_b, mut sel_x, mut sel_y) = (lt.clone(), a.clone(), b.clone());
+        if with_index {
+            sel_b.extend_from_slice(&lt);
+            sel_x.extend_from_slice(&ia);
+            sel_y.extend_from_slice(&ib);
+        }
+        let m = boolean::select(p, ring, &sel_b, &sel_x, &sel_y)?;
+        let np = rows * pairs;
+        let mut nv = vec![0u64; rows * ns];
+        let mut ni = vec![0u64; rows * ns];
+        for r in 0..rows {
+            for k in 0..pairs {
+                nv[r * ns + k] = m[r * pairs + k];
+                if with_index {
+                    ni[r * ns + k] = m[np + r * pairs + k];
+                }
+            }
+            if s % 2 == 1 {
+                nv[r * ns + pairs] = vals[r * s + s - 1];
+                ni[r * ns + pairs] = idx[r * s + s - 1];
+            }
+        }
+        vals = nv;
+        idx = ni;
+        s = ns;
+    }
+    Ok((vals, idx))
+}

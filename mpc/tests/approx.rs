@@ -1,0 +1,92 @@
+//! Approximations against `f64` within their stated errors (l = 64, f = 16), over memory
+//! with OT triples and once over TCP with the dealer-free HE triples.
+
+mod common;
+use common::{parties_mem, parties_tcp};
+
+use cipherml_mpc::fixed::FixedPoint;
+use cipherml_mpc::prg::os_rng;
+use cipherml_mpc::protocols::approx;
+use cipherml_mpc::ring::Ring;
+use cipherml_mpc::share::split;
+use cipherml_mpc::triples::he::{HeTripleClient, HeTripleServer, HeTriples};
+use cipherml_mpc::triples::ot::OtTriples;
+
+fn fp() -> FixedPoint {
+    FixedPoint::new(Ring::new(64).unwrap(), 16).unwrap()
+}
+
+fn shared(xs: &[f64]) -> (Vec<u64>, Vec<u64>) {
+    let f = fp();
+    split(f.ring(), &f.encode_vec(xs).unwrap(), &mut os_rng())
+}
+
+fn reveal(a: &[u64], b: &[u64]) -> Vec<f64> {
+    let f = fp();
+    f.decode_vec(&f.ring().add_vec(a, b))
+}
+
+#[test]
+fn exp_reciprocal_sigmoid_softmax() {
+    let ex: Vec<f64> = vec![0.0, -1.0, -0.5, -2.0, -5.5, -10.0, -20.0, -300.0, -1e-4];
+    let rx: Vec<f64> = vec![1.0, 1.5, 2.0, 3.7, 7.9, 8.0];
+    let sx: Vec<f64> = vec![0.0, -1.0, 1.0, 4.2, -4.2, 30.0, -30.0, 0.3, -1000.0, 1000.0];
+    let mx: Vec<f64> = vec![
+        1.0, 2.0, 3.0, -1.0, 0.0, 0.0, 0.0, 0.0, 10.0, -10.0, 5.0, 9.5,
+    ];
+    let (se, sr, ss, sm) = (shared(&ex), shared(&rx), shared(&sx), shared(&mx));
+    let (r0, r1) = parties_mem(move |p| {
+        let pick = |s: &(Vec<u64>, Vec<u64>)| if p.is_p0() { s.0.clone() } else { s.1.clone() };
+        let (a, b, c, d) = (pick(&se), pick(&sr), pick(&ss), pick(&sm));
+        let mut src = OtTriples;
+        let f = fp();
+        (
+            approx::exp(p, &mut src, f, &a).unwrap(),
+            approx::reciprocal(p, &mut src, f, &b, 8.0).unwrap(),
+            approx::sigmoid(p, &mut src, f, &c).unwrap(),
+            approx::softmax(p, &mut src, f, &d, 4).unwrap(),
+        )
+    });
+    for (x, y) in ex.iter().zip(reveal(&r0.0, &r1.0)) {
+        assert!((x.exp() - y).abs() <= 2f64.powi(-9), "exp({x}) = {y}");
+    }
+    for (x, y) in rx.iter().zip(reveal(&r0.1, &r1.1)) {
+        assert!(((1.0 / x) - y).abs() * x <= 2f64.powi(-10), "1/{x} = {y}");
+    }
+    for (x, y) in sx.iter().zip(reveal(&r0.2, &r1.2)) {
+        let s = 1.0 / (1.0 + (-x).exp());
+        assert!((s - y).abs() <= 2f64.powi(-8), "sigmoid({x}) = {y} vs {s}");
+    }
+    let sm = reveal(&r0.3, &r1.3);
+    for (row, got) in mx.chunks(4).zip(sm.chunks(4)) {
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        for (v, g) in row.iter().zip(got) {
+            let want = (v - m).exp() / s;
+            assert!(
+                (want - g).abs() <= 2f64.powi(-7),
+                "softmax {row:?}: {g} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sigmoid_over_tcp_with_he_triples() {
+    let xs: Vec<f64> = vec![0.0, 2.0, -2.0, 0.5];
+    let s = shared(&xs);
+    let (r0, r1) = parties_tcp(move |p| {
+        let mut src = if p.is_p0() {
+            HeTriples::Server(HeTripleServer::setup(p.channel()).unwrap())
+        } else {
+            let mut rng = os_rng();
+            HeTriples::Client(HeTripleClient::setup(p.channel(), &mut rng).unwrap())
+        };
+        let mine = if p.is_p0() { s.0.clone() } else { s.1.clone() };
+        approx::sigmoid(p, &mut src, fp(), &mine).unwrap()
+    });
+    for (x, y) in xs.iter().zip(reveal(&r0, &r1)) {
+        let s = 1.0 / (1.0 + (-x).exp());
+        assert!((s - y).abs() <= 2f64.powi(-8), "sigmoid({x}) = {y}");
+    }
+}

@@ -1,0 +1,283 @@
+//! Every protocol, both parties in one process, against a plaintext reference (exact), on
+//! random inputs and the edge values; one test per family over TCP loopback.
+
+mod common;
+use common::{parties_mem, parties_tcp};
+
+use cipherml_mpc::net::Channel;
+use cipherml_mpc::party::Party;
+use cipherml_mpc::prg::os_rng;
+use cipherml_mpc::protocols::{arith, boolean, compare};
+use cipherml_mpc::ring::Ring;
+use cipherml_mpc::share::{split, PartyId};
+use cipherml_mpc::triples::ot::OtTriples;
+use cipherml_mpc::triples::TripleSource;
+use rand::RngCore;
+
+/// Random signed values plus the edge values 0, -1, 1, min, max.
+fn inputs(ring: Ring, n: usize) -> Vec<u64> {
+    let mut rng = os_rng();
+    let mut v: Vec<u64> = vec![
+        0,
+        ring.from_signed(-1),
+        1,
+        ring.from_signed(ring.min_signed()),
+        ring.from_signed(ring.max_signed()),
+    ];
+    while v.len() < n {
+        v.push(ring.reduce(rng.next_u64()));
+    }
+    v
+}
+
+/// Shares of `x` for both parties.
+fn shares(ring: Ring, x: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    split(ring, x, &mut os_rng())
+}
+
+fn pick<T: Clone>(p: &Party<impl Channel, impl rand::CryptoRng>, s: &(T, T)) -> T {
+    if p.id() == PartyId::P0 {
+        s.0.clone()
+    } else {
+        s.1.clone()
+    }
+}
+
+fn open(ring: Ring, a: &[u64], b: &[u64]) -> Vec<u64> {
+    ring.add_vec(a, b)
+}
+
+fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+}
+
+#[test]
+fn mul_and_matmul_with_ot_triples() {
+    for bits in [32u32, 64, 17] {
+        let ring = Ring::new(bits).unwrap();
+        let x = inputs(ring, 40);
+        let mut y = inputs(ring, 40);
+        y.reverse();
+        let (sx, sy) = (shares(ring, &x), shares(ring, &y));
+        let (m, k, n) = (3, 4, 5);
+        let a = ring.random_vec(&mut os_rng(), m * k);
+        let b = ring.random_vec(&mut os_rng(), k * n);
+        let (sa, sb) = (shares(ring, &a), shares(ring, &b));
+        let (r0, r1) = parties_mem(move |p| {
+            let t = OtTriples.arith(p, ring, 40).unwrap();
+            let z = arith::mul(p, &pick(p, &sx), &pick(p, &sy), &t).unwrap();
+            let mt = OtTriples.matrix(p, ring, m, k, n).unwrap();
+            let w = arith::matmul(p, &pick(p, &sa), &pick(p, &sb), &mt).unwrap();
+            (z, w)
+        });
+        assert_eq!(open(ring, &r0.0, &r1.0), ring.mul_vec(&x, &y));
+        assert_eq!(open(ring, &r0.1, &r1.1), ring.matmul(&a, &b, m, k, n));
+    }
+}
+
+#[test]
+fn mul_over_tcp() {
+    let ring = Ring::new(32).unwrap();
+    let x = inputs(ring, 20);
+    let y = inputs(ring, 20);
+    let (sx, sy) = (shares(ring, &x), shares(ring, &y));
+    let (r0, r1) = parties_tcp(move |p| {
+        let t = OtTriples.arith(p, ring, 20).unwrap();
+        arith::mul(p, &pick(p, &sx), &pick(p, &sy), &t).unwrap()
+    });
+    assert_eq!(open(ring, &r0, &r1), ring.mul_vec(&x, &y));
+}
+
+#[test]
+fn truncation() {
+    for (bits, f) in [(32u32, 12u32), (64, 16), (16, 1)] {
+        let ring = Ring::new(bits).unwrap();
+        let x = inputs(ring, 200);
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| {
+            let sx = pick(p, &sx);
+            let faithful = arith::trunc_faithful(p, ring, &sx, f).unwrap();
+            let local = arith::trunc_local(p, ring, &sx, f);
+            (faithful, local)
+        });
+        let exact: Vec<u64> = x.iter().map(|&v| ring.shr_signed(v, f)).collect();
+        assert_eq!(open(ring, &r0.0, &r1.0), exact, "faithful, l={bits}");
+        // Local truncation: within one ulp for values far from the range ends.
+        let local = open(ring, &r0.1, &r1.1);
+        let mut bad = 0;
+        for i in 0..x.len() {
+            let v = ring.to_signed(x[i]);
+            if v.unsigned_abs() < 1u64 << (bits - 3) {
+                let d = ring.to_signed(ring.sub(local[i], exact[i]));
+                if !(0..=1).contains(&d) {
+                    bad += 1;
+                }
+            }
+        }
+        // Failure probability per value at most 2^(lx + 1 - l) = 1/4 here.
+        assert!(
+            bad <= x.len() / 2,
+            "too many local truncation failures: {bad}"
+        );
+    }
+}
+
+#[test]
+fn millionaire_and_relu_family() {
+    for bits in [32u32, 64, 8, 5] {
+        let ring = Ring::new(bits).unwrap();
+        let x = inputs(ring, 300);
+        let mut y = inputs(ring, 300);
+        y.rotate_left(7);
+        let (sx, sy) = (shares(ring, &x), shares(ring, &y));
+        let (mx, my) = (x.clone(), y.clone());
+        let (r0, r1) = parties_mem(move |p| {
+            let own = if p.is_p0() { mx.clone() } else { my.clone() };
+            let gt = compare::millionaire(p, bits, &own).unwrap();
+            let sxx = pick(p, &sx);
+            let d = compare::drelu(p, ring, &sxx).unwrap();
+            let r = compare::relu(p, ring, &sxx).unwrap();
+            let lt = compare::less_than(p, ring, &sxx, &pick(p, &sy)).unwrap();
+            let m = compare::max(p, ring, &sxx, &pick(p, &sy)).unwrap();
+            (gt, d, r, lt, m)
+        });
+        let gt = xor(&r0.0, &r1.0);
+        for i in 0..x.len() {
+            assert_eq!(
+                gt[i] == 1,
+                x[i] > y[i],
+                "millionaire {bits}: {} vs {}",
+                x[i],
+                y[i]
+            );
+        }
+        let d = xor(&r0.1, &r1.1);
+        let relu = open(ring, &r0.2, &r1.2);
+        let lt = xor(&r0.3, &r1.3);
+        let mx = open(ring, &r0.4, &r1.4);
+        for i in 0..x.len() {
+            let (sx, sy) = (ring.to_signed(x[i]), ring.to_signed(y[i]));
+            assert_eq!(d[i] == 1, sx >= 0, "drelu");
+            assert_eq!(relu[i], if sx >= 0 { x[i] } else { 0 }, "relu");
+            assert_eq!(lt[i] == 1, sx < sy, "lt {sx} {sy}");
+            assert_eq!(mx[i], ring.from_signed(sx.max(sy)), "max");
+        }
+    }
+}
+
+#[test]
+fn relu_and_max_over_tcp() {
+    let ring = Ring::new(32).unwrap();
+    let x = inputs(ring, 100);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        let r = compare::relu(p, ring, &s).unwrap();
+        let m = compare::max_pool(p, ring, &s, 4).unwrap();
+        (r, m)
+    });
+    let relu = open(ring, &r0.0, &r1.0);
+    for i in 0..x.len() {
+        assert_eq!(relu[i], if ring.msb(x[i]) { 0 } else { x[i] });
+    }
+    let mp = open(ring, &r0.1, &r1.1);
+    for (w, chunk) in x.chunks(4).enumerate() {
+        let m = chunk.iter().map(|&v| ring.to_signed(v)).max().unwrap();
+        assert_eq!(ring.to_signed(mp[w]), m);
+    }
+}
+
+#[test]
+fn maxpool_and_argmax() {
+    let ring = Ring::new(32).unwrap();
+    for window in [1usize, 2, 3, 4, 9] {
+        let mut x = inputs(ring, window * 12);
+        // Ties: a window of equal values.
+        for v in x.iter_mut().take(window) {
+            *v = 5;
+        }
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| {
+            let s = pick(p, &sx);
+            let m = compare::max_pool(p, ring, &s, window).unwrap();
+            let (i, v) = compare::argmax(p, ring, &s, window).unwrap();
+            (m, i, v)
+        });
+        let mp = open(ring, &r0.0, &r1.0);
+        let idx = open(ring, &r0.1, &r1.1);
+        let av = open(ring, &r0.2, &r1.2);
+        for (w, chunk) in x.chunks(window).enumerate() {
+            let vals: Vec<i64> = chunk.iter().map(|&v| ring.to_signed(v)).collect();
+            let m = *vals.iter().max().unwrap();
+            let first = vals.iter().position(|&v| v == m).unwrap();
+            assert_eq!(ring.to_signed(mp[w]), m);
+            assert_eq!(ring.to_signed(av[w]), m);
+            assert_eq!(idx[w], first as u64, "argmax window {window}");
+        }
+    }
+}
+
+#[test]
+fn select_b2a_a2b_and() {
+    for bits in [32u32, 64, 3] {
+        let ring = Ring::new(bits).unwrap();
+        let x = inputs(ring, 64);
+        let y = inputs(ring, 64);
+        let mut rng = os_rng();
+        let b: Vec<u8> = (0..64).map(|_| (rng.next_u32() & 1) as u8).collect();
+        let c: Vec<u8> = (0..64).map(|_| (rng.next_u32() & 1) as u8).collect();
+        let b0: Vec<u8> = (0..64).map(|_| (rng.next_u32() & 1) as u8).collect();
+        let c0: Vec<u8> = (0..64).map(|_| (rng.next_u32() & 1) as u8).collect();
+        let sb = (b0.clone(), xor(&b, &b0));
+        let sc = (c0.clone(), xor(&c, &c0));
+        let (sx, sy) = (shares(ring, &x), shares(ring, &y));
+        let (r0, r1) = parties_mem(move |p| {
+            let bb = pick(p, &sb);
+            let s = boolean::select(p, ring, &bb, &pick(p, &sx), &pick(p, &sy)).unwrap();
+            let a = boolean::b2a(p, ring, &bb).unwrap();
+            let bits = boolean::a2b(p, ring, &pick(p, &sx)).unwrap();
+            let and = boolean::and(p, &bb, &pick(p, &sc)).unwrap();
+            (s, a, bits, and)
+        });
+        let s = open(ring, &r0.0, &r1.0);
+        let a = open(ring, &r0.1, &r1.1);
+        for i in 0..64 {
+            assert_eq!(s[i], if b[i] == 1 { y[i] } else { x[i] }, "select");
+            assert_eq!(a[i], b[i] as u64, "b2a");
+            assert_eq!(r0.2[i] ^ r1.2[i], x[i], "a2b");
+            assert_eq!(r0.3[i] ^ r1.3[i], b[i] & c[i], "and");
+        }
+    }
+}
+
+#[test]
+fn truncation_conversions_and_argmax_over_tcp() {
+    let ring = Ring::new(64).unwrap();
+    let x = inputs(ring, 24);
+    let sx = shares(ring, &x);
+    let mut rng = os_rng();
+    let b: Vec<u8> = (0..24).map(|_| (rng.next_u32() & 1) as u8).collect();
+    let b0: Vec<u8> = (0..24).map(|_| (rng.next_u32() & 1) as u8).collect();
+    let sb = (b0.clone(), xor(&b, &b0));
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        let t = arith::trunc_faithful(p, ring, &s, 13).unwrap();
+        let bits = boolean::a2b(p, ring, &s).unwrap();
+        let a = boolean::b2a(p, ring, &pick(p, &sb)).unwrap();
+        let (i, _) = compare::argmax(p, ring, &s, 6).unwrap();
+        (t, bits, a, i)
+    });
+    let t = open(ring, &r0.0, &r1.0);
+    let a = open(ring, &r0.2, &r1.2);
+    for i in 0..24 {
+        assert_eq!(t[i], ring.shr_signed(x[i], 13));
+        assert_eq!(r0.1[i] ^ r1.1[i], x[i]);
+        assert_eq!(a[i], b[i] as u64);
+    }
+    let idx = open(ring, &r0.3, &r1.3);
+    for (w, chunk) in x.chunks(6).enumerate() {
+        let vals: Vec<i64> = chunk.iter().map(|&v| ring.to_signed(v)).collect();
+        let m = *vals.iter().max().unwrap();
+        assert_eq!(idx[w], vals.iter().position(|&v| v == m).unwrap() as u64);
+    }
+}
