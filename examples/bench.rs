@@ -15,9 +15,21 @@ fn main() {
         .unwrap_or(2000u64);
     let budget = Duration::from_millis(ms);
     let mut emit = |l: cipherml::bench::BenchLine| println!("{}", l.to_json());
+    let mpc = || match cipherml::mpc::bench::bench_lines(budget) {
+        Ok(lines) => lines.iter().for_each(|l| println!("{}", l.to_json())),
+        Err(e) => {
+            eprintln!("mpc benchmarks failed: {e}");
+            std::process::exit(1);
+        }
+    };
     match which.as_str() {
-        "he" | "all" => cipherml::bench::he(budget, &mut emit),
-        "mpc" | "nn" => eprintln!("the {which} benchmarks are not implemented yet"),
+        "he" => cipherml::bench::he(budget, &mut emit),
+        "mpc" => mpc(),
+        "all" => {
+            cipherml::bench::he(budget, &mut emit);
+            mpc();
+        }
+        "nn" => eprintln!("the nn benchmarks are not implemented yet"),
         other => {
             eprintln!("unknown suite {other:?}: expected he, mpc, nn or all");
             std::process::exit(2);
