@@ -9,6 +9,7 @@ pub use cipherml_mpc as mpc;
 
 pub mod bench;
 pub mod data;
+pub mod nn;
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

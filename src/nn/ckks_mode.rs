@@ -1,0 +1,192 @@
+//! Non-interactive private inference with CKKS for networks whose activations are
+//! polynomials: the client sends one ciphertext, the server evaluates every layer
+//! (linear layers by the diagonal method, squares and polynomials elementwise) and returns
+//! one ciphertext. One round trip; the server never sees the input or the output.
+
+use cipherml_he::ckks::{CkksParameters, Encoder, Evaluator};
+use cipherml_he::rlwe::{GaloisKeys, RelinKey};
+use cipherml_he::tensor::{
+    avg_pool_matrix, conv2d_matrix, CkksTensor, LinearMap, PreparedLinearMap,
+};
+use ndarray::Array2;
+
+use super::{Layer, NnError, Sequential};
+
+/// One compiled step.
+#[derive(Debug, Clone)]
+enum Step {
+    Linear(PreparedLinearMap, Vec<usize>),
+    Square,
+    Poly(Vec<f64>),
+    Reshape(Vec<usize>),
+}
+
+/// A [`Sequential`] model compiled for CKKS: plaintext weights pre-encoded at the levels
+/// where they are used.
+#[derive(Debug, Clone)]
+pub struct CkksModel {
+    steps: Vec<Step>,
+    galois: Vec<usize>,
+    input_level: usize,
+    depth: usize,
+    output_shape: Vec<usize>,
+}
+
+fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<Vec<f64>>)> {
+    match layer {
+        Layer::Dense { weight, bias } => Some((weight.clone(), Some(bias.to_vec()))),
+        Layer::Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+        } => {
+            let (m, (o, ho, wo)) = conv2d_matrix(
+                weight.view(),
+                (input[0], input[1], input[2]),
+                *stride,
+                *padding,
+            )
+            .ok()?;
+            let b: Vec<f64> = (0..o * ho * wo).map(|i| bias[i / (ho * wo)]).collect();
+            Some((m, Some(b)))
+        }
+        Layer::AvgPool { kernel, stride } if kernel == stride => {
+            let (m, _) = avg_pool_matrix((input[0], input[1], input[2]), *kernel).ok()?;
+            Some((m, None))
+        }
+        Layer::GlobalAvgPool => {
+            let (m, _) = avg_pool_matrix((input[0], input[1], input[2]), input[1]).ok()?;
+            if input[1] != input[2] {
+                return None;
+            }
+            Some((m, None))
+        }
+        _ => None,
+    }
+}
+
+impl CkksModel {
+    /// Compiles `model` for inputs encrypted at `input_level` of `params`. Fails on a layer
+    /// that is not linear or polynomial (use the interactive mode for ReLU and max-pool), or
+    /// if the network needs more levels than there are.
+    pub fn compile(
+        model: &Sequential,
+        params: &std::sync::Arc<CkksParameters>,
+        input_level: usize,
+    ) -> Result<Self, NnError> {
+        let shapes = model.shapes()?;
+        let encoder = Encoder::new(params);
+        let ev = Evaluator::new(params);
+        let mut steps = Vec::new();
+        let mut galois = std::collections::BTreeSet::new();
+        let mut level = input_level;
+        let mut period = shapes[0]
+            .iter()
+            .product::<usize>()
+            .max(1)
+            .next_power_of_two();
+        let need = |level: usize, k: usize, layer: &Layer| -> Result<(), NnError> {
+            if level < k {
+                Err(NnError::NotSupportedInMode {
+                    layer: layer.describe(),
+                    mode: "CKKS",
+                    reason: format!("needs {k} more level(s), {level} left; use larger parameters"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        for (layer, (input, output)) in model.layers().iter().zip(shapes.iter().zip(&shapes[1..])) {
+            match layer {
+                Layer::Flatten => steps.push(Step::Reshape(output.clone())),
+                Layer::Softmax => {
+                    return Err(NnError::NotSupportedInMode {
+                        layer: layer.describe(),
+                        mode: "CKKS",
+                        reason: "apply softmax to the decrypted logits on the client".into(),
+                    })
+                }
+                Layer::Square => {
+                    need(level, 1, layer)?;
+                    steps.push(Step::Square);
+                    level -= 1;
+                }
+                Layer::Poly { coeffs } => {
+                    let d = Evaluator::poly_depth(coeffs.len().saturating_sub(1));
+                    need(level, d, layer)?;
+                    steps.push(Step::Poly(coeffs.clone()));
+                    level -= d;
+                }
+                l if l.is_linear() => {
+                    need(level, 1, layer)?;
+                    let (m, bias) =
+                        linear_matrix(l, input).ok_or_else(|| NnError::NotSupportedInMode {
+                            layer: l.describe(),
+                            mode: "CKKS",
+                            reason: "this pooling shape has no linear form here".into(),
+                        })?;
+                    let map = LinearMap::new(m.view(), bias.as_deref(), period)?;
+                    galois.extend(map.galois_elements(&ev));
+                    period = map.output_period();
+                    steps.push(Step::Linear(map.encode(&encoder, level)?, output.clone()));
+                    level -= 1;
+                }
+                other => {
+                    return Err(NnError::NotSupportedInMode {
+                        layer: other.describe(),
+                        mode: "CKKS",
+                        reason: "not a polynomial; use the interactive mode".into(),
+                    })
+                }
+            }
+        }
+        Ok(Self {
+            steps,
+            galois: galois.into_iter().collect(),
+            input_level,
+            depth: input_level - level,
+            output_shape: shapes.last().expect("non-empty").clone(),
+        })
+    }
+
+    /// The Galois elements the server needs keys for (the client generates exactly these).
+    pub fn galois_elements(&self) -> &[usize] {
+        &self.galois
+    }
+
+    /// Levels consumed.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The level inputs must be encrypted at.
+    pub fn input_level(&self) -> usize {
+        self.input_level
+    }
+
+    /// Shape of the output.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.output_shape
+    }
+
+    /// Server side: evaluates the network on an encrypted input.
+    pub fn infer(
+        &self,
+        ev: &Evaluator,
+        rlk: &RelinKey,
+        keys: &GaloisKeys,
+        x: &CkksTensor,
+    ) -> Result<CkksTensor, NnError> {
+        let mut h = x.clone();
+        for step in &self.steps {
+            h = match step {
+                Step::Linear(map, shape) => map.apply(ev, &h, keys)?.reshape(shape)?,
+                Step::Square => h.square(ev, rlk)?,
+                Step::Poly(c) => h.poly(ev, c, rlk)?,
+                Step::Reshape(shape) => h.reshape(shape)?,
+            };
+        }
+        Ok(h)
+    }
+}
