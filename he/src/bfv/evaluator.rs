@@ -272,7 +272,7 @@ impl Evaluator {
             .map(|p| p.modulus.bits())
             .max()
             .unwrap_or(0);
-        let wide_ok = max_bits + (usize::BITS - (k + 2).leading_zeros()) <= 62;
+        let wide_ok = max_bits as f64 + ((k + 2) as f64).log2() <= 63.0;
         for j in 0..m {
             let row = &lv.omega[j][..k];
             let tq = lv.t_qinv_r[j] as u128;

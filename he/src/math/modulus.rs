@@ -23,7 +23,7 @@ pub struct Modulus {
     mu_lo: u64,
     /// floor(2^(2 bits) / p).
     mu_small: u64,
-    /// floor(2^(bits + 62) / p), for [`Modulus::reduce_wide`].
+    /// min(floor(2^(bits + 63) / p), 2^64 - 1), for [`Modulus::reduce_wide`].
     mu_wide: u64,
     bits: u32,
 }
@@ -45,7 +45,14 @@ impl Modulus {
             mu_hi: (mu >> 64) as u64,
             mu_lo: mu as u64,
             mu_small: ((1u128 << (2 * bits)) / p as u128) as u64,
-            mu_wide: ((1u128 << (bits + 62)) / p as u128) as u64,
+            mu_wide: {
+                let m = (1u128 << (bits + 63)) / p as u128;
+                if m > u64::MAX as u128 {
+                    u64::MAX
+                } else {
+                    m as u64
+                }
+            },
             bits,
         })
     }
@@ -78,15 +85,17 @@ impl Modulus {
         r.min(r.wrapping_sub(self.p))
     }
 
-    /// `x mod p` for `x < 2^(bits + 62)`: one Barrett step with a single 64x64-bit product,
+    /// `x mod p` for `x < 2^(bits + 63)`: one Barrett step with a single 64x64-bit product,
     /// for lazily accumulated sums of products (base conversions).
     #[inline(always)]
     pub fn reduce_wide(&self, x: u128) -> u64 {
-        debug_assert!(x >> (self.bits + 62) == 0);
-        // (x >> (bits - 1)) < 2^63 and mu_wide <= 2^63: the product fits in 128 bits, and the
-        // quotient estimate is at most 2 below floor(x / p).
-        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_wide as u128) >> 63) as u64;
+        debug_assert!(x >> (self.bits + 63) == 0);
+        // (x >> (bits - 1)) < 2^64 and mu_wide < 2^64: the product fits in 128 bits, and the
+        // quotient estimate is at most 3 below floor(x / p) (2 from Barrett, 1 more if mu_wide
+        // saturated, which only a power-of-two p can cause).
+        let q = (((x >> (self.bits - 1)) as u64 as u128 * self.mu_wide as u128) >> 64) as u64;
         let r = (x as u64).wrapping_sub(q.wrapping_mul(self.p));
+        let r = r.min(r.wrapping_sub(self.p));
         let r = r.min(r.wrapping_sub(self.p));
         r.min(r.wrapping_sub(self.p))
     }
@@ -94,7 +103,7 @@ impl Modulus {
     /// Bit length bound of the values [`Modulus::reduce_wide`] accepts.
     #[inline(always)]
     pub const fn wide_bits(&self) -> u32 {
-        self.bits + 62
+        self.bits + 63
     }
 
     /// `x mod p` for a 64-bit `x`.

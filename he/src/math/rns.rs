@@ -312,7 +312,9 @@ impl BaseConverter {
             .map(|p| p.modulus.bits())
             .max()
             .unwrap_or(0);
-        let wide_ok = max_in + (usize::BITS - from.len().leading_zeros()) < 62;
+        // Sums of k+1 products of (max_in)-bit by (target)-bit values must stay below
+        // 2^(target bits + 63).
+        let wide_ok = max_in as f64 + ((from.len() + 1) as f64).log2() <= 63.0;
         Self {
             wide_ok,
             from: from.clone(),
