@@ -10,6 +10,7 @@ pub use cipherml_mpc as mpc;
 pub mod bench;
 pub mod data;
 pub mod nn;
+pub mod tensor;
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

@@ -83,6 +83,11 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
         self.id == PartyId::P0
     }
 
+    /// The channel and the CSPRNG at once (for calls that need both).
+    pub fn channel_and_rng(&mut self) -> (&mut C, &mut R) {
+        (&mut self.ch, &mut self.rng)
+    }
+
     /// The channel to the peer.
     pub fn channel(&mut self) -> &mut C {
         &mut self.ch
