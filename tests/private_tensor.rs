@@ -21,7 +21,7 @@ fn tfe_program<C: Channel>(s: &mut Session<C>) -> Result<Option<ArrayD<f64>>, Te
 
 #[test]
 fn tf_encrypted_example_in_one_process() {
-    let (client, server) = run_local(|s| tfe_program(s)).unwrap();
+    let (client, server) = run_local(tfe_program).unwrap();
     assert_eq!(client.unwrap(), ArrayD::from_elem(vec![5, 10], 10.0));
     assert!(server.is_none(), "the server must not learn the result");
 }
