@@ -2,10 +2,12 @@
 //! import, and private execution modes (non-interactive CKKS for polynomial networks).
 
 mod ckks_mode;
+mod hybrid;
 mod layers;
 mod onnx;
 
 pub use ckks_mode::CkksModel;
+pub use hybrid::{HybridConfig, HybridError, HybridModel};
 pub use layers::Layer;
 pub use onnx::{load_onnx, tract_reference};
 

@@ -232,6 +232,55 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// Noise flooding: adds to `ct` an independent noise uniform in `[-2^log2_bound,
+    /// 2^log2_bound]` per coefficient, so that the decrypting party learns nothing (up to
+    /// `2^-(log2_bound - log2 |noise|)` statistical distance) about how the noise it floods
+    /// was produced, e.g. about a server's plaintext operands. Fails if the flooded noise
+    /// would exceed the decryption bound `Q / (2t)`.
+    pub fn flood<R: rand::RngCore + rand::CryptoRng + ?Sized>(
+        &self,
+        ct: &Ciphertext,
+        log2_bound: u32,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let q = self.q(ct.level);
+        let room = q.log2_product() - (self.params.plaintext_modulus() as f64).log2() - 2.0;
+        if log2_bound as f64 >= room || log2_bound > 120 {
+            return Err(Error::InvalidParameters {
+                reason: format!(
+                    "flooding noise of 2^{log2_bound} exceeds the room of 2^{room:.1} at level {}",
+                    ct.level
+                ),
+            });
+        }
+        let n = self.params.degree();
+        let span: u128 = (1u128 << log2_bound) * 2 + 1;
+        let bits = 128 - span.leading_zeros();
+        let mut noise: Vec<i128> = Vec::with_capacity(n);
+        while noise.len() < n {
+            let r =
+                ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128) & ((1u128 << bits) - 1);
+            if r < span {
+                noise.push(r as i128 - (1i128 << log2_bound));
+            }
+        }
+        let mut poly = Poly::<Coeff>::zero(n, q.len());
+        for (limb, pr) in poly.limbs_mut().zip(q.primes()) {
+            let m = pr.modulus;
+            for (x, &v) in limb.iter_mut().zip(&noise) {
+                let r = m.reduce_u128(v.unsigned_abs());
+                *x = if v < 0 { m.neg(r) } else { r };
+            }
+        }
+        noise.iter_mut().for_each(|v| *v = 0);
+        let poly = poly.into_ntt(q);
+        let mut out = ct.clone();
+        out.polys[0].add_assign(&poly, q);
+        out.seed = None;
+        Ok(out)
+    }
+
     /// Lifts `p` (NTT over `Q_l`) to `Q_l R` exactly (centered), in NTT form.
     fn extend(&self, lv: &BfvLevel, p: &Poly<Ntt>, q: &RnsBasis) -> Poly<Ntt> {
         let n = self.params.degree();

@@ -39,9 +39,32 @@ pub struct CoeffMatVec {
     rows_per_block: usize,
     /// `[block][chunk]`: the weight polynomials, prepared at the top level.
     weights: Vec<Vec<PreparedPlaintext>>,
+    /// Largest `|w|` and largest row-block L1 norm (for noise bounds).
+    max_abs: u64,
+    max_l1: u64,
 }
 
 impl CoeffMatVec {
+    /// `log2` of a bound on the noise of an output ciphertext, for inputs encrypted fresh
+    /// (symmetric encryption, coefficients in `[0, t)`): `t N max|w| + 21 L1(w) + t`, summed
+    /// over the column chunks.
+    pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
+        let chunks = self.input_chunks() as f64;
+        let b = chunks
+            * (t as f64 * n as f64 * self.max_abs as f64 + 21.0 * self.max_l1 as f64 + t as f64);
+        b.log2()
+    }
+
+    /// `(row block, coefficient index)` of each output, in order.
+    pub fn output_positions(&self) -> Vec<(usize, usize)> {
+        (0..self.rows)
+            .map(|r| {
+                let (b, i) = (r / self.rows_per_block, r % self.rows_per_block);
+                (b, i * self.chunk + self.chunk - 1)
+            })
+            .collect()
+    }
+
     /// Encodes `w` (entries reduced modulo `t`).
     pub fn new(encoder: &Encoder, w: ArrayView2<'_, i64>) -> Result<Self> {
         let n_ring = encoder.params().degree();
@@ -57,6 +80,17 @@ impl CoeffMatVec {
         let chunk = cols.min(n_ring);
         let rows_per_block = n_ring / chunk;
         let level = encoder.params().max_level();
+        let max_abs = w.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        let max_l1 = (0..rows)
+            .step_by(rows_per_block)
+            .map(|r0| {
+                w.slice(ndarray::s![r0..(r0 + rows_per_block).min(rows), ..])
+                    .iter()
+                    .map(|v| v.unsigned_abs())
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         let mut weights = Vec::new();
         for r0 in (0..rows).step_by(rows_per_block) {
             let mut per_chunk = Vec::new();
@@ -78,6 +112,8 @@ impl CoeffMatVec {
             chunk,
             rows_per_block,
             weights,
+            max_abs,
+            max_l1,
         })
     }
 
@@ -169,6 +205,8 @@ pub struct CoeffConv2d {
     group: usize,
     /// `[out channel][channel group]`.
     weights: Vec<Vec<PreparedPlaintext>>,
+    max_abs: u64,
+    max_l1: u64,
 }
 
 impl CoeffConv2d {
@@ -215,7 +253,20 @@ impl CoeffConv2d {
             }
             all.push(per_group);
         }
+        let max_abs = weights.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+        let max_l1 = (0..o)
+            .map(|oc| {
+                weights
+                    .index_axis(ndarray::Axis(0), oc)
+                    .iter()
+                    .map(|v| v.unsigned_abs())
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
         Ok(Self {
+            max_abs,
+            max_l1,
             out_channels: o,
             in_channels: c,
             kernel: (kh, kw),
@@ -225,6 +276,33 @@ impl CoeffConv2d {
             group,
             weights: all,
         })
+    }
+
+    /// `log2` of a bound on the noise of an output ciphertext (see
+    /// [`CoeffMatVec::noise_bound_log2`]).
+    pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
+        let groups = self.input_groups() as f64;
+        let b = groups
+            * (t as f64 * n as f64 * self.max_abs as f64 + 21.0 * self.max_l1 as f64 + t as f64);
+        b.log2()
+    }
+
+    /// `(output channel, coefficient index)` of each output `(o, y, x)`, row-major.
+    pub fn output_positions(&self) -> Vec<(usize, usize)> {
+        let (o, ho, wo) = self.output_shape();
+        let (kh, kw) = self.kernel;
+        let wp = self.input.1 + 2 * self.padding;
+        let hw = (self.input.0 + 2 * self.padding) * wp;
+        let base = (self.group - 1) * hw + (kh - 1) * wp + (kw - 1);
+        let mut v = Vec::with_capacity(o * ho * wo);
+        for oc in 0..o {
+            for y in 0..ho {
+                for x in 0..wo {
+                    v.push((oc, base + y * self.stride * wp + x * self.stride));
+                }
+            }
+        }
+        v
     }
 
     /// Output shape `(O, H', W')`.

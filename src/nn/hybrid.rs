@@ -1,0 +1,519 @@
+//! Interactive hybrid inference (the default for networks with ReLU or max-pool), after
+//! Cheetah and Delphi.
+//!
+//! The input is additively shared in `Z_2^l` (fixed point with `f` fractional bits): the
+//! client holds `x_c = x`, the server `x_s = 0`. For each linear layer the client sends
+//! `Enc(x_c)` under its own secret key (BFV with `t = 2^l` and coefficient encoding: a
+//! convolution or a matrix product is one polynomial product, no rotation); the server
+//! computes `Enc(W x_c) - R` with a fresh uniform mask polynomial `R`, floods the noise
+//! with 40 more bits than its bound, and returns it; the client decrypts its share
+//! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful), ReLU and
+//! max-pool run as two-party protocols on the shares. The logits are revealed to the
+//! client only. The server learns nothing about the input (it sees only ciphertexts and
+//! uniformly random shares); the client learns the architecture and the logits.
+
+use std::sync::Arc;
+
+use cipherml_he::bfv::{
+    BfvParameters, BfvParametersLiteral, Ciphertext, Decryptor, Encoder, Evaluator,
+    PlaintextModulus,
+};
+use cipherml_he::rlwe::SecretKey;
+use cipherml_he::tensor::{CoeffConv2d, CoeffMatVec};
+use cipherml_mpc::net::Channel;
+use cipherml_mpc::party::Party;
+use cipherml_mpc::protocols::{arith, compare};
+use cipherml_mpc::ring::Ring;
+use cipherml_mpc::share::{reveal, PartyId, RevealTo};
+use ndarray::{Array2, Array4, ArrayD, IxDyn};
+use rand::{CryptoRng, Rng, RngCore};
+
+use super::{Layer, NnError, Sequential};
+use crate::tensor::TensorError;
+
+/// Ring width, fixed-point precision and HE parameters of the hybrid mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HybridConfig {
+    /// Bits of the ring `Z_2^l` (also `log2 t` of BFV).
+    pub ring_bits: u32,
+    /// Fractional bits of the fixed-point encoding.
+    pub frac_bits: u32,
+    /// Statistical security of noise flooding, in bits.
+    pub flood_bits: u32,
+}
+
+impl Default for HybridConfig {
+    /// `l = 40`, `f = 12`, 40 bits of flooding.
+    fn default() -> Self {
+        Self {
+            ring_bits: 40,
+            frac_bits: 12,
+            flood_bits: 40,
+        }
+    }
+}
+
+impl HybridConfig {
+    /// The BFV parameters: N = 8192, log2(QP) <= 218 (128-bit), `t = 2^l`.
+    pub fn bfv_literal(&self) -> BfvParametersLiteral {
+        BfvParametersLiteral {
+            plaintext: PlaintextModulus::PowerOfTwo {
+                bits: self.ring_bits,
+            },
+            ..BfvParametersLiteral::n8192()
+        }
+    }
+}
+
+/// Errors of hybrid inference.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HybridError {
+    /// A model error.
+    #[error(transparent)]
+    Nn(#[from] NnError),
+    /// A two-party error (I/O, timeout, misbehaving peer).
+    #[error(transparent)]
+    Mpc(#[from] cipherml_mpc::Error),
+    /// An HE error (e.g. a malformed ciphertext from the peer).
+    #[error(transparent)]
+    He(#[from] cipherml_he::Error),
+    /// A session error.
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// The peer sent the wrong number of messages.
+    #[error("protocol error: expected {expected} {what}, got {found}")]
+    Protocol {
+        /// What.
+        what: &'static str,
+        /// Expected count.
+        expected: usize,
+        /// Found.
+        found: usize,
+    },
+}
+
+/// One compiled layer. The client's copy has zero weights: it only needs the shapes.
+#[derive(Debug, Clone)]
+enum Step {
+    Conv {
+        he: CoeffConv2d,
+        weight: Array4<i64>,
+        bias: Vec<i64>,
+        input: (usize, usize, usize),
+        stride: usize,
+        padding: usize,
+    },
+    Dense {
+        he: CoeffMatVec,
+        weight: Array2<i64>,
+        bias: Vec<i64>,
+    },
+    Relu,
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+        input: (usize, usize, usize),
+    },
+    Reshape,
+}
+
+/// A model compiled for the hybrid mode (the server's copy holds the quantized weights).
+#[derive(Debug, Clone)]
+pub struct HybridModel {
+    config: HybridConfig,
+    params: Arc<BfvParameters>,
+    steps: Vec<Step>,
+    input_len: usize,
+    output_shape: Vec<usize>,
+}
+
+fn quantize(v: f64, bits: u32) -> i64 {
+    (v * (bits as f64).exp2()).round() as i64
+}
+
+impl HybridModel {
+    /// Compiles `model`. With `with_weights = false` (the client's copy) the weights are
+    /// zero: only the architecture is used.
+    pub fn compile(
+        model: &Sequential,
+        config: &HybridConfig,
+        with_weights: bool,
+    ) -> Result<Self, HybridError> {
+        let params = BfvParameters::new(&config.bfv_literal())?;
+        let encoder = Encoder::new(&params);
+        let shapes = model.shapes()?;
+        let f = config.frac_bits;
+        let mut steps = Vec::new();
+        for (layer, (input, output)) in model.layers().iter().zip(shapes.iter().zip(&shapes[1..])) {
+            let unsupported = |reason: &str| NnError::NotSupportedInMode {
+                layer: layer.describe(),
+                mode: "hybrid",
+                reason: reason.into(),
+            };
+            steps.push(match layer {
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                } => {
+                    let w = if with_weights {
+                        weight.mapv(|v| quantize(v, f))
+                    } else {
+                        Array4::zeros(weight.dim())
+                    };
+                    let he = CoeffConv2d::new(
+                        &encoder,
+                        w.view(),
+                        (input[1], input[2]),
+                        *padding,
+                        *stride,
+                    )?;
+                    let (_, ho, wo) = he.output_shape();
+                    let b: Vec<i64> = (0..output.iter().product::<usize>())
+                        .map(|i| {
+                            if with_weights {
+                                quantize(bias[i / (ho * wo)], 2 * f)
+                            } else {
+                                0
+                            }
+                        })
+                        .collect();
+                    Step::Conv {
+                        he,
+                        weight: w,
+                        bias: b,
+                        input: (input[0], input[1], input[2]),
+                        stride: *stride,
+                        padding: *padding,
+                    }
+                }
+                Layer::Dense { weight, bias } => {
+                    let w = if with_weights {
+                        weight.mapv(|v| quantize(v, f))
+                    } else {
+                        Array2::zeros(weight.dim())
+                    };
+                    let he = CoeffMatVec::new(&encoder, w.view())?;
+                    let b = bias
+                        .iter()
+                        .map(|&v| if with_weights { quantize(v, 2 * f) } else { 0 })
+                        .collect();
+                    Step::Dense {
+                        he,
+                        weight: w,
+                        bias: b,
+                    }
+                }
+                Layer::Relu => Step::Relu,
+                Layer::MaxPool { kernel, stride } => Step::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                    input: (input[0], input[1], input[2]),
+                },
+                Layer::Flatten => Step::Reshape,
+                Layer::Softmax => {
+                    return Err(unsupported("apply softmax to the revealed logits").into())
+                }
+                _ => return Err(unsupported("no hybrid implementation yet").into()),
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            params,
+            steps,
+            input_len: shapes[0].iter().product(),
+            output_shape: shapes.last().expect("non-empty").clone(),
+        })
+    }
+
+    /// The BFV parameters.
+    pub fn params(&self) -> &Arc<BfvParameters> {
+        &self.params
+    }
+
+    fn ring(&self) -> Ring {
+        Ring::new(self.config.ring_bits).expect("valid ring width")
+    }
+
+    /// Client side of one inference: returns the logits (revealed to the client only).
+    pub fn run_client<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        sk: &Arc<SecretKey>,
+        x: &ArrayD<f64>,
+    ) -> Result<ArrayD<f64>, HybridError> {
+        if x.len() != self.input_len {
+            return Err(NnError::Shape {
+                layer: "input".into(),
+                input: x.shape().to_vec(),
+            }
+            .into());
+        }
+        if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(NnError::NonFinite { index, value }.into());
+        }
+        let ring = self.ring();
+        let fixed = cipherml_mpc::fixed::FixedPoint::new(ring, self.config.frac_bits)?;
+        let flat: Vec<f64> = x.iter().copied().collect();
+        let share = fixed.encode_vec(&flat)?;
+        let out = self.run(p, Some(sk), share)?;
+        let revealed = reveal(
+            p.channel(),
+            ring,
+            PartyId::P0,
+            RevealTo::Party(PartyId::P0),
+            &out,
+        )?
+        .expect("the client learns the output");
+        Ok(
+            ArrayD::from_shape_vec(IxDyn(&self.output_shape), fixed.decode_vec(&revealed))
+                .expect("shape"),
+        )
+    }
+
+    /// Server side of one inference.
+    pub fn run_server<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+    ) -> Result<(), HybridError> {
+        let share = vec![0u64; self.input_len];
+        let out = self.run(p, None, share)?;
+        reveal(
+            p.channel(),
+            self.ring(),
+            PartyId::P1,
+            RevealTo::Party(PartyId::P0),
+            &out,
+        )?;
+        Ok(())
+    }
+
+    fn run<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        sk: Option<&Arc<SecretKey>>,
+        mut x: Vec<u64>,
+    ) -> Result<Vec<u64>, HybridError> {
+        let ring = self.ring();
+        let f = self.config.frac_bits;
+        for step in &self.steps {
+            x = match step {
+                Step::Conv {
+                    he,
+                    weight,
+                    bias,
+                    input,
+                    stride,
+                    padding,
+                } => {
+                    let positions = he.output_positions();
+                    let y = match sk {
+                        Some(sk) => {
+                            let xs = ndarray::Array3::from_shape_vec(
+                                *input,
+                                x.iter().map(|&v| v as i64).collect(),
+                            )
+                            .expect("shape");
+                            let pts = he.encode_input(&Encoder::new(&self.params), xs.view())?;
+                            self.client_linear(p, sk, &pts, &positions)?
+                        }
+                        None => {
+                            let mut y = conv_ring(ring, &x, weight, *input, *stride, *padding);
+                            for (v, b) in y.iter_mut().zip(bias) {
+                                *v = ring.add(*v, ring.from_signed(*b));
+                            }
+                            let noise = he.noise_bound_log2(
+                                self.params.degree(),
+                                self.params.plaintext_modulus(),
+                            );
+                            self.server_linear(
+                                p,
+                                he.input_groups(),
+                                &positions,
+                                noise,
+                                y,
+                                |ev, cts| he.apply(ev, cts),
+                            )?
+                        }
+                    };
+                    arith::trunc_faithful(p, ring, &y, f)?
+                }
+                Step::Dense { he, weight, bias } => {
+                    let positions = he.output_positions();
+                    let y = match sk {
+                        Some(sk) => {
+                            let xs: Vec<i64> = x.iter().map(|&v| v as i64).collect();
+                            let pts = he.encode_input(&Encoder::new(&self.params), &xs)?;
+                            self.client_linear(p, sk, &pts, &positions)?
+                        }
+                        None => {
+                            let mut y = matvec_ring(ring, weight, &x);
+                            for (v, b) in y.iter_mut().zip(bias) {
+                                *v = ring.add(*v, ring.from_signed(*b));
+                            }
+                            let noise = he.noise_bound_log2(
+                                self.params.degree(),
+                                self.params.plaintext_modulus(),
+                            );
+                            self.server_linear(
+                                p,
+                                he.input_chunks(),
+                                &positions,
+                                noise,
+                                y,
+                                |ev, cts| he.apply(ev, cts),
+                            )?
+                        }
+                    };
+                    arith::trunc_faithful(p, ring, &y, f)?
+                }
+                Step::Relu => compare::relu(p, ring, &x)?,
+                Step::MaxPool {
+                    kernel,
+                    stride,
+                    input,
+                } => {
+                    let windows = im2col(&x, *input, *kernel, *stride);
+                    compare::max_pool(p, ring, &windows, kernel * kernel)?
+                }
+                Step::Reshape => x,
+            };
+        }
+        Ok(x)
+    }
+
+    fn client_linear<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        sk: &Arc<SecretKey>,
+        pts: &[cipherml_he::bfv::Plaintext],
+        positions: &[(usize, usize)],
+    ) -> Result<Vec<u64>, HybridError> {
+        let dec = Decryptor::new(&self.params, sk.clone())?;
+        for pt in pts {
+            let ct = dec.encrypt_symmetric(pt, p.rng())?;
+            p.channel().send(&ct.to_bytes(&self.params))?;
+        }
+        p.channel().flush()?;
+        let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
+        let mut coeffs = Vec::with_capacity(blocks);
+        for _ in 0..blocks {
+            let msg = p.channel().recv()?;
+            let ct = Ciphertext::from_bytes(&self.params, &msg)?;
+            coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
+        }
+        let mask = self.ring().mask();
+        Ok(positions
+            .iter()
+            .map(|&(b, i)| coeffs[b][i] & mask)
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn server_linear<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        inputs: usize,
+        positions: &[(usize, usize)],
+        noise_log2: f64,
+        mut y_s: Vec<u64>,
+        apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
+    ) -> Result<Vec<u64>, HybridError> {
+        let ring = self.ring();
+        let mut cts = Vec::with_capacity(inputs);
+        for _ in 0..inputs {
+            let msg = p.channel().recv()?;
+            cts.push(Ciphertext::from_bytes(&self.params, &msg)?);
+        }
+        let ev = Evaluator::new(&self.params);
+        let encoder = Encoder::new(&self.params);
+        let out = apply(&ev, &cts)?;
+        let t = self.params.plaintext_modulus();
+        let flood = noise_log2.ceil() as u32 + self.config.flood_bits;
+        let n = self.params.degree();
+        for (b, ct) in out.iter().enumerate() {
+            let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
+            let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
+            let flooded = ev.flood(&masked, flood, p.rng())?;
+            p.channel().send(&flooded.to_bytes(&self.params))?;
+            for (j, &(bb, i)) in positions.iter().enumerate() {
+                if bb == b {
+                    y_s[j] = ring.add(y_s[j], r[i] & ring.mask());
+                }
+            }
+        }
+        p.channel().flush()?;
+        Ok(y_s)
+    }
+}
+
+/// `W x` in `Z_2^l` for `W` `(out, in)`.
+fn matvec_ring(ring: Ring, w: &Array2<i64>, x: &[u64]) -> Vec<u64> {
+    w.rows()
+        .into_iter()
+        .map(|row| {
+            row.iter().zip(x).fold(0u64, |acc, (&wi, &xi)| {
+                acc.wrapping_add((wi as u64).wrapping_mul(xi))
+            }) & ring.mask()
+        })
+        .collect()
+}
+
+/// A convolution in `Z_2^l`, input `(C, H, W)` row-major.
+fn conv_ring(
+    ring: Ring,
+    x: &[u64],
+    w: &Array4<i64>,
+    input: (usize, usize, usize),
+    stride: usize,
+    pad: usize,
+) -> Vec<u64> {
+    let (c, h, wd) = input;
+    let (o, _, kh, kw) = w.dim();
+    let ho = (h + 2 * pad - kh) / stride + 1;
+    let wo = (wd + 2 * pad - kw) / stride + 1;
+    let mut out = vec![0u64; o * ho * wo];
+    for oc in 0..o {
+        for y in 0..ho {
+            for xx in 0..wo {
+                let mut acc = 0u64;
+                for ic in 0..c {
+                    for pi in 0..kh {
+                        for q in 0..kw {
+                            let iy = (y * stride + pi) as isize - pad as isize;
+                            let ix = (xx * stride + q) as isize - pad as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                let v = x[(ic * h + iy as usize) * wd + ix as usize];
+                                acc = acc.wrapping_add((w[[oc, ic, pi, q]] as u64).wrapping_mul(v));
+                            }
+                        }
+                    }
+                }
+                out[(oc * ho + y) * wo + xx] = acc & ring.mask();
+            }
+        }
+    }
+    out
+}
+
+/// The windows of max-pooling, each `kernel * kernel` values, in output order.
+fn im2col(x: &[u64], input: (usize, usize, usize), kernel: usize, stride: usize) -> Vec<u64> {
+    let (c, h, w) = input;
+    let ho = (h - kernel) / stride + 1;
+    let wo = (w - kernel) / stride + 1;
+    let mut out = Vec::with_capacity(c * ho * wo * kernel * kernel);
+    for ch in 0..c {
+        for y in 0..ho {
+            for xx in 0..wo {
+                for p in 0..kernel {
+                    for q in 0..kernel {
+                        out.push(x[(ch * h + y * stride + p) * w + xx * stride + q]);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
