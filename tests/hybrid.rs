@@ -87,9 +87,9 @@ fn run<C: Channel + Send + 'static>(
 }
 
 #[test]
-fn hybrid_mlp_and_cnn_agree_with_plaintext() {
+fn hybrid_mlp_and_cnn_agree_with_plaintext_on_the_whole_test_set() {
     for name in ["digits_mlp", "digits_cnn"] {
-        let count = 40;
+        let count = 360;
         let (c0, c1) = MemoryChannel::pair();
         let t = Instant::now();
         let (agree, acc, plain, err, bytes) = run(name, count, c0, c1);
