@@ -203,7 +203,10 @@ pub struct CoeffConv2d {
     stride: usize,
     /// Channels per input polynomial.
     group: usize,
-    /// `[out channel][channel group]`.
+    /// Output channels packed per output ciphertext, and the spacing of their products.
+    per_ct: usize,
+    spacing: usize,
+    /// `[output block][channel group]`.
     weights: Vec<Vec<PreparedPlaintext>>,
     max_abs: u64,
     max_l1: u64,
@@ -232,38 +235,43 @@ impl CoeffConv2d {
         }
         let hw = hp * wp;
         let group = (n_ring / hw).min(c);
+        // One channel's product spans the input length plus the kernel length; channels
+        // packed at that spacing never overlap (and never wrap when they all fit in N).
+        let kernel_len = (group - 1) * hw + (kh - 1) * wp + kw;
+        let spacing = group * hw + kernel_len - 1;
+        let per_ct = (n_ring / spacing).max(1);
         let t = t_of(encoder);
         let level = encoder.params().max_level();
-        let mut all = Vec::with_capacity(o);
-        for oc in 0..o {
+        let mut all = Vec::new();
+        let mut max_l1 = 0u64;
+        for o0 in (0..o).step_by(per_ct) {
             let mut per_group = Vec::new();
+            let mut block_l1 = 0u64;
             for c0 in (0..c).step_by(group) {
                 let cg = group.min(c - c0);
                 let mut coeffs = vec![0u64; n_ring];
-                for ic in 0..cg {
-                    for p in 0..kh {
-                        for q in 0..kw {
-                            let idx = (group - 1 - ic) * hw + (kh - 1 - p) * wp + (kw - 1 - q);
-                            coeffs[idx] = reduce(weights[[oc, c0 + ic, p, q]] as i128, t);
+                for (j, oc) in (o0..(o0 + per_ct).min(o)).enumerate() {
+                    for ic in 0..cg {
+                        for p in 0..kh {
+                            for q in 0..kw {
+                                let idx = j * spacing
+                                    + (group - 1 - ic) * hw
+                                    + (kh - 1 - p) * wp
+                                    + (kw - 1 - q);
+                                let v = weights[[oc, c0 + ic, p, q]];
+                                block_l1 += v.unsigned_abs();
+                                coeffs[idx] = reduce(v as i128, t);
+                            }
                         }
                     }
                 }
                 let pt = encoder.encode_coeffs_u64(&coeffs)?;
                 per_group.push(encoder.prepare(&pt, level)?);
             }
+            max_l1 = max_l1.max(block_l1);
             all.push(per_group);
         }
         let max_abs = weights.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-        let max_l1 = (0..o)
-            .map(|oc| {
-                weights
-                    .index_axis(ndarray::Axis(0), oc)
-                    .iter()
-                    .map(|v| v.unsigned_abs())
-                    .sum::<u64>()
-            })
-            .max()
-            .unwrap_or(0);
         Ok(Self {
             max_abs,
             max_l1,
@@ -274,6 +282,8 @@ impl CoeffConv2d {
             padding,
             stride,
             group,
+            per_ct,
+            spacing,
             weights: all,
         })
     }
@@ -287,7 +297,7 @@ impl CoeffConv2d {
         b.log2()
     }
 
-    /// `(output channel, coefficient index)` of each output `(o, y, x)`, row-major.
+    /// `(output ciphertext, coefficient index)` of each output `(o, y, x)`, row-major.
     pub fn output_positions(&self) -> Vec<(usize, usize)> {
         let (o, ho, wo) = self.output_shape();
         let (kh, kw) = self.kernel;
@@ -296,13 +306,22 @@ impl CoeffConv2d {
         let base = (self.group - 1) * hw + (kh - 1) * wp + (kw - 1);
         let mut v = Vec::with_capacity(o * ho * wo);
         for oc in 0..o {
+            let (b, j) = (oc / self.per_ct, oc % self.per_ct);
             for y in 0..ho {
                 for x in 0..wo {
-                    v.push((oc, base + y * self.stride * wp + x * self.stride));
+                    v.push((
+                        b,
+                        j * self.spacing + base + y * self.stride * wp + x * self.stride,
+                    ));
                 }
             }
         }
         v
+    }
+
+    /// Number of output ciphertexts (output channels are packed several to one).
+    pub fn output_blocks(&self) -> usize {
+        self.weights.len()
     }
 
     /// Output shape `(O, H', W')`.
@@ -354,7 +373,7 @@ impl CoeffConv2d {
             .collect()
     }
 
-    /// The convolution under encryption: one ciphertext per output channel.
+    /// The convolution under encryption: one ciphertext per block of output channels.
     pub fn apply(&self, ev: &Evaluator, inputs: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
         if inputs.len() != self.input_groups() {
             return Err(Error::ShapeMismatch {
@@ -379,35 +398,27 @@ impl CoeffConv2d {
             .collect()
     }
 
-    /// Reads the output `(O, H', W')` (centered modulo `t`) from the decrypted channels.
+    /// Reads the output `(O, H', W')` (centered modulo `t`) from the decrypted output
+    /// ciphertexts.
     pub fn decode_output(
         &self,
         encoder: &Encoder,
-        channels: &[Plaintext],
+        blocks: &[Plaintext],
     ) -> Result<ndarray::Array3<i64>> {
         let (o, ho, wo) = self.output_shape();
-        if channels.len() != o {
+        if blocks.len() != self.output_blocks() {
             return Err(Error::ShapeMismatch {
-                what: "output channels",
-                left: vec![o],
-                right: vec![channels.len()],
+                what: "output ciphertexts",
+                left: vec![self.output_blocks()],
+                right: vec![blocks.len()],
             });
         }
         let t = t_of(encoder);
-        let (kh, kw) = self.kernel;
-        let wp = self.input.1 + 2 * self.padding;
-        let hw = (self.input.0 + 2 * self.padding) * wp;
-        let base = (self.group - 1) * hw + (kh - 1) * wp + (kw - 1);
-        let mut out = ndarray::Array3::zeros((o, ho, wo));
-        for (oc, pt) in channels.iter().enumerate() {
-            let c = pt.coefficients();
-            for y in 0..ho {
-                for x in 0..wo {
-                    let idx = base + y * self.stride * wp + x * self.stride;
-                    out[[oc, y, x]] = center(c[idx], t);
-                }
-            }
-        }
-        Ok(out)
+        let values: Vec<i64> = self
+            .output_positions()
+            .into_iter()
+            .map(|(b, i)| center(blocks[b].coefficients()[i], t))
+            .collect();
+        Ok(ndarray::Array3::from_shape_vec((o, ho, wo), values).expect("shape"))
     }
 }
