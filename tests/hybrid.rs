@@ -111,3 +111,41 @@ fn hybrid_cnn_over_tcp() {
     assert_eq!(agree, 5);
     assert!(err < 0.05);
 }
+
+#[test]
+fn benchmark_networks_a_to_d_and_lenet_agree_with_plaintext() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    for (name, model) in cipherml::nn::zoo::all(&mut rng) {
+        let config = HybridConfig::default();
+        let server_model = HybridModel::compile(&model, &config, true).unwrap();
+        let client_model = HybridModel::compile(&model, &config, false).unwrap();
+        let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 28, 28]), |_| rng.random_range(0.0..1.0));
+        let want = model.predict(&x).unwrap();
+        let (c0, c1) = MemoryChannel::pair();
+        let server = std::thread::spawn(move || {
+            let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+            server_model.run_server(&mut p).unwrap();
+        });
+        let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
+        let sk = Arc::new(SecretKey::random(
+            client_model.params().context(),
+            &mut os_rng(),
+        ));
+        let t = Instant::now();
+        let got = client_model.run_client(&mut p, &sk, &x).unwrap();
+        server.join().unwrap();
+        let err = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "{name}: {:.0} ms, {:.2} MB, max logit error {err:.2e}",
+            t.elapsed().as_secs_f64() * 1e3,
+            (p.stats().bytes_sent + p.stats().bytes_received) as f64 / 1e6
+        );
+        assert_eq!(argmax(&got), argmax(&want), "{name}");
+        assert!(err < 0.05, "{name}: logit error {err}");
+    }
+}

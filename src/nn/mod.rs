@@ -5,6 +5,7 @@ mod ckks_mode;
 mod hybrid;
 mod layers;
 mod onnx;
+pub mod zoo;
 
 pub use ckks_mode::CkksModel;
 pub use hybrid::{HybridConfig, HybridError, HybridModel};
