@@ -25,11 +25,12 @@ fn main() {
     match which.as_str() {
         "he" => cipherml::bench::he(budget, &mut emit),
         "mpc" => mpc(),
+        "nn" => cipherml::bench::nn(budget, &mut emit),
         "all" => {
             cipherml::bench::he(budget, &mut emit);
             mpc();
+            cipherml::bench::nn(budget, &mut emit);
         }
-        "nn" => eprintln!("the nn benchmarks are not implemented yet"),
         other => {
             eprintln!("unknown suite {other:?}: expected he, mpc, nn or all");
             std::process::exit(2);

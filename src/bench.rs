@@ -460,3 +460,163 @@ fn bfv_suite(
         &desc,
     ));
 }
+
+/// Private-inference benchmarks (`infer.*`, `setup.*`): the hybrid mode for the ReLU
+/// networks, both parties on TCP loopback with one thread each (a one-thread rayon pool per
+/// party), and the CKKS mode for `digits_square_mlp`.
+pub fn nn(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
+    use crate::nn::{load_onnx, zoo, CkksModel, HybridConfig, HybridModel, Sequential};
+    let models_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut rng = ChaCha20Rng::from_os_rng();
+    let mut nets: Vec<(String, Sequential, Vec<usize>)> = Vec::new();
+    for name in ["digits_mlp", "digits_cnn"] {
+        let m = load_onnx(models_dir.join(format!("{name}.onnx"))).expect("bundled model");
+        nets.push((name.into(), m, vec![1, 8, 8]));
+    }
+    for (name, m) in zoo::all(&mut rng) {
+        nets.push((name.into(), m, vec![1, 28, 28]));
+    }
+    let config = HybridConfig::default();
+    let desc = format!(
+        "hybrid: BFV N=8192 t=2^{} coefficient encoding, Z_2^{} shares f={}, OT-based ReLU/max-pool, TCP loopback, one thread per party",
+        config.ring_bits, config.ring_bits, config.frac_bits
+    );
+    for (name, model, shape) in nets {
+        let server_model = HybridModel::compile(&model, &config, true).expect("compile");
+        let client_model = HybridModel::compile(&model, &config, false).expect("compile");
+        let x =
+            ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |_| rng.random_range(0.0..1.0));
+        let runs = 5usize;
+        let (c0, c1) = cipherml_mpc::net::tcp_loopback_pair(Default::default()).expect("loopback");
+        let pool = || {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("pool")
+        };
+        let server = std::thread::spawn(move || {
+            pool().install(|| {
+                let mut p = cipherml_mpc::party::Party::setup(
+                    cipherml_mpc::share::PartyId::P1,
+                    c1,
+                    cipherml_mpc::prg::os_rng(),
+                )
+                .expect("setup");
+                for _ in 0..runs {
+                    server_model.run_server(&mut p).expect("server");
+                }
+            })
+        });
+        let (setup, times, bytes, rounds) = pool().install(|| {
+            let t = Instant::now();
+            let mut p = cipherml_mpc::party::Party::setup(
+                cipherml_mpc::share::PartyId::P0,
+                c0,
+                cipherml_mpc::prg::os_rng(),
+            )
+            .expect("setup");
+            let sk = Arc::new(SecretKey::random(client_model.params().context(), &mut rng));
+            let setup = (t.elapsed().as_secs_f64() * 1e6, p.stats());
+            let mut times = Vec::new();
+            let before = p.stats();
+            for _ in 0..runs {
+                let t = Instant::now();
+                std::hint::black_box(client_model.run_client(&mut p, &sk, &x).expect("client"));
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let after = p.stats();
+            let bytes = (after.bytes_sent + after.bytes_received
+                - before.bytes_sent
+                - before.bytes_received)
+                / runs as u64;
+            let rounds = (after.rounds_sent - before.rounds_sent) / runs as u64;
+            (setup, times, bytes, rounds)
+        });
+        server.join().expect("server thread");
+        let mut times = times;
+        times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        emit(BenchLine {
+            name: format!("setup.{name}"),
+            median_us: setup.0,
+            min_us: setup.0,
+            bytes: Some(setup.1.bytes_sent + setup.1.bytes_received),
+            rounds: Some(setup.1.rounds_sent),
+            threads: 1,
+            params: format!(
+                "{desc}; base OTs and OT extension set-up, both directions, plus key generation"
+            ),
+        });
+        emit(BenchLine {
+            name: format!("infer.{name}"),
+            median_us: times[times.len() / 2],
+            min_us: times[0],
+            bytes: Some(bytes),
+            rounds: Some(rounds),
+            threads: 1,
+            params: format!("{desc}; bytes both directions, rounds = client flights"),
+        });
+    }
+    // Non-interactive CKKS: digits_square_mlp, one round trip.
+    let model = load_onnx(models_dir.join("digits_square_mlp.onnx")).expect("bundled model");
+    let lit = cipherml_he::ckks::CkksParametersLiteral {
+        degree: 8192,
+        ciphertext_moduli_bits: vec![50, 36, 36, 36],
+        special_moduli_bits: vec![50],
+        scale_bits: 36,
+    };
+    let params = CkksParameters::new(&lit).expect("secure parameters");
+    let compiled =
+        CkksModel::compile(&model, &params, params.max_level()).expect("polynomial network");
+    let t = Instant::now();
+    let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+    let rlk = RelinKey::new(&sk, &mut rng);
+    let gk = GaloisKeys::new(&sk, compiled.galois_elements(), &mut rng).expect("keys");
+    let setup_us = t.elapsed().as_secs_f64() * 1e6;
+    let key_bytes = rlk.to_bytes(params.context()).len() + gk.to_bytes(params.context()).len();
+    let enc =
+        cipherml_he::ckks::Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).expect("pk");
+    let dec = cipherml_he::ckks::Decryptor::new(&params, sk).expect("sk");
+    let ev = cipherml_he::ckks::Evaluator::new(&params);
+    let cdesc = format!(
+        "{}; non-interactive, one round trip",
+        describe_ckks(&params)
+    );
+    emit(BenchLine {
+        name: "setup.digits_square_mlp".into(),
+        median_us: setup_us,
+        min_us: setup_us,
+        bytes: Some(key_bytes as u64),
+        rounds: Some(1),
+        threads: 1,
+        params: format!(
+            "{cdesc}; relinearization + {} Galois keys, seeded",
+            compiled.galois_elements().len()
+        ),
+    });
+    let x =
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 8, 8]), |_| rng.random_range(0.0..1.0));
+    let mut bytes = 0usize;
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    let tm = one.install(|| {
+        time(budget, || {
+            let ct = cipherml_he::tensor::CkksTensor::encrypt(&enc, &x, &mut rng).expect("enc");
+            let up = ct.ct.to_bytes(&params).len();
+            let out = compiled.infer(&ev, &rlk, &gk, &ct).expect("infer");
+            let down = out.ct.to_bytes(&params).len();
+            bytes = up + down;
+            std::hint::black_box(out.decrypt(&dec).expect("dec"));
+        })
+    });
+    emit(BenchLine {
+        name: "infer.digits_square_mlp".into(),
+        median_us: tm.0,
+        min_us: tm.1,
+        bytes: Some(bytes as u64),
+        rounds: Some(1),
+        threads: 1,
+        params: format!("{cdesc}; client encrypt + server inference + client decrypt"),
+    });
+}
