@@ -219,6 +219,13 @@ impl HybridModel {
                 _ => return Err(unsupported("no hybrid implementation yet").into()),
             });
         }
+        // ReLU then max-pool equals max-pool then ReLU (ReLU is monotone): pooling first
+        // runs the ReLU protocol on 4x fewer values.
+        for i in 1..steps.len() {
+            if matches!(steps[i - 1], Step::Relu) && matches!(steps[i], Step::MaxPool { .. }) {
+                steps.swap(i - 1, i);
+            }
+        }
         Ok(Self {
             config: config.clone(),
             params,
@@ -258,7 +265,13 @@ impl HybridModel {
         let fixed = cipherml_mpc::fixed::FixedPoint::new(ring, self.config.frac_bits)?;
         let flat: Vec<f64> = x.iter().copied().collect();
         let share = fixed.encode_vec(&flat)?;
-        let out = self.run(p, Some(sk), share)?;
+        let (out, untruncated) = self.run(p, Some(sk), share)?;
+        let frac = if untruncated {
+            2 * self.config.frac_bits
+        } else {
+            self.config.frac_bits
+        };
+        let fixed = cipherml_mpc::fixed::FixedPoint::new(ring, frac)?;
         let revealed = reveal(
             p.channel(),
             ring,
@@ -279,7 +292,7 @@ impl HybridModel {
         p: &mut Party<C, R>,
     ) -> Result<(), HybridError> {
         let share = vec![0u64; self.input_len];
-        let out = self.run(p, None, share)?;
+        let (out, _) = self.run(p, None, share)?;
         reveal(
             p.channel(),
             self.ring(),
@@ -295,10 +308,18 @@ impl HybridModel {
         p: &mut Party<C, R>,
         sk: Option<&Arc<SecretKey>>,
         mut x: Vec<u64>,
-    ) -> Result<Vec<u64>, HybridError> {
+    ) -> Result<(Vec<u64>, bool), HybridError> {
         let ring = self.ring();
         let f = self.config.frac_bits;
+        // Truncation after a linear layer is deferred past ReLU and max-pool (they commute
+        // with an arithmetic shift), so it runs on the pooled, smaller tensor; after the last
+        // layer it is not run at all: the client decodes the logits at scale 2^(2f).
+        let mut pending = false;
         for step in &self.steps {
+            if pending && matches!(step, Step::Conv { .. } | Step::Dense { .. }) {
+                x = arith::trunc_faithful(p, ring, &x, f)?;
+                pending = false;
+            }
             x = match step {
                 Step::Conv {
                     he,
@@ -338,7 +359,8 @@ impl HybridModel {
                             )?
                         }
                     };
-                    arith::trunc_faithful(p, ring, &y, f)?
+                    pending = true;
+                    y
                 }
                 Step::Dense { he, weight, bias } => {
                     let positions = he.output_positions();
@@ -367,7 +389,8 @@ impl HybridModel {
                             )?
                         }
                     };
-                    arith::trunc_faithful(p, ring, &y, f)?
+                    pending = true;
+                    y
                 }
                 Step::Relu => compare::relu(p, ring, &x)?,
                 Step::MaxPool {
@@ -376,12 +399,12 @@ impl HybridModel {
                     input,
                 } => {
                     let windows = im2col(&x, *input, *kernel, *stride);
-                    compare::max_pool(p, ring, &windows, kernel * kernel)?
+                    max_pool_by_relu(p, ring, windows, kernel * kernel)?
                 }
                 Step::Reshape => x,
             };
         }
-        Ok(x)
+        Ok((x, pending))
     }
 
     fn client_linear<C: Channel, R: RngCore + CryptoRng>(
@@ -399,9 +422,14 @@ impl HybridModel {
         p.channel().flush()?;
         let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
         let mut coeffs = Vec::with_capacity(blocks);
-        for _ in 0..blocks {
+        for b in 0..blocks {
             let msg = p.channel().recv()?;
-            let ct = Ciphertext::from_bytes(&self.params, &msg)?;
+            let keep: Vec<usize> = positions
+                .iter()
+                .filter(|(bb, _)| *bb == b)
+                .map(|(_, i)| *i)
+                .collect();
+            let ct = Ciphertext::from_bytes_partial(&self.params, &msg, &keep)?;
             coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
         }
         let mask = self.ring().mask();
@@ -437,7 +465,15 @@ impl HybridModel {
             let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
             let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
             let flooded = ev.flood(&masked, flood, p.rng())?;
-            p.channel().send(&flooded.to_bytes(&self.params))?;
+            // Only the output coefficients of c0 are sent (the rest would only leak masked
+            // garbage and cost bytes).
+            let keep: Vec<usize> = positions
+                .iter()
+                .filter(|(bb, _)| *bb == b)
+                .map(|(_, i)| *i)
+                .collect();
+            p.channel()
+                .send(&flooded.to_bytes_partial(&self.params, &keep)?)?;
             for (j, &(bb, i)) in positions.iter().enumerate() {
                 if bb == b {
                     y_s[j] = ring.add(y_s[j], r[i] & ring.mask());
@@ -516,4 +552,39 @@ fn im2col(x: &[u64], input: (usize, usize, usize), kernel: usize, stride: usize)
         }
     }
     out
+}
+
+/// Max of each window of `w` values as `max(a, b) = b + ReLU(a - b)`, a tree of pairwise
+/// maxima with all pairs of a level in one batch. Valid while `|a - b| < 2^(l-1)`, which the
+/// fixed-point range guarantees.
+fn max_pool_by_relu<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    mut x: Vec<u64>,
+    mut w: usize,
+) -> Result<Vec<u64>, HybridError> {
+    while w > 1 {
+        let windows = x.len() / w;
+        let half = w / 2;
+        let mut diffs = Vec::with_capacity(windows * half);
+        for win in x.chunks(w) {
+            for i in 0..half {
+                diffs.push(ring.sub(win[2 * i], win[2 * i + 1]));
+            }
+        }
+        let r = compare::relu(p, ring, &diffs)?;
+        let next_w = half + w % 2;
+        let mut next = Vec::with_capacity(windows * next_w);
+        for (k, win) in x.chunks(w).enumerate() {
+            for i in 0..half {
+                next.push(ring.add(win[2 * i + 1], r[k * half + i]));
+            }
+            if w % 2 == 1 {
+                next.push(win[w - 1]);
+            }
+        }
+        x = next;
+        w = next_w;
+    }
+    Ok(x)
 }
