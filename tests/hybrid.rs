@@ -149,3 +149,89 @@ fn benchmark_networks_a_to_d_and_lenet_agree_with_plaintext() {
         assert!(err < 0.05, "{name}: logit error {err}");
     }
 }
+
+#[test]
+fn hybrid_square_avgpool_and_dense_only_models() {
+    use rand::{Rng, SeedableRng};
+    // digits_square_mlp (x*x activation) and cancer_logreg (one Gemm) in hybrid mode.
+    let xs = read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64();
+    let cx = read_npy(data_dir().join("cancer_test_x.npy"))
+        .unwrap()
+        .to_f64();
+    for (name, data, count) in [
+        ("digits_square_mlp", &xs, 30usize),
+        ("cancer_logreg", &cx, 114),
+    ] {
+        let model = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
+        let config = HybridConfig::default();
+        let server_model = HybridModel::compile(&model, &config, true).unwrap();
+        let client_model = HybridModel::compile(&model, &config, false).unwrap();
+        let (c0, c1) = MemoryChannel::pair();
+        let server = std::thread::spawn(move || {
+            let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+            for _ in 0..count {
+                server_model.run_server(&mut p).unwrap();
+            }
+        });
+        let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
+        let sk = Arc::new(SecretKey::random(
+            client_model.params().context(),
+            &mut os_rng(),
+        ));
+        for i in 0..count {
+            let x = data.index_axis(Axis(0), i).to_owned();
+            let want = model.predict(&x).unwrap();
+            let got = client_model.run_client(&mut p, &sk, &x).unwrap();
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < 0.05, "{name} sample {i}: error {err}");
+            if want.len() == 1 {
+                assert_eq!(got[[0]] > 0.0, want[[0]] > 0.0, "{name} sample {i}");
+            } else {
+                assert_eq!(argmax(&got), argmax(&want), "{name} sample {i}");
+            }
+        }
+        server.join().unwrap();
+    }
+    // Average pooling and global average pooling.
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+    let model = cipherml::nn::Sequential::new(vec![2, 8, 8])
+        .add(cipherml::nn::Layer::Conv2d {
+            weight: ndarray::Array4::from_shape_fn((4, 2, 3, 3), |_| rng.random_range(-0.5..0.5)),
+            bias: ndarray::Array1::from_shape_fn(4, |_| rng.random_range(-0.1..0.1)),
+            stride: 1,
+            padding: 1,
+        })
+        .add(cipherml::nn::Layer::AvgPool {
+            kernel: 2,
+            stride: 2,
+        })
+        .add(cipherml::nn::Layer::Relu)
+        .add(cipherml::nn::Layer::GlobalAvgPool);
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 8, 8]), |_| rng.random_range(0.0..1.0));
+    let want = model.predict(&x).unwrap();
+    let config = HybridConfig::default();
+    let server_model = HybridModel::compile(&model, &config, true).unwrap();
+    let client_model = HybridModel::compile(&model, &config, false).unwrap();
+    let (c0, c1) = MemoryChannel::pair();
+    let server = std::thread::spawn(move || {
+        let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+        server_model.run_server(&mut p).unwrap();
+    });
+    let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
+    let sk = Arc::new(SecretKey::random(
+        client_model.params().context(),
+        &mut os_rng(),
+    ));
+    let got = client_model.run_client(&mut p, &sk, &x).unwrap();
+    server.join().unwrap();
+    assert_eq!(got.shape(), &[4]);
+    for (a, b) in got.iter().zip(want.iter()) {
+        assert!((a - b).abs() < 0.01, "{a} vs {b}");
+    }
+}

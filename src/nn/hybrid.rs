@@ -116,6 +116,14 @@ enum Step {
         input: (usize, usize, usize),
     },
     Reshape,
+    /// `x * x` (Beaver triples from OT).
+    Square,
+    /// Average over windows (local on shares, then a fixed-point constant).
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+        input: (usize, usize, usize),
+    },
 }
 
 /// A model compiled for the hybrid mode (the server's copy holds the quantized weights).
@@ -213,6 +221,22 @@ impl HybridModel {
                     input: (input[0], input[1], input[2]),
                 },
                 Layer::Flatten => Step::Reshape,
+                Layer::Square => Step::Square,
+                Layer::AvgPool { kernel, stride } => Step::AvgPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                    input: (input[0], input[1], input[2]),
+                },
+                Layer::GlobalAvgPool => {
+                    if input[1] != input[2] {
+                        return Err(unsupported("non-square global pooling").into());
+                    }
+                    Step::AvgPool {
+                        kernel: input[1],
+                        stride: input[1],
+                        input: (input[0], input[1], input[2]),
+                    }
+                }
                 Layer::Softmax => {
                     return Err(unsupported("apply softmax to the revealed logits").into())
                 }
@@ -316,7 +340,13 @@ impl HybridModel {
         // layer it is not run at all: the client decodes the logits at scale 2^(2f).
         let mut pending = false;
         for step in &self.steps {
-            if pending && matches!(step, Step::Conv { .. } | Step::Dense { .. }) {
+            // Linear layers, squares and averages need the value at scale 2^f.
+            if pending
+                && matches!(
+                    step,
+                    Step::Conv { .. } | Step::Dense { .. } | Step::Square | Step::AvgPool { .. }
+                )
+            {
                 x = arith::trunc_faithful(p, ring, &x, f)?;
                 pending = false;
             }
@@ -402,6 +432,31 @@ impl HybridModel {
                     max_pool_by_relu(p, ring, windows, kernel * kernel)?
                 }
                 Step::Reshape => x,
+                Step::Square => {
+                    let t = cipherml_mpc::triples::TripleSource::arith(
+                        &mut cipherml_mpc::triples::ot::OtTriples,
+                        p,
+                        ring,
+                        x.len(),
+                    )?;
+                    let y = arith::mul(p, &x, &x, &t)?;
+                    pending = true;
+                    y
+                }
+                Step::AvgPool {
+                    kernel,
+                    stride,
+                    input,
+                } => {
+                    let w = kernel * kernel;
+                    let c = ring.from_signed(((f as f64).exp2() / w as f64).round() as i64);
+                    let y = im2col(&x, *input, *kernel, *stride)
+                        .chunks(w)
+                        .map(|win| ring.mul(win.iter().fold(0, |a, &v| ring.add(a, v)), c))
+                        .collect();
+                    pending = true;
+                    y
+                }
             };
         }
         Ok((x, pending))
