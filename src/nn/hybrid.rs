@@ -109,6 +109,12 @@ enum Step {
         weight: Array2<i64>,
         bias: Vec<i64>,
     },
+    /// A dense layer on secret shares: the server shares its weights, Beaver matrix triple
+    /// from OT (cheaper than HE for small layers, as the cost model decides).
+    SharedDense {
+        weight: Array2<i64>,
+        bias: Vec<i64>,
+    },
     Relu,
     MaxPool {
         kernel: usize,
@@ -147,6 +153,18 @@ impl HybridModel {
         model: &Sequential,
         config: &HybridConfig,
         with_weights: bool,
+    ) -> Result<Self, HybridError> {
+        let plan = model.plan(super::NetworkModel::lan())?;
+        Self::compile_with_plan(model, config, with_weights, &plan)
+    }
+
+    /// Compiles `model` following `plan` (which layers run on secret shares rather than
+    /// under HE). Both parties must use the same plan.
+    pub fn compile_with_plan(
+        model: &Sequential,
+        config: &HybridConfig,
+        with_weights: bool,
+        plan: &super::Plan,
     ) -> Result<Self, HybridError> {
         let params = BfvParameters::new(&config.bfv_literal())?;
         let encoder = Encoder::new(&params);
@@ -203,6 +221,18 @@ impl HybridModel {
                     } else {
                         Array2::zeros(weight.dim())
                     };
+                    let on_shares = plan
+                        .layers
+                        .get(steps.len())
+                        .is_some_and(|lp| lp.chosen.starts_with("secret shares"));
+                    if on_shares {
+                        let b = bias
+                            .iter()
+                            .map(|&v| if with_weights { quantize(v, 2 * f) } else { 0 })
+                            .collect();
+                        steps.push(Step::SharedDense { weight: w, bias: b });
+                        continue;
+                    }
                     let he = CoeffMatVec::new(&encoder, w.view())?;
                     let b = bias
                         .iter()
@@ -344,7 +374,11 @@ impl HybridModel {
             if pending
                 && matches!(
                     step,
-                    Step::Conv { .. } | Step::Dense { .. } | Step::Square | Step::AvgPool { .. }
+                    Step::Conv { .. }
+                        | Step::Dense { .. }
+                        | Step::SharedDense { .. }
+                        | Step::Square
+                        | Step::AvgPool { .. }
                 )
             {
                 x = arith::trunc_faithful(p, ring, &x, f)?;
@@ -419,6 +453,32 @@ impl HybridModel {
                             )?
                         }
                     };
+                    pending = true;
+                    y
+                }
+                Step::SharedDense { weight, bias } => {
+                    let (m, n) = weight.dim();
+                    let w_share = if sk.is_none() {
+                        let flat: Vec<u64> = weight.iter().map(|&v| ring.from_signed(v)).collect();
+                        let (ch, rng) = p.channel_and_rng();
+                        cipherml_mpc::share::share_input(ch, ring, &flat, rng)?
+                    } else {
+                        cipherml_mpc::share::receive_share(p.channel(), ring, m * n)?
+                    };
+                    let t = cipherml_mpc::triples::TripleSource::matrix(
+                        &mut cipherml_mpc::triples::ot::OtTriples,
+                        p,
+                        ring,
+                        m,
+                        n,
+                        1,
+                    )?;
+                    let mut y = arith::matmul(p, &w_share, &x, &t)?;
+                    if sk.is_none() {
+                        for (v, b) in y.iter_mut().zip(bias) {
+                            *v = ring.add(*v, ring.from_signed(*b));
+                        }
+                    }
                     pending = true;
                     y
                 }

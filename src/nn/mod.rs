@@ -5,12 +5,14 @@ mod ckks_mode;
 mod hybrid;
 mod layers;
 mod onnx;
+mod plan;
 pub mod zoo;
 
 pub use ckks_mode::CkksModel;
 pub use hybrid::{HybridConfig, HybridError, HybridModel};
 pub use layers::Layer;
 pub use onnx::{load_onnx, tract_reference};
+pub use plan::{Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 
 use ndarray::ArrayD;
 

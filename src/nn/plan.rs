@@ -1,0 +1,461 @@
+//! The cost model and `explain()`: for each layer, the representations that can run it,
+//! their estimated compute time, bytes and rounds, and the one chosen under a network
+//! model; and [`Sequential::predict_private`], which runs the chosen mode with both parties
+//! in one process.
+//!
+//! The constants are calibrated from `cargo run --release --example bench` on a 2-core
+//! AMD EPYC (one thread per party): BFV N=8192 seeded upload 178 KB and partial reply
+//! about 178 KB plus 22 bytes per output; a two-party ReLU about 700 bytes and 6 us per
+//! value in `Z_2^40`; faithful truncation about 870 bytes per value; a CKKS rotation at
+//! N=8192 about 0.8 ms.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::ArrayD;
+
+use super::{CkksModel, HybridConfig, HybridError, HybridModel, Layer, NnError, Sequential};
+
+/// Bandwidth and round-trip time between client and server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkModel {
+    /// Bytes per second.
+    pub bandwidth: f64,
+    /// Round-trip time in seconds.
+    pub rtt: f64,
+}
+
+impl NetworkModel {
+    /// A LAN: 1 Gbit/s, 0.2 ms.
+    pub fn lan() -> Self {
+        Self {
+            bandwidth: 125e6,
+            rtt: 0.2e-3,
+        }
+    }
+
+    /// A WAN: 100 Mbit/s, 40 ms.
+    pub fn wan() -> Self {
+        Self {
+            bandwidth: 12.5e6,
+            rtt: 40e-3,
+        }
+    }
+}
+
+/// An estimated cost.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    /// Compute time, microseconds.
+    pub compute_us: f64,
+    /// Bytes, both directions.
+    pub bytes: f64,
+    /// Communication rounds.
+    pub rounds: f64,
+}
+
+impl Cost {
+    /// Total time under `net`, microseconds.
+    pub fn total_us(&self, net: &NetworkModel) -> f64 {
+        self.compute_us + self.bytes / net.bandwidth * 1e6 + self.rounds * net.rtt * 1e6
+    }
+
+    fn add(&mut self, o: &Cost) {
+        self.compute_us += o.compute_us;
+        self.bytes += o.bytes;
+        self.rounds += o.rounds;
+    }
+}
+
+/// The execution mode of a whole network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// BFV linear layers and two-party non-linear layers.
+    Hybrid,
+    /// Non-interactive CKKS (polynomial activations only).
+    Ckks,
+}
+
+/// The plan of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerPlan {
+    /// The layer.
+    pub layer: String,
+    /// The representation chosen.
+    pub chosen: &'static str,
+    /// Every representation that can run it, with its estimated cost.
+    pub options: Vec<(&'static str, Cost)>,
+}
+
+/// A network's plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The mode chosen.
+    pub mode: Mode,
+    /// Per layer.
+    pub layers: Vec<LayerPlan>,
+    /// Estimated totals of the chosen plan.
+    pub total: Cost,
+    /// Totals of the other mode, if it can run the network.
+    pub alternative: Option<(Mode, Cost)>,
+    net: NetworkModel,
+}
+
+const N: f64 = 8192.0;
+const UPLOAD: f64 = 178_264.0;
+const REPLY: f64 = 178_230.0;
+const RELU_BYTES: f64 = 700.0;
+const RELU_US: f64 = 6.0;
+const TRUNC_BYTES: f64 = 870.0;
+const ROT_US: f64 = 800.0;
+
+fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
+    Cost {
+        compute_us: in_cts * out_cts * 40.0 + out_cts * 600.0 + in_cts * 500.0,
+        bytes: in_cts * UPLOAD + out_cts * REPLY + outputs * 22.0 + outputs * TRUNC_BYTES,
+        rounds: 1.0 + 8.0,
+    }
+}
+
+fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
+    // Matrix triple from OT (Gilboa, one vector OLE per row and column) plus openings.
+    let l = 40.0;
+    Cost {
+        compute_us: m * k * n * 0.01 + (m * k + k * n) * l * 0.05,
+        bytes: (m * k + k * n) * l * (16.0 + l / 8.0)
+            + 2.0 * (m * k + k * n) * l / 8.0
+            + m * n * TRUNC_BYTES,
+        rounds: 3.0 + 8.0,
+    }
+}
+
+fn ckks_linear(rows: f64, period: f64) -> Cost {
+    let diag = rows.max(1.0);
+    let rotations = 2.0 * diag.sqrt() + (period / rows).max(1.0).log2();
+    Cost {
+        compute_us: rotations * ROT_US + diag * 30.0,
+        bytes: 0.0,
+        rounds: 0.0,
+    }
+}
+
+impl Plan {
+    /// Plans `model` under `net`.
+    pub fn new(model: &Sequential, net: NetworkModel) -> Result<Self, NnError> {
+        let shapes = model.shapes()?;
+        let polynomial = model
+            .layers()
+            .iter()
+            .all(|l| l.is_linear() || matches!(l, Layer::Square | Layer::Poly { .. }));
+        let mut layers = Vec::new();
+        let mut hybrid = Cost::default();
+        let mut ckks = Cost {
+            compute_us: 0.0,
+            bytes: 2.0 * UPLOAD * 0.8,
+            rounds: 1.0,
+        };
+        for (layer, (input, output)) in model.layers().iter().zip(shapes.iter().zip(&shapes[1..])) {
+            let inp: f64 = input.iter().product::<usize>() as f64;
+            let out: f64 = output.iter().product::<usize>() as f64;
+            let mut options: Vec<(&'static str, Cost)> = Vec::new();
+            match layer {
+                Layer::Dense { .. } => {
+                    let chunk = inp.min(N);
+                    let rpb = (N / chunk).floor();
+                    options.push((
+                        "BFV coefficient encoding + shares",
+                        bfv_linear((inp / chunk).ceil(), (out / rpb).ceil(), out),
+                    ));
+                    options.push((
+                        "secret shares (Beaver matrix triple)",
+                        shared_linear(out, inp, 1.0),
+                    ));
+                    if polynomial {
+                        options.push((
+                            "CKKS diagonal method",
+                            ckks_linear(out, (inp.max(out) as usize).next_power_of_two() as f64),
+                        ));
+                    }
+                }
+                Layer::Conv2d {
+                    weight, padding, ..
+                } => {
+                    let (o, c, kh, kw) = weight.dim();
+                    let hw = ((input[1] + 2 * padding) * (input[2] + 2 * padding)) as f64;
+                    let group = (N / hw).floor().min(c as f64).max(1.0);
+                    let spacing = group * hw * 2.0;
+                    let per_ct = (N / spacing).floor().max(1.0);
+                    options.push((
+                        "BFV coefficient encoding + shares",
+                        bfv_linear((c as f64 / group).ceil(), (o as f64 / per_ct).ceil(), out),
+                    ));
+                    options.push((
+                        "secret shares (Beaver matrix triple)",
+                        shared_linear(out / o as f64, (c * kh * kw) as f64, o as f64),
+                    ));
+                    if polynomial {
+                        options.push((
+                            "CKKS diagonal method",
+                            ckks_linear(out, (inp.max(out) as usize).next_power_of_two() as f64),
+                        ));
+                    }
+                }
+                Layer::Relu => {
+                    options.push((
+                        "secret shares (millionaire, exact)",
+                        Cost {
+                            compute_us: out * RELU_US,
+                            bytes: out * RELU_BYTES,
+                            rounds: 8.0,
+                        },
+                    ));
+                }
+                Layer::MaxPool { kernel, .. } => {
+                    let w = (kernel * kernel) as f64;
+                    options.push((
+                        "secret shares (tree of ReLUs, exact)",
+                        Cost {
+                            compute_us: out * (w - 1.0) * RELU_US,
+                            bytes: out * (w - 1.0) * RELU_BYTES,
+                            rounds: 8.0 * w.log2().ceil(),
+                        },
+                    ));
+                }
+                Layer::Square | Layer::Poly { .. } => {
+                    options.push((
+                        "secret shares (Beaver triples)",
+                        Cost {
+                            compute_us: out * 3.0,
+                            bytes: out * (40.0 * 21.0 + 10.0 + TRUNC_BYTES),
+                            rounds: 2.0 + 8.0,
+                        },
+                    ));
+                    options.push((
+                        "CKKS (one or more levels)",
+                        Cost {
+                            compute_us: 900.0,
+                            bytes: 0.0,
+                            rounds: 0.0,
+                        },
+                    ));
+                }
+                Layer::Sigmoid | Layer::Softmax => {
+                    options.push(("client, on the revealed output", Cost::default()));
+                }
+                _ => options.push(("local on shares / slots", Cost::default())),
+            }
+            let hybrid_choice = options
+                .iter()
+                .filter(|(name, _)| !name.starts_with("CKKS"))
+                .min_by(|a, b| {
+                    a.1.total_us(&net)
+                        .partial_cmp(&b.1.total_us(&net))
+                        .expect("finite")
+                })
+                .cloned();
+            if let Some((_, c)) = &hybrid_choice {
+                hybrid.add(c);
+            }
+            if let Some((_, c)) = options.iter().find(|(name, _)| name.starts_with("CKKS")) {
+                ckks.add(c);
+            }
+            layers.push(LayerPlan {
+                layer: layer.describe(),
+                chosen: hybrid_choice
+                    .map(|(n, _)| n)
+                    .unwrap_or("local on shares / slots"),
+                options,
+            });
+        }
+        // Polynomial networks run non-interactively in CKKS (one round trip, the client
+        // need not stay online); the hybrid estimate is still shown as the alternative.
+        let use_ckks = polynomial;
+        if use_ckks {
+            for lp in &mut layers {
+                if let Some((name, _)) = lp.options.iter().find(|(n, _)| n.starts_with("CKKS")) {
+                    lp.chosen = name;
+                }
+            }
+        }
+        let (mode, total, alternative) = if use_ckks {
+            (Mode::Ckks, ckks, Some((Mode::Hybrid, hybrid)))
+        } else {
+            (
+                Mode::Hybrid,
+                hybrid,
+                polynomial.then_some((Mode::Ckks, ckks)),
+            )
+        };
+        Ok(Self {
+            mode,
+            layers,
+            total,
+            alternative,
+            net,
+        })
+    }
+
+    /// The plan as text, like a database's EXPLAIN.
+    pub fn explain(&self) -> String {
+        let mut s = format!(
+            "mode: {:?} (network: {:.0} Mbit/s, RTT {:.1} ms)\n",
+            self.mode,
+            self.net.bandwidth * 8.0 / 1e6,
+            self.net.rtt * 1e3
+        );
+        for lp in &self.layers {
+            s.push_str(&format!("{}\n", lp.layer));
+            for (name, c) in &lp.options {
+                let mark = if *name == lp.chosen { "*" } else { " " };
+                s.push_str(&format!(
+                    "  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
+                    name,
+                    c.total_us(&self.net) / 1e3,
+                    c.bytes / 1e3,
+                    c.rounds
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "estimated total: {:.1} ms, {:.2} MB, {} rounds",
+            self.total.total_us(&self.net) / 1e3,
+            self.total.bytes / 1e6,
+            self.total.rounds
+        ));
+        if let Some((m, c)) = &self.alternative {
+            s.push_str(&format!(
+                " (alternative {:?}: {:.1} ms, {:.2} MB)",
+                m,
+                c.total_us(&self.net) / 1e3,
+                c.bytes / 1e6
+            ));
+        }
+        s
+    }
+}
+
+/// What a private prediction cost, measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivateRun {
+    /// The mode used.
+    pub mode: Mode,
+    /// Wall-clock time of the inference (key set-up excluded), microseconds.
+    pub latency_us: f64,
+    /// Bytes exchanged by the inference, both directions.
+    pub bytes: u64,
+    /// Set-up bytes (keys, base OTs).
+    pub setup_bytes: u64,
+}
+
+impl Sequential {
+    /// The plan of this model under `net` (see [`Plan::explain`]).
+    pub fn plan(&self, net: NetworkModel) -> Result<Plan, NnError> {
+        Plan::new(self, net)
+    }
+
+    /// Private prediction with both parties in this process: the mode the plan picks
+    /// (non-interactive CKKS for polynomial networks, the interactive hybrid otherwise).
+    pub fn predict_private(
+        &self,
+        x: &ArrayD<f64>,
+    ) -> Result<(ArrayD<f64>, PrivateRun), HybridError> {
+        let plan = self.plan(NetworkModel::lan())?;
+        if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(NnError::NonFinite { index, value }.into());
+        }
+        if x.shape() != self.input_shape() {
+            return Err(NnError::Shape {
+                layer: "input".into(),
+                input: x.shape().to_vec(),
+            }
+            .into());
+        }
+        let mut rng = cipherml_mpc::prg::os_rng();
+        match plan.mode {
+            Mode::Ckks => {
+                use cipherml_he::ckks::{
+                    CkksParameters, CkksParametersLiteral, Decryptor, Encryptor, Evaluator,
+                };
+                use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
+                let depth_probe = CkksParameters::new(&CkksParametersLiteral::n16384())?;
+                let needed =
+                    CkksModel::compile(self, &depth_probe, depth_probe.max_level())?.depth();
+                let lit = if needed <= 3 {
+                    CkksParametersLiteral {
+                        degree: 8192,
+                        ciphertext_moduli_bits: vec![50, 36, 36, 36],
+                        special_moduli_bits: vec![50],
+                        scale_bits: 36,
+                    }
+                } else if needed <= 7 {
+                    CkksParametersLiteral::n16384()
+                } else {
+                    CkksParametersLiteral::n32768()
+                };
+                let params = CkksParameters::new(&lit)?;
+                let compiled = CkksModel::compile(self, &params, params.max_level())?;
+                let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+                let rlk = RelinKey::new(&sk, &mut rng);
+                let gk = GaloisKeys::new(&sk, compiled.galois_elements(), &mut rng)?;
+                let setup_bytes = (rlk.to_bytes(params.context()).len()
+                    + gk.to_bytes(params.context()).len()) as u64;
+                let enc = Encryptor::new(&params, PublicKey::new(&sk, &mut rng))?;
+                let dec = Decryptor::new(&params, sk)?;
+                let ev = Evaluator::new(&params);
+                let t = Instant::now();
+                let ct = cipherml_he::tensor::CkksTensor::encrypt(&enc, x, &mut rng)?;
+                let out = compiled.infer(&ev, &rlk, &gk, &ct)?;
+                let bytes = (ct.ct.to_bytes(&params).len() + out.ct.to_bytes(&params).len()) as u64;
+                let y = out.decrypt(&dec)?;
+                Ok((
+                    y,
+                    PrivateRun {
+                        mode: Mode::Ckks,
+                        latency_us: t.elapsed().as_secs_f64() * 1e6,
+                        bytes,
+                        setup_bytes,
+                    },
+                ))
+            }
+            Mode::Hybrid => {
+                use cipherml_mpc::net::{Channel, MemoryChannel};
+                use cipherml_mpc::party::Party;
+                use cipherml_mpc::share::PartyId;
+                let config = HybridConfig::default();
+                let server_model = HybridModel::compile(self, &config, true)?;
+                let client_model = HybridModel::compile(self, &config, false)?;
+                let (c0, c1) = MemoryChannel::pair();
+                let server = std::thread::spawn(move || -> Result<(), HybridError> {
+                    let mut p = Party::setup(PartyId::P1, c1, cipherml_mpc::prg::os_rng())?;
+                    server_model.run_server(&mut p)
+                });
+                let mut p = Party::setup(PartyId::P0, c0, cipherml_mpc::prg::os_rng())?;
+                let sk = Arc::new(cipherml_he::rlwe::SecretKey::random(
+                    client_model.params().context(),
+                    &mut rng,
+                ));
+                let s0 = p.channel().stats();
+                let t = Instant::now();
+                let result = client_model.run_client(&mut p, &sk, x);
+                let latency_us = t.elapsed().as_secs_f64() * 1e6;
+                let s1 = p.channel().stats();
+                let server_result = server
+                    .join()
+                    .map_err(|_| HybridError::Tensor(crate::tensor::TensorError::PeerPanicked))?;
+                let y = result?;
+                server_result?;
+                Ok((
+                    y,
+                    PrivateRun {
+                        mode: Mode::Hybrid,
+                        latency_us,
+                        bytes: s1.bytes_sent + s1.bytes_received
+                            - s0.bytes_sent
+                            - s0.bytes_received,
+                        setup_bytes: s0.bytes_sent + s0.bytes_received,
+                    },
+                ))
+            }
+        }
+    }
+}

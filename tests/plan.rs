@@ -1,0 +1,69 @@
+//! The cost model, `explain()` and `predict_private` (mode selection, both parties in one
+//! process).
+
+use cipherml::data::{data_dir, read_npy};
+use cipherml::nn::{load_onnx, Mode, NetworkModel};
+use ndarray::Axis;
+
+fn models_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+#[test]
+fn plans_pick_the_mode_and_explain_prints_every_layer() {
+    let relu = load_onnx(models_dir().join("digits_cnn.onnx")).unwrap();
+    let plan = relu.plan(NetworkModel::lan()).unwrap();
+    assert_eq!(plan.mode, Mode::Hybrid);
+    assert!(
+        plan.alternative.is_none(),
+        "ReLU networks have no CKKS mode"
+    );
+    let text = plan.explain();
+    for l in relu.layers() {
+        assert!(text.contains(&l.describe()), "{text}");
+    }
+    assert!(text.contains("* BFV coefficient encoding"), "{text}");
+    assert!(
+        text.contains("* secret shares (millionaire, exact)"),
+        "{text}"
+    );
+    let square = load_onnx(models_dir().join("digits_square_mlp.onnx")).unwrap();
+    let plan = square.plan(NetworkModel::wan()).unwrap();
+    assert_eq!(plan.mode, Mode::Ckks, "{}", plan.explain());
+    assert!(plan.total.rounds <= 1.0);
+    let (m, alt) = plan.alternative.unwrap();
+    assert_eq!(m, Mode::Hybrid);
+    // Over a WAN the one-round CKKS plan is estimated cheaper than the interactive one.
+    assert!(alt.total_us(&NetworkModel::wan()) > plan.total.total_us(&NetworkModel::wan()));
+}
+
+#[test]
+fn predict_private_matches_predict_in_both_modes() {
+    let xs = read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64();
+    for (name, tol) in [("digits_cnn", 0.05), ("digits_square_mlp", 1e-2)] {
+        let model = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
+        for i in 0..3 {
+            let x = xs.index_axis(Axis(0), i).to_owned();
+            let want = model.predict(&x).unwrap();
+            let (got, run) = model.predict_private(&x).unwrap();
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err < tol, "{name}: {err}");
+            assert!(run.bytes > 0);
+            let expected = if name == "digits_cnn" {
+                Mode::Hybrid
+            } else {
+                Mode::Ckks
+            };
+            assert_eq!(run.mode, expected);
+        }
+    }
+    let model = load_onnx(models_dir().join("digits_mlp.onnx")).unwrap();
+    let bad = ndarray::ArrayD::zeros(ndarray::IxDyn(&[3]));
+    assert!(model.predict_private(&bad).is_err());
+}
