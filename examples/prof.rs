@@ -1,5 +1,5 @@
 //! Runs one HE operation in a loop, for profilers (`perf record`):
-//! `cargo run --release --example prof -- [mul|rot|enc|ckks-mul|ckks-rot|ckks16-rot]`.
+//! `cargo run --release --example prof -- [mul|rot|enc|ckks-mul|ckks-rot|ckks-dec|ckks-rescale|ckks16-rot]`.
 
 use std::sync::Arc;
 
@@ -23,11 +23,17 @@ fn main() {
         let gk = GaloisKeys::new(&sk, &[ev.galois_element(1)], &mut rng).expect("keys");
         let e = ckks::Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).expect("pk");
         let a = e.encrypt_f64(&[1.0, 2.0], &mut rng).expect("encrypt");
+        let dec = ckks::Decryptor::new(&params, sk.clone()).expect("sk");
+        let prod = ev.mul_relin(&a, &a, &rlk).expect("mul");
         let mut times = Vec::new();
         for _ in 0..100 {
             let t0 = std::time::Instant::now();
             if rest.ends_with("mul") {
                 std::hint::black_box(ev.mul_relin(&a, &a, &rlk).expect("mul"));
+            } else if rest.ends_with("dec") {
+                std::hint::black_box(dec.decrypt_f64(&a).expect("dec"));
+            } else if rest.ends_with("rescale") {
+                std::hint::black_box(ev.rescale(&prod).expect("rescale"));
             } else {
                 std::hint::black_box(ev.rotate(&a, 1, &gk).expect("rot"));
             }

@@ -98,23 +98,23 @@ impl Encoder {
     pub(crate) fn special_fft(&self, vals: &mut [Complex64]) {
         let p = &self.params;
         let n = vals.len();
-        let m = 2 * p.degree();
         Self::bit_reverse(vals);
         let mut len = 2;
+        let mut stage = 0;
         while len <= n {
             let lenh = len / 2;
-            let lenq = len * 4;
-            let gap = m / lenq;
-            for i in (0..n).step_by(len) {
-                for j in 0..lenh {
-                    let idx = (p.rot_group[j] % lenq) * gap;
-                    let u = vals[i + j];
-                    let v = vals[i + j + lenh] * p.ksi[idx];
-                    vals[i + j] = u + v;
-                    vals[i + j + lenh] = u - v;
+            let tw = &p.fft_twiddles[stage];
+            for block in vals.chunks_exact_mut(len) {
+                let (lo, hi) = block.split_at_mut(lenh);
+                for ((u, v), &w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let a = *u;
+                    let b = *v * w;
+                    *u = a + b;
+                    *v = a - b;
                 }
             }
             len *= 2;
+            stage += 1;
         }
     }
 
@@ -122,19 +122,19 @@ impl Encoder {
     pub(crate) fn special_ifft(&self, vals: &mut [Complex64]) {
         let p = &self.params;
         let n = vals.len();
-        let m = 2 * p.degree();
         let mut len = n;
+        let mut stage = n.trailing_zeros() as usize;
         while len >= 2 {
+            stage -= 1;
             let lenh = len / 2;
-            let lenq = len * 4;
-            let gap = m / lenq;
-            for i in (0..n).step_by(len) {
-                for j in 0..lenh {
-                    let idx = (lenq - (p.rot_group[j] % lenq)) * gap;
-                    let u = vals[i + j] + vals[i + j + lenh];
-                    let v = (vals[i + j] - vals[i + j + lenh]) * p.ksi[idx];
-                    vals[i + j] = u;
-                    vals[i + j + lenh] = v;
+            let tw = &p.ifft_twiddles[stage];
+            for block in vals.chunks_exact_mut(len) {
+                let (lo, hi) = block.split_at_mut(lenh);
+                for ((u, v), &w) in lo.iter_mut().zip(hi.iter_mut()).zip(tw) {
+                    let a = *u + *v;
+                    let b = (*u - *v) * w;
+                    *u = a;
+                    *v = b;
                 }
             }
             len /= 2;

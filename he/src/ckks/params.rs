@@ -75,6 +75,10 @@ pub struct CkksParameters {
     pub(crate) rot_group: Vec<usize>,
     /// `exp(2 pi i k / 2N)` for `k = 0..=2N`.
     pub(crate) ksi: Vec<Complex64>,
+    /// Twiddles of the special FFT, stage by stage (`len = 2, 4, ..., N/2`), `len/2` each.
+    pub(crate) fft_twiddles: Vec<Vec<Complex64>>,
+    /// Twiddles of the inverse special FFT, same layout.
+    pub(crate) ifft_twiddles: Vec<Vec<Complex64>>,
     scale: f64,
     id: u64,
 }
@@ -112,9 +116,28 @@ impl CkksParameters {
             rot_group.push(g);
             g = g * 5 % m;
         }
-        let ksi = (0..=m)
+        let ksi: Vec<Complex64> = (0..=m)
             .map(|k| Complex64::from_polar(1.0, 2.0 * std::f64::consts::PI * k as f64 / m as f64))
             .collect();
+        let slots = n / 2;
+        let mut fft_twiddles = Vec::new();
+        let mut ifft_twiddles = Vec::new();
+        let mut len = 2;
+        while len <= slots {
+            let lenq = len * 4;
+            let gap = m / lenq;
+            fft_twiddles.push(
+                (0..len / 2)
+                    .map(|j| ksi[(rot_group[j] % lenq) * gap])
+                    .collect(),
+            );
+            ifft_twiddles.push(
+                (0..len / 2)
+                    .map(|j| ksi[(lenq - (rot_group[j] % lenq)) * gap])
+                    .collect(),
+            );
+            len *= 2;
+        }
         let id = fnv1a([ctx.id(), literal.scale_bits as u64, 0x0000_434b_4b53]);
         Ok(Arc::new(Self {
             literal: literal.clone(),
@@ -122,6 +145,8 @@ impl CkksParameters {
             ctx,
             rot_group,
             ksi,
+            fft_twiddles,
+            ifft_twiddles,
             id,
         }))
     }

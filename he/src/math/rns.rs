@@ -34,8 +34,10 @@ pub struct RnsBasis {
     log2_q: f64,
     /// Garner constants: `[i] = (q_0 ... q_{i-1})^-1 mod q_i`.
     garner_inv: Vec<u64>,
-    /// `[i][j] = (q_0 ... q_{j-1}) mod q_i` for `j <= i`.
-    garner_prefix: Vec<Vec<u64>>,
+    /// `[i][j] = (q_0 ... q_{j-1}) mod q_i` for `j <= i`, with Shoup constants.
+    garner_prefix: Vec<Vec<(u64, u64)>>,
+    /// Shoup constants of `garner_inv`.
+    garner_inv_shoup: Vec<u64>,
     /// Mixed-radix digits of `(Q - 1) / 2`.
     half_digits: Vec<u64>,
     /// `prod_{j<i} q_j` as floats.
@@ -85,12 +87,24 @@ impl RnsBasis {
                 v
             })
             .collect();
-        let garner_inv = (0..k)
+        let garner_inv: Vec<u64> = (0..k)
             .map(|i| {
                 primes[i]
                     .modulus
                     .inv(garner_prefix[i][i])
                     .expect("RNS primes must be distinct")
+            })
+            .collect();
+        let garner_inv_shoup = (0..k)
+            .map(|i| primes[i].modulus.shoup(garner_inv[i]))
+            .collect();
+        let garner_prefix: Vec<Vec<(u64, u64)>> = garner_prefix
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row.into_iter()
+                    .map(|c| (c, primes[i].modulus.shoup(c)))
+                    .collect()
             })
             .collect();
         // Digits of (Q-1)/2: halve the digits of Q-1 = sum (q_i - 1) prod_{j<i} q_j.
@@ -115,6 +129,7 @@ impl RnsBasis {
             inv_q,
             log2_q,
             garner_inv,
+            garner_inv_shoup,
             garner_prefix,
             half_digits,
             radix_f64,
@@ -184,13 +199,14 @@ impl RnsBasis {
 
     fn mixed_radix_into(&self, x: &[u64], v: &mut [u64]) {
         for i in 0..self.len() {
-            let m = self.modulus(i);
+            let m = &self.primes[i].modulus;
             let pre = &self.garner_prefix[i];
             let mut acc = m.reduce(x[i]);
             for j in 0..i {
-                acc = m.sub(acc, m.mul(m.reduce(v[j]), pre[j]));
+                let (c, cs) = pre[j];
+                acc = m.sub(acc, m.mul_shoup(v[j], c, cs));
             }
-            v[i] = m.mul(acc, self.garner_inv[i]);
+            v[i] = m.mul_shoup(acc, self.garner_inv[i], self.garner_inv_shoup[i]);
         }
     }
 

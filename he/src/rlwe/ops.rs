@@ -110,8 +110,13 @@ pub(crate) fn divide_by_last_prime(ctx: &RlweContext, level: usize, p: &Poly<Ntt
     for (i, o) in out.limbs_mut().enumerate() {
         let pr = &q_next.primes()[i];
         let m = &pr.modulus;
+        // Centered lift of the last residue: v, or v - q_last when v > q_last / 2
+        // (branch-free: the comparison selects the correction).
+        let half = last.value() / 2;
+        let q_last_mod = m.reduce(last.value());
         for (x, &v) in lifted.iter_mut().zip(&lastlimb) {
-            *x = m.reduce_i64(last.center(v));
+            let corr = if v > half { q_last_mod } else { 0 };
+            *x = m.sub(m.reduce(v), corr);
         }
         pr.ntt.forward(&mut lifted);
         let (inv, invs) = lv.q_last_inv[i];
