@@ -71,10 +71,6 @@ impl CkksParametersLiteral {
 pub struct CkksParameters {
     literal: CkksParametersLiteral,
     ctx: Arc<RlweContext>,
-    /// `5^j mod 2N`.
-    pub(crate) rot_group: Vec<usize>,
-    /// `exp(2 pi i k / 2N)` for `k = 0..=2N`.
-    pub(crate) ksi: Vec<Complex64>,
     /// Twiddles of the special FFT, stage by stage (`len = 2, 4, ..., N/2`), `len/2` each.
     pub(crate) fft_twiddles: Vec<Vec<Complex64>>,
     /// Twiddles of the inverse special FFT, same layout.
@@ -143,8 +139,6 @@ impl CkksParameters {
             literal: literal.clone(),
             scale: (literal.scale_bits as f64).exp2(),
             ctx,
-            rot_group,
-            ksi,
             fft_twiddles,
             ifft_twiddles,
             id,
