@@ -16,43 +16,9 @@ use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// One measured figure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BenchLine {
-    /// Name, e.g. `bfv.mul_relin.n8192`.
-    pub name: String,
-    /// Median time per operation in microseconds (0 for size-only lines).
-    pub median_us: f64,
-    /// Minimum time per operation in microseconds.
-    pub min_us: f64,
-    /// Bytes, where meaningful.
-    pub bytes: Option<u64>,
-    /// Communication rounds, where meaningful.
-    pub rounds: Option<u64>,
-    /// Threads used.
-    pub threads: usize,
-    /// Parameters used.
-    pub params: String,
-}
-
-impl BenchLine {
-    /// The JSON line.
-    pub fn to_json(&self) -> String {
-        fn opt(v: Option<u64>) -> String {
-            v.map_or("null".into(), |x| x.to_string())
-        }
-        format!(
-            "{{\"name\": \"{}\", \"median_us\": {:.3}, \"min_us\": {:.3}, \"bytes\": {}, \"rounds\": {}, \"threads\": {}, \"params\": \"{}\"}}",
-            self.name,
-            self.median_us,
-            self.min_us,
-            opt(self.bytes),
-            opt(self.rounds),
-            self.threads,
-            self.params.replace('"', "'")
-        )
-    }
-}
+/// One measured figure (the JSON-lines contract of BENCHMARKS.md), shared with the MPC
+/// layer's benchmarks.
+pub use cipherml_mpc::bench::BenchLine;
 
 /// Times `f`: a short warm-up, then samples for about `budget` (at least 5, at most 1000).
 pub fn time<F: FnMut()>(budget: Duration, mut f: F) -> (f64, f64) {

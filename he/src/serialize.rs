@@ -290,87 +290,121 @@ impl BfvParametersLiteral {
 
 const FLAG_SEEDED: u8 = 1;
 
+/// Writes level, polynomial count and flags, `extra` (scheme fields), then the bit-packed
+/// polynomials (for a seeded ciphertext: the first polynomial and the 32-byte seed).
+fn encode_ct(
+    v: &mut Vec<u8>,
+    level: usize,
+    polys: &[Poly<Ntt>],
+    seed: Option<&Seed>,
+    q: &RnsBasis,
+    extra: &[u8],
+) {
+    v.push(level as u8);
+    v.push(polys.len() as u8);
+    v.push(if seed.is_some() { FLAG_SEEDED } else { 0 });
+    v.extend_from_slice(extra);
+    match seed {
+        Some(seed) => {
+            pack_poly(v, &polys[0], q);
+            v.extend_from_slice(seed);
+        }
+        None => {
+            for p in polys {
+                pack_poly(v, p, q);
+            }
+        }
+    }
+}
+
+/// A decoded ciphertext body: level, scheme fields, polynomials and seed.
+struct DecodedCt<'a> {
+    level: usize,
+    extra: &'a [u8],
+    polys: Vec<Poly<Ntt>>,
+    seed: Option<Seed>,
+}
+
+/// Reads what [`encode_ct`] wrote, against `ctx`, checking every size before allocating.
+fn decode_ct<'a>(
+    body: &'a [u8],
+    ctx: &RlweContext,
+    extra_len: usize,
+) -> std::result::Result<DecodedCt<'a>, DecodeError> {
+    let mut r = Reader::new(body);
+    let level = r.u8()? as usize;
+    let count = r.u8()? as usize;
+    let flags = r.u8()?;
+    let extra = r.take(extra_len)?;
+    let max = ctx.max_level();
+    if level > max {
+        return Err(DecodeError::TooLarge {
+            what: "level",
+            value: level as u64,
+            max: max as u64,
+        });
+    }
+    if !(2..=3).contains(&count) {
+        return Err(DecodeError::Invalid {
+            what: "polynomial count",
+            value: count as u64,
+        });
+    }
+    let n = ctx.degree();
+    let q = ctx.q_at(level);
+    let plen = poly_len(n, q);
+    let seeded = match flags {
+        0 => false,
+        FLAG_SEEDED if count == 2 && level == max => true,
+        f => {
+            return Err(DecodeError::Invalid {
+                what: "ciphertext flags",
+                value: f as u64,
+            })
+        }
+    };
+    let expected = if seeded { plen + 32 } else { count * plen };
+    expect_len(&body[3 + extra_len..], expected)?;
+    let mut polys = Vec::with_capacity(count);
+    let seed = if seeded {
+        polys.push(unpack_poly(&mut r, n, q)?);
+        let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+        polys.push(uniform_from_seed(&seed, n, q, 0));
+        Some(seed)
+    } else {
+        for _ in 0..count {
+            polys.push(unpack_poly(&mut r, n, q)?);
+        }
+        None
+    };
+    r.finish()?;
+    Ok(DecodedCt {
+        level,
+        extra,
+        polys,
+        seed,
+    })
+}
+
 impl Ciphertext {
     /// Serializes: header, level, number of polynomials, flags, then the bit-packed
     /// polynomials (for a seeded ciphertext: the first polynomial and the 32-byte seed).
     pub fn to_bytes(&self, params: &BfvParameters) -> Vec<u8> {
         let q = params.context().q_at(self.level);
         let mut v = header(Kind::BfvCiphertext, self.params_id);
-        v.push(self.level as u8);
-        v.push(self.polys.len() as u8);
-        match &self.seed {
-            Some(seed) => {
-                v.push(FLAG_SEEDED);
-                pack_poly(&mut v, &self.polys[0], q);
-                v.extend_from_slice(seed);
-            }
-            None => {
-                v.push(0);
-                for p in &self.polys {
-                    pack_poly(&mut v, p, q);
-                }
-            }
-        }
+        encode_ct(&mut v, self.level, &self.polys, self.seed.as_ref(), q, &[]);
         v
     }
 
     /// Decodes untrusted bytes against `params`.
     pub fn from_bytes(params: &Arc<BfvParameters>, bytes: &[u8]) -> Result<Self> {
         let body = check_header(bytes, Kind::BfvCiphertext, Some(params.id()))?;
-        let mut r = Reader::new(body);
-        let level = r.u8()? as usize;
-        let count = r.u8()? as usize;
-        let flags = r.u8()?;
-        let max = params.max_level();
-        if level > max {
-            return Err(DecodeError::TooLarge {
-                what: "level",
-                value: level as u64,
-                max: max as u64,
-            }
-            .into());
-        }
-        if !(2..=3).contains(&count) {
-            return Err(DecodeError::Invalid {
-                what: "polynomial count",
-                value: count as u64,
-            }
-            .into());
-        }
-        let n = params.degree();
-        let q = params.context().q_at(level);
-        let plen = poly_len(n, q);
-        let seeded = match flags {
-            0 => false,
-            FLAG_SEEDED if count == 2 && level == max => true,
-            f => {
-                return Err(DecodeError::Invalid {
-                    what: "ciphertext flags",
-                    value: f as u64,
-                }
-                .into())
-            }
-        };
-        let expected = if seeded { plen + 32 } else { count * plen };
-        expect_len(&body[3..], expected)?;
-        let mut polys = Vec::with_capacity(count);
-        let seed = if seeded {
-            polys.push(unpack_poly(&mut r, n, q)?);
-            let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
-            polys.push(uniform_from_seed(&seed, n, q, 0));
-            Some(seed)
-        } else {
-            for _ in 0..count {
-                polys.push(unpack_poly(&mut r, n, q)?);
-            }
-            None
-        };
-        r.finish()?;
+        let d = decode_ct(body, params.context(), 0)?;
         Ok(Ciphertext {
             params_id: params.id(),
-            level,
-            polys,
-            seed,
+            level: d.level,
+            polys: d.polys,
+            seed: d.seed,
         })
     }
 }
@@ -601,21 +635,14 @@ impl ckks::Ciphertext {
     pub fn to_bytes(&self, params: &ckks::CkksParameters) -> Vec<u8> {
         let q = params.context().q_at(self.level);
         let mut v = header(Kind::CkksCiphertext, self.params_id);
-        v.push(self.level as u8);
-        v.push(self.polys.len() as u8);
-        v.push(if self.seed.is_some() { FLAG_SEEDED } else { 0 });
-        v.extend_from_slice(&self.scale.to_le_bytes());
-        match &self.seed {
-            Some(seed) => {
-                pack_poly(&mut v, &self.polys[0], q);
-                v.extend_from_slice(seed);
-            }
-            None => {
-                for p in &self.polys {
-                    pack_poly(&mut v, p, q);
-                }
-            }
-        }
+        encode_ct(
+            &mut v,
+            self.level,
+            &self.polys,
+            self.seed.as_ref(),
+            q,
+            &self.scale.to_le_bytes(),
+        );
         v
     }
 
@@ -623,28 +650,9 @@ impl ckks::Ciphertext {
     /// below the ciphertext modulus.
     pub fn from_bytes(params: &Arc<ckks::CkksParameters>, bytes: &[u8]) -> Result<Self> {
         let body = check_header(bytes, Kind::CkksCiphertext, Some(params.id()))?;
-        let mut r = Reader::new(body);
-        let level = r.u8()? as usize;
-        let count = r.u8()? as usize;
-        let flags = r.u8()?;
-        let scale = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
-        let max = params.max_level();
-        if level > max {
-            return Err(DecodeError::TooLarge {
-                what: "level",
-                value: level as u64,
-                max: max as u64,
-            }
-            .into());
-        }
-        if !(2..=3).contains(&count) {
-            return Err(DecodeError::Invalid {
-                what: "polynomial count",
-                value: count as u64,
-            }
-            .into());
-        }
-        let q = params.context().q_at(level);
+        let d = decode_ct(body, params.context(), 8)?;
+        let scale = f64::from_le_bytes(d.extra.try_into().expect("8 bytes"));
+        let q = params.context().q_at(d.level);
         if !scale.is_finite() || scale < 1.0 || scale.log2() >= q.log2_product() {
             return Err(DecodeError::Invalid {
                 what: "scale (f64 bits)",
@@ -652,40 +660,12 @@ impl ckks::Ciphertext {
             }
             .into());
         }
-        let n = params.degree();
-        let plen = poly_len(n, q);
-        let seeded = match flags {
-            0 => false,
-            FLAG_SEEDED if count == 2 && level == max => true,
-            f => {
-                return Err(DecodeError::Invalid {
-                    what: "ciphertext flags",
-                    value: f as u64,
-                }
-                .into())
-            }
-        };
-        let expected = if seeded { plen + 32 } else { count * plen };
-        expect_len(&body[11..], expected)?;
-        let mut polys = Vec::with_capacity(count);
-        let seed = if seeded {
-            polys.push(unpack_poly(&mut r, n, q)?);
-            let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
-            polys.push(uniform_from_seed(&seed, n, q, 0));
-            Some(seed)
-        } else {
-            for _ in 0..count {
-                polys.push(unpack_poly(&mut r, n, q)?);
-            }
-            None
-        };
-        r.finish()?;
         Ok(ckks::Ciphertext {
             params_id: params.id(),
-            level,
+            level: d.level,
             scale,
-            polys,
-            seed,
+            polys: d.polys,
+            seed: d.seed,
         })
     }
 }
