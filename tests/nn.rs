@@ -188,3 +188,27 @@ fn ckks_mode_refuses_relu_and_too_deep_networks() {
         Err(NnError::NotSupportedInMode { .. })
     ));
 }
+
+#[test]
+fn ckks_mode_approximates_a_sigmoid_within_its_stated_error() {
+    use cipherml::he::ckks::PolyApprox;
+    use rand::Rng;
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let model = Sequential::new(vec![16])
+        .add(Layer::Dense {
+            weight: ndarray::Array2::from_shape_fn((8, 16), |_| rng.random_range(-0.5..0.5)),
+            bias: ndarray::Array1::from_shape_fn(8, |_| rng.random_range(-0.5..0.5)),
+        })
+        .add(Layer::Sigmoid);
+    let x = ArrayD::from_shape_fn(IxDyn(&[16]), |_| rng.random_range(-1.0..1.0));
+    let want = model.predict(&x).unwrap();
+    let (got, run) = model.predict_private(&x).unwrap();
+    assert_eq!(run.mode, cipherml::nn::Mode::Ckks);
+    let stated = PolyApprox::sigmoid(cipherml::nn::SIGMOID_BOUND, 7).max_error;
+    for (a, b) in got.iter().zip(want.iter()) {
+        assert!(
+            (a - b).abs() <= stated + 1e-3,
+            "{a} vs {b} (stated error {stated})"
+        );
+    }
+}

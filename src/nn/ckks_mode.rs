@@ -12,6 +12,10 @@ use ndarray::Array2;
 
 use super::{Layer, NnError, Sequential};
 
+/// The interval on which the CKKS mode approximates a sigmoid (inputs outside it are
+/// not covered by the stated error).
+pub const SIGMOID_BOUND: f64 = 8.0;
+
 /// One compiled step.
 #[derive(Debug, Clone)]
 enum Step {
@@ -116,6 +120,15 @@ impl CkksModel {
                     let d = Evaluator::poly_depth(coeffs.len().saturating_sub(1));
                     need(level, d, layer)?;
                     steps.push(Step::Poly(coeffs.clone()));
+                    level -= d;
+                }
+                Layer::Sigmoid => {
+                    // Degree-7 Chebyshev approximation on [-8, 8] (3 levels); its maximum
+                    // error there is measured in `PolyApprox::max_error` (about 0.02).
+                    let approx = cipherml_he::ckks::PolyApprox::sigmoid(SIGMOID_BOUND, 7);
+                    let d = Evaluator::poly_depth(approx.degree());
+                    need(level, d, layer)?;
+                    steps.push(Step::Poly(approx.coeffs));
                     level -= d;
                 }
                 l if l.is_linear() => {

@@ -8,7 +8,7 @@ mod onnx;
 mod plan;
 pub mod zoo;
 
-pub use ckks_mode::CkksModel;
+pub use ckks_mode::{CkksModel, SIGMOID_BOUND};
 pub use hybrid::{HybridConfig, HybridError, HybridModel};
 pub use layers::Layer;
 pub use onnx::{load_onnx, tract_reference};

@@ -143,10 +143,9 @@ impl Plan {
     /// Plans `model` under `net`.
     pub fn new(model: &Sequential, net: NetworkModel) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
-        let polynomial = model
-            .layers()
-            .iter()
-            .all(|l| l.is_linear() || matches!(l, Layer::Square | Layer::Poly { .. }));
+        let polynomial = model.layers().iter().all(|l| {
+            l.is_linear() || matches!(l, Layer::Square | Layer::Poly { .. } | Layer::Sigmoid)
+        });
         let mut layers = Vec::new();
         let mut hybrid = Cost::default();
         let mut ckks = Cost {
@@ -239,7 +238,17 @@ impl Plan {
                         },
                     ));
                 }
-                Layer::Sigmoid | Layer::Softmax => {
+                Layer::Sigmoid => {
+                    options.push((
+                        "CKKS (degree-7 approximation on [-8, 8])",
+                        Cost {
+                            compute_us: 3000.0,
+                            bytes: 0.0,
+                            rounds: 0.0,
+                        },
+                    ));
+                }
+                Layer::Softmax => {
                     options.push(("client, on the revealed output", Cost::default()));
                 }
                 _ => options.push(("local on shares / slots", Cost::default())),
