@@ -1,5 +1,12 @@
 //! Private tensors and sessions: the low-level API of TF Encrypted, in Rust.
 //!
+//! Every operation is dispatched to the cheaper representation: a product of a shared
+//! tensor with a matrix that one party holds in the clear ([`Session::private`]) runs
+//! either under HE (the client encrypts its share, BFV coefficient encoding, masked and
+//! noise-flooded reply) or on secret shares (the owner shares the matrix, Beaver matrix
+//! triple from OT), whichever the cost model estimates cheaper; [`Session::explain`] prints
+//! the choices and the alternatives' estimated costs.
+//!
 //! A program is written once against a [`Session`] and run by both parties: each party
 //! runs the same closure with its own [`Role`], and a value provided by one role (its
 //! private input, or its model weights) never leaves that party in the clear — the other
@@ -24,6 +31,11 @@
 //! assert!(server.is_none());
 //! ```
 
+use std::sync::Arc;
+
+use cipherml_he::bfv::{BfvParameters, Encoder};
+use cipherml_he::rlwe::SecretKey;
+use cipherml_he::tensor::CoeffMatVec;
 use cipherml_mpc::fixed::FixedPoint;
 use cipherml_mpc::net::{Channel, MemoryChannel};
 use cipherml_mpc::party::Party;
@@ -78,6 +90,12 @@ pub enum TensorError {
         /// Found.
         found: Vec<usize>,
     },
+    /// An HE or hybrid-protocol error.
+    #[error(transparent)]
+    Hybrid(#[from] Box<crate::nn::HybridError>),
+    /// An HE error.
+    #[error(transparent)]
+    He(#[from] cipherml_he::Error),
     /// The peer thread of a local session failed.
     #[error("the other party of the local session panicked")]
     PeerPanicked,
@@ -88,6 +106,16 @@ pub enum TensorError {
 pub enum PrivateTensor {
     /// Known to both parties.
     Public(ArrayD<f64>),
+    /// Known in the clear to one party only (its model weights, say); the other party holds
+    /// only the shape.
+    Private {
+        /// The owner.
+        owner: Role,
+        /// The value, on the owner's side.
+        value: Option<ArrayD<f64>>,
+        /// The shape.
+        shape: Vec<usize>,
+    },
     /// Additively secret-shared in `Z_2^l` (fixed point); this is this party's share.
     Shared {
         /// This party's share, row-major.
@@ -102,17 +130,24 @@ impl PrivateTensor {
     pub fn shape(&self) -> Vec<usize> {
         match self {
             PrivateTensor::Public(a) => a.shape().to_vec(),
-            PrivateTensor::Shared { shape, .. } => shape.clone(),
+            PrivateTensor::Private { shape, .. } | PrivateTensor::Shared { shape, .. } => {
+                shape.clone()
+            }
         }
     }
 }
 
-/// One party's side of a two-party session: its role, its channel, OT set-up and the
-/// fixed-point encoding (64-bit ring, 16 fractional bits).
+/// One party's side of a two-party session: its role, its channel, OT set-up, the
+/// fixed-point encoding (`Z_2^40`, 12 fractional bits), the BFV parameters for HE-backed
+/// products (`t = 2^40`, N = 8192) and, on the client, its secret key.
 pub struct Session<C: Channel> {
     role: Role,
     party: Party<C, ChaCha20Rng>,
     fixed: FixedPoint,
+    config: crate::nn::HybridConfig,
+    params: Arc<BfvParameters>,
+    sk: Option<Arc<SecretKey>>,
+    log: Vec<crate::nn::LayerPlan>,
 }
 
 impl<C: Channel> std::fmt::Debug for Session<C> {
@@ -126,9 +161,21 @@ impl<C: Channel> std::fmt::Debug for Session<C> {
 impl<C: Channel> Session<C> {
     /// Sets up the session over `channel` (base OTs in both directions).
     pub fn new(role: Role, channel: C) -> Result<Self, TensorError> {
-        let party = Party::setup(role.party(), channel, os_rng())?;
-        let fixed = FixedPoint::new(Ring::new(64)?, 16)?;
-        Ok(Self { role, party, fixed })
+        let mut party = Party::setup(role.party(), channel, os_rng())?;
+        let config = crate::nn::HybridConfig::default();
+        let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
+        let params = BfvParameters::new(&config.bfv_literal())?;
+        let sk = (role == Role::Client)
+            .then(|| Arc::new(SecretKey::random(params.context(), party.rng())));
+        Ok(Self {
+            role,
+            party,
+            fixed,
+            config,
+            params,
+            sk,
+            log: Vec::new(),
+        })
     }
 
     /// This party's role.
@@ -173,9 +220,80 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    fn shares_of(&self, t: &PrivateTensor) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
+    /// A value that stays with `owner` in the clear (e.g. model weights): `provide` runs only
+    /// on the owner's side; nothing is sent.
+    pub fn private(
+        &mut self,
+        owner: Role,
+        shape: &[usize],
+        provide: impl FnOnce() -> ArrayD<f64>,
+    ) -> Result<PrivateTensor, TensorError> {
+        let value = if owner == self.role {
+            let v = provide();
+            if v.shape() != shape {
+                return Err(TensorError::ProvidedShape {
+                    declared: shape.to_vec(),
+                    found: v.shape().to_vec(),
+                });
+            }
+            Some(v)
+        } else {
+            None
+        };
+        Ok(PrivateTensor::Private {
+            owner,
+            value,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// The plan of every product so far: the representation chosen and the estimated cost
+    /// of each alternative.
+    pub fn explain(&self) -> String {
+        let net = crate::nn::NetworkModel::lan();
+        let mut s = String::new();
+        for lp in &self.log {
+            s.push_str(&format!("{}\n", lp.layer));
+            for (name, c) in &lp.options {
+                let mark = if *name == lp.chosen { "*" } else { " " };
+                s.push_str(&format!(
+                    "  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
+                    name,
+                    c.total_us(&net) / 1e3,
+                    c.bytes / 1e3,
+                    c.rounds
+                ));
+            }
+        }
+        s
+    }
+
+    /// Shares of `t` (a private value is shared by its owner: one message).
+    fn shares_of(&mut self, t: &PrivateTensor) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
         Ok(match t {
             PrivateTensor::Shared { share, shape } => (share.clone(), shape.clone()),
+            PrivateTensor::Private {
+                owner,
+                value,
+                shape,
+            } => {
+                let n: usize = shape.iter().product();
+                let ring = self.fixed.ring();
+                let share = if *owner == self.role {
+                    let flat: Vec<f64> = value
+                        .as_ref()
+                        .expect("owner holds the value")
+                        .iter()
+                        .copied()
+                        .collect();
+                    let enc = self.fixed.encode_vec(&flat)?;
+                    let (ch, rng) = self.party.channel_and_rng();
+                    share_input(ch, ring, &enc, rng)?
+                } else {
+                    receive_share(self.party.channel(), ring, n)?
+                };
+                (share, shape.clone())
+            }
             PrivateTensor::Public(a) => {
                 // Party 0 holds the public value, party 1 zero.
                 let flat: Vec<f64> = a.iter().copied().collect();
@@ -190,15 +308,16 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// The matrix product of two 2-D tensors (Beaver matrix triples from OT, then faithful
-    /// truncation back to the fixed-point scale).
+    /// The matrix product of two 2-D tensors. A shared left operand times a matrix the
+    /// server holds in the clear runs under HE or on shares, as the cost model decides;
+    /// everything else runs on shares (Beaver matrix triple from OT). Faithful truncation
+    /// restores the fixed-point scale.
     pub fn matmul(
         &mut self,
         a: &PrivateTensor,
         b: &PrivateTensor,
     ) -> Result<PrivateTensor, TensorError> {
-        let (x, sa) = self.shares_of(a)?;
-        let (y, sb) = self.shares_of(b)?;
+        let (sa, sb) = (a.shape(), b.shape());
         if sa.len() != 2 || sb.len() != 2 || sa[1] != sb[0] {
             return Err(TensorError::Shape {
                 what: "matmul",
@@ -208,13 +327,123 @@ impl<C: Channel> Session<C> {
         }
         let (m, k, n) = (sa[0], sa[1], sb[1]);
         let ring = self.fixed.ring();
-        let triple = OtTriples.matrix(&mut self.party, ring, m, k, n)?;
-        let z = arith::matmul(&mut self.party, &x, &y, &triple)?;
+        // HE applies when the right operand is in the clear on the server's side.
+        let he_possible = matches!(
+            b,
+            PrivateTensor::Private {
+                owner: Role::Server,
+                ..
+            }
+        );
+        let chunk = (k as f64).min(8192.0);
+        let rpb = (8192.0 / chunk).floor();
+        let mut options = vec![(
+            "secret shares (Beaver matrix triple)",
+            crate::nn::plan::shared_linear(m as f64 * n as f64, k as f64, 1.0),
+        )];
+        if he_possible {
+            let mut c = crate::nn::plan::bfv_linear(
+                (k as f64 / chunk).ceil(),
+                (n as f64 / rpb).ceil(),
+                n as f64,
+            );
+            c.bytes *= m as f64;
+            c.compute_us *= m as f64;
+            options.push(("BFV coefficient encoding + shares", c));
+        }
+        let net = crate::nn::NetworkModel::lan();
+        let chosen = options
+            .iter()
+            .min_by(|x, y| {
+                x.1.total_us(&net)
+                    .partial_cmp(&y.1.total_us(&net))
+                    .expect("finite")
+            })
+            .map(|o| o.0)
+            .expect("non-empty");
+        self.log.push(crate::nn::LayerPlan {
+            layer: format!("matmul ({m}x{k}) x ({k}x{n})"),
+            chosen,
+            options,
+        });
+        let z = if chosen.starts_with("BFV") {
+            self.he_matmul(a, b, m, k, n)?
+        } else {
+            let (x, _) = self.shares_of(a)?;
+            let (y, _) = self.shares_of(b)?;
+            let triple = OtTriples.matrix(&mut self.party, ring, m, k, n)?;
+            arith::matmul(&mut self.party, &x, &y, &triple)?
+        };
         let z = arith::trunc_faithful(&mut self.party, ring, &z, self.fixed.frac_bits())?;
         Ok(PrivateTensor::Shared {
             share: z,
             shape: vec![m, n],
         })
+    }
+
+    /// `X W` with `X` shared and `W` held by the server: one HE matrix-vector product per
+    /// row of `X` (result at scale `2^2f`).
+    fn he_matmul(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Vec<u64>, TensorError> {
+        let (x, _) = self.shares_of(a)?;
+        let ring = self.fixed.ring();
+        let f = self.fixed.frac_bits();
+        let encoder = Encoder::new(&self.params);
+        // W^T (n x k), quantized; the client builds the same layout with zeros.
+        let wt = match b {
+            PrivateTensor::Private { value: Some(w), .. } => w
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .expect("2-D")
+                .t()
+                .mapv(|v| crate::nn::hybrid::quantize(v, f)),
+            _ => ndarray::Array2::zeros((n, k)),
+        };
+        let mv = CoeffMatVec::new(&encoder, wt.view())?;
+        let positions = mv.output_positions();
+        let mut out = Vec::with_capacity(m * n);
+        for row in x.chunks(k) {
+            let y = match &self.sk {
+                Some(sk) => {
+                    let xs: Vec<i64> = row.iter().map(|&v| v as i64).collect();
+                    let pts = mv.encode_input(&encoder, &xs)?;
+                    crate::nn::hybrid::he_linear_client(
+                        &self.params,
+                        ring,
+                        &mut self.party,
+                        sk,
+                        &pts,
+                        &positions,
+                    )
+                    .map_err(Box::new)?
+                }
+                None => {
+                    let y_s = crate::nn::hybrid::matvec_ring(ring, &wt, row);
+                    let noise =
+                        mv.noise_bound_log2(self.params.degree(), self.params.plaintext_modulus());
+                    crate::nn::hybrid::he_linear_server(
+                        &self.params,
+                        ring,
+                        self.config.flood_bits,
+                        &mut self.party,
+                        mv.input_chunks(),
+                        &positions,
+                        noise,
+                        y_s,
+                        |ev, cts| mv.apply(ev, cts),
+                    )
+                    .map_err(Box::new)?
+                }
+            };
+            out.extend(y);
+        }
+        Ok(out)
     }
 
     /// Elementwise sum.

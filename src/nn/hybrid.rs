@@ -142,7 +142,7 @@ pub struct HybridModel {
     output_shape: Vec<usize>,
 }
 
-fn quantize(v: f64, bits: u32) -> i64 {
+pub(crate) fn quantize(v: f64, bits: u32) -> i64 {
     (v * (bits as f64).exp2()).round() as i64
 }
 
@@ -402,7 +402,7 @@ impl HybridModel {
                             )
                             .expect("shape");
                             let pts = he.encode_input(&Encoder::new(&self.params), xs.view())?;
-                            self.client_linear(p, sk, &pts, &positions)?
+                            he_linear_client(&self.params, ring, p, sk, &pts, &positions)?
                         }
                         None => {
                             let mut y = conv_ring(ring, &x, weight, *input, *stride, *padding);
@@ -413,7 +413,10 @@ impl HybridModel {
                                 self.params.degree(),
                                 self.params.plaintext_modulus(),
                             );
-                            self.server_linear(
+                            he_linear_server(
+                                &self.params,
+                                ring,
+                                self.config.flood_bits,
                                 p,
                                 he.input_groups(),
                                 &positions,
@@ -432,7 +435,7 @@ impl HybridModel {
                         Some(sk) => {
                             let xs: Vec<i64> = x.iter().map(|&v| v as i64).collect();
                             let pts = he.encode_input(&Encoder::new(&self.params), &xs)?;
-                            self.client_linear(p, sk, &pts, &positions)?
+                            he_linear_client(&self.params, ring, p, sk, &pts, &positions)?
                         }
                         None => {
                             let mut y = matvec_ring(ring, weight, &x);
@@ -443,7 +446,10 @@ impl HybridModel {
                                 self.params.degree(),
                                 self.params.plaintext_modulus(),
                             );
-                            self.server_linear(
+                            he_linear_server(
+                                &self.params,
+                                ring,
+                                self.config.flood_bits,
                                 p,
                                 he.input_chunks(),
                                 &positions,
@@ -521,87 +527,95 @@ impl HybridModel {
         }
         Ok((x, pending))
     }
+}
 
-    fn client_linear<C: Channel, R: RngCore + CryptoRng>(
-        &self,
-        p: &mut Party<C, R>,
-        sk: &Arc<SecretKey>,
-        pts: &[cipherml_he::bfv::Plaintext],
-        positions: &[(usize, usize)],
-    ) -> Result<Vec<u64>, HybridError> {
-        let dec = Decryptor::new(&self.params, sk.clone())?;
-        for pt in pts {
-            let ct = dec.encrypt_symmetric(pt, p.rng())?;
-            p.channel().send(&ct.to_bytes(&self.params))?;
-        }
-        p.channel().flush()?;
-        let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
-        let mut coeffs = Vec::with_capacity(blocks);
-        for b in 0..blocks {
-            let msg = p.channel().recv()?;
-            let keep: Vec<usize> = positions
-                .iter()
-                .filter(|(bb, _)| *bb == b)
-                .map(|(_, i)| *i)
-                .collect();
-            let ct = Ciphertext::from_bytes_partial(&self.params, &msg, &keep)?;
-            coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
-        }
-        let mask = self.ring().mask();
-        Ok(positions
-            .iter()
-            .map(|&(b, i)| coeffs[b][i] & mask)
-            .collect())
+/// Client side of one linear layer under HE: encrypts its share (one plaintext per input
+/// ciphertext), receives the masked results, and returns its share of the outputs at
+/// `positions` (`(output ciphertext, coefficient)`).
+pub(crate) fn he_linear_client<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    ring: Ring,
+    p: &mut Party<C, R>,
+    sk: &Arc<SecretKey>,
+    pts: &[cipherml_he::bfv::Plaintext],
+    positions: &[(usize, usize)],
+) -> Result<Vec<u64>, HybridError> {
+    let dec = Decryptor::new(params, sk.clone())?;
+    for pt in pts {
+        let ct = dec.encrypt_symmetric(pt, p.rng())?;
+        p.channel().send(&ct.to_bytes(params))?;
     }
+    p.channel().flush()?;
+    let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
+    let mut coeffs = Vec::with_capacity(blocks);
+    for b in 0..blocks {
+        let msg = p.channel().recv()?;
+        let keep: Vec<usize> = positions
+            .iter()
+            .filter(|(bb, _)| *bb == b)
+            .map(|(_, i)| *i)
+            .collect();
+        let ct = Ciphertext::from_bytes_partial(params, &msg, &keep)?;
+        coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
+    }
+    Ok(positions
+        .iter()
+        .map(|&(b, i)| coeffs[b][i] & ring.mask())
+        .collect())
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn server_linear<C: Channel, R: RngCore + CryptoRng>(
-        &self,
-        p: &mut Party<C, R>,
-        inputs: usize,
-        positions: &[(usize, usize)],
-        noise_log2: f64,
-        mut y_s: Vec<u64>,
-        apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
-    ) -> Result<Vec<u64>, HybridError> {
-        let ring = self.ring();
-        let mut cts = Vec::with_capacity(inputs);
-        for _ in 0..inputs {
-            let msg = p.channel().recv()?;
-            cts.push(Ciphertext::from_bytes(&self.params, &msg)?);
-        }
-        let ev = Evaluator::new(&self.params);
-        let encoder = Encoder::new(&self.params);
-        let out = apply(&ev, &cts)?;
-        let t = self.params.plaintext_modulus();
-        let flood = noise_log2.ceil() as u32 + self.config.flood_bits;
-        let n = self.params.degree();
-        for (b, ct) in out.iter().enumerate() {
-            let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
-            let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
-            let flooded = ev.flood(&masked, flood, p.rng())?;
-            // Only the output coefficients of c0 are sent (the rest would only leak masked
-            // garbage and cost bytes).
-            let keep: Vec<usize> = positions
-                .iter()
-                .filter(|(bb, _)| *bb == b)
-                .map(|(_, i)| *i)
-                .collect();
-            p.channel()
-                .send(&flooded.to_bytes_partial(&self.params, &keep)?)?;
-            for (j, &(bb, i)) in positions.iter().enumerate() {
-                if bb == b {
-                    y_s[j] = ring.add(y_s[j], r[i] & ring.mask());
-                }
+/// Server side of one linear layer under HE: receives `inputs` ciphertexts, computes
+/// `apply`, subtracts a fresh uniform mask polynomial from each output, floods the noise
+/// (`noise_log2 + flood_bits`), sends only the output coefficients of `c0` with `c1`, and
+/// returns its share `y_s + R` of the outputs at `positions`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    ring: Ring,
+    flood_bits: u32,
+    p: &mut Party<C, R>,
+    inputs: usize,
+    positions: &[(usize, usize)],
+    noise_log2: f64,
+    mut y_s: Vec<u64>,
+    apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
+) -> Result<Vec<u64>, HybridError> {
+    let mut cts = Vec::with_capacity(inputs);
+    for _ in 0..inputs {
+        let msg = p.channel().recv()?;
+        cts.push(Ciphertext::from_bytes(params, &msg)?);
+    }
+    let ev = Evaluator::new(params);
+    let encoder = Encoder::new(params);
+    let out = apply(&ev, &cts)?;
+    let t = params.plaintext_modulus();
+    let flood = noise_log2.ceil() as u32 + flood_bits;
+    let n = params.degree();
+    for (b, ct) in out.iter().enumerate() {
+        let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
+        let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
+        let flooded = ev.flood(&masked, flood, p.rng())?;
+        // Only the output coefficients of c0 are sent (the rest would only leak masked
+        // garbage and cost bytes).
+        let keep: Vec<usize> = positions
+            .iter()
+            .filter(|(bb, _)| *bb == b)
+            .map(|(_, i)| *i)
+            .collect();
+        p.channel()
+            .send(&flooded.to_bytes_partial(params, &keep)?)?;
+        for (j, &(bb, i)) in positions.iter().enumerate() {
+            if bb == b {
+                y_s[j] = ring.add(y_s[j], r[i] & ring.mask());
             }
         }
-        p.channel().flush()?;
-        Ok(y_s)
     }
+    p.channel().flush()?;
+    Ok(y_s)
 }
 
 /// `W x` in `Z_2^l` for `W` `(out, in)`.
-fn matvec_ring(ring: Ring, w: &Array2<i64>, x: &[u64]) -> Vec<u64> {
+pub(crate) fn matvec_ring(ring: Ring, w: &Array2<i64>, x: &[u64]) -> Vec<u64> {
     w.rows()
         .into_iter()
         .map(|row| {

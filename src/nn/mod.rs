@@ -2,10 +2,10 @@
 //! import, and private execution modes (non-interactive CKKS for polynomial networks).
 
 mod ckks_mode;
-mod hybrid;
+pub(crate) mod hybrid;
 mod layers;
 mod onnx;
-mod plan;
+pub(crate) mod plan;
 pub mod zoo;
 
 pub use ckks_mode::{CkksModel, SIGMOID_BOUND};

@@ -109,7 +109,7 @@ const RELU_US: f64 = 6.0;
 const TRUNC_BYTES: f64 = 870.0;
 const ROT_US: f64 = 800.0;
 
-fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
+pub(crate) fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
     Cost {
         compute_us: in_cts * out_cts * 40.0 + out_cts * 600.0 + in_cts * 500.0,
         bytes: in_cts * UPLOAD + out_cts * REPLY + outputs * 22.0 + outputs * TRUNC_BYTES,
@@ -117,7 +117,7 @@ fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
     }
 }
 
-fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
+pub(crate) fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
     // Matrix triple from OT (Gilboa, one vector OLE per row and column) plus openings.
     let l = 40.0;
     Cost {
