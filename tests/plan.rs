@@ -67,3 +67,28 @@ fn predict_private_matches_predict_in_both_modes() {
     let bad = ndarray::ArrayD::zeros(ndarray::IxDyn(&[3]));
     assert!(model.predict_private(&bad).is_err());
 }
+
+#[test]
+fn out_of_range_and_non_finite_inputs_are_clear_errors() {
+    let model = load_onnx(models_dir().join("digits_cnn.onnx")).unwrap();
+    let mut x = ndarray::ArrayD::zeros(ndarray::IxDyn(&[1, 8, 8]));
+    x[[0, 0, 0]] = 1e12; // beyond the fixed-point range of Z_2^40 with 12 fractional bits
+    let t = std::time::Instant::now();
+    let err = model.predict_private(&x).unwrap_err();
+    assert!(
+        t.elapsed().as_secs() < 30,
+        "the failed session must end promptly"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("1000000000000") || text.to_lowercase().contains("range"),
+        "{text}"
+    );
+    x[[0, 0, 0]] = f64::INFINITY;
+    assert!(matches!(
+        model.predict_private(&x),
+        Err(cipherml::nn::HybridError::Nn(
+            cipherml::nn::NnError::NonFinite { index: 0, .. }
+        ))
+    ));
+}

@@ -106,6 +106,8 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
     }
     let mut model = Sequential::new(dims[1..].to_vec());
     let mut current = input.name.clone();
+    // A zero Pad of the spatial axes is folded into the convolution that follows it.
+    let mut pending_pad: Option<(usize, String)> = None;
     for node in &graph.node {
         if node.op_type == "Constant" {
             let t = attr(node, "value")
@@ -223,6 +225,38 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
                 }
             }
             "Identity" | "Dropout" => None,
+            "Pad" => {
+                let mode = attr(node, "mode").map(|a| a.s.clone()).unwrap_or_default();
+                if !mode.is_empty() && mode != b"constant" {
+                    return Err(unsupported(node, "only constant (zero) padding"));
+                }
+                let pads: Vec<i64> = match node.input.get(1).filter(|n| !n.is_empty()) {
+                    Some(_) => konst(1)?.iter().map(|&v| v as i64).collect(),
+                    None => attr_ints(node, "pads").unwrap_or_default(),
+                };
+                if let Some(v) = node.input.get(2).filter(|n| !n.is_empty()) {
+                    if consts.get(v).is_some_and(|c| c.iter().any(|&x| x != 0.0)) {
+                        return Err(unsupported(node, "non-zero padding value"));
+                    }
+                }
+                // NCHW: pads = [n0, c0, h0, w0, n1, c1, h1, w1]; only equal spatial pads.
+                let ok = pads.len() == 8
+                    && pads[0] == 0
+                    && pads[1] == 0
+                    && pads[4] == 0
+                    && pads[5] == 0
+                    && [pads[2], pads[3], pads[6], pads[7]]
+                        .iter()
+                        .all(|&p| p == pads[2] && p >= 0);
+                if !ok {
+                    return Err(unsupported(
+                        node,
+                        format!("padding {pads:?} (only equal spatial zero padding)"),
+                    ));
+                }
+                pending_pad = Some((pads[2] as usize, node.name.clone()));
+                None
+            }
             "GlobalAveragePool" => Some(Layer::GlobalAvgPool),
             "Conv" => {
                 let w = konst(1)?
@@ -239,7 +273,7 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
                     return Err(unsupported(node, "auto_pad"));
                 }
                 let stride = uniform(node, "strides", 1)?;
-                let padding = uniform(node, "pads", 0)?;
+                let padding = uniform(node, "pads", 0)? + pending_pad.take().map_or(0, |(p, _)| p);
                 let o = w.dim().0;
                 let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
                     Some(_) => konst(2)?.iter().copied().collect(),
@@ -304,6 +338,15 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
                 ));
             }
         };
+        if let Some((_, pad_node)) = &pending_pad {
+            if node.op_type != "Pad" {
+                return Err(NnError::UnsupportedOp {
+                    op: "Pad".into(),
+                    node: pad_node.clone(),
+                    reason: "zero padding is only supported right before a Conv".into(),
+                });
+            }
+        }
         if let Some(l) = layer {
             model = model.add(l);
         }

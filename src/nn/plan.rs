@@ -448,6 +448,9 @@ impl Sequential {
                 let result = client_model.run_client(&mut p, &sk, x);
                 let latency_us = t.elapsed().as_secs_f64() * 1e6;
                 let s1 = p.channel().stats();
+                // Closing the client's channel ends the server's session if the client
+                // stopped early (e.g. on an invalid input).
+                drop(p);
                 let server_result = server
                     .join()
                     .map_err(|_| HybridError::Tensor(crate::tensor::TensorError::PeerPanicked))?;
