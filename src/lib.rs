@@ -8,8 +8,11 @@ pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
 pub mod bench;
+pub mod client;
 pub mod data;
 pub mod nn;
+pub mod protocol;
+pub mod server;
 pub mod tensor;
 
 /// The README's examples run as doc tests.

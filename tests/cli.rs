@@ -57,3 +57,130 @@ fn unknown_bench_suite_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown suite"));
 }
+
+/// A `cipherml serve` process, killed when dropped.
+struct ServeProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(models: &[&str]) -> ServeProcess {
+    use std::io::BufRead;
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    for m in models {
+        args.push("--model");
+        args.push(m);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cipherml"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .expect("listening on ADDR")
+        .to_string();
+    ServeProcess { child, addr }
+}
+
+#[test]
+fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
+    use cipherml::data::{data_dir, npy_bytes_f32, read_npy, NpyArray};
+    use std::io::Write;
+    let server = serve(&["models/digits_cnn.onnx", "mlp=models/digits_mlp.onnx"]);
+    // A hostile client: random bytes, an oversized length prefix, then a hang-up.
+    for garbage in [
+        vec![0xffu8; 64],
+        vec![0x00, 0x00, 0x00, 0x7f, 1, 2, 3],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ] {
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        let _ = s.write_all(&garbage);
+    }
+    // An unknown model: a clear refusal, and the server keeps serving.
+    let arch = cipherml::nn::load_onnx(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_cnn.onnx"),
+    )
+    .unwrap();
+    let err = cipherml::client::Client::connect_with(&server.addr, "nope", &arch).unwrap_err();
+    assert!(err.to_string().contains("no model named"), "{err}");
+    // Real inference through the CLI on 4 test images.
+    let xs = read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64();
+    let batch = xs
+        .slice(ndarray::s![0..4, .., .., ..])
+        .mapv(|v| v as f32)
+        .into_dyn();
+    let dir = std::env::temp_dir().join(format!("cipherml-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("x.npy");
+    let output = dir.join("y.npy");
+    std::fs::write(&input, npy_bytes_f32(&batch)).unwrap();
+    for (name, file) in [("digits_cnn", "digits_cnn"), ("mlp", "digits_mlp")] {
+        let arch = format!("models/{file}.onnx");
+        let out = cipherml(&[
+            "infer",
+            "--server",
+            &server.addr,
+            "--model",
+            name,
+            "--arch",
+            &arch,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let logits = match read_npy(&output).unwrap() {
+            NpyArray::F32(a) => a.mapv(f64::from),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(logits.shape(), &[4, 10]);
+        let model =
+            cipherml::nn::load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&arch))
+                .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for i in 0..4 {
+            let want = model
+                .predict(&xs.index_axis(ndarray::Axis(0), i).to_owned())
+                .unwrap();
+            for (a, b) in logits
+                .index_axis(ndarray::Axis(0), i)
+                .iter()
+                .zip(want.iter())
+            {
+                assert!((a - b).abs() < 0.05, "{name} image {i}: {a} vs {b}");
+            }
+            let class = want
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
+                .0;
+            assert!(text.contains(&format!("{i}: class {class}")), "{text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,6 +41,37 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         images: usize,
     },
+    /// Hosts models and answers private inference requests.
+    Serve {
+        /// A model: PATH.onnx (named after the file) or NAME=PATH.onnx; repeatable.
+        #[arg(long = "model", required = true)]
+        models: Vec<String>,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: String,
+        /// Concurrent sessions at most.
+        #[arg(long, default_value_t = 16)]
+        max_sessions: usize,
+    },
+    /// Runs private inference against a server on a batch of inputs (.npy, first axis).
+    Infer {
+        /// Server address.
+        #[arg(long)]
+        server: String,
+        /// Model name on the server.
+        #[arg(long)]
+        model: String,
+        /// The model's architecture (.onnx; weights are not used); default: the bundled
+        /// model of that name.
+        #[arg(long)]
+        arch: Option<PathBuf>,
+        /// Inputs (.npy).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the logits (.npy).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Prints benchmark figures as JSON lines (BENCHMARKS.md).
     Bench {
         /// he, mpc, nn or all.
@@ -58,6 +89,18 @@ fn main() {
         Command::Inspect { model, wan } => inspect(&model, wan),
         Command::Demo { images } => demo(images),
         Command::Bench { suite, budget_ms } => bench(&suite, Duration::from_millis(budget_ms)),
+        Command::Serve {
+            models,
+            listen,
+            max_sessions,
+        } => serve(&models, &listen, max_sessions),
+        Command::Infer {
+            server,
+            model,
+            arch,
+            input,
+            output,
+        } => infer(&server, &model, arch.as_deref(), &input, output.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -173,5 +216,98 @@ fn bench(suite: &str, budget: Duration) -> Res {
             return Err(format!("unknown suite {other:?}: expected he, mpc, nn or all").into())
         }
     }
+    Ok(())
+}
+
+fn serve(models: &[String], listen: &str, max_sessions: usize) -> Res {
+    let mut loaded = Vec::new();
+    for spec in models {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+            None => {
+                let p = PathBuf::from(spec);
+                let n = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .ok_or("model path has no file name")?
+                    .to_string();
+                (n, p)
+            }
+        };
+        loaded.push((name, load_onnx(&path)?));
+    }
+    let names: Vec<String> = loaded.iter().map(|(n, _)| n.clone()).collect();
+    let config = cipherml::server::ServerConfig {
+        max_sessions,
+        ..Default::default()
+    };
+    let server = cipherml::server::Server::bind(listen, loaded, config)?;
+    println!(
+        "listening on {} (models: {})",
+        server.local_addr(),
+        names.join(", ")
+    );
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    server.run();
+    Ok(())
+}
+
+fn infer(
+    server: &str,
+    model: &str,
+    arch: Option<&std::path::Path>,
+    input: &std::path::Path,
+    output: Option<&std::path::Path>,
+) -> Res {
+    let mut client = match arch {
+        Some(p) => cipherml::client::Client::connect_with(server, model, &load_onnx(p)?)?,
+        None => cipherml::client::Client::connect(server, model)?,
+    };
+    let shape = client.model_info().input_shape.clone();
+    let xs = read_npy(input)?.to_f64();
+    let xs = if xs.shape() == shape.as_slice() {
+        xs.insert_axis(Axis(0))
+    } else {
+        xs
+    };
+    if &xs.shape()[1..] != shape.as_slice() {
+        return Err(format!(
+            "input shape {:?} does not match the model input {:?} (with a batch axis first)",
+            xs.shape(),
+            shape
+        )
+        .into());
+    }
+    let t = Instant::now();
+    let mut all = Vec::new();
+    let mut out_shape = Vec::new();
+    for (i, x) in xs.axis_iter(Axis(0)).enumerate() {
+        let y = client.infer(&x.to_owned())?;
+        out_shape = y.shape().to_vec();
+        let class = y
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+            )
+            .0;
+        println!("{i}: class {class}");
+        all.extend(y.iter().map(|&v| v as f32));
+    }
+    let n = xs.len_of(Axis(0));
+    eprintln!(
+        "{n} private inference(s) in {:.1} ms each, {:.2} MB exchanged in all",
+        t.elapsed().as_secs_f64() * 1e3 / n as f64,
+        client.bytes() as f64 / 1e6
+    );
+    if let Some(path) = output {
+        let mut shape = vec![n];
+        shape.extend(out_shape);
+        let arr = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), all)?;
+        cipherml::data::write_npy_f32(path, &arr)?;
+    }
+    client.close()?;
     Ok(())
 }
