@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cipherml::data::{data_dir, read_npy};
-use cipherml::mpc::net::{tcp_loopback_pair, ChannelConfig};
-use cipherml::mpc::party::Party;
-use cipherml::mpc::prg::os_rng;
-use cipherml::mpc::share::PartyId;
-use cipherml::nn::{load_onnx, HybridConfig, HybridModel, NetworkModel};
+use cipherml::nn::{load_onnx, NetworkModel};
 use clap::{Parser, Subcommand};
 use ndarray::Axis;
 
@@ -128,27 +124,23 @@ fn demo(images: usize) -> Res {
     let xs = read_npy(data_dir().join("digits_test_x.npy"))?.to_f64();
     let ys = read_npy(data_dir().join("digits_test_y.npy"))?.into_i64()?;
     let count = images.clamp(1, xs.len_of(Axis(0)));
-    println!("model digits_cnn (ONNX), {count} test images, client and server over TCP loopback\n");
-    println!("{}\n", model.plan(NetworkModel::lan())?.explain());
-    let config = HybridConfig::default();
-    let server_model = HybridModel::compile(&model, &config, true)?;
-    let client_model = HybridModel::compile(&model, &config, false)?;
+    // A real server on a loopback port, in this process.
+    let server = cipherml::server::Server::bind(
+        "127.0.0.1:0",
+        vec![("digits_cnn".into(), model.clone())],
+        Default::default(),
+    )?;
+    let addr = server.local_addr().to_string();
+    std::thread::spawn(move || server.run());
+    println!("server listening on {addr} with digits_cnn (ONNX); client: {count} test images\n");
+    println!(
+        "how each layer is computed:\n{}\n",
+        model.plan(NetworkModel::lan())?.explain()
+    );
     let t0 = Instant::now();
-    let (c0, c1) = tcp_loopback_pair(ChannelConfig::default())?;
-    let server = std::thread::spawn(move || -> Result<(), cipherml::nn::HybridError> {
-        let mut p = Party::setup(PartyId::P1, c1, os_rng())?;
-        for _ in 0..count {
-            server_model.run_server(&mut p)?;
-        }
-        Ok(())
-    });
-    let mut p = Party::setup(PartyId::P0, c0, os_rng())?;
-    let sk = std::sync::Arc::new(cipherml::he::rlwe::SecretKey::random(
-        client_model.params().context(),
-        &mut os_rng(),
-    ));
+    let mut client = cipherml::client::Client::connect_with(&addr, "digits_cnn", &model)?;
     let setup = t0.elapsed();
-    let s0 = p.stats();
+    let setup_bytes = client.bytes();
     let argmax = |v: &ndarray::ArrayD<f64>| {
         v.iter()
             .enumerate()
@@ -162,22 +154,18 @@ fn demo(images: usize) -> Res {
     let t = Instant::now();
     for i in 0..count {
         let x = xs.index_axis(Axis(0), i).to_owned();
-        let got = client_model.run_client(&mut p, &sk, &x)?;
+        let got = client.infer(&x)?;
         let want = model.predict(&x)?;
         ok_private += (argmax(&got) as i64 == ys[i]) as usize;
         ok_plain += (argmax(&want) as i64 == ys[i]) as usize;
         agree += (argmax(&got) == argmax(&want)) as usize;
     }
     let elapsed = t.elapsed();
-    let s1 = p.stats();
-    drop(p);
-    server.join().map_err(|_| "server thread panicked")??;
-    let bytes = (s1.bytes_sent + s1.bytes_received - s0.bytes_sent - s0.bytes_received) as f64
-        / count as f64;
+    let bytes = (client.bytes() - setup_bytes) as f64 / count as f64;
+    client.close()?;
     println!(
-        "set-up (base OTs, keys): {:.0} ms, {} bytes",
-        setup.as_secs_f64() * 1e3,
-        s0.bytes_sent + s0.bytes_received
+        "set-up (hello, base OTs, keys): {:.0} ms, {setup_bytes} bytes",
+        setup.as_secs_f64() * 1e3
     );
     println!(
         "private accuracy {:.4} (plaintext model {:.4}); {agree}/{count} predictions equal the plaintext model's",
