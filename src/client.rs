@@ -42,11 +42,22 @@ impl Client {
     /// Connects to `addr` and selects `model`. The client needs only the architecture, which
     /// it learns from the model file it was given (`arch`); the server keeps the weights.
     pub fn connect_with(addr: &str, model: &str, arch: &Sequential) -> Result<Self, ProtocolError> {
+        Self::connect_authenticated(addr, model, arch, None)
+    }
+
+    /// As [`Client::connect_with`], presenting a bearer token.
+    pub fn connect_authenticated(
+        addr: &str,
+        model: &str,
+        arch: &Sequential,
+        token: Option<&str>,
+    ) -> Result<Self, ProtocolError> {
         let mut ch = TcpChannel::connect(addr, ChannelConfig::default())?;
         send(
             &mut ch,
             &ClientMsg::Hello {
                 version: PROTOCOL_VERSION,
+                token: token.map(str::to_string),
             },
         )?;
         let models = match recv::<_, ServerMsg>(&mut ch)? {

@@ -37,6 +37,8 @@ pub enum ClientMsg {
     Hello {
         /// The client's protocol version.
         version: u32,
+        /// The bearer token, if the server requires one.
+        token: Option<String>,
     },
     /// Chooses a model.
     Select {

@@ -30,6 +30,41 @@ pub struct ServerConfig {
     pub max_message_len: usize,
 }
 
+/// Optional bearer-token authentication (off by default).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Auth")
+            .field("enabled", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Sessions must present `token` in their hello.
+    pub fn token(token: impl Into<String>) -> Self {
+        Self {
+            token: Some(token.into()),
+        }
+    }
+
+    fn check(&self, presented: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        match (&self.token, presented) {
+            (None, _) => true,
+            (Some(t), Some(p)) => {
+                t.len() == p.len() && bool::from(t.as_bytes().ct_eq(p.as_bytes()))
+            }
+            (Some(_), None) => false,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -51,6 +86,7 @@ pub struct Server {
     models: Arc<BTreeMap<String, Hosted>>,
     config: ServerConfig,
     active: Arc<AtomicUsize>,
+    auth: Arc<Auth>,
 }
 
 impl std::fmt::Debug for Server {
@@ -92,7 +128,14 @@ impl Server {
             models: Arc::new(map),
             config,
             active: Arc::new(AtomicUsize::new(0)),
+            auth: Arc::new(Auth::default()),
         })
+    }
+
+    /// Requires a bearer token from every client.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// The address it listens on.
@@ -119,20 +162,23 @@ impl Server {
                         message: "busy: too many sessions, try again later".into(),
                     },
                 );
+                tracing::warn!(
+                    max_sessions = self.config.max_sessions,
+                    "refused a session: busy"
+                );
                 continue;
             }
             let models = self.models.clone();
             let active = self.active.clone();
+            let auth = self.auth.clone();
             std::thread::spawn(move || {
                 let t = Instant::now();
-                let result = session(ch, &models);
+                let result = session(ch, &models, &auth);
                 active.fetch_sub(1, Ordering::SeqCst);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
                 match result {
-                    Ok((n, bytes)) => eprintln!(
-                        "[cipherml serve] session closed: {n} inference(s), {bytes} bytes, {:.0} ms",
-                        t.elapsed().as_secs_f64() * 1e3
-                    ),
-                    Err(e) => eprintln!("[cipherml serve] session ended with an error: {e}"),
+                    Ok((n, bytes)) => tracing::info!(inferences = n, bytes, ms, "session closed"),
+                    Err(e) => tracing::warn!(error = %e, ms, "session ended with an error"),
                 }
             });
         }
@@ -142,10 +188,22 @@ impl Server {
 fn session(
     mut ch: TcpChannel,
     models: &BTreeMap<String, Hosted>,
+    auth: &Auth,
 ) -> Result<(usize, u64), ProtocolError> {
     match recv::<_, ClientMsg>(&mut ch)? {
-        ClientMsg::Hello { version } if version == PROTOCOL_VERSION => {}
-        ClientMsg::Hello { version } => {
+        ClientMsg::Hello { version, token } if version == PROTOCOL_VERSION => {
+            if !auth.check(token.as_deref()) {
+                let message = "unauthorized: missing or wrong bearer token".to_string();
+                send(
+                    &mut ch,
+                    &ServerMsg::Error {
+                        message: message.clone(),
+                    },
+                )?;
+                return Err(ProtocolError::Unexpected(message));
+            }
+        }
+        ClientMsg::Hello { version, .. } => {
             let message = format!(
                 "unsupported protocol version {version} (server speaks {PROTOCOL_VERSION})"
             );
@@ -192,8 +250,17 @@ fn session(
     loop {
         match recv::<_, ClientMsg>(p.channel())? {
             ClientMsg::Infer => {
+                let t = Instant::now();
+                let before = p.stats();
                 hosted.model.run_server(&mut p)?;
+                let after = p.stats();
                 count += 1;
+                tracing::info!(
+                    model = %hosted.info.name,
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    bytes = after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received,
+                    "inference"
+                );
             }
             ClientMsg::Bye => break,
             other => {

@@ -85,6 +85,7 @@ fn busy_server_refuses_and_stalled_sessions_time_out() {
         &mut stalled,
         &ClientMsg::Hello {
             version: PROTOCOL_VERSION,
+            token: None,
         },
     )
     .unwrap();
@@ -116,4 +117,38 @@ fn busy_server_refuses_and_stalled_sessions_time_out() {
     );
     client.close().unwrap();
     drop(stalled);
+}
+
+#[test]
+fn bearer_token_is_required_when_configured() {
+    let server = Server::bind(
+        "127.0.0.1:0",
+        vec![("mlp".into(), model())],
+        ServerConfig::default(),
+    )
+    .unwrap()
+    .with_auth(cipherml::server::Auth::token("s3cret"));
+    let addr = server.local_addr().to_string();
+    std::thread::spawn(move || server.run());
+    let m = model();
+    for bad in [None, Some("wrong!"), Some("s3cre")] {
+        let err = Client::connect_authenticated(&addr, "mlp", &m, bad).unwrap_err();
+        assert!(err.to_string().contains("unauthorized"), "{err}");
+    }
+    let client = Client::connect_authenticated(&addr, "mlp", &m, Some("s3cret")).unwrap();
+    client.close().unwrap();
+}
+
+#[test]
+fn random_control_messages_never_panic_the_decoder() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    for _ in 0..2000 {
+        let len = rng.random_range(0..64);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let (mut a, mut b) = cipherml::mpc::net::MemoryChannel::pair();
+        cipherml::mpc::net::Channel::send(&mut a, &bytes).unwrap();
+        cipherml::mpc::net::Channel::flush(&mut a).unwrap();
+        let _ = cipherml::protocol::recv::<_, ClientMsg>(&mut b);
+    }
 }

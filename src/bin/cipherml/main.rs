@@ -48,6 +48,10 @@ enum Command {
         /// Concurrent sessions at most.
         #[arg(long, default_value_t = 16)]
         max_sessions: usize,
+        /// Require this bearer token from clients (default: taken from CIPHERML_TOKEN, or
+        /// none). Use it with TLS termination in front of the server on a network.
+        #[arg(long, env = "CIPHERML_TOKEN")]
+        token: Option<String>,
     },
     /// Runs private inference against a server on a batch of inputs (.npy, first axis).
     Infer {
@@ -67,6 +71,9 @@ enum Command {
         /// Where to write the logits (.npy).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Bearer token (default: CIPHERML_TOKEN).
+        #[arg(long, env = "CIPHERML_TOKEN")]
+        token: Option<String>,
     },
     /// Prints benchmark figures as JSON lines (BENCHMARKS.md).
     Bench {
@@ -80,6 +87,11 @@ enum Command {
 }
 
 fn main() {
+    // Structured logs on stderr (RUST_LOG-free: info and above); never inputs, keys or results.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { model, wan } => inspect(&model, wan),
@@ -89,14 +101,23 @@ fn main() {
             models,
             listen,
             max_sessions,
-        } => serve(&models, &listen, max_sessions),
+            token,
+        } => serve(&models, &listen, max_sessions, token),
         Command::Infer {
             server,
             model,
             arch,
             input,
             output,
-        } => infer(&server, &model, arch.as_deref(), &input, output.as_deref()),
+            token,
+        } => infer(
+            &server,
+            &model,
+            arch.as_deref(),
+            &input,
+            output.as_deref(),
+            token.as_deref(),
+        ),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -207,7 +228,7 @@ fn bench(suite: &str, budget: Duration) -> Res {
     Ok(())
 }
 
-fn serve(models: &[String], listen: &str, max_sessions: usize) -> Res {
+fn serve(models: &[String], listen: &str, max_sessions: usize, token: Option<String>) -> Res {
     let mut loaded = Vec::new();
     for spec in models {
         let (name, path) = match spec.split_once('=') {
@@ -229,7 +250,10 @@ fn serve(models: &[String], listen: &str, max_sessions: usize) -> Res {
         max_sessions,
         ..Default::default()
     };
-    let server = cipherml::server::Server::bind(listen, loaded, config)?;
+    let mut server = cipherml::server::Server::bind(listen, loaded, config)?;
+    if let Some(t) = token {
+        server = server.with_auth(cipherml::server::Auth::token(t));
+    }
     println!(
         "listening on {} (models: {})",
         server.local_addr(),
@@ -247,11 +271,17 @@ fn infer(
     arch: Option<&std::path::Path>,
     input: &std::path::Path,
     output: Option<&std::path::Path>,
+    token: Option<&str>,
 ) -> Res {
-    let mut client = match arch {
-        Some(p) => cipherml::client::Client::connect_with(server, model, &load_onnx(p)?)?,
-        None => cipherml::client::Client::connect(server, model)?,
+    let arch = match arch {
+        Some(p) => load_onnx(p)?,
+        None => load_onnx(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(format!("{model}.onnx")),
+        )?,
     };
+    let mut client = cipherml::client::Client::connect_authenticated(server, model, &arch, token)?;
     let shape = client.model_info().input_shape.clone();
     let xs = read_npy(input)?.to_f64();
     let xs = if xs.shape() == shape.as_slice() {
@@ -270,8 +300,13 @@ fn infer(
     let t = Instant::now();
     let mut all = Vec::new();
     let mut out_shape = Vec::new();
+    let bar = indicatif::ProgressBar::new(xs.len_of(Axis(0)) as u64);
+    if xs.len_of(Axis(0)) == 1 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     for (i, x) in xs.axis_iter(Axis(0)).enumerate() {
         let y = client.infer(&x.to_owned())?;
+        bar.inc(1);
         out_shape = y.shape().to_vec();
         let class = y
             .iter()
@@ -284,6 +319,7 @@ fn infer(
         println!("{i}: class {class}");
         all.extend(y.iter().map(|&v| v as f32));
     }
+    bar.finish_and_clear();
     let n = xs.len_of(Axis(0));
     eprintln!(
         "{n} private inference(s) in {:.1} ms each, {:.2} MB exchanged in all",
