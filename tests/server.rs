@@ -152,3 +152,35 @@ fn random_control_messages_never_panic_the_decoder() {
         let _ = cipherml::protocol::recv::<_, ClientMsg>(&mut b);
     }
 }
+
+#[test]
+fn wrong_protocol_version_and_messages_out_of_order_are_refused() {
+    use cipherml::protocol::{recv, ServerMsg};
+    let addr = start(ServerConfig::default());
+    let mut ch = cipherml::mpc::net::TcpChannel::connect(&addr, Default::default()).unwrap();
+    send(
+        &mut ch,
+        &ClientMsg::Hello {
+            version: 99,
+            token: None,
+        },
+    )
+    .unwrap();
+    match recv::<_, ServerMsg>(&mut ch).unwrap() {
+        ServerMsg::Error { message } => assert!(
+            message.contains("unsupported protocol version 99"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Inference requested before hello and model selection: the session is closed.
+    let mut ch = cipherml::mpc::net::TcpChannel::connect(&addr, Default::default()).unwrap();
+    send(&mut ch, &ClientMsg::Infer).unwrap();
+    assert!(recv::<_, ServerMsg>(&mut ch).is_err());
+    // The server still serves.
+    let m = model();
+    Client::connect_with(&addr, "mlp", &m)
+        .unwrap()
+        .close()
+        .unwrap();
+}
