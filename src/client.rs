@@ -1,12 +1,15 @@
-//! The inference client: connects, picks a model, and runs private inferences; the input
-//! never leaves the client in the clear and only the client learns the logits.
+//! The inference client: connects, learns the hosted models' architectures, and runs
+//! private inferences; the input never leaves the client in the clear and only the client
+//! learns the logits.
 //!
 //! ```no_run
-//! let mut client = cipherml::client::Client::connect("127.0.0.1:7878", "digits_cnn").unwrap();
+//! let mut client = cipherml::client::Client::connect("127.0.0.1:7878").unwrap();
 //! let x = ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[1, 8, 8]));
-//! let logits = client.infer(&x).unwrap();
+//! let logits = client.infer("digits_cnn", &x).unwrap();
+//! client.close().unwrap();
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cipherml_he::rlwe::SecretKey;
@@ -22,36 +25,33 @@ use crate::protocol::{
     recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, PROTOCOL_VERSION,
 };
 
-/// A connected client session for one model.
+/// A connected client session.
 pub struct Client {
     party: Party<TcpChannel, ChaCha20Rng>,
-    model: HybridModel,
-    info: ModelInfo,
-    sk: Arc<SecretKey>,
+    models: Vec<ModelInfo>,
+    compiled: HashMap<String, HybridModel>,
+    sk: Option<Arc<SecretKey>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("model", &self.info.name)
+            .field(
+                "models",
+                &self.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Connects to `addr` and selects `model`. The client needs only the architecture, which
-    /// it learns from the model file it was given (`arch`); the server keeps the weights.
-    pub fn connect_with(addr: &str, model: &str, arch: &Sequential) -> Result<Self, ProtocolError> {
-        Self::connect_authenticated(addr, model, arch, None)
+    /// Connects to `addr` (hello, then OT set-up).
+    pub fn connect(addr: &str) -> Result<Self, ProtocolError> {
+        Self::connect_authenticated(addr, None)
     }
 
-    /// As [`Client::connect_with`], presenting a bearer token.
-    pub fn connect_authenticated(
-        addr: &str,
-        model: &str,
-        arch: &Sequential,
-        token: Option<&str>,
-    ) -> Result<Self, ProtocolError> {
+    /// As [`Client::connect`], presenting a bearer token.
+    pub fn connect_authenticated(addr: &str, token: Option<&str>) -> Result<Self, ProtocolError> {
         let mut ch = TcpChannel::connect(addr, ChannelConfig::default())?;
         send(
             &mut ch,
@@ -65,62 +65,54 @@ impl Client {
             ServerMsg::Error { message } => return Err(ProtocolError::Refused(message)),
             other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
         };
-        let info = models
-            .into_iter()
-            .find(|m| m.name == model)
-            .ok_or_else(|| {
-                ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
-            })?;
-        if info.input_shape != arch.input_shape() {
-            return Err(ProtocolError::Refused(format!(
-                "architecture mismatch: server input {:?}, local {:?}",
-                info.input_shape,
-                arch.input_shape()
+        let party = Party::setup(PartyId::P0, ch, os_rng())?;
+        Ok(Self {
+            party,
+            models,
+            compiled: HashMap::new(),
+            sk: None,
+        })
+    }
+
+    /// The models the server hosts.
+    pub fn models(&self) -> &[ModelInfo] {
+        &self.models
+    }
+
+    /// One private inference with `model`: returns the logits (only the client learns them).
+    pub fn infer(&mut self, model: &str, x: &ArrayD<f64>) -> Result<ArrayD<f64>, ProtocolError> {
+        if !self.compiled.contains_key(model) {
+            let info = self
+                .models
+                .iter()
+                .find(|m| m.name == model)
+                .ok_or_else(|| {
+                    ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
+                })?;
+            let arch = Sequential::from_architecture(&info.architecture)?;
+            let compiled = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
+            self.compiled.insert(model.to_string(), compiled);
+        }
+        let compiled = &self.compiled[model];
+        if self.sk.is_none() {
+            self.sk = Some(Arc::new(SecretKey::random(
+                compiled.params().context(),
+                &mut os_rng(),
             )));
         }
         send(
-            &mut ch,
-            &ClientMsg::Select {
+            self.party.channel(),
+            &ClientMsg::Infer {
                 model: model.into(),
             },
         )?;
-        match recv::<_, ServerMsg>(&mut ch)? {
+        match recv::<_, ServerMsg>(self.party.channel())? {
             ServerMsg::Ok => {}
             ServerMsg::Error { message } => return Err(ProtocolError::Refused(message)),
             other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
         }
-        let compiled = HybridModel::compile(arch, &HybridConfig::default(), false)?;
-        let party = Party::setup(PartyId::P0, ch, os_rng())?;
-        let sk = Arc::new(SecretKey::random(
-            compiled.params().context(),
-            &mut os_rng(),
-        ));
-        Ok(Self {
-            party,
-            model: compiled,
-            info,
-            sk,
-        })
-    }
-
-    /// Connects with the architecture of a bundled model (`models/NAME.onnx`).
-    pub fn connect(addr: &str, model: &str) -> Result<Self, ProtocolError> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join(format!("{model}.onnx"));
-        let arch = crate::nn::load_onnx(path)?;
-        Self::connect_with(addr, model, &arch)
-    }
-
-    /// The model's description from the server.
-    pub fn model_info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    /// One private inference: returns the logits (only the client learns them).
-    pub fn infer(&mut self, x: &ArrayD<f64>) -> Result<ArrayD<f64>, ProtocolError> {
-        send(self.party.channel(), &ClientMsg::Infer)?;
-        Ok(self.model.run_client(&mut self.party, &self.sk, x)?)
+        let sk = self.sk.as_ref().expect("set above");
+        Ok(compiled.run_client(&mut self.party, sk, x)?)
     }
 
     /// Bytes exchanged so far (set-up included).

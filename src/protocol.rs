@@ -1,11 +1,12 @@
 //! The client/server inference session: versioned control messages (bincode, bounded),
 //! exchanged over the same length-prefixed channel as the two-party protocol.
 //!
-//! 1. client `Hello { version }` -> server `Hello { version, models }` (or `Error`, e.g. busy);
-//! 2. client `Select { model }` -> server `Ok` or `Error`;
-//! 3. both parties set up OT (base OTs in both directions);
-//! 4. per input: client `Infer` -> the hybrid protocol of [`crate::nn::HybridModel`] -> the
-//!    logits revealed to the client; finally `Bye`.
+//! 1. client `Hello { version, token }` -> server `Hello { version, models }` with each
+//!    model's architecture (or `Error`: busy, unauthorized, wrong version);
+//! 2. both parties set up OT (base OTs in both directions);
+//! 3. per input: client `Infer { model }` -> server `Ok` (or `Error`, e.g. unknown model) ->
+//!    the hybrid protocol of [`crate::nn::HybridModel`] -> the logits revealed to the client
+//!    only; finally `Bye`.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,8 @@ pub struct ModelInfo {
     pub output_shape: Vec<usize>,
     /// Execution mode.
     pub mode: String,
+    /// The architecture (what the client learns of the model; no weights).
+    pub architecture: crate::nn::Architecture,
 }
 
 /// Messages from the client.
@@ -40,13 +43,11 @@ pub enum ClientMsg {
         /// The bearer token, if the server requires one.
         token: Option<String>,
     },
-    /// Chooses a model.
-    Select {
-        /// Its name.
+    /// Starts one inference with a model.
+    Infer {
+        /// The model's name.
         model: String,
     },
-    /// Starts one inference.
-    Infer,
     /// Ends the session.
     Bye,
 }

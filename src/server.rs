@@ -117,6 +117,7 @@ impl Server {
                         input_shape: m.input_shape().to_vec(),
                         output_shape: shapes.last().cloned().unwrap_or_default(),
                         mode: "hybrid".into(),
+                        architecture: m.architecture(),
                     },
                     model,
                 },
@@ -224,32 +225,21 @@ fn session(
             models: models.values().map(|h| h.info.clone()).collect(),
         },
     )?;
-    let hosted = match recv::<_, ClientMsg>(&mut ch)? {
-        ClientMsg::Select { model } => match models.get(&model) {
-            Some(h) => h,
-            None => {
-                let message = format!("no model named {model:?}");
-                send(
-                    &mut ch,
-                    &ServerMsg::Error {
-                        message: message.clone(),
-                    },
-                )?;
-                return Err(ProtocolError::Unexpected(message));
-            }
-        },
-        other => {
-            return Err(ProtocolError::Unexpected(format!(
-                "{other:?} instead of Select"
-            )))
-        }
-    };
-    send(&mut ch, &ServerMsg::Ok)?;
     let mut p = Party::setup(PartyId::P1, ch, os_rng())?;
     let mut count = 0;
     loop {
         match recv::<_, ClientMsg>(p.channel())? {
-            ClientMsg::Infer => {
+            ClientMsg::Infer { model } => {
+                let Some(hosted) = models.get(&model) else {
+                    send(
+                        p.channel(),
+                        &ServerMsg::Error {
+                            message: format!("no model named {model:?}"),
+                        },
+                    )?;
+                    continue;
+                };
+                send(p.channel(), &ServerMsg::Ok)?;
                 let t = Instant::now();
                 let before = p.stats();
                 hosted.model.run_server(&mut p)?;

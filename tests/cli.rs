@@ -112,12 +112,17 @@ fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
         let _ = s.write_all(&garbage);
     }
     // An unknown model: a clear refusal, and the server keeps serving.
-    let arch = cipherml::nn::load_onnx(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_cnn.onnx"),
-    )
-    .unwrap();
-    let err = cipherml::client::Client::connect_with(&server.addr, "nope", &arch).unwrap_err();
-    assert!(err.to_string().contains("no model named"), "{err}");
+    let out = cipherml(&[
+        "infer",
+        "--server",
+        &server.addr,
+        "--model",
+        "nope",
+        "--input",
+        "data/digits_test_x.npy",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model named"));
     // Real inference through the CLI on 4 test images.
     let xs = read_npy(data_dir().join("digits_test_x.npy"))
         .unwrap()
@@ -139,8 +144,6 @@ fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
             &server.addr,
             "--model",
             name,
-            "--arch",
-            &arch,
             "--input",
             input.to_str().unwrap(),
             "--output",

@@ -212,3 +212,41 @@ fn ckks_mode_approximates_a_sigmoid_within_its_stated_error() {
         );
     }
 }
+
+#[test]
+fn architectures_round_trip_and_hostile_ones_are_bounded() {
+    use cipherml::nn::{ArchLayer, Architecture};
+    for name in [
+        "digits_mlp",
+        "digits_cnn",
+        "digits_square_mlp",
+        "cancer_logreg",
+    ] {
+        let m = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
+        let a = m.architecture();
+        let z = Sequential::from_architecture(&a).unwrap();
+        assert_eq!(z.architecture(), a);
+        assert_eq!(z.shapes().unwrap(), m.shapes().unwrap());
+    }
+    let huge = Architecture {
+        input_shape: vec![1 << 20],
+        layers: vec![ArchLayer::Dense {
+            inputs: 1 << 20,
+            outputs: 1 << 20,
+        }],
+    };
+    assert!(Sequential::from_architecture(&huge).is_err());
+    let mismatched = Architecture {
+        input_shape: vec![3],
+        layers: vec![ArchLayer::Dense {
+            inputs: 4,
+            outputs: 2,
+        }],
+    };
+    assert!(Sequential::from_architecture(&mismatched).is_err());
+    let deep = Architecture {
+        input_shape: vec![2],
+        layers: vec![ArchLayer::Relu; 10_000],
+    };
+    assert!(Sequential::from_architecture(&deep).is_err());
+}

@@ -45,10 +45,10 @@ fn eight_concurrent_clients_with_twenty_inferences_each() {
             let (addr, xs) = (addr.clone(), xs.clone());
             std::thread::spawn(move || {
                 let m = model();
-                let mut client = Client::connect_with(&addr, "mlp", &m).unwrap();
+                let mut client = Client::connect(&addr).unwrap();
                 for i in 0..20 {
                     let x = xs.index_axis(Axis(0), c * 20 + i).to_owned();
-                    let got = client.infer(&x).unwrap();
+                    let got = client.infer("mlp", &x).unwrap();
                     let want = m.predict(&x).unwrap();
                     assert_eq!(argmax(&got), argmax(&want), "client {c} image {i}");
                     let err = got
@@ -91,7 +91,7 @@ fn busy_server_refuses_and_stalled_sessions_time_out() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let m = model();
-    match Client::connect_with(&addr, "mlp", &m) {
+    match Client::connect(&addr) {
         Err(e) => assert!(e.to_string().contains("busy"), "{e}"),
         Ok(_) => panic!("the second session must be refused while the first holds the slot"),
     }
@@ -100,7 +100,7 @@ fn busy_server_refuses_and_stalled_sessions_time_out() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut client = loop {
         std::thread::sleep(Duration::from_millis(200));
-        match Client::connect_with(&addr, "mlp", &m) {
+        match Client::connect(&addr) {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => assert!(e.to_string().contains("busy"), "{e}"),
             Err(e) => panic!("the stalled session never timed out: {e}"),
@@ -112,7 +112,7 @@ fn busy_server_refuses_and_stalled_sessions_time_out() {
         .index_axis(Axis(0), 0)
         .to_owned();
     assert_eq!(
-        argmax(&client.infer(&x).unwrap()),
+        argmax(&client.infer("mlp", &x).unwrap()),
         argmax(&m.predict(&x).unwrap())
     );
     client.close().unwrap();
@@ -130,12 +130,12 @@ fn bearer_token_is_required_when_configured() {
     .with_auth(cipherml::server::Auth::token("s3cret"));
     let addr = server.local_addr().to_string();
     std::thread::spawn(move || server.run());
-    let m = model();
     for bad in [None, Some("wrong!"), Some("s3cre")] {
-        let err = Client::connect_authenticated(&addr, "mlp", &m, bad).unwrap_err();
+        let err = Client::connect_authenticated(&addr, bad).unwrap_err();
         assert!(err.to_string().contains("unauthorized"), "{err}");
     }
-    let client = Client::connect_authenticated(&addr, "mlp", &m, Some("s3cret")).unwrap();
+    let client = Client::connect_authenticated(&addr, Some("s3cret")).unwrap();
+    assert_eq!(client.models()[0].name, "mlp");
     client.close().unwrap();
 }
 
@@ -175,12 +175,29 @@ fn wrong_protocol_version_and_messages_out_of_order_are_refused() {
     }
     // Inference requested before hello and model selection: the session is closed.
     let mut ch = cipherml::mpc::net::TcpChannel::connect(&addr, Default::default()).unwrap();
-    send(&mut ch, &ClientMsg::Infer).unwrap();
+    send(
+        &mut ch,
+        &ClientMsg::Infer {
+            model: "mlp".into(),
+        },
+    )
+    .unwrap();
     assert!(recv::<_, ServerMsg>(&mut ch).is_err());
-    // The server still serves.
+    // An unknown model is refused within a session, which goes on.
     let m = model();
-    Client::connect_with(&addr, "mlp", &m)
+    let mut client = Client::connect(&addr).unwrap();
+    let x = read_npy(data_dir().join("digits_test_x.npy"))
         .unwrap()
-        .close()
-        .unwrap();
+        .to_f64()
+        .index_axis(Axis(0), 1)
+        .to_owned();
+    let err = client.infer("nope", &x).unwrap_err();
+    assert!(err.to_string().contains("no model named"), "{err}");
+    assert_eq!(
+        argmax(&client.infer("mlp", &x).unwrap()),
+        argmax(&m.predict(&x).unwrap())
+    );
+    // The client received the architecture, not the weights.
+    assert_eq!(client.models()[0].architecture, m.architecture());
+    client.close().unwrap();
 }

@@ -150,3 +150,203 @@ impl Sequential {
         Ok(h)
     }
 }
+
+/// A layer of an [`Architecture`]: kinds and shapes, no weights.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum ArchLayer {
+    /// Dense `inputs -> outputs`.
+    Dense {
+        /// Inputs.
+        inputs: usize,
+        /// Outputs.
+        outputs: usize,
+    },
+    /// Convolution `(O, C, kh, kw)`.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Input channels.
+        in_channels: usize,
+        /// Kernel height.
+        kh: usize,
+        /// Kernel width.
+        kw: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding.
+        padding: usize,
+    },
+    /// ReLU.
+    Relu,
+    /// `x * x`.
+    Square,
+    /// Polynomial of this degree.
+    Poly {
+        /// Degree.
+        degree: usize,
+    },
+    /// Sigmoid.
+    Sigmoid,
+    /// Softmax.
+    Softmax,
+    /// Average pooling.
+    AvgPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Max pooling.
+    MaxPool {
+        /// Window.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Global average pooling.
+    GlobalAvgPool,
+    /// Flatten.
+    Flatten,
+}
+
+/// What a client learns of a model: the input shape and the layers' kinds and shapes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Architecture {
+    /// Input shape (no batch axis).
+    pub input_shape: Vec<usize>,
+    /// The layers.
+    pub layers: Vec<ArchLayer>,
+}
+
+/// Bounds on an architecture received from a peer (checked before anything is allocated).
+const MAX_ARCH_LAYERS: usize = 256;
+const MAX_ARCH_ELEMENTS: usize = 1 << 24;
+
+impl Sequential {
+    /// The architecture (no weights).
+    pub fn architecture(&self) -> Architecture {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Layer::Dense { weight, .. } => ArchLayer::Dense {
+                    inputs: weight.ncols(),
+                    outputs: weight.nrows(),
+                },
+                Layer::Conv2d {
+                    weight,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    let (o, c, kh, kw) = weight.dim();
+                    ArchLayer::Conv2d {
+                        out_channels: o,
+                        in_channels: c,
+                        kh,
+                        kw,
+                        stride: *stride,
+                        padding: *padding,
+                    }
+                }
+                Layer::Relu => ArchLayer::Relu,
+                Layer::Square => ArchLayer::Square,
+                Layer::Poly { coeffs } => ArchLayer::Poly {
+                    degree: coeffs.len().saturating_sub(1),
+                },
+                Layer::Sigmoid => ArchLayer::Sigmoid,
+                Layer::Softmax => ArchLayer::Softmax,
+                Layer::AvgPool { kernel, stride } => ArchLayer::AvgPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                },
+                Layer::MaxPool { kernel, stride } => ArchLayer::MaxPool {
+                    kernel: *kernel,
+                    stride: *stride,
+                },
+                Layer::GlobalAvgPool => ArchLayer::GlobalAvgPool,
+                Layer::Flatten => ArchLayer::Flatten,
+            })
+            .collect();
+        Architecture {
+            input_shape: self.input_shape.clone(),
+            layers,
+        }
+    }
+
+    /// A model with this architecture and zero weights (a client's copy). The architecture
+    /// may come from a peer: its sizes are bounded and its shapes checked.
+    pub fn from_architecture(arch: &Architecture) -> Result<Self, NnError> {
+        let too_big = |what: &str| NnError::Shape {
+            layer: format!("architecture ({what})"),
+            input: arch.input_shape.clone(),
+        };
+        if arch.layers.len() > MAX_ARCH_LAYERS {
+            return Err(too_big("too many layers"));
+        }
+        let elems = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&n| n <= MAX_ARCH_ELEMENTS)
+        };
+        if elems(&arch.input_shape).is_none() {
+            return Err(too_big("input too large"));
+        }
+        let mut m = Sequential::new(arch.input_shape.clone());
+        for l in &arch.layers {
+            let layer = match *l {
+                ArchLayer::Dense { inputs, outputs } => {
+                    if elems(&[inputs, outputs]).is_none() {
+                        return Err(too_big("dense layer too large"));
+                    }
+                    Layer::Dense {
+                        weight: ndarray::Array2::zeros((outputs, inputs)),
+                        bias: ndarray::Array1::zeros(outputs),
+                    }
+                }
+                ArchLayer::Conv2d {
+                    out_channels,
+                    in_channels,
+                    kh,
+                    kw,
+                    stride,
+                    padding,
+                } => {
+                    if elems(&[out_channels, in_channels, kh, kw]).is_none() || padding > 64 {
+                        return Err(too_big("convolution too large"));
+                    }
+                    Layer::Conv2d {
+                        weight: ndarray::Array4::zeros((out_channels, in_channels, kh, kw)),
+                        bias: ndarray::Array1::zeros(out_channels),
+                        stride,
+                        padding,
+                    }
+                }
+                ArchLayer::Relu => Layer::Relu,
+                ArchLayer::Square => Layer::Square,
+                ArchLayer::Poly { degree } => {
+                    if degree > 64 {
+                        return Err(too_big("polynomial degree"));
+                    }
+                    Layer::Poly {
+                        coeffs: vec![0.0; degree + 1],
+                    }
+                }
+                ArchLayer::Sigmoid => Layer::Sigmoid,
+                ArchLayer::Softmax => Layer::Softmax,
+                ArchLayer::AvgPool { kernel, stride } => Layer::AvgPool { kernel, stride },
+                ArchLayer::MaxPool { kernel, stride } => Layer::MaxPool { kernel, stride },
+                ArchLayer::GlobalAvgPool => Layer::GlobalAvgPool,
+                ArchLayer::Flatten => Layer::Flatten,
+            };
+            m = m.add(layer);
+        }
+        for s in m.shapes()? {
+            if elems(&s).is_none() {
+                return Err(too_big("activation too large"));
+            }
+        }
+        Ok(m)
+    }
+}

@@ -58,13 +58,9 @@ enum Command {
         /// Server address.
         #[arg(long)]
         server: String,
-        /// Model name on the server.
+        /// Model name on the server (default: the only one it hosts).
         #[arg(long)]
-        model: String,
-        /// The model's architecture (.onnx; weights are not used); default: the bundled
-        /// model of that name.
-        #[arg(long)]
-        arch: Option<PathBuf>,
+        model: Option<String>,
         /// Inputs (.npy).
         #[arg(long)]
         input: PathBuf,
@@ -106,14 +102,12 @@ fn main() {
         Command::Infer {
             server,
             model,
-            arch,
             input,
             output,
             token,
         } => infer(
             &server,
-            &model,
-            arch.as_deref(),
+            model.as_deref(),
             &input,
             output.as_deref(),
             token.as_deref(),
@@ -159,7 +153,7 @@ fn demo(images: usize) -> Res {
         model.plan(NetworkModel::lan())?.explain()
     );
     let t0 = Instant::now();
-    let mut client = cipherml::client::Client::connect_with(&addr, "digits_cnn", &model)?;
+    let mut client = cipherml::client::Client::connect(&addr)?;
     let setup = t0.elapsed();
     let setup_bytes = client.bytes();
     let argmax = |v: &ndarray::ArrayD<f64>| {
@@ -175,7 +169,7 @@ fn demo(images: usize) -> Res {
     let t = Instant::now();
     for i in 0..count {
         let x = xs.index_axis(Axis(0), i).to_owned();
-        let got = client.infer(&x)?;
+        let got = client.infer("digits_cnn", &x)?;
         let want = model.predict(&x)?;
         ok_private += (argmax(&got) as i64 == ys[i]) as usize;
         ok_plain += (argmax(&want) as i64 == ys[i]) as usize;
@@ -267,22 +261,32 @@ fn serve(models: &[String], listen: &str, max_sessions: usize, token: Option<Str
 
 fn infer(
     server: &str,
-    model: &str,
-    arch: Option<&std::path::Path>,
+    model: Option<&str>,
     input: &std::path::Path,
     output: Option<&std::path::Path>,
     token: Option<&str>,
 ) -> Res {
-    let arch = match arch {
-        Some(p) => load_onnx(p)?,
-        None => load_onnx(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("models")
-                .join(format!("{model}.onnx")),
-        )?,
+    let mut client = cipherml::client::Client::connect_authenticated(server, token)?;
+    let info = match model {
+        Some(m) => client
+            .models()
+            .iter()
+            .find(|i| i.name == m)
+            .ok_or_else(|| format!("the server hosts no model named {m:?}"))?
+            .clone(),
+        None => match client.models() {
+            [only] => only.clone(),
+            many => {
+                let names: Vec<&str> = many.iter().map(|m| m.name.as_str()).collect();
+                return Err(format!(
+                    "the server hosts several models ({}): choose one with --model",
+                    names.join(", ")
+                )
+                .into());
+            }
+        },
     };
-    let mut client = cipherml::client::Client::connect_authenticated(server, model, &arch, token)?;
-    let shape = client.model_info().input_shape.clone();
+    let shape = info.input_shape.clone();
     let xs = read_npy(input)?.to_f64();
     let xs = if xs.shape() == shape.as_slice() {
         xs.insert_axis(Axis(0))
@@ -305,7 +309,7 @@ fn infer(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     for (i, x) in xs.axis_iter(Axis(0)).enumerate() {
-        let y = client.infer(&x.to_owned())?;
+        let y = client.infer(&info.name, &x.to_owned())?;
         bar.inc(1);
         out_shape = y.shape().to_vec();
         let class = y
