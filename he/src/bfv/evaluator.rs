@@ -94,17 +94,7 @@ impl Evaluator {
 
     /// `a += b`.
     pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
-        self.check_pair(a, b)?;
-        let q = self.params.context().q_at(a.level).clone();
-        let n = self.params.degree();
-        while a.polys.len() < b.polys.len() {
-            a.polys.push(Poly::zero(n, q.len()));
-        }
-        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            x.add_assign(y, &q);
-        }
-        a.seed = None;
-        Ok(())
+        self.combine_assign(a, b, false)
     }
 
     /// `a - b`.
@@ -116,14 +106,23 @@ impl Evaluator {
 
     /// `a -= b`.
     pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.combine_assign(a, b, true)
+    }
+
+    /// `a += b` or `a -= b`; a shorter ciphertext is padded with zero polynomials.
+    fn combine_assign(&self, a: &mut Ciphertext, b: &Ciphertext, subtract: bool) -> Result<()> {
         self.check_pair(a, b)?;
-        let q = self.params.context().q_at(a.level).clone();
+        let q = self.params.context().q_at(a.level);
         let n = self.params.degree();
         while a.polys.len() < b.polys.len() {
             a.polys.push(Poly::zero(n, q.len()));
         }
         for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            x.sub_assign(y, &q);
+            if subtract {
+                x.sub_assign(y, q);
+            } else {
+                x.add_assign(y, q);
+            }
         }
         a.seed = None;
         Ok(())

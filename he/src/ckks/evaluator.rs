@@ -132,31 +132,34 @@ impl Evaluator {
 
     /// `a += b`.
     pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
-        self.check_same(a, b)?;
-        let q = self.params.context().q_at(a.level).clone();
-        while a.polys.len() < b.polys.len() {
-            a.polys.push(Poly::zero(self.params.degree(), q.len()));
-        }
-        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            x.add_assign(y, &q);
-        }
-        a.seed = None;
-        Ok(())
+        self.combine_assign(a, b, false)
     }
 
     /// `a - b` (same level and scale).
     pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
-        self.check_same(a, b)?;
-        let q = self.q(a.level);
         let mut out = a.clone();
-        while out.polys.len() < b.polys.len() {
-            out.polys.push(Poly::zero(self.params.degree(), q.len()));
-        }
-        for (x, y) in out.polys.iter_mut().zip(&b.polys) {
-            x.sub_assign(y, q);
-        }
-        out.seed = None;
+        self.combine_assign(&mut out, b, true)?;
         Ok(out)
+    }
+
+    /// `a += b` or `a -= b` (same level and scale); a shorter ciphertext is padded with
+    /// zero polynomials.
+    fn combine_assign(&self, a: &mut Ciphertext, b: &Ciphertext, subtract: bool) -> Result<()> {
+        self.check_same(a, b)?;
+        let q = self.params.context().q_at(a.level);
+        let n = self.params.degree();
+        while a.polys.len() < b.polys.len() {
+            a.polys.push(Poly::zero(n, q.len()));
+        }
+        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
+            if subtract {
+                x.sub_assign(y, q);
+            } else {
+                x.add_assign(y, q);
+            }
+        }
+        a.seed = None;
+        Ok(())
     }
 
     /// `-a`.
