@@ -258,5 +258,15 @@ pub enum DecodeError {
     Parameters(String),
 }
 
+/// `Ok` if an operand's parameter id is the one expected, else
+/// [`Error::ParameterMismatch`] with both ids.
+pub(crate) fn check_params(expected: u64, found: u64) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::ParameterMismatch { expected, found })
+    }
+}
+
 /// Result alias of the HE layer.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 
 use super::encoding::Plaintext;
 use super::params::BfvParameters;
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::sampler::{centered_binomial, Seed};
 use crate::math::{Coeff, Ntt, Poly};
 use crate::rlwe::ops;
@@ -77,12 +77,7 @@ pub(crate) fn scaled_message(
 }
 
 fn check_pt(params: &BfvParameters, pt: &Plaintext) -> Result<()> {
-    if pt.params_id != params.id() {
-        return Err(Error::ParameterMismatch {
-            expected: params.id(),
-            found: pt.params_id,
-        });
-    }
+    check_params(params.id(), pt.params_id)?;
     Ok(())
 }
 
@@ -96,12 +91,7 @@ pub struct Encryptor {
 impl Encryptor {
     /// An encryptor with the public key `pk`.
     pub fn new(params: &Arc<BfvParameters>, pk: PublicKey) -> Result<Self> {
-        if pk.ctx_id != params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: params.context().id(),
-                found: pk.ctx_id,
-            });
-        }
+        check_params(params.context().id(), pk.ctx_id)?;
         Ok(Self {
             params: params.clone(),
             pk,
@@ -146,12 +136,7 @@ impl std::fmt::Debug for Decryptor {
 impl Decryptor {
     /// A decryptor for `sk`.
     pub fn new(params: &Arc<BfvParameters>, sk: Arc<SecretKey>) -> Result<Self> {
-        if sk.context().id() != params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: params.context().id(),
-                found: sk.context().id(),
-            });
-        }
+        check_params(params.context().id(), sk.context().id())?;
         Ok(Self {
             params: params.clone(),
             sk,
@@ -182,12 +167,7 @@ impl Decryptor {
 
     /// `c0 + c1 s + c2 s^2` in coefficient form.
     fn phase(&self, ct: &Ciphertext) -> Result<Poly<Coeff>> {
-        if ct.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: ct.params_id,
-            });
-        }
+        check_params(self.params.id(), ct.params_id)?;
         if !(2..=3).contains(&ct.polys.len()) {
             return Err(Error::CiphertextSize {
                 found: ct.polys.len(),

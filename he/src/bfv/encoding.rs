@@ -6,7 +6,7 @@ use std::sync::Arc;
 use zeroize::Zeroize;
 
 use super::params::BfvParameters;
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::{Ntt, Poly};
 
 /// A BFV plaintext: a polynomial with coefficients modulo `t`. Zeroized on drop.
@@ -241,12 +241,7 @@ impl Encoder {
     }
 
     fn check_params(&self, pt: &Plaintext) -> Result<()> {
-        if pt.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: pt.params_id,
-            });
-        }
+        check_params(self.params.id(), pt.params_id)?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::ciphertext::{scaled_message, Ciphertext};
 use super::encoding::{Encoder, Plaintext, PreparedPlaintext};
 use super::params::{BfvLevel, BfvParameters};
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::{pool, Coeff, Ntt, Poly, RnsBasis};
 use crate::rlwe::{ops, GaloisKeys, RelinKey};
 
@@ -54,12 +54,7 @@ impl Evaluator {
     }
 
     fn check(&self, ct: &Ciphertext) -> Result<()> {
-        if ct.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: ct.params_id,
-            });
-        }
+        check_params(self.params.id(), ct.params_id)?;
         Ok(())
     }
 
@@ -141,12 +136,7 @@ impl Evaluator {
     }
 
     fn check_pt(&self, pt: &Plaintext) -> Result<()> {
-        if pt.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: pt.params_id,
-            });
-        }
+        check_params(self.params.id(), pt.params_id)?;
         Ok(())
     }
 
@@ -189,12 +179,7 @@ impl Evaluator {
         pt: &PreparedPlaintext,
     ) -> Result<Ciphertext> {
         self.check(ct)?;
-        if pt.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: pt.params_id,
-            });
-        }
+        check_params(self.params.id(), pt.params_id)?;
         if pt.level != ct.level {
             return Err(Error::LevelMismatch {
                 left: ct.level,
@@ -407,12 +392,7 @@ impl Evaluator {
     }
 
     fn check_rlk(&self, rlk: &RelinKey) -> Result<()> {
-        if rlk.ksk.ctx_id != self.params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.context().id(),
-                found: rlk.ksk.ctx_id,
-            });
-        }
+        check_params(self.params.context().id(), rlk.ksk.ctx_id)?;
         Ok(())
     }
 
@@ -461,12 +441,7 @@ impl Evaluator {
     pub fn apply_galois(&self, ct: &Ciphertext, g: usize, keys: &GaloisKeys) -> Result<Ciphertext> {
         self.check(ct)?;
         Self::check_size(ct, 2)?;
-        if keys.ctx_id != self.params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.context().id(),
-                found: keys.ctx_id,
-            });
-        }
+        check_params(self.params.context().id(), keys.ctx_id)?;
         let key = keys.get(g)?;
         let (d0, d1) = ops::apply_galois(
             self.params.context(),

@@ -7,7 +7,7 @@ use rand::{CryptoRng, RngCore};
 
 use super::encoding::{Encoder, Plaintext};
 use super::params::CkksParameters;
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::sampler::Seed;
 use crate::math::{Ntt, Poly};
 use crate::rlwe::{ops, PublicKey, SecretKey};
@@ -56,12 +56,7 @@ impl Ciphertext {
 }
 
 fn check_pt(params: &CkksParameters, pt: &Plaintext) -> Result<()> {
-    if pt.params_id != params.id() {
-        return Err(Error::ParameterMismatch {
-            expected: params.id(),
-            found: pt.params_id,
-        });
-    }
+    check_params(params.id(), pt.params_id)?;
     if pt.level != params.max_level() {
         return Err(Error::LevelMismatch {
             left: params.max_level(),
@@ -81,12 +76,7 @@ pub struct Encryptor {
 impl Encryptor {
     /// An encryptor with the public key `pk`.
     pub fn new(params: &Arc<CkksParameters>, pk: PublicKey) -> Result<Self> {
-        if pk.ctx_id != params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: params.context().id(),
-                found: pk.ctx_id,
-            });
-        }
+        check_params(params.context().id(), pk.ctx_id)?;
         Ok(Self {
             params: params.clone(),
             pk,
@@ -146,12 +136,7 @@ impl std::fmt::Debug for Decryptor {
 impl Decryptor {
     /// A decryptor for `sk`.
     pub fn new(params: &Arc<CkksParameters>, sk: Arc<SecretKey>) -> Result<Self> {
-        if sk.context().id() != params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: params.context().id(),
-                found: sk.context().id(),
-            });
-        }
+        check_params(params.context().id(), sk.context().id())?;
         Ok(Self {
             params: params.clone(),
             sk,
@@ -180,12 +165,7 @@ impl Decryptor {
     }
 
     fn check(&self, ct: &Ciphertext) -> Result<()> {
-        if ct.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: ct.params_id,
-            });
-        }
+        check_params(self.params.id(), ct.params_id)?;
         if !(2..=3).contains(&ct.polys.len()) {
             return Err(Error::CiphertextSize {
                 found: ct.polys.len(),

@@ -8,7 +8,7 @@ use num_complex::Complex64;
 use zeroize::Zeroize;
 
 use super::params::CkksParameters;
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::{Coeff, Ntt, Poly};
 
 /// A CKKS plaintext: an encoded polynomial in NTT form at a level, with its scale.
@@ -209,12 +209,7 @@ impl Encoder {
     /// Decodes the `N/2` complex slot values of a plaintext.
     pub fn decode(&self, pt: &Plaintext) -> Result<Vec<Complex64>> {
         let p = &self.params;
-        if pt.params_id != p.id() {
-            return Err(Error::ParameterMismatch {
-                expected: p.id(),
-                found: pt.params_id,
-            });
-        }
+        check_params(p.id(), pt.params_id)?;
         let q = p.context().q_at(pt.level);
         let coeff = pt.poly.clone().into_coeff(q);
         Ok(self.decode_coeff(&coeff, pt.level, pt.scale))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::ciphertext::Ciphertext;
 use super::encoding::Plaintext;
 use super::params::CkksParameters;
-use crate::error::{Error, Result};
+use crate::error::{check_params, Error, Result};
 use crate::math::{Ntt, Poly, RnsBasis};
 use crate::rlwe::ops::{self, Decomposition};
 use crate::rlwe::{GaloisKeys, RelinKey};
@@ -60,12 +60,7 @@ impl Evaluator {
     }
 
     fn check(&self, ct: &Ciphertext) -> Result<()> {
-        if ct.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: ct.params_id,
-            });
-        }
+        check_params(self.params.id(), ct.params_id)?;
         Ok(())
     }
 
@@ -98,12 +93,7 @@ impl Evaluator {
     }
 
     fn check_pt(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<()> {
-        if pt.params_id != self.params.id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.id(),
-                found: pt.params_id,
-            });
-        }
+        check_params(self.params.id(), pt.params_id)?;
         if pt.level != ct.level {
             return Err(Error::LevelMismatch {
                 left: ct.level,
@@ -354,12 +344,7 @@ impl Evaluator {
     /// Relinearizes a 3-polynomial ciphertext.
     pub fn relinearize(&self, ct: &Ciphertext, rlk: &RelinKey) -> Result<Ciphertext> {
         self.check(ct)?;
-        if rlk.ksk.ctx_id != self.params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.context().id(),
-                found: rlk.ksk.ctx_id,
-            });
-        }
+        check_params(self.params.context().id(), rlk.ksk.ctx_id)?;
         if ct.polys.len() == 2 {
             return Ok(ct.clone());
         }
@@ -457,12 +442,7 @@ impl Evaluator {
     fn apply_galois(&self, ct: &Ciphertext, g: usize, keys: &GaloisKeys) -> Result<Ciphertext> {
         self.check(ct)?;
         Self::check_size(ct, 2)?;
-        if keys.ctx_id != self.params.context().id() {
-            return Err(Error::ParameterMismatch {
-                expected: self.params.context().id(),
-                found: keys.ctx_id,
-            });
-        }
+        check_params(self.params.context().id(), keys.ctx_id)?;
         let key = keys.get(g)?;
         let (d0, d1) = ops::apply_galois(
             self.params.context(),
