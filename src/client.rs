@@ -12,24 +12,56 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cipherml_he::rlwe::SecretKey;
-use cipherml_mpc::net::{ChannelConfig, TcpChannel};
+use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor, Encoder};
+use cipherml_he::rlwe::{GaloisKeys, RelinKey, SecretKey};
+use cipherml_he::tensor::CkksTensor;
+use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
-use ndarray::ArrayD;
+use ndarray::{ArrayD, IxDyn};
 use rand_chacha::ChaCha20Rng;
 
-use crate::nn::{HybridConfig, HybridModel, Sequential};
+use crate::nn::{CkksModel, HybridConfig, HybridModel, Sequential};
 use crate::protocol::{
-    recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, PROTOCOL_VERSION,
+    recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, MAX_BATCH, PROTOCOL_VERSION,
 };
+use crate::server::{describe_bfv, describe_ckks};
+pub use crate::tls::ClientTls;
+
+/// How the client connects.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// The bearer token, if the server requires one.
+    pub token: Option<String>,
+    /// TLS: the CA to trust (and the server name to check), or plain TCP if `None`.
+    pub tls: Option<ClientTls>,
+    /// Timeouts and message limits.
+    pub channel: ChannelConfig,
+}
+
+/// A model compiled on the client's side (from the architecture the server announced).
+enum Compiled {
+    Hybrid(HybridModel),
+    Ckks(Box<CkksClient>),
+}
+
+/// The client's CKKS state for one model: its keys and the model's shapes.
+struct CkksClient {
+    model: CkksModel,
+    params: Arc<CkksParameters>,
+    encoder: Encoder,
+    decryptor: Decryptor,
+    keys_uploaded: bool,
+    rlk: RelinKey,
+    galois: GaloisKeys,
+}
 
 /// A connected client session.
 pub struct Client {
-    party: Party<TcpChannel, ChaCha20Rng>,
+    party: Party<Box<dyn Channel + Send>, ChaCha20Rng>,
     models: Vec<ModelInfo>,
-    compiled: HashMap<String, HybridModel>,
+    compiled: HashMap<String, Compiled>,
     sk: Option<Arc<SecretKey>>,
 }
 
@@ -45,19 +77,33 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `addr` (hello, then OT set-up).
+    /// Connects to `addr` over plain TCP (hello, then OT set-up).
     pub fn connect(addr: &str) -> Result<Self, ProtocolError> {
-        Self::connect_authenticated(addr, None)
+        Self::connect_with(addr, &ClientOptions::default())
     }
 
     /// As [`Client::connect`], presenting a bearer token.
     pub fn connect_authenticated(addr: &str, token: Option<&str>) -> Result<Self, ProtocolError> {
-        let mut ch = TcpChannel::connect(addr, ChannelConfig::default())?;
+        Self::connect_with(
+            addr,
+            &ClientOptions {
+                token: token.map(str::to_string),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Connects with `options` (TLS, token, limits).
+    pub fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self, ProtocolError> {
+        let mut ch: Box<dyn Channel + Send> = match &options.tls {
+            Some(tls) => Box::new(tls.connect(addr, options.channel)?),
+            None => Box::new(TcpChannel::connect(addr, options.channel)?),
+        };
         send(
             &mut ch,
             &ClientMsg::Hello {
                 version: PROTOCOL_VERSION,
-                token: token.map(str::to_string),
+                token: options.token.clone(),
             },
         )?;
         let models = match recv::<_, ServerMsg>(&mut ch)? {
@@ -79,40 +125,143 @@ impl Client {
         &self.models
     }
 
+    /// Compiles `model` from its announced architecture (once), checking that the client
+    /// arrives at the parameters the server announced.
+    fn prepare(&mut self, model: &str) -> Result<(), ProtocolError> {
+        if self.compiled.contains_key(model) {
+            return Ok(());
+        }
+        let info = self
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .ok_or_else(|| {
+                ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
+            })?;
+        let arch = Sequential::from_architecture(&info.architecture)?;
+        let (compiled, params) = match info.mode.as_str() {
+            "hybrid" => {
+                let h = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
+                let desc = describe_bfv(h.params());
+                (Compiled::Hybrid(h), desc)
+            }
+            "ckks" => {
+                let (cm, params) = CkksModel::for_model(&arch)?;
+                let mut rng = os_rng();
+                let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+                let rlk = RelinKey::new(&sk, &mut rng);
+                let galois = GaloisKeys::new(&sk, cm.galois_elements(), &mut rng)
+                    .map_err(crate::nn::NnError::from)?;
+                let desc = describe_ckks(&params);
+                let client = CkksClient {
+                    encoder: Encoder::new(&params),
+                    decryptor: Decryptor::new(&params, sk).map_err(crate::nn::NnError::from)?,
+                    model: cm,
+                    params,
+                    keys_uploaded: false,
+                    rlk,
+                    galois,
+                };
+                (Compiled::Ckks(Box::new(client)), desc)
+            }
+            other => {
+                return Err(ProtocolError::Unexpected(format!(
+                    "model {model:?} in unknown mode {other:?}"
+                )))
+            }
+        };
+        if params != info.params {
+            return Err(ProtocolError::Unexpected(format!(
+                "model {model:?}: the server announced {:?}, the architecture gives {params:?}",
+                info.params
+            )));
+        }
+        self.compiled.insert(model.to_string(), compiled);
+        Ok(())
+    }
+
     /// One private inference with `model`: returns the logits (only the client learns them).
     pub fn infer(&mut self, model: &str, x: &ArrayD<f64>) -> Result<ArrayD<f64>, ProtocolError> {
-        if !self.compiled.contains_key(model) {
-            let info = self
-                .models
-                .iter()
-                .find(|m| m.name == model)
-                .ok_or_else(|| {
-                    ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
-                })?;
-            let arch = Sequential::from_architecture(&info.architecture)?;
-            let compiled = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
-            self.compiled.insert(model.to_string(), compiled);
-        }
-        let compiled = &self.compiled[model];
-        if self.sk.is_none() {
-            self.sk = Some(Arc::new(SecretKey::random(
-                compiled.params().context(),
-                &mut os_rng(),
+        let batch = x.clone().insert_axis(ndarray::Axis(0));
+        let y = self.infer_batch(model, &batch)?;
+        Ok(y.index_axis_move(ndarray::Axis(0), 0))
+    }
+
+    /// Private inference on a batch (first axis) in one request: returns the logits of
+    /// every row.
+    pub fn infer_batch(
+        &mut self,
+        model: &str,
+        x: &ArrayD<f64>,
+    ) -> Result<ArrayD<f64>, ProtocolError> {
+        let rows = x.shape().first().copied().unwrap_or(0);
+        if rows == 0 || rows > MAX_BATCH as usize {
+            return Err(ProtocolError::Refused(format!(
+                "batch of {rows} inputs: must be 1 to {MAX_BATCH}"
             )));
+        }
+        self.prepare(model)?;
+        // Every row is checked before anything is sent.
+        let info = self
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .expect("prepared");
+        if x.shape()[1..] != info.input_shape[..] {
+            return Err(crate::nn::NnError::Shape {
+                layer: "input".into(),
+                input: x.shape()[1..].to_vec(),
+            }
+            .into());
+        }
+        if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(crate::nn::NnError::NonFinite { index, value }.into());
+        }
+        let output_shape = info.output_shape.clone();
+        if let Compiled::Ckks(c) = self.compiled.get_mut(model).expect("prepared") {
+            if !c.keys_uploaded {
+                send(
+                    self.party.channel(),
+                    &ClientMsg::UploadKeys {
+                        model: model.into(),
+                    },
+                )?;
+                let ctx = c.params.context();
+                self.party.channel().send(&c.rlk.to_bytes(ctx))?;
+                self.party.channel().send(&c.galois.to_bytes(ctx))?;
+                expect_ok(self.party.channel())?;
+                c.keys_uploaded = true;
+            }
         }
         send(
             self.party.channel(),
             &ClientMsg::Infer {
                 model: model.into(),
+                batch: rows as u32,
             },
         )?;
-        match recv::<_, ServerMsg>(self.party.channel())? {
-            ServerMsg::Ok => {}
-            ServerMsg::Error { message } => return Err(ProtocolError::Refused(message)),
-            other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
+        expect_ok(self.party.channel())?;
+        let mut out = Vec::with_capacity(rows * output_shape.iter().product::<usize>());
+        for row in x.outer_iter() {
+            let row = row.to_owned();
+            let y = match &self.compiled[model] {
+                Compiled::Hybrid(h) => {
+                    if self.sk.is_none() {
+                        self.sk = Some(Arc::new(SecretKey::random(
+                            h.params().context(),
+                            &mut os_rng(),
+                        )));
+                    }
+                    let sk = self.sk.as_ref().expect("set above");
+                    h.run_client(&mut self.party, sk, &row)?
+                }
+                Compiled::Ckks(c) => ckks_round_trip(&mut self.party, c, &row, &output_shape)?,
+            };
+            out.extend(y.iter().copied());
         }
-        let sk = self.sk.as_ref().expect("set above");
-        Ok(compiled.run_client(&mut self.party, sk, x)?)
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&output_shape);
+        Ok(ArrayD::from_shape_vec(IxDyn(&shape), out).expect("shape"))
     }
 
     /// Bytes exchanged so far (set-up included).
@@ -125,4 +274,44 @@ impl Client {
     pub fn close(mut self) -> Result<(), ProtocolError> {
         send(self.party.channel(), &ClientMsg::Bye)
     }
+}
+
+fn expect_ok<C: Channel + ?Sized>(ch: &mut C) -> Result<(), ProtocolError> {
+    match recv::<_, ServerMsg>(ch)? {
+        ServerMsg::Ok => Ok(()),
+        ServerMsg::Error { message } => Err(ProtocolError::Refused(message)),
+        other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Encrypts one input (seeded symmetric encryption), sends it, and decrypts the reply.
+fn ckks_round_trip(
+    party: &mut Party<Box<dyn Channel + Send>, ChaCha20Rng>,
+    c: &CkksClient,
+    x: &ArrayD<f64>,
+    output_shape: &[usize],
+) -> Result<ArrayD<f64>, ProtocolError> {
+    let he = |e: cipherml_he::Error| ProtocolError::Nn(e.into());
+    let period = x.len().max(1).next_power_of_two();
+    let slots = c.params.degree() / 2;
+    let flat: Vec<f64> = x.iter().copied().collect();
+    let pt = c
+        .encoder
+        .encode_f64(
+            &CkksTensor::layout(&flat, period, slots),
+            c.model.input_level(),
+            c.params.default_scale(),
+        )
+        .map_err(he)?;
+    let ct = c
+        .decryptor
+        .encrypt_symmetric(&pt, &mut os_rng())
+        .map_err(he)?;
+    party.channel().send(&ct.to_bytes(&c.params))?;
+    expect_ok(party.channel())?;
+    let reply = party.channel().recv()?;
+    let y = CkksCiphertext::from_bytes(&c.params, &reply).map_err(he)?;
+    let values = c.decryptor.decrypt_f64(&y).map_err(he)?;
+    let len: usize = output_shape.iter().product();
+    Ok(ArrayD::from_shape_vec(IxDyn(output_shape), values[..len].to_vec()).expect("shape"))
 }

@@ -14,6 +14,7 @@ pub mod nn;
 pub mod protocol;
 pub mod server;
 pub mod tensor;
+pub mod tls;
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

@@ -2,18 +2,31 @@
 //! exchanged over the same length-prefixed channel as the two-party protocol.
 //!
 //! 1. client `Hello { version, token }` -> server `Hello { version, models }` with each
-//!    model's architecture (or `Error`: busy, unauthorized, wrong version);
+//!    model's input and output shapes, mode, HE parameters and architecture (or `Error`:
+//!    busy, unauthorized, wrong version);
 //! 2. both parties set up OT (base OTs in both directions);
-//! 3. per input: client `Infer { model }` -> server `Ok` (or `Error`, e.g. unknown model) ->
-//!    the hybrid protocol of [`crate::nn::HybridModel`] -> the logits revealed to the client
-//!    only; finally `Bye`.
+//! 3. for a CKKS-mode model, key upload: client `UploadKeys { model }`, then two raw
+//!    messages, the seeded relinearization key and the Galois keys (exactly the elements
+//!    the model needs) -> server `Ok` (kept for the session) or `Error`;
+//! 4. per request: client `Infer { model, batch }` -> server `Ok` (or `Error`: unknown
+//!    model, batch too large, keys not uploaded) -> for each of the `batch` inputs, the
+//!    hybrid protocol of [`crate::nn::HybridModel`] (the logits revealed to the client only),
+//!    or, in CKKS mode, one ciphertext each way; finally `Bye`.
+//!
+//! Every message is bounded (control messages by [`MAX_CONTROL_MESSAGE`], raw ones by the
+//! channel's limit, checked before allocation) and validated against the session's
+//! parameters: HE objects decode only for the model's parameter set, at the expected level
+//! and scale.
 
 use serde::{Deserialize, Serialize};
 
 use cipherml_mpc::net::Channel;
 
 /// Version of the session protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Most inputs in one `Infer` request.
+pub const MAX_BATCH: u32 = 4096;
 
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
@@ -27,8 +40,10 @@ pub struct ModelInfo {
     pub input_shape: Vec<usize>,
     /// Output shape.
     pub output_shape: Vec<usize>,
-    /// Execution mode.
+    /// Execution mode: `"hybrid"` (interactive) or `"ckks"` (one round trip).
     pub mode: String,
+    /// The HE parameters (scheme, degree, levels, and the parameter id both sides check).
+    pub params: String,
     /// The architecture (what the client learns of the model; no weights).
     pub architecture: crate::nn::Architecture,
 }
@@ -43,10 +58,18 @@ pub enum ClientMsg {
         /// The bearer token, if the server requires one.
         token: Option<String>,
     },
-    /// Starts one inference with a model.
+    /// Key upload for a CKKS-mode model; followed by two raw messages: the relinearization
+    /// key and the Galois keys.
+    UploadKeys {
+        /// The model's name.
+        model: String,
+    },
+    /// Starts `batch` inferences with a model.
     Infer {
         /// The model's name.
         model: String,
+        /// Number of inputs (1 to [`MAX_BATCH`]).
+        batch: u32,
     },
     /// Ends the session.
     Bye,
@@ -101,22 +124,17 @@ fn config() -> impl bincode::config::Config {
 
 /// Sends a control message.
 pub fn send<C: Channel + ?Sized, M: Serialize>(ch: &mut C, msg: &M) -> Result<(), ProtocolError> {
-    let bytes = bincode::serde::encode_to_vec(msg, config())
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    ch.send(&bytes)?;
+    ch.send(&encode(msg)?)?;
     ch.flush()?;
     Ok(())
 }
 
-/// Receives and decodes a control message (bounded; trailing bytes refused).
-pub fn recv<C: Channel + ?Sized, M: for<'de> Deserialize<'de>>(
-    ch: &mut C,
-) -> Result<M, ProtocolError> {
-    let bytes = ch.recv()?;
+/// Decodes a control message from untrusted bytes (bounded; trailing bytes refused).
+pub fn decode<M: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<M, ProtocolError> {
     if bytes.len() > MAX_CONTROL_MESSAGE {
         return Err(ProtocolError::Malformed(format!("{} bytes", bytes.len())));
     }
-    let (m, used): (M, usize) = bincode::serde::decode_from_slice(&bytes, config())
+    let (m, used): (M, usize) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(ProtocolError::Malformed(format!(
@@ -125,4 +143,17 @@ pub fn recv<C: Channel + ?Sized, M: for<'de> Deserialize<'de>>(
         )));
     }
     Ok(m)
+}
+
+/// Encodes a control message.
+pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, ProtocolError> {
+    bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Receives and decodes a control message (bounded; trailing bytes refused).
+pub fn recv<C: Channel + ?Sized, M: for<'de> Deserialize<'de>>(
+    ch: &mut C,
+) -> Result<M, ProtocolError> {
+    decode(&ch.recv()?)
 }

@@ -4,20 +4,25 @@
 //! bytes, never inputs, keys or results.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipherml_mpc::net::{ChannelConfig, TcpChannel};
+use cipherml_he::bfv::BfvParameters;
+use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Evaluator};
+use cipherml_he::rlwe::{GaloisKeys, RelinKey};
+use cipherml_he::tensor::CkksTensor;
+use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
 
-use crate::nn::{HybridConfig, HybridModel, Sequential};
+use crate::nn::{CkksModel, HybridConfig, HybridModel, Mode, NetworkModel, Sequential};
 use crate::protocol::{
-    recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, PROTOCOL_VERSION,
+    recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, MAX_BATCH, PROTOCOL_VERSION,
 };
+pub use crate::tls::ServerTls;
 
 /// Server limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +80,27 @@ impl Default for ServerConfig {
     }
 }
 
+/// How a hosted model is evaluated.
+enum Engine {
+    /// Interactive: BFV linear layers, two-party non-linear layers.
+    Hybrid(HybridModel),
+    /// Non-interactive CKKS (every activation a polynomial).
+    Ckks {
+        model: CkksModel,
+        params: Arc<CkksParameters>,
+        ev: Evaluator,
+    },
+}
+
 struct Hosted {
     info: ModelInfo,
-    model: HybridModel,
+    engine: Engine,
+}
+
+/// The keys a client uploaded for one CKKS model, kept for its session.
+struct SessionKeys {
+    rlk: RelinKey,
+    galois: GaloisKeys,
 }
 
 /// A running server.
@@ -86,19 +109,24 @@ pub struct Server {
     models: Arc<BTreeMap<String, Hosted>>,
     config: ServerConfig,
     active: Arc<AtomicUsize>,
+    refusing: Arc<AtomicUsize>,
     auth: Arc<Auth>,
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
 
 impl Server {
-    /// Compiles the models (name, model) and binds `addr`.
+    /// Compiles the models (name, model) and binds `addr`. Each model runs in the mode its
+    /// plan picks: CKKS (one round trip) when every activation is a polynomial, the
+    /// interactive hybrid otherwise.
     pub fn bind(
         addr: &str,
         models: Vec<(String, Sequential)>,
@@ -108,7 +136,19 @@ impl Server {
         let mut map = BTreeMap::new();
         for (name, m) in models {
             let shapes = m.shapes()?;
-            let model = HybridModel::compile(&m, &hc, true)?;
+            let (engine, mode, params) = match m.plan(NetworkModel::lan())?.mode {
+                Mode::Ckks => {
+                    let (model, params) = CkksModel::for_model(&m)?;
+                    let desc = describe_ckks(&params);
+                    let ev = Evaluator::new(&params);
+                    (Engine::Ckks { model, params, ev }, "ckks", desc)
+                }
+                Mode::Hybrid => {
+                    let model = HybridModel::compile(&m, &hc, true)?;
+                    let desc = describe_bfv(model.params());
+                    (Engine::Hybrid(model), "hybrid", desc)
+                }
+            };
             map.insert(
                 name.clone(),
                 Hosted {
@@ -116,10 +156,11 @@ impl Server {
                         name,
                         input_shape: m.input_shape().to_vec(),
                         output_shape: shapes.last().cloned().unwrap_or_default(),
-                        mode: "hybrid".into(),
+                        mode: mode.into(),
+                        params,
                         architecture: m.architecture(),
                     },
-                    model,
+                    engine,
                 },
             );
         }
@@ -129,7 +170,9 @@ impl Server {
             models: Arc::new(map),
             config,
             active: Arc::new(AtomicUsize::new(0)),
+            refusing: Arc::new(AtomicUsize::new(0)),
             auth: Arc::new(Auth::default()),
+            tls: None,
         })
     }
 
@@ -139,12 +182,19 @@ impl Server {
         self
     }
 
+    /// Serves over TLS (every connection must complete a TLS 1.3 handshake first).
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound")
     }
 
-    /// Serves forever (each connection on its own thread).
+    /// Serves forever (each connection on its own thread; TLS handshakes run there too, so
+    /// a slow handshake never holds the accept loop).
     pub fn run(&self) {
         for stream in self.listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -152,29 +202,23 @@ impl Server {
                 timeout: self.config.timeout,
                 max_message_len: self.config.max_message_len,
             };
-            let Ok(mut ch) = TcpChannel::from_stream(stream, cfg) else {
-                continue;
-            };
             if self.active.fetch_add(1, Ordering::SeqCst) >= self.config.max_sessions {
                 self.active.fetch_sub(1, Ordering::SeqCst);
-                let _ = send(
-                    &mut ch,
-                    &ServerMsg::Error {
-                        message: "busy: too many sessions, try again later".into(),
-                    },
-                );
                 tracing::warn!(
                     max_sessions = self.config.max_sessions,
                     "refused a session: busy"
                 );
+                self.refuse_busy(stream, cfg);
                 continue;
             }
             let models = self.models.clone();
             let active = self.active.clone();
             let auth = self.auth.clone();
+            let tls = self.tls.clone();
             std::thread::spawn(move || {
                 let t = Instant::now();
-                let result = session(ch, &models, &auth);
+                let result =
+                    open(stream, cfg, tls.as_ref()).and_then(|ch| session(ch, &models, &auth));
                 active.fetch_sub(1, Ordering::SeqCst);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 match result {
@@ -184,10 +228,124 @@ impl Server {
             });
         }
     }
+
+    /// Tells a client past the session limit that the server is busy. Over TLS that needs a
+    /// handshake, run on its own thread; at most `max_sessions` such threads at once, past
+    /// which the connection is just closed.
+    fn refuse_busy(&self, stream: TcpStream, cfg: ChannelConfig) {
+        let busy = ServerMsg::Error {
+            message: "busy: too many sessions, try again later".into(),
+        };
+        let Some(tls) = self.tls.clone() else {
+            if let Ok(mut ch) = TcpChannel::from_stream(stream, cfg) {
+                let _ = send(&mut ch, &busy);
+            }
+            return;
+        };
+        if self.refusing.fetch_add(1, Ordering::SeqCst) >= self.config.max_sessions {
+            self.refusing.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let refusing = self.refusing.clone();
+        std::thread::spawn(move || {
+            if let Ok(mut ch) = tls.accept(stream, cfg) {
+                let _ = send(&mut ch, &busy);
+            }
+            refusing.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
 }
 
-fn session(
-    mut ch: TcpChannel,
+/// The parameter description a hybrid model announces (the client checks it).
+pub(crate) fn describe_bfv(params: &BfvParameters) -> String {
+    format!(
+        "BFV N={} t=2^{} id={:016x}",
+        params.degree(),
+        params.plaintext_modulus().ilog2(),
+        params.id()
+    )
+}
+
+/// The parameter description a CKKS model announces (the client checks it).
+pub(crate) fn describe_ckks(params: &CkksParameters) -> String {
+    format!(
+        "CKKS N={} levels={} scale=2^{} id={:016x}",
+        params.degree(),
+        params.max_level(),
+        params.default_scale().log2(),
+        params.id()
+    )
+}
+
+fn open(
+    stream: TcpStream,
+    cfg: ChannelConfig,
+    tls: Option<&ServerTls>,
+) -> Result<Box<dyn Channel + Send>, ProtocolError> {
+    Ok(match tls {
+        Some(tls) => Box::new(tls.accept(stream, cfg)?),
+        None => Box::new(TcpChannel::from_stream(stream, cfg)?),
+    })
+}
+
+fn refuse<C: Channel + ?Sized>(ch: &mut C, message: String) -> Result<(), ProtocolError> {
+    send(ch, &ServerMsg::Error { message })
+}
+
+/// Decodes and checks a key upload against the model's parameters and Galois elements.
+fn decode_keys(
+    params: &Arc<CkksParameters>,
+    model: &CkksModel,
+    rlk: &[u8],
+    galois: &[u8],
+) -> Result<SessionKeys, String> {
+    let ctx = params.context();
+    let rlk = RelinKey::from_bytes(ctx, rlk).map_err(|e| format!("relinearization key: {e}"))?;
+    let galois = GaloisKeys::from_bytes(ctx, galois).map_err(|e| format!("Galois keys: {e}"))?;
+    let got: Vec<usize> = galois.elements().collect();
+    if got != model.galois_elements() {
+        return Err(format!(
+            "Galois keys for elements {got:?}, the model needs exactly {:?}",
+            model.galois_elements()
+        ));
+    }
+    Ok(SessionKeys { rlk, galois })
+}
+
+/// Decodes an input ciphertext, checks it against the model, and evaluates the model.
+fn ckks_infer(
+    params: &Arc<CkksParameters>,
+    model: &CkksModel,
+    ev: &Evaluator,
+    keys: &SessionKeys,
+    input_shape: &[usize],
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
+    let ct = CkksCiphertext::from_bytes(params, bytes).map_err(|e| format!("ciphertext: {e}"))?;
+    if ct.len() != 2 || ct.level() != model.input_level() || ct.scale() != params.default_scale() {
+        return Err(format!(
+            "ciphertext with {} polynomials at level {} and scale 2^{:.2}; expected 2 at level {} and scale 2^{:.2}",
+            ct.len(),
+            ct.level(),
+            ct.scale().log2(),
+            model.input_level(),
+            params.default_scale().log2()
+        ));
+    }
+    let period = input_shape
+        .iter()
+        .product::<usize>()
+        .max(1)
+        .next_power_of_two();
+    let x = CkksTensor::from_ciphertext(ct, input_shape, period).map_err(|e| e.to_string())?;
+    let y = model
+        .infer(ev, &keys.rlk, &keys.galois, &x)
+        .map_err(|e| e.to_string())?;
+    Ok(y.ct.to_bytes(params))
+}
+
+fn session<C: Channel>(
+    mut ch: C,
     models: &BTreeMap<String, Hosted>,
     auth: &Auth,
 ) -> Result<(usize, u64), ProtocolError> {
@@ -195,12 +353,7 @@ fn session(
         ClientMsg::Hello { version, token } if version == PROTOCOL_VERSION => {
             if !auth.check(token.as_deref()) {
                 let message = "unauthorized: missing or wrong bearer token".to_string();
-                send(
-                    &mut ch,
-                    &ServerMsg::Error {
-                        message: message.clone(),
-                    },
-                )?;
+                refuse(&mut ch, message.clone())?;
                 return Err(ProtocolError::Unexpected(message));
             }
         }
@@ -208,12 +361,7 @@ fn session(
             let message = format!(
                 "unsupported protocol version {version} (server speaks {PROTOCOL_VERSION})"
             );
-            send(
-                &mut ch,
-                &ServerMsg::Error {
-                    message: message.clone(),
-                },
-            )?;
+            refuse(&mut ch, message.clone())?;
             return Err(ProtocolError::Unexpected(message));
         }
         other => return Err(ProtocolError::Unexpected(format!("{other:?} before Hello"))),
@@ -226,36 +374,94 @@ fn session(
         },
     )?;
     let mut p = Party::setup(PartyId::P1, ch, os_rng())?;
+    let mut keys: BTreeMap<String, SessionKeys> = BTreeMap::new();
     let mut count = 0;
     loop {
         match recv::<_, ClientMsg>(p.channel())? {
-            ClientMsg::Infer { model } => {
+            ClientMsg::UploadKeys { model } => {
+                // The two key messages are read whatever happens, so the framing holds.
+                let rlk = p.channel().recv()?;
+                let galois = p.channel().recv()?;
+                let decoded = match models.get(&model).map(|h| &h.engine) {
+                    None => Err(format!("no model named {model:?}")),
+                    Some(Engine::Hybrid(_)) => Err(format!(
+                        "model {model:?} runs in the hybrid mode and needs no keys"
+                    )),
+                    Some(Engine::Ckks {
+                        model: cm, params, ..
+                    }) => decode_keys(params, cm, &rlk, &galois),
+                };
+                match decoded {
+                    Ok(k) => {
+                        keys.insert(model, k);
+                        send(p.channel(), &ServerMsg::Ok)?;
+                        tracing::info!(bytes = rlk.len() + galois.len(), "keys uploaded");
+                    }
+                    Err(message) => {
+                        tracing::warn!(error = %message, "key upload refused");
+                        refuse(p.channel(), message)?;
+                    }
+                }
+            }
+            ClientMsg::Infer { model, batch } => {
                 let Some(hosted) = models.get(&model) else {
-                    send(
-                        p.channel(),
-                        &ServerMsg::Error {
-                            message: format!("no model named {model:?}"),
-                        },
-                    )?;
+                    refuse(p.channel(), format!("no model named {model:?}"))?;
                     continue;
                 };
+                if batch == 0 || batch > MAX_BATCH {
+                    refuse(
+                        p.channel(),
+                        format!("batch of {batch} inputs: must be 1 to {MAX_BATCH}"),
+                    )?;
+                    continue;
+                }
+                if matches!(hosted.engine, Engine::Ckks { .. }) && !keys.contains_key(&model) {
+                    refuse(
+                        p.channel(),
+                        format!("model {model:?} runs in CKKS mode: upload the keys first"),
+                    )?;
+                    continue;
+                }
                 send(p.channel(), &ServerMsg::Ok)?;
-                let t = Instant::now();
-                let before = p.stats();
-                hosted.model.run_server(&mut p)?;
-                let after = p.stats();
-                count += 1;
-                tracing::info!(
-                    model = %hosted.info.name,
-                    ms = t.elapsed().as_secs_f64() * 1e3,
-                    bytes = after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received,
-                    "inference"
-                );
+                for _ in 0..batch {
+                    let t = Instant::now();
+                    let before = p.stats();
+                    match &hosted.engine {
+                        Engine::Hybrid(h) => h.run_server(&mut p)?,
+                        Engine::Ckks {
+                            model: cm,
+                            params,
+                            ev,
+                        } => {
+                            let bytes = p.channel().recv()?;
+                            let k = &keys[&model];
+                            match ckks_infer(params, cm, ev, k, &hosted.info.input_shape, &bytes) {
+                                Ok(reply) => {
+                                    send(p.channel(), &ServerMsg::Ok)?;
+                                    p.channel().send(&reply)?;
+                                    p.channel().flush()?;
+                                }
+                                Err(message) => {
+                                    refuse(p.channel(), message.clone())?;
+                                    return Err(ProtocolError::Unexpected(message));
+                                }
+                            }
+                        }
+                    }
+                    let after = p.stats();
+                    count += 1;
+                    tracing::info!(
+                        model = %hosted.info.name,
+                        ms = t.elapsed().as_secs_f64() * 1e3,
+                        bytes = after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received,
+                        "inference"
+                    );
+                }
             }
             ClientMsg::Bye => break,
-            other => {
+            other @ ClientMsg::Hello { .. } => {
                 return Err(ProtocolError::Unexpected(format!(
-                    "{other:?} during inference"
+                    "{other:?} during the session"
                 )))
             }
         }

@@ -71,12 +71,15 @@ impl Drop for ServeProcess {
     }
 }
 
-fn serve(models: &[&str]) -> ServeProcess {
+fn serve(models: &[&str], tls: Option<(&str, &str)>) -> ServeProcess {
     use std::io::BufRead;
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     for m in models {
         args.push("--model");
         args.push(m);
+    }
+    if let Some((cert, key)) = tls {
+        args.extend(["--tls-cert", cert, "--tls-key", key]);
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_cipherml"))
         .args(&args)
@@ -99,9 +102,16 @@ fn serve(models: &[&str]) -> ServeProcess {
 
 #[test]
 fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
-    use cipherml::data::{data_dir, npy_bytes_f32, read_npy, NpyArray};
     use std::io::Write;
-    let server = serve(&["models/digits_cnn.onnx", "mlp=models/digits_mlp.onnx"]);
+    let server = serve(
+        &[
+            "models/digits_cnn.onnx",
+            "mlp=models/digits_mlp.onnx",
+            "models/digits_square_mlp.onnx",
+            "models/cancer_logreg.onnx",
+        ],
+        None,
+    );
     // A hostile client: random bytes, an oversized length prefix, then a hang-up.
     for garbage in [
         vec![0xffu8; 64],
@@ -123,67 +133,131 @@ fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no model named"));
-    // Real inference through the CLI on 4 test images.
-    let xs = read_npy(data_dir().join("digits_test_x.npy"))
-        .unwrap()
-        .to_f64();
-    let batch = xs
-        .slice(ndarray::s![0..4, .., .., ..])
-        .mapv(|v| v as f32)
-        .into_dyn();
+    // Real inference through the CLI on 4 test rows, for every bundled model (hybrid and
+    // CKKS modes).
     let dir = std::env::temp_dir().join(format!("cipherml-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("x.npy");
-    let output = dir.join("y.npy");
+    for (name, file, data) in [
+        ("digits_cnn", "digits_cnn", "digits_test_x.npy"),
+        ("mlp", "digits_mlp", "digits_test_x.npy"),
+        (
+            "digits_square_mlp",
+            "digits_square_mlp",
+            "digits_test_x.npy",
+        ),
+        ("cancer_logreg", "cancer_logreg", "cancer_test_x.npy"),
+    ] {
+        check_cli_inference(&server.addr, name, file, data, &dir, &[]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `cipherml infer` on the first 4 rows of `data` and checks the logits and classes
+/// against the plaintext model.
+fn check_cli_inference(
+    addr: &str,
+    name: &str,
+    file: &str,
+    data: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) {
+    use cipherml::data::{data_dir, npy_bytes_f32, read_npy, NpyArray};
+    let xs = read_npy(data_dir().join(data)).unwrap().to_f64();
+    let batch = xs
+        .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..4))
+        .mapv(|v| v as f32)
+        .into_dyn();
+    let input = dir.join(format!("{name}-x.npy"));
+    let output = dir.join(format!("{name}-y.npy"));
     std::fs::write(&input, npy_bytes_f32(&batch)).unwrap();
-    for (name, file) in [("digits_cnn", "digits_cnn"), ("mlp", "digits_mlp")] {
-        let arch = format!("models/{file}.onnx");
-        let out = cipherml(&[
-            "infer",
-            "--server",
-            &server.addr,
-            "--model",
-            name,
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let logits = match read_npy(&output).unwrap() {
-            NpyArray::F32(a) => a.mapv(f64::from),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(logits.shape(), &[4, 10]);
-        let model =
-            cipherml::nn::load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&arch))
-                .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        for i in 0..4 {
-            let want = model
-                .predict(&xs.index_axis(ndarray::Axis(0), i).to_owned())
-                .unwrap();
-            for (a, b) in logits
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .zip(want.iter())
-            {
-                assert!((a - b).abs() < 0.05, "{name} image {i}: {a} vs {b}");
-            }
-            let class = want
-                .iter()
+    let arch = format!("models/{file}.onnx");
+    let mut args = vec![
+        "infer",
+        "--server",
+        addr,
+        "--model",
+        name,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = cipherml(&args);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logits = match read_npy(&output).unwrap() {
+        NpyArray::F32(a) => a.mapv(f64::from),
+        other => panic!("{other:?}"),
+    };
+    let model =
+        cipherml::nn::load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&arch))
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 0..4 {
+        let want = model
+            .predict(&xs.index_axis(ndarray::Axis(0), i).to_owned())
+            .unwrap();
+        let got = logits.index_axis(ndarray::Axis(0), i);
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() < 0.05, "{name} row {i}: {a} vs {b}");
+        }
+        let class = if want.len() == 1 {
+            usize::from(want[[0]] > 0.0)
+        } else {
+            want.iter()
                 .enumerate()
                 .fold(
                     (0, f64::NEG_INFINITY),
                     |b, (j, &v)| if v > b.1 { (j, v) } else { b },
                 )
-                .0;
-            assert!(text.contains(&format!("{i}: class {class}")), "{text}");
-        }
+                .0
+        };
+        assert!(
+            text.contains(&format!("{i}: class {class}")),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn serve_and_infer_over_tls_with_the_real_binaries() {
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let cert = tls.join("server.pem");
+    let key = tls.join("server.key");
+    let ca = tls.join("ca.pem");
+    let server = serve(
+        &["models/digits_mlp.onnx"],
+        Some((cert.to_str().unwrap(), key.to_str().unwrap())),
+    );
+    let dir = std::env::temp_dir().join(format!("cipherml-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    check_cli_inference(
+        &server.addr,
+        "digits_mlp",
+        "digits_mlp",
+        "digits_test_x.npy",
+        &dir,
+        &["--tls-ca", ca.to_str().unwrap()],
+    );
+    // Without TLS, or trusting another CA, the client fails with an error.
+    for extra in [vec![], vec!["--tls-ca", cert.to_str().unwrap()]] {
+        let mut args = vec![
+            "infer",
+            "--server",
+            &server.addr,
+            "--input",
+            "data/digits_test_x.npy",
+        ];
+        args.extend(extra);
+        let out = cipherml(&args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error"));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

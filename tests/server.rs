@@ -179,6 +179,7 @@ fn wrong_protocol_version_and_messages_out_of_order_are_refused() {
         &mut ch,
         &ClientMsg::Infer {
             model: "mlp".into(),
+            batch: 1,
         },
     )
     .unwrap();
@@ -200,4 +201,319 @@ fn wrong_protocol_version_and_messages_out_of_order_are_refused() {
     // The client received the architecture, not the weights.
     assert_eq!(client.models()[0].architecture, m.architecture());
     client.close().unwrap();
+}
+
+fn digits_row(i: usize) -> ndarray::ArrayD<f64> {
+    read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64()
+        .index_axis(Axis(0), i)
+        .to_owned()
+}
+
+fn max_abs_diff(a: &ndarray::ArrayD<f64>, b: &ndarray::ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn square_mlp() -> cipherml::nn::Sequential {
+    load_onnx(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_square_mlp.onnx"),
+    )
+    .unwrap()
+}
+
+/// A server hosting the hybrid MLP and the CKKS square MLP.
+fn start_both() -> String {
+    let server = Server::bind(
+        "127.0.0.1:0",
+        vec![("mlp".into(), model()), ("square".into(), square_mlp())],
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    std::thread::spawn(move || server.run());
+    addr
+}
+
+#[test]
+fn ckks_models_are_served_after_a_key_upload_and_batches_work() {
+    let addr = start_both();
+    let m = square_mlp();
+    let mut client = Client::connect(&addr).unwrap();
+    let info = client.models().iter().find(|i| i.name == "square").unwrap();
+    assert_eq!(info.mode, "ckks");
+    assert!(info.params.starts_with("CKKS N=8192"), "{}", info.params);
+    let hybrid = client.models().iter().find(|i| i.name == "mlp").unwrap();
+    assert_eq!(hybrid.mode, "hybrid");
+    // One request with a batch of four rows, in both modes.
+    let xs = read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64()
+        .slice_axis(Axis(0), ndarray::Slice::from(0..4))
+        .to_owned();
+    for (name, reference, tol) in [("square", square_mlp(), 1e-2), ("mlp", model(), 0.05)] {
+        let ys = client.infer_batch(name, &xs).unwrap();
+        assert_eq!(ys.len_of(Axis(0)), 4);
+        for (i, (x, y)) in xs.outer_iter().zip(ys.outer_iter()).enumerate() {
+            let want = reference.predict(&x.to_owned()).unwrap();
+            let err = max_abs_diff(&y.to_owned(), &want);
+            assert!(err < tol, "{name} row {i}: {err}");
+            assert_eq!(argmax(&y.to_owned()), argmax(&want), "{name} row {i}");
+        }
+    }
+    // Later requests reuse the uploaded keys: one ciphertext each way.
+    let before = client.bytes();
+    let y = client.infer("square", &digits_row(7)).unwrap();
+    let per_inference = client.bytes() - before;
+    assert!(per_inference < 400_000, "{per_inference} bytes");
+    assert!(max_abs_diff(&y, &m.predict(&digits_row(7)).unwrap()) < 1e-2);
+    client.close().unwrap();
+}
+
+/// A raw session past the hello and OT set-up, to send what a real client would not.
+fn raw_session(
+    addr: &str,
+) -> cipherml::mpc::party::Party<cipherml::mpc::net::TcpChannel, rand_chacha::ChaCha20Rng> {
+    use cipherml::protocol::{recv, ServerMsg};
+    let mut ch = cipherml::mpc::net::TcpChannel::connect(addr, Default::default()).unwrap();
+    send(
+        &mut ch,
+        &ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: None,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        recv::<_, ServerMsg>(&mut ch).unwrap(),
+        ServerMsg::Hello { .. }
+    ));
+    cipherml::mpc::party::Party::setup(
+        cipherml::mpc::share::PartyId::P0,
+        ch,
+        cipherml::mpc::prg::os_rng(),
+    )
+    .unwrap()
+}
+
+fn server_error<C: cipherml::mpc::net::Channel>(ch: &mut C) -> String {
+    match cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap() {
+        cipherml::protocol::ServerMsg::Error { message } => message,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
+    use cipherml::he::ckks::{CkksParameters, CkksParametersLiteral, Encoder};
+    use cipherml::he::rlwe::{GaloisKeys, RelinKey, SecretKey};
+    use cipherml::mpc::net::Channel;
+    use cipherml::nn::CkksModel;
+    let addr = start_both();
+    let m = square_mlp();
+    let (cm, params) = CkksModel::for_model(&m).unwrap();
+    let mut rng = cipherml::mpc::prg::os_rng();
+    let sk = std::sync::Arc::new(SecretKey::random(params.context(), &mut rng));
+    let rlk = RelinKey::new(&sk, &mut rng).to_bytes(params.context());
+    let gk = GaloisKeys::new(&sk, cm.galois_elements(), &mut rng)
+        .unwrap()
+        .to_bytes(params.context());
+    let mut p = raw_session(&addr);
+    let ch = p.channel();
+    let upload = |ch: &mut cipherml::mpc::net::TcpChannel, r: &[u8], g: &[u8]| {
+        send(
+            ch,
+            &ClientMsg::UploadKeys {
+                model: "square".into(),
+            },
+        )
+        .unwrap();
+        ch.send(r).unwrap();
+        ch.send(g).unwrap();
+    };
+    // An inference request before the key upload.
+    send(
+        ch,
+        &ClientMsg::Infer {
+            model: "square".into(),
+            batch: 1,
+        },
+    )
+    .unwrap();
+    let e = server_error(ch);
+    assert!(e.contains("upload the keys first"), "{e}");
+    // Keys of the wrong size (truncated, and one byte too many).
+    upload(ch, &rlk[..rlk.len() - 100], &gk);
+    let e = server_error(ch);
+    assert!(e.contains("relinearization key"), "{e}");
+    let mut long = gk.clone();
+    long.push(0);
+    upload(ch, &rlk, &long);
+    let e = server_error(ch);
+    assert!(e.contains("Galois keys"), "{e}");
+    // Keys for other parameters.
+    let other = CkksParameters::new(&CkksParametersLiteral::n16384()).unwrap();
+    let sk2 = SecretKey::random(other.context(), &mut rng);
+    upload(
+        ch,
+        &RelinKey::new(&sk2, &mut rng).to_bytes(other.context()),
+        &gk,
+    );
+    let e = server_error(ch);
+    assert!(e.contains("relinearization key"), "{e}");
+    // A Galois key missing.
+    let fewer = GaloisKeys::new(&sk, &cm.galois_elements()[1..], &mut rng)
+        .unwrap()
+        .to_bytes(params.context());
+    upload(ch, &rlk, &fewer);
+    let e = server_error(ch);
+    assert!(e.contains("needs exactly"), "{e}");
+    // Keys for a hybrid model.
+    send(
+        ch,
+        &ClientMsg::UploadKeys {
+            model: "mlp".into(),
+        },
+    )
+    .unwrap();
+    ch.send(&rlk).unwrap();
+    ch.send(&gk).unwrap();
+    let e = server_error(ch);
+    assert!(e.contains("needs no keys"), "{e}");
+    // A batch out of bounds.
+    send(
+        ch,
+        &ClientMsg::Infer {
+            model: "mlp".into(),
+            batch: u32::MAX,
+        },
+    )
+    .unwrap();
+    let e = server_error(ch);
+    assert!(e.contains("batch"), "{e}");
+    // Good keys, then a ciphertext at the wrong level: an error, and the session ends.
+    upload(ch, &rlk, &gk);
+    assert!(matches!(
+        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
+        cipherml::protocol::ServerMsg::Ok
+    ));
+    send(
+        ch,
+        &ClientMsg::Infer {
+            model: "square".into(),
+            batch: 1,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
+        cipherml::protocol::ServerMsg::Ok
+    ));
+    let dec = cipherml::he::ckks::Decryptor::new(&params, sk.clone()).unwrap();
+    let pt = Encoder::new(&params)
+        .encode_f64(&[0.5; 8], params.max_level(), params.default_scale())
+        .unwrap();
+    let good = dec.encrypt_symmetric(&pt, &mut rng).unwrap();
+    let low = cipherml::he::ckks::Evaluator::new(&params)
+        .drop_to_level(&good, 1)
+        .unwrap();
+    ch.send(&low.to_bytes(&params)).unwrap();
+    let e = server_error(ch);
+    assert!(e.contains("level 1"), "{e}");
+    assert!(ch.recv().is_err(), "the session is closed");
+    // A ciphertext for other parameters, in a new session.
+    let mut p = raw_session(&addr);
+    let ch = p.channel();
+    upload(ch, &rlk, &gk);
+    assert!(matches!(
+        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
+        cipherml::protocol::ServerMsg::Ok
+    ));
+    send(
+        ch,
+        &ClientMsg::Infer {
+            model: "square".into(),
+            batch: 1,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
+        cipherml::protocol::ServerMsg::Ok
+    ));
+    let other_dec = cipherml::he::ckks::Decryptor::new(&other, sk2.into()).unwrap();
+    let pt = Encoder::new(&other)
+        .encode_f64(&[0.5; 8], other.max_level(), other.default_scale())
+        .unwrap();
+    let ct = other_dec.encrypt_symmetric(&pt, &mut rng).unwrap();
+    ch.send(&ct.to_bytes(&other)).unwrap();
+    let e = server_error(ch);
+    assert!(e.contains("ciphertext"), "{e}");
+    assert!(ch.recv().is_err(), "the session is closed");
+    // Meanwhile and after, a good client is served.
+    let mut client = Client::connect(&addr).unwrap();
+    let y = client.infer("square", &digits_row(3)).unwrap();
+    assert!(max_abs_diff(&y, &m.predict(&digits_row(3)).unwrap()) < 1e-2);
+    client.close().unwrap();
+}
+
+#[test]
+fn tls_sessions_work_and_plain_or_untrusted_peers_are_refused() {
+    use cipherml::client::{ClientOptions, ClientTls};
+    use cipherml::server::ServerTls;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+    let tls = ServerTls::from_pem_files(&dir.join("server.pem"), &dir.join("server.key")).unwrap();
+    let server = Server::bind(
+        "127.0.0.1:0",
+        vec![("mlp".into(), model()), ("square".into(), square_mlp())],
+        ServerConfig {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .with_tls(tls);
+    let addr = server.local_addr().to_string();
+    std::thread::spawn(move || server.run());
+    // A plain-TCP client cannot talk to a TLS server; it gets an error, not a hang.
+    assert!(Client::connect(&addr).is_err());
+    // A client that does not trust the server's CA refuses it.
+    let untrusted = ClientOptions {
+        tls: Some(ClientTls::from_ca_file(&dir.join("server.pem")).unwrap()),
+        ..Default::default()
+    };
+    assert!(Client::connect_with(&addr, &untrusted).is_err());
+    // The wrong name is refused too.
+    let wrong_name = ClientOptions {
+        tls: Some(
+            ClientTls::from_ca_file(&dir.join("ca.pem"))
+                .unwrap()
+                .with_server_name("example.com"),
+        ),
+        ..Default::default()
+    };
+    assert!(Client::connect_with(&addr, &wrong_name).is_err());
+    // A trusting client gets the same results as over TCP, in both modes.
+    let options = ClientOptions {
+        tls: Some(ClientTls::from_ca_file(&dir.join("ca.pem")).unwrap()),
+        ..Default::default()
+    };
+    let mut client = Client::connect_with(&addr, &options).unwrap();
+    for i in 0..3 {
+        let x = digits_row(i);
+        let y = client.infer("mlp", &x).unwrap();
+        assert!(max_abs_diff(&y, &model().predict(&x).unwrap()) < 0.05);
+        let y = client.infer("square", &x).unwrap();
+        assert!(max_abs_diff(&y, &square_mlp().predict(&x).unwrap()) < 1e-2);
+    }
+    client.close().unwrap();
+    // Missing or mismatched files give errors naming the file.
+    let e = ServerTls::from_pem_files(&dir.join("nope.pem"), &dir.join("server.key")).unwrap_err();
+    assert!(e.to_string().contains("nope.pem"), "{e}");
+    let e = ServerTls::from_pem_files(&dir.join("server.pem"), &dir.join("ca.pem")).unwrap_err();
+    assert!(e.to_string().contains("ca.pem"), "{e}");
 }

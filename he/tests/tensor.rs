@@ -231,6 +231,32 @@ fn matvec_784x128_at_n8192() {
     assert!(err < 1e-4, "error {err}");
 }
 
+#[test]
+fn structural_rotation_steps_cover_any_sparsity_and_depend_on_shapes_only() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let dense = random_matrix(&mut rng, 48, 100);
+    // A banded matrix: most diagonals are zero, so fewer rotations are used.
+    let banded = Array2::from_shape_fn((48, 100), |(r, c)| {
+        if c >= r && c < r + 3 {
+            dense[[r, c]]
+        } else {
+            0.0
+        }
+    });
+    let zero = Array2::<f64>::zeros((48, 100));
+    let d = LinearMap::dense(dense.view(), None, 128).unwrap();
+    let b = LinearMap::dense(banded.view(), None, 128).unwrap();
+    let z = LinearMap::dense(zero.view(), None, 128).unwrap();
+    assert!(b.rotation_steps().len() < d.rotation_steps().len());
+    assert_eq!(d.structural_rotation_steps(), b.structural_rotation_steps());
+    assert_eq!(d.structural_rotation_steps(), z.structural_rotation_steps());
+    for m in [&d, &b, &z] {
+        let all = m.structural_rotation_steps();
+        assert!(m.rotation_steps().iter().all(|s| all.contains(s)));
+    }
+    assert_eq!(d.rotation_steps(), d.structural_rotation_steps());
+}
+
 fn bfv_pow2() -> bfv::BfvParametersLiteral {
     BfvParametersLiteral {
         degree: 4096,

@@ -112,7 +112,8 @@ impl Error {
         )
     }
 
-    pub(crate) fn aborted(reason: impl Into<String>) -> Self {
+    /// A [`Error::ProtocolAborted`] with `reason` (for transports built outside this crate).
+    pub fn aborted(reason: impl Into<String>) -> Self {
         Error::ProtocolAborted {
             reason: reason.into(),
         }

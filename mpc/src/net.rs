@@ -85,6 +85,25 @@ pub trait Channel {
     fn config(&self) -> ChannelConfig;
 }
 
+/// A boxed channel is a channel (so a session can hold TCP or TLS behind one type).
+impl<C: Channel + ?Sized> Channel for Box<C> {
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        (**self).send(msg)
+    }
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+    fn recv(&mut self) -> Result<Vec<u8>> {
+        (**self).recv()
+    }
+    fn stats(&self) -> Stats {
+        (**self).stats()
+    }
+    fn config(&self) -> ChannelConfig {
+        (**self).config()
+    }
+}
+
 /// One end of an in-process channel (for tests and single-process runs).
 #[derive(Debug)]
 pub struct MemoryChannel {

@@ -3,7 +3,9 @@
 //! (linear layers by the diagonal method, squares and polynomials elementwise) and returns
 //! one ciphertext. One round trip; the server never sees the input or the output.
 
-use cipherml_he::ckks::{CkksParameters, Encoder, Evaluator};
+use std::sync::Arc;
+
+use cipherml_he::ckks::{CkksParameters, CkksParametersLiteral, Encoder, Evaluator};
 use cipherml_he::rlwe::{GaloisKeys, RelinKey};
 use cipherml_he::tensor::{
     avg_pool_matrix, conv2d_matrix, CkksTensor, LinearMap, PreparedLinearMap,
@@ -71,12 +73,36 @@ fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<
 }
 
 impl CkksModel {
+    /// Compiles `model` with the smallest CKKS parameters that have the levels it needs
+    /// (N = 8192 with three 36-bit levels, else the N = 16384 and 32768 presets), inputs
+    /// encrypted at the top level. Both the server (with the weights) and the client (from
+    /// the architecture alone) arrive at the same parameters and Galois elements.
+    pub fn for_model(model: &Sequential) -> Result<(Self, Arc<CkksParameters>), NnError> {
+        let depth_probe = CkksParameters::new(&CkksParametersLiteral::n16384())?;
+        let needed = Self::compile(model, &depth_probe, depth_probe.max_level())?.depth();
+        let lit = if needed <= 3 {
+            CkksParametersLiteral {
+                degree: 8192,
+                ciphertext_moduli_bits: vec![50, 36, 36, 36],
+                special_moduli_bits: vec![50],
+                scale_bits: 36,
+            }
+        } else if needed <= 7 {
+            CkksParametersLiteral::n16384()
+        } else {
+            CkksParametersLiteral::n32768()
+        };
+        let params = CkksParameters::new(&lit)?;
+        let compiled = Self::compile(model, &params, params.max_level())?;
+        Ok((compiled, params))
+    }
+
     /// Compiles `model` for inputs encrypted at `input_level` of `params`. Fails on a layer
     /// that is not linear or polynomial (use the interactive mode for ReLU and max-pool), or
     /// if the network needs more levels than there are.
     pub fn compile(
         model: &Sequential,
-        params: &std::sync::Arc<CkksParameters>,
+        params: &Arc<CkksParameters>,
         input_level: usize,
     ) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
@@ -140,7 +166,10 @@ impl CkksModel {
                             reason: "this pooling shape has no linear form here".into(),
                         })?;
                     let map = LinearMap::new(m.view(), bias.as_deref(), period)?;
-                    galois.extend(map.galois_elements(&ev));
+                    // Keys for every diagonal the shapes allow, not only the non-zero ones: the
+                    // client derives them from the architecture, and the key set must not
+                    // reveal the weights' sparsity.
+                    galois.extend(map.structural_galois_elements(&ev));
                     period = map.output_period();
                     steps.push(Step::Linear(map.encode(&encoder, level)?, output.clone()));
                     level -= 1;
@@ -163,7 +192,8 @@ impl CkksModel {
         })
     }
 
-    /// The Galois elements the server needs keys for (the client generates exactly these).
+    /// The Galois elements the server needs keys for (the client generates exactly these;
+    /// they depend on the architecture only).
     pub fn galois_elements(&self) -> &[usize] {
         &self.galois
     }

@@ -382,27 +382,9 @@ impl Sequential {
         let mut rng = cipherml_mpc::prg::os_rng();
         match plan.mode {
             Mode::Ckks => {
-                use cipherml_he::ckks::{
-                    CkksParameters, CkksParametersLiteral, Decryptor, Encryptor, Evaluator,
-                };
+                use cipherml_he::ckks::{Decryptor, Encryptor, Evaluator};
                 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
-                let depth_probe = CkksParameters::new(&CkksParametersLiteral::n16384())?;
-                let needed =
-                    CkksModel::compile(self, &depth_probe, depth_probe.max_level())?.depth();
-                let lit = if needed <= 3 {
-                    CkksParametersLiteral {
-                        degree: 8192,
-                        ciphertext_moduli_bits: vec![50, 36, 36, 36],
-                        special_moduli_bits: vec![50],
-                        scale_bits: 36,
-                    }
-                } else if needed <= 7 {
-                    CkksParametersLiteral::n16384()
-                } else {
-                    CkksParametersLiteral::n32768()
-                };
-                let params = CkksParameters::new(&lit)?;
-                let compiled = CkksModel::compile(self, &params, params.max_level())?;
+                let (compiled, params) = CkksModel::for_model(self)?;
                 let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
                 let rlk = RelinKey::new(&sk, &mut rng);
                 let gk = GaloisKeys::new(&sk, compiled.galois_elements(), &mut rng)?;

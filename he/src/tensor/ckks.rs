@@ -310,17 +310,43 @@ impl LinearMap {
                 steps.insert((k * self.baby) as i64);
             }
         }
+        self.block_sum_steps(&mut steps);
+        steps.into_iter().collect()
+    }
+
+    /// The rotation steps any matrix of this shape may use, whichever diagonals are zero:
+    /// what a party that knows only the shapes (a client given the architecture) must
+    /// provide keys for. A superset of [`Self::rotation_steps`].
+    pub fn structural_rotation_steps(&self) -> Vec<i64> {
+        let ndiag = self.out_period;
+        let mut steps: std::collections::BTreeSet<i64> =
+            (1..self.baby.min(ndiag)).map(|b| b as i64).collect();
+        for k in 1..ndiag.div_ceil(self.baby) {
+            steps.insert((k * self.baby) as i64);
+        }
+        self.block_sum_steps(&mut steps);
+        steps.into_iter().collect()
+    }
+
+    fn block_sum_steps(&self, steps: &mut std::collections::BTreeSet<i64>) {
         let mut s = self.out_period;
         while s < self.period {
             steps.insert(s as i64);
             s *= 2;
         }
-        steps.into_iter().collect()
     }
 
     /// The Galois elements of [`Self::rotation_steps`] (generate exactly these keys).
     pub fn galois_elements(&self, ev: &Evaluator) -> Vec<usize> {
         self.rotation_steps()
+            .into_iter()
+            .map(|s| ev.galois_element(s))
+            .collect()
+    }
+
+    /// The Galois elements of [`Self::structural_rotation_steps`].
+    pub fn structural_galois_elements(&self, ev: &Evaluator) -> Vec<usize> {
+        self.structural_rotation_steps()
             .into_iter()
             .map(|s| ev.galois_element(s))
             .collect()

@@ -1,5 +1,5 @@
-//! The `cipherml` command line: inspect a model, run the private-inference demo, print
-//! benchmarks. (`serve` and `infer` come with the client/server release.)
+//! The `cipherml` command line: host models (`serve`), call them privately (`infer`), run
+//! the private-inference demo, inspect a model and its plan, print benchmarks.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,9 +49,15 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         max_sessions: usize,
         /// Require this bearer token from clients (default: taken from CIPHERML_TOKEN, or
-        /// none). Use it with TLS termination in front of the server on a network.
+        /// none). Use it with TLS on a network.
         #[arg(long, env = "CIPHERML_TOKEN")]
         token: Option<String>,
+        /// Serve over TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Runs private inference against a server on a batch of inputs (.npy, first axis).
     Infer {
@@ -70,6 +76,12 @@ enum Command {
         /// Bearer token (default: CIPHERML_TOKEN).
         #[arg(long, env = "CIPHERML_TOKEN")]
         token: Option<String>,
+        /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// The name the server's certificate must carry (default: the host of --server).
+        #[arg(long, requires = "tls_ca")]
+        tls_server_name: Option<String>,
     },
     /// Prints benchmark figures as JSON lines (BENCHMARKS.md).
     Bench {
@@ -98,20 +110,41 @@ fn main() {
             listen,
             max_sessions,
             token,
-        } => serve(&models, &listen, max_sessions, token),
+            tls_cert,
+            tls_key,
+        } => serve(&models, &listen, max_sessions, token, tls_cert.zip(tls_key)),
         Command::Infer {
             server,
             model,
             input,
             output,
             token,
-        } => infer(
-            &server,
-            model.as_deref(),
-            &input,
-            output.as_deref(),
-            token.as_deref(),
-        ),
+            tls_ca,
+            tls_server_name,
+        } => (|| {
+            let tls = match tls_ca {
+                Some(ca) => {
+                    let t = cipherml::tls::ClientTls::from_ca_file(&ca)?;
+                    Some(match tls_server_name {
+                        Some(n) => t.with_server_name(n),
+                        None => t,
+                    })
+                }
+                None => None,
+            };
+            let options = cipherml::client::ClientOptions {
+                token,
+                tls,
+                ..Default::default()
+            };
+            infer(
+                &server,
+                model.as_deref(),
+                &input,
+                output.as_deref(),
+                &options,
+            )
+        })(),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -222,7 +255,13 @@ fn bench(suite: &str, budget: Duration) -> Res {
     Ok(())
 }
 
-fn serve(models: &[String], listen: &str, max_sessions: usize, token: Option<String>) -> Res {
+fn serve(
+    models: &[String],
+    listen: &str,
+    max_sessions: usize,
+    token: Option<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Res {
     let mut loaded = Vec::new();
     for spec in models {
         let (name, path) = match spec.split_once('=') {
@@ -248,8 +287,14 @@ fn serve(models: &[String], listen: &str, max_sessions: usize, token: Option<Str
     if let Some(t) = token {
         server = server.with_auth(cipherml::server::Auth::token(t));
     }
+    let scheme = if let Some((cert, key)) = tls {
+        server = server.with_tls(cipherml::server::ServerTls::from_pem_files(&cert, &key)?);
+        " (TLS)"
+    } else {
+        ""
+    };
     println!(
-        "listening on {} (models: {})",
+        "listening on {}{scheme} (models: {})",
         server.local_addr(),
         names.join(", ")
     );
@@ -264,9 +309,9 @@ fn infer(
     model: Option<&str>,
     input: &std::path::Path,
     output: Option<&std::path::Path>,
-    token: Option<&str>,
+    options: &cipherml::client::ClientOptions,
 ) -> Res {
-    let mut client = cipherml::client::Client::connect_authenticated(server, token)?;
+    let mut client = cipherml::client::Client::connect_with(server, options)?;
     let info = match model {
         Some(m) => client
             .models()
@@ -287,6 +332,10 @@ fn infer(
         },
     };
     let shape = info.input_shape.clone();
+    let sigmoid_output = matches!(
+        info.architecture.layers.last(),
+        Some(cipherml::nn::ArchLayer::Sigmoid)
+    );
     let xs = read_npy(input)?.to_f64();
     let xs = if xs.shape() == shape.as_slice() {
         xs.insert_axis(Axis(0))
@@ -312,14 +361,7 @@ fn infer(
         let y = client.infer(&info.name, &x.to_owned())?;
         bar.inc(1);
         out_shape = y.shape().to_vec();
-        let class = y
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f64::NEG_INFINITY),
-                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-            )
-            .0;
+        let class = predicted_class(&y, sigmoid_output);
         println!("{i}: class {class}");
         all.extend(y.iter().map(|&v| v as f32));
     }
@@ -338,4 +380,20 @@ fn infer(
     }
     client.close()?;
     Ok(())
+}
+
+/// The predicted class: the arg-max of the logits, or for a single output the side of the
+/// decision threshold (0.5 after a sigmoid, 0 for a logit).
+fn predicted_class(y: &ndarray::ArrayD<f64>, sigmoid_output: bool) -> usize {
+    if y.len() == 1 {
+        let threshold = if sigmoid_output { 0.5 } else { 0.0 };
+        return usize::from(y.iter().next().copied().unwrap_or(0.0) > threshold);
+    }
+    y.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+        )
+        .0
 }

@@ -1,0 +1,561 @@
+//! Optional TLS (rustls, TLS 1.3, the `ring` provider) for the client/server session.
+//!
+//! [`TlsChannel`] is a [`Channel`] over a TLS connection with the same framing, limits,
+//! timeouts and counters as [`cipherml_mpc::net::TcpChannel`]. As there, writes go
+//! through a writer thread, so both ends may send before receiving without deadlocking on
+//! full socket buffers: the application thread alone owns the TLS state (it encrypts into
+//! a buffer that the writer thread sends, and decrypts what it reads), and the writer thread
+//! only ever sees ciphertext.
+//!
+//! Certificates are PEM files: the server's chain and PKCS#8/PKCS#1/SEC1 key
+//! ([`ServerTls::from_pem_files`]), and the client's trusted CA ([`ClientTls::from_ca_file`]).
+//! SECURITY.md shows how to make them with `openssl`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cipherml_mpc::net::{Channel, ChannelConfig, Stats};
+use cipherml_mpc::Error as NetError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Largest PEM file read (certificates and keys are a few KB).
+const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Errors of the TLS configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A PEM file without the expected item, or malformed.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// rustls refused the configuration (e.g. a key that does not match the certificate).
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// A server name that is not a valid DNS name or IP address.
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let err = |source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    Ok(bytes)
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            what: "no CERTIFICATE in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS identity (certificate chain and key), shared by all sessions.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads a PEM certificate chain (leaf first) and its private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = certificates(cert)?;
+        let key_bytes = zeroize::Zeroizing::new(read_pem(key)?);
+        let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Pem {
+            path: key.to_path_buf(),
+            what: format!("no usable private key ({e})"),
+        })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)?;
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    /// Runs the server side of the handshake on an accepted connection.
+    pub fn accept(&self, stream: TcpStream, config: ChannelConfig) -> Result<TlsChannel, NetError> {
+        let conn = rustls::ServerConnection::new(self.config.clone())
+            .map_err(|e| NetError::aborted(format!("TLS: {e}")))?;
+        TlsChannel::handshake(stream, rustls::Connection::Server(conn), config)
+    }
+}
+
+/// The client's TLS trust: the CA that signed the server's certificate.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in a PEM file (and nothing else).
+    pub fn from_ca_file(ca: &Path) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(ca)? {
+            roots.add(cert).map_err(|e| TlsError::Pem {
+                path: ca.to_path_buf(),
+                what: format!("not a usable CA certificate ({e})"),
+            })?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            config: Arc::new(config),
+            server_name: None,
+        })
+    }
+
+    /// The name the server's certificate must carry (default: the host part of the
+    /// address passed to connect).
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Connects to `addr` and runs the client side of the handshake.
+    pub fn connect(&self, addr: &str, config: ChannelConfig) -> Result<TlsChannel, NetError> {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => host_of(addr).to_string(),
+        };
+        let name = ServerName::try_from(name.clone())
+            .map_err(|_| NetError::aborted(format!("invalid TLS server name {name:?}")))?;
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(|e| NetError::aborted(format!("TLS: {e}")))?;
+        let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
+        let stream = TcpStream::connect_timeout(
+            addrs
+                .first()
+                .ok_or_else(|| NetError::aborted("no address"))?,
+            config.timeout,
+        )?;
+        TlsChannel::handshake(stream, rustls::Connection::Client(conn), config)
+    }
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+type WriteError = Arc<Mutex<Option<(std::io::ErrorKind, String)>>>;
+
+/// One end of a TLS connection, with the framing and limits of the TCP channel.
+pub struct TlsChannel {
+    conn: rustls::Connection,
+    stream: TcpStream,
+    tx: Option<Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    write_error: WriteError,
+    /// Decrypted bytes not yet consumed (from `start`).
+    plain: Vec<u8>,
+    start: usize,
+    pending: Vec<u8>,
+    flight_open: bool,
+    broken: bool,
+    stats: Stats,
+    config: ChannelConfig,
+}
+
+impl std::fmt::Debug for TlsChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsChannel")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plaintext queued before it is encrypted and handed to the writer thread.
+const STREAM_THRESHOLD: usize = 1 << 20;
+
+impl TlsChannel {
+    fn handshake(
+        mut stream: TcpStream,
+        mut conn: rustls::Connection,
+        config: ChannelConfig,
+    ) -> Result<Self, NetError> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(config.timeout))?;
+        stream.set_write_timeout(Some(config.timeout))?;
+        // The whole handshake must finish within the timeout (a peer that trickles bytes
+        // does not hold the session).
+        let start = Instant::now();
+        while conn.is_handshaking() {
+            if start.elapsed() > config.timeout {
+                return Err(NetError::Timeout {
+                    timeout: config.timeout,
+                });
+            }
+            conn.complete_io(&mut stream)
+                .map_err(|e| io_error(e, config.timeout))?;
+        }
+        conn.set_buffer_limit(None);
+        let mut wstream = stream.try_clone()?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let write_error: WriteError = Arc::new(Mutex::new(None));
+        let we = write_error.clone();
+        let writer = std::thread::Builder::new()
+            .name("cipherml-tls-writer".into())
+            .spawn(move || {
+                for buf in rx {
+                    if let Err(e) = wstream.write_all(&buf).and_then(|_| wstream.flush()) {
+                        if let Ok(mut g) = we.lock() {
+                            *g = Some((e.kind(), e.to_string()));
+                        }
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            conn,
+            stream,
+            tx: Some(tx),
+            writer: Some(writer),
+            write_error,
+            plain: Vec::new(),
+            start: 0,
+            pending: Vec::new(),
+            flight_open: false,
+            broken: false,
+            stats: Stats::default(),
+            config,
+        })
+    }
+
+    fn writer_failed(&self) -> NetError {
+        let stored = self.write_error.lock().ok().and_then(|g| g.clone());
+        match stored {
+            Some((kind, msg)) => io_error(std::io::Error::new(kind, msg), self.config.timeout),
+            None => NetError::PeerClosed,
+        }
+    }
+
+    /// Hands the TLS records the connection wants to send to the writer thread.
+    fn send_records(&mut self) -> Result<(), NetError> {
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut out)?;
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let tx = self.tx.as_ref().ok_or(NetError::PeerClosed)?;
+        if tx.send(out).is_err() {
+            return Err(self.writer_failed());
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> Result<(), NetError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.pending);
+        self.conn.writer().write_all(&buf)?;
+        self.send_records()
+    }
+
+    /// Processes the records rustls holds and moves their plaintext into `plain`;
+    /// returns whether the peer has closed.
+    fn drain(&mut self) -> Result<bool, NetError> {
+        let state = self
+            .conn
+            .process_new_packets()
+            .map_err(|e| NetError::aborted(format!("TLS: {e}")))?;
+        let fresh = state.plaintext_bytes_to_read();
+        if fresh > 0 {
+            if self.start > 0 && self.start == self.plain.len() {
+                self.plain.clear();
+                self.start = 0;
+            }
+            let old = self.plain.len();
+            self.plain.resize(old + fresh, 0);
+            self.conn.reader().read_exact(&mut self.plain[old..])?;
+        }
+        // Alerts, key updates and tickets produced while reading.
+        self.send_records()?;
+        Ok(state.peer_has_closed())
+    }
+
+    /// Reads and decrypts until at least `n` plaintext bytes are buffered. Records that
+    /// arrived with the handshake (or with an earlier read) are decrypted before the socket
+    /// is read again.
+    fn fill(&mut self, n: usize) -> Result<(), NetError> {
+        let mut raw = Vec::new();
+        loop {
+            let closed = self.drain()?;
+            if self.plain.len() - self.start >= n {
+                return Ok(());
+            }
+            if closed {
+                return Err(NetError::PeerClosed);
+            }
+            raw.resize(1 << 16, 0);
+            let got = self
+                .stream
+                .read(&mut raw)
+                .map_err(|e| io_error(e, self.config.timeout))?;
+            if got == 0 {
+                return Err(NetError::PeerClosed);
+            }
+            let mut cursor = &raw[..got];
+            while !cursor.is_empty() {
+                self.conn.read_tls(&mut cursor)?;
+                if !cursor.is_empty() {
+                    // rustls' buffer is full: decrypt what it holds first.
+                    self.drain()?;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let out = self.plain[self.start..self.start + n].to_vec();
+        self.start += n;
+        if self.start == self.plain.len() {
+            self.plain.clear();
+            self.start = 0;
+        }
+        out
+    }
+
+    fn read_message(&mut self) -> Result<Vec<u8>, NetError> {
+        self.fill(4)?;
+        let len = u32::from_le_bytes(self.take(4).try_into().expect("4 bytes")) as usize;
+        if len > self.config.max_message_len {
+            return Err(NetError::MessageTooLarge {
+                len: len as u64,
+                max: self.config.max_message_len as u64,
+            });
+        }
+        // The buffer grows with the data actually received, not with the announced length.
+        self.fill(len)?;
+        let msg = self.take(len);
+        self.stats.bytes_received += len as u64 + 4;
+        self.stats.messages_received += 1;
+        Ok(msg)
+    }
+}
+
+fn io_error(e: std::io::Error, timeout: Duration) -> NetError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::WouldBlock | K::TimedOut => NetError::Timeout { timeout },
+        K::UnexpectedEof
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::BrokenPipe
+        | K::NotConnected => NetError::PeerClosed,
+        _ => NetError::Io(e),
+    }
+}
+
+impl Channel for TlsChannel {
+    fn send(&mut self, msg: &[u8]) -> Result<(), NetError> {
+        if msg.len() > self.config.max_message_len || msg.len() > u32::MAX as usize {
+            return Err(NetError::MessageTooLarge {
+                len: msg.len() as u64,
+                max: self.config.max_message_len as u64,
+            });
+        }
+        self.pending
+            .extend_from_slice(&(msg.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(msg);
+        self.stats.bytes_sent += msg.len() as u64 + 4;
+        self.stats.messages_sent += 1;
+        self.flight_open = true;
+        if self.pending.len() >= STREAM_THRESHOLD {
+            self.deliver()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), NetError> {
+        if !self.flight_open {
+            return Ok(());
+        }
+        self.stats.rounds_sent += 1;
+        self.flight_open = false;
+        self.deliver()
+    }
+
+    fn recv(&mut self) -> Result<Vec<u8>, NetError> {
+        if self.broken {
+            return Err(NetError::aborted(
+                "channel broken by an earlier receive error",
+            ));
+        }
+        self.flush()?;
+        let r = self.read_message();
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn config(&self) -> ChannelConfig {
+        self.config
+    }
+}
+
+impl Drop for TlsChannel {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        self.conn.send_close_notify();
+        let _ = self.send_records();
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(server_cfg: ChannelConfig) -> (TlsChannel, TlsChannel) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let server =
+            ServerTls::from_pem_files(&dir.join("server.pem"), &dir.join("server.key")).unwrap();
+        let client = ClientTls::from_ca_file(&dir.join("ca.pem")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let h = std::thread::spawn(move || {
+            client.connect(
+                &addr,
+                ChannelConfig {
+                    timeout: Duration::from_secs(10),
+                    ..Default::default()
+                },
+            )
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let s = server.accept(stream, server_cfg).unwrap();
+        (s, h.join().unwrap().unwrap())
+    }
+
+    #[test]
+    fn simultaneous_large_messages_ping_pong_limits_and_hang_up() {
+        let (mut a, mut b) = pair(ChannelConfig {
+            max_message_len: 16 << 20,
+            timeout: Duration::from_secs(10),
+        });
+        // Both ends send 8 MB before receiving: no deadlock on full socket buffers.
+        let big: Vec<u8> = (0..8 << 20).map(|i| (i * 7 + 3) as u8).collect();
+        let big2 = big.clone();
+        let h = std::thread::spawn(move || {
+            b.send(&big2).unwrap();
+            let got = b.recv().unwrap();
+            assert_eq!(got, big2);
+            // Many small messages, each answered.
+            for i in 0..300u32 {
+                let m = b.recv().unwrap();
+                assert_eq!(m, i.to_le_bytes());
+                b.send(&(i + 1).to_le_bytes()).unwrap();
+            }
+            b.flush().unwrap();
+            b
+        });
+        a.send(&big).unwrap();
+        assert_eq!(a.recv().unwrap(), big);
+        for i in 0..300u32 {
+            a.send(&i.to_le_bytes()).unwrap();
+            assert_eq!(a.recv().unwrap(), (i + 1).to_le_bytes());
+        }
+        let mut b = h.join().unwrap();
+        assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
+        assert_eq!(a.stats().messages_sent, 301);
+        // A message over the receiver's limit is refused before it is read in.
+        a.send(&vec![0u8; (16 << 20) + 1]).unwrap_err();
+        let (mut s, mut c) = pair(ChannelConfig {
+            max_message_len: 1 << 10,
+            ..Default::default()
+        });
+        c.send(&[1u8; 2048]).unwrap();
+        c.flush().unwrap();
+        assert!(matches!(
+            s.recv(),
+            Err(NetError::MessageTooLarge { len: 2048, .. })
+        ));
+        // A peer that hangs up: an error, not a hang.
+        drop(b);
+        assert!(matches!(a.recv(), Err(NetError::PeerClosed)));
+    }
+
+    #[test]
+    fn pem_errors_name_the_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");
+        let e = ClientTls::from_ca_file(&dir.join("server.key")).unwrap_err();
+        assert!(e.to_string().contains("server.key"), "{e}");
+        let e = ClientTls::from_ca_file(&dir.join("missing.pem")).unwrap_err();
+        assert!(matches!(e, TlsError::Read { .. }), "{e}");
+        assert_eq!(host_of("[::1]:7878"), "::1");
+        assert_eq!(host_of("localhost:7878"), "localhost");
+    }
+}
