@@ -10,7 +10,8 @@
 //! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful), ReLU and
 //! max-pool run as two-party protocols on the shares. The logits are revealed to the
 //! client only. The server learns nothing about the input (it sees only ciphertexts and
-//! uniformly random shares); the client learns the architecture and the logits.
+//! uniformly random shares); the client learns the architecture and the logits. A residual
+//! block `x + body(x)` runs its body recursively and adds the shares locally.
 
 use std::sync::Arc;
 
