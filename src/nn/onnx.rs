@@ -1,6 +1,8 @@
 //! ONNX import through `tract-onnx`'s protobuf model (no hand-written protobuf decoder):
-//! constants and BatchNorm are folded, supported operators map to [`Layer`]s, anything else
-//! is refused with an error naming the operator and the node.
+//! constants and BatchNorm are folded, supported operators map to [`Layer`]s, an `Add` of an
+//! earlier tensor `x` and the end of the chain that started from `x` becomes a
+//! [`Layer::Residual`], anything else is refused with an error naming the operator and the
+//! node.
 
 use std::collections::HashMap;
 use std::path::Path;
