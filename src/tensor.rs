@@ -363,6 +363,7 @@ impl<C: Channel> Session<C> {
             .expect("non-empty");
         self.log.push(crate::nn::LayerPlan {
             layer: format!("matmul ({m}x{k}) x ({k}x{n})"),
+            depth: 0,
             chosen,
             options,
         });

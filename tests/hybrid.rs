@@ -235,3 +235,131 @@ fn hybrid_square_avgpool_and_dense_only_models() {
         assert!((a - b).abs() < 0.01, "{a} vs {b}");
     }
 }
+
+/// One private inference of `model` on `x` with both parties over `c0`/`c1`.
+fn private_predict<C: Channel + Send + 'static>(
+    model: &cipherml::nn::Sequential,
+    x: &ArrayD<f64>,
+    c0: C,
+    c1: C,
+) -> ArrayD<f64> {
+    let config = HybridConfig::default();
+    let server_model = HybridModel::compile(model, &config, true).unwrap();
+    // The client's copy is rebuilt from the architecture alone, as over the wire.
+    let arch = cipherml::nn::Sequential::from_architecture(&model.architecture()).unwrap();
+    let client_model = HybridModel::compile(&arch, &config, false).unwrap();
+    let server = std::thread::spawn(move || {
+        let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+        server_model.run_server(&mut p).unwrap();
+    });
+    let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
+    let sk = Arc::new(SecretKey::random(
+        client_model.params().context(),
+        &mut os_rng(),
+    ));
+    let got = client_model.run_client(&mut p, &sk, x).unwrap();
+    server.join().unwrap();
+    got
+}
+
+fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn residual_network_agrees_with_plaintext_in_memory_and_over_tcp() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
+    let model = cipherml::nn::zoo::resnet_tiny(&mut rng);
+    // The shortcut matters: without it the network computes something else.
+    let mut no_skip = cipherml::nn::Sequential::new(model.input_shape().to_vec());
+    for l in model.layers() {
+        match l {
+            cipherml::nn::Layer::Residual { body } => {
+                for b in body {
+                    no_skip = no_skip.add(b.clone());
+                }
+            }
+            l => no_skip = no_skip.add(l.clone()),
+        }
+    }
+    for i in 0..2 {
+        let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 28, 28]), |_| rng.random_range(0.0..1.0));
+        let want = model.predict(&x).unwrap();
+        assert!(max_abs_diff(&want, &no_skip.predict(&x).unwrap()) > 0.1);
+        let got = if i == 0 {
+            let (c0, c1) = MemoryChannel::pair();
+            private_predict(&model, &x, c0, c1)
+        } else {
+            let (c0, c1) = tcp_loopback_pair(ChannelConfig::default()).unwrap();
+            private_predict(&model, &x, c0, c1)
+        };
+        let err = max_abs_diff(&got, &want);
+        println!("resnet_tiny (run {i}): max logit error {err:.2e}");
+        assert_eq!(argmax(&got), argmax(&want));
+        assert!(err < 0.05, "logit error {err}");
+    }
+    // The plan lists the body's layers after the block, one level deeper.
+    let plan = model.plan(cipherml::nn::NetworkModel::lan()).unwrap();
+    let depths: Vec<usize> = plan.layers.iter().map(|lp| lp.depth).collect();
+    assert_eq!(depths, [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]);
+    let text = plan.explain();
+    assert!(
+        text.contains("\n    Conv2d(8->8, 3x3, stride 1, pad 1)\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn residual_scale_alignment_when_one_branch_is_pending() {
+    use cipherml::nn::{Layer, Sequential};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+    let mut dense = |i: usize, o: usize| Layer::Dense {
+        weight: ndarray::Array2::from_shape_fn((o, i), |_| rng.random_range(-0.6..0.6)),
+        bias: ndarray::Array1::from_shape_fn(o, |_| rng.random_range(-0.3..0.3)),
+    };
+    // Block 1 at the input: the shortcut is at scale 2^f, the body ends in a Dense whose
+    // truncation is pending (2^(2f)): the shortcut is lifted. Block 2 after a Dense and a
+    // ReLU: both branches pending. Block 3 right after block 2's ReLU-only body: likewise,
+    // with a Dense-ending body (its input truncated inside the body only).
+    let model = Sequential::new(vec![8])
+        .add(Layer::Residual {
+            body: vec![dense(8, 8), Layer::Relu, dense(8, 8)],
+        })
+        .add(dense(8, 8))
+        .add(Layer::Residual {
+            body: vec![Layer::Relu],
+        })
+        .add(Layer::Residual {
+            body: vec![dense(8, 8)],
+        })
+        .add(Layer::Relu)
+        .add(dense(8, 3));
+    // Without block 1's shortcut (what a shortcut lost to a 2^-f scale error would give)
+    // the output is clearly different.
+    let mut without_first = Sequential::new(vec![8]);
+    for (i, l) in model.layers().iter().enumerate() {
+        match l {
+            Layer::Residual { body } if i == 0 => {
+                for b in body {
+                    without_first = without_first.add(b.clone());
+                }
+            }
+            l => without_first = without_first.add(l.clone()),
+        }
+    }
+    for _ in 0..3 {
+        let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[8]), |_| rng.random_range(-1.0..1.0));
+        let want = model.predict(&x).unwrap();
+        assert!(max_abs_diff(&want, &without_first.predict(&x).unwrap()) > 0.05);
+        let (c0, c1) = MemoryChannel::pair();
+        let got = private_predict(&model, &x, c0, c1);
+        let err = max_abs_diff(&got, &want);
+        assert!(err < 0.01, "error {err}: {got} vs {want}");
+    }
+}

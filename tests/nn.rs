@@ -250,3 +250,164 @@ fn architectures_round_trip_and_hostile_ones_are_bounded() {
     };
     assert!(Sequential::from_architecture(&deep).is_err());
 }
+
+#[test]
+fn residual_architectures_round_trip_and_hostile_nesting_is_refused() {
+    use cipherml::mpc::net::{Channel, MemoryChannel};
+    use cipherml::nn::{ArchLayer, Architecture, MAX_ARCH_DEPTH};
+    use cipherml::protocol::{recv, send, ProtocolError};
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    let resnet = cipherml::nn::zoo::resnet_tiny(&mut rng);
+    let nested = Sequential::new(vec![4]).add(Layer::Residual {
+        body: vec![
+            Layer::Relu,
+            Layer::Residual {
+                body: vec![Layer::Square, Layer::Flatten],
+            },
+        ],
+    });
+    for m in [resnet, nested] {
+        let a = m.architecture();
+        let z = Sequential::from_architecture(&a).unwrap();
+        assert_eq!(z.architecture(), a);
+        assert_eq!(z.shapes().unwrap(), m.shapes().unwrap());
+        assert_eq!(z.summary().unwrap(), m.summary().unwrap());
+        // Over the wire (the hello's encoding) too.
+        let (mut c0, mut c1) = MemoryChannel::pair();
+        send(&mut c0, &a).unwrap();
+        assert_eq!(recv::<_, Architecture>(&mut c1).unwrap(), a);
+    }
+    let nest = |depth: usize| {
+        let mut l = ArchLayer::Relu;
+        for _ in 0..depth {
+            l = ArchLayer::Residual { body: vec![l] };
+        }
+        Architecture {
+            input_shape: vec![2],
+            layers: vec![l],
+        }
+    };
+    assert!(Sequential::from_architecture(&nest(MAX_ARCH_DEPTH)).is_ok());
+    assert!(Sequential::from_architecture(&nest(MAX_ARCH_DEPTH + 1)).is_err());
+    assert!(Sequential::from_architecture(&nest(200)).is_err());
+    // More layers in all than the bound, spread over residual bodies.
+    let wide = Architecture {
+        input_shape: vec![2],
+        layers: vec![
+            ArchLayer::Residual {
+                body: vec![ArchLayer::Relu; 200],
+            };
+            2
+        ],
+    };
+    assert!(Sequential::from_architecture(&wide).is_err());
+    // A body whose inner activation is huge, though its output shape is fine.
+    let inner_huge = Architecture {
+        input_shape: vec![2],
+        layers: vec![ArchLayer::Residual {
+            body: vec![
+                ArchLayer::Dense {
+                    inputs: 2,
+                    outputs: 1 << 23,
+                },
+                ArchLayer::Dense {
+                    inputs: 1 << 23,
+                    outputs: 2,
+                },
+                ArchLayer::Dense {
+                    inputs: 2,
+                    outputs: 1 << 25,
+                },
+            ],
+        }],
+    };
+    assert!(Sequential::from_architecture(&inner_huge).is_err());
+    // A hostile hello nests 100 000 residual blocks in 200 KB: decoding must refuse it
+    // before recursing that deep. bincode (standard): Vec lengths and variant indices are
+    // varints; Residual is variant 11. The encoding is checked on a shallow nesting first.
+    let encode = |depth: usize| {
+        let mut b = vec![1u8, 2, 1];
+        for _ in 0..depth {
+            b.extend_from_slice(&[11, 1]);
+        }
+        b.push(2); // Relu
+        b
+    };
+    let (mut c0, mut c1) = MemoryChannel::pair();
+    send(&mut c0, &nest(3)).unwrap();
+    assert_eq!(c1.recv().unwrap(), encode(3));
+    c0.send(&encode(MAX_ARCH_DEPTH)).unwrap();
+    c0.flush().unwrap();
+    assert_eq!(
+        recv::<_, Architecture>(&mut c1).unwrap(),
+        nest(MAX_ARCH_DEPTH)
+    );
+    for depth in [MAX_ARCH_DEPTH + 1, 100_000] {
+        c0.send(&encode(depth)).unwrap();
+        c0.flush().unwrap();
+        match recv::<_, Architecture>(&mut c1) {
+            Err(ProtocolError::Malformed(m)) => assert!(m.contains("nested deeper"), "{m}"),
+            other => panic!("depth {depth}: expected Malformed, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn residual_blocks_need_the_body_to_keep_the_shape() {
+    let m = Sequential::new(vec![4]).add(Layer::Residual {
+        body: vec![Layer::Dense {
+            weight: ndarray::Array2::zeros((3, 4)),
+            bias: ndarray::Array1::zeros(3),
+        }],
+    });
+    match m.predict(&ArrayD::zeros(IxDyn(&[4]))) {
+        Err(NnError::ResidualShape { input, body_output }) => {
+            assert_eq!((input, body_output), (vec![4], vec![3]));
+        }
+        other => panic!("expected ResidualShape, got {other:?}"),
+    }
+    assert!(matches!(m.shapes(), Err(NnError::ResidualShape { .. })));
+}
+
+#[test]
+fn ckks_mode_runs_residual_blocks() {
+    use rand::Rng;
+    let mut rng = ChaCha20Rng::seed_from_u64(22);
+    let mut dense = |i: usize, o: usize| Layer::Dense {
+        weight: ndarray::Array2::from_shape_fn((o, i), |_| rng.random_range(-0.4..0.4)),
+        bias: ndarray::Array1::from_shape_fn(o, |_| rng.random_range(-0.2..0.2)),
+    };
+    // Block 1's body squares (its output's scale differs from the shortcut's and it is two
+    // levels lower); block 2's body is only a reshape (same level, added as is).
+    let model = Sequential::new(vec![8])
+        .add(Layer::Residual {
+            body: vec![dense(8, 8), Layer::Square],
+        })
+        .add(Layer::Residual {
+            body: vec![Layer::Flatten],
+        })
+        .add(dense(8, 3));
+    let Layer::Residual { body } = &model.layers()[0] else {
+        unreachable!()
+    };
+    let without_shortcut = Sequential::new(vec![8])
+        .add(body[0].clone())
+        .add(body[1].clone())
+        .add(model.layers()[2].clone());
+    let plan = model.plan(cipherml::nn::NetworkModel::lan()).unwrap();
+    assert_eq!(plan.mode, cipherml::nn::Mode::Ckks, "{}", plan.explain());
+    for _ in 0..2 {
+        let x = ArrayD::from_shape_fn(IxDyn(&[8]), |_| rng.random_range(-1.0..1.0));
+        let want = model.predict(&x).unwrap();
+        let other = without_shortcut.predict(&x).unwrap();
+        assert!(want
+            .iter()
+            .zip(other.iter())
+            .any(|(a, b)| (a - b).abs() > 0.05));
+        let (got, run) = model.predict_private(&x).unwrap();
+        assert_eq!(run.mode, cipherml::nn::Mode::Ckks);
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+}

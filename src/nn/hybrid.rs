@@ -10,7 +10,8 @@
 //! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful), ReLU and
 //! max-pool run as two-party protocols on the shares. The logits are revealed to the
 //! client only. The server learns nothing about the input (it sees only ciphertexts and
-//! uniformly random shares); the client learns the architecture and the logits.
+//! uniformly random shares); the client learns the architecture and the logits. A residual
+//! block `x + body(x)` runs its body recursively and adds the shares locally.
 
 use std::sync::Arc;
 
@@ -130,6 +131,10 @@ enum Step {
         stride: usize,
         input: (usize, usize, usize),
     },
+    /// `x + body(x)`: the body runs recursively, the sum is local on the shares.
+    Residual {
+        body: Vec<Step>,
+    },
 }
 
 /// A model compiled for the hybrid mode (the server's copy holds the quantized weights).
@@ -146,36 +151,35 @@ pub(crate) fn quantize(v: f64, bits: u32) -> i64 {
     (v * (bits as f64).exp2()).round() as i64
 }
 
-impl HybridModel {
-    /// Compiles `model`. With `with_weights = false` (the client's copy) the weights are
-    /// zero: only the architecture is used.
-    pub fn compile(
-        model: &Sequential,
-        config: &HybridConfig,
-        with_weights: bool,
-    ) -> Result<Self, HybridError> {
-        let plan = model.plan(super::NetworkModel::lan())?;
-        Self::compile_with_plan(model, config, with_weights, &plan)
-    }
+/// Compiles layers to steps, walking residual bodies recursively. `index` counts layers in
+/// the order of [`super::Plan::layers`] (pre-order: a residual block, then its body), so
+/// the plan's choice for each layer is found at its own index.
+struct Compiler<'a> {
+    encoder: Encoder,
+    f: u32,
+    with_weights: bool,
+    plan: &'a super::Plan,
+    index: usize,
+}
 
-    /// Compiles `model` following `plan` (which layers run on secret shares rather than
-    /// under HE). Both parties must use the same plan.
-    pub fn compile_with_plan(
-        model: &Sequential,
-        config: &HybridConfig,
-        with_weights: bool,
-        plan: &super::Plan,
-    ) -> Result<Self, HybridError> {
-        let params = BfvParameters::new(&config.bfv_literal())?;
-        let encoder = Encoder::new(&params);
-        let shapes = model.shapes()?;
-        let f = config.frac_bits;
-        let mut steps = Vec::new();
-        for (layer, (input, output)) in model.layers().iter().zip(shapes.iter().zip(&shapes[1..])) {
+impl Compiler<'_> {
+    fn layers(&mut self, layers: &[Layer], input: &[usize]) -> Result<Vec<Step>, HybridError> {
+        let shapes = super::chain_shapes(layers, input)?;
+        let f = self.f;
+        let with_weights = self.with_weights;
+        let mut steps = Vec::with_capacity(layers.len());
+        for (layer, (input, output)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
+            let index = self.index;
+            self.index += 1;
             let unsupported = |reason: &str| NnError::NotSupportedInMode {
                 layer: layer.describe(),
                 mode: "hybrid",
                 reason: reason.into(),
+            };
+            // Biases are added to products of two fixed-point values: scale 2^(2f).
+            let quantized_bias = |bias: &mut dyn Iterator<Item = f64>| -> Vec<i64> {
+                bias.map(|v| if with_weights { quantize(v, 2 * f) } else { 0 })
+                    .collect()
             };
             steps.push(match layer {
                 Layer::Conv2d {
@@ -190,26 +194,19 @@ impl HybridModel {
                         Array4::zeros(weight.dim())
                     };
                     let he = CoeffConv2d::new(
-                        &encoder,
+                        &self.encoder,
                         w.view(),
                         (input[1], input[2]),
                         *padding,
                         *stride,
                     )?;
                     let (_, ho, wo) = he.output_shape();
-                    let b: Vec<i64> = (0..output.iter().product::<usize>())
-                        .map(|i| {
-                            if with_weights {
-                                quantize(bias[i / (ho * wo)], 2 * f)
-                            } else {
-                                0
-                            }
-                        })
-                        .collect();
                     Step::Conv {
                         he,
                         weight: w,
-                        bias: b,
+                        bias: quantized_bias(
+                            &mut (0..output.iter().product::<usize>()).map(|i| bias[i / (ho * wo)]),
+                        ),
                         input: (input[0], input[1], input[2]),
                         stride: *stride,
                         padding: *padding,
@@ -221,27 +218,20 @@ impl HybridModel {
                     } else {
                         Array2::zeros(weight.dim())
                     };
-                    let on_shares = plan
+                    let b = quantized_bias(&mut bias.iter().copied());
+                    let on_shares = self
+                        .plan
                         .layers
-                        .get(steps.len())
+                        .get(index)
                         .is_some_and(|lp| lp.chosen.starts_with("secret shares"));
                     if on_shares {
-                        let b = bias
-                            .iter()
-                            .map(|&v| if with_weights { quantize(v, 2 * f) } else { 0 })
-                            .collect();
-                        steps.push(Step::SharedDense { weight: w, bias: b });
-                        continue;
-                    }
-                    let he = CoeffMatVec::new(&encoder, w.view())?;
-                    let b = bias
-                        .iter()
-                        .map(|&v| if with_weights { quantize(v, 2 * f) } else { 0 })
-                        .collect();
-                    Step::Dense {
-                        he,
-                        weight: w,
-                        bias: b,
+                        Step::SharedDense { weight: w, bias: b }
+                    } else {
+                        Step::Dense {
+                            he: CoeffMatVec::new(&self.encoder, w.view())?,
+                            weight: w,
+                            bias: b,
+                        }
                     }
                 }
                 Layer::Relu => Step::Relu,
@@ -267,6 +257,9 @@ impl HybridModel {
                         input: (input[0], input[1], input[2]),
                     }
                 }
+                Layer::Residual { body } => Step::Residual {
+                    body: self.layers(body, input)?,
+                },
                 Layer::Softmax => {
                     return Err(unsupported("apply softmax to the revealed logits").into())
                 }
@@ -274,12 +267,47 @@ impl HybridModel {
             });
         }
         // ReLU then max-pool equals max-pool then ReLU (ReLU is monotone): pooling first
-        // runs the ReLU protocol on 4x fewer values.
+        // runs the ReLU protocol on 4x fewer values. Only within one list of steps: a
+        // residual block is one step here, so no swap crosses its boundary.
         for i in 1..steps.len() {
             if matches!(steps[i - 1], Step::Relu) && matches!(steps[i], Step::MaxPool { .. }) {
                 steps.swap(i - 1, i);
             }
         }
+        Ok(steps)
+    }
+}
+
+impl HybridModel {
+    /// Compiles `model`. With `with_weights = false` (the client's copy) the weights are
+    /// zero: only the architecture is used.
+    pub fn compile(
+        model: &Sequential,
+        config: &HybridConfig,
+        with_weights: bool,
+    ) -> Result<Self, HybridError> {
+        let plan = model.plan(super::NetworkModel::lan())?;
+        Self::compile_with_plan(model, config, with_weights, &plan)
+    }
+
+    /// Compiles `model` following `plan` (which layers run on secret shares rather than
+    /// under HE). Both parties must use the same plan.
+    pub fn compile_with_plan(
+        model: &Sequential,
+        config: &HybridConfig,
+        with_weights: bool,
+        plan: &super::Plan,
+    ) -> Result<Self, HybridError> {
+        let params = BfvParameters::new(&config.bfv_literal())?;
+        let shapes = model.shapes()?;
+        let steps = Compiler {
+            encoder: Encoder::new(&params),
+            f: config.frac_bits,
+            with_weights,
+            plan,
+            index: 0,
+        }
+        .layers(model.layers(), &shapes[0])?;
         Ok(Self {
             config: config.clone(),
             params,
@@ -361,15 +389,27 @@ impl HybridModel {
         &self,
         p: &mut Party<C, R>,
         sk: Option<&Arc<SecretKey>>,
-        mut x: Vec<u64>,
+        x: Vec<u64>,
     ) -> Result<(Vec<u64>, bool), HybridError> {
-        let ring = self.ring();
-        let f = self.config.frac_bits;
         // Truncation after a linear layer is deferred past ReLU and max-pool (they commute
         // with an arithmetic shift), so it runs on the pooled, smaller tensor; after the last
         // layer it is not run at all: the client decodes the logits at scale 2^(2f).
-        let mut pending = false;
-        for step in &self.steps {
+        self.run_steps(p, sk, &self.steps, x, false)
+    }
+
+    /// Runs `steps` on shares `x` (at scale `2^(2f)` if `pending`, else `2^f`); returns the
+    /// output shares and whether their truncation is pending.
+    fn run_steps<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        sk: Option<&Arc<SecretKey>>,
+        steps: &[Step],
+        mut x: Vec<u64>,
+        mut pending: bool,
+    ) -> Result<(Vec<u64>, bool), HybridError> {
+        let ring = self.ring();
+        let f = self.config.frac_bits;
+        for step in steps {
             // Linear layers, squares and averages need the value at scale 2^f.
             if pending
                 && matches!(
@@ -487,6 +527,30 @@ impl HybridModel {
                     }
                     pending = true;
                     y
+                }
+                Step::Residual { body } => {
+                    let (y, body_pending) = self.run_steps(p, sk, body, x.clone(), pending)?;
+                    // Both branches must be at the same scale before the (local) sum. If
+                    // exactly one is at 2^(2f), the other is brought up by multiplying its
+                    // shares by 2^f: local and exact, and the sum then has the same
+                    // range as any pending activation, whereas truncating the pending one
+                    // would cost a protocol round and add its rounding error; the sum's
+                    // truncation stays deferred as usual, one instead of two.
+                    let up = ring.from_signed(1i64 << f);
+                    let lift = |v: u64, from_pending: bool| {
+                        if from_pending || !(pending || body_pending) {
+                            v
+                        } else {
+                            ring.mul(v, up)
+                        }
+                    };
+                    let sum = x
+                        .iter()
+                        .zip(&y)
+                        .map(|(&a, &b)| ring.add(lift(a, pending), lift(b, body_pending)))
+                        .collect();
+                    pending |= body_pending;
+                    sum
                 }
                 Step::Relu => compare::relu(p, ring, &x)?,
                 Step::MaxPool {

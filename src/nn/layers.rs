@@ -59,6 +59,13 @@ pub enum Layer {
     GlobalAvgPool,
     /// Flattens to a vector.
     Flatten,
+    /// A residual block with an identity shortcut: `y = x + body(x)`. The body's output
+    /// shape must equal its input shape (ONNX: an `Add` of an activation and the end of the
+    /// chain of nodes that started from it).
+    Residual {
+        /// The layers of the residual branch, applied in order.
+        body: Vec<Layer>,
+    },
 }
 
 impl Layer {
@@ -88,19 +95,34 @@ impl Layer {
             }
             Layer::GlobalAvgPool => "GlobalAvgPool".into(),
             Layer::Flatten => "Flatten".into(),
+            Layer::Residual { body } => format!("Residual(x + {} layers)", body.len()),
         }
     }
 
-    /// Whether the layer is linear (an affine map of its input).
+    /// Whether the layer is linear (an affine map of its input); a residual block is linear
+    /// when its whole body is.
     pub fn is_linear(&self) -> bool {
-        matches!(
-            self,
-            Layer::Dense { .. }
-                | Layer::Conv2d { .. }
-                | Layer::AvgPool { .. }
-                | Layer::GlobalAvgPool
-                | Layer::Flatten
-        )
+        match self {
+            Layer::Residual { body } => body.iter().all(Layer::is_linear),
+            _ => matches!(
+                self,
+                Layer::Dense { .. }
+                    | Layer::Conv2d { .. }
+                    | Layer::AvgPool { .. }
+                    | Layer::GlobalAvgPool
+                    | Layer::Flatten
+            ),
+        }
+    }
+
+    /// Whether the layer is a polynomial of its input (linear, `x * x`, a polynomial, or the
+    /// sigmoid, which the CKKS mode approximates); a residual block is when its body is.
+    pub fn is_polynomial(&self) -> bool {
+        match self {
+            Layer::Residual { body } => body.iter().all(Layer::is_polynomial),
+            Layer::Square | Layer::Poly { .. } | Layer::Sigmoid => true,
+            l => l.is_linear(),
+        }
     }
 
     /// The output shape for an input shape, or an error naming both.
@@ -157,6 +179,17 @@ impl Layer {
             Layer::Softmax => {
                 if input.len() != 1 {
                     return Err(bad());
+                }
+                input.to_vec()
+            }
+            Layer::Residual { body } => {
+                let shapes = super::chain_shapes(body, input)?;
+                let out = shapes.last().expect("non-empty");
+                if out.as_slice() != input {
+                    return Err(NnError::ResidualShape {
+                        input: input.to_vec(),
+                        body_output: out.clone(),
+                    });
                 }
                 input.to_vec()
             }
@@ -227,6 +260,13 @@ impl Layer {
                 .to_shape(IxDyn(&out_shape))
                 .expect("same length")
                 .to_owned(),
+            Layer::Residual { body } => {
+                let mut h = x.clone();
+                for l in body {
+                    h = l.forward(&h)?;
+                }
+                h + x
+            }
         })
     }
 }

@@ -46,6 +46,17 @@ pub enum NnError {
         /// The input shape.
         input: Vec<usize>,
     },
+    /// A residual block whose body changes the shape (the identity shortcut needs the same
+    /// shape on both branches).
+    #[error(
+        "residual block: the body maps shape {input:?} to {body_output:?}, not to the same shape"
+    )]
+    ResidualShape {
+        /// The block's input shape.
+        input: Vec<usize>,
+        /// The body's output shape.
+        body_output: Vec<usize>,
+    },
     /// An input value is not finite.
     #[error("input value {value} at index {index} is not finite")]
     NonFinite {
@@ -114,21 +125,30 @@ impl Sequential {
 
     /// The shape after each layer; an error names the first layer that does not fit.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>, NnError> {
-        let mut shapes = vec![self.input_shape.clone()];
-        for l in &self.layers {
-            let s = l.output_shape(shapes.last().expect("non-empty"))?;
-            shapes.push(s);
-        }
-        Ok(shapes)
+        chain_shapes(&self.layers, &self.input_shape)
     }
 
-    /// One line per layer with its output shape.
+    /// One line per layer with its output shape; the body of a residual block follows it,
+    /// indented.
     pub fn summary(&self) -> Result<String, NnError> {
-        let shapes = self.shapes()?;
-        let mut s = format!("input {:?}\n", self.input_shape);
-        for (l, sh) in self.layers.iter().zip(&shapes[1..]) {
-            s.push_str(&format!("  {:<40} -> {:?}\n", l.describe(), sh));
+        fn lines(
+            s: &mut String,
+            layers: &[Layer],
+            input: &[usize],
+            depth: usize,
+        ) -> Result<(), NnError> {
+            let shapes = chain_shapes(layers, input)?;
+            for (l, (inp, sh)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
+                let name = format!("{}{}", "  ".repeat(depth), l.describe());
+                s.push_str(&format!("  {name:<40} -> {sh:?}\n"));
+                if let Layer::Residual { body } = l {
+                    lines(s, body, inp, depth + 1)?;
+                }
+            }
+            Ok(())
         }
+        let mut s = format!("input {:?}\n", self.input_shape);
+        lines(&mut s, &self.layers, &self.input_shape, 0)?;
         Ok(s)
     }
 
@@ -149,6 +169,17 @@ impl Sequential {
         }
         Ok(h)
     }
+}
+
+/// The shapes of `input` after each of `layers` in turn (`input` first); an error names the
+/// first layer that does not fit.
+pub(crate) fn chain_shapes(layers: &[Layer], input: &[usize]) -> Result<Vec<Vec<usize>>, NnError> {
+    let mut shapes = vec![input.to_vec()];
+    for l in layers {
+        let s = l.output_shape(shapes.last().expect("non-empty"))?;
+        shapes.push(s);
+    }
+    Ok(shapes)
 }
 
 /// A layer of an [`Architecture`]: kinds and shapes, no weights.
@@ -208,6 +239,41 @@ pub enum ArchLayer {
     GlobalAvgPool,
     /// Flatten.
     Flatten,
+    /// A residual block `x + body(x)`. Decoding refuses bodies nested deeper than
+    /// [`MAX_ARCH_DEPTH`] (before recursing further), so a hostile peer cannot exhaust the
+    /// stack.
+    Residual {
+        /// The body's layers.
+        #[serde(deserialize_with = "deserialize_body")]
+        body: Vec<ArchLayer>,
+    },
+}
+
+thread_local! {
+    /// Residual bodies being decoded on this thread (see [`deserialize_body`]).
+    static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes a residual body, refusing nesting deeper than [`MAX_ARCH_DEPTH`]: serde decodes
+/// recursively, so the bound must hold while decoding, not only afterwards.
+fn deserialize_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ArchLayer>, D::Error> {
+    struct Exit;
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            DECODE_DEPTH.with(|c| c.set(c.get() - 1));
+        }
+    }
+    let depth = DECODE_DEPTH.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let _exit = Exit;
+    if depth > MAX_ARCH_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "residual blocks nested deeper than {MAX_ARCH_DEPTH}"
+        )));
+    }
+    <Vec<ArchLayer> as serde::Deserialize>::deserialize(d)
 }
 
 /// What a client learns of a model: the input shape and the layers' kinds and shapes.
@@ -219,134 +285,183 @@ pub struct Architecture {
     pub layers: Vec<ArchLayer>,
 }
 
-/// Bounds on an architecture received from a peer (checked before anything is allocated).
+/// Bounds on an architecture received from a peer (checked before anything is allocated):
+/// layers in all (residual bodies included) and elements of any tensor.
 const MAX_ARCH_LAYERS: usize = 256;
 const MAX_ARCH_ELEMENTS: usize = 1 << 24;
+/// The deepest nesting of residual blocks an architecture from a peer may have.
+pub const MAX_ARCH_DEPTH: usize = 8;
+
+/// The number of layers of `layers`, residual bodies included, or `None` if they are nested
+/// deeper than [`MAX_ARCH_DEPTH`] (checked before recursing) or exceed [`MAX_ARCH_LAYERS`].
+fn arch_layer_count(layers: &[ArchLayer], depth: usize) -> Option<usize> {
+    let mut n = layers.len();
+    for l in layers {
+        if let ArchLayer::Residual { body } = l {
+            if depth >= MAX_ARCH_DEPTH {
+                return None;
+            }
+            n = n.checked_add(arch_layer_count(body, depth + 1)?)?;
+        }
+        if n > MAX_ARCH_LAYERS {
+            return None;
+        }
+    }
+    Some(n)
+}
+
+fn arch_layers(layers: &[Layer]) -> Vec<ArchLayer> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Layer::Dense { weight, .. } => ArchLayer::Dense {
+                inputs: weight.ncols(),
+                outputs: weight.nrows(),
+            },
+            Layer::Conv2d {
+                weight,
+                stride,
+                padding,
+                ..
+            } => {
+                let (o, c, kh, kw) = weight.dim();
+                ArchLayer::Conv2d {
+                    out_channels: o,
+                    in_channels: c,
+                    kh,
+                    kw,
+                    stride: *stride,
+                    padding: *padding,
+                }
+            }
+            Layer::Relu => ArchLayer::Relu,
+            Layer::Square => ArchLayer::Square,
+            Layer::Poly { coeffs } => ArchLayer::Poly {
+                degree: coeffs.len().saturating_sub(1),
+            },
+            Layer::Sigmoid => ArchLayer::Sigmoid,
+            Layer::Softmax => ArchLayer::Softmax,
+            Layer::AvgPool { kernel, stride } => ArchLayer::AvgPool {
+                kernel: *kernel,
+                stride: *stride,
+            },
+            Layer::MaxPool { kernel, stride } => ArchLayer::MaxPool {
+                kernel: *kernel,
+                stride: *stride,
+            },
+            Layer::GlobalAvgPool => ArchLayer::GlobalAvgPool,
+            Layer::Flatten => ArchLayer::Flatten,
+            Layer::Residual { body } => ArchLayer::Residual {
+                body: arch_layers(body),
+            },
+        })
+        .collect()
+}
 
 impl Sequential {
     /// The architecture (no weights).
     pub fn architecture(&self) -> Architecture {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| match l {
-                Layer::Dense { weight, .. } => ArchLayer::Dense {
-                    inputs: weight.ncols(),
-                    outputs: weight.nrows(),
-                },
-                Layer::Conv2d {
-                    weight,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let (o, c, kh, kw) = weight.dim();
-                    ArchLayer::Conv2d {
-                        out_channels: o,
-                        in_channels: c,
-                        kh,
-                        kw,
-                        stride: *stride,
-                        padding: *padding,
-                    }
-                }
-                Layer::Relu => ArchLayer::Relu,
-                Layer::Square => ArchLayer::Square,
-                Layer::Poly { coeffs } => ArchLayer::Poly {
-                    degree: coeffs.len().saturating_sub(1),
-                },
-                Layer::Sigmoid => ArchLayer::Sigmoid,
-                Layer::Softmax => ArchLayer::Softmax,
-                Layer::AvgPool { kernel, stride } => ArchLayer::AvgPool {
-                    kernel: *kernel,
-                    stride: *stride,
-                },
-                Layer::MaxPool { kernel, stride } => ArchLayer::MaxPool {
-                    kernel: *kernel,
-                    stride: *stride,
-                },
-                Layer::GlobalAvgPool => ArchLayer::GlobalAvgPool,
-                Layer::Flatten => ArchLayer::Flatten,
-            })
-            .collect();
         Architecture {
             input_shape: self.input_shape.clone(),
-            layers,
+            layers: arch_layers(&self.layers),
         }
     }
 
     /// A model with this architecture and zero weights (a client's copy). The architecture
-    /// may come from a peer: its sizes are bounded and its shapes checked.
+    /// may come from a peer: its layer count (residual bodies included), nesting depth and
+    /// sizes are bounded and its shapes checked.
     pub fn from_architecture(arch: &Architecture) -> Result<Self, NnError> {
         let too_big = |what: &str| NnError::Shape {
             layer: format!("architecture ({what})"),
             input: arch.input_shape.clone(),
         };
-        if arch.layers.len() > MAX_ARCH_LAYERS {
-            return Err(too_big("too many layers"));
+        if arch_layer_count(&arch.layers, 0).is_none() {
+            return Err(too_big(&format!(
+                "more than {MAX_ARCH_LAYERS} layers or residual blocks nested deeper than {MAX_ARCH_DEPTH}"
+            )));
         }
-        let elems = |dims: &[usize]| {
-            dims.iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .filter(|&n| n <= MAX_ARCH_ELEMENTS)
-        };
         if elems(&arch.input_shape).is_none() {
             return Err(too_big("input too large"));
         }
-        let mut m = Sequential::new(arch.input_shape.clone());
-        for l in &arch.layers {
-            let layer = match *l {
-                ArchLayer::Dense { inputs, outputs } => {
-                    if elems(&[inputs, outputs]).is_none() {
-                        return Err(too_big("dense layer too large"));
-                    }
-                    Layer::Dense {
-                        weight: ndarray::Array2::zeros((outputs, inputs)),
-                        bias: ndarray::Array1::zeros(outputs),
-                    }
+        let layers = zero_layers(&arch.layers, &arch.input_shape, &too_big)?;
+        Ok(Sequential {
+            input_shape: arch.input_shape.clone(),
+            layers,
+        })
+    }
+}
+
+/// The number of elements of a tensor of shape `dims`, if at most [`MAX_ARCH_ELEMENTS`].
+fn elems(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_ARCH_ELEMENTS)
+}
+
+/// Zero-weight layers of `arch` for inputs of shape `input`, each checked against the size
+/// bounds and its input shape before the next is built (the depth was bounded by
+/// [`arch_layer_count`]).
+fn zero_layers(
+    arch: &[ArchLayer],
+    input: &[usize],
+    too_big: &dyn Fn(&str) -> NnError,
+) -> Result<Vec<Layer>, NnError> {
+    let mut layers = Vec::with_capacity(arch.len());
+    let mut shape = input.to_vec();
+    for l in arch {
+        let layer = match l {
+            &ArchLayer::Dense { inputs, outputs } => {
+                if elems(&[inputs, outputs]).is_none() {
+                    return Err(too_big("dense layer too large"));
                 }
-                ArchLayer::Conv2d {
-                    out_channels,
-                    in_channels,
-                    kh,
-                    kw,
+                Layer::Dense {
+                    weight: ndarray::Array2::zeros((outputs, inputs)),
+                    bias: ndarray::Array1::zeros(outputs),
+                }
+            }
+            &ArchLayer::Conv2d {
+                out_channels,
+                in_channels,
+                kh,
+                kw,
+                stride,
+                padding,
+            } => {
+                if elems(&[out_channels, in_channels, kh, kw]).is_none() || padding > 64 {
+                    return Err(too_big("convolution too large"));
+                }
+                Layer::Conv2d {
+                    weight: ndarray::Array4::zeros((out_channels, in_channels, kh, kw)),
+                    bias: ndarray::Array1::zeros(out_channels),
                     stride,
                     padding,
-                } => {
-                    if elems(&[out_channels, in_channels, kh, kw]).is_none() || padding > 64 {
-                        return Err(too_big("convolution too large"));
-                    }
-                    Layer::Conv2d {
-                        weight: ndarray::Array4::zeros((out_channels, in_channels, kh, kw)),
-                        bias: ndarray::Array1::zeros(out_channels),
-                        stride,
-                        padding,
-                    }
                 }
-                ArchLayer::Relu => Layer::Relu,
-                ArchLayer::Square => Layer::Square,
-                ArchLayer::Poly { degree } => {
-                    if degree > 64 {
-                        return Err(too_big("polynomial degree"));
-                    }
-                    Layer::Poly {
-                        coeffs: vec![0.0; degree + 1],
-                    }
-                }
-                ArchLayer::Sigmoid => Layer::Sigmoid,
-                ArchLayer::Softmax => Layer::Softmax,
-                ArchLayer::AvgPool { kernel, stride } => Layer::AvgPool { kernel, stride },
-                ArchLayer::MaxPool { kernel, stride } => Layer::MaxPool { kernel, stride },
-                ArchLayer::GlobalAvgPool => Layer::GlobalAvgPool,
-                ArchLayer::Flatten => Layer::Flatten,
-            };
-            m = m.add(layer);
-        }
-        for s in m.shapes()? {
-            if elems(&s).is_none() {
-                return Err(too_big("activation too large"));
             }
+            ArchLayer::Relu => Layer::Relu,
+            ArchLayer::Square => Layer::Square,
+            &ArchLayer::Poly { degree } => {
+                if degree > 64 {
+                    return Err(too_big("polynomial degree"));
+                }
+                Layer::Poly {
+                    coeffs: vec![0.0; degree + 1],
+                }
+            }
+            ArchLayer::Sigmoid => Layer::Sigmoid,
+            ArchLayer::Softmax => Layer::Softmax,
+            &ArchLayer::AvgPool { kernel, stride } => Layer::AvgPool { kernel, stride },
+            &ArchLayer::MaxPool { kernel, stride } => Layer::MaxPool { kernel, stride },
+            ArchLayer::GlobalAvgPool => Layer::GlobalAvgPool,
+            ArchLayer::Flatten => Layer::Flatten,
+            ArchLayer::Residual { body } => Layer::Residual {
+                body: zero_layers(body, &shape, too_big)?,
+            },
+        };
+        shape = layer.output_shape(&shape)?;
+        if elems(&shape).is_none() {
+            return Err(too_big("activation too large"));
         }
-        Ok(m)
+        layers.push(layer);
     }
+    Ok(layers)
 }

@@ -1,6 +1,8 @@
 //! ONNX import through `tract-onnx`'s protobuf model (no hand-written protobuf decoder):
-//! constants and BatchNorm are folded, supported operators map to [`Layer`]s, anything else
-//! is refused with an error naming the operator and the node.
+//! constants and BatchNorm are folded, supported operators map to [`Layer`]s, an `Add` of an
+//! earlier tensor `x` and the end of the chain that started from `x` becomes a
+//! [`Layer::Residual`], anything else is refused with an error naming the operator and the
+//! node.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,6 +108,10 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
     }
     let mut model = Sequential::new(dims[1..].to_vec());
     let mut current = input.name.clone();
+    // The tensors of the chain so far that a residual Add may take as its shortcut, each
+    // with the number of layers that produce it: `Add(x, current)` makes the layers after
+    // `x`'s position the body of a residual block.
+    let mut chain: HashMap<String, usize> = HashMap::from([(current.clone(), 0)]);
     // A zero Pad of the spatial axes is folded into the convolution that follows it.
     let mut pending_pad: Option<(usize, String)> = None;
     for node in &graph.node {
@@ -121,7 +127,33 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
             .iter()
             .filter(|i| !consts.contains_key(*i) && !i.is_empty())
             .collect();
-        if data_inputs.is_empty() || data_inputs.iter().any(|i| **i != current) {
+        let residual = node.op_type == "Add" && data_inputs.len() == 2;
+        if residual {
+            // `Add(x, current)` or `Add(current, x)`, `x` an earlier tensor of the chain.
+            if !data_inputs.contains(&&current) {
+                return Err(unsupported(
+                    node,
+                    format!(
+                        "Add of two activations neither of which is the current tensor \
+                         {current:?}: inputs {:?}",
+                        node.input
+                    ),
+                ));
+            }
+        } else if data_inputs.is_empty() || data_inputs.iter().any(|i| **i != current) {
+            let fork = data_inputs
+                .iter()
+                .find(|i| chain.contains_key(**i) && ***i != current);
+            if let Some(fork) = fork {
+                return Err(unsupported(
+                    node,
+                    format!(
+                        "branches from {fork:?} while the chain is at {current:?}: only \
+                         identity-shortcut residual blocks (Add of a tensor and the end of \
+                         the chain that started from it) are supported"
+                    ),
+                ));
+            }
             return Err(unsupported(
                 node,
                 format!(
@@ -179,6 +211,27 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
                     weight,
                     bias: Array1::zeros(out),
                 })
+            }
+            "Add" if residual => {
+                let shortcut = if *data_inputs[0] == current {
+                    data_inputs[1]
+                } else {
+                    data_inputs[0]
+                };
+                let start = *chain.get(shortcut).ok_or_else(|| {
+                    unsupported(
+                        node,
+                        format!(
+                            "residual Add: {shortcut:?} is not a tensor of the chain that \
+                             leads to {current:?} (an Add forming a DAG that is not an \
+                             identity-shortcut residual block)"
+                        ),
+                    )
+                })?;
+                // Tensors inside the body are no longer reachable as single layers.
+                chain.retain(|_, &mut pos| pos <= start);
+                let body = model.layers.split_off(start);
+                Some(Layer::Residual { body })
             }
             "Add" => {
                 // A constant added to a Dense or Conv output becomes its bias.
@@ -347,10 +400,21 @@ pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
                 });
             }
         }
-        if let Some(l) = layer {
-            model = model.add(l);
+        match layer {
+            Some(l) => model = model.add(l),
+            // A folded constant or BatchNorm changed the last layer: the tensors recorded at
+            // this position no longer hold its output.
+            None if matches!(node.op_type.as_str(), "Add" | "BatchNormalization") => {
+                let len = model.layers.len();
+                chain.retain(|_, &mut pos| pos != len);
+            }
+            None => {}
         }
         current = node.output[0].clone();
+        // A zero Pad's output is not a layer output (the padding is folded into the Conv).
+        if node.op_type != "Pad" {
+            chain.insert(current.clone(), model.layers.len());
+        }
     }
     model.shapes()?;
     Ok(model)

@@ -81,6 +81,8 @@ pub enum Mode {
 pub struct LayerPlan {
     /// The layer.
     pub layer: String,
+    /// Residual blocks enclosing the layer (0 at the top level).
+    pub depth: usize,
     /// The representation chosen.
     pub chosen: &'static str,
     /// Every representation that can run it, with its estimated cost.
@@ -92,7 +94,8 @@ pub struct LayerPlan {
 pub struct Plan {
     /// The mode chosen.
     pub mode: Mode,
-    /// Per layer.
+    /// Per layer, in order; a residual block is followed by its body's layers (one level
+    /// deeper), so the plan is indexed like a pre-order walk of the model's layers.
     pub layers: Vec<LayerPlan>,
     /// Estimated totals of the chosen plan.
     pub total: Cost,
@@ -139,21 +142,21 @@ fn ckks_linear(rows: f64, period: f64) -> Cost {
     }
 }
 
-impl Plan {
-    /// Plans `model` under `net`.
-    pub fn new(model: &Sequential, net: NetworkModel) -> Result<Self, NnError> {
-        let shapes = model.shapes()?;
-        let polynomial = model.layers().iter().all(|l| {
-            l.is_linear() || matches!(l, Layer::Square | Layer::Poly { .. } | Layer::Sigmoid)
-        });
-        let mut layers = Vec::new();
-        let mut hybrid = Cost::default();
-        let mut ckks = Cost {
-            compute_us: 0.0,
-            bytes: 2.0 * UPLOAD * 0.8,
-            rounds: 1.0,
-        };
-        for (layer, (input, output)) in model.layers().iter().zip(shapes.iter().zip(&shapes[1..])) {
+/// Plans layers, walking residual bodies recursively (pre-order).
+struct Planner {
+    net: NetworkModel,
+    polynomial: bool,
+    layers: Vec<LayerPlan>,
+    hybrid: Cost,
+    ckks: Cost,
+}
+
+impl Planner {
+    fn plan(&mut self, layers: &[Layer], input: &[usize], depth: usize) -> Result<(), NnError> {
+        let shapes = super::chain_shapes(layers, input)?;
+        let polynomial = self.polynomial;
+        let net = self.net;
+        for (layer, (input, output)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
             let inp: f64 = input.iter().product::<usize>() as f64;
             let out: f64 = output.iter().product::<usize>() as f64;
             let mut options: Vec<(&'static str, Cost)> = Vec::new();
@@ -251,6 +254,10 @@ impl Plan {
                 Layer::Softmax => {
                     options.push(("client, on the revealed output", Cost::default()));
                 }
+                Layer::Residual { .. } => options.push((
+                    "skip connection: local add (shares / slots)",
+                    Cost::default(),
+                )),
                 _ => options.push(("local on shares / slots", Cost::default())),
             }
             let hybrid_choice = options
@@ -263,19 +270,49 @@ impl Plan {
                 })
                 .cloned();
             if let Some((_, c)) = &hybrid_choice {
-                hybrid.add(c);
+                self.hybrid.add(c);
             }
             if let Some((_, c)) = options.iter().find(|(name, _)| name.starts_with("CKKS")) {
-                ckks.add(c);
+                self.ckks.add(c);
             }
-            layers.push(LayerPlan {
+            self.layers.push(LayerPlan {
                 layer: layer.describe(),
+                depth,
                 chosen: hybrid_choice
                     .map(|(n, _)| n)
                     .unwrap_or("local on shares / slots"),
                 options,
             });
+            if let Layer::Residual { body } = layer {
+                self.plan(body, input, depth + 1)?;
+            }
         }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// Plans `model` under `net`.
+    pub fn new(model: &Sequential, net: NetworkModel) -> Result<Self, NnError> {
+        let polynomial = model.layers().iter().all(Layer::is_polynomial);
+        let mut planner = Planner {
+            net,
+            polynomial,
+            layers: Vec::new(),
+            hybrid: Cost::default(),
+            ckks: Cost {
+                compute_us: 0.0,
+                bytes: 2.0 * UPLOAD * 0.8,
+                rounds: 1.0,
+            },
+        };
+        planner.plan(model.layers(), model.input_shape(), 0)?;
+        let Planner {
+            mut layers,
+            hybrid,
+            ckks,
+            ..
+        } = planner;
         // Polynomial networks run non-interactively in CKKS (one round trip, the client
         // need not stay online); the hybrid estimate is still shown as the alternative.
         let use_ckks = polynomial;
@@ -313,11 +350,12 @@ impl Plan {
             self.net.rtt * 1e3
         );
         for lp in &self.layers {
-            s.push_str(&format!("{}\n", lp.layer));
+            let indent = "    ".repeat(lp.depth);
+            s.push_str(&format!("{indent}{}\n", lp.layer));
             for (name, c) in &lp.options {
                 let mark = if *name == lp.chosen { "*" } else { " " };
                 s.push_str(&format!(
-                    "  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
+                    "{indent}  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
                     name,
                     c.total_us(&self.net) / 1e3,
                     c.bytes / 1e3,

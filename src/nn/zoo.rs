@@ -15,12 +15,23 @@ fn dense<R: RngCore>(rng: &mut R, inp: usize, out: usize) -> Layer {
 }
 
 fn conv<R: RngCore>(rng: &mut R, c: usize, o: usize, k: usize, stride: usize) -> Layer {
+    conv_padded(rng, c, o, k, stride, 0)
+}
+
+fn conv_padded<R: RngCore>(
+    rng: &mut R,
+    c: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Layer {
     let s = (2.0 / (c * k * k) as f64).sqrt();
     Layer::Conv2d {
         weight: Array4::from_shape_fn((o, c, k, k), |_| rng.random_range(-s..s)),
         bias: Array1::from_shape_fn(o, |_| rng.random_range(-0.1..0.1)),
         stride,
-        padding: 0,
+        padding,
     }
 }
 
@@ -93,6 +104,30 @@ pub fn lenet<R: RngCore>(rng: &mut R) -> Sequential {
         .add(dense(rng, 120, 84))
         .add(Layer::Relu)
         .add(dense(rng, 84, 10))
+}
+
+/// A tiny ResNet-style CNN on 28x28: conv 8@5x5, max-pool, ReLU, one residual block
+/// `x + conv 8@3x3 (pad 1) - ReLU - conv 8@3x3 (pad 1)`, ReLU, 2x2 average pool, FC 288-10.
+/// Not one of the benchmark networks of [`all`].
+pub fn resnet_tiny<R: RngCore>(rng: &mut R) -> Sequential {
+    Sequential::new(vec![1, 28, 28])
+        .add(conv(rng, 1, 8, 5, 1))
+        .add(pool())
+        .add(Layer::Relu)
+        .add(Layer::Residual {
+            body: vec![
+                conv_padded(rng, 8, 8, 3, 1, 1),
+                Layer::Relu,
+                conv_padded(rng, 8, 8, 3, 1, 1),
+            ],
+        })
+        .add(Layer::Relu)
+        .add(Layer::AvgPool {
+            kernel: 2,
+            stride: 2,
+        })
+        .add(Layer::Flatten)
+        .add(dense(rng, 8 * 6 * 6, 10))
 }
 
 /// All benchmark networks with their names.
