@@ -124,3 +124,171 @@ fn products_with_server_weights_are_dispatched_by_the_cost_model() {
         );
     }
 }
+
+fn max_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// A small CNN written with the tensor API (conv, ReLU, max-pool, average pool, flatten,
+/// dense, bias, square, polynomial, elementwise product, sub), against ndarray.
+#[test]
+fn every_operation_of_a_network_against_ndarray() {
+    use ndarray::{Array1, Array3, Array4, Axis};
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let x = Array3::from_shape_fn((2, 6, 6), |_| rng.random_range(-1.0..1.0));
+    let k = Array4::from_shape_fn((3, 2, 3, 3), |_| rng.random_range(-0.5..0.5));
+    let w = Array2::from_shape_fn((3, 4), |_| rng.random_range(-1.0..1.0));
+    let b = Array1::from_shape_fn(4, |_| rng.random_range(-1.0..1.0));
+    // Plaintext reference.
+    let conv = {
+        let xp = {
+            let mut p = Array3::<f64>::zeros((2, 8, 8));
+            p.slice_mut(ndarray::s![.., 1..7, 1..7]).assign(&x);
+            p
+        };
+        Array3::from_shape_fn((3, 6, 6), |(o, i, j)| {
+            let mut acc = 0.0;
+            for c in 0..2 {
+                for u in 0..3 {
+                    for v in 0..3 {
+                        acc += k[[o, c, u, v]] * xp[[c, i + u, j + v]];
+                    }
+                }
+            }
+            acc
+        })
+    };
+    let relu = conv.mapv(|v| v.max(0.0));
+    let pooled = Array3::from_shape_fn((3, 3, 3), |(c, i, j)| {
+        let mut m = f64::NEG_INFINITY;
+        for u in 0..2 {
+            for v in 0..2 {
+                m = m.max(relu[[c, 2 * i + u, 2 * j + v]]);
+            }
+        }
+        m
+    });
+    let avg = pooled
+        .map_axis(Axis(2), |r| r.sum())
+        .map_axis(Axis(1), |r| r.sum())
+        / 9.0;
+    let dense = avg.dot(&w) + &b;
+    let sq = dense.mapv(|v| v * v);
+    let poly = dense.mapv(|v| 0.5 + 0.25 * v - 0.125 * v * v);
+    let prod = &sq * &poly;
+    let want = (&prod - &dense).into_dyn();
+    let (x2, k2, w2, b2) = (x.clone(), k.clone(), w.clone(), b.clone());
+    let (client, server) = run_local(move |s| {
+        let (x, k, w, b) = (x2.clone(), k2.clone(), w2.clone(), b2.clone());
+        let x = s.input(Role::Client, &[2, 6, 6], move || x.into_dyn())?;
+        let k = s.private(Role::Server, &[3, 2, 3, 3], move || k.into_dyn())?;
+        let w = s.private(Role::Server, &[3, 4], move || w.into_dyn())?;
+        let b = s.private(Role::Server, &[4], move || b.into_dyn())?;
+        let h = s.conv2d(&x, &k, 1, 1)?;
+        let h = s.relu(&h)?;
+        let h = s.max_pool2d(&h, 2, 2)?;
+        let h = s.avg_pool2d(&h, 3, 3)?;
+        let h = s.flatten(&h)?;
+        let h = s.reshape(&h, &[1, 3])?;
+        let h = s.matmul(&h, &w)?;
+        let d = s.add(&h, &b)?; // bias, broadcast over rows
+        let sq = s.square(&d)?;
+        let p = s.poly(&d, &[0.5, 0.25, -0.125])?;
+        let prod = s.mul(&sq, &p)?;
+        let y = s.sub(&prod, &d)?;
+        let y = s.reshape(&y, &[4])?;
+        s.reveal(&y, Role::Client)
+    })
+    .unwrap();
+    assert!(server.is_none());
+    let got = client.unwrap();
+    let err = max_diff(&got, &want);
+    // Fixed point with 12 fractional bits through a dozen operations.
+    assert!(err < 0.02, "error {err}: {got} vs {want}");
+}
+
+/// Shares -> BFV -> shares is exact; BFV sums and BFV products with the server's matrix
+/// agree with ndarray.
+#[test]
+fn bfv_conversions_are_exact_and_bfv_operations_match_ndarray() {
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let a = Array2::from_shape_fn((2, 9), |_| rng.random_range(-20.0..20.0));
+    let c = Array2::from_shape_fn((2, 9), |_| rng.random_range(-20.0..20.0));
+    let w = Array2::from_shape_fn((9, 5), |_| rng.random_range(-1.0..1.0));
+    let (a2, c2, w2) = (a.clone(), c.clone(), w.clone());
+    let (client, server) = run_local(move |s| {
+        let (a, c, w) = (a2.clone(), c2.clone(), w2.clone());
+        let x = s.input(Role::Client, &[2, 9], move || a.into_dyn())?;
+        let y = s.input(Role::Server, &[2, 9], move || c.into_dyn())?;
+        let w = s.private(Role::Server, &[9, 5], move || w.into_dyn())?;
+        let xb = s.to_bfv(&x)?;
+        let held = match &xb {
+            PrivateTensor::Bfv { data, .. } => data.is_some(),
+            _ => unreachable!("to_bfv gives BFV"),
+        };
+        let back = s.to_shares(&xb)?;
+        let round_trip = s.reveal(&back, Role::Client)?;
+        let sum = s.add(&xb, &y)?; // y goes to BFV too
+        assert!(matches!(sum, PrivateTensor::Bfv { .. }));
+        let diff = s.sub(&sum, &y)?;
+        let diff = s.reveal(&diff, Role::Client)?;
+        let prod = s.matmul(&xb, &w)?;
+        let prod = s.reveal(&prod, Role::Client)?;
+        Ok((held, round_trip, diff, prod, s.explain()))
+    })
+    .unwrap();
+    assert!(
+        server.0 && !client.0,
+        "only the server holds the ciphertexts"
+    );
+    let enc = |v: f64| (v * 4096.0).round() / 4096.0;
+    let round_trip = client.1.unwrap();
+    assert_eq!(round_trip, a.mapv(enc).into_dyn(), "exact round trip");
+    assert!(max_diff(&client.2.unwrap(), &a.mapv(enc).into_dyn()) < 1e-9);
+    let err = max_diff(&client.3.unwrap(), &a.dot(&w).into_dyn());
+    assert!(err < 0.05, "{err}");
+    assert!(client.4.contains("BFV"), "{}", client.4);
+    assert!(server.1.is_none() && server.2.is_none() && server.3.is_none());
+}
+
+/// A client input under CKKS: dense layer with the server's matrix, square, polynomial,
+/// sums, revealed to the client; refusals are typed.
+#[test]
+fn ckks_tensors_compute_and_reveal_to_the_client_only() {
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let x = ndarray::Array1::from_shape_fn(20, |_| rng.random_range(-1.0..1.0));
+    let w = Array2::from_shape_fn((20, 6), |_| rng.random_range(-1.0..1.0));
+    let h = x.dot(&w);
+    let want_p = (h.mapv(|v| 1.0 - 0.5 * v + 0.1 * v * v * v) - 0.25).into_dyn();
+    let want_sq = h.mapv(|v| 2.0 * v * v).into_dyn();
+    let (x2, w2) = (x.clone(), w.clone());
+    let (client, server) = run_local(move |s| {
+        let (x, w) = (x2.clone(), w2.clone());
+        let xc = s.encrypt(Role::Client, &[20], move || x.into_dyn())?;
+        let w = s.private(Role::Server, &[20, 6], move || w.into_dyn())?;
+        let h = s.matmul(&xc, &w)?;
+        let p = s.poly(&h, &[1.0, -0.5, 0.0, 0.1])?;
+        let p = s.sub(&p, &PrivateTensor::Public(ArrayD::from_elem(vec![6], 0.25)))?;
+        let sq = s.square(&h)?; // the relinearization key is not sent twice
+        let sq = s.add(&sq, &sq)?;
+        let mismatch = s.add(&sq, &p).is_err(); // different levels: a typed error
+        let to_server = s.reveal(&p, Role::Server).is_err();
+        let to_shares = s.to_shares(&p).is_err();
+        Ok((
+            s.reveal(&p, Role::Client)?,
+            s.reveal(&sq, Role::Client)?,
+            mismatch && to_server && to_shares,
+        ))
+    })
+    .unwrap();
+    assert!(server.0.is_none() && server.1.is_none());
+    assert!(client.2 && server.2);
+    let err = max_diff(&client.0.unwrap(), &want_p);
+    assert!(err < 1e-3, "polynomial error {err}");
+    let err = max_diff(&client.1.unwrap(), &want_sq);
+    assert!(err < 1e-3, "square error {err}");
+}

@@ -691,7 +691,7 @@ pub(crate) fn matvec_ring(ring: Ring, w: &Array2<i64>, x: &[u64]) -> Vec<u64> {
 }
 
 /// A convolution in `Z_2^l`, input `(C, H, W)` row-major.
-fn conv_ring(
+pub(crate) fn conv_ring(
     ring: Ring,
     x: &[u64],
     w: &Array4<i64>,
@@ -728,7 +728,12 @@ fn conv_ring(
 }
 
 /// The windows of max-pooling, each `kernel * kernel` values, in output order.
-fn im2col(x: &[u64], input: (usize, usize, usize), kernel: usize, stride: usize) -> Vec<u64> {
+pub(crate) fn im2col(
+    x: &[u64],
+    input: (usize, usize, usize),
+    kernel: usize,
+    stride: usize,
+) -> Vec<u64> {
     let (c, h, w) = input;
     let ho = (h - kernel) / stride + 1;
     let wo = (w - kernel) / stride + 1;
@@ -750,7 +755,7 @@ fn im2col(x: &[u64], input: (usize, usize, usize), kernel: usize, stride: usize)
 /// Max of each window of `w` values as `max(a, b) = b + ReLU(a - b)`, a tree of pairwise
 /// maxima with all pairs of a level in one batch. Valid while `|a - b| < 2^(l-1)`, which the
 /// fixed-point range guarantees.
-fn max_pool_by_relu<C: Channel, R: RngCore + CryptoRng>(
+pub(crate) fn max_pool_by_relu<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     ring: Ring,
     mut x: Vec<u64>,

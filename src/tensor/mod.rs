@@ -1,6 +1,17 @@
 //! Private tensors and sessions: the low-level API of TF Encrypted, in Rust.
 //!
-//! Every operation is dispatched to the cheaper representation: a product of a shared
+//! A [`PrivateTensor`] is public, private to one party, secret-shared, or encrypted (BFV or
+//! CKKS, under the client's key, held by the server). [`Session`] offers the operations a
+//! network needs on all of them — `add`, `sub`, `mul`, `matmul`, `conv2d`, `avg_pool2d`,
+//! `max_pool2d`, `relu`, `square`, `poly`, `reshape`, `flatten`, bias by broadcasting `add`,
+//! `reveal` to a named party — and the conversions [`Session::to_bfv`] (shares to HE) and
+//! [`Session::to_shares`] (HE to shares: fresh mask and 40-bit noise flooding), with the
+//! fixed-point scale kept; [`Session::encrypt`] puts a client value under CKKS, where
+//! linear maps, squares and polynomials run without interaction (see the `he` submodule
+//! for why CKKS is not converted to shares). Non-linear operations run on shares with
+//! exact two-party protocols.
+//!
+//! Products are dispatched to the cheaper representation: a product of a shared
 //! tensor with a matrix that one party holds in the clear ([`Session::private`]) runs
 //! either under HE (the client encrypts its share, BFV coefficient encoding, masked and
 //! noise-flooded reply) or on secret shares (the owner shares the matrix, Beaver matrix
@@ -33,9 +44,8 @@
 
 use std::sync::Arc;
 
-use cipherml_he::bfv::{BfvParameters, Encoder};
+use cipherml_he::bfv::BfvParameters;
 use cipherml_he::rlwe::SecretKey;
-use cipherml_he::tensor::CoeffMatVec;
 use cipherml_mpc::fixed::FixedPoint;
 use cipherml_mpc::net::{Channel, MemoryChannel};
 use cipherml_mpc::party::Party;
@@ -96,13 +106,40 @@ pub enum TensorError {
     /// An HE error.
     #[error(transparent)]
     He(#[from] cipherml_he::Error),
+    /// An operation this representation does not support (with the reason and what to
+    /// do instead).
+    #[error("{op} is not supported on {repr} tensors: {reason}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The representation.
+        repr: &'static str,
+        /// Why, and the alternative.
+        reason: &'static str,
+    },
+    /// A value received from the peer that does not fit the session (wrong level, scale,
+    /// parameters or keys).
+    #[error("invalid {what} from the peer: {detail}")]
+    Invalid {
+        /// What.
+        what: &'static str,
+        /// The offending values.
+        detail: String,
+    },
     /// The peer thread of a local session failed.
     #[error("the other party of the local session panicked")]
     PeerPanicked,
 }
 
-/// A tensor in one of the representations a computation can use.
-#[derive(Debug, Clone, PartialEq)]
+mod he;
+mod ops;
+
+pub use he::BfvTensorData;
+
+/// A tensor in one of the representations a computation can use. Values are fixed point
+/// (`Z_2^40`, 12 fractional bits) on shares and under BFV, real numbers under CKKS.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PrivateTensor {
     /// Known to both parties.
     Public(ArrayD<f64>),
@@ -123,6 +160,26 @@ pub enum PrivateTensor {
         /// The shape.
         shape: Vec<usize>,
     },
+    /// Encrypted under the client's BFV key (plaintext modulus `2^40`, the ring of the
+    /// shares, so conversions need no wrap correction) and held by the server; the client
+    /// holds only the shape. Coefficient encoding, each row (last axis) in its own
+    /// ciphertexts from coefficient 0.
+    Bfv {
+        /// The ciphertexts and their noise bound (server side only).
+        data: Option<BfvTensorData>,
+        /// The shape.
+        shape: Vec<usize>,
+    },
+    /// Encrypted under the client's CKKS key and held by the server (replicated slot
+    /// layout); the client holds only the shape.
+    Ckks {
+        /// The ciphertext (server side only).
+        ct: Option<cipherml_he::tensor::CkksTensor>,
+        /// The shape.
+        shape: Vec<usize>,
+        /// Levels left (both parties track it, so both refuse an operation that needs more).
+        level: usize,
+    },
 }
 
 impl PrivateTensor {
@@ -130,9 +187,10 @@ impl PrivateTensor {
     pub fn shape(&self) -> Vec<usize> {
         match self {
             PrivateTensor::Public(a) => a.shape().to_vec(),
-            PrivateTensor::Private { shape, .. } | PrivateTensor::Shared { shape, .. } => {
-                shape.clone()
-            }
+            PrivateTensor::Private { shape, .. }
+            | PrivateTensor::Shared { shape, .. }
+            | PrivateTensor::Bfv { shape, .. }
+            | PrivateTensor::Ckks { shape, .. } => shape.clone(),
         }
     }
 }
@@ -147,6 +205,7 @@ pub struct Session<C: Channel> {
     config: crate::nn::HybridConfig,
     params: Arc<BfvParameters>,
     sk: Option<Arc<SecretKey>>,
+    ckks: Option<he::CkksState>,
     log: Vec<crate::nn::LayerPlan>,
 }
 
@@ -174,6 +233,7 @@ impl<C: Channel> Session<C> {
             config,
             params,
             sk,
+            ckks: None,
             log: Vec::new(),
         })
     }
@@ -269,9 +329,20 @@ impl<C: Channel> Session<C> {
     }
 
     /// Shares of `t` (a private value is shared by its owner: one message).
-    fn shares_of(&mut self, t: &PrivateTensor) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
+    pub(crate) fn shares_of(
+        &mut self,
+        t: &PrivateTensor,
+    ) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
         Ok(match t {
             PrivateTensor::Shared { share, shape } => (share.clone(), shape.clone()),
+            PrivateTensor::Bfv { data, shape } => (self.bfv_shares(data.as_ref(), shape)?, shape.clone()),
+            PrivateTensor::Ckks { .. } => {
+                return Err(TensorError::Unsupported {
+                    op: "conversion to shares",
+                    repr: "CKKS",
+                    reason: "use BFV next to shares (see the tensor::he documentation); reveal CKKS results to the client",
+                })
+            }
             PrivateTensor::Private {
                 owner,
                 value,
@@ -317,6 +388,9 @@ impl<C: Channel> Session<C> {
         a: &PrivateTensor,
         b: &PrivateTensor,
     ) -> Result<PrivateTensor, TensorError> {
+        if let PrivateTensor::Ckks { .. } = a {
+            return self.ckks_matmul(a, b);
+        }
         let (sa, sb) = (a.shape(), b.shape());
         if sa.len() != 2 || sb.len() != 2 || sa[1] != sb[0] {
             return Err(TensorError::Shape {
@@ -327,7 +401,9 @@ impl<C: Channel> Session<C> {
         }
         let (m, k, n) = (sa[0], sa[1], sb[1]);
         let ring = self.fixed.ring();
-        // HE applies when the right operand is in the clear on the server's side.
+
+        // HE applies when the right operand is in the clear on the server's side; a BFV left
+        // operand is used as it is.
         let he_possible = matches!(
             b,
             PrivateTensor::Private {
@@ -352,6 +428,9 @@ impl<C: Channel> Session<C> {
             options.push(("BFV coefficient encoding + shares", c));
         }
         let net = crate::nn::NetworkModel::lan();
+        if he_possible && matches!(a, PrivateTensor::Bfv { .. }) {
+            options.retain(|o| o.0.starts_with("BFV"));
+        }
         let chosen = options
             .iter()
             .min_by(|x, y| {
@@ -382,20 +461,18 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// `X W` with `X` shared and `W` held by the server: one HE matrix-vector product per
-    /// row of `X` (result at scale `2^2f`).
+    /// `X W` with `X` shared or under BFV and `W` held by the server: `X` goes to BFV
+    /// (the client encrypts its share), one coefficient-encoded product per row, and the
+    /// results come back as shares (mask and flooding). Scale `2^2f`.
     fn he_matmul(
         &mut self,
         a: &PrivateTensor,
         b: &PrivateTensor,
-        m: usize,
+        _m: usize,
         k: usize,
         n: usize,
     ) -> Result<Vec<u64>, TensorError> {
-        let (x, _) = self.shares_of(a)?;
-        let ring = self.fixed.ring();
         let f = self.fixed.frac_bits();
-        let encoder = Encoder::new(&self.params);
         // W^T (n x k), quantized; the client builds the same layout with zeros.
         let wt = match b {
             PrivateTensor::Private { value: Some(w), .. } => w
@@ -406,66 +483,73 @@ impl<C: Channel> Session<C> {
                 .mapv(|v| crate::nn::hybrid::quantize(v, f)),
             _ => ndarray::Array2::zeros((n, k)),
         };
-        let mv = CoeffMatVec::new(&encoder, wt.view())?;
-        let positions = mv.output_positions();
-        let mut out = Vec::with_capacity(m * n);
-        for row in x.chunks(k) {
-            let y = match &self.sk {
-                Some(sk) => {
-                    let xs: Vec<i64> = row.iter().map(|&v| v as i64).collect();
-                    let pts = mv.encode_input(&encoder, &xs)?;
-                    crate::nn::hybrid::he_linear_client(
-                        &self.params,
-                        ring,
-                        &mut self.party,
-                        sk,
-                        &pts,
-                        &positions,
-                    )
-                    .map_err(Box::new)?
-                }
-                None => {
-                    let y_s = crate::nn::hybrid::matvec_ring(ring, &wt, row);
-                    let noise =
-                        mv.noise_bound_log2(self.params.degree(), self.params.plaintext_modulus());
-                    crate::nn::hybrid::he_linear_server(
-                        &self.params,
-                        ring,
-                        self.config.flood_bits,
-                        &mut self.party,
-                        mv.input_chunks(),
-                        &positions,
-                        noise,
-                        y_s,
-                        |ev, cts| mv.apply(ev, cts),
-                    )
-                    .map_err(Box::new)?
-                }
-            };
-            out.extend(y);
-        }
-        Ok(out)
+        let x = self.to_bfv(a)?;
+        self.bfv_matmul_rows(&x, &wt)
     }
 
-    /// Elementwise sum.
+    /// Elementwise sum; a right operand whose shape is a suffix of the left's (a bias) is
+    /// broadcast. CKKS operands stay under CKKS, BFV operands under BFV (the other operand
+    /// is converted), everything else runs on shares (local).
     pub fn add(
         &mut self,
         a: &PrivateTensor,
         b: &PrivateTensor,
     ) -> Result<PrivateTensor, TensorError> {
+        self.combine(a, b, false)
+    }
+
+    /// Elementwise difference (see [`Session::add`]).
+    pub fn sub(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+    ) -> Result<PrivateTensor, TensorError> {
+        self.combine(a, b, true)
+    }
+
+    fn combine(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+        negate_b: bool,
+    ) -> Result<PrivateTensor, TensorError> {
+        match (a, b) {
+            (PrivateTensor::Ckks { .. }, _) => return self.ckks_add(a, b, negate_b),
+            (_, PrivateTensor::Ckks { .. }) if !negate_b => return self.ckks_add(b, a, false),
+            (_, PrivateTensor::Ckks { .. }) => {
+                return Err(TensorError::Unsupported {
+                    op: "sub",
+                    repr: "CKKS",
+                    reason: "subtract a public value from a CKKS tensor, not the reverse",
+                })
+            }
+            _ => {}
+        }
+        if matches!(a, PrivateTensor::Bfv { .. }) || matches!(b, PrivateTensor::Bfv { .. }) {
+            return self.bfv_add(a, b, negate_b);
+        }
         let (x, sa) = self.shares_of(a)?;
         let (y, sb) = self.shares_of(b)?;
-        if sa != sb {
+        if !sa.ends_with(&sb) {
             return Err(TensorError::Shape {
-                what: "add",
+                what: if negate_b { "sub" } else { "add" },
                 left: sa,
                 right: sb,
             });
         }
-        Ok(PrivateTensor::Shared {
-            share: self.fixed.ring().add_vec(&x, &y),
-            shape: sa,
-        })
+        let ring = self.fixed.ring();
+        let share = x
+            .iter()
+            .zip(y.iter().cycle())
+            .map(|(&u, &v)| {
+                if negate_b {
+                    ring.sub(u, v)
+                } else {
+                    ring.add(u, v)
+                }
+            })
+            .collect();
+        Ok(PrivateTensor::Shared { share, shape: sa })
     }
 
     /// Reveals `t` to `to` only: that party gets `Some(value)`, the other `None`.
@@ -474,6 +558,9 @@ impl<C: Channel> Session<C> {
         t: &PrivateTensor,
         to: Role,
     ) -> Result<Option<ArrayD<f64>>, TensorError> {
+        if let PrivateTensor::Ckks { .. } = t {
+            return self.ckks_reveal(t, to);
+        }
         let (share, shape) = self.shares_of(t)?;
         let me = self.role.party();
         let out = reveal(

@@ -1,0 +1,641 @@
+//! The HE representations of a [`PrivateTensor`] and the conversions between them and
+//! secret shares.
+//!
+//! - **Shares -> BFV** ([`Session::to_bfv`]): the client encrypts its share under its own
+//!   key (coefficient encoding, seeded symmetric encryption); the server adds its share as a
+//!   plaintext. The plaintext modulus is `2^40`, the ring of the shares, so the sum is the
+//!   value itself with no wrap to correct, and the fixed-point scale is unchanged.
+//! - **BFV -> shares** ([`Session::to_shares`]): the server subtracts a fresh polynomial
+//!   uniform modulo `t` (its share), floods the noise with 40 bits more than its bound on the
+//!   noise it holds (statistical distance about `2^-40` from a ciphertext independent of
+//!   how it was computed), and sends the ciphertext; the client decrypts its share.
+//! - **Client input -> CKKS** ([`Session::encrypt`]): the client encrypts a value it owns;
+//!   the server computes on it (additions, products with its own matrices, squares and
+//!   polynomials) with the keys the client uploads when an operation first needs them, and
+//!   [`Session::reveal`] returns the result to the client.
+//! - **CKKS <-> shares** is not offered: shares are uniform in `Z_2^40`, so their sum as
+//!   real numbers wraps, and removing the wrap costs a two-party comparison per element
+//!   (the price of a ReLU) while a statistically hiding real-valued mask (40 bits above the
+//!   value) needs about 90 bits of exact precision, beyond CKKS at these parameters. BFV
+//!   with `t = 2^40` does the same job exactly; the cost model therefore never picks CKKS
+//!   next to shares.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cipherml_he::bfv::{Ciphertext, Decryptor, Encoder, Evaluator};
+use cipherml_he::ckks::{self, CkksParameters, CkksParametersLiteral};
+use cipherml_he::rlwe::{GaloisKeys, RelinKey, SecretKey};
+use cipherml_he::tensor::{CkksTensor, CoeffMatVec, LinearMap};
+use cipherml_mpc::net::Channel;
+use ndarray::ArrayD;
+
+use super::{PrivateTensor, Role, Session, TensorError};
+
+/// The server's side of a [`PrivateTensor::Bfv`]: one ciphertext per row chunk, and a bound
+/// on their noise (`log2`).
+#[derive(Debug, Clone)]
+pub struct BfvTensorData {
+    /// The ciphertexts, row by row, each row in `ceil(row_len / N)` chunks.
+    pub cts: Vec<Ciphertext>,
+    /// `log2` of a bound on the absolute noise of every ciphertext.
+    pub noise_log2: f64,
+}
+
+/// CKKS keys and parameters of a session (created when the first CKKS value is).
+pub(crate) struct CkksState {
+    params: Arc<CkksParameters>,
+    ev: ckks::Evaluator,
+    /// Client only.
+    dec: Option<ckks::Decryptor>,
+    sk: Option<Arc<SecretKey>>,
+    /// Server: the relinearization key once uploaded; client: whether it was.
+    rlk: Option<RelinKey>,
+    rlk_sent: bool,
+    /// Galois keys by element set (server); the sets already sent (client).
+    galois: BTreeMap<Vec<usize>, Option<GaloisKeys>>,
+}
+
+/// The level of a CKKS operand, checked to leave `need` levels for `op`.
+fn ckks_level(t: &PrivateTensor, need: usize, op: &'static str) -> Result<usize, TensorError> {
+    match t {
+        PrivateTensor::Ckks { level, .. } if *level >= need => Ok(*level),
+        PrivateTensor::Ckks { .. } => Err(TensorError::Unsupported {
+            op,
+            repr: "CKKS",
+            reason: "not enough levels left at these parameters (three)",
+        }),
+        _ => Err(TensorError::Unsupported {
+            op,
+            repr: "non-CKKS",
+            reason: "the left operand must be a CKKS tensor",
+        }),
+    }
+}
+
+/// Bound on the noise of a fresh symmetric encryption plus a plaintext share:
+/// the fresh noise (<= 6 sigma N^0.5 is far below `t`) and the rounding of the plaintext
+/// addition (`< t`).
+fn fresh_noise_log2(t: u64) -> f64 {
+    (t as f64).log2() + 1.0
+}
+
+fn row_len(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1).max(1)
+}
+
+impl<C: Channel> Session<C> {
+    /// Converts `t` to a BFV ciphertext held by the server (shares -> HE; a public or
+    /// private value is shared first).
+    pub fn to_bfv(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        if let PrivateTensor::Bfv { .. } = t {
+            return Ok(t.clone());
+        }
+        let (share, shape) = self.shares_of(t)?;
+        let n = self.params.degree();
+        let k = row_len(&shape);
+        let encoder = Encoder::new(&self.params);
+        let chunks: Vec<&[u64]> = share.chunks(k).flat_map(|row| row.chunks(n)).collect();
+        match &self.sk {
+            Some(sk) => {
+                let dec = Decryptor::new(&self.params, sk.clone())?;
+                for c in &chunks {
+                    let ct =
+                        dec.encrypt_symmetric(&encoder.encode_coeffs_u64(c)?, self.party.rng())?;
+                    self.party.channel().send(&ct.to_bytes(&self.params))?;
+                }
+                self.party.channel().flush()?;
+                Ok(PrivateTensor::Bfv { data: None, shape })
+            }
+            None => {
+                let ev = Evaluator::new(&self.params);
+                let mut cts = Vec::with_capacity(chunks.len());
+                for c in &chunks {
+                    let msg = self.party.channel().recv()?;
+                    let ct = Ciphertext::from_bytes(&self.params, &msg)?;
+                    cts.push(ev.add_plain(&ct, &encoder.encode_coeffs_u64(c)?)?);
+                }
+                Ok(PrivateTensor::Bfv {
+                    data: Some(BfvTensorData {
+                        cts,
+                        noise_log2: fresh_noise_log2(self.params.plaintext_modulus()),
+                    }),
+                    shape,
+                })
+            }
+        }
+    }
+
+    /// Converts `t` to secret shares. From BFV: a fresh uniform mask and 40 bits of noise
+    /// flooding (see the module documentation). Shares and public or private values are
+    /// shared as usual. CKKS values cannot be converted (module documentation).
+    pub fn to_shares(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        let (share, shape) = self.shares_of(t)?;
+        Ok(PrivateTensor::Shared { share, shape })
+    }
+
+    /// BFV -> shares (called by `shares_of`).
+    pub(super) fn bfv_shares(
+        &mut self,
+        data: Option<&BfvTensorData>,
+        shape: &[usize],
+    ) -> Result<Vec<u64>, TensorError> {
+        let n = self.params.degree();
+        let k = row_len(shape);
+        let rows = shape.iter().product::<usize>() / k;
+        // (ciphertext, coefficient) of every value, row-major.
+        let per_row = k.div_ceil(n);
+        let positions: Vec<(usize, usize)> = (0..rows)
+            .flat_map(|r| (0..k).map(move |j| (r * per_row + j / n, j % n)))
+            .collect();
+        let ring = self.fixed.ring();
+        Ok(match (&self.sk, data) {
+            (Some(sk), _) => crate::nn::hybrid::he_linear_client(
+                &self.params,
+                ring,
+                &mut self.party,
+                sk,
+                &[],
+                &positions,
+            )
+            .map_err(Box::new)?,
+            (None, Some(d)) => {
+                let held = d.cts.clone();
+                crate::nn::hybrid::he_linear_server(
+                    &self.params,
+                    ring,
+                    self.config.flood_bits,
+                    &mut self.party,
+                    0,
+                    &positions,
+                    d.noise_log2,
+                    vec![0; positions.len()],
+                    |_, _| Ok(held.clone()),
+                )
+                .map_err(Box::new)?
+            }
+            (None, None) => {
+                return Err(TensorError::Invalid {
+                    what: "BFV tensor",
+                    detail: "the server's side holds no ciphertext".into(),
+                })
+            }
+        })
+    }
+
+    /// Sum of two BFV tensors (both converted to BFV first if needed).
+    pub(super) fn bfv_add(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+        negate_b: bool,
+    ) -> Result<PrivateTensor, TensorError> {
+        let b = if negate_b { self.neg(b)? } else { b.clone() };
+        let (a, b) = (self.to_bfv(a)?, self.to_bfv(&b)?);
+        let shape = a.shape();
+        if shape != b.shape() {
+            return Err(TensorError::Shape {
+                what: "add",
+                left: shape,
+                right: b.shape(),
+            });
+        }
+        let data = match (&a, &b) {
+            (
+                PrivateTensor::Bfv { data: Some(x), .. },
+                PrivateTensor::Bfv { data: Some(y), .. },
+            ) => {
+                let ev = Evaluator::new(&self.params);
+                let cts = x
+                    .cts
+                    .iter()
+                    .zip(&y.cts)
+                    .map(|(p, q)| ev.add(p, q))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(BfvTensorData {
+                    cts,
+                    noise_log2: x.noise_log2.max(y.noise_log2) + 1.0,
+                })
+            }
+            _ => None,
+        };
+        Ok(PrivateTensor::Bfv { data, shape })
+    }
+
+    /// `X W` for `X` under BFV and `W` held by the server: one coefficient-encoded product
+    /// per row, converted to shares (mask and flooding) as it is returned. Scale `2^2f`.
+    pub(super) fn bfv_matmul_rows(
+        &mut self,
+        x: &PrivateTensor,
+        wt: &ndarray::Array2<i64>,
+    ) -> Result<Vec<u64>, TensorError> {
+        let (n_out, k) = wt.dim();
+        let encoder = Encoder::new(&self.params);
+        let mv = CoeffMatVec::new(&encoder, wt.view())?;
+        let positions = mv.output_positions();
+        let ring = self.fixed.ring();
+        let rows = x.shape().iter().product::<usize>() / k;
+        let per_row = mv.input_chunks();
+        let mut out = Vec::with_capacity(rows * n_out);
+        for r in 0..rows {
+            let y = match (&self.sk, x) {
+                (Some(sk), _) => crate::nn::hybrid::he_linear_client(
+                    &self.params,
+                    ring,
+                    &mut self.party,
+                    sk,
+                    &[],
+                    &positions,
+                )
+                .map_err(Box::new)?,
+                (None, PrivateTensor::Bfv { data: Some(d), .. }) => {
+                    let noise = mv
+                        .noise_bound_log2(self.params.degree(), self.params.plaintext_modulus())
+                        .max(d.noise_log2)
+                        + 1.0;
+                    let row = d.cts[r * per_row..(r + 1) * per_row].to_vec();
+                    crate::nn::hybrid::he_linear_server(
+                        &self.params,
+                        ring,
+                        self.config.flood_bits,
+                        &mut self.party,
+                        0,
+                        &positions,
+                        noise,
+                        vec![0; n_out],
+                        |ev, _| mv.apply(ev, &row),
+                    )
+                    .map_err(Box::new)?
+                }
+                _ => {
+                    return Err(TensorError::Invalid {
+                        what: "BFV tensor",
+                        detail: "the server's side holds no ciphertext".into(),
+                    })
+                }
+            };
+            out.extend(y);
+        }
+        Ok(out)
+    }
+
+    fn ckks_state(&mut self) -> Result<&mut CkksState, TensorError> {
+        if self.ckks.is_none() {
+            // N = 8192 with three 36-bit levels (a product with a matrix and a cubic, say).
+            let params = CkksParameters::new(&CkksParametersLiteral {
+                degree: 8192,
+                ciphertext_moduli_bits: vec![50, 36, 36, 36],
+                special_moduli_bits: vec![50],
+                scale_bits: 36,
+            })?;
+            let (sk, dec) = if self.role == Role::Client {
+                let sk = Arc::new(SecretKey::random(params.context(), self.party.rng()));
+                let dec = ckks::Decryptor::new(&params, sk.clone())?;
+                (Some(sk), Some(dec))
+            } else {
+                (None, None)
+            };
+            self.ckks = Some(CkksState {
+                ev: ckks::Evaluator::new(&params),
+                params,
+                dec,
+                sk,
+                rlk: None,
+                rlk_sent: false,
+                galois: BTreeMap::new(),
+            });
+        }
+        Ok(self.ckks.as_mut().expect("set above"))
+    }
+
+    /// A private value of the client, encrypted under its CKKS key and held by the server
+    /// (`provide` runs on the client only). Real numbers; at most `N/2 = 4096` elements.
+    pub fn encrypt(
+        &mut self,
+        owner: Role,
+        shape: &[usize],
+        provide: impl FnOnce() -> ArrayD<f64>,
+    ) -> Result<PrivateTensor, TensorError> {
+        if owner != Role::Client {
+            return Err(TensorError::Unsupported {
+                op: "encrypt",
+                repr: "CKKS",
+                reason: "only the client holds the CKKS key; share a server value instead",
+            });
+        }
+        let len: usize = shape.iter().product();
+        let period = len.max(1).next_power_of_two();
+        let role = self.role;
+        let state = self.ckks_state()?;
+        let params = state.params.clone();
+        let slots = params.degree() / 2;
+        if period > slots {
+            return Err(TensorError::Shape {
+                what: "CKKS tensor (at most N/2 elements)",
+                left: shape.to_vec(),
+                right: vec![slots],
+            });
+        }
+        if role == Role::Client {
+            let value = provide();
+            if value.shape() != shape {
+                return Err(TensorError::ProvidedShape {
+                    declared: shape.to_vec(),
+                    found: value.shape().to_vec(),
+                });
+            }
+            if let Some(v) = value.iter().find(|v| !v.is_finite()) {
+                return Err(TensorError::Invalid {
+                    what: "value",
+                    detail: format!("non-finite element {v}"),
+                });
+            }
+            let flat: Vec<f64> = value.iter().copied().collect();
+            let pt = ckks::Encoder::new(&params).encode_f64(
+                &CkksTensor::layout(&flat, period, slots),
+                params.max_level(),
+                params.default_scale(),
+            )?;
+            let state = self.ckks.as_ref().expect("created");
+            let ct = state
+                .dec
+                .as_ref()
+                .expect("client")
+                .encrypt_symmetric(&pt, self.party.rng())?;
+            self.party.channel().send(&ct.to_bytes(&params))?;
+            self.party.channel().flush()?;
+            Ok(PrivateTensor::Ckks {
+                ct: None,
+                shape: shape.to_vec(),
+                level: params.max_level(),
+            })
+        } else {
+            let msg = self.party.channel().recv()?;
+            let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
+            if ct.len() != 2
+                || ct.level() != params.max_level()
+                || ct.scale() != params.default_scale()
+            {
+                return Err(TensorError::Invalid {
+                    what: "CKKS ciphertext",
+                    detail: format!(
+                        "{} polynomials at level {} and scale 2^{:.2}",
+                        ct.len(),
+                        ct.level(),
+                        ct.scale().log2()
+                    ),
+                });
+            }
+            Ok(PrivateTensor::Ckks {
+                ct: Some(CkksTensor::from_ciphertext(ct, shape, period)?),
+                shape: shape.to_vec(),
+                level: params.max_level(),
+            })
+        }
+    }
+
+    /// Makes sure the server has the relinearization key (the client sends it once).
+    fn ckks_rlk(&mut self) -> Result<(), TensorError> {
+        let state = self.ckks_state()?;
+        if state.rlk_sent {
+            return Ok(());
+        }
+        state.rlk_sent = true;
+        let params = state.params.clone();
+        if let Some(sk) = state.sk.clone() {
+            let rlk = RelinKey::new(&sk, self.party.rng());
+            self.party.channel().send(&rlk.to_bytes(params.context()))?;
+            self.party.channel().flush()?;
+        } else {
+            let msg = self.party.channel().recv()?;
+            let rlk = RelinKey::from_bytes(params.context(), &msg)?;
+            self.ckks.as_mut().expect("created").rlk = Some(rlk);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the server has Galois keys for exactly `elements` (sent once per set).
+    fn ckks_galois(&mut self, elements: Vec<usize>) -> Result<(), TensorError> {
+        let state = self.ckks_state()?;
+        if state.galois.contains_key(&elements) {
+            return Ok(());
+        }
+        let params = state.params.clone();
+        if let Some(sk) = state.sk.clone() {
+            let gk = GaloisKeys::new(&sk, &elements, self.party.rng())?;
+            self.party.channel().send(&gk.to_bytes(params.context()))?;
+            self.party.channel().flush()?;
+            self.ckks_state()?.galois.insert(elements, None);
+        } else {
+            let msg = self.party.channel().recv()?;
+            let gk = GaloisKeys::from_bytes(params.context(), &msg)?;
+            let got: Vec<usize> = gk.elements().collect();
+            if got != elements {
+                return Err(TensorError::Invalid {
+                    what: "Galois keys",
+                    detail: format!("elements {got:?}, expected {elements:?}"),
+                });
+            }
+            self.ckks_state()?.galois.insert(elements, Some(gk));
+        }
+        Ok(())
+    }
+
+    /// `x W` for a CKKS vector `x` (shape `(k,)` or `(1, k)`) and `W` `(k, n)` held by the
+    /// server: the diagonal method (one level), Galois keys uploaded on first use.
+    pub(super) fn ckks_matmul(
+        &mut self,
+        x: &PrivateTensor,
+        w: &PrivateTensor,
+    ) -> Result<PrivateTensor, TensorError> {
+        let (sx, sw) = (x.shape(), w.shape());
+        let k = sx.iter().product::<usize>();
+        if sw.len() != 2 || sw[0] != k || sx.iter().rev().skip(1).any(|&d| d != 1) {
+            return Err(TensorError::Shape {
+                what: "CKKS matmul (a vector times a matrix)",
+                left: sx,
+                right: sw,
+            });
+        }
+        let n = sw[1];
+        let level = ckks_level(x, 1, "matmul")?;
+        let matrix = match w {
+            PrivateTensor::Private {
+                owner: Role::Server,
+                value: Some(v),
+                ..
+            } => v
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|_| TensorError::Shape {
+                    what: "matmul",
+                    left: vec![k],
+                    right: v.shape().to_vec(),
+                })?
+                .t()
+                .to_owned(),
+            PrivateTensor::Private {
+                owner: Role::Server,
+                ..
+            } => ndarray::Array2::zeros((n, k)),
+            _ => {
+                return Err(TensorError::Unsupported {
+                    op: "matmul",
+                    repr: "CKKS",
+                    reason: "the right operand must be a matrix the server holds in the clear",
+                })
+            }
+        };
+        let period = k.max(1).next_power_of_two();
+        let map = LinearMap::new(matrix.view(), None, period)?;
+        let elements = {
+            let state = self.ckks_state()?;
+            let mut e = map.structural_galois_elements(&state.ev);
+            e.sort_unstable();
+            e.dedup();
+            e
+        };
+        self.ckks_galois(elements.clone())?;
+        let mut shape = sx.clone();
+        *shape.last_mut().expect("non-empty") = n;
+        let ct = match x {
+            PrivateTensor::Ckks { ct: Some(ct), .. } => {
+                let state = self.ckks.as_ref().expect("created");
+                let gk = state.galois[&elements].as_ref().expect("server");
+                let encoder = ckks::Encoder::new(&state.params);
+                let prepared = map.encode(&encoder, ct.ct.level())?;
+                Some(prepared.apply(&state.ev, ct, gk)?.reshape(&shape)?)
+            }
+            _ => None,
+        };
+        Ok(PrivateTensor::Ckks {
+            ct,
+            shape,
+            level: level - 1,
+        })
+    }
+
+    /// Elementwise square of a CKKS tensor (one level; the relinearization key is uploaded on
+    /// first use).
+    pub(super) fn ckks_poly(
+        &mut self,
+        x: &PrivateTensor,
+        coeffs: Option<&[f64]>,
+    ) -> Result<PrivateTensor, TensorError> {
+        let depth = match coeffs {
+            None => 1,
+            Some(c) => ckks::Evaluator::poly_depth(c.len().saturating_sub(1)),
+        };
+        let level = ckks_level(x, depth, "polynomial")?;
+        self.ckks_rlk()?;
+        let shape = x.shape();
+        let ct = match x {
+            PrivateTensor::Ckks { ct: Some(ct), .. } => {
+                let state = self.ckks.as_ref().expect("created");
+                let rlk = state.rlk.as_ref().expect("server has the key");
+                Some(match coeffs {
+                    None => ct.square(&state.ev, rlk)?,
+                    Some(c) => ct.poly(&state.ev, c, rlk)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(PrivateTensor::Ckks {
+            ct,
+            shape,
+            level: level - depth,
+        })
+    }
+
+    /// Sum of two CKKS tensors, or of a CKKS tensor and a public value.
+    pub(super) fn ckks_add(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+        negate_b: bool,
+    ) -> Result<PrivateTensor, TensorError> {
+        let shape = a.shape();
+        if shape != b.shape() {
+            return Err(TensorError::Shape {
+                what: "add",
+                left: shape,
+                right: b.shape(),
+            });
+        }
+        let level = ckks_level(a, 0, "add")?;
+        if let PrivateTensor::Ckks { level: lb, .. } = b {
+            if *lb != level {
+                return Err(TensorError::Unsupported {
+                    op: "add",
+                    repr: "CKKS",
+                    reason: "the operands are at different levels; add values computed alike",
+                });
+            }
+        }
+        let ev = &self.ckks_state()?.ev;
+        let ct = match (a, b) {
+            (PrivateTensor::Ckks { ct: Some(x), .. }, PrivateTensor::Ckks { ct: Some(y), .. }) => {
+                let ct = if negate_b {
+                    ev.sub(&x.ct, &y.ct)?
+                } else {
+                    ev.add(&x.ct, &y.ct)?
+                };
+                Some(CkksTensor::from_ciphertext(ct, &shape, x.period())?)
+            }
+            (PrivateTensor::Ckks { ct: Some(x), .. }, PrivateTensor::Public(v)) => {
+                let v = if negate_b { -v } else { v.clone() };
+                Some(x.add_plain(ev, &v)?)
+            }
+            (PrivateTensor::Ckks { .. }, PrivateTensor::Ckks { .. } | PrivateTensor::Public(_)) => {
+                None
+            }
+            _ => {
+                return Err(TensorError::Unsupported {
+                    op: "add",
+                    repr: "CKKS",
+                    reason: "add CKKS tensors to CKKS tensors or public values",
+                })
+            }
+        };
+        Ok(PrivateTensor::Ckks { ct, shape, level })
+    }
+
+    /// Reveals a CKKS tensor to the client (the key owner): the server sends the ciphertext.
+    pub(super) fn ckks_reveal(
+        &mut self,
+        t: &PrivateTensor,
+        to: Role,
+    ) -> Result<Option<ArrayD<f64>>, TensorError> {
+        if to != Role::Client {
+            return Err(TensorError::Unsupported {
+                op: "reveal to the server",
+                repr: "CKKS",
+                reason: "only the client can decrypt; convert through shares with BFV instead",
+            });
+        }
+        let shape = t.shape();
+        let params = self.ckks_state()?.params.clone();
+        match t {
+            PrivateTensor::Ckks { ct: Some(ct), .. } => {
+                self.party.channel().send(&ct.ct.to_bytes(&params))?;
+                self.party.channel().flush()?;
+                Ok(None)
+            }
+            _ if self.role == Role::Client => {
+                let msg = self.party.channel().recv()?;
+                let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
+                let state = self.ckks.as_ref().expect("created");
+                let values = state.dec.as_ref().expect("client").decrypt_f64(&ct)?;
+                let len: usize = shape.iter().product();
+                Ok(Some(
+                    ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values[..len].to_vec())
+                        .expect("shape"),
+                ))
+            }
+            _ => Err(TensorError::Invalid {
+                what: "CKKS tensor",
+                detail: "the server's side holds no ciphertext".into(),
+            }),
+        }
+    }
+}
