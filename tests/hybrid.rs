@@ -363,3 +363,65 @@ fn residual_scale_alignment_when_one_branch_is_pending() {
         assert!(err < 0.01, "error {err}: {got} vs {want}");
     }
 }
+
+/// A sigmoid inside an interactive network (piecewise linear on shares) agrees with the
+/// plaintext sigmoid network within the stated error, for pre-activations far beyond the
+/// knots too.
+#[test]
+fn sigmoid_in_the_hybrid_mode_is_within_the_stated_error() {
+    use cipherml::nn::{Layer, Sequential, SIGMOID_PWL_ERROR};
+    use ndarray::{Array1, Array2};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(21);
+    let w1 = Array2::from_shape_fn((16, 8), |_| rng.random_range(-3.0..3.0));
+    let b1 = Array1::from_shape_fn(16, |_| rng.random_range(-2.0..2.0));
+    let w2 = Array2::from_shape_fn((3, 16), |_| rng.random_range(-1.0..1.0));
+    let b2 = Array1::zeros(3);
+    let model = Sequential::new(vec![8])
+        .add(Layer::Dense {
+            weight: w1,
+            bias: b1,
+        })
+        .add(Layer::Sigmoid)
+        .add(Layer::Dense {
+            weight: w2.clone(),
+            bias: b2,
+        })
+        .add(Layer::Relu);
+    // Inputs up to 10: pre-activations reach about +-100.
+    let x = Array1::from_shape_fn(8, |_| rng.random_range(-10.0..10.0)).into_dyn();
+    let want = model.predict(&x).unwrap();
+    let (c0, c1) = MemoryChannel::pair();
+    let got = private_predict(&model, &x, c0, c1);
+    // Each of the 16 sigmoids is off by at most the stated error; the output layer sums
+    // them with weights below 1 in absolute value (ReLU is 1-Lipschitz).
+    let bound = 16.0 * SIGMOID_PWL_ERROR + 0.01;
+    let err = max_abs_diff(&got, &want);
+    assert!(err < bound, "error {err} (bound {bound})");
+    // And the approximation is not trivially loose: the hidden sigmoids themselves.
+    let hidden = Sequential::new(vec![8])
+        .add(Layer::Dense {
+            weight: model_first_weight(&model),
+            bias: model_first_bias(&model),
+        })
+        .add(Layer::Sigmoid)
+        .add(Layer::Relu);
+    let (c0, c1) = MemoryChannel::pair();
+    let got = private_predict(&hidden, &x, c0, c1);
+    let err = max_abs_diff(&got, &hidden.predict(&x).unwrap());
+    assert!(err <= SIGMOID_PWL_ERROR, "sigmoid error {err}");
+}
+
+fn model_first_weight(m: &cipherml::nn::Sequential) -> ndarray::Array2<f64> {
+    match &m.layers()[0] {
+        cipherml::nn::Layer::Dense { weight, .. } => weight.clone(),
+        _ => unreachable!("dense first"),
+    }
+}
+
+fn model_first_bias(m: &cipherml::nn::Sequential) -> ndarray::Array1<f64> {
+    match &m.layers()[0] {
+        cipherml::nn::Layer::Dense { bias, .. } => bias.clone(),
+        _ => unreachable!("dense first"),
+    }
+}

@@ -292,3 +292,26 @@ fn ckks_tensors_compute_and_reveal_to_the_client_only() {
     let err = max_diff(&client.1.unwrap(), &want_sq);
     assert!(err < 1e-3, "square error {err}");
 }
+
+/// The sigmoid on shares over a wide range, against the exact function.
+#[test]
+fn sigmoid_on_shares_is_within_the_stated_error_everywhere() {
+    use cipherml::nn::SIGMOID_PWL_ERROR;
+    let xs = ndarray::Array1::linspace(-60.0, 60.0, 1201).into_dyn();
+    let x2 = xs.clone();
+    let (client, _) = run_local(move |s| {
+        let x2 = x2.clone();
+        let x = s.input(Role::Client, &[1201], move || x2)?;
+        let y = s.sigmoid(&x)?;
+        s.reveal(&y, Role::Client)
+    })
+    .unwrap();
+    let got = client.unwrap();
+    let want = xs.mapv(|v| 1.0 / (1.0 + (-v).exp()));
+    let err = max_diff(&got, &want);
+    assert!(err <= SIGMOID_PWL_ERROR, "error {err}");
+    assert!(
+        err > 1e-3,
+        "a piecewise-linear fit cannot be this close: {err}"
+    );
+}

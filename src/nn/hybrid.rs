@@ -125,6 +125,8 @@ enum Step {
     Reshape,
     /// `x * x` (Beaver triples from OT).
     Square,
+    /// The logistic sigmoid, piecewise linear ([`sigmoid_pwl`]).
+    Sigmoid,
     /// Average over windows (local on shares, then a fixed-point constant).
     AvgPool {
         kernel: usize,
@@ -242,6 +244,7 @@ impl Compiler<'_> {
                 },
                 Layer::Flatten => Step::Reshape,
                 Layer::Square => Step::Square,
+                Layer::Sigmoid => Step::Sigmoid,
                 Layer::AvgPool { kernel, stride } => Step::AvgPool {
                     kernel: *kernel,
                     stride: *stride,
@@ -418,6 +421,7 @@ impl HybridModel {
                         | Step::Dense { .. }
                         | Step::SharedDense { .. }
                         | Step::Square
+                        | Step::Sigmoid
                         | Step::AvgPool { .. }
                 )
             {
@@ -562,6 +566,7 @@ impl HybridModel {
                     max_pool_by_relu(p, ring, windows, kernel * kernel)?
                 }
                 Step::Reshape => x,
+                Step::Sigmoid => sigmoid_pwl(p, ring, f, &x)?,
                 Step::Square => {
                     let t = cipherml_mpc::triples::TripleSource::arith(
                         &mut cipherml_mpc::triples::ot::OtTriples,
@@ -785,4 +790,69 @@ pub(crate) fn max_pool_by_relu<C: Channel, R: RngCore + CryptoRng>(
         w = next_w;
     }
     Ok(x)
+}
+
+/// Knots of the piecewise-linear sigmoid: `-6, -5, ..., 6`; constant beyond.
+const SIGMOID_KNOTS: std::ops::RangeInclusive<i64> = -6..=6;
+
+/// Largest error of [`sigmoid_pwl`] against the sigmoid (chords of width 1: at most
+/// `max|sigmoid''| / 8 < 0.0121`; beyond `|x| = 6`, `sigmoid(-6) < 0.0025`; plus the
+/// fixed-point rounding).
+pub const SIGMOID_PWL_ERROR: f64 = 0.0125;
+
+/// The sigmoid on shares at scale `2^f` (result at scale `2^f`): the chord interpolation
+/// at the integer knots in `[-6, 6]`, written as `y_0 + sum_i c_i ReLU(x - b_i)` with
+/// `c_i` the change of slope at knot `b_i`. One batch of 13 exact ReLUs per element (any
+/// ring width, unlike the polynomial approximations of the two-party layer, which need
+/// 64 bits), local products with public constants, one faithful truncation. The slope
+/// changes are quantized with 8 extra bits and the last one makes them sum to exactly zero,
+/// so the output is exactly constant beyond the last knot however large `x` is.
+pub(crate) fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    f: u32,
+    x: &[u64],
+) -> Result<Vec<u64>, HybridError> {
+    const EXTRA: u32 = 8;
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let knots: Vec<i64> = SIGMOID_KNOTS.collect();
+    let values: Vec<f64> = knots.iter().map(|&b| sig(b as f64)).collect();
+    // Slope of the segment after knot i (0 after the last).
+    let slope = |i: usize| {
+        if i + 1 < values.len() {
+            values[i + 1] - values[i]
+        } else {
+            0.0
+        }
+    };
+    let mut coeffs: Vec<i64> = (0..knots.len())
+        .map(|i| {
+            let before = if i == 0 { 0.0 } else { slope(i - 1) };
+            quantize(slope(i) - before, f + EXTRA)
+        })
+        .collect();
+    let last = coeffs.len() - 1;
+    coeffs[last] = -coeffs[..last].iter().sum::<i64>();
+    let p0 = p.is_p0();
+    let mut shifted = Vec::with_capacity(x.len() * knots.len());
+    for &b in &knots {
+        let c = ring.from_signed(b << f);
+        shifted.extend(x.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
+    }
+    let r = compare::relu(p, ring, &shifted)?;
+    let y0 = ring.from_signed(quantize(values[0], 2 * f + EXTRA));
+    let n = x.len();
+    let y: Vec<u64> = (0..n)
+        .map(|j| {
+            let acc = coeffs.iter().enumerate().fold(0u64, |a, (i, &c)| {
+                ring.add(a, ring.mul(r[i * n + j], ring.from_signed(c)))
+            });
+            if p0 {
+                ring.add(acc, y0)
+            } else {
+                acc
+            }
+        })
+        .collect();
+    Ok(arith::trunc_faithful(p, ring, &y, f + EXTRA)?)
 }

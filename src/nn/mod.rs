@@ -9,7 +9,7 @@ pub(crate) mod plan;
 pub mod zoo;
 
 pub use ckks_mode::{CkksModel, SIGMOID_BOUND};
-pub use hybrid::{HybridConfig, HybridError, HybridModel};
+pub use hybrid::{HybridConfig, HybridError, HybridModel, SIGMOID_PWL_ERROR};
 pub use layers::Layer;
 pub use onnx::{load_onnx, tract_reference};
 pub use plan::{Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};

@@ -243,6 +243,14 @@ impl Planner {
                 }
                 Layer::Sigmoid => {
                     options.push((
+                        "secret shares (piecewise linear, 13 exact ReLUs)",
+                        Cost {
+                            compute_us: out * 13.0 * RELU_US,
+                            bytes: out * (13.0 * RELU_BYTES + TRUNC_BYTES),
+                            rounds: 8.0 + 8.0,
+                        },
+                    ));
+                    options.push((
                         "CKKS (degree-7 approximation on [-8, 8])",
                         Cost {
                             compute_us: 3000.0,

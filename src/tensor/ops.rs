@@ -156,6 +156,20 @@ impl<C: Channel> Session<C> {
         Ok(PrivateTensor::Shared { share, shape })
     }
 
+    /// The logistic sigmoid on shares: piecewise linear with 13 exact ReLUs per element,
+    /// within [`crate::nn::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
+    pub fn sigmoid(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        let (s, shape) = self.shares_of(x)?;
+        let share = crate::nn::hybrid::sigmoid_pwl(
+            &mut self.party,
+            self.fixed.ring(),
+            self.fixed.frac_bits(),
+            &s,
+        )
+        .map_err(Box::new)?;
+        Ok(PrivateTensor::Shared { share, shape })
+    }
+
     /// Max pooling of a `(C, H, W)` tensor with a square window (exact: a tree of ReLUs).
     pub fn max_pool2d(
         &mut self,
