@@ -528,7 +528,7 @@ mod tests {
             a.send(&i.to_le_bytes()).unwrap();
             assert_eq!(a.recv().unwrap(), (i + 1).to_le_bytes());
         }
-        let mut b = h.join().unwrap();
+        let b = h.join().unwrap();
         assert_eq!(a.stats().bytes_sent, b.stats().bytes_received);
         assert_eq!(a.stats().messages_sent, 301);
         // A message over the receiver's limit is refused before it is read in.
