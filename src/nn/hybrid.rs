@@ -619,7 +619,7 @@ pub(crate) fn he_linear_client<C: Channel, R: RngCore + CryptoRng>(
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
-        let ct = Ciphertext::from_bytes_partial(params, &msg, &keep)?;
+        let ct = Ciphertext::from_bytes_compact(params, &msg, &keep)?;
         coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
     }
     Ok(positions
@@ -659,15 +659,19 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
         let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
         let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
         let flooded = ev.flood(&masked, flood, p.rng())?;
+        // After flooding, |noise| <= 2^noise_log2 + 2^flood <= 2^(flood + 1): the reply is
+        // switched to the fewest bits per coefficient that keep decryption exact.
+        let bits = Ciphertext::compact_bits(params, flooded.level(), flood as f64 + 1.0)?;
         // Only the output coefficients of c0 are sent (the rest would only leak masked
-        // garbage and cost bytes).
+        // garbage and cost bytes), and every coefficient rounded to `bits` bits: a
+        // deterministic function of the flooded ciphertext, so it reveals nothing more.
         let keep: Vec<usize> = positions
             .iter()
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
         p.channel()
-            .send(&flooded.to_bytes_partial(params, &keep)?)?;
+            .send(&flooded.to_bytes_compact(params, &keep, bits, flood as f64 + 1.0)?)?;
         for (j, &(bb, i)) in positions.iter().enumerate() {
             if bb == b {
                 y_s[j] = ring.add(y_s[j], r[i] & ring.mask());
