@@ -7,7 +7,8 @@
 //! convolution or a matrix product is one polynomial product, no rotation); the server
 //! computes `Enc(W x_c) - R` with a fresh uniform mask polynomial `R`, floods the noise
 //! with 40 more bits than its bound, and returns it; the client decrypts its share
-//! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful), ReLU and
+//! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful; cheaper where the
+//! value is known non-negative, after a ReLU), ReLU and
 //! max-pool run as two-party protocols on the shares. The logits are revealed to the
 //! client only. The server learns nothing about the input (it sees only ciphertexts and
 //! uniformly random shares); the client learns the architecture and the logits. A residual
@@ -409,6 +410,10 @@ impl HybridModel {
     ) -> Result<(Vec<u64>, bool), HybridError> {
         let ring = self.ring();
         let f = self.config.frac_bits;
+        // Whether `x` is known non-negative (MSB 0) by construction: the output of the ReLU
+        // protocol, kept by max-pool (an exact max of such values) and reshapes. Its pending
+        // truncation then needs no wrap comparison (`trunc_nonneg`).
+        let mut nonneg = false;
         for step in steps {
             // Linear layers, squares and averages need the value at scale 2^f.
             if pending
@@ -421,7 +426,11 @@ impl HybridModel {
                         | Step::AvgPool { .. }
                 )
             {
-                x = arith::trunc_faithful(p, ring, &x, f)?;
+                x = if nonneg {
+                    arith::trunc_nonneg(p, ring, &x, f)?
+                } else {
+                    arith::trunc_faithful(p, ring, &x, f)?
+                };
                 pending = false;
             }
             x = match step {
@@ -587,6 +596,11 @@ impl HybridModel {
                     pending = true;
                     y
                 }
+            };
+            nonneg = match step {
+                Step::Relu => true,
+                Step::MaxPool { .. } | Step::Reshape => nonneg,
+                _ => false,
             };
         }
         Ok((x, pending))
