@@ -1,7 +1,7 @@
 //! Prints benchmark figures as JSON lines (see BENCHMARKS.md):
 //!
 //! ```text
-//! cargo run --release --example bench -- [he|mpc|nn|all]
+//! cargo run --release --example bench -- [he|mpc|nn|all] [network filter for nn]
 //! ```
 //! Set `CIPHERML_BENCH_MS` to change the time budget per figure (default 2000 ms).
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let filter = std::env::args().nth(2);
     let ms = std::env::var("CIPHERML_BENCH_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -25,7 +26,7 @@ fn main() {
     match which.as_str() {
         "he" => cipherml::bench::he(budget, &mut emit),
         "mpc" => mpc(),
-        "nn" => cipherml::bench::nn(budget, &mut emit),
+        "nn" => cipherml::bench::nn_filtered(budget, filter.as_deref(), &mut emit),
         "all" => {
             cipherml::bench::he(budget, &mut emit);
             mpc();

@@ -431,6 +431,16 @@ fn bfv_suite(
 /// networks, both parties on TCP loopback with one thread each (a one-thread rayon pool per
 /// party), and the CKKS mode for `digits_square_mlp`.
 pub fn nn(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
+    nn_filtered(budget, None, emit)
+}
+
+/// [`nn`] restricted to the networks whose name contains `filter` (all if `None`); the
+/// CKKS figure runs only if its name matches too.
+pub fn nn_filtered(
+    budget: Duration,
+    filter: Option<&str>,
+    emit: &mut (dyn FnMut(BenchLine) + Send),
+) {
     use crate::nn::{load_onnx, zoo, CkksModel, HybridConfig, HybridModel, Sequential};
     let models_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let mut rng = ChaCha20Rng::from_os_rng();
@@ -447,6 +457,8 @@ pub fn nn(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
         "hybrid: BFV N=8192 t=2^{} coefficient encoding, Z_2^{} shares f={}, OT-based ReLU/max-pool, TCP loopback, one thread per party",
         config.ring_bits, config.ring_bits, config.frac_bits
     );
+    let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
+    nets.retain(|(name, _, _)| selected(name));
     for (name, model, shape) in nets {
         let server_model = HybridModel::compile(&model, &config, true).expect("compile");
         let client_model = HybridModel::compile(&model, &config, false).expect("compile");
@@ -521,6 +533,9 @@ pub fn nn(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
             threads: 1,
             params: format!("{desc}; bytes both directions, rounds = client flights"),
         });
+    }
+    if !selected("digits_square_mlp") {
+        return;
     }
     // Non-interactive CKKS: digits_square_mlp, one round trip.
     let model = load_onnx(models_dir.join("digits_square_mlp.onnx")).expect("bundled model");

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use cipherml_mpc::net::Channel;
 
-/// Version of the session protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of the session protocol. 3: hybrid replies in the compact encoding (switched to
+/// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;

@@ -173,6 +173,20 @@ pub enum Error {
         /// Right shape.
         right: Vec<usize>,
     },
+    /// A requested ciphertext compression would leave too little noise margin for exact
+    /// decryption (see [`crate::bfv::Ciphertext::to_bytes_compact`]).
+    #[error(
+        "compression to {keep_bits} bits per coefficient exceeds the noise margin (noise \
+         2^{noise_log2:.1}: at least {needed_bits} bits needed)"
+    )]
+    NoiseMargin {
+        /// Bits per coefficient requested.
+        keep_bits: u32,
+        /// The stated noise bound, log2.
+        noise_log2: f64,
+        /// Smallest number of bits that fits, or 64 if none does.
+        needed_bits: u32,
+    },
     /// Decoding untrusted bytes failed.
     #[error("decode error: {0}")]
     Decode(#[from] DecodeError),

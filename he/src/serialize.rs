@@ -67,6 +67,9 @@ pub enum Kind {
     CkksParameters = 9,
     /// A BFV ciphertext whose first polynomial is kept only at some coefficients.
     BfvPartialCiphertext = 10,
+    /// A BFV ciphertext switched to a power-of-two modulus `2^b` (few bits per coefficient),
+    /// its first polynomial kept only at some coefficients.
+    BfvCompactCiphertext = 11,
 }
 
 fn header(kind: Kind, id: u64) -> Vec<u8> {
@@ -761,6 +764,240 @@ impl Ciphertext {
             params_id: params.id(),
             level,
             polys: vec![c0.into_ntt(q), c1],
+            seed: None,
+        })
+    }
+}
+
+/// Largest number of bits per coefficient of the compact encoding.
+pub const COMPACT_MAX_BITS: u32 = 63;
+
+/// `t |nu|` bound of the compact encoding (see [`Ciphertext::to_bytes_compact`]): the
+/// invariant noise after compression to `bits` bits, for noise `2^noise_log2` (in units of
+/// the ciphertext modulus) at `level`. Exact decryption needs it below 1/2.
+fn compact_noise(params: &BfvParameters, level: usize, noise_log2: f64, bits: u32) -> f64 {
+    let q = params.context().q_at(level);
+    let log_q = q.log2_product();
+    let t = params.plaintext_modulus() as f64;
+    let n1 = params.degree() as f64 + 1.0;
+    // Error of each rounded coefficient: 1/2, plus the fixed-point error of the CRT sum
+    // (each term off by less than q_j / 2^(128 - bits)).
+    let eps: f64 = q
+        .primes()
+        .iter()
+        .map(|p| (p.modulus.bits() as f64 - (128 - bits) as f64).exp2())
+        .sum();
+    // Noise before compression (with the rounding of Delta = floor(Q/t)), the rounding to
+    // 2^bits (|e0 + e1 s| <= (1/2 + eps)(1 + ||s||_1), ternary s: ||s||_1 <= N), and the
+    // rounding of the lift back to Q at decoding (<= (1 + N)/2 in units of Q).
+    let before = t * ((noise_log2 - log_q).exp2() + t * (-log_q).exp2());
+    let rounding = t * (0.5 + eps) * n1 * (-(bits as f64)).exp2();
+    let lift = t * 0.5 * n1 * (-log_q).exp2();
+    before + rounding + lift
+}
+
+/// Whether the bound of [`compact_noise`] leaves exact decryption (with slack for the
+/// floating-point evaluation).
+fn compact_fits(params: &BfvParameters, level: usize, noise_log2: f64, bits: u32) -> bool {
+    noise_log2.is_finite()
+        && (1..=COMPACT_MAX_BITS).contains(&bits)
+        && compact_noise(params, level, noise_log2, bits) < 0.5 * (1.0 - 1e-9)
+}
+
+/// `x mod 2^bits` mask.
+fn low_mask(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+impl Ciphertext {
+    /// The fewest bits per coefficient with which [`Ciphertext::to_bytes_compact`] keeps
+    /// decryption exact for a ciphertext at `level` whose noise (phase minus `Delta m`, in
+    /// units of the ciphertext modulus) is at most `2^noise_log2` in absolute value.
+    /// Fails with [`crate::Error::NoiseMargin`] if no width up to [`COMPACT_MAX_BITS`] fits.
+    pub fn compact_bits(params: &BfvParameters, level: usize, noise_log2: f64) -> Result<u32> {
+        params.context().check_level(level)?;
+        (1..=COMPACT_MAX_BITS)
+            .find(|&b| compact_fits(params, level, noise_log2, b))
+            .ok_or(crate::Error::NoiseMargin {
+                keep_bits: COMPACT_MAX_BITS,
+                noise_log2,
+                needed_bits: 64,
+            })
+    }
+
+    /// Serializes a 2-polynomial ciphertext switched to the modulus `2^bits`: each
+    /// coefficient `c` (modulo `Q`) becomes `round(2^bits c / Q) mod 2^bits`, and the first
+    /// polynomial is kept only at `positions` (as in [`Ciphertext::to_bytes_partial`]). This
+    /// is modulus switching and dropping low-order bits in one step (as in Cheetah).
+    ///
+    /// Decryption stays exact at `positions` if the noise is at most `2^noise_log2` (in
+    /// units of `Q`, as bounded by the caller): with invariant noise `nu` (`t (c0 + c1 s) /
+    /// Q = m + t k + nu`), the rounding errors `|e_i| <= 1/2` add `t (e0 + e1 s) / 2^bits`,
+    /// at most `t (1 + N) / 2^(bits + 1)` for a ternary key (worst case, no failure
+    /// probability), and the lift back to `Q` at decoding adds `t (1 + N) / (2 Q)`; the sum
+    /// must stay below 1/2. Otherwise this fails with [`crate::Error::NoiseMargin`]; see
+    /// [`Ciphertext::compact_bits`] for the smallest width. The output is a deterministic
+    /// function of the ciphertext, so it reveals nothing the ciphertext does not.
+    pub fn to_bytes_compact(
+        &self,
+        params: &BfvParameters,
+        positions: &[usize],
+        bits: u32,
+        noise_log2: f64,
+    ) -> Result<Vec<u8>> {
+        if self.polys.len() != 2 {
+            return Err(crate::Error::CiphertextSize {
+                found: self.polys.len(),
+                expected: 2,
+            });
+        }
+        if !compact_fits(params, self.level, noise_log2, bits) {
+            return Err(crate::Error::NoiseMargin {
+                keep_bits: bits,
+                noise_log2,
+                needed_bits: Self::compact_bits(params, self.level, noise_log2).unwrap_or(64),
+            });
+        }
+        let n = params.degree();
+        if let Some(&bad) = positions.iter().find(|&&i| i >= n) {
+            return Err(DecodeError::TooLarge {
+                what: "coefficient position",
+                value: bad as u64,
+                max: n as u64 - 1,
+            }
+            .into());
+        }
+        let q = params.context().q_at(self.level);
+        let k = q.len();
+        // CRT: c = sum_j y_j (Q / q_j) mod Q with y_j = [c_j (Q / q_j)^-1]_{q_j}, so
+        // 2^bits c / Q = sum_j y_j 2^bits / q_j (mod 2^bits). Each term in fixed point with
+        // 128 - bits fractional bits: y_j * floor(2^128 / q_j) (no overflow: y_j < q_j).
+        let consts: Vec<(u64, u128)> = (0..k)
+            .map(|j| {
+                let m = q.modulus(j);
+                let others = (0..k)
+                    .filter(|&i| i != j)
+                    .fold(1u64, |acc, i| m.mul(acc, m.reduce(q.modulus(i).value())));
+                let inv = m.inv(others).expect("distinct primes are coprime");
+                (inv, u128::MAX / m.value() as u128)
+            })
+            .collect();
+        let frac = 128 - bits;
+        let half = 1u128 << (frac - 1);
+        let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u64 {
+            let mut acc = 0u128;
+            for (j, &(inv, f)) in consts.iter().enumerate() {
+                let y = q.modulus(j).mul(polys.limb(j)[i], inv);
+                acc = acc.wrapping_add((y as u128) * f);
+            }
+            (acc.wrapping_add(half) >> frac) as u64 & low_mask(bits)
+        };
+        let c0 = self.polys[0].clone().into_coeff(q);
+        let c1 = self.polys[1].clone().into_coeff(q);
+        let mut v = header(Kind::BfvCompactCiphertext, self.params_id);
+        v.push(self.level as u8);
+        v.push(bits as u8);
+        v.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+        let kept: Vec<u64> = positions.iter().map(|&i| round(&c0, i)).collect();
+        pack_values(&mut v, &kept, bits);
+        let all: Vec<u64> = (0..n).map(|i| round(&c1, i)).collect();
+        pack_values(&mut v, &all, bits);
+        Ok(v)
+    }
+
+    /// Decodes [`Ciphertext::to_bytes_compact`] output for the same `positions`, lifting
+    /// each coefficient `c'` back to `round(Q c' / 2^bits)` modulo `Q` (the first polynomial
+    /// is zero outside `positions`). Checks the header, level, width and exact length
+    /// before allocating.
+    pub fn from_bytes_compact(
+        params: &Arc<BfvParameters>,
+        bytes: &[u8],
+        positions: &[usize],
+    ) -> Result<Self> {
+        let body = check_header(bytes, Kind::BfvCompactCiphertext, Some(params.id()))?;
+        let mut r = Reader::new(body);
+        let level = r.u8()? as usize;
+        let bits = r.u8()? as u32;
+        let count = r.u32()? as usize;
+        let max = params.max_level();
+        if level > max {
+            return Err(DecodeError::TooLarge {
+                what: "level",
+                value: level as u64,
+                max: max as u64,
+            }
+            .into());
+        }
+        if !(1..=COMPACT_MAX_BITS).contains(&bits) {
+            return Err(DecodeError::Invalid {
+                what: "bits per coefficient",
+                value: bits as u64,
+            }
+            .into());
+        }
+        if count != positions.len() {
+            return Err(DecodeError::Invalid {
+                what: "number of kept coefficients",
+                value: count as u64,
+            }
+            .into());
+        }
+        let n = params.degree();
+        if let Some(&bad) = positions.iter().find(|&&i| i >= n) {
+            return Err(DecodeError::Invalid {
+                what: "coefficient position",
+                value: bad as u64,
+            }
+            .into());
+        }
+        expect_len(&body[6..], packed_len(count, bits) + packed_len(n, bits))?;
+        let modulus = 1u64 << bits;
+        let kept = unpack_values(r.take(packed_len(count, bits))?, count, bits, modulus)?;
+        let all = unpack_values(r.take(packed_len(n, bits))?, n, bits, modulus)?;
+        r.finish()?;
+        let q = params.context().q_at(level);
+        // round(Q c' / 2^b) = H with Q c' + 2^(b-1) = H 2^b + L, L < 2^b: L depends only on
+        // Q mod 2^b, and H = (2^(b-1) - L) 2^-b modulo each q_i (which divides Q).
+        let mask = low_mask(bits);
+        let q_low = q
+            .primes()
+            .iter()
+            .fold(1u64, |acc, p| acc.wrapping_mul(p.modulus.value()))
+            & mask;
+        let half = 1u64 << (bits - 1);
+        let lows: Vec<u64> = all
+            .iter()
+            .map(|&c| c.wrapping_mul(q_low).wrapping_add(half) & mask)
+            .collect();
+        let kept_lows: Vec<u64> = kept
+            .iter()
+            .map(|&c| c.wrapping_mul(q_low).wrapping_add(half) & mask)
+            .collect();
+        let mut c0 = crate::math::Poly::<crate::math::Coeff>::zero(n, q.len());
+        let mut c1 = crate::math::Poly::<crate::math::Coeff>::zero(n, q.len());
+        for j in 0..q.len() {
+            let m = q.modulus(j);
+            let inv = m
+                .inv(m.pow(2, bits as u64))
+                .expect("odd prime: 2 is invertible");
+            let h = m.reduce(half);
+            let lift = |l: u64| m.mul(m.sub(h, m.reduce(l)), inv);
+            for (x, &l) in c1.limb_mut(j).iter_mut().zip(&lows) {
+                *x = lift(l);
+            }
+            let limb = c0.limb_mut(j);
+            for (&pos, &l) in positions.iter().zip(&kept_lows) {
+                limb[pos] = lift(l);
+            }
+        }
+        Ok(Ciphertext {
+            params_id: params.id(),
+            level,
+            polys: vec![c0.into_ntt(q), c1.into_ntt(q)],
             seed: None,
         })
     }

@@ -298,3 +298,166 @@ fn partial_ciphertexts_keep_the_chosen_coefficients() {
     assert!(Ciphertext::from_bytes_partial(&b.params, &bytes, &[0, 5, 100, 9999]).is_err());
     assert!(ct.to_bytes_partial(&b.params, &[4096]).is_err());
 }
+
+/// The hybrid mode's parameters: N = 8192, t = 2^40.
+fn compact_setup(seed: u64) -> Bfv {
+    let lit = BfvParametersLiteral {
+        plaintext: cipherml_he::bfv::PlaintextModulus::PowerOfTwo { bits: 40 },
+        ..BfvParametersLiteral::n8192()
+    };
+    setup(&lit, false, seed)
+}
+
+#[test]
+fn compact_ciphertexts_decrypt_exactly_at_the_computed_width() {
+    use rand::Rng;
+    let mut b = compact_setup(31);
+    let n = b.params.degree();
+    let t = b.params.plaintext_modulus();
+    let level = b.params.max_level();
+    let all: Vec<usize> = (0..n).collect();
+    let some = [0usize, 1, 77, n / 2, n - 1];
+    // Fresh, and flooded as the hybrid mode does (up to the largest flood that fits).
+    for flood in [None, Some(80u32), Some(105), Some(120)] {
+        for _ in 0..2 {
+            let mut vals: Vec<u64> = (0..n).map(|_| b.rng.random_range(0..t)).collect();
+            vals[0] = 0;
+            vals[1] = t - 1;
+            let pt = b.enc.encode_coeffs_u64(&vals).unwrap();
+            let mut ct = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
+            // A fresh public-key encryption has noise far below 2^30.
+            let mut noise = 30.0;
+            if let Some(f) = flood {
+                ct = b.ev.flood(&ct, f, &mut b.rng).unwrap();
+                noise = f as f64 + 1.0;
+            }
+            let bits = Ciphertext::compact_bits(&b.params, level, noise).unwrap();
+            // log2 t + log2(N + 1) + 1 (rounding) and a bit of slack at most.
+            assert!((54..=55).contains(&bits), "{bits} bits for noise 2^{noise}");
+            for keep in [&all[..], &some[..]] {
+                let bytes = ct.to_bytes_compact(&b.params, keep, bits, noise).unwrap();
+                let back = Ciphertext::from_bytes_compact(&b.params, &bytes, keep).unwrap();
+                let got = b.decryptor.decrypt(&back).unwrap();
+                for &i in keep {
+                    assert_eq!(got.coefficients()[i], vals[i], "coefficient {i}");
+                }
+            }
+            let full = ct.to_bytes(&b.params).len();
+            let compact = ct.to_bytes_compact(&b.params, &all, bits, noise).unwrap();
+            // 2 x 174 bits per coefficient become 2 x 55.
+            assert!(compact.len() * 3 < full, "{} vs {full}", compact.len());
+        }
+    }
+}
+
+#[test]
+fn compact_ciphertexts_after_mod_switching_and_plain_products() {
+    use rand::Rng;
+    let mut b = compact_setup(32);
+    let n = b.params.degree();
+    let t = b.params.plaintext_modulus();
+    let vals: Vec<u64> = (0..n).map(|_| b.rng.random_range(0..t)).collect();
+    let ct = b
+        .encryptor
+        .encrypt(&b.enc.encode_coeffs_u64(&vals).unwrap(), &mut b.rng)
+        .unwrap();
+    // One level down: the bound depends on the level's modulus, the width barely.
+    let low = b.ev.mod_switch_to_next(&ct).unwrap();
+    let level = low.level();
+    let bits = Ciphertext::compact_bits(&b.params, level, 60.0).unwrap();
+    let keep: Vec<usize> = (0..n).step_by(3).collect();
+    let bytes = low.to_bytes_compact(&b.params, &keep, bits, 60.0).unwrap();
+    let back = Ciphertext::from_bytes_compact(&b.params, &bytes, &keep).unwrap();
+    assert_eq!(back.level(), level);
+    let got = b.decryptor.decrypt(&back).unwrap();
+    for &i in &keep {
+        assert_eq!(got.coefficients()[i], vals[i]);
+    }
+}
+
+#[test]
+fn compact_ciphertexts_refuse_too_few_bits_and_too_much_noise() {
+    let mut b = compact_setup(33);
+    let n = b.params.degree();
+    let level = b.params.max_level();
+    let pt = b.enc.encode_coeffs_u64(&[1, 2, 3]).unwrap();
+    let ct = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
+    let bits = Ciphertext::compact_bits(&b.params, level, 100.0).unwrap();
+    let keep = [0usize, 1, 2];
+    match ct.to_bytes_compact(&b.params, &keep, bits - 1, 100.0) {
+        Err(Error::NoiseMargin {
+            keep_bits,
+            needed_bits,
+            ..
+        }) => {
+            assert_eq!(keep_bits, bits - 1);
+            assert_eq!(needed_bits, bits);
+        }
+        other => panic!("expected a noise-margin error, got {other:?}"),
+    }
+    // Noise too close to Q / (2t): no width fits.
+    let log_q = b.params.context().q_at(level).log2_product();
+    assert!(matches!(
+        Ciphertext::compact_bits(&b.params, level, log_q - 41.0),
+        Err(Error::NoiseMargin { .. })
+    ));
+    assert!(matches!(
+        ct.to_bytes_compact(&b.params, &keep, 63, log_q - 41.0),
+        Err(Error::NoiseMargin { .. })
+    ));
+    assert!(matches!(
+        ct.to_bytes_compact(&b.params, &keep, bits, f64::NAN),
+        Err(Error::NoiseMargin { .. })
+    ));
+    for bad in [0u32, 64, 200] {
+        assert!(ct.to_bytes_compact(&b.params, &keep, bad, 30.0).is_err());
+    }
+    assert!(ct.to_bytes_compact(&b.params, &[n], bits, 30.0).is_err());
+    assert!(matches!(
+        Ciphertext::compact_bits(&b.params, level + 1, 30.0),
+        Err(Error::LevelOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn compact_ciphertexts_reject_hostile_bytes() {
+    let mut b = compact_setup(34);
+    let pt = b.enc.encode_coeffs_u64(&[5, 6, 7]).unwrap();
+    let ct = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
+    let keep = [0usize, 1, 2];
+    let bytes = ct.to_bytes_compact(&b.params, &keep, 55, 30.0).unwrap();
+    assert!(Ciphertext::from_bytes_compact(&b.params, &bytes, &keep).is_ok());
+    let p = &b.params;
+    // Wrong count, truncated, trailing, out-of-range position.
+    decode_err(Ciphertext::from_bytes_compact(p, &bytes, &keep[..2]));
+    decode_err(Ciphertext::from_bytes_compact(
+        p,
+        &bytes[..bytes.len() - 1],
+        &keep,
+    ));
+    let mut long = bytes.clone();
+    long.push(0);
+    decode_err(Ciphertext::from_bytes_compact(p, &long, &keep));
+    decode_err(Ciphertext::from_bytes_compact(p, &bytes, &[0, 1, 1 << 20]));
+    // Level, width and count fields.
+    for (offset, value) in [(HEADER_LEN, 9u8), (HEADER_LEN + 1, 0), (HEADER_LEN + 1, 64)] {
+        let mut bad = bytes.clone();
+        bad[offset] = value;
+        decode_err(Ciphertext::from_bytes_compact(p, &bad, &keep));
+    }
+    // A width that does not match the length.
+    let mut bad = bytes.clone();
+    bad[HEADER_LEN + 1] = 56;
+    decode_err(Ciphertext::from_bytes_compact(p, &bad, &keep));
+    // A huge count is refused before any allocation.
+    let mut bad = bytes.clone();
+    bad[HEADER_LEN + 2..HEADER_LEN + 6].copy_from_slice(&u32::MAX.to_le_bytes());
+    decode_err(Ciphertext::from_bytes_compact(p, &bad, &keep));
+    // Nonzero padding bits of the kept coefficients (3 x 55 bits: 21 bytes, 3 padding bits).
+    let mut bad = bytes.clone();
+    bad[HEADER_LEN + 6 + 20] |= 0x80;
+    decode_err(Ciphertext::from_bytes_compact(p, &bad, &keep));
+    // Wrong kind: a partial ciphertext is not a compact one.
+    let partial = ct.to_bytes_partial(p, &keep).unwrap();
+    decode_err(Ciphertext::from_bytes_compact(p, &partial, &keep));
+}

@@ -231,7 +231,7 @@ pub fn bench_relu(budget: Duration) -> Result<Vec<BenchLine>> {
         "mpc.relu_2e16",
         &samples,
         format!(
-            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by KK13 1-of-16 OT, AND tree from IKNP random OTs, multiplexer by correlated OT; base OTs apart); {:.0} bytes per ReLU; targets <= 1.5 s, <= 700 B/ReLU",
+            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by KK13 1-of-2^beta OT, AND tree from IKNP random OTs, multiplexer by correlated OT; base OTs apart); {:.0} bytes per ReLU; targets <= 1.5 s, <= 700 B/ReLU",
             crate::protocols::compare::BETA,
             per
         ),

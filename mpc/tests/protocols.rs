@@ -122,6 +122,43 @@ fn truncation() {
     }
 }
 
+/// Non-negative inputs of `l - 1` bits: the edges and random values.
+fn nonneg_inputs(ring: Ring, n: usize) -> Vec<u64> {
+    let top = ring.max_signed() as u64;
+    let mut v = vec![0, 1, 2, top, top - 1, 1 << (ring.bits() / 2)];
+    v.extend(inputs(ring, n).into_iter().map(|x| x & top));
+    v
+}
+
+#[test]
+fn truncation_of_nonnegative_values() {
+    for (bits, f) in [(40u32, 12u32), (32, 12), (64, 16), (16, 1), (8, 7)] {
+        let ring = Ring::new(bits).unwrap();
+        let x = nonneg_inputs(ring, 300);
+        let sx = shares(ring, &x);
+        let (r0, r1) =
+            parties_mem(move |p| arith::trunc_nonneg(p, ring, &pick(p, &sx), f).unwrap());
+        let exact: Vec<u64> = x.iter().map(|&v| v >> f).collect();
+        assert_eq!(open(ring, &r0, &r1), exact, "l={bits}, f={f}");
+    }
+    // Over TCP, and the refusals and f = 0 of the faithful truncation.
+    let ring = Ring::new(40).unwrap();
+    let x = nonneg_inputs(ring, 50);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        let t = arith::trunc_nonneg(p, ring, &s, 24).unwrap();
+        let same = arith::trunc_nonneg(p, ring, &s, 0).unwrap();
+        assert!(arith::trunc_nonneg(p, ring, &s, 40).is_err());
+        (t, same)
+    });
+    let t = open(ring, &r0.0, &r1.0);
+    for i in 0..x.len() {
+        assert_eq!(t[i], x[i] >> 24);
+    }
+    assert_eq!(open(ring, &r0.1, &r1.1), x);
+}
+
 #[test]
 fn millionaire_and_relu_family() {
     for bits in [32u32, 64, 8, 5] {

@@ -7,7 +7,8 @@
 //! convolution or a matrix product is one polynomial product, no rotation); the server
 //! computes `Enc(W x_c) - R` with a fresh uniform mask polynomial `R`, floods the noise
 //! with 40 more bits than its bound, and returns it; the client decrypts its share
-//! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful), ReLU and
+//! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful; cheaper where the
+//! value is known non-negative, after a ReLU), ReLU and
 //! max-pool run as two-party protocols on the shares. The logits are revealed to the
 //! client only. The server learns nothing about the input (it sees only ciphertexts and
 //! uniformly random shares); the client learns the architecture and the logits. A residual
@@ -412,6 +413,10 @@ impl HybridModel {
     ) -> Result<(Vec<u64>, bool), HybridError> {
         let ring = self.ring();
         let f = self.config.frac_bits;
+        // Whether `x` is known non-negative (MSB 0) by construction: the output of the ReLU
+        // protocol, kept by max-pool (an exact max of such values) and reshapes. Its pending
+        // truncation then needs no wrap comparison (`trunc_nonneg`).
+        let mut nonneg = false;
         for step in steps {
             // Linear layers, squares and averages need the value at scale 2^f.
             if pending
@@ -425,7 +430,11 @@ impl HybridModel {
                         | Step::AvgPool { .. }
                 )
             {
-                x = arith::trunc_faithful(p, ring, &x, f)?;
+                x = if nonneg {
+                    arith::trunc_nonneg(p, ring, &x, f)?
+                } else {
+                    arith::trunc_faithful(p, ring, &x, f)?
+                };
                 pending = false;
             }
             x = match step {
@@ -593,6 +602,11 @@ impl HybridModel {
                     y
                 }
             };
+            nonneg = match step {
+                Step::Relu => true,
+                Step::MaxPool { .. } | Step::Reshape => nonneg,
+                _ => false,
+            };
         }
         Ok((x, pending))
     }
@@ -624,7 +638,7 @@ pub(crate) fn he_linear_client<C: Channel, R: RngCore + CryptoRng>(
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
-        let ct = Ciphertext::from_bytes_partial(params, &msg, &keep)?;
+        let ct = Ciphertext::from_bytes_compact(params, &msg, &keep)?;
         coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
     }
     Ok(positions
@@ -664,15 +678,19 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
         let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
         let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
         let flooded = ev.flood(&masked, flood, p.rng())?;
+        // After flooding, |noise| <= 2^noise_log2 + 2^flood <= 2^(flood + 1): the reply is
+        // switched to the fewest bits per coefficient that keep decryption exact.
+        let bits = Ciphertext::compact_bits(params, flooded.level(), flood as f64 + 1.0)?;
         // Only the output coefficients of c0 are sent (the rest would only leak masked
-        // garbage and cost bytes).
+        // garbage and cost bytes), and every coefficient rounded to `bits` bits: a
+        // deterministic function of the flooded ciphertext, so it reveals nothing more.
         let keep: Vec<usize> = positions
             .iter()
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
         p.channel()
-            .send(&flooded.to_bytes_partial(params, &keep)?)?;
+            .send(&flooded.to_bytes_compact(params, &keep, bits, flood as f64 + 1.0)?)?;
         for (j, &(bb, i)) in positions.iter().enumerate() {
             if bb == b {
                 y_s[j] = ring.add(y_s[j], r[i] & ring.mask());

@@ -147,6 +147,58 @@ pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
+/// Faithful truncation of values known to be non-negative: exactly `floor(x / 2^f)` for
+/// every `x` in `[0, 2^(l-1))` (most significant bit 0, e.g. the output of a ReLU), with
+/// one `f`-bit millionaire comparison instead of the two (`l` and `f` bits) of
+/// [`trunc_faithful`]. For `x` outside that range the result is wrong: use it only where
+/// non-negativity is guaranteed by the protocol, not by a range assumption.
+///
+/// With unsigned shares `x0 + x1 = x + w 2^l`, the wrap `w` is `msb(x0) OR msb(x1)` when
+/// `msb(x) = 0` (both set: the sum is at least `2^l`; both clear: below `2^l`; exactly one:
+/// the sum is at least `2^(l-1)`, which `x < 2^(l-1)` only allows with a wrap). Each party
+/// knows its own bit, so `w` costs one AND of bits; the carry `c` of the low `f` bits is a
+/// millionaire comparison, and `floor(x / 2^f) = (x0 >> f) + (x1 >> f) + c - w 2^(l-f)`.
+pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    if f == 0 {
+        return Ok(x.to_vec());
+    }
+    let l = ring.bits();
+    if f >= l {
+        return Err(Error::InvalidInput {
+            what: "truncation bits must be below the ring width",
+            expected: l as u64 - 1,
+            found: f as u64,
+        });
+    }
+    let p0 = p.is_p0();
+    let lo_mask = mask(f);
+    let carry_in: Vec<u64> = if p0 {
+        x.iter().map(|&v| v & lo_mask).collect()
+    } else {
+        x.iter().map(|&v| lo_mask - (v & lo_mask)).collect()
+    };
+    let carry = compare::millionaire(p, f, &carry_in)?;
+    // not w = (not msb(x0)) AND (not msb(x1)): each party inputs its negated bit as its
+    // share of one operand and 0 as its share of the other.
+    let own: Vec<u8> = x.iter().map(|&v| ring.msb(v) as u8 ^ 1).collect();
+    let zeros = vec![0u8; x.len()];
+    let (a, b) = if p0 { (&own, &zeros) } else { (&zeros, &own) };
+    let not_w = boolean::and(p, a, b)?;
+    let mut bits: Vec<u8> = not_w.iter().map(|&z| if p0 { z ^ 1 } else { z }).collect();
+    bits.extend(carry);
+    let arith = boolean::b2a(p, ring, &bits)?;
+    let (w, c) = arith.split_at(x.len());
+    let shift = 1u64.wrapping_shl(l - f) & ring.mask();
+    Ok((0..x.len())
+        .map(|i| ring.sub(ring.add(x[i] >> f, c[i]), ring.mul(w[i], shift)))
+        .collect())
+}
+
 /// Shares of a public constant: party 0 holds it, party 1 holds zero.
 pub fn constant<C: Channel, R: RngCore + CryptoRng>(
     p: &Party<C, R>,
