@@ -480,8 +480,9 @@ pub fn nn_filtered(
                     cipherml_mpc::prg::os_rng(),
                 )
                 .expect("setup");
+                let pk = server_model.receive_public_key(&mut p).expect("public key");
                 for _ in 0..runs {
-                    server_model.run_server(&mut p).expect("server");
+                    server_model.run_server(&mut p, &pk).expect("server");
                 }
             })
         });
@@ -494,6 +495,9 @@ pub fn nn_filtered(
             )
             .expect("setup");
             let sk = Arc::new(SecretKey::random(client_model.params().context(), &mut rng));
+            client_model
+                .send_public_key(&mut p, &sk)
+                .expect("public key");
             let setup = (t.elapsed().as_secs_f64() * 1e6, p.stats());
             let mut times = Vec::new();
             let before = p.stats();

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor, Encoder};
-use cipherml_he::rlwe::{GaloisKeys, RelinKey, SecretKey};
+use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml_he::tensor::CkksTensor;
 use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::party::Party;
@@ -53,6 +53,7 @@ struct CkksClient {
     encoder: Encoder,
     decryptor: Decryptor,
     keys_uploaded: bool,
+    pk: PublicKey,
     rlk: RelinKey,
     galois: GaloisKeys,
 }
@@ -111,12 +112,23 @@ impl Client {
             ServerMsg::Error { message } => return Err(ProtocolError::Refused(message)),
             other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
         };
-        let party = Party::setup(PartyId::P0, ch, os_rng())?;
+        let mut party = Party::setup(PartyId::P0, ch, os_rng())?;
+        // With any hybrid model hosted, the BFV public key goes up once for the session
+        // (the server re-randomizes its encrypted replies with it).
+        let mut sk = None;
+        if models.iter().any(|m| m.mode == "hybrid") {
+            let params =
+                cipherml_he::bfv::BfvParameters::new(&HybridConfig::default().bfv_literal())
+                    .map_err(crate::nn::NnError::from)?;
+            let key = Arc::new(SecretKey::random(params.context(), &mut os_rng()));
+            crate::nn::hybrid::send_public_key(&params, &mut party, &key)?;
+            sk = Some(key);
+        }
         Ok(Self {
             party,
             models,
             compiled: HashMap::new(),
-            sk: None,
+            sk,
         })
     }
 
@@ -149,6 +161,7 @@ impl Client {
                 let (cm, params) = CkksModel::for_model(&arch)?;
                 let mut rng = os_rng();
                 let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+                let pk = PublicKey::new(&sk, &mut rng);
                 let rlk = RelinKey::new(&sk, &mut rng);
                 let galois = GaloisKeys::new(&sk, cm.galois_elements(), &mut rng)
                     .map_err(crate::nn::NnError::from)?;
@@ -159,6 +172,7 @@ impl Client {
                     model: cm,
                     params,
                     keys_uploaded: false,
+                    pk,
                     rlk,
                     galois,
                 };
@@ -227,6 +241,7 @@ impl Client {
                     },
                 )?;
                 let ctx = c.params.context();
+                self.party.channel().send(&c.pk.to_bytes(ctx))?;
                 self.party.channel().send(&c.rlk.to_bytes(ctx))?;
                 self.party.channel().send(&c.galois.to_bytes(ctx))?;
                 expect_ok(self.party.channel())?;
@@ -246,13 +261,9 @@ impl Client {
             let row = row.to_owned();
             let y = match &self.compiled[model] {
                 Compiled::Hybrid(h) => {
-                    if self.sk.is_none() {
-                        self.sk = Some(Arc::new(SecretKey::random(
-                            h.params().context(),
-                            &mut os_rng(),
-                        )));
-                    }
-                    let sk = self.sk.as_ref().expect("set above");
+                    let sk = self.sk.as_ref().ok_or_else(|| {
+                        ProtocolError::Unexpected("a hybrid model, but no key set-up".into())
+                    })?;
                     h.run_client(&mut self.party, sk, &row)?
                 }
                 Compiled::Ckks(c) => ckks_round_trip(&mut self.party, c, &row, &output_shape)?,

@@ -5,9 +5,12 @@
 //!    model's input and output shapes, mode, HE parameters and architecture (or `Error`:
 //!    busy, unauthorized, wrong version);
 //! 2. both parties set up OT (base OTs in both directions);
-//! 3. for a CKKS-mode model, key upload: client `UploadKeys { model }`, then two raw
-//!    messages, the seeded relinearization key and the Galois keys (exactly the elements
-//!    the model needs) -> server `Ok` (kept for the session) or `Error`;
+//!    If any hosted model runs in the hybrid mode, the client then sends its BFV public key
+//!    (one raw message), with which the server re-randomizes every encrypted reply;
+//! 3. for a CKKS-mode model, key upload: client `UploadKeys { model }`, then three raw
+//!    messages, the seeded public key (to re-randomize replies), the relinearization key
+//!    and the Galois keys (exactly the elements the model needs) -> server `Ok` (kept for
+//!    the session) or `Error`;
 //! 4. per request: client `Infer { model, batch }` -> server `Ok` (or `Error`: unknown
 //!    model, batch too large, keys not uploaded) -> for each of the `batch` inputs, the
 //!    hybrid protocol of [`crate::nn::HybridModel`] (the logits revealed to the client only),
@@ -24,7 +27,7 @@ use cipherml_mpc::net::Channel;
 
 /// Version of the session protocol. 3: hybrid replies in the compact encoding (switched to
 /// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;
@@ -59,8 +62,8 @@ pub enum ClientMsg {
         /// The bearer token, if the server requires one.
         token: Option<String>,
     },
-    /// Key upload for a CKKS-mode model; followed by two raw messages: the relinearization
-    /// key and the Galois keys.
+    /// Key upload for a CKKS-mode model; followed by three raw messages: the public key,
+    /// the relinearization key and the Galois keys.
     UploadKeys {
         /// The model's name.
         model: String,

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cipherml_he::bfv::BfvParameters;
-use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Evaluator};
-use cipherml_he::rlwe::{GaloisKeys, RelinKey};
+use cipherml_he::ckks::{
+    Ciphertext as CkksCiphertext, CkksParameters, Encryptor as CkksEncryptor, Evaluator,
+};
+use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey};
 use cipherml_he::tensor::CkksTensor;
 use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::party::Party;
@@ -99,6 +101,8 @@ struct Hosted {
 
 /// The keys a client uploaded for one CKKS model, kept for its session.
 struct SessionKeys {
+    /// Re-randomizes every reply (public key).
+    enc: CkksEncryptor,
     rlk: RelinKey,
     galois: GaloisKeys,
 }
@@ -296,10 +300,14 @@ fn refuse<C: Channel + ?Sized>(ch: &mut C, message: String) -> Result<(), Protoc
 fn decode_keys(
     params: &Arc<CkksParameters>,
     model: &CkksModel,
+    pk: &[u8],
     rlk: &[u8],
     galois: &[u8],
 ) -> Result<SessionKeys, String> {
     let ctx = params.context();
+    let enc = PublicKey::from_bytes(ctx, pk)
+        .and_then(|pk| CkksEncryptor::new(params, pk))
+        .map_err(|e| format!("public key: {e}"))?;
     let rlk = RelinKey::from_bytes(ctx, rlk).map_err(|e| format!("relinearization key: {e}"))?;
     let galois = GaloisKeys::from_bytes(ctx, galois).map_err(|e| format!("Galois keys: {e}"))?;
     let got: Vec<usize> = galois.elements().collect();
@@ -309,7 +317,7 @@ fn decode_keys(
             model.galois_elements()
         ));
     }
-    Ok(SessionKeys { rlk, galois })
+    Ok(SessionKeys { enc, rlk, galois })
 }
 
 /// Decodes an input ciphertext, checks it against the model, and evaluates the model.
@@ -341,7 +349,11 @@ fn ckks_infer(
     let y = model
         .infer(ev, &keys.rlk, &keys.galois, &x)
         .map_err(|e| e.to_string())?;
-    Ok(y.ct.to_bytes(params))
+    let y = keys
+        .enc
+        .rerandomize(&y.ct, &mut os_rng())
+        .map_err(|e| e.to_string())?;
+    Ok(y.to_bytes(params))
 }
 
 fn session<C: Channel>(
@@ -374,12 +386,22 @@ fn session<C: Channel>(
         },
     )?;
     let mut p = Party::setup(PartyId::P1, ch, os_rng())?;
+    // The client's BFV public key, if any hosted model runs in the hybrid mode (they all
+    // share the BFV parameters): it re-randomizes every encrypted reply.
+    let pk = match models.values().find_map(|h| match &h.engine {
+        Engine::Hybrid(m) => Some(m),
+        Engine::Ckks { .. } => None,
+    }) {
+        Some(m) => Some(m.receive_public_key(&mut p)?),
+        None => None,
+    };
     let mut keys: BTreeMap<String, SessionKeys> = BTreeMap::new();
     let mut count = 0;
     loop {
         match recv::<_, ClientMsg>(p.channel())? {
             ClientMsg::UploadKeys { model } => {
-                // The two key messages are read whatever happens, so the framing holds.
+                // The three key messages are read whatever happens, so the framing holds.
+                let pk = p.channel().recv()?;
                 let rlk = p.channel().recv()?;
                 let galois = p.channel().recv()?;
                 let decoded = match models.get(&model).map(|h| &h.engine) {
@@ -389,13 +411,16 @@ fn session<C: Channel>(
                     )),
                     Some(Engine::Ckks {
                         model: cm, params, ..
-                    }) => decode_keys(params, cm, &rlk, &galois),
+                    }) => decode_keys(params, cm, &pk, &rlk, &galois),
                 };
                 match decoded {
                     Ok(k) => {
                         keys.insert(model, k);
                         send(p.channel(), &ServerMsg::Ok)?;
-                        tracing::info!(bytes = rlk.len() + galois.len(), "keys uploaded");
+                        tracing::info!(
+                            bytes = pk.len() + rlk.len() + galois.len(),
+                            "keys uploaded"
+                        );
                     }
                     Err(message) => {
                         tracing::warn!(error = %message, "key upload refused");
@@ -427,7 +452,10 @@ fn session<C: Channel>(
                     let t = Instant::now();
                     let before = p.stats();
                     match &hosted.engine {
-                        Engine::Hybrid(h) => h.run_server(&mut p)?,
+                        Engine::Hybrid(h) => h.run_server(
+                            &mut p,
+                            pk.as_ref().expect("received with any hybrid model"),
+                        )?,
                         Engine::Ckks {
                             model: cm,
                             params,

@@ -261,3 +261,68 @@ fn serve_and_infer_over_tls_with_the_real_binaries() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Resident memory of a process, in bytes (Linux `/proc`).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Hostile frames (truncated, oversized, garbage) from 400 sessions: the `serve` process's
+/// resident memory stays bounded and it keeps serving.
+#[test]
+fn hostile_frames_do_not_grow_the_servers_memory() {
+    use std::io::Write;
+    let server = serve(&["models/digits_mlp.onnx"], None);
+    let pid = server.child.id();
+    let hostile = |round: usize| {
+        let Ok(mut s) = std::net::TcpStream::connect(&server.addr) else {
+            return;
+        };
+        let frame: Vec<u8> = match round % 4 {
+            // A length prefix at the 64 MiB limit, then 10 bytes and a hang-up.
+            0 => [&(64u32 << 20).to_le_bytes()[..], &[7u8; 10]].concat(),
+            // Over the limit.
+            1 => u32::MAX.to_le_bytes().to_vec(),
+            // A truncated frame: 100 announced, 3 sent, then a hang-up.
+            2 => [&100u32.to_le_bytes()[..], &[1, 2, 3]].concat(),
+            // A valid length with garbage inside.
+            _ => [&16u32.to_le_bytes()[..], &[0xee; 16]].concat(),
+        };
+        let _ = s.write_all(&frame);
+    };
+    // Warm up (thread stacks, allocator arenas), then measure over many more sessions.
+    for r in 0..40 {
+        hostile(r);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = rss_bytes(pid);
+    assert!(before > 0, "no /proc reading");
+    for r in 0..400 {
+        hostile(r);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let after = rss_bytes(pid);
+    assert!(
+        after < before + (32 << 20),
+        "resident memory grew from {before} to {after} bytes after 400 hostile sessions"
+    );
+    // And it still serves.
+    let dir = std::env::temp_dir().join(format!("cipherml-mem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    check_cli_inference(
+        &server.addr,
+        "digits_mlp",
+        "digits_mlp",
+        "digits_test_x.npy",
+        &dir,
+        &[],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

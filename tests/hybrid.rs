@@ -52,8 +52,9 @@ fn run<C: Channel + Send + 'static>(
         .unwrap();
     let server = std::thread::spawn(move || {
         let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+        let pk = server_model.receive_public_key(&mut p).unwrap();
         for _ in 0..count {
-            server_model.run_server(&mut p).unwrap();
+            server_model.run_server(&mut p, &pk).unwrap();
         }
     });
     let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
@@ -61,6 +62,7 @@ fn run<C: Channel + Send + 'static>(
         client_model.params().context(),
         &mut os_rng(),
     ));
+    client_model.send_public_key(&mut p, &sk).unwrap();
     let start_bytes = p.stats().bytes_sent + p.stats().bytes_received;
     let (mut agree, mut correct, mut correct_plain, mut max_err) = (0, 0, 0, 0f64);
     for i in 0..count {
@@ -125,13 +127,15 @@ fn benchmark_networks_a_to_d_and_lenet_agree_with_plaintext() {
         let (c0, c1) = MemoryChannel::pair();
         let server = std::thread::spawn(move || {
             let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-            server_model.run_server(&mut p).unwrap();
+            let pk = server_model.receive_public_key(&mut p).unwrap();
+            server_model.run_server(&mut p, &pk).unwrap();
         });
         let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
         let sk = Arc::new(SecretKey::random(
             client_model.params().context(),
             &mut os_rng(),
         ));
+        client_model.send_public_key(&mut p, &sk).unwrap();
         let t = Instant::now();
         let got = client_model.run_client(&mut p, &sk, &x).unwrap();
         server.join().unwrap();
@@ -171,8 +175,9 @@ fn hybrid_square_avgpool_and_dense_only_models() {
         let (c0, c1) = MemoryChannel::pair();
         let server = std::thread::spawn(move || {
             let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
+            let pk = server_model.receive_public_key(&mut p).unwrap();
             for _ in 0..count {
-                server_model.run_server(&mut p).unwrap();
+                server_model.run_server(&mut p, &pk).unwrap();
             }
         });
         let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
@@ -180,6 +185,7 @@ fn hybrid_square_avgpool_and_dense_only_models() {
             client_model.params().context(),
             &mut os_rng(),
         ));
+        client_model.send_public_key(&mut p, &sk).unwrap();
         for i in 0..count {
             let x = data.index_axis(Axis(0), i).to_owned();
             let want = model.predict(&x).unwrap();
@@ -221,13 +227,15 @@ fn hybrid_square_avgpool_and_dense_only_models() {
     let (c0, c1) = MemoryChannel::pair();
     let server = std::thread::spawn(move || {
         let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-        server_model.run_server(&mut p).unwrap();
+        let pk = server_model.receive_public_key(&mut p).unwrap();
+        server_model.run_server(&mut p, &pk).unwrap();
     });
     let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
     let sk = Arc::new(SecretKey::random(
         client_model.params().context(),
         &mut os_rng(),
     ));
+    client_model.send_public_key(&mut p, &sk).unwrap();
     let got = client_model.run_client(&mut p, &sk, &x).unwrap();
     server.join().unwrap();
     assert_eq!(got.shape(), &[4]);
@@ -250,13 +258,15 @@ fn private_predict<C: Channel + Send + 'static>(
     let client_model = HybridModel::compile(&arch, &config, false).unwrap();
     let server = std::thread::spawn(move || {
         let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-        server_model.run_server(&mut p).unwrap();
+        let pk = server_model.receive_public_key(&mut p).unwrap();
+        server_model.run_server(&mut p, &pk).unwrap();
     });
     let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
     let sk = Arc::new(SecretKey::random(
         client_model.params().context(),
         &mut os_rng(),
     ));
+    client_model.send_public_key(&mut p, &sk).unwrap();
     let got = client_model.run_client(&mut p, &sk, x).unwrap();
     server.join().unwrap();
     got

@@ -292,12 +292,22 @@ fn raw_session(
         recv::<_, ServerMsg>(&mut ch).unwrap(),
         ServerMsg::Hello { .. }
     ));
-    cipherml::mpc::party::Party::setup(
+    let mut p = cipherml::mpc::party::Party::setup(
         cipherml::mpc::share::PartyId::P0,
         ch,
         cipherml::mpc::prg::os_rng(),
     )
-    .unwrap()
+    .unwrap();
+    // The server hosts a hybrid model: the BFV public key goes up first.
+    let hybrid =
+        cipherml::nn::HybridModel::compile(&model(), &cipherml::nn::HybridConfig::default(), false)
+            .unwrap();
+    let sk = std::sync::Arc::new(cipherml::he::rlwe::SecretKey::random(
+        hybrid.params().context(),
+        &mut cipherml::mpc::prg::os_rng(),
+    ));
+    hybrid.send_public_key(&mut p, &sk).unwrap();
+    p
 }
 
 fn server_error<C: cipherml::mpc::net::Channel>(ch: &mut C) -> String {
@@ -314,6 +324,35 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
     use cipherml::mpc::net::Channel;
     use cipherml::nn::CkksModel;
     let addr = start_both();
+    // A public key of the wrong size ends that session only.
+    {
+        let mut ch = cipherml::mpc::net::TcpChannel::connect(&addr, Default::default()).unwrap();
+        send(
+            &mut ch,
+            &ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                token: None,
+            },
+        )
+        .unwrap();
+        let _: cipherml::protocol::ServerMsg = cipherml::protocol::recv(&mut ch).unwrap();
+        let mut p = cipherml::mpc::party::Party::setup(
+            cipherml::mpc::share::PartyId::P0,
+            ch,
+            cipherml::mpc::prg::os_rng(),
+        )
+        .unwrap();
+        p.channel().send(&[0u8; 1000]).unwrap();
+        send(
+            p.channel(),
+            &ClientMsg::Infer {
+                model: "mlp".into(),
+                batch: 1,
+            },
+        )
+        .unwrap();
+        assert!(p.channel().recv().is_err(), "the session is closed");
+    }
     let m = square_mlp();
     let (cm, params) = CkksModel::for_model(&m).unwrap();
     let mut rng = cipherml::mpc::prg::os_rng();
@@ -322,6 +361,7 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
     let gk = GaloisKeys::new(&sk, cm.galois_elements(), &mut rng)
         .unwrap()
         .to_bytes(params.context());
+    let pk = cipherml::he::rlwe::PublicKey::new(&sk, &mut rng).to_bytes(params.context());
     let mut p = raw_session(&addr);
     let ch = p.channel();
     let upload = |ch: &mut cipherml::mpc::net::TcpChannel, r: &[u8], g: &[u8]| {
@@ -332,6 +372,7 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
             },
         )
         .unwrap();
+        ch.send(&pk).unwrap();
         ch.send(r).unwrap();
         ch.send(g).unwrap();
     };
@@ -380,6 +421,7 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
         },
     )
     .unwrap();
+    ch.send(&pk).unwrap();
     ch.send(&rlk).unwrap();
     ch.send(&gk).unwrap();
     let e = server_error(ch);
@@ -516,62 +558,4 @@ fn tls_sessions_work_and_plain_or_untrusted_peers_are_refused() {
     assert!(e.to_string().contains("nope.pem"), "{e}");
     let e = ServerTls::from_pem_files(&dir.join("server.pem"), &dir.join("ca.pem")).unwrap_err();
     assert!(e.to_string().contains("ca.pem"), "{e}");
-}
-
-/// Resident memory of this process, in bytes (Linux).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-#[test]
-fn hostile_frames_do_not_grow_memory_and_the_server_keeps_serving() {
-    use std::io::Write;
-    let addr = start(ServerConfig {
-        timeout: Duration::from_millis(500),
-        ..Default::default()
-    });
-    let hostile = |round: usize| {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        let frame: Vec<u8> = match round % 4 {
-            // A length prefix of 64 MiB (the limit), then 10 bytes and a hang-up.
-            0 => [&(64u32 << 20).to_le_bytes()[..], &[7u8; 10]].concat(),
-            // Over the limit.
-            1 => u32::MAX.to_le_bytes().to_vec(),
-            // A truncated frame: 100 announced, 3 sent.
-            2 => [&100u32.to_le_bytes()[..], &[1, 2, 3]].concat(),
-            // A valid length with garbage inside.
-            _ => [&16u32.to_le_bytes()[..], &[0xee; 16]].concat(),
-        };
-        let _ = s.write_all(&frame);
-    };
-    // Warm up (thread stacks, allocator arenas), then measure over many more sessions.
-    for r in 0..40 {
-        hostile(r);
-    }
-    std::thread::sleep(Duration::from_millis(800));
-    let before = rss_bytes();
-    for r in 0..400 {
-        hostile(r);
-    }
-    // Stalled truncated frames end at the 0.5 s read timeout.
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = rss_bytes();
-    assert!(
-        after < before + (64 << 20),
-        "resident memory grew from {before} to {after} bytes after 400 hostile sessions"
-    );
-    // And a good client is still served correctly.
-    let mut client = Client::connect(&addr).unwrap();
-    let x = digits_row(5);
-    assert_eq!(
-        argmax(&client.infer("mlp", &x).unwrap()),
-        argmax(&model().predict(&x).unwrap())
-    );
-    client.close().unwrap();
 }

@@ -371,3 +371,30 @@ fn serialization_round_trips_and_rejects_corruption() {
         lit
     );
 }
+
+#[test]
+fn rerandomization_keeps_the_message_and_changes_every_polynomial() {
+    let mut c = setup(&small(), true, 31);
+    let a = c.random(1.0);
+    let b = c.random(1.0);
+    let x = c.encrypt(&a);
+    let y = c.encrypt(&b);
+    // A computed ciphertext one level down, at the squared-then-rescaled scale.
+    let z =
+        c.ev.rescale(&c.ev.mul_relin(&x, &y, &c.rlk).unwrap())
+            .unwrap();
+    let r = c.encryptor.rerandomize(&z, &mut c.rng).unwrap();
+    assert_eq!((r.level(), r.scale()), (z.level(), z.scale()));
+    let want: Vec<f64> = a.iter().zip(&b).map(|(u, v)| u * v).collect();
+    let got = c.dec.decrypt_f64(&r).unwrap();
+    assert!(precision_bits(&got, &want) > 15.0);
+    // Both halves changed (the second one is what a re-randomization is for).
+    let (zb, rb) = (z.to_bytes(&c.params), r.to_bytes(&c.params));
+    assert_eq!(zb.len(), rb.len());
+    let half = zb.len() / 2;
+    assert_ne!(zb[..half], rb[..half]);
+    assert_ne!(zb[half..], rb[half..]);
+    // Wrong parameters: a typed error.
+    let other = setup(&CkksParametersLiteral::n8192(), false, 32);
+    assert!(other.encryptor.rerandomize(&z, &mut c.rng).is_err());
+}

@@ -17,10 +17,10 @@
 use std::sync::Arc;
 
 use cipherml_he::bfv::{
-    BfvParameters, BfvParametersLiteral, Ciphertext, Decryptor, Encoder, Evaluator,
+    BfvParameters, BfvParametersLiteral, Ciphertext, Decryptor, Encoder, Encryptor, Evaluator,
     PlaintextModulus,
 };
-use cipherml_he::rlwe::SecretKey;
+use cipherml_he::rlwe::{PublicKey, SecretKey};
 use cipherml_he::tensor::{CoeffConv2d, CoeffMatVec};
 use cipherml_mpc::net::Channel;
 use cipherml_mpc::party::Party;
@@ -351,7 +351,10 @@ impl HybridModel {
         let fixed = cipherml_mpc::fixed::FixedPoint::new(ring, self.config.frac_bits)?;
         let flat: Vec<f64> = x.iter().copied().collect();
         let share = fixed.encode_vec(&flat)?;
-        let (out, untruncated) = self.run(p, Some(sk), share)?;
+        // Truncation after a linear layer is deferred past ReLU and max-pool (they commute
+        // with an arithmetic shift), so it runs on the pooled, smaller tensor; after the last
+        // layer it is not run at all: the client decodes the logits at scale 2^(2f).
+        let (out, untruncated) = self.run_steps(p, Some(sk), None, &self.steps, share, false)?;
         let frac = if untruncated {
             2 * self.config.frac_bits
         } else {
@@ -372,13 +375,35 @@ impl HybridModel {
         )
     }
 
-    /// Server side of one inference.
+    /// Client side of the session's key set-up (once per session, before any inference):
+    /// sends the client's BFV public key (seeded), with which the server re-randomizes every
+    /// encrypted reply.
+    pub fn send_public_key<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+        sk: &Arc<SecretKey>,
+    ) -> Result<(), HybridError> {
+        send_public_key(&self.params, p, sk)
+    }
+
+    /// Server side of the key set-up: receives and checks the client's public key.
+    pub fn receive_public_key<C: Channel, R: RngCore + CryptoRng>(
+        &self,
+        p: &mut Party<C, R>,
+    ) -> Result<PublicKey, HybridError> {
+        receive_public_key(&self.params, p)
+    }
+
+    /// Server side of one inference; `pk` is the client's public key (from
+    /// [`HybridModel::receive_public_key`]).
     pub fn run_server<C: Channel, R: RngCore + CryptoRng>(
         &self,
         p: &mut Party<C, R>,
+        pk: &PublicKey,
     ) -> Result<(), HybridError> {
         let share = vec![0u64; self.input_len];
-        let (out, _) = self.run(p, None, share)?;
+        let rerand = Encryptor::new(&self.params, pk.clone())?;
+        let (out, _) = self.run_steps(p, None, Some(&rerand), &self.steps, share, false)?;
         reveal(
             p.channel(),
             self.ring(),
@@ -389,24 +414,13 @@ impl HybridModel {
         Ok(())
     }
 
-    fn run<C: Channel, R: RngCore + CryptoRng>(
-        &self,
-        p: &mut Party<C, R>,
-        sk: Option<&Arc<SecretKey>>,
-        x: Vec<u64>,
-    ) -> Result<(Vec<u64>, bool), HybridError> {
-        // Truncation after a linear layer is deferred past ReLU and max-pool (they commute
-        // with an arithmetic shift), so it runs on the pooled, smaller tensor; after the last
-        // layer it is not run at all: the client decodes the logits at scale 2^(2f).
-        self.run_steps(p, sk, &self.steps, x, false)
-    }
-
     /// Runs `steps` on shares `x` (at scale `2^(2f)` if `pending`, else `2^f`); returns the
     /// output shares and whether their truncation is pending.
     fn run_steps<C: Channel, R: RngCore + CryptoRng>(
         &self,
         p: &mut Party<C, R>,
         sk: Option<&Arc<SecretKey>>,
+        rerand: Option<&Encryptor>,
         steps: &[Step],
         mut x: Vec<u64>,
         mut pending: bool,
@@ -471,6 +485,7 @@ impl HybridModel {
                                 ring,
                                 self.config.flood_bits,
                                 p,
+                                rerand.expect("the server side holds the client's public key"),
                                 he.input_groups(),
                                 &positions,
                                 noise,
@@ -504,6 +519,7 @@ impl HybridModel {
                                 ring,
                                 self.config.flood_bits,
                                 p,
+                                rerand.expect("the server side holds the client's public key"),
                                 he.input_chunks(),
                                 &positions,
                                 noise,
@@ -542,7 +558,8 @@ impl HybridModel {
                     y
                 }
                 Step::Residual { body } => {
-                    let (y, body_pending) = self.run_steps(p, sk, body, x.clone(), pending)?;
+                    let (y, body_pending) =
+                        self.run_steps(p, sk, rerand, body, x.clone(), pending)?;
                     // Both branches must be at the same scale before the (local) sum. If
                     // exactly one is at 2^(2f), the other is brought up by multiplying its
                     // shares by 2^f: local and exact, and the sum then has the same
@@ -648,7 +665,8 @@ pub(crate) fn he_linear_client<C: Channel, R: RngCore + CryptoRng>(
 }
 
 /// Server side of one linear layer under HE: receives `inputs` ciphertexts, computes
-/// `apply`, subtracts a fresh uniform mask polynomial from each output, floods the noise
+/// `apply`, subtracts a fresh uniform mask polynomial from each output, adds a fresh
+/// encryption of zero under the client's public key (`rerand`), floods the noise
 /// (`noise_log2 + flood_bits`), sends only the output coefficients of `c0` with `c1`, and
 /// returns its share `y_s + R` of the outputs at `positions`.
 #[allow(clippy::too_many_arguments)]
@@ -657,6 +675,7 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
     ring: Ring,
     flood_bits: u32,
     p: &mut Party<C, R>,
+    rerand: &Encryptor,
     inputs: usize,
     positions: &[(usize, usize)],
     noise_log2: f64,
@@ -672,11 +691,19 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
     let encoder = Encoder::new(params);
     let out = apply(&ev, &cts)?;
     let t = params.plaintext_modulus();
-    let flood = noise_log2.ceil() as u32 + flood_bits;
     let n = params.degree();
+    // The re-randomizing encryption of zero adds |u e + e1 s + e0| <= (2N + 1) * 21 (ternary
+    // u and s, centered-binomial errors bounded by 21) to the noise before flooding.
+    let rerand_noise = ((2 * n + 1) as f64 * 21.0).log2();
+    let flood = (noise_log2.max(rerand_noise) + 1.0).ceil() as u32 + flood_bits;
+    let zero = encoder.encode_coeffs_u64(&[])?;
     for (b, ct) in out.iter().enumerate() {
         let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
         let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
+        // A fresh public-key encryption of zero makes c1 uniform (RLWE): without it c1 is
+        // a function of the weights and of the client's own (known) uniform polynomials,
+        // from which the client could solve for the weights. Flooding then hides c0's noise.
+        let masked = ev.add(&masked, &rerand.encrypt(&zero, p.rng())?)?;
         let flooded = ev.flood(&masked, flood, p.rng())?;
         // After flooding, |noise| <= 2^noise_log2 + 2^flood <= 2^(flood + 1): the reply is
         // switched to the fewest bits per coefficient that keep decryption exact.
@@ -873,4 +900,25 @@ pub(crate) fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
         })
         .collect();
     Ok(arith::trunc_faithful(p, ring, &y, f + EXTRA)?)
+}
+
+/// Sends the client's BFV public key (seeded) for `params`.
+pub(crate) fn send_public_key<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    p: &mut Party<C, R>,
+    sk: &Arc<SecretKey>,
+) -> Result<(), HybridError> {
+    let pk = PublicKey::new(sk, p.rng());
+    p.channel().send(&pk.to_bytes(params.context()))?;
+    p.channel().flush()?;
+    Ok(())
+}
+
+/// Receives the client's BFV public key for `params` (decoded against them: untrusted).
+pub(crate) fn receive_public_key<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    p: &mut Party<C, R>,
+) -> Result<PublicKey, HybridError> {
+    let msg = p.channel().recv()?;
+    Ok(PublicKey::from_bytes(params.context(), &msg)?)
 }

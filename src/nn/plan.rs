@@ -464,13 +464,15 @@ impl Sequential {
                 let (c0, c1) = MemoryChannel::pair();
                 let server = std::thread::spawn(move || -> Result<(), HybridError> {
                     let mut p = Party::setup(PartyId::P1, c1, cipherml_mpc::prg::os_rng())?;
-                    server_model.run_server(&mut p)
+                    let pk = server_model.receive_public_key(&mut p)?;
+                    server_model.run_server(&mut p, &pk)
                 });
                 let mut p = Party::setup(PartyId::P0, c0, cipherml_mpc::prg::os_rng())?;
                 let sk = Arc::new(cipherml_he::rlwe::SecretKey::random(
                     client_model.params().context(),
                     &mut rng,
                 ));
+                client_model.send_public_key(&mut p, &sk)?;
                 let s0 = p.channel().stats();
                 let t = Instant::now();
                 let result = client_model.run_client(&mut p, &sk, x);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use cipherml_he::bfv::{Ciphertext, Decryptor, Encoder, Evaluator};
 use cipherml_he::ckks::{self, CkksParameters, CkksParametersLiteral};
-use cipherml_he::rlwe::{GaloisKeys, RelinKey, SecretKey};
+use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml_he::tensor::{CkksTensor, CoeffMatVec, LinearMap};
 use cipherml_mpc::net::Channel;
 use ndarray::ArrayD;
@@ -48,6 +48,8 @@ pub(crate) struct CkksState {
     ev: ckks::Evaluator,
     /// Client only.
     dec: Option<ckks::Decryptor>,
+    /// Server only: the client's public key, to re-randomize what it returns.
+    enc: Option<ckks::Encryptor>,
     sk: Option<Arc<SecretKey>>,
     /// Server: the relinearization key once uploaded; client: whether it was.
     rlk: Option<RelinKey>,
@@ -166,6 +168,9 @@ impl<C: Channel> Session<C> {
                     ring,
                     self.config.flood_bits,
                     &mut self.party,
+                    self.rerand
+                        .as_ref()
+                        .expect("the server holds the client's public key"),
                     0,
                     &positions,
                     d.noise_log2,
@@ -259,6 +264,9 @@ impl<C: Channel> Session<C> {
                         ring,
                         self.config.flood_bits,
                         &mut self.party,
+                        self.rerand
+                            .as_ref()
+                            .expect("the server holds the client's public key"),
                         0,
                         &positions,
                         noise,
@@ -288,17 +296,24 @@ impl<C: Channel> Session<C> {
                 special_moduli_bits: vec![50],
                 scale_bits: 36,
             })?;
-            let (sk, dec) = if self.role == Role::Client {
+            // The client's public key goes to the server when the session's first CKKS
+            // value is made: the server re-randomizes every ciphertext it returns with it.
+            let (sk, dec, enc) = if self.role == Role::Client {
                 let sk = Arc::new(SecretKey::random(params.context(), self.party.rng()));
                 let dec = ckks::Decryptor::new(&params, sk.clone())?;
-                (Some(sk), Some(dec))
+                let pk = PublicKey::new(&sk, self.party.rng());
+                self.party.channel().send(&pk.to_bytes(params.context()))?;
+                (Some(sk), Some(dec), None)
             } else {
-                (None, None)
+                let msg = self.party.channel().recv()?;
+                let pk = PublicKey::from_bytes(params.context(), &msg)?;
+                (None, None, Some(ckks::Encryptor::new(&params, pk)?))
             };
             self.ckks = Some(CkksState {
                 ev: ckks::Evaluator::new(&params),
                 params,
                 dec,
+                enc,
                 sk,
                 rlk: None,
                 rlk_sent: false,
@@ -600,7 +615,9 @@ impl<C: Channel> Session<C> {
         Ok(PrivateTensor::Ckks { ct, shape, level })
     }
 
-    /// Reveals a CKKS tensor to the client (the key owner): the server sends the ciphertext.
+    /// Reveals a CKKS tensor to the client (the key owner): the server re-randomizes the
+    /// ciphertext with the client's public key (so its second polynomial carries nothing
+    /// of the server's operands) and sends it. Its noise is not flooded (SECURITY.md).
     pub(super) fn ckks_reveal(
         &mut self,
         t: &PrivateTensor,
@@ -617,7 +634,10 @@ impl<C: Channel> Session<C> {
         let params = self.ckks_state()?.params.clone();
         match t {
             PrivateTensor::Ckks { ct: Some(ct), .. } => {
-                self.party.channel().send(&ct.ct.to_bytes(&params))?;
+                let state = self.ckks.as_ref().expect("created");
+                let enc = state.enc.as_ref().expect("server");
+                let ct = enc.rerandomize(&ct.ct, self.party.rng())?;
+                self.party.channel().send(&ct.to_bytes(&params))?;
                 self.party.channel().flush()?;
                 Ok(None)
             }

@@ -197,7 +197,8 @@ impl PrivateTensor {
 
 /// One party's side of a two-party session: its role, its channel, OT set-up, the
 /// fixed-point encoding (`Z_2^40`, 12 fractional bits), the BFV parameters for HE-backed
-/// products (`t = 2^40`, N = 8192) and, on the client, its secret key.
+/// products (`t = 2^40`, N = 8192) and, on the client, its secret key (the server gets the
+/// public key at set-up).
 pub struct Session<C: Channel> {
     role: Role,
     party: Party<C, ChaCha20Rng>,
@@ -205,6 +206,8 @@ pub struct Session<C: Channel> {
     config: crate::nn::HybridConfig,
     params: Arc<BfvParameters>,
     sk: Option<Arc<SecretKey>>,
+    /// Server: the client's BFV public key, which re-randomizes encrypted replies.
+    rerand: Option<cipherml_he::bfv::Encryptor>,
     ckks: Option<he::CkksState>,
     log: Vec<crate::nn::LayerPlan>,
 }
@@ -226,6 +229,19 @@ impl<C: Channel> Session<C> {
         let params = BfvParameters::new(&config.bfv_literal())?;
         let sk = (role == Role::Client)
             .then(|| Arc::new(SecretKey::random(params.context(), party.rng())));
+        // The client's public key, once per session: the server re-randomizes every
+        // encrypted reply with it.
+        let rerand = match &sk {
+            Some(sk) => {
+                crate::nn::hybrid::send_public_key(&params, &mut party, sk).map_err(Box::new)?;
+                None
+            }
+            None => {
+                let pk =
+                    crate::nn::hybrid::receive_public_key(&params, &mut party).map_err(Box::new)?;
+                Some(cipherml_he::bfv::Encryptor::new(&params, pk)?)
+            }
+        };
         Ok(Self {
             role,
             party,
@@ -233,6 +249,7 @@ impl<C: Channel> Session<C> {
             config,
             params,
             sk,
+            rerand,
             ckks: None,
             log: Vec::new(),
         })

@@ -286,6 +286,9 @@ impl<C: Channel> Session<C> {
                     ring,
                     self.config.flood_bits,
                     &mut self.party,
+                    self.rerand
+                        .as_ref()
+                        .expect("the server holds the client's public key"),
                     he.input_groups(),
                     &positions,
                     noise,

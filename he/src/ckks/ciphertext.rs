@@ -109,6 +109,31 @@ impl Encryptor {
         })
     }
 
+    /// `ct` plus a fresh encryption of zero at its level and scale. A server that returns a
+    /// computed ciphertext should re-randomize it: otherwise its second polynomial is a
+    /// function of the server's operands and of the key owner's own (known) randomness,
+    /// from which the key owner could solve for those operands. (This hides `c1`; the noise
+    /// in `c0` still depends on the computation.)
+    pub fn rerandomize<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        ct: &Ciphertext,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        check_params(self.params.id(), ct.params_id)?;
+        let ctx = self.params.context();
+        let top = ctx.max_level();
+        let e0 = ops::error_coeff(ctx, top, rng);
+        let zero = Ciphertext {
+            params_id: self.params.id(),
+            level: top,
+            scale: ct.scale,
+            polys: ops::encrypt_pk(ctx, &self.pk, e0, rng),
+            seed: None,
+        };
+        let ev = super::Evaluator::new(&self.params);
+        ev.add(ct, &ev.drop_to_level(&zero, ct.level)?)
+    }
+
     /// Encodes real values at the top level and default scale, and encrypts them.
     pub fn encrypt_f64<R: RngCore + CryptoRng + ?Sized>(
         &self,
