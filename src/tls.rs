@@ -14,12 +14,10 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use cipherml_mpc::net::{Channel, ChannelConfig, Stats};
+use cipherml_mpc::net::{stream_error, Channel, ChannelConfig, Stats, StreamWriter};
 use cipherml_mpc::Error as NetError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -197,15 +195,11 @@ fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-type WriteError = Arc<Mutex<Option<(std::io::ErrorKind, String)>>>;
-
 /// One end of a TLS connection, with the framing and limits of the TCP channel.
 pub struct TlsChannel {
     conn: rustls::Connection,
     stream: TcpStream,
-    tx: Option<Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
-    write_error: WriteError,
+    writer: StreamWriter,
     /// Decrypted bytes not yet consumed (from `start`).
     plain: Vec<u8>,
     start: usize,
@@ -246,31 +240,15 @@ impl TlsChannel {
                 });
             }
             conn.complete_io(&mut stream)
-                .map_err(|e| io_error(e, config.timeout))?;
+                .map_err(|e| stream_error(e, config.timeout))?;
         }
         conn.set_buffer_limit(None);
-        let mut wstream = stream.try_clone()?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let write_error: WriteError = Arc::new(Mutex::new(None));
-        let we = write_error.clone();
-        let writer = std::thread::Builder::new()
-            .name("cipherml-tls-writer".into())
-            .spawn(move || {
-                for buf in rx {
-                    if let Err(e) = wstream.write_all(&buf).and_then(|_| wstream.flush()) {
-                        if let Ok(mut g) = we.lock() {
-                            *g = Some((e.kind(), e.to_string()));
-                        }
-                        return;
-                    }
-                }
-            })?;
+        let writer =
+            StreamWriter::spawn(stream.try_clone()?, "cipherml-tls-writer", config.timeout)?;
         Ok(Self {
             conn,
             stream,
-            tx: Some(tx),
-            writer: Some(writer),
-            write_error,
+            writer,
             plain: Vec::new(),
             start: 0,
             pending: Vec::new(),
@@ -279,14 +257,6 @@ impl TlsChannel {
             stats: Stats::default(),
             config,
         })
-    }
-
-    fn writer_failed(&self) -> NetError {
-        let stored = self.write_error.lock().ok().and_then(|g| g.clone());
-        match stored {
-            Some((kind, msg)) => io_error(std::io::Error::new(kind, msg), self.config.timeout),
-            None => NetError::PeerClosed,
-        }
     }
 
     /// Hands the TLS records the connection wants to send to the writer thread.
@@ -298,11 +268,7 @@ impl TlsChannel {
         if out.is_empty() {
             return Ok(());
         }
-        let tx = self.tx.as_ref().ok_or(NetError::PeerClosed)?;
-        if tx.send(out).is_err() {
-            return Err(self.writer_failed());
-        }
-        Ok(())
+        self.writer.send(out)
     }
 
     fn deliver(&mut self) -> Result<(), NetError> {
@@ -353,7 +319,7 @@ impl TlsChannel {
             let got = self
                 .stream
                 .read(&mut raw)
-                .map_err(|e| io_error(e, self.config.timeout))?;
+                .map_err(|e| stream_error(e, self.config.timeout))?;
             if got == 0 {
                 return Err(NetError::PeerClosed);
             }
@@ -393,19 +359,6 @@ impl TlsChannel {
         self.stats.bytes_received += len as u64 + 4;
         self.stats.messages_received += 1;
         Ok(msg)
-    }
-}
-
-fn io_error(e: std::io::Error, timeout: Duration) -> NetError {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::WouldBlock | K::TimedOut => NetError::Timeout { timeout },
-        K::UnexpectedEof
-        | K::ConnectionReset
-        | K::ConnectionAborted
-        | K::BrokenPipe
-        | K::NotConnected => NetError::PeerClosed,
-        _ => NetError::Io(e),
     }
 }
 
@@ -466,10 +419,7 @@ impl Drop for TlsChannel {
         let _ = self.flush();
         self.conn.send_close_notify();
         let _ = self.send_records();
-        self.tx = None;
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
+        self.writer.close();
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
@@ -478,6 +428,7 @@ impl Drop for TlsChannel {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::time::Duration;
 
     fn pair(server_cfg: ChannelConfig) -> (TlsChannel, TlsChannel) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tls");

@@ -220,14 +220,96 @@ impl Channel for MemoryChannel {
 
 type WriteError = Arc<Mutex<Option<(std::io::ErrorKind, String)>>>;
 
+/// Maps an I/O error of a stream channel to the channel's error: timeouts and closed
+/// connections are typed (for transports built on this crate's framing, such as TLS).
+pub fn stream_error(e: std::io::Error, timeout: Duration) -> Error {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::WouldBlock | K::TimedOut => Error::Timeout { timeout },
+        K::UnexpectedEof
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::BrokenPipe
+        | K::NotConnected => Error::PeerClosed,
+        _ => Error::Io(e),
+    }
+}
+
+/// A writer thread for a stream: buffers handed to [`StreamWriter::send`] are written in
+/// order, so the owner never blocks on a full socket buffer (both ends of a channel may
+/// send before receiving). A write error is kept and reported by the next `send`.
+#[derive(Debug)]
+pub struct StreamWriter {
+    tx: Option<Sender<Vec<u8>>>,
+    handle: Option<JoinHandle<()>>,
+    error: WriteError,
+    timeout: Duration,
+}
+
+impl StreamWriter {
+    /// Starts the thread writing to `stream` (whose write timeout the caller sets).
+    pub fn spawn<W: Write + Send + 'static>(
+        mut stream: W,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let error: WriteError = Arc::new(Mutex::new(None));
+        let slot = error.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for buf in rx {
+                    if let Err(e) = stream.write_all(&buf).and_then(|_| stream.flush()) {
+                        if let Ok(mut g) = slot.lock() {
+                            *g = Some((e.kind(), e.to_string()));
+                        }
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+            error,
+            timeout,
+        })
+    }
+
+    /// Queues `buf` for writing; fails with the writer's error if it has stopped.
+    pub fn send(&self, buf: Vec<u8>) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or(Error::PeerClosed)?;
+        if tx.send(buf).is_err() {
+            let stored = self.error.lock().ok().and_then(|g| g.clone());
+            return Err(match stored {
+                Some((kind, msg)) => stream_error(std::io::Error::new(kind, msg), self.timeout),
+                None => Error::PeerClosed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn close(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// One end of a TCP connection (std::net), with read and write timeouts.
 #[derive(Debug)]
 pub struct TcpChannel {
     reader: BufReader<TcpStream>,
     stream: TcpStream,
-    tx: Option<Sender<Vec<u8>>>,
-    writer: Option<JoinHandle<()>>,
-    write_error: WriteError,
+    writer: StreamWriter,
     pending: Vec<u8>,
     flight_open: bool,
     broken: bool,
@@ -266,29 +348,16 @@ impl TcpChannel {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        let mut wstream = stream.try_clone()?;
+        let writer = StreamWriter::spawn(
+            stream.try_clone()?,
+            "cipherml-mpc-tcp-writer",
+            config.timeout,
+        )?;
         let reader = BufReader::with_capacity(1 << 16, stream.try_clone()?);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let write_error: WriteError = Arc::new(Mutex::new(None));
-        let we = write_error.clone();
-        let writer = std::thread::Builder::new()
-            .name("cipherml-mpc-tcp-writer".into())
-            .spawn(move || {
-                for buf in rx {
-                    if let Err(e) = wstream.write_all(&buf).and_then(|_| wstream.flush()) {
-                        if let Ok(mut g) = we.lock() {
-                            *g = Some((e.kind(), e.to_string()));
-                        }
-                        return;
-                    }
-                }
-            })?;
         Ok(Self {
             reader,
             stream,
-            tx: Some(tx),
-            writer: Some(writer),
-            write_error,
+            writer,
             pending: Vec::new(),
             flight_open: false,
             broken: false,
@@ -298,38 +367,14 @@ impl TcpChannel {
     }
 
     fn io_error(&self, e: std::io::Error) -> Error {
-        use std::io::ErrorKind as K;
-        match e.kind() {
-            K::WouldBlock | K::TimedOut => Error::Timeout {
-                timeout: self.config.timeout,
-            },
-            K::UnexpectedEof
-            | K::ConnectionReset
-            | K::ConnectionAborted
-            | K::BrokenPipe
-            | K::NotConnected => Error::PeerClosed,
-            _ => Error::Io(e),
-        }
-    }
-
-    fn writer_failed(&self) -> Error {
-        let stored = self.write_error.lock().ok().and_then(|g| g.clone());
-        match stored {
-            Some((kind, msg)) => self.io_error(std::io::Error::new(kind, msg)),
-            None => Error::PeerClosed,
-        }
+        stream_error(e, self.config.timeout)
     }
 
     fn deliver(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let buf = std::mem::take(&mut self.pending);
-        let tx = self.tx.as_ref().ok_or(Error::PeerClosed)?;
-        if tx.send(buf).is_err() {
-            return Err(self.writer_failed());
-        }
-        Ok(())
+        self.writer.send(std::mem::take(&mut self.pending))
     }
 
     fn read_message(&mut self) -> Result<Vec<u8>> {
@@ -411,10 +456,7 @@ impl Channel for TcpChannel {
 impl Drop for TcpChannel {
     fn drop(&mut self) {
         let _ = self.flush();
-        self.tx = None;
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
+        self.writer.close();
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
