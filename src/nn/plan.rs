@@ -104,12 +104,16 @@ pub struct Plan {
     net: NetworkModel,
 }
 
+// Calibrated from `bench -- nn` and `bench -- mpc` on the development machine: a seeded
+// upload ciphertext; a compact reply (c1 at 55 bits per coefficient, c0 at the outputs);
+// one ReLU in Z_2^40 with 5-bit millionaire digits; one truncation of a value known
+// non-negative (the usual case: deferred past a ReLU).
 const N: f64 = 8192.0;
 const UPLOAD: f64 = 178_264.0;
-const REPLY: f64 = 178_230.0;
-const RELU_BYTES: f64 = 700.0;
+const REPLY: f64 = 60_000.0;
+const RELU_BYTES: f64 = 600.0;
 const RELU_US: f64 = 6.0;
-const TRUNC_BYTES: f64 = 870.0;
+const TRUNC_BYTES: f64 = 300.0;
 const ROT_US: f64 = 800.0;
 
 pub(crate) fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
