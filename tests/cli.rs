@@ -309,6 +309,7 @@ fn hostile_frames_do_not_grow_the_servers_memory() {
     }
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let after = rss_bytes(pid);
+    println!("serve resident memory: {before} bytes before, {after} after 400 hostile sessions");
     assert!(
         after < before + (32 << 20),
         "resident memory grew from {before} to {after} bytes after 400 hostile sessions"
