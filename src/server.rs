@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,31 @@ pub struct Server {
     refusing: Arc<AtomicUsize>,
     auth: Arc<Auth>,
     tls: Option<ServerTls>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a running [`Server`] from another thread (e.g. on Ctrl-C).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop accepting connections: [`Server::run`] returns once the
+    /// sessions in flight have ended, or after the read timeout.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -177,6 +202,7 @@ impl Server {
             refusing: Arc::new(AtomicUsize::new(0)),
             auth: Arc::new(Auth::default()),
             tls: None,
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -197,10 +223,23 @@ impl Server {
         self.listener.local_addr().expect("bound")
     }
 
-    /// Serves forever (each connection on its own thread; TLS handshakes run there too, so
-    /// a slow handshake never holds the accept loop).
-    pub fn run(&self) {
+    /// A handle that stops [`Server::run`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            stop: self.stop.clone(),
+            addr: self.local_addr(),
+        }
+    }
+
+    /// Serves until a [`ShutdownHandle`] stops it (each connection on its own thread; TLS
+    /// handshakes run there too, so a slow handshake never holds the accept loop). After
+    /// the stop, waits for the sessions in flight, at most the read timeout; returns how
+    /// many were still running.
+    pub fn run(&self) -> usize {
         for stream in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
             let Ok(stream) = stream else { continue };
             let cfg = ChannelConfig {
                 timeout: self.config.timeout,
@@ -231,6 +270,13 @@ impl Server {
                 }
             });
         }
+        let deadline = Instant::now() + self.config.timeout;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.active.load(Ordering::SeqCst);
+        tracing::info!(sessions_cut = left, "server stopped");
+        left
     }
 
     /// Tells a client past the session limit that the server is busy. Over TLS that needs a

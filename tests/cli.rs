@@ -62,6 +62,8 @@ fn unknown_bench_suite_is_an_error() {
 struct ServeProcess {
     child: std::process::Child,
     addr: String,
+    /// The rest of its standard output.
+    stdout: Option<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Drop for ServeProcess {
@@ -89,15 +91,18 @@ fn serve(models: &[&str], tls: Option<(&str, &str)>) -> ServeProcess {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     let addr = line
         .split_whitespace()
         .nth(2)
         .expect("listening on ADDR")
         .to_string();
-    ServeProcess { child, addr }
+    ServeProcess {
+        child,
+        addr,
+        stdout: Some(stdout),
+    }
 }
 
 #[test]
@@ -326,4 +331,45 @@ fn hostile_frames_do_not_grow_the_servers_memory() {
         &[],
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C (SIGINT) stops `cipherml serve` cleanly: exit status 0 and a final message.
+#[test]
+fn ctrl_c_stops_the_server_cleanly() {
+    use std::io::Read;
+    let mut server = serve(&["models/digits_mlp.onnx"], None);
+    let dir = std::env::temp_dir().join(format!("cipherml-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    check_cli_inference(
+        &server.addr,
+        "digits_mlp",
+        "digits_mlp",
+        "digits_test_x.npy",
+        &dir,
+        &[],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let pid = server.child.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop on SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    server
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(rest.contains("stopped (0 session(s) cut short)"), "{rest}");
 }

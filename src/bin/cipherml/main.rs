@@ -37,7 +37,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         images: usize,
     },
-    /// Hosts models and answers private inference requests.
+    /// Hosts models and answers private inference requests, until Ctrl-C (or SIGTERM),
+    /// which stops accepting and lets the sessions in flight finish.
     Serve {
         /// A model: PATH.onnx (named after the file) or NAME=PATH.onnx; repeatable.
         #[arg(long = "model", required = true)]
@@ -300,7 +301,20 @@ fn serve(
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    server.run();
+    // Ctrl-C (or SIGTERM) stops accepting and lets the sessions in flight finish.
+    let handle = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            handle.shutdown();
+        }
+    });
+    let cut = server.run();
+    // (stdout may be closed by now: not an error.)
+    let _ = writeln!(std::io::stdout(), "stopped ({cut} session(s) cut short)");
     Ok(())
 }
 
