@@ -108,17 +108,7 @@ impl Evaluator {
     fn combine_assign(&self, a: &mut Ciphertext, b: &Ciphertext, subtract: bool) -> Result<()> {
         self.check_pair(a, b)?;
         let q = self.params.context().q_at(a.level);
-        let n = self.params.degree();
-        while a.polys.len() < b.polys.len() {
-            a.polys.push(Poly::zero(n, q.len()));
-        }
-        for (x, y) in a.polys.iter_mut().zip(&b.polys) {
-            if subtract {
-                x.sub_assign(y, q);
-            } else {
-                x.add_assign(y, q);
-            }
-        }
+        crate::rlwe::ops::combine_polys(&mut a.polys, &b.polys, q, self.params.degree(), subtract);
         a.seed = None;
         Ok(())
     }
@@ -128,9 +118,7 @@ impl Evaluator {
         self.check(a)?;
         let q = self.q(a.level);
         let mut out = a.clone();
-        for x in &mut out.polys {
-            x.neg_assign(q);
-        }
+        crate::rlwe::ops::neg_polys(&mut out.polys, q);
         out.seed = None;
         Ok(out)
     }

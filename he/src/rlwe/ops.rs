@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 use super::context::RlweContext;
 use super::keys::{error_ntt, KeySwitchKey, PublicKey, SecretKey};
 use crate::math::sampler::{centered_binomial, random_seed, ternary, uniform_from_seed, Seed};
-use crate::math::{pool, Coeff, Ntt, Poly};
+use crate::math::{pool, Coeff, Ntt, Poly, RnsBasis};
 
 /// An error polynomial (centered binomial) in coefficient form over `Q_level`.
 pub(crate) fn error_coeff<R: RngCore + CryptoRng + ?Sized>(
@@ -198,5 +198,33 @@ impl Decomposition {
         let (mut d0, d1) = key.switch_decomposed(ctx, level, &rotated);
         d0.add_assign(&c0.automorphism(g, q), q);
         (d0, d1)
+    }
+}
+
+/// `a += b` or `a -= b` polynomial by polynomial, for two ciphertexts at the same level
+/// (modulus `q`, degree `n`); the shorter one is padded with zero polynomials.
+pub(crate) fn combine_polys(
+    a: &mut Vec<Poly<Ntt>>,
+    b: &[Poly<Ntt>],
+    q: &RnsBasis,
+    n: usize,
+    subtract: bool,
+) {
+    while a.len() < b.len() {
+        a.push(Poly::zero(n, q.len()));
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        if subtract {
+            x.sub_assign(y, q);
+        } else {
+            x.add_assign(y, q);
+        }
+    }
+}
+
+/// `-a` polynomial by polynomial.
+pub(crate) fn neg_polys(a: &mut [Poly<Ntt>], q: &RnsBasis) {
+    for x in a {
+        x.neg_assign(q);
     }
 }
