@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cipherml_mpc::net::{stream_error, Channel, ChannelConfig, Stats, StreamWriter};
+use cipherml_mpc::net::{stream_error, Channel, ChannelConfig, Framing, Stats, StreamWriter};
 use cipherml_mpc::Error as NetError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -203,23 +203,16 @@ pub struct TlsChannel {
     /// Decrypted bytes not yet consumed (from `start`).
     plain: Vec<u8>,
     start: usize,
-    pending: Vec<u8>,
-    flight_open: bool,
-    broken: bool,
-    stats: Stats,
-    config: ChannelConfig,
+    framing: Framing,
 }
 
 impl std::fmt::Debug for TlsChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsChannel")
-            .field("stats", &self.stats)
+            .field("stats", &self.framing.stats())
             .finish_non_exhaustive()
     }
 }
-
-/// Plaintext queued before it is encrypted and handed to the writer thread.
-const STREAM_THRESHOLD: usize = 1 << 20;
 
 impl TlsChannel {
     fn handshake(
@@ -251,11 +244,7 @@ impl TlsChannel {
             writer,
             plain: Vec::new(),
             start: 0,
-            pending: Vec::new(),
-            flight_open: false,
-            broken: false,
-            stats: Stats::default(),
-            config,
+            framing: Framing::new(config),
         })
     }
 
@@ -271,13 +260,15 @@ impl TlsChannel {
         self.writer.send(out)
     }
 
-    fn deliver(&mut self) -> Result<(), NetError> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Encrypts framed bytes and hands the records to the writer thread.
+    fn deliver(&mut self, bytes: Option<Vec<u8>>) -> Result<(), NetError> {
+        match bytes {
+            Some(b) => {
+                self.conn.writer().write_all(&b)?;
+                self.send_records()
+            }
+            None => Ok(()),
         }
-        let buf = std::mem::take(&mut self.pending);
-        self.conn.writer().write_all(&buf)?;
-        self.send_records()
     }
 
     /// Processes the records rustls holds and moves their plaintext into `plain`;
@@ -319,7 +310,7 @@ impl TlsChannel {
             let got = self
                 .stream
                 .read(&mut raw)
-                .map_err(|e| stream_error(e, self.config.timeout))?;
+                .map_err(|e| stream_error(e, self.framing.config().timeout))?;
             if got == 0 {
                 return Err(NetError::PeerClosed);
             }
@@ -346,71 +337,38 @@ impl TlsChannel {
 
     fn read_message(&mut self) -> Result<Vec<u8>, NetError> {
         self.fill(4)?;
-        let len = u32::from_le_bytes(self.take(4).try_into().expect("4 bytes")) as usize;
-        if len > self.config.max_message_len {
-            return Err(NetError::MessageTooLarge {
-                len: len as u64,
-                max: self.config.max_message_len as u64,
-            });
-        }
+        let prefix: [u8; 4] = self.take(4).try_into().expect("4 bytes");
+        let len = self.framing.announced(prefix)?;
         // The buffer grows with the data actually received, not with the announced length.
         self.fill(len)?;
-        let msg = self.take(len);
-        self.stats.bytes_received += len as u64 + 4;
-        self.stats.messages_received += 1;
-        Ok(msg)
+        Ok(self.take(len))
     }
 }
 
 impl Channel for TlsChannel {
     fn send(&mut self, msg: &[u8]) -> Result<(), NetError> {
-        if msg.len() > self.config.max_message_len || msg.len() > u32::MAX as usize {
-            return Err(NetError::MessageTooLarge {
-                len: msg.len() as u64,
-                max: self.config.max_message_len as u64,
-            });
-        }
-        self.pending
-            .extend_from_slice(&(msg.len() as u32).to_le_bytes());
-        self.pending.extend_from_slice(msg);
-        self.stats.bytes_sent += msg.len() as u64 + 4;
-        self.stats.messages_sent += 1;
-        self.flight_open = true;
-        if self.pending.len() >= STREAM_THRESHOLD {
-            self.deliver()?;
-        }
-        Ok(())
+        let bytes = self.framing.queue(msg)?;
+        self.deliver(bytes)
     }
 
     fn flush(&mut self) -> Result<(), NetError> {
-        if !self.flight_open {
-            return Ok(());
-        }
-        self.stats.rounds_sent += 1;
-        self.flight_open = false;
-        self.deliver()
+        let bytes = self.framing.flush();
+        self.deliver(bytes)
     }
 
     fn recv(&mut self) -> Result<Vec<u8>, NetError> {
-        if self.broken {
-            return Err(NetError::aborted(
-                "channel broken by an earlier receive error",
-            ));
-        }
+        self.framing.check_receivable()?;
         self.flush()?;
         let r = self.read_message();
-        if r.is_err() {
-            self.broken = true;
-        }
-        r
+        self.framing.received(r)
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        self.framing.stats()
     }
 
     fn config(&self) -> ChannelConfig {
-        self.config
+        self.framing.config()
     }
 }
 

@@ -304,17 +304,110 @@ impl Drop for StreamWriter {
     }
 }
 
+/// The framing and accounting of a stream channel (TCP here; TLS is built on it outside
+/// this crate): messages queued with their 4-byte length prefixes, flights (rounds),
+/// counters, the message-length limit, and the broken flag set by a failed receive.
+#[derive(Debug)]
+pub struct Framing {
+    pending: Vec<u8>,
+    flight_open: bool,
+    broken: bool,
+    stats: Stats,
+    config: ChannelConfig,
+}
+
+impl Framing {
+    /// Empty, with `config`'s limits.
+    pub fn new(config: ChannelConfig) -> Self {
+        Self {
+            pending: Vec::new(),
+            flight_open: false,
+            broken: false,
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    /// Queues `msg` (checked against the limit); returns the pending bytes to hand to the
+    /// wire now if enough have accumulated to stream them, else `None`.
+    pub fn queue(&mut self, msg: &[u8]) -> Result<Option<Vec<u8>>> {
+        if msg.len() > self.config.max_message_len || msg.len() > u32::MAX as usize {
+            return Err(Error::MessageTooLarge {
+                len: msg.len() as u64,
+                max: self.config.max_message_len as u64,
+            });
+        }
+        self.pending
+            .extend_from_slice(&(msg.len() as u32).to_le_bytes());
+        self.pending.extend_from_slice(msg);
+        self.stats.bytes_sent += msg.len() as u64 + 4;
+        self.stats.messages_sent += 1;
+        self.flight_open = true;
+        Ok((self.pending.len() >= STREAM_THRESHOLD).then(|| std::mem::take(&mut self.pending)))
+    }
+
+    /// Ends the flight: the bytes still pending (counting one round if any message was
+    /// queued since the last flush), or `None` if there is nothing to send.
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        if !self.flight_open {
+            return None;
+        }
+        self.stats.rounds_sent += 1;
+        self.flight_open = false;
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+
+    /// Before a receive: fails if an earlier receive failed.
+    pub fn check_receivable(&self) -> Result<()> {
+        if self.broken {
+            return Err(Error::aborted("channel broken by an earlier receive error"));
+        }
+        Ok(())
+    }
+
+    /// Decodes a length prefix and checks it against the limit (before anything is
+    /// allocated for the body).
+    pub fn announced(&self, prefix: [u8; 4]) -> Result<usize> {
+        let len = u32::from_le_bytes(prefix) as usize;
+        if len > self.config.max_message_len {
+            return Err(Error::MessageTooLarge {
+                len: len as u64,
+                max: self.config.max_message_len as u64,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Records the outcome of a receive (counters, or the broken flag).
+    pub fn received<T: AsRef<[u8]>>(&mut self, r: Result<T>) -> Result<T> {
+        match &r {
+            Ok(m) => {
+                self.stats.bytes_received += m.as_ref().len() as u64 + 4;
+                self.stats.messages_received += 1;
+            }
+            Err(_) => self.broken = true,
+        }
+        r
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The limits.
+    pub fn config(&self) -> ChannelConfig {
+        self.config
+    }
+}
+
 /// One end of a TCP connection (std::net), with read and write timeouts.
 #[derive(Debug)]
 pub struct TcpChannel {
     reader: BufReader<TcpStream>,
     stream: TcpStream,
     writer: StreamWriter,
-    pending: Vec<u8>,
-    flight_open: bool,
-    broken: bool,
-    stats: Stats,
-    config: ChannelConfig,
+    framing: Framing,
 }
 
 impl TcpChannel {
@@ -358,37 +451,20 @@ impl TcpChannel {
             reader,
             stream,
             writer,
-            pending: Vec::new(),
-            flight_open: false,
-            broken: false,
-            stats: Stats::default(),
-            config,
+            framing: Framing::new(config),
         })
     }
 
     fn io_error(&self, e: std::io::Error) -> Error {
-        stream_error(e, self.config.timeout)
-    }
-
-    fn deliver(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.writer.send(std::mem::take(&mut self.pending))
+        stream_error(e, self.framing.config().timeout)
     }
 
     fn read_message(&mut self) -> Result<Vec<u8>> {
-        let mut len = [0u8; 4];
+        let mut prefix = [0u8; 4];
         self.reader
-            .read_exact(&mut len)
+            .read_exact(&mut prefix)
             .map_err(|e| self.io_error(e))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > self.config.max_message_len {
-            return Err(Error::MessageTooLarge {
-                len: len as u64,
-                max: self.config.max_message_len as u64,
-            });
-        }
+        let len = self.framing.announced(prefix)?;
         // Grow with the data actually received, not with the announced length.
         let mut buf = Vec::with_capacity(len.min(1 << 20));
         (&mut self.reader)
@@ -398,58 +474,38 @@ impl TcpChannel {
         if buf.len() != len {
             return Err(Error::PeerClosed);
         }
-        self.stats.bytes_received += len as u64 + 4;
-        self.stats.messages_received += 1;
         Ok(buf)
     }
 }
 
 impl Channel for TcpChannel {
     fn send(&mut self, msg: &[u8]) -> Result<()> {
-        if msg.len() > self.config.max_message_len || msg.len() > u32::MAX as usize {
-            return Err(Error::MessageTooLarge {
-                len: msg.len() as u64,
-                max: self.config.max_message_len as u64,
-            });
+        match self.framing.queue(msg)? {
+            Some(bytes) => self.writer.send(bytes),
+            None => Ok(()),
         }
-        self.pending
-            .extend_from_slice(&(msg.len() as u32).to_le_bytes());
-        self.pending.extend_from_slice(msg);
-        self.stats.bytes_sent += msg.len() as u64 + 4;
-        self.stats.messages_sent += 1;
-        self.flight_open = true;
-        if self.pending.len() >= STREAM_THRESHOLD {
-            self.deliver()?;
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        if !self.flight_open {
-            return Ok(());
+        match self.framing.flush() {
+            Some(bytes) => self.writer.send(bytes),
+            None => Ok(()),
         }
-        self.stats.rounds_sent += 1;
-        self.flight_open = false;
-        self.deliver()
     }
+
     fn recv(&mut self) -> Result<Vec<u8>> {
-        if self.broken {
-            return Err(Error::aborted("channel broken by an earlier receive error"));
-        }
+        self.framing.check_receivable()?;
         self.flush()?;
         let r = self.read_message();
-        if r.is_err() {
-            self.broken = true;
-        }
-        r
+        self.framing.received(r)
     }
 
     fn stats(&self) -> Stats {
-        self.stats
+        self.framing.stats()
     }
 
     fn config(&self) -> ChannelConfig {
-        self.config
+        self.framing.config()
     }
 }
 
