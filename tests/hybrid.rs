@@ -30,26 +30,21 @@ fn argmax(v: &ArrayD<f64>) -> usize {
         .0
 }
 
-/// Runs `count` inferences of `name`, both parties over the given channel pair; returns
-/// (agreement with the plaintext classes, accuracy, plaintext accuracy, max logit error,
-/// client bytes per inference).
-fn run<C: Channel + Send + 'static>(
-    name: &str,
+/// `count` private inferences of `model` with both parties over `c0`/`c1`: the server
+/// (real weights) on a thread, the client (compiled from the architecture alone, as over
+/// the wire) calling `infer(i, x)` to get inference `i`'s logits for `x`. Returns what the
+/// client closure returns, and the client's bytes per inference (set-up excluded).
+fn hybrid_session<C: Channel + Send + 'static, T>(
+    model: &cipherml::nn::Sequential,
     count: usize,
     c0: C,
     c1: C,
-) -> (usize, f64, f64, f64, f64) {
-    let model = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
+    client: impl FnOnce(&mut dyn FnMut(&ArrayD<f64>) -> ArrayD<f64>) -> T,
+) -> (T, f64) {
     let config = HybridConfig::default();
-    let server_model = HybridModel::compile(&model, &config, true).unwrap();
-    let client_model = HybridModel::compile(&model, &config, false).unwrap();
-    let xs = read_npy(data_dir().join("digits_test_x.npy"))
-        .unwrap()
-        .to_f64();
-    let ys = read_npy(data_dir().join("digits_test_y.npy"))
-        .unwrap()
-        .into_i64()
-        .unwrap();
+    let server_model = HybridModel::compile(model, &config, true).unwrap();
+    let arch = cipherml::nn::Sequential::from_architecture(&model.architecture()).unwrap();
+    let client_model = HybridModel::compile(&arch, &config, false).unwrap();
     let server = std::thread::spawn(move || {
         let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
         let pk = server_model.receive_public_key(&mut p).unwrap();
@@ -63,22 +58,51 @@ fn run<C: Channel + Send + 'static>(
         &mut os_rng(),
     ));
     client_model.send_public_key(&mut p, &sk).unwrap();
-    let start_bytes = p.stats().bytes_sent + p.stats().bytes_received;
-    let (mut agree, mut correct, mut correct_plain, mut max_err) = (0, 0, 0, 0f64);
-    for i in 0..count {
-        let x = xs.index_axis(Axis(0), i).to_owned();
-        let want = model.predict(&x).unwrap();
-        let got = client_model.run_client(&mut p, &sk, &x).unwrap();
-        for (a, b) in got.iter().zip(want.iter()) {
-            max_err = max_err.max((a - b).abs());
-        }
-        agree += (argmax(&got) == argmax(&want)) as usize;
-        correct += (argmax(&got) as i64 == ys[i]) as usize;
-        correct_plain += (argmax(&want) as i64 == ys[i]) as usize;
-    }
+    let start = p.stats().bytes_sent + p.stats().bytes_received;
+    let mut runs = 0;
+    let out = client(&mut |x: &ArrayD<f64>| {
+        runs += 1;
+        assert!(runs <= count, "more inferences than the server runs");
+        client_model.run_client(&mut p, &sk, x).unwrap()
+    });
     server.join().unwrap();
-    let bytes =
-        (p.stats().bytes_sent + p.stats().bytes_received - start_bytes) as f64 / count as f64;
+    let bytes = (p.stats().bytes_sent + p.stats().bytes_received - start) as f64 / count as f64;
+    (out, bytes)
+}
+
+/// Runs `count` inferences of `name`, both parties over the given channel pair; returns
+/// (agreement with the plaintext classes, accuracy, plaintext accuracy, max logit error,
+/// client bytes per inference).
+fn run<C: Channel + Send + 'static>(
+    name: &str,
+    count: usize,
+    c0: C,
+    c1: C,
+) -> (usize, f64, f64, f64, f64) {
+    let model = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
+    let xs = read_npy(data_dir().join("digits_test_x.npy"))
+        .unwrap()
+        .to_f64();
+    let ys = read_npy(data_dir().join("digits_test_y.npy"))
+        .unwrap()
+        .into_i64()
+        .unwrap();
+    let ((agree, correct, correct_plain, max_err), bytes) =
+        hybrid_session(&model, count, c0, c1, |infer| {
+            let (mut agree, mut correct, mut correct_plain, mut max_err) = (0, 0, 0, 0f64);
+            for i in 0..count {
+                let x = xs.index_axis(Axis(0), i).to_owned();
+                let want = model.predict(&x).unwrap();
+                let got = infer(&x);
+                for (a, b) in got.iter().zip(want.iter()) {
+                    max_err = max_err.max((a - b).abs());
+                }
+                agree += (argmax(&got) == argmax(&want)) as usize;
+                correct += (argmax(&got) as i64 == ys[i]) as usize;
+                correct_plain += (argmax(&want) as i64 == ys[i]) as usize;
+            }
+            (agree, correct, correct_plain, max_err)
+        });
     (
         agree,
         correct as f64 / count as f64,
@@ -119,35 +143,20 @@ fn benchmark_networks_a_to_d_and_lenet_agree_with_plaintext() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
     for (name, model) in cipherml::nn::zoo::all(&mut rng) {
-        let config = HybridConfig::default();
-        let server_model = HybridModel::compile(&model, &config, true).unwrap();
-        let client_model = HybridModel::compile(&model, &config, false).unwrap();
         let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 28, 28]), |_| rng.random_range(0.0..1.0));
         let want = model.predict(&x).unwrap();
         let (c0, c1) = MemoryChannel::pair();
-        let server = std::thread::spawn(move || {
-            let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-            let pk = server_model.receive_public_key(&mut p).unwrap();
-            server_model.run_server(&mut p, &pk).unwrap();
-        });
-        let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
-        let sk = Arc::new(SecretKey::random(
-            client_model.params().context(),
-            &mut os_rng(),
-        ));
-        client_model.send_public_key(&mut p, &sk).unwrap();
         let t = Instant::now();
-        let got = client_model.run_client(&mut p, &sk, &x).unwrap();
-        server.join().unwrap();
+        let (got, bytes) = hybrid_session(&model, 1, c0, c1, |infer| infer(&x));
         let err = got
             .iter()
             .zip(want.iter())
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
         println!(
-            "{name}: {:.0} ms, {:.2} MB, max logit error {err:.2e}",
+            "{name}: {:.0} ms with set-up, {:.2} MB, max logit error {err:.2e}",
             t.elapsed().as_secs_f64() * 1e3,
-            (p.stats().bytes_sent + p.stats().bytes_received) as f64 / 1e6
+            bytes / 1e6
         );
         assert_eq!(argmax(&got), argmax(&want), "{name}");
         assert!(err < 0.05, "{name}: logit error {err}");
@@ -169,40 +178,25 @@ fn hybrid_square_avgpool_and_dense_only_models() {
         ("cancer_logreg", &cx, 114),
     ] {
         let model = load_onnx(models_dir().join(format!("{name}.onnx"))).unwrap();
-        let config = HybridConfig::default();
-        let server_model = HybridModel::compile(&model, &config, true).unwrap();
-        let client_model = HybridModel::compile(&model, &config, false).unwrap();
         let (c0, c1) = MemoryChannel::pair();
-        let server = std::thread::spawn(move || {
-            let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-            let pk = server_model.receive_public_key(&mut p).unwrap();
-            for _ in 0..count {
-                server_model.run_server(&mut p, &pk).unwrap();
+        hybrid_session(&model, count, c0, c1, |infer| {
+            for i in 0..count {
+                let x = data.index_axis(Axis(0), i).to_owned();
+                let want = model.predict(&x).unwrap();
+                let got = infer(&x);
+                let err = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(err < 0.05, "{name} sample {i}: error {err}");
+                if want.len() == 1 {
+                    assert_eq!(got[[0]] > 0.0, want[[0]] > 0.0, "{name} sample {i}");
+                } else {
+                    assert_eq!(argmax(&got), argmax(&want), "{name} sample {i}");
+                }
             }
         });
-        let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
-        let sk = Arc::new(SecretKey::random(
-            client_model.params().context(),
-            &mut os_rng(),
-        ));
-        client_model.send_public_key(&mut p, &sk).unwrap();
-        for i in 0..count {
-            let x = data.index_axis(Axis(0), i).to_owned();
-            let want = model.predict(&x).unwrap();
-            let got = client_model.run_client(&mut p, &sk, &x).unwrap();
-            let err = got
-                .iter()
-                .zip(want.iter())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            assert!(err < 0.05, "{name} sample {i}: error {err}");
-            if want.len() == 1 {
-                assert_eq!(got[[0]] > 0.0, want[[0]] > 0.0, "{name} sample {i}");
-            } else {
-                assert_eq!(argmax(&got), argmax(&want), "{name} sample {i}");
-            }
-        }
-        server.join().unwrap();
     }
     // Average pooling and global average pooling.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
@@ -221,23 +215,8 @@ fn hybrid_square_avgpool_and_dense_only_models() {
         .add(cipherml::nn::Layer::GlobalAvgPool);
     let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 8, 8]), |_| rng.random_range(0.0..1.0));
     let want = model.predict(&x).unwrap();
-    let config = HybridConfig::default();
-    let server_model = HybridModel::compile(&model, &config, true).unwrap();
-    let client_model = HybridModel::compile(&model, &config, false).unwrap();
     let (c0, c1) = MemoryChannel::pair();
-    let server = std::thread::spawn(move || {
-        let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-        let pk = server_model.receive_public_key(&mut p).unwrap();
-        server_model.run_server(&mut p, &pk).unwrap();
-    });
-    let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
-    let sk = Arc::new(SecretKey::random(
-        client_model.params().context(),
-        &mut os_rng(),
-    ));
-    client_model.send_public_key(&mut p, &sk).unwrap();
-    let got = client_model.run_client(&mut p, &sk, &x).unwrap();
-    server.join().unwrap();
+    let got = private_predict(&model, &x, c0, c1);
     assert_eq!(got.shape(), &[4]);
     for (a, b) in got.iter().zip(want.iter()) {
         assert!((a - b).abs() < 0.01, "{a} vs {b}");
@@ -251,25 +230,7 @@ fn private_predict<C: Channel + Send + 'static>(
     c0: C,
     c1: C,
 ) -> ArrayD<f64> {
-    let config = HybridConfig::default();
-    let server_model = HybridModel::compile(model, &config, true).unwrap();
-    // The client's copy is rebuilt from the architecture alone, as over the wire.
-    let arch = cipherml::nn::Sequential::from_architecture(&model.architecture()).unwrap();
-    let client_model = HybridModel::compile(&arch, &config, false).unwrap();
-    let server = std::thread::spawn(move || {
-        let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-        let pk = server_model.receive_public_key(&mut p).unwrap();
-        server_model.run_server(&mut p, &pk).unwrap();
-    });
-    let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
-    let sk = Arc::new(SecretKey::random(
-        client_model.params().context(),
-        &mut os_rng(),
-    ));
-    client_model.send_public_key(&mut p, &sk).unwrap();
-    let got = client_model.run_client(&mut p, &sk, x).unwrap();
-    server.join().unwrap();
-    got
+    hybrid_session(model, 1, c0, c1, |infer| infer(x)).0
 }
 
 fn max_abs_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {

@@ -310,6 +310,24 @@ fn raw_session(
     p
 }
 
+fn server_ok<C: cipherml::mpc::net::Channel>(ch: &mut C) {
+    match cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap() {
+        cipherml::protocol::ServerMsg::Ok => {}
+        other => panic!("expected Ok, got {other:?}"),
+    }
+}
+
+fn request<C: cipherml::mpc::net::Channel>(ch: &mut C, model: &str, batch: u32) {
+    send(
+        ch,
+        &ClientMsg::Infer {
+            model: model.into(),
+            batch,
+        },
+    )
+    .unwrap();
+}
+
 fn server_error<C: cipherml::mpc::net::Channel>(ch: &mut C) -> String {
     match cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap() {
         cipherml::protocol::ServerMsg::Error { message } => message,
@@ -377,14 +395,7 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
         ch.send(g).unwrap();
     };
     // An inference request before the key upload.
-    send(
-        ch,
-        &ClientMsg::Infer {
-            model: "square".into(),
-            batch: 1,
-        },
-    )
-    .unwrap();
+    request(ch, "square", 1);
     let e = server_error(ch);
     assert!(e.contains("upload the keys first"), "{e}");
     // Keys of the wrong size (truncated, and one byte too many).
@@ -427,34 +438,14 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
     let e = server_error(ch);
     assert!(e.contains("needs no keys"), "{e}");
     // A batch out of bounds.
-    send(
-        ch,
-        &ClientMsg::Infer {
-            model: "mlp".into(),
-            batch: u32::MAX,
-        },
-    )
-    .unwrap();
+    request(ch, "mlp", u32::MAX);
     let e = server_error(ch);
     assert!(e.contains("batch"), "{e}");
     // Good keys, then a ciphertext at the wrong level: an error, and the session ends.
     upload(ch, &rlk, &gk);
-    assert!(matches!(
-        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
-        cipherml::protocol::ServerMsg::Ok
-    ));
-    send(
-        ch,
-        &ClientMsg::Infer {
-            model: "square".into(),
-            batch: 1,
-        },
-    )
-    .unwrap();
-    assert!(matches!(
-        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
-        cipherml::protocol::ServerMsg::Ok
-    ));
+    server_ok(ch);
+    request(ch, "square", 1);
+    server_ok(ch);
     let dec = cipherml::he::ckks::Decryptor::new(&params, sk.clone()).unwrap();
     let pt = Encoder::new(&params)
         .encode_f64(&[0.5; 8], params.max_level(), params.default_scale())
@@ -471,22 +462,9 @@ fn hostile_keys_and_ciphertexts_are_refused_and_other_clients_go_on() {
     let mut p = raw_session(&addr);
     let ch = p.channel();
     upload(ch, &rlk, &gk);
-    assert!(matches!(
-        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
-        cipherml::protocol::ServerMsg::Ok
-    ));
-    send(
-        ch,
-        &ClientMsg::Infer {
-            model: "square".into(),
-            batch: 1,
-        },
-    )
-    .unwrap();
-    assert!(matches!(
-        cipherml::protocol::recv::<_, cipherml::protocol::ServerMsg>(ch).unwrap(),
-        cipherml::protocol::ServerMsg::Ok
-    ));
+    server_ok(ch);
+    request(ch, "square", 1);
+    server_ok(ch);
     let other_dec = cipherml::he::ckks::Decryptor::new(&other, sk2.into()).unwrap();
     let pt = Encoder::new(&other)
         .encode_f64(&[0.5; 8], other.max_level(), other.default_scale())
