@@ -315,3 +315,35 @@ fn sigmoid_on_shares_is_within_the_stated_error_everywhere() {
         "a piecewise-linear fit cannot be this close: {err}"
     );
 }
+
+/// Shares -> CKKS: exact up to CKKS precision for negative, zero and positive values (the
+/// shares wrap about half the time), then a CKKS product with the server's matrix.
+#[test]
+fn shares_convert_to_ckks_and_compute_there() {
+    let mut rng = ChaCha20Rng::seed_from_u64(14);
+    let mut v: Vec<f64> = (0..60).map(|_| rng.random_range(-50.0..50.0)).collect();
+    v.extend([0.0, -0.000244140625, 0.000244140625, 127.5, -127.5]);
+    let x = ndarray::Array1::from(v.clone()).into_dyn();
+    let w = Array2::from_shape_fn((65, 4), |_| rng.random_range(-0.1..0.1));
+    let (x2, w2) = (x.clone(), w.clone());
+    let (client, server) = run_local(move |s| {
+        let (x, w) = (x2.clone(), w2.clone());
+        let xs = s.input(Role::Client, &[65], move || x)?;
+        let xs = s.relu(&xs)?; // any shared value, here after a two-party step
+        let xc = s.to_ckks(&xs)?;
+        let back = s.reveal(&xc, Role::Client)?;
+        let w = s.private(Role::Server, &[65, 4], move || w.into_dyn())?;
+        let y = s.matmul(&xc, &w)?;
+        Ok((back, s.reveal(&y, Role::Client)?))
+    })
+    .unwrap();
+    assert!(server.0.is_none() && server.1.is_none());
+    let relu = x.mapv(|t| t.max(0.0));
+    let back = client.0.unwrap();
+    let err = max_diff(&back, &relu);
+    println!("shares -> CKKS: max error {err:.2e}");
+    assert!(err < 1e-3, "conversion error {err}");
+    let flat = ndarray::Array1::from_iter(relu.iter().copied());
+    let err = max_diff(&client.1.unwrap(), &flat.dot(&w).into_dyn());
+    assert!(err < 1e-2, "product error {err}");
+}

@@ -13,12 +13,17 @@
 //!   the server computes on it (additions, products with its own matrices, squares and
 //!   polynomials) with the keys the client uploads when an operation first needs them, and
 //!   [`Session::reveal`] returns the result to the client.
-//! - **CKKS <-> shares** is not offered: shares are uniform in `Z_2^40`, so their sum as
-//!   real numbers wraps, and removing the wrap costs a two-party comparison per element
-//!   (the price of a ReLU) while a statistically hiding real-valued mask (40 bits above the
-//!   value) needs about 90 bits of exact precision, beyond CKKS at these parameters. BFV
-//!   with `t = 2^40` does the same job exactly; the cost model therefore never picks CKKS
-//!   next to shares.
+//! - **Shares -> CKKS** ([`Session::to_ckks`]): the shares' wrap over `Z_2^40` is removed
+//!   with one two-party comparison per element (about the price of a ReLU) and a plaintext
+//!   product that costs two levels; exact up to CKKS precision. Offered for callers; the cost
+//!   model does not pick it on its own (none of the networks here gains from it: BFV with
+//!   `t = 2^40` does the linear layers without the comparison).
+//! - **CKKS -> shares** is not offered: a statistically hiding mask for a real value (40
+//!   bits above the value's range, on top of the 12 fractional bits the shares need)
+//!   requires about 90 bits of exact precision in the decrypted slots, beyond CKKS at these
+//!   parameters (the decoder works in double precision), and masking the coefficients
+//!   instead leaves shares of the coefficient encoding, which the slot transform does not
+//!   map to shares of the values. CKKS results are revealed to the client instead.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -407,6 +412,128 @@ impl<C: Channel> Session<C> {
                 level: params.max_level(),
             })
         }
+    }
+
+    /// Converts `t` (shares, or a public or private value, which is shared first) to a CKKS
+    /// tensor held by the server, exact up to CKKS precision, two levels down.
+    ///
+    /// The shares, offset to unsigned `u0 + u1 = x + 2^(l-1) + w 2^l`, wrap (`w = 1`) or not;
+    /// one `l`-bit millionaire comparison gives XOR shares `w0, w1` of the wrap. The client
+    /// encrypts `u0 / 2^f` and `w0 2^(l-f)`; the server computes
+    /// `x / 2^f = u0/2^f + u1/2^f - 2^(l-f) (w1 + (1 - 2 w1) w0) - 2^(l-1-f)`, the product with
+    /// its sign vector `1 - 2 w1` costing two levels (a one-prime plaintext scale would leave
+    /// its rounding, times the `2^(l-f)` wrap weight, above the fixed-point precision). Large
+    /// intermediate values
+    /// (up to `2^(l-f)`) only live at the top levels, where the modulus has room; CKKS error
+    /// is absolute, so the small result keeps its precision. Cost per element: one `l`-bit
+    /// comparison (about a ReLU's) and two ciphertexts for up to `N/2` elements; the cost
+    /// model does not choose it on its own (no network here pays for it), callers do.
+    pub fn to_ckks(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        if let PrivateTensor::Ckks { .. } = t {
+            return Ok(t.clone());
+        }
+        let (share, shape) = self.shares_of(t)?;
+        let ring = self.fixed.ring();
+        let l = ring.bits();
+        let f = self.fixed.frac_bits();
+        let p0 = self.party.is_p0();
+        let half = 1u64 << (l - 1);
+        let u: Vec<u64> = share
+            .iter()
+            .map(|&v| if p0 { ring.add(v, half) } else { v })
+            .collect();
+        let wrap_in: Vec<u64> = if p0 {
+            u.clone()
+        } else {
+            u.iter().map(|&v| ring.mask() - v).collect()
+        };
+        let w = cipherml_mpc::protocols::compare::millionaire(&mut self.party, l, &wrap_in)?;
+        let params = self.ckks_state()?.params.clone();
+        let state = self.ckks.as_ref().expect("created");
+        let top = params.max_level();
+        if top < 2 {
+            return Err(TensorError::Unsupported {
+                op: "conversion to CKKS",
+                repr: "shares",
+                reason: "needs two levels",
+            });
+        }
+        let slots = params.degree() / 2;
+        let period = u.len().max(1).next_power_of_two();
+        if period > slots {
+            return Err(TensorError::Shape {
+                what: "CKKS tensor (at most N/2 elements)",
+                left: shape,
+                right: vec![slots],
+            });
+        }
+        let sf = (f as f64).exp2();
+        let encoder = ckks::Encoder::new(&params);
+        let delta = params.default_scale();
+        let encode = |v: Vec<f64>, level: usize, scale: f64| {
+            encoder.encode_f64(&CkksTensor::layout(&v, period, slots), level, scale)
+        };
+        if p0 {
+            let a: Vec<f64> = u.iter().map(|&v| v as f64 / sf).collect();
+            // The wrap bit pre-multiplied by its weight 2^(l-f): multiplying a ciphertext by
+            // that constant would multiply its noise too.
+            let weight = ((l - f) as f64).exp2();
+            let b: Vec<f64> = w.iter().map(|&v| v as f64 * weight).collect();
+            let dec = state.dec.as_ref().expect("client");
+            for v in [a, b] {
+                let ct = dec.encrypt_symmetric(&encode(v, top, delta)?, self.party.rng())?;
+                self.party.channel().send(&ct.to_bytes(&params))?;
+            }
+            self.party.channel().flush()?;
+            return Ok(PrivateTensor::Ckks {
+                ct: None,
+                shape,
+                level: top - 2,
+            });
+        }
+        let mut cts = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let msg = self.party.channel().recv()?;
+            let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
+            if ct.len() != 2 || ct.level() != top || ct.scale() != delta {
+                return Err(TensorError::Invalid {
+                    what: "CKKS ciphertext",
+                    detail: format!(
+                        "{} polynomials at level {} and scale 2^{:.2}",
+                        ct.len(),
+                        ct.level(),
+                        ct.scale().log2()
+                    ),
+                });
+            }
+            cts.push(ct);
+        }
+        let ev = &state.ev;
+        // (1 - 2 w1) w0 2^(l-f). The sign vector is encoded at the product of the two primes
+        // the next two rescalings drop, so the scale returns to Delta and the plaintext's
+        // rounding (0.5 per coefficient), multiplied by a message of 2^(l-f) Delta, stays
+        // below 2^-30 of a unit after the division by about 2^72.
+        let sign: Vec<f64> = w.iter().map(|&b| 1.0 - 2.0 * b as f64).collect();
+        let sign_scale = params.prime(top) as f64 * params.prime(top - 1) as f64;
+        let mixed = ev.mul_plain(&cts[1], &encode(sign, top, sign_scale)?)?;
+        let mixed = ev.rescale(&ev.rescale(&mixed)?)?;
+        let out = top - 2;
+        let wrap_scale = ((l - f) as f64).exp2();
+        let constant: Vec<f64> = u
+            .iter()
+            .zip(&w)
+            .map(|(&v, &b)| v as f64 / sf - wrap_scale * b as f64 - ((l - 1 - f) as f64).exp2())
+            .collect();
+        let x = ev.add_plain(
+            &ev.drop_to_level(&cts[0], out)?,
+            &encode(constant, out, delta)?,
+        )?;
+        let x = ev.sub(&x, &mixed)?;
+        Ok(PrivateTensor::Ckks {
+            ct: Some(CkksTensor::from_ciphertext(x, &shape, period)?),
+            shape,
+            level: out,
+        })
     }
 
     /// Makes sure the server has the relinearization key (the client sends it once).

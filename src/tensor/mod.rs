@@ -6,9 +6,10 @@
 //! `max_pool2d`, `relu`, `square`, `poly`, `reshape`, `flatten`, bias by broadcasting `add`,
 //! `reveal` to a named party — and the conversions [`Session::to_bfv`] (shares to HE) and
 //! [`Session::to_shares`] (HE to shares: fresh mask and 40-bit noise flooding), with the
-//! fixed-point scale kept; [`Session::encrypt`] puts a client value under CKKS, where
-//! linear maps, squares and polynomials run without interaction (see the `he` submodule
-//! for why CKKS is not converted to shares). Non-linear operations run on shares with
+//! fixed-point scale kept; [`Session::encrypt`] puts a client value under CKKS and
+//! [`Session::to_ckks`] moves shares there, where linear maps, squares and polynomials run
+//! without interaction (see the `he` submodule for the conversions' costs, and why CKKS is
+//! not converted back to shares). Non-linear operations run on shares with
 //! exact two-party protocols.
 //!
 //! Products are dispatched to the cheaper representation: a product of a shared
