@@ -10,6 +10,29 @@
 //! Certificates are PEM files: the server's chain and PKCS#8/PKCS#1/SEC1 key
 //! ([`ServerTls::from_pem_files`]), and the client's trusted CA ([`ClientTls::from_ca_file`]).
 //! SECURITY.md shows how to make them with `openssl`.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use cipherml::client::{Client, ClientOptions, ClientTls};
+//! use cipherml::server::{Server, ServerConfig, ServerTls};
+//!
+//! let model = cipherml::nn::load_onnx("models/digits_mlp.onnx").unwrap();
+//! let tls = ServerTls::from_pem_files(Path::new("server.pem"), Path::new("server.key")).unwrap();
+//! let server = Server::bind("0.0.0.0:7878", vec![("mlp".into(), model)], ServerConfig::default())
+//!     .unwrap()
+//!     .with_tls(tls);
+//! std::thread::spawn(move || server.run());
+//!
+//! let options = ClientOptions {
+//!     tls: Some(ClientTls::from_ca_file(Path::new("ca.pem")).unwrap()),
+//!     token: None,
+//!     ..Default::default()
+//! };
+//! let mut client = Client::connect_with("myhost:7878", &options).unwrap();
+//! let x = ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[1, 8, 8]));
+//! let logits = client.infer("mlp", &x).unwrap();
+//! client.close().unwrap();
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};

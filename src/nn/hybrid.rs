@@ -840,7 +840,8 @@ pub(crate) fn max_pool_by_relu<C: Channel, R: RngCore + CryptoRng>(
 /// Knots of the piecewise-linear sigmoid: `-6, -5, ..., 6`; constant beyond.
 const SIGMOID_KNOTS: std::ops::RangeInclusive<i64> = -6..=6;
 
-/// Largest error of [`sigmoid_pwl`] against the sigmoid (chords of width 1: at most
+/// Largest error of the hybrid mode's piecewise-linear sigmoid (also
+/// [`crate::tensor::Session::sigmoid`]) against the sigmoid (chords of width 1: at most
 /// `max|sigmoid''| / 8 < 0.0121`; beyond `|x| = 6`, `sigmoid(-6) < 0.0025`; plus the
 /// fixed-point rounding).
 pub const SIGMOID_PWL_ERROR: f64 = 0.0125;
