@@ -151,6 +151,17 @@ impl Client {
                 ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
             })?;
         let arch = Sequential::from_architecture(&info.architecture)?;
+        // The announced shapes must be the architecture's (a hostile server could announce
+        // others to make the client allocate or index out of range).
+        let shapes = arch.shapes()?;
+        if arch.input_shape() != info.input_shape.as_slice()
+            || shapes.last().map(Vec::as_slice) != Some(info.output_shape.as_slice())
+        {
+            return Err(ProtocolError::Unexpected(format!(
+                "model {model:?}: announced shapes {:?} -> {:?} differ from its architecture's",
+                info.input_shape, info.output_shape
+            )));
+        }
         let (compiled, params) = match info.mode.as_str() {
             "hybrid" => {
                 let h = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
@@ -324,5 +335,8 @@ fn ckks_round_trip(
     let y = CkksCiphertext::from_bytes(&c.params, &reply).map_err(he)?;
     let values = c.decryptor.decrypt_f64(&y).map_err(he)?;
     let len: usize = output_shape.iter().product();
-    Ok(ArrayD::from_shape_vec(IxDyn(output_shape), values[..len].to_vec()).expect("shape"))
+    let values = values.get(..len).ok_or_else(|| {
+        ProtocolError::Unexpected(format!("{len} outputs announced, {} slots", values.len()))
+    })?;
+    Ok(ArrayD::from_shape_vec(IxDyn(output_shape), values.to_vec()).expect("shape"))
 }

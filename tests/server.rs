@@ -537,3 +537,49 @@ fn tls_sessions_work_and_plain_or_untrusted_peers_are_refused() {
     let e = ServerTls::from_pem_files(&dir.join("server.pem"), &dir.join("ca.pem")).unwrap_err();
     assert!(e.to_string().contains("ca.pem"), "{e}");
 }
+
+/// A hostile server that announces shapes other than its architecture's: the client
+/// refuses with an error before sending anything (no panic, no huge allocation).
+#[test]
+fn client_refuses_announced_shapes_that_contradict_the_architecture() {
+    use cipherml::protocol::{recv, ModelInfo, ServerMsg};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let m = square_mlp();
+    let info = ModelInfo {
+        name: "square".into(),
+        input_shape: m.input_shape().to_vec(),
+        output_shape: vec![1 << 30],
+        mode: "ckks".into(),
+        params: "whatever".into(),
+        architecture: m.architecture(),
+    };
+    let fake = std::thread::spawn(move || {
+        let mut ch = cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
+        let _: ClientMsg = recv(&mut ch).unwrap();
+        send(
+            &mut ch,
+            &ServerMsg::Hello {
+                version: PROTOCOL_VERSION,
+                models: vec![info],
+            },
+        )
+        .unwrap();
+        let mut p = cipherml::mpc::party::Party::setup(
+            cipherml::mpc::share::PartyId::P1,
+            ch,
+            cipherml::mpc::prg::os_rng(),
+        )
+        .unwrap();
+        // Whatever the client sends next (nothing is expected).
+        let _ = cipherml::mpc::net::Channel::recv(p.channel());
+    });
+    let mut client = Client::connect(&addr).unwrap();
+    let err = client.infer("square", &digits_row(0)).unwrap_err();
+    assert!(
+        err.to_string().contains("differ from its architecture"),
+        "{err}"
+    );
+    drop(client);
+    fake.join().unwrap();
+}
