@@ -376,16 +376,8 @@ fn ckks_infer(
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
     let ct = CkksCiphertext::from_bytes(params, bytes).map_err(|e| format!("ciphertext: {e}"))?;
-    if ct.len() != 2 || ct.level() != model.input_level() || ct.scale() != params.default_scale() {
-        return Err(format!(
-            "ciphertext with {} polynomials at level {} and scale 2^{:.2}; expected 2 at level {} and scale 2^{:.2}",
-            ct.len(),
-            ct.level(),
-            ct.scale().log2(),
-            model.input_level(),
-            params.default_scale().log2()
-        ));
-    }
+    ct.check_fresh(model.input_level(), params.default_scale())
+        .map_err(|e| format!("ciphertext: {e}"))?;
     let period = input_shape
         .iter()
         .product::<usize>()

@@ -140,8 +140,6 @@ fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no model named"));
     // Real inference through the CLI on 4 test rows, for every bundled model (hybrid and
     // CKKS modes).
-    let dir = std::env::temp_dir().join(format!("cipherml-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     for (name, file, data) in [
         ("digits_cnn", "digits_cnn", "digits_test_x.npy"),
         ("mlp", "digits_mlp", "digits_test_x.npy"),
@@ -152,22 +150,18 @@ fn serve_and_infer_with_the_real_binaries_survive_hostile_clients() {
         ),
         ("cancer_logreg", "cancer_logreg", "cancer_test_x.npy"),
     ] {
-        check_cli_inference(&server.addr, name, file, data, &dir, &[]);
+        check_cli_inference(&server.addr, name, file, data, &[]);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs `cipherml infer` on the first 4 rows of `data` and checks the logits and classes
-/// against the plaintext model.
-fn check_cli_inference(
-    addr: &str,
-    name: &str,
-    file: &str,
-    data: &str,
-    dir: &std::path::Path,
-    extra: &[&str],
-) {
+/// Runs `cipherml infer` on the first 4 rows of `data` (files in a temporary directory of
+/// its own) and checks the logits and classes against the plaintext model.
+fn check_cli_inference(addr: &str, name: &str, file: &str, data: &str, extra: &[&str]) {
     use cipherml::data::{data_dir, npy_bytes_f32, read_npy, NpyArray};
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cipherml-cli-{}-{run}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let xs = read_npy(data_dir().join(data)).unwrap().to_f64();
     let batch = xs
         .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..4))
@@ -199,6 +193,7 @@ fn check_cli_inference(
         NpyArray::F32(a) => a.mapv(f64::from),
         other => panic!("{other:?}"),
     };
+    let _ = std::fs::remove_dir_all(&dir);
     let model =
         cipherml::nn::load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&arch))
             .unwrap();
@@ -240,14 +235,11 @@ fn serve_and_infer_over_tls_with_the_real_binaries() {
         &["models/digits_mlp.onnx"],
         Some((cert.to_str().unwrap(), key.to_str().unwrap())),
     );
-    let dir = std::env::temp_dir().join(format!("cipherml-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     check_cli_inference(
         &server.addr,
         "digits_mlp",
         "digits_mlp",
         "digits_test_x.npy",
-        &dir,
         &["--tls-ca", ca.to_str().unwrap()],
     );
     // Without TLS, or trusting another CA, the client fails with an error.
@@ -264,7 +256,6 @@ fn serve_and_infer_over_tls_with_the_real_binaries() {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("error"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Resident memory of a process, in bytes (Linux `/proc`).
@@ -320,17 +311,13 @@ fn hostile_frames_do_not_grow_the_servers_memory() {
         "resident memory grew from {before} to {after} bytes after 400 hostile sessions"
     );
     // And it still serves.
-    let dir = std::env::temp_dir().join(format!("cipherml-mem-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     check_cli_inference(
         &server.addr,
         "digits_mlp",
         "digits_mlp",
         "digits_test_x.npy",
-        &dir,
         &[],
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Ctrl-C (SIGINT) stops `cipherml serve` cleanly: exit status 0 and a final message.
@@ -338,17 +325,13 @@ fn hostile_frames_do_not_grow_the_servers_memory() {
 fn ctrl_c_stops_the_server_cleanly() {
     use std::io::Read;
     let mut server = serve(&["models/digits_mlp.onnx"], None);
-    let dir = std::env::temp_dir().join(format!("cipherml-sigint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     check_cli_inference(
         &server.addr,
         "digits_mlp",
         "digits_mlp",
         "digits_test_x.npy",
-        &dir,
         &[],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     let pid = server.child.id().to_string();
     let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(kill.success());

@@ -65,8 +65,7 @@ pub enum Kind {
     CkksCiphertext = 8,
     /// A CKKS parameter literal.
     CkksParameters = 9,
-    /// A BFV ciphertext whose first polynomial is kept only at some coefficients.
-    BfvPartialCiphertext = 10,
+    // 10 was an exact partial BFV ciphertext, superseded by the compact one.
     /// A BFV ciphertext switched to a power-of-two modulus `2^b` (few bits per coefficient),
     /// its first polynomial kept only at some coefficients.
     BfvCompactCiphertext = 11,
@@ -673,102 +672,6 @@ impl ckks::Ciphertext {
     }
 }
 
-impl Ciphertext {
-    /// Serializes a 2-polynomial ciphertext keeping the first polynomial only at the
-    /// coefficients `positions` (both sides know them): decryption is coefficient-wise in
-    /// `c0`, so those coefficients of the plaintext stay exact while the reply shrinks by
-    /// up to half. (The other plaintext coefficients become meaningless.)
-    pub fn to_bytes_partial(&self, params: &BfvParameters, positions: &[usize]) -> Result<Vec<u8>> {
-        if self.polys.len() != 2 {
-            return Err(crate::Error::CiphertextSize {
-                found: self.polys.len(),
-                expected: 2,
-            });
-        }
-        let n = params.degree();
-        if let Some(&bad) = positions.iter().find(|&&i| i >= n) {
-            return Err(DecodeError::TooLarge {
-                what: "coefficient position",
-                value: bad as u64,
-                max: n as u64 - 1,
-            }
-            .into());
-        }
-        let q = params.context().q_at(self.level);
-        let c0 = self.polys[0].clone().into_coeff(q);
-        let mut v = header(Kind::BfvPartialCiphertext, self.params_id);
-        v.push(self.level as u8);
-        v.extend_from_slice(&(positions.len() as u32).to_le_bytes());
-        for (limb, pr) in c0.limbs().zip(q.primes()) {
-            let vals: Vec<u64> = positions.iter().map(|&i| limb[i]).collect();
-            pack_values(&mut v, &vals, pr.modulus.bits());
-        }
-        pack_poly(&mut v, &self.polys[1], q);
-        Ok(v)
-    }
-
-    /// Decodes [`Ciphertext::to_bytes_partial`] output for the same `positions` (the first
-    /// polynomial is zero elsewhere).
-    pub fn from_bytes_partial(
-        params: &Arc<BfvParameters>,
-        bytes: &[u8],
-        positions: &[usize],
-    ) -> Result<Self> {
-        let body = check_header(bytes, Kind::BfvPartialCiphertext, Some(params.id()))?;
-        let mut r = Reader::new(body);
-        let level = r.u8()? as usize;
-        let count = r.u32()? as usize;
-        let max = params.max_level();
-        if level > max {
-            return Err(DecodeError::TooLarge {
-                what: "level",
-                value: level as u64,
-                max: max as u64,
-            }
-            .into());
-        }
-        if count != positions.len() {
-            return Err(DecodeError::Invalid {
-                what: "number of kept coefficients",
-                value: count as u64,
-            }
-            .into());
-        }
-        let n = params.degree();
-        if positions.iter().any(|&i| i >= n) {
-            return Err(DecodeError::Invalid {
-                what: "coefficient position",
-                value: n as u64,
-            }
-            .into());
-        }
-        let q = params.context().q_at(level);
-        let kept: usize = q
-            .primes()
-            .iter()
-            .map(|p| packed_len(count, p.modulus.bits()))
-            .sum();
-        expect_len(&body[5..], kept + poly_len(n, q))?;
-        let mut c0 = crate::math::Poly::<crate::math::Coeff>::zero(n, q.len());
-        for (i, pr) in q.primes().iter().enumerate() {
-            let w = pr.modulus.bits();
-            let vals = unpack_values(r.take(packed_len(count, w))?, count, w, pr.modulus.value())?;
-            let limb = c0.limb_mut(i);
-            for (&pos, &v) in positions.iter().zip(&vals) {
-                limb[pos] = v;
-            }
-        }
-        let c1 = unpack_poly(&mut r, n, q)?;
-        r.finish()?;
-        Ok(Ciphertext {
-            params_id: params.id(),
-            level,
-            polys: vec![c0.into_ntt(q), c1],
-            seed: None,
-        })
-    }
-}
-
 /// Largest number of bits per coefficient of the compact encoding.
 pub const COMPACT_MAX_BITS: u32 = 63;
 
@@ -831,7 +734,8 @@ impl Ciphertext {
 
     /// Serializes a 2-polynomial ciphertext switched to the modulus `2^bits`: each
     /// coefficient `c` (modulo `Q`) becomes `round(2^bits c / Q) mod 2^bits`, and the first
-    /// polynomial is kept only at `positions` (as in [`Ciphertext::to_bytes_partial`]). This
+    /// polynomial is kept only at `positions` (both sides know them: decryption is
+    /// coefficient-wise in `c0`, so the other coefficients are not needed). This
     /// is modulus switching and dropping low-order bits in one step (as in Cheetah).
     ///
     /// Decryption stays exact at `positions` if the noise is at most `2^noise_log2` (in

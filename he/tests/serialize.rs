@@ -268,37 +268,6 @@ proptest! {
     }
 }
 
-#[test]
-fn partial_ciphertexts_keep_the_chosen_coefficients() {
-    let lit = BfvParametersLiteral {
-        plaintext: cipherml_he::bfv::PlaintextModulus::PowerOfTwo { bits: 20 },
-        ..BfvParametersLiteral::n4096()
-    };
-    let mut b = setup(&lit, false, 21);
-    let vals: Vec<u64> = (0..4096u64).map(|i| (i * 7919) % (1 << 20)).collect();
-    let pt = b.enc.encode_coeffs_u64(&vals).unwrap();
-    let ct = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
-    let keep = [0usize, 5, 100, 4095];
-    let bytes = ct.to_bytes_partial(&b.params, &keep).unwrap();
-    assert!(
-        bytes.len() * 10 < ct.to_bytes(&b.params).len() * 6,
-        "about half the size"
-    );
-    let back = Ciphertext::from_bytes_partial(&b.params, &bytes, &keep).unwrap();
-    let got = b.decryptor.decrypt(&back).unwrap();
-    for &i in &keep {
-        assert_eq!(got.coefficients()[i], vals[i]);
-    }
-    // Wrong position count, truncation, trailing bytes and out-of-range positions fail.
-    assert!(Ciphertext::from_bytes_partial(&b.params, &bytes, &keep[..3]).is_err());
-    assert!(Ciphertext::from_bytes_partial(&b.params, &bytes[..bytes.len() - 1], &keep).is_err());
-    let mut long = bytes.clone();
-    long.push(0);
-    assert!(Ciphertext::from_bytes_partial(&b.params, &long, &keep).is_err());
-    assert!(Ciphertext::from_bytes_partial(&b.params, &bytes, &[0, 5, 100, 9999]).is_err());
-    assert!(ct.to_bytes_partial(&b.params, &[4096]).is_err());
-}
-
 /// The hybrid mode's parameters: N = 8192, t = 2^40.
 fn compact_setup(seed: u64) -> Bfv {
     let lit = BfvParametersLiteral {
@@ -457,7 +426,6 @@ fn compact_ciphertexts_reject_hostile_bytes() {
     let mut bad = bytes.clone();
     bad[HEADER_LEN + 6 + 20] |= 0x80;
     decode_err(Ciphertext::from_bytes_compact(p, &bad, &keep));
-    // Wrong kind: a partial ciphertext is not a compact one.
-    let partial = ct.to_bytes_partial(p, &keep).unwrap();
-    decode_err(Ciphertext::from_bytes_compact(p, &partial, &keep));
+    // Wrong kind: a full ciphertext is not a compact one.
+    decode_err(Ciphertext::from_bytes_compact(p, &ct.to_bytes(p), &keep));
 }

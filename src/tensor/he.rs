@@ -63,6 +63,24 @@ pub(crate) struct CkksState {
     galois: BTreeMap<Vec<usize>, Option<GaloisKeys>>,
 }
 
+/// The client's public key on the server's side (set up with the session).
+pub(super) fn server_key(
+    rerand: &Option<cipherml_he::bfv::Encryptor>,
+) -> Result<&cipherml_he::bfv::Encryptor, TensorError> {
+    rerand.as_ref().ok_or(TensorError::Invalid {
+        what: "session",
+        detail: "the server's side has no client public key".into(),
+    })
+}
+
+/// An HE tensor used on the side that does not hold its ciphertext.
+fn no_ciphertext(what: &'static str) -> TensorError {
+    TensorError::Invalid {
+        what,
+        detail: "the server's side holds no ciphertext".into(),
+    }
+}
+
 /// The level of a CKKS operand, checked to leave `need` levels for `op`.
 fn ckks_level(t: &PrivateTensor, need: usize, op: &'static str) -> Result<usize, TensorError> {
     match t {
@@ -166,30 +184,20 @@ impl<C: Channel> Session<C> {
                 &positions,
             )
             .map_err(Box::new)?,
-            (None, Some(d)) => {
-                let held = d.cts.clone();
-                crate::nn::hybrid::he_linear_server(
-                    &self.params,
-                    ring,
-                    self.config.flood_bits,
-                    &mut self.party,
-                    self.rerand
-                        .as_ref()
-                        .expect("the server holds the client's public key"),
-                    0,
-                    &positions,
-                    d.noise_log2,
-                    vec![0; positions.len()],
-                    |_, _| Ok(held.clone()),
-                )
-                .map_err(Box::new)?
-            }
-            (None, None) => {
-                return Err(TensorError::Invalid {
-                    what: "BFV tensor",
-                    detail: "the server's side holds no ciphertext".into(),
-                })
-            }
+            (None, Some(d)) => crate::nn::hybrid::he_linear_server(
+                &self.params,
+                ring,
+                self.config.flood_bits,
+                &mut self.party,
+                server_key(&self.rerand)?,
+                0,
+                &positions,
+                d.noise_log2,
+                vec![0; positions.len()],
+                |_, _| Ok(d.cts.clone()),
+            )
+            .map_err(Box::new)?,
+            (None, None) => return Err(no_ciphertext("BFV tensor")),
         })
     }
 
@@ -263,29 +271,22 @@ impl<C: Channel> Session<C> {
                         .noise_bound_log2(self.params.degree(), self.params.plaintext_modulus())
                         .max(d.noise_log2)
                         + 1.0;
-                    let row = d.cts[r * per_row..(r + 1) * per_row].to_vec();
+                    let row = &d.cts[r * per_row..(r + 1) * per_row];
                     crate::nn::hybrid::he_linear_server(
                         &self.params,
                         ring,
                         self.config.flood_bits,
                         &mut self.party,
-                        self.rerand
-                            .as_ref()
-                            .expect("the server holds the client's public key"),
+                        server_key(&self.rerand)?,
                         0,
                         &positions,
                         noise,
                         vec![0; n_out],
-                        |ev, _| mv.apply(ev, &row),
+                        |ev, _| mv.apply(ev, row),
                     )
                     .map_err(Box::new)?
                 }
-                _ => {
-                    return Err(TensorError::Invalid {
-                        what: "BFV tensor",
-                        detail: "the server's side holds no ciphertext".into(),
-                    })
-                }
+                _ => return Err(no_ciphertext("BFV tensor")),
             };
             out.extend(y);
         }
@@ -392,20 +393,7 @@ impl<C: Channel> Session<C> {
         } else {
             let msg = self.party.channel().recv()?;
             let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
-            if ct.len() != 2
-                || ct.level() != params.max_level()
-                || ct.scale() != params.default_scale()
-            {
-                return Err(TensorError::Invalid {
-                    what: "CKKS ciphertext",
-                    detail: format!(
-                        "{} polynomials at level {} and scale 2^{:.2}",
-                        ct.len(),
-                        ct.level(),
-                        ct.scale().log2()
-                    ),
-                });
-            }
+            ct.check_fresh(params.max_level(), params.default_scale())?;
             Ok(PrivateTensor::Ckks {
                 ct: Some(CkksTensor::from_ciphertext(ct, shape, period)?),
                 shape: shape.to_vec(),
@@ -495,17 +483,7 @@ impl<C: Channel> Session<C> {
         for _ in 0..2 {
             let msg = self.party.channel().recv()?;
             let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
-            if ct.len() != 2 || ct.level() != top || ct.scale() != delta {
-                return Err(TensorError::Invalid {
-                    what: "CKKS ciphertext",
-                    detail: format!(
-                        "{} polynomials at level {} and scale 2^{:.2}",
-                        ct.len(),
-                        ct.level(),
-                        ct.scale().log2()
-                    ),
-                });
-            }
+            ct.check_fresh(top, delta)?;
             cts.push(ct);
         }
         let ev = &state.ev;
@@ -779,10 +757,7 @@ impl<C: Channel> Session<C> {
                         .expect("shape"),
                 ))
             }
-            _ => Err(TensorError::Invalid {
-                what: "CKKS tensor",
-                detail: "the server's side holds no ciphertext".into(),
-            }),
+            _ => Err(no_ciphertext("CKKS tensor")),
         }
     }
 }

@@ -286,9 +286,7 @@ impl<C: Channel> Session<C> {
                     ring,
                     self.config.flood_bits,
                     &mut self.party,
-                    self.rerand
-                        .as_ref()
-                        .expect("the server holds the client's public key"),
+                    super::he::server_key(&self.rerand)?,
                     he.input_groups(),
                     &positions,
                     noise,

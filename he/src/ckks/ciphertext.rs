@@ -53,6 +53,30 @@ impl Ciphertext {
     pub fn params_id(&self) -> u64 {
         self.params_id
     }
+
+    /// Checks a ciphertext received as a fresh input: two polynomials, at `level`, at
+    /// exactly `scale` (typed errors carry the expected value on the left).
+    pub fn check_fresh(&self, level: usize, scale: f64) -> Result<()> {
+        if self.polys.len() != 2 {
+            return Err(Error::CiphertextSize {
+                found: self.polys.len(),
+                expected: 2,
+            });
+        }
+        if self.level != level {
+            return Err(Error::LevelMismatch {
+                left: level,
+                right: self.level,
+            });
+        }
+        if self.scale != scale {
+            return Err(Error::ScaleMismatch {
+                left: scale,
+                right: self.scale,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn check_pt(params: &CkksParameters, pt: &Plaintext) -> Result<()> {

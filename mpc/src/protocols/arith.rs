@@ -102,14 +102,8 @@ pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
     if f == 0 {
         return Ok(x.to_vec());
     }
+    check_trunc_bits(ring, f)?;
     let l = ring.bits();
-    if f >= l {
-        return Err(Error::InvalidInput {
-            what: "truncation bits must be below the ring width",
-            expected: l as u64 - 1,
-            found: f as u64,
-        });
-    }
     let p0 = p.is_p0();
     let half = 1u64 << (l - 1);
     // Offset to unsigned: u = x + 2^(l-1).
@@ -117,33 +111,18 @@ pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
         .iter()
         .map(|&v| if p0 { ring.add(v, half) } else { v })
         .collect();
-    let lo_mask = mask(f);
-    // wrap = 1{u0 + u1 >= 2^l} = 1{u0 > 2^l - 1 - u1}; carry over the low f bits alike.
-    let (wrap_in, carry_in): (Vec<u64>, Vec<u64>) = if p0 {
-        (u.clone(), u.iter().map(|&v| v & lo_mask).collect())
+    // wrap = 1{u0 + u1 >= 2^l} = 1{u0 > 2^l - 1 - u1}; the carry of the low f bits alike.
+    let wrap_in: Vec<u64> = if p0 {
+        u.clone()
     } else {
-        (
-            u.iter().map(|&v| ring.mask() - v).collect(),
-            u.iter().map(|&v| lo_mask - (v & lo_mask)).collect(),
-        )
+        u.iter().map(|&v| ring.mask() - v).collect()
     };
-    let wrap = compare::millionaire(p, l, &wrap_in)?;
-    let carry = compare::millionaire(p, f, &carry_in)?;
-    let mut bits = wrap;
-    bits.extend(carry);
-    let arith = boolean::b2a(p, ring, &bits)?;
-    let (w, c) = arith.split_at(x.len());
-    let shift = 1u64.wrapping_shl(l - f) & ring.mask();
+    let mut bits = compare::millionaire(p, l, &wrap_in)?;
+    bits.extend(low_bits_carry(p, &u, f)?);
+    let z = shift_shares(p, ring, &u, &bits, f)?;
     let off = half >> f;
-    Ok((0..x.len())
-        .map(|i| {
-            let mut z = ring.add(u[i] >> f, c[i]);
-            z = ring.sub(z, ring.mul(w[i], shift));
-            if p0 {
-                z = ring.sub(z, off);
-            }
-            z
-        })
+    Ok(z.into_iter()
+        .map(|v| if p0 { ring.sub(v, off) } else { v })
         .collect())
 }
 
@@ -167,22 +146,9 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
     if f == 0 {
         return Ok(x.to_vec());
     }
-    let l = ring.bits();
-    if f >= l {
-        return Err(Error::InvalidInput {
-            what: "truncation bits must be below the ring width",
-            expected: l as u64 - 1,
-            found: f as u64,
-        });
-    }
+    check_trunc_bits(ring, f)?;
     let p0 = p.is_p0();
-    let lo_mask = mask(f);
-    let carry_in: Vec<u64> = if p0 {
-        x.iter().map(|&v| v & lo_mask).collect()
-    } else {
-        x.iter().map(|&v| lo_mask - (v & lo_mask)).collect()
-    };
-    let carry = compare::millionaire(p, f, &carry_in)?;
+    let carry = low_bits_carry(p, x, f)?;
     // not w = (not msb(x0)) AND (not msb(x1)): each party inputs its negated bit as its
     // share of one operand and 0 as its share of the other.
     let own: Vec<u8> = x.iter().map(|&v| ring.msb(v) as u8 ^ 1).collect();
@@ -191,11 +157,51 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
     let not_w = boolean::and(p, a, b)?;
     let mut bits: Vec<u8> = not_w.iter().map(|&z| if p0 { z ^ 1 } else { z }).collect();
     bits.extend(carry);
-    let arith = boolean::b2a(p, ring, &bits)?;
-    let (w, c) = arith.split_at(x.len());
-    let shift = 1u64.wrapping_shl(l - f) & ring.mask();
-    Ok((0..x.len())
-        .map(|i| ring.sub(ring.add(x[i] >> f, c[i]), ring.mul(w[i], shift)))
+    shift_shares(p, ring, x, &bits, f)
+}
+
+fn check_trunc_bits(ring: Ring, f: u32) -> Result<()> {
+    let l = ring.bits();
+    if f >= l {
+        return Err(Error::InvalidInput {
+            what: "truncation bits must be below the ring width",
+            expected: l as u64 - 1,
+            found: f as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Boolean shares of the carry out of the low `f` bits of the unsigned shares `u`:
+/// `1{u0 mod 2^f > 2^f - 1 - (u1 mod 2^f)}`, one `f`-bit millionaire comparison.
+fn low_bits_carry<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    u: &[u64],
+    f: u32,
+) -> Result<Vec<u8>> {
+    let lo_mask = mask(f);
+    let input: Vec<u64> = if p.is_p0() {
+        u.iter().map(|&v| v & lo_mask).collect()
+    } else {
+        u.iter().map(|&v| lo_mask - (v & lo_mask)).collect()
+    };
+    compare::millionaire(p, f, &input)
+}
+
+/// `(u0 >> f) + (u1 >> f) + c - w 2^(l-f)` from the boolean shares `bits = [w.., c..]` of
+/// the wrap and the carry (one B2A for both).
+fn shift_shares<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    u: &[u64],
+    bits: &[u8],
+    f: u32,
+) -> Result<Vec<u64>> {
+    let arith = boolean::b2a(p, ring, bits)?;
+    let (w, c) = arith.split_at(u.len());
+    let shift = 1u64.wrapping_shl(ring.bits() - f) & ring.mask();
+    Ok((0..u.len())
+        .map(|i| ring.sub(ring.add(u[i] >> f, c[i]), ring.mul(w[i], shift)))
         .collect())
 }
 
