@@ -441,12 +441,21 @@ pub fn nn_filtered(
     filter: Option<&str>,
     emit: &mut (dyn FnMut(BenchLine) + Send),
 ) {
-    use crate::nn::{load_onnx, zoo, CkksModel, HybridConfig, HybridModel, Sequential};
-    let models_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    use crate::nn::{load_onnx_bytes, zoo, CkksModel, HybridConfig, HybridModel, Sequential};
     let mut rng = ChaCha20Rng::from_os_rng();
     let mut nets: Vec<(String, Sequential, Vec<usize>)> = Vec::new();
-    for name in ["digits_mlp", "digits_cnn"] {
-        let m = load_onnx(models_dir.join(format!("{name}.onnx"))).expect("bundled model");
+    // Built in, so that an installed binary (no source tree) benchmarks them too.
+    for (name, bytes) in [
+        (
+            "digits_mlp",
+            &include_bytes!("../models/digits_mlp.onnx")[..],
+        ),
+        (
+            "digits_cnn",
+            &include_bytes!("../models/digits_cnn.onnx")[..],
+        ),
+    ] {
+        let m = load_onnx_bytes(name, bytes).expect("bundled model");
         nets.push((name.into(), m, vec![1, 8, 8]));
     }
     for (name, m) in zoo::all(&mut rng) {
@@ -542,7 +551,11 @@ pub fn nn_filtered(
         return;
     }
     // Non-interactive CKKS: digits_square_mlp, one round trip.
-    let model = load_onnx(models_dir.join("digits_square_mlp.onnx")).expect("bundled model");
+    let model = load_onnx_bytes(
+        "digits_square_mlp",
+        include_bytes!("../models/digits_square_mlp.onnx"),
+    )
+    .expect("bundled model");
     let lit = cipherml_he::ckks::CkksParametersLiteral {
         degree: 8192,
         ciphertext_moduli_bits: vec![50, 36, 36, 36],

@@ -10,18 +10,20 @@
 //! ```
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor, Encoder};
-use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml_he::tensor::CkksTensor;
-use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
+use cipherml_mpc::net::{Channel, ChannelConfig, Stats, TcpChannel};
 use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
 use ndarray::{ArrayD, IxDyn};
 use rand_chacha::ChaCha20Rng;
 
+use crate::key_cache::KeyId;
+use crate::key_store::{generate_bfv, generate_ckks, KeyStore, StoredBfv};
 use crate::nn::{CkksModel, HybridConfig, HybridModel, Sequential};
 use crate::protocol::{
     recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, MAX_BATCH, PROTOCOL_VERSION,
@@ -38,6 +40,72 @@ pub struct ClientOptions {
     pub tls: Option<ClientTls>,
     /// Timeouts and message limits.
     pub channel: ChannelConfig,
+    /// A directory where the client keeps its keys between runs (see
+    /// [`crate::key_store`]): secret keys (mode 0600) and evaluation keys are loaded from
+    /// it, or generated and stored there on first use, and the hello announces their ids so
+    /// that the server, if it still caches them, needs no upload. `None`: fresh keys for
+    /// this session only, not cached by the server.
+    pub key_dir: Option<PathBuf>,
+}
+
+/// A channel whose two-party set-up (base OTs in both directions) runs on first use, so a
+/// session that never runs a hybrid inference never pays for it. Both sides call
+/// [`LazyParty::party`] at the same point of the protocol (before the first hybrid
+/// inference, after the server's `Ok`).
+pub(crate) struct LazyParty<C: Channel> {
+    id: PartyId,
+    /// The channel before the set-up (`Err`), the party after (`Ok`); `None` only inside
+    /// [`LazyParty::party`], which restores it on every path.
+    state: Option<Result<Box<Party<C, ChaCha20Rng>>, C>>,
+}
+
+const LAZY_STATE: &str = "LazyParty::party restores its state on every path";
+
+impl<C: Channel> LazyParty<C> {
+    /// A channel, not set up yet, of party `id`.
+    pub(crate) fn new(id: PartyId, ch: C) -> Self {
+        Self {
+            id,
+            state: Some(Err(ch)),
+        }
+    }
+
+    /// The channel to the peer.
+    pub(crate) fn channel(&mut self) -> &mut C {
+        match self.state.as_mut().expect(LAZY_STATE) {
+            Ok(p) => p.channel(),
+            Err(ch) => ch,
+        }
+    }
+
+    /// The traffic so far.
+    pub(crate) fn stats(&self) -> Stats {
+        match self.state.as_ref().expect(LAZY_STATE) {
+            Ok(p) => p.stats(),
+            Err(ch) => ch.stats(),
+        }
+    }
+
+    /// The party, set up now (with a CSPRNG from the OS) if it was not yet.
+    pub(crate) fn party(&mut self) -> Result<&mut Party<C, ChaCha20Rng>, cipherml_mpc::Error> {
+        let mut error = None;
+        self.state = match self.state.take() {
+            Some(Err(ch)) => match Party::try_setup(self.id, ch, os_rng()) {
+                Ok(p) => Some(Ok(Box::new(p))),
+                Err((e, ch)) => {
+                    error = Some(e);
+                    Some(Err(ch))
+                }
+            },
+            other => other,
+        };
+        match (self.state.as_mut().expect(LAZY_STATE), error) {
+            (Ok(p), _) => Ok(p),
+            (Err(_), e) => {
+                Err(e.unwrap_or_else(|| cipherml_mpc::Error::aborted("no two-party set-up")))
+            }
+        }
+    }
 }
 
 /// A model compiled on the client's side (from the architecture the server announced).
@@ -52,18 +120,26 @@ struct CkksClient {
     params: Arc<CkksParameters>,
     encoder: Encoder,
     decryptor: Decryptor,
-    keys_uploaded: bool,
-    pk: PublicKey,
-    rlk: RelinKey,
-    galois: GaloisKeys,
+    /// The public, relinearization and Galois keys as uploaded, until they are on the
+    /// server (uploaded, or cached there).
+    upload: Option<[Vec<u8>; 3]>,
+}
+
+/// The client's BFV keys (with any hybrid model hosted).
+struct BfvSession {
+    keys: StoredBfv,
+    /// Whether the server has the public key (uploaded this session, or cached).
+    on_server: bool,
 }
 
 /// A connected client session.
 pub struct Client {
-    party: Party<Box<dyn Channel + Send>, ChaCha20Rng>,
+    link: LazyParty<Box<dyn Channel + Send>>,
     models: Vec<ModelInfo>,
     compiled: HashMap<String, Compiled>,
-    sk: Option<Arc<SecretKey>>,
+    bfv: Option<BfvSession>,
+    store: Option<KeyStore>,
+    cached: Vec<KeyId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -78,7 +154,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `addr` over plain TCP (hello, then OT set-up).
+    /// Connects to `addr` over plain TCP: one round trip (the hello); the OT set-up waits
+    /// for the first hybrid inference.
     pub fn connect(addr: &str) -> Result<Self, ProtocolError> {
         Self::connect_with(addr, &ClientOptions::default())
     }
@@ -94,8 +171,9 @@ impl Client {
         )
     }
 
-    /// Connects with `options` (TLS, token, limits).
+    /// Connects with `options` (TLS, token, limits, key directory).
     pub fn connect_with(addr: &str, options: &ClientOptions) -> Result<Self, ProtocolError> {
+        let store = options.key_dir.as_ref().map(KeyStore::open).transpose()?;
         let mut ch: Box<dyn Channel + Send> = match &options.tls {
             Some(tls) => Box::new(tls.connect(addr, options.channel)?),
             None => Box::new(TcpChannel::connect(addr, options.channel)?),
@@ -105,36 +183,61 @@ impl Client {
             &ClientMsg::Hello {
                 version: PROTOCOL_VERSION,
                 token: options.token.clone(),
+                held_keys: store.as_ref().map(KeyStore::held_ids),
             },
         )?;
-        let models = match recv::<_, ServerMsg>(&mut ch)? {
-            ServerMsg::Hello { models, .. } => models,
-            ServerMsg::Error { message } => return Err(ProtocolError::Refused(message)),
+        let (models, cached) = match recv::<_, ServerMsg>(&mut ch)? {
+            ServerMsg::Hello {
+                models,
+                cached_keys,
+                ..
+            } => (models, cached_keys),
+            ServerMsg::Error { code, message } => {
+                return Err(ProtocolError::Refused { code, message })
+            }
             other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
         };
-        let mut party = Party::setup(PartyId::P0, ch, os_rng())?;
-        // With any hybrid model hosted, the BFV public key goes up once for the session
-        // (the server re-randomizes its encrypted replies with it).
-        let mut sk = None;
-        if models.iter().any(|m| m.mode == "hybrid") {
+        // With any hybrid model hosted, the BFV keys: the public key goes up once for the
+        // session, before the first hybrid inference, unless the server has it cached (the
+        // server re-randomizes its encrypted replies with it).
+        let bfv = if models.iter().any(|m| m.mode == "hybrid") {
             let params =
                 cipherml_he::bfv::BfvParameters::new(&HybridConfig::default().bfv_literal())
                     .map_err(crate::nn::NnError::from)?;
-            let key = Arc::new(SecretKey::random(params.context(), &mut os_rng()));
-            crate::nn::hybrid::send_public_key(&params, &mut party, &key)?;
-            sk = Some(key);
-        }
+            let keys = match &store {
+                Some(store) => store.bfv(&params)?,
+                None => generate_bfv(&params),
+            };
+            let on_server = store.is_some() && cached.contains(&keys.id);
+            Some(BfvSession { keys, on_server })
+        } else {
+            None
+        };
         Ok(Self {
-            party,
+            link: LazyParty::new(PartyId::P0, ch),
             models,
             compiled: HashMap::new(),
-            sk,
+            bfv,
+            store,
+            cached,
         })
     }
 
     /// The models the server hosts.
     pub fn models(&self) -> &[ModelInfo] {
         &self.models
+    }
+
+    /// The ids of this client's keys that the server had cached at the hello (their
+    /// upload is skipped); empty without a key directory.
+    pub fn cached_keys(&self) -> &[KeyId] {
+        &self.cached
+    }
+
+    /// Whether the two-party set-up (base OTs) has run in this session (it runs before
+    /// the first hybrid inference).
+    pub fn is_party_set_up(&self) -> bool {
+        matches!(self.link.state, Some(Ok(_)))
     }
 
     /// Compiles `model` from its announced architecture (once), checking that the client
@@ -147,8 +250,9 @@ impl Client {
             .models
             .iter()
             .find(|m| m.name == model)
-            .ok_or_else(|| {
-                ProtocolError::Refused(format!("the server hosts no model named {model:?}"))
+            .ok_or_else(|| ProtocolError::Refused {
+                code: crate::protocol::RefusalCode::UnknownModel,
+                message: format!("the server hosts no model named {model:?}"),
             })?;
         let arch = Sequential::from_architecture(&info.architecture)?;
         // The announced shapes must be the architecture's (a hostile server could announce
@@ -170,22 +274,27 @@ impl Client {
             }
             "ckks" => {
                 let (cm, params) = CkksModel::for_model(&arch)?;
-                let mut rng = os_rng();
-                let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
-                let pk = PublicKey::new(&sk, &mut rng);
-                let rlk = RelinKey::new(&sk, &mut rng);
-                let galois = GaloisKeys::new(&sk, cm.galois_elements(), &mut rng)
-                    .map_err(crate::nn::NnError::from)?;
+                // The description is checked (below) before any key is generated or stored.
                 let desc = describe_ckks(&params);
+                if desc != info.params {
+                    return Err(ProtocolError::Unexpected(format!(
+                        "model {model:?}: the server announced {:?}, the architecture gives {desc:?}",
+                        info.params
+                    )));
+                }
+                let keys = match &self.store {
+                    Some(store) => store.ckks(&params, cm.galois_elements())?,
+                    None => generate_ckks(&params, cm.galois_elements())
+                        .map_err(crate::nn::NnError::from)?,
+                };
+                let on_server = self.store.is_some() && self.cached.contains(&keys.id);
                 let client = CkksClient {
                     encoder: Encoder::new(&params),
-                    decryptor: Decryptor::new(&params, sk).map_err(crate::nn::NnError::from)?,
+                    decryptor: Decryptor::new(&params, keys.sk)
+                        .map_err(crate::nn::NnError::from)?,
                     model: cm,
                     params,
-                    keys_uploaded: false,
-                    pk,
-                    rlk,
-                    galois,
+                    upload: (!on_server).then_some([keys.pk, keys.rlk, keys.galois]),
                 };
                 (Compiled::Ckks(Box::new(client)), desc)
             }
@@ -221,9 +330,10 @@ impl Client {
     ) -> Result<ArrayD<f64>, ProtocolError> {
         let rows = x.shape().first().copied().unwrap_or(0);
         if rows == 0 || rows > MAX_BATCH as usize {
-            return Err(ProtocolError::Refused(format!(
-                "batch of {rows} inputs: must be 1 to {MAX_BATCH}"
-            )));
+            return Err(ProtocolError::Refused {
+                code: crate::protocol::RefusalCode::BadRequest,
+                message: format!("batch of {rows} inputs: must be 1 to {MAX_BATCH}"),
+            });
         }
         self.prepare(model)?;
         // Every row is checked before anything is sent.
@@ -243,41 +353,56 @@ impl Client {
             return Err(crate::nn::NnError::NonFinite { index, value }.into());
         }
         let output_shape = info.output_shape.clone();
-        if let Compiled::Ckks(c) = self.compiled.get_mut(model).expect("prepared") {
-            if !c.keys_uploaded {
+        let compiled = self.compiled.get_mut(model).expect("prepared");
+        if let Compiled::Ckks(c) = compiled {
+            if let Some([pk, rlk, galois]) = &c.upload {
+                let ch = self.link.channel();
                 send(
-                    self.party.channel(),
+                    ch,
                     &ClientMsg::UploadKeys {
                         model: model.into(),
                     },
                 )?;
-                let ctx = c.params.context();
-                self.party.channel().send(&c.pk.to_bytes(ctx))?;
-                self.party.channel().send(&c.rlk.to_bytes(ctx))?;
-                self.party.channel().send(&c.galois.to_bytes(ctx))?;
-                expect_ok(self.party.channel())?;
-                c.keys_uploaded = true;
+                ch.send(pk)?;
+                ch.send(rlk)?;
+                ch.send(galois)?;
+                expect_ok(ch)?;
+                c.upload = None;
             }
         }
+        let hybrid = matches!(compiled, Compiled::Hybrid(_));
         send(
-            self.party.channel(),
+            self.link.channel(),
             &ClientMsg::Infer {
                 model: model.into(),
                 batch: rows as u32,
             },
         )?;
-        expect_ok(self.party.channel())?;
+        expect_ok(self.link.channel())?;
+        if hybrid {
+            // The session's first hybrid inference sets up OT, then sends the BFV public
+            // key unless the server has it.
+            let bfv = self.bfv.as_mut().ok_or_else(|| {
+                ProtocolError::Unexpected("a hybrid model, but no BFV keys".into())
+            })?;
+            let party = self.link.party()?;
+            if !bfv.on_server {
+                // Queued: it leaves with the inference's first flight.
+                party.channel().send(&bfv.keys.pk)?;
+                bfv.on_server = true;
+            }
+        }
         let mut out = Vec::with_capacity(rows * output_shape.iter().product::<usize>());
         for row in x.outer_iter() {
             let row = row.to_owned();
             let y = match &self.compiled[model] {
                 Compiled::Hybrid(h) => {
-                    let sk = self.sk.as_ref().ok_or_else(|| {
-                        ProtocolError::Unexpected("a hybrid model, but no key set-up".into())
+                    let bfv = self.bfv.as_ref().ok_or_else(|| {
+                        ProtocolError::Unexpected("a hybrid model, but no BFV keys".into())
                     })?;
-                    h.run_client(&mut self.party, sk, &row)?
+                    h.run_client(self.link.party()?, &bfv.keys.sk, &row)?
                 }
-                Compiled::Ckks(c) => ckks_round_trip(&mut self.party, c, &row, &output_shape)?,
+                Compiled::Ckks(c) => ckks_round_trip(self.link.channel(), c, &row, &output_shape)?,
             };
             out.extend(y.iter().copied());
         }
@@ -288,27 +413,32 @@ impl Client {
 
     /// Bytes exchanged so far (set-up included).
     pub fn bytes(&self) -> u64 {
-        let s = self.party.stats();
+        let s = self.link.stats();
         s.bytes_sent + s.bytes_received
+    }
+
+    /// The traffic so far (bytes, messages, flights), the hello included.
+    pub fn stats(&self) -> Stats {
+        self.link.stats()
     }
 
     /// Ends the session.
     pub fn close(mut self) -> Result<(), ProtocolError> {
-        send(self.party.channel(), &ClientMsg::Bye)
+        send(self.link.channel(), &ClientMsg::Bye)
     }
 }
 
 fn expect_ok<C: Channel + ?Sized>(ch: &mut C) -> Result<(), ProtocolError> {
     match recv::<_, ServerMsg>(ch)? {
         ServerMsg::Ok => Ok(()),
-        ServerMsg::Error { message } => Err(ProtocolError::Refused(message)),
+        ServerMsg::Error { code, message } => Err(ProtocolError::Refused { code, message }),
         other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
     }
 }
 
 /// Encrypts one input (seeded symmetric encryption), sends it, and decrypts the reply.
-fn ckks_round_trip(
-    party: &mut Party<Box<dyn Channel + Send>, ChaCha20Rng>,
+fn ckks_round_trip<C: Channel + ?Sized>(
+    ch: &mut C,
     c: &CkksClient,
     x: &ArrayD<f64>,
     output_shape: &[usize],
@@ -329,9 +459,9 @@ fn ckks_round_trip(
         .decryptor
         .encrypt_symmetric(&pt, &mut os_rng())
         .map_err(he)?;
-    party.channel().send(&ct.to_bytes(&c.params))?;
-    expect_ok(party.channel())?;
-    let reply = party.channel().recv()?;
+    ch.send(&ct.to_bytes(&c.params))?;
+    expect_ok(ch)?;
+    let reply = ch.recv()?;
     let y = CkksCiphertext::from_bytes(&c.params, &reply).map_err(he)?;
     let values = c.decryptor.decrypt_f64(&y).map_err(he)?;
     let len: usize = output_shape.iter().product();

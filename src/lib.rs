@@ -7,9 +7,13 @@
 pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
+pub mod admin;
 pub mod bench;
 pub mod client;
 pub mod data;
+pub mod key_cache;
+pub mod key_store;
+pub mod metrics;
 pub mod nn;
 pub mod protocol;
 pub mod server;

@@ -1,23 +1,32 @@
 //! The client/server inference session: versioned control messages (bincode, bounded),
 //! exchanged over the same length-prefixed channel as the two-party protocol.
 //!
-//! 1. client `Hello { version, token }` -> server `Hello { version, models }` with each
-//!    model's input and output shapes, mode, HE parameters and architecture (or `Error`:
-//!    busy, unauthorized, wrong version);
-//! 2. both parties set up OT (base OTs in both directions);
-//!    If any hosted model runs in the hybrid mode, the client then sends its BFV public key
-//!    (one raw message), with which the server re-randomizes every encrypted reply;
-//! 3. for a CKKS-mode model, key upload: client `UploadKeys { model }`, then three raw
-//!    messages, the seeded public key (to re-randomize replies), the relinearization key
-//!    and the Galois keys (exactly the elements the model needs) -> server `Ok` (kept for
-//!    the session) or `Error`;
-//! 4. per request: client `Infer { model, batch }` -> server `Ok` (or `Error`: unknown
+//! 1. client `Hello { version, token, held_keys }` -> server `Hello { version, models,
+//!    cached_keys }` with each model's input and output shapes, mode, HE parameters and
+//!    architecture (or `Error`: busy, unauthorized, wrong version). `held_keys` are the
+//!    [`KeyId`](crate::key_cache::KeyId)s of the keys a client keeps between sessions;
+//!    `cached_keys` those the server had in its [`crate::key_cache::KeyCache`] and set up for
+//!    the session (CKKS keys for every model with their parameters and Galois elements, the
+//!    BFV public key for the hybrid models): the client uploads none of them. This one round
+//!    trip is the whole set-up of a session that needs no upload;
+//! 2. for a CKKS-mode model whose keys are not set up, key upload: client
+//!    `UploadKeys { model }`, then three raw messages, the seeded public key (to
+//!    re-randomize replies), the relinearization key and the Galois keys (exactly the
+//!    elements the model needs) -> server `Ok` (kept for the session, and cached under the
+//!    id of the bytes if the client keeps its keys) or `Error`;
+//! 3. per request: client `Infer { model, batch }` -> server `Ok` (or `Error`: unknown
 //!    model, batch too large, keys not uploaded) -> for each of the `batch` inputs, the
 //!    hybrid protocol of [`crate::nn::HybridModel`] (the logits revealed to the client only),
-//!    or, in CKKS mode, one ciphertext each way; finally `Bye`.
+//!    or, in CKKS mode, one ciphertext each way; finally `Bye`. Before the first hybrid
+//!    inference of a session (after the `Ok`), both parties set up OT (base OTs in both
+//!    directions), then, unless it was cached, the client sends its BFV public key (one raw
+//!    message), with which the server re-randomizes every encrypted reply.
 //!
-//! Every message is bounded (control messages by [`MAX_CONTROL_MESSAGE`], raw ones by the
-//! channel's limit, checked before allocation) and validated against the session's
+//! Every message is bounded by what the protocol state allows next, checked from its
+//! length prefix before the body is read (the hello by [`MAX_HELLO_MESSAGE`], control
+//! messages by [`MAX_CONTROL_MESSAGE`], keys and ciphertexts by the exact sizes of the
+//! model's, other raw messages by the channel's limit), refused with a [`RefusalCode`], and
+//! validated against the session's
 //! parameters: HE objects decode only for the model's parameter set, at the expected level
 //! and scale.
 
@@ -26,14 +35,121 @@ use serde::{Deserialize, Serialize};
 use cipherml_mpc::net::Channel;
 
 /// Version of the session protocol. 3: hybrid replies in the compact encoding (switched to
-/// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer. 5: key ids in
+/// the hellos (cached evaluation keys), OT set-up deferred to the first hybrid inference,
+/// refusals with a [`RefusalCode`].
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;
 
+/// Most key ids of a client's hello the server looks up.
+pub const MAX_HELD_KEYS: usize = crate::key_store::MAX_ANNOUNCED_KEYS;
+
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+
+/// Largest first message (the client's hello) a server reads before authenticating the
+/// client: the version, a bearer token of up to a few KiB and [`MAX_HELD_KEYS`] key ids fit
+/// many times over. A longer first frame is refused from its length prefix, unread.
+pub const MAX_HELLO_MESSAGE: usize = 16 << 10;
+
+/// Characters of a client-supplied string (a model name, ...) written to the logs at most.
+pub const MAX_LOGGED_CHARS: usize = 64;
+
+/// A client-supplied string for the logs: at most [`MAX_LOGGED_CHARS`] characters, with
+/// control characters escaped, and the length of what was cut.
+///
+/// ```
+/// let long = "x".repeat(1 << 20);
+/// let shown = cipherml::protocol::Capped(&long).to_string();
+/// assert!(shown.len() < 200, "{shown}");
+/// assert!(shown.ends_with("(1048576 bytes)"), "{shown}");
+/// ```
+#[derive(Clone, Copy)]
+pub struct Capped<'a>(pub &'a str);
+
+impl std::fmt::Display for Capped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut chars = self.0.chars();
+        let head: String = chars.by_ref().take(MAX_LOGGED_CHARS).collect();
+        write!(f, "{:?}", head)?;
+        if chars.next().is_some() {
+            write!(f, "... ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Capped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a server refused: a code a program can match (as gRPC status codes), sent with a
+/// message for people. `Copy`, with a stable [`RefusalCode::as_str`] (metrics labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// Every session slot is taken, or the client's address holds its share: retry later.
+    Busy,
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// An unsupported protocol version.
+    Version,
+    /// No model of that name is hosted.
+    UnknownModel,
+    /// A request the server cannot serve as asked: a batch out of bounds, keys of the wrong
+    /// size, parameters or Galois elements, a ciphertext that does not fit the model, a
+    /// message out of order or longer than the protocol state allows.
+    BadRequest,
+    /// A shared server resource is spent (the key memory budget): retry later.
+    ResourceExhausted,
+    /// The session has used its quota (inferences per session): open a new session.
+    QuotaExceeded,
+    /// A failure on the server's side.
+    Internal,
+}
+
+impl RefusalCode {
+    /// Every code, in order.
+    pub const ALL: [RefusalCode; 8] = [
+        RefusalCode::Busy,
+        RefusalCode::Unauthorized,
+        RefusalCode::Version,
+        RefusalCode::UnknownModel,
+        RefusalCode::BadRequest,
+        RefusalCode::ResourceExhausted,
+        RefusalCode::QuotaExceeded,
+        RefusalCode::Internal,
+    ];
+
+    /// A stable snake-case name (`"busy"`, `"unknown_model"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::Busy => "busy",
+            RefusalCode::Unauthorized => "unauthorized",
+            RefusalCode::Version => "version",
+            RefusalCode::UnknownModel => "unknown_model",
+            RefusalCode::BadRequest => "bad_request",
+            RefusalCode::ResourceExhausted => "resource_exhausted",
+            RefusalCode::QuotaExceeded => "quota_exceeded",
+            RefusalCode::Internal => "internal",
+        }
+    }
+
+    /// Whether the same request may succeed later (busy, resources spent).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RefusalCode::Busy | RefusalCode::ResourceExhausted)
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A model the server hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +168,9 @@ pub struct ModelInfo {
     pub architecture: crate::nn::Architecture,
 }
 
-/// Messages from the client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Messages from the client. Its `Debug` never prints the bearer token, and cuts model
+/// names to [`MAX_LOGGED_CHARS`] characters.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// Opening message.
     Hello {
@@ -61,6 +178,10 @@ pub enum ClientMsg {
         version: u32,
         /// The bearer token, if the server requires one.
         token: Option<String>,
+        /// `None` if the client's keys are fresh for this session (the server does not
+        /// cache them); else the ids of the evaluation keys it keeps (at most
+        /// [`MAX_HELD_KEYS`] are looked up), and the server caches what it uploads.
+        held_keys: Option<Vec<crate::key_cache::KeyId>>,
     },
     /// Key upload for a CKKS-mode model; followed by three raw messages: the public key,
     /// the relinearization key and the Galois keys.
@@ -79,6 +200,38 @@ pub enum ClientMsg {
     Bye,
 }
 
+impl std::fmt::Debug for ClientMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientMsg::Hello { version, token, .. } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field(
+                    "token",
+                    &format_args!(
+                        "{}",
+                        if token.is_some() {
+                            "<redacted>"
+                        } else {
+                            "None"
+                        }
+                    ),
+                )
+                .finish_non_exhaustive(),
+            ClientMsg::UploadKeys { model } => f
+                .debug_struct("UploadKeys")
+                .field("model", &Capped(model))
+                .finish(),
+            ClientMsg::Infer { model, batch } => f
+                .debug_struct("Infer")
+                .field("model", &Capped(model))
+                .field("batch", batch)
+                .finish(),
+            ClientMsg::Bye => f.write_str("Bye"),
+        }
+    }
+}
+
 /// Messages from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerMsg {
@@ -88,12 +241,17 @@ pub enum ServerMsg {
         version: u32,
         /// The models it hosts.
         models: Vec<ModelInfo>,
+        /// Which of the client's `held_keys` the server has cached and set up for this
+        /// session (the client skips their upload).
+        cached_keys: Vec<crate::key_cache::KeyId>,
     },
     /// Success.
     Ok,
     /// A refusal, with the reason.
     Error {
-        /// Why.
+        /// Why, for programs.
+        code: RefusalCode,
+        /// Why, for people.
         message: String,
     },
 }
@@ -111,15 +269,24 @@ pub enum ProtocolError {
     /// A message that is valid but not expected here.
     #[error("unexpected message: {0}")]
     Unexpected(String),
-    /// The peer refused.
-    #[error("server refused: {0}")]
-    Refused(String),
+    /// The server (or the client, before sending a request the server would refuse)
+    /// refused, with a code a caller can match.
+    #[error("server refused ({code}): {message}")]
+    Refused {
+        /// Why, for programs.
+        code: RefusalCode,
+        /// Why, for people.
+        message: String,
+    },
     /// A private-inference error.
     #[error(transparent)]
     Hybrid(#[from] crate::nn::HybridError),
     /// A model error.
     #[error(transparent)]
     Nn(#[from] crate::nn::NnError),
+    /// A file of the client's key directory.
+    #[error(transparent)]
+    KeyFile(#[from] crate::key_store::KeyFileError),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -155,9 +322,94 @@ pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, ProtocolError> {
         .map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
-/// Receives and decodes a control message (bounded; trailing bytes refused).
+/// Receives and decodes a control message: a frame announced longer than
+/// [`MAX_CONTROL_MESSAGE`] is refused before it is read; trailing bytes are refused.
 pub fn recv<C: Channel + ?Sized, M: for<'de> Deserialize<'de>>(
     ch: &mut C,
 ) -> Result<M, ProtocolError> {
-    decode(&ch.recv()?)
+    decode(&ch.recv_limited(MAX_CONTROL_MESSAGE)?)
+}
+
+/// As [`recv`], with the frame bounded by `max` bytes and the whole message due by
+/// `deadline` (the hello: [`MAX_HELLO_MESSAGE`] bytes, within the handshake timeout).
+pub fn recv_before<C: Channel + ?Sized, M: for<'de> Deserialize<'de>>(
+    ch: &mut C,
+    max: usize,
+    deadline: std::time::Instant,
+) -> Result<M, ProtocolError> {
+    decode(&ch.recv_before(max.min(MAX_CONTROL_MESSAGE), deadline)?)
+}
+
+/// Sends a refusal.
+pub fn refuse<C: Channel + ?Sized>(
+    ch: &mut C,
+    code: RefusalCode,
+    message: impl Into<String>,
+) -> Result<(), ProtocolError> {
+    send(
+        ch,
+        &ServerMsg::Error {
+            code,
+            message: message.into(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_the_token_and_caps_names() {
+        let token = "tok-9f8e7d6c5b4a";
+        let hello = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: Some(token.into()),
+            held_keys: None,
+        };
+        let shown = format!("{hello:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        // Negative control: the derived form of the same fields shows the token.
+        assert!(format!("{:?}", Some(token.to_string())).contains(token));
+        let name = "m".repeat(1 << 20);
+        let infer = ClientMsg::Infer {
+            model: name,
+            batch: 1,
+        };
+        let shown = format!("{infer:?}");
+        assert!(shown.len() < 200, "{} chars", shown.len());
+        assert!(shown.contains("1048576 bytes"), "{shown}");
+    }
+
+    #[test]
+    fn refusal_codes_round_trip_with_stable_names() {
+        let mut names = std::collections::BTreeSet::new();
+        for code in RefusalCode::ALL {
+            assert!(names.insert(code.as_str()), "{code:?}");
+            let msg = ServerMsg::Error {
+                code,
+                message: "m".into(),
+            };
+            let back: ServerMsg = decode(&encode(&msg).unwrap()).unwrap();
+            assert_eq!(back, msg);
+        }
+        assert_eq!(RefusalCode::QuotaExceeded.as_str(), "quota_exceeded");
+    }
+
+    #[test]
+    fn long_control_frames_are_refused_before_reading() {
+        use cipherml_mpc::net::MemoryChannel;
+        let (mut a, mut b) = MemoryChannel::pair();
+        a.send(&vec![0u8; MAX_CONTROL_MESSAGE + 1]).unwrap();
+        a.flush().unwrap();
+        let e = recv::<_, ClientMsg>(&mut b).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::Mpc(cipherml_mpc::Error::MessageTooLarge { .. })
+            ),
+            "{e}"
+        );
+    }
 }

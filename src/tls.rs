@@ -38,9 +38,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cipherml_mpc::net::{stream_error, Channel, ChannelConfig, Framing, Stats, StreamWriter};
+use cipherml_mpc::net::{
+    connect_any, drain_before_close, stream_error, Channel, ChannelConfig, Framing, Stats,
+    StreamWriter, BROKEN_CLOSE_WAIT,
+};
 use cipherml_mpc::Error as NetError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -141,11 +144,23 @@ impl ServerTls {
         })
     }
 
-    /// Runs the server side of the handshake on an accepted connection.
+    /// Runs the server side of the handshake on an accepted connection; the whole
+    /// handshake must finish within the channel's timeout.
     pub fn accept(&self, stream: TcpStream, config: ChannelConfig) -> Result<TlsChannel, NetError> {
+        self.accept_within(stream, config, config.timeout)
+    }
+
+    /// As [`ServerTls::accept`], with the whole handshake due within `handshake` (a
+    /// client that trickles handshake bytes is cut at that deadline).
+    pub fn accept_within(
+        &self,
+        stream: TcpStream,
+        config: ChannelConfig,
+        handshake: Duration,
+    ) -> Result<TlsChannel, NetError> {
         let conn = rustls::ServerConnection::new(self.config.clone())
             .map_err(|e| NetError::aborted(format!("TLS: {e}")))?;
-        TlsChannel::handshake(stream, rustls::Connection::Server(conn), config)
+        TlsChannel::handshake(stream, rustls::Connection::Server(conn), config, handshake)
     }
 }
 
@@ -191,7 +206,9 @@ impl ClientTls {
         self
     }
 
-    /// Connects to `addr` and runs the client side of the handshake.
+    /// Connects to `addr` and runs the client side of the handshake (within the timeout).
+    /// A refused connection or a name that does not resolve is reported at once, naming
+    /// the address ([`NetError::Connect`], [`NetError::Resolve`]).
     pub fn connect(&self, addr: &str, config: ChannelConfig) -> Result<TlsChannel, NetError> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
@@ -201,14 +218,20 @@ impl ClientTls {
             .map_err(|_| NetError::aborted(format!("invalid TLS server name {name:?}")))?;
         let conn = rustls::ClientConnection::new(self.config.clone(), name)
             .map_err(|e| NetError::aborted(format!("TLS: {e}")))?;
-        let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        let stream = TcpStream::connect_timeout(
-            addrs
-                .first()
-                .ok_or_else(|| NetError::aborted("no address"))?,
+        let addrs: Vec<_> = addr
+            .to_socket_addrs()
+            .map_err(|source| NetError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?
+            .collect();
+        let stream = connect_any(addr, &addrs, config.timeout)?;
+        TlsChannel::handshake(
+            stream,
+            rustls::Connection::Client(conn),
+            config,
             config.timeout,
-        )?;
-        TlsChannel::handshake(stream, rustls::Connection::Client(conn), config)
+        )
     }
 }
 
@@ -238,29 +261,50 @@ impl std::fmt::Debug for TlsChannel {
 }
 
 impl TlsChannel {
+    /// Runs the handshake with an absolute deadline (`handshake` from now): the socket's
+    /// timeouts are set to what remains before every read and write, so a peer that
+    /// trickles bytes cannot stretch it (rustls' `complete_io` would loop while bytes
+    /// arrive).
     fn handshake(
         mut stream: TcpStream,
         mut conn: rustls::Connection,
         config: ChannelConfig,
+        handshake: Duration,
     ) -> Result<Self, NetError> {
         stream.set_nodelay(true)?;
+        let deadline = Instant::now() + handshake;
+        let left = || {
+            let d = deadline.saturating_duration_since(Instant::now());
+            if d.is_zero() {
+                Err(NetError::Timeout { timeout: handshake })
+            } else {
+                Ok(d)
+            }
+        };
+        let io = |e| stream_error(e, handshake);
+        loop {
+            while conn.wants_write() {
+                stream.set_write_timeout(Some(left()?))?;
+                conn.write_tls(&mut stream).map_err(io)?;
+            }
+            if !conn.is_handshaking() {
+                break;
+            }
+            stream.set_read_timeout(Some(left()?))?;
+            if conn.read_tls(&mut stream).map_err(io)? == 0 {
+                return Err(NetError::PeerClosed);
+            }
+            if let Err(e) = conn.process_new_packets() {
+                // Tell the peer why (the alert rustls queued), then give up.
+                let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = conn.write_tls(&mut stream);
+                return Err(NetError::aborted(format!("TLS: {e}")));
+            }
+        }
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        // The whole handshake must finish within the timeout (a peer that trickles bytes
-        // does not hold the session).
-        let start = Instant::now();
-        while conn.is_handshaking() {
-            if start.elapsed() > config.timeout {
-                return Err(NetError::Timeout {
-                    timeout: config.timeout,
-                });
-            }
-            conn.complete_io(&mut stream)
-                .map_err(|e| stream_error(e, config.timeout))?;
-        }
         conn.set_buffer_limit(None);
-        let writer =
-            StreamWriter::spawn(stream.try_clone()?, "cipherml-tls-writer", config.timeout)?;
+        let writer = StreamWriter::spawn(stream.try_clone()?, "cipherml-tls-writer", config)?;
         Ok(Self {
             conn,
             stream,
@@ -316,10 +360,10 @@ impl TlsChannel {
         Ok(state.peer_has_closed())
     }
 
-    /// Reads and decrypts until at least `n` plaintext bytes are buffered. Records that
-    /// arrived with the handshake (or with an earlier read) are decrypted before the socket
-    /// is read again.
-    fn fill(&mut self, n: usize) -> Result<(), NetError> {
+    /// Reads and decrypts until at least `n` plaintext bytes are buffered, by `deadline`
+    /// (`budget` is reported in the timeout error). Records that arrived with the handshake
+    /// (or with an earlier read) are decrypted before the socket is read again.
+    fn fill(&mut self, n: usize, deadline: Instant, budget: Duration) -> Result<(), NetError> {
         let mut raw = Vec::new();
         loop {
             let closed = self.drain()?;
@@ -330,10 +374,16 @@ impl TlsChannel {
                 return Err(NetError::PeerClosed);
             }
             raw.resize(1 << 16, 0);
-            let got = self
-                .stream
-                .read(&mut raw)
-                .map_err(|e| stream_error(e, self.framing.config().timeout))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NetError::Timeout { timeout: budget });
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let got = match self.stream.read(&mut raw) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(stream_error(e, budget)),
+            };
             if got == 0 {
                 return Err(NetError::PeerClosed);
             }
@@ -358,13 +408,23 @@ impl TlsChannel {
         out
     }
 
-    fn read_message(&mut self) -> Result<Vec<u8>, NetError> {
-        self.fill(4)?;
+    fn read_message(
+        &mut self,
+        max: usize,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<Vec<u8>, NetError> {
+        self.fill(4, deadline, budget)?;
         let prefix: [u8; 4] = self.take(4).try_into().expect("4 bytes");
-        let len = self.framing.announced(prefix)?;
+        let len = self.framing.announced_within(prefix, max)?;
         // The buffer grows with the data actually received, not with the announced length.
-        self.fill(len)?;
+        self.fill(len, deadline, budget)?;
         Ok(self.take(len))
+    }
+
+    /// Bytes sent but not yet taken by the socket (the writer thread's queue).
+    pub fn queued_bytes(&self) -> usize {
+        self.writer.queued_bytes()
     }
 }
 
@@ -380,9 +440,20 @@ impl Channel for TlsChannel {
     }
 
     fn recv(&mut self) -> Result<Vec<u8>, NetError> {
+        self.recv_limited(usize::MAX)
+    }
+
+    fn recv_limited(&mut self, max: usize) -> Result<Vec<u8>, NetError> {
+        self.recv_before(max, Instant::now() + self.framing.config().timeout)
+    }
+
+    fn recv_before(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>, NetError> {
         self.framing.check_receivable()?;
         self.flush()?;
-        let r = self.read_message();
+        let start = Instant::now();
+        let deadline = deadline.min(start + self.framing.config().timeout);
+        let budget = deadline.saturating_duration_since(start);
+        let r = self.read_message(max, deadline, budget);
         self.framing.received(r)
     }
 
@@ -400,7 +471,13 @@ impl Drop for TlsChannel {
         let _ = self.flush();
         self.conn.send_close_notify();
         let _ = self.send_records();
-        self.writer.close();
+        let wait = if self.framing.is_broken() {
+            BROKEN_CLOSE_WAIT.min(self.framing.config().timeout)
+        } else {
+            self.framing.config().timeout
+        };
+        self.writer.close_within(wait);
+        drain_before_close(&self.stream, self.start < self.plain.len());
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
@@ -437,6 +514,7 @@ mod tests {
         let (mut a, mut b) = pair(ChannelConfig {
             max_message_len: 16 << 20,
             timeout: Duration::from_secs(10),
+            ..Default::default()
         });
         // Both ends send 8 MB before receiving: no deadlock on full socket buffers.
         let big: Vec<u8> = (0..8 << 20).map(|i| (i * 7 + 3) as u8).collect();

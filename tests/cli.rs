@@ -34,9 +34,31 @@ fn inspect_every_bundled_model() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot load ONNX model"));
 }
 
+/// The demo runs outside the source tree (its model and data are built into the binary): a
+/// copy of the binary in an empty folder, run there.
 #[test]
 fn demo_prints_accuracy_latency_and_bytes() {
-    let out = cipherml(&["demo", "--images", "20"]);
+    let dir = std::env::temp_dir().join(format!("cipherml-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("cipherml");
+    std::fs::copy(env!("CARGO_BIN_EXE_cipherml"), &exe).unwrap();
+    let out = Command::new(&exe)
+        .args(["demo", "--images", "20"])
+        .current_dir(&dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the binary");
+    // RUST_LOG turns them on.
+    let verbose = Command::new(&exe)
+        .args(["demo", "--images", "1"])
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the binary");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(verbose.status.success());
+    let logs = String::from_utf8_lossy(&verbose.stderr);
+    assert!(logs.contains("INFO"), "{logs}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -49,6 +71,10 @@ fn demo_prints_accuracy_latency_and_bytes() {
     );
     assert!(text.contains("per image:"), "{text}");
     assert!(text.contains("MB exchanged"), "{text}");
+    // The in-process server's per-session and per-inference log lines are off.
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains("session"), "{logs}");
 }
 
 #[test]
@@ -74,7 +100,6 @@ impl Drop for ServeProcess {
 }
 
 fn serve(models: &[&str], tls: Option<(&str, &str)>) -> ServeProcess {
-    use std::io::BufRead;
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     for m in models {
         args.push("--model");
@@ -83,8 +108,14 @@ fn serve(models: &[&str], tls: Option<(&str, &str)>) -> ServeProcess {
     if let Some((cert, key)) = tls {
         args.extend(["--tls-cert", cert, "--tls-key", key]);
     }
+    serve_with(&args)
+}
+
+/// `cipherml ARGS` (a `serve` command line), once it prints "listening on ADDR".
+fn serve_with(args: &[&str]) -> ServeProcess {
+    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_cipherml"))
-        .args(&args)
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -355,4 +386,139 @@ fn ctrl_c_stops_the_server_cleanly() {
         .read_to_string(&mut rest)
         .unwrap();
     assert!(rest.contains("stopped (0 session(s) cut short)"), "{rest}");
+}
+
+/// `GET path` over plain HTTP: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{answer:?}"));
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+/// `serve --model-dir` hosts every NAME.onnx of a folder with the mode of its NAME.json,
+/// and `--admin-listen` answers health, catalog and metrics; bad folders are refused with
+/// the file named.
+#[test]
+fn serve_a_model_dir_with_an_admin_endpoint() {
+    use std::io::BufRead;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("cipherml-model-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(root.join("models").join(from), dir.join(to)).unwrap();
+    };
+    copy("digits_mlp.onnx", "mlp.onnx");
+    copy("digits_square_mlp.onnx", "square.onnx");
+    std::fs::write(dir.join("square.json"), r#"{"mode": "hybrid"}"#).unwrap();
+    std::fs::write(dir.join("mlp.json"), r#"{"max_batch": 64}"#).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a model").unwrap();
+    let d = dir.to_str().unwrap();
+
+    let mut server = serve_with(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--model-dir",
+        d,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut line = String::new();
+    server
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_line(&mut line)
+        .unwrap();
+    let admin = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+        .to_string();
+    assert_eq!(http_get(&admin, "/health/live").0, 200);
+    let (status, body) = http_get(&admin, "/v1/models");
+    assert_eq!(status, 200);
+    let catalog: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = catalog["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mlp", "square"], "{body}");
+    // square.json asked for the hybrid mode (the planner alone would pick CKKS for a
+    // polynomial network, if the server allowed it).
+    assert_eq!(catalog["models"][1]["mode"], "hybrid", "{body}");
+    assert_eq!(http_get(&admin, "/health/ready").0, 200);
+
+    check_cli_inference(&server.addr, "mlp", "digits_mlp", "digits_test_x.npy", &[]);
+    check_cli_inference(
+        &server.addr,
+        "square",
+        "digits_square_mlp",
+        "digits_test_x.npy",
+        &[],
+    );
+    let (status, metrics) = http_get(&admin, "/metrics");
+    assert_eq!(status, 200);
+    for (sample, want) in [
+        ("cipherml_inferences_total{model=\"mlp\"}", 4.0),
+        ("cipherml_inferences_total{model=\"square\"}", 4.0),
+        ("cipherml_sessions_total", 2.0),
+    ] {
+        assert_eq!(
+            cipherml::metrics::sample_value(&metrics, sample),
+            Some(want),
+            "{sample} in\n{metrics}"
+        );
+    }
+    drop(server);
+
+    // A mode that does not exist, a JSON file without its model, a folder without models.
+    std::fs::write(dir.join("square.json"), r#"{"mode": "fast"}"#).unwrap();
+    let out = cipherml(&["serve", "--model-dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("square.json") && err.contains("\"fast\""),
+        "{err}"
+    );
+    std::fs::write(dir.join("square.json"), r#"{"max_batch": 0}"#).unwrap();
+    let out = cipherml(&["serve", "--model-dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("square.json: max_batch 0"), "{err}");
+    std::fs::write(dir.join("square.json"), r#"{"mode": "ckks", "batch": 2}"#).unwrap();
+    let out = cipherml(&["serve", "--model-dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("square.json") && err.contains("batch"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("square.onnx")).unwrap();
+    let out = cipherml(&["serve", "--model-dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no model beside it"), "{err}");
+    for f in ["square.json", "mlp.json", "mlp.onnx"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let out = cipherml(&["serve", "--model-dir", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no .onnx model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,6 +45,23 @@ pub enum Error {
         /// Ring degree.
         n: usize,
     },
+    /// A value exceeds the public cap declared for it (e.g. a weight above the cap from
+    /// which noise flooding is sized).
+    #[error(
+        "{what} {value} at flat index {index} of shape {shape:?} exceeds the declared cap {cap}"
+    )]
+    ValueAboveCap {
+        /// What the value is.
+        what: &'static str,
+        /// Flat (row-major) index of the value.
+        index: usize,
+        /// Shape of the array holding it.
+        shape: Vec<usize>,
+        /// The value.
+        value: i64,
+        /// The cap.
+        cap: u64,
+    },
     /// The parameter set is structurally invalid.
     #[error("invalid parameters: {reason}")]
     InvalidParameters {

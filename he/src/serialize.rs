@@ -604,6 +604,76 @@ pub fn ciphertext_size(
     Ok(HEADER_LEN + 3 + body)
 }
 
+/// Size in bytes of a serialized CKKS ciphertext with `count` polynomials at `level`.
+pub fn ckks_ciphertext_size(
+    params: &ckks::CkksParameters,
+    level: usize,
+    count: usize,
+    seeded: bool,
+) -> Result<usize> {
+    params.context().check_level(level)?;
+    let plen = poly_len(params.degree(), params.context().q_at(level));
+    let body = if seeded { plen + 32 } else { count * plen };
+    Ok(HEADER_LEN + 3 + 8 + body)
+}
+
+/// Size in bytes of a serialized [`PublicKey`] for `ctx` (what [`PublicKey::from_bytes`]
+/// accepts, exactly).
+pub fn public_key_size(ctx: &RlweContext) -> usize {
+    HEADER_LEN + poly_len(ctx.degree(), ctx.q()) + 32
+}
+
+/// Size in bytes of a serialized [`RelinKey`] for `ctx` (exactly).
+pub fn relin_key_size(ctx: &RlweContext) -> usize {
+    HEADER_LEN + ksk_len(ctx)
+}
+
+/// Size in bytes of serialized [`GaloisKeys`] with `count` keys for `ctx` (exactly).
+pub fn galois_keys_size(ctx: &RlweContext, count: usize) -> usize {
+    HEADER_LEN + 4 + count * (4 + ksk_len(ctx))
+}
+
+/// Bytes a decoded key-switching key for `ctx` occupies in memory (its `a` and `b` halves,
+/// one polynomial over `QP` per digit each): a decoded [`RelinKey`] takes this, decoded
+/// [`GaloisKeys`] this per element.
+pub fn key_switch_key_memory(ctx: &RlweContext) -> usize {
+    2 * ctx.num_digits() * ctx.degree() * ctx.qp().len() * std::mem::size_of::<u64>()
+}
+
+/// Bytes a decoded [`PublicKey`] for `ctx` occupies in memory (two polynomials over `Q`).
+pub fn public_key_memory(ctx: &RlweContext) -> usize {
+    2 * ctx.degree() * ctx.q().len() * std::mem::size_of::<u64>()
+}
+
+impl GaloisKeys {
+    /// The Galois elements of serialized keys, read from the element fields without
+    /// unpacking (or expanding) any key: checks the header against `ctx`, the count and the
+    /// exact length, so that a server can refuse keys for other elements before decoding
+    /// them ([`GaloisKeys::from_bytes`] checks the rest).
+    pub fn peek_elements(ctx: &RlweContext, bytes: &[u8]) -> Result<Vec<usize>> {
+        let body = check_header(bytes, Kind::GaloisKeys, Some(ctx.id()))?;
+        let mut r = Reader::new(body);
+        let count = r.u32()? as usize;
+        let n = ctx.degree();
+        if count > n {
+            return Err(DecodeError::TooLarge {
+                what: "Galois key count",
+                value: count as u64,
+                max: n as u64,
+            }
+            .into());
+        }
+        let per = ksk_len(ctx);
+        expect_len(&body[4..], count * (4 + per))?;
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(r.u32()? as usize);
+            r.take(per)?;
+        }
+        Ok(out)
+    }
+}
+
 impl ckks::CkksParametersLiteral {
     /// The parameter literal with a wire header.
     pub fn to_wire(&self) -> Vec<u8> {

@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         }
         Some("client") => {
             let addr = args.get(1).map_or("127.0.0.1:7878", String::as_str);
-            run(PartyId::P1, TcpChannel::connect(addr, cfg)?)
+            run(PartyId::P1, TcpChannel::connect_retry(addr, cfg)?)
         }
         _ => {
             let (c0, c1) = cipherml_mpc::net::tcp_loopback_pair(cfg)?;

@@ -26,6 +26,36 @@ pub enum Error {
     /// The peer closed the connection.
     #[error("the peer closed the connection")]
     PeerClosed,
+    /// An address that does not resolve (no such host, malformed address).
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No connection could be made to a resolved address (refused, unreachable, or no
+    /// answer within the timeout); `source.kind()` tells which.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address as given.
+        addr: String,
+        /// The last connection error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer did not read what was sent to it: the bytes queued for it stayed above
+    /// the channel's bound for the whole timeout.
+    #[error("the peer does not read: {queued} bytes queued for it (bound {max}) for {timeout:?}")]
+    SendQueueFull {
+        /// Bytes queued (the one being sent included).
+        queued: u64,
+        /// The bound ([`crate::net::ChannelConfig::max_queued_bytes`]).
+        max: u64,
+        /// How long the sender waited.
+        timeout: Duration,
+    },
     /// The peer announced a message larger than the channel accepts.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge {
@@ -106,6 +136,9 @@ impl Error {
             Error::Io(_)
                 | Error::Timeout { .. }
                 | Error::PeerClosed
+                | Error::Resolve { .. }
+                | Error::Connect { .. }
+                | Error::SendQueueFull { .. }
                 | Error::MessageTooLarge { .. }
                 | Error::Malformed { .. }
                 | Error::ProtocolAborted { .. }

@@ -5,19 +5,26 @@
 //! A message is a byte string; on the wire it is a 4-byte little-endian length and the
 //! body. Sent messages are buffered until [`Channel::flush`] (or the next
 //! [`Channel::recv`], which flushes first): one flush with pending messages is one *flight*,
-//! and the number of flights is the round count. Every receive has a timeout and a bound
-//! on the message length, checked before anything is allocated, so a peer that stalls,
-//! closes the connection or announces a huge message makes the receiver return an error.
+//! and the number of flights is the round count. Every receive has an absolute deadline
+//! (the whole message, prefix and body, must arrive within the timeout: a peer that
+//! trickles bytes does not extend it) and a bound on the message length, checked against
+//! the announced length before the body is read, so a peer that stalls, trickles, closes
+//! the connection or announces a huge message makes the receiver return an error.
+//! [`Channel::recv_limited`] and [`Channel::recv_before`] tighten the bound and the deadline
+//! for one message (a protocol knows what may come next).
 //!
 //! TCP writes go through a writer thread, so both parties may send before receiving
-//! (a simultaneous exchange) without deadlocking on full socket buffers.
+//! (a simultaneous exchange) without deadlocking on full socket buffers. Its queue is
+//! bounded in bytes ([`ChannelConfig::max_queued_bytes`]): a sender whose peer does not
+//! read blocks, and fails with [`Error::SendQueueFull`] after the timeout.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::ring::Ring;
@@ -57,14 +64,19 @@ pub struct ChannelConfig {
     pub timeout: Duration,
     /// The largest message accepted, in bytes.
     pub max_message_len: usize,
+    /// Bytes at most queued for the writer thread of a stream channel (a buffer larger
+    /// than this is still accepted when the queue is empty); past it a send waits for the
+    /// peer to read, at most the timeout.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for ChannelConfig {
-    /// 60 s, 512 MiB.
+    /// 60 s, 512 MiB messages, 256 MiB queued.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(60),
             max_message_len: 512 << 20,
+            max_queued_bytes: 256 << 20,
         }
     }
 }
@@ -77,8 +89,34 @@ pub trait Channel {
     fn send(&mut self, msg: &[u8]) -> Result<()>;
     /// Sends the queued messages: one round if any were queued.
     fn flush(&mut self) -> Result<()>;
-    /// Flushes, then receives the next message (waiting at most the timeout).
+    /// Flushes, then receives the next message: the whole of it must arrive within the
+    /// timeout, and its length be at most the channel's limit.
     fn recv(&mut self) -> Result<Vec<u8>>;
+    /// As [`Channel::recv`], with the length also bounded by `max`: a peer that announces
+    /// more gets [`Error::MessageTooLarge`] before the body is read (on the stream
+    /// channels of this crate; this default checks after receiving).
+    fn recv_limited(&mut self, max: usize) -> Result<Vec<u8>> {
+        let m = self.recv()?;
+        if m.len() > max {
+            return Err(Error::MessageTooLarge {
+                len: m.len() as u64,
+                max: max as u64,
+            });
+        }
+        Ok(m)
+    }
+    /// As [`Channel::recv_limited`], with the whole message due by `deadline` (or by the
+    /// timeout, whichever comes first). This default only refuses a deadline already
+    /// past; the channels of this crate (and TLS) enforce it.
+    fn recv_before(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                timeout: Duration::ZERO,
+            });
+        }
+        self.recv_limited(max)
+    }
     /// The traffic so far.
     fn stats(&self) -> Stats;
     /// The limits in force.
@@ -95,6 +133,12 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
     fn recv(&mut self) -> Result<Vec<u8>> {
         (**self).recv()
+    }
+    fn recv_limited(&mut self, max: usize) -> Result<Vec<u8>> {
+        (**self).recv_limited(max)
+    }
+    fn recv_before(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>> {
+        (**self).recv_before(max, deadline)
     }
     fn stats(&self) -> Stats {
         (**self).stats()
@@ -188,20 +232,27 @@ impl Channel for MemoryChannel {
     }
 
     fn recv(&mut self) -> Result<Vec<u8>> {
+        self.recv_limited(usize::MAX)
+    }
+
+    fn recv_limited(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.recv_before(max, Instant::now() + self.config.timeout)
+    }
+
+    fn recv_before(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>> {
         self.flush()?;
-        let m = self
-            .rx
-            .recv_timeout(self.config.timeout)
-            .map_err(|e| match e {
-                RecvTimeoutError::Timeout => Error::Timeout {
-                    timeout: self.config.timeout,
-                },
-                RecvTimeoutError::Disconnected => Error::PeerClosed,
-            })?;
-        if m.len() > self.config.max_message_len {
+        let start = Instant::now();
+        let deadline = deadline.min(start + self.config.timeout);
+        let wait = deadline.saturating_duration_since(start);
+        let m = self.rx.recv_timeout(wait).map_err(|e| match e {
+            RecvTimeoutError::Timeout => Error::Timeout { timeout: wait },
+            RecvTimeoutError::Disconnected => Error::PeerClosed,
+        })?;
+        let max = max.min(self.config.max_message_len);
+        if m.len() > max {
             return Err(Error::MessageTooLarge {
                 len: m.len() as u64,
-                max: self.config.max_message_len as u64,
+                max: max as u64,
             });
         }
         self.stats.bytes_received += m.len() as u64 + 4;
@@ -218,7 +269,35 @@ impl Channel for MemoryChannel {
     }
 }
 
-type WriteError = Arc<Mutex<Option<(std::io::ErrorKind, String)>>>;
+/// The state shared by a [`StreamWriter`] and its thread.
+#[derive(Debug, Default)]
+struct WriterQueue {
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes queued, the buffer being written included.
+    bytes: usize,
+    /// The owner wants no more writes (write what is queued, then stop).
+    closing: bool,
+    /// The thread has stopped (queue written, or a write failed).
+    done: bool,
+    /// The write error that stopped the thread.
+    error: Option<(std::io::ErrorKind, String)>,
+    /// A send timed out on a full queue: the peer does not read.
+    stuck: bool,
+}
+
+#[derive(Debug, Default)]
+struct WriterShared {
+    queue: Mutex<WriterQueue>,
+    changed: Condvar,
+}
+
+impl WriterShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterQueue> {
+        // A poisoned lock only means a thread panicked while holding it; the queue's
+        // fields are still consistent (every update is a single assignment).
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Maps an I/O error of a stream channel to the channel's error: timeouts and closed
 /// connections are typed (for transports built on this crate's framing, such as TLS).
@@ -235,67 +314,180 @@ pub fn stream_error(e: std::io::Error, timeout: Duration) -> Error {
     }
 }
 
+/// Size of the slices a writer thread writes, each under the remaining deadline.
+const WRITE_CHUNK: usize = 1 << 16;
+
 /// A writer thread for a stream: buffers handed to [`StreamWriter::send`] are written in
 /// order, so the owner never blocks on a full socket buffer (both ends of a channel may
-/// send before receiving). A write error is kept and reported by the next `send`.
+/// send before receiving). The queue is bounded in bytes: past the bound, `send` waits for
+/// the peer to read, at most the timeout, then fails with [`Error::SendQueueFull`]. Each
+/// buffer must be written within the timeout (a peer that reads a byte at a time does not
+/// hold the thread). A write error is kept and reported by the next `send`.
 #[derive(Debug)]
 pub struct StreamWriter {
-    tx: Option<Sender<Vec<u8>>>,
+    shared: Arc<WriterShared>,
+    stream: TcpStream,
     handle: Option<JoinHandle<()>>,
-    error: WriteError,
     timeout: Duration,
+    max_queued: usize,
 }
 
 impl StreamWriter {
-    /// Starts the thread writing to `stream` (whose write timeout the caller sets).
-    pub fn spawn<W: Write + Send + 'static>(
-        mut stream: W,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let error: WriteError = Arc::new(Mutex::new(None));
-        let slot = error.clone();
+    /// Starts the thread writing to `stream` (a clone of the channel's socket), with the
+    /// timeout and queue bound of `config`.
+    pub fn spawn(stream: TcpStream, name: &str, config: ChannelConfig) -> Result<Self> {
+        let shared = Arc::new(WriterShared::default());
+        let mut out = stream.try_clone()?;
+        let thread_shared = shared.clone();
+        let timeout = config.timeout;
         let handle = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || {
-                for buf in rx {
-                    if let Err(e) = stream.write_all(&buf).and_then(|_| stream.flush()) {
-                        if let Ok(mut g) = slot.lock() {
-                            *g = Some((e.kind(), e.to_string()));
-                        }
-                        return;
-                    }
-                }
-            })?;
+            .spawn(move || writer_loop(&mut out, &thread_shared, timeout))?;
         Ok(Self {
-            tx: Some(tx),
+            shared,
+            stream,
             handle: Some(handle),
-            error,
             timeout,
+            max_queued: config.max_queued_bytes.max(1),
         })
     }
 
-    /// Queues `buf` for writing; fails with the writer's error if it has stopped.
-    pub fn send(&self, buf: Vec<u8>) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(Error::PeerClosed)?;
-        if tx.send(buf).is_err() {
-            let stored = self.error.lock().ok().and_then(|g| g.clone());
-            return Err(match stored {
-                Some((kind, msg)) => stream_error(std::io::Error::new(kind, msg), self.timeout),
-                None => Error::PeerClosed,
-            });
+    fn stored_error(&self, q: &WriterQueue) -> Error {
+        match &q.error {
+            Some((kind, msg)) => {
+                stream_error(std::io::Error::new(*kind, msg.clone()), self.timeout)
+            }
+            None => Error::PeerClosed,
         }
+    }
+
+    /// Queues `buf` for writing: waits (at most the timeout) while the queue holds more
+    /// than the bound; fails with the writer's error if it has stopped.
+    pub fn send(&self, buf: Vec<u8>) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        let mut q = self.shared.lock();
+        loop {
+            if q.done || q.closing {
+                return Err(self.stored_error(&q));
+            }
+            if q.bytes == 0 || q.bytes + buf.len() <= self.max_queued {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                q.stuck = true;
+                return Err(Error::SendQueueFull {
+                    queued: (q.bytes + buf.len()) as u64,
+                    max: self.max_queued as u64,
+                    timeout: self.timeout,
+                });
+            }
+            q = self
+                .shared
+                .changed
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q.bytes += buf.len();
+        q.bufs.push_back(buf);
+        self.shared.changed.notify_all();
         Ok(())
     }
 
-    /// Writes what is queued and stops the thread.
-    pub fn close(&mut self) {
-        self.tx = None;
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().bytes
+    }
+
+    /// Writes what is queued (waiting at most `wait`, and not at all if a send already
+    /// timed out on a full queue), then shuts the socket's sending side down if the peer
+    /// did not take it, and stops the thread.
+    pub fn close_within(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        {
+            let mut q = self.shared.lock();
+            q.closing = true;
+            self.shared.changed.notify_all();
+            while !q.done && !q.stuck {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = self
+                    .shared
+                    .changed
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if !q.done {
+                // The peer does not read: make the blocked write fail.
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
+
+    /// Writes what is queued (at most the timeout) and stops the thread.
+    pub fn close(&mut self) {
+        self.close_within(self.timeout);
+    }
+}
+
+fn writer_loop(out: &mut TcpStream, shared: &WriterShared, timeout: Duration) {
+    loop {
+        let buf = {
+            let mut q = shared.lock();
+            loop {
+                if let Some(b) = q.bufs.pop_front() {
+                    break b;
+                }
+                if q.closing {
+                    q.done = true;
+                    shared.changed.notify_all();
+                    return;
+                }
+                q = shared.changed.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let r = write_by(out, &buf, Instant::now() + timeout);
+        let mut q = shared.lock();
+        q.bytes -= buf.len();
+        if let Err(e) = r {
+            q.error = Some((e.kind(), e.to_string()));
+            q.done = true;
+            q.bufs.clear();
+            q.bytes = 0;
+            shared.changed.notify_all();
+            return;
+        }
+        shared.changed.notify_all();
+    }
+}
+
+/// Writes all of `buf` by `deadline` (the socket's write timeout set to what remains
+/// before each chunk).
+fn write_by(out: &mut TcpStream, buf: &[u8], deadline: Instant) -> std::io::Result<()> {
+    for chunk in buf.chunks(WRITE_CHUNK) {
+        let mut chunk = chunk;
+        while !chunk.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            out.set_write_timeout(Some(left))?;
+            match out.write(chunk) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => chunk = &chunk[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    out.flush()
 }
 
 impl Drop for StreamWriter {
@@ -368,14 +560,25 @@ impl Framing {
     /// Decodes a length prefix and checks it against the limit (before anything is
     /// allocated for the body).
     pub fn announced(&self, prefix: [u8; 4]) -> Result<usize> {
+        self.announced_within(prefix, usize::MAX)
+    }
+
+    /// As [`Framing::announced`], with the limit lowered to `max` for this message.
+    pub fn announced_within(&self, prefix: [u8; 4], max: usize) -> Result<usize> {
         let len = u32::from_le_bytes(prefix) as usize;
-        if len > self.config.max_message_len {
+        let max = max.min(self.config.max_message_len);
+        if len > max {
             return Err(Error::MessageTooLarge {
                 len: len as u64,
-                max: self.config.max_message_len as u64,
+                max: max as u64,
             });
         }
         Ok(len)
+    }
+
+    /// Whether a receive has failed (the stream is then out of step).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Records the outcome of a receive (counters, or the broken flag).
@@ -410,22 +613,80 @@ pub struct TcpChannel {
     framing: Framing,
 }
 
+/// Resolves `addr` (at least one address), naming it in the error.
+fn resolve<A: ToSocketAddrs + std::fmt::Display>(addr: &A) -> Result<Vec<std::net::SocketAddr>> {
+    let name = addr.to_string();
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|source| Error::Resolve {
+            addr: name.clone(),
+            source,
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Resolve {
+            addr: name,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        });
+    }
+    Ok(addrs)
+}
+
+/// One connection attempt to each address of `addrs` in turn (each bounded by `timeout`).
+pub fn connect_any(
+    name: &str,
+    addrs: &[std::net::SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::Connect {
+        addr: name.to_string(),
+        source: last,
+    })
+}
+
 impl TcpChannel {
-    /// Connects to `addr`, retrying for up to the timeout (the peer may not listen yet).
-    pub fn connect<A: ToSocketAddrs>(addr: A, config: ChannelConfig) -> Result<Self> {
-        let addrs: Vec<_> = addr.to_socket_addrs()?.collect();
-        let start = std::time::Instant::now();
+    /// Connects to `addr` once: a refused connection, an unreachable address or a name
+    /// that does not resolve is reported at once ([`Error::Connect`], [`Error::Resolve`],
+    /// naming the address); a connection attempt waits at most the timeout.
+    pub fn connect<A: ToSocketAddrs + std::fmt::Display>(
+        addr: A,
+        config: ChannelConfig,
+    ) -> Result<Self> {
+        let addrs = resolve(&addr)?;
+        let s = connect_any(&addr.to_string(), &addrs, config.timeout)?;
+        Self::from_stream(s, config)
+    }
+
+    /// Connects to `addr`, retrying for up to the timeout while the connection is refused
+    /// (for two-party programs that start both sides at once, where the peer may not
+    /// listen yet); the last error if no connection was made by then.
+    pub fn connect_retry<A: ToSocketAddrs + std::fmt::Display>(
+        addr: A,
+        config: ChannelConfig,
+    ) -> Result<Self> {
+        let deadline = Instant::now() + config.timeout;
         loop {
-            match TcpStream::connect(&addrs[..]) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = resolve(&addr).and_then(|addrs| {
+                connect_any(
+                    &addr.to_string(),
+                    &addrs,
+                    left.max(Duration::from_millis(1)),
+                )
+            });
+            match attempt {
                 Ok(s) => return Self::from_stream(s, config),
-                Err(_) if start.elapsed() < config.timeout => {
+                Err(_) if Instant::now() + Duration::from_millis(20) < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        timeout: config.timeout,
-                    })
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -441,11 +702,7 @@ impl TcpChannel {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
-        let writer = StreamWriter::spawn(
-            stream.try_clone()?,
-            "cipherml-mpc-tcp-writer",
-            config.timeout,
-        )?;
+        let writer = StreamWriter::spawn(stream.try_clone()?, "cipherml-mpc-tcp-writer", config)?;
         let reader = BufReader::with_capacity(1 << 16, stream.try_clone()?);
         Ok(Self {
             reader,
@@ -455,24 +712,43 @@ impl TcpChannel {
         })
     }
 
-    fn io_error(&self, e: std::io::Error) -> Error {
-        stream_error(e, self.framing.config().timeout)
+    /// Bytes sent but not yet taken by the socket (the writer thread's queue).
+    pub fn queued_bytes(&self) -> usize {
+        self.writer.queued_bytes()
     }
 
-    fn read_message(&mut self) -> Result<Vec<u8>> {
+    /// Fills `buf` from the socket by `deadline` (the socket's read timeout set to what
+    /// remains before every read that has to wait).
+    fn read_by(&mut self, buf: &mut [u8], deadline: Instant, budget: Duration) -> Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if self.reader.buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout { timeout: budget });
+                }
+                self.stream.set_read_timeout(Some(left))?;
+            }
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => return Err(Error::PeerClosed),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(stream_error(e, budget)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_message(&mut self, max: usize, deadline: Instant, budget: Duration) -> Result<Vec<u8>> {
         let mut prefix = [0u8; 4];
-        self.reader
-            .read_exact(&mut prefix)
-            .map_err(|e| self.io_error(e))?;
-        let len = self.framing.announced(prefix)?;
+        self.read_by(&mut prefix, deadline, budget)?;
+        let len = self.framing.announced_within(prefix, max)?;
         // Grow with the data actually received, not with the announced length.
         let mut buf = Vec::with_capacity(len.min(1 << 20));
-        (&mut self.reader)
-            .take(len as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| self.io_error(e))?;
-        if buf.len() != len {
-            return Err(Error::PeerClosed);
+        while buf.len() < len {
+            let old = buf.len();
+            buf.resize(old + (len - old).min(1 << 20), 0);
+            self.read_by(&mut buf[old..], deadline, budget)?;
         }
         Ok(buf)
     }
@@ -494,9 +770,20 @@ impl Channel for TcpChannel {
     }
 
     fn recv(&mut self) -> Result<Vec<u8>> {
+        self.recv_limited(usize::MAX)
+    }
+
+    fn recv_limited(&mut self, max: usize) -> Result<Vec<u8>> {
+        self.recv_before(max, Instant::now() + self.framing.config().timeout)
+    }
+
+    fn recv_before(&mut self, max: usize, deadline: Instant) -> Result<Vec<u8>> {
         self.framing.check_receivable()?;
         self.flush()?;
-        let r = self.read_message();
+        let start = Instant::now();
+        let deadline = deadline.min(start + self.framing.config().timeout);
+        let budget = deadline.saturating_duration_since(start);
+        let r = self.read_message(max, deadline, budget);
         self.framing.received(r)
     }
 
@@ -509,10 +796,58 @@ impl Channel for TcpChannel {
     }
 }
 
+/// How long closing a channel waits for its last bytes to be taken when a receive has
+/// failed (a refusal is still delivered to a peer that reads; one that does not is cut),
+/// and at most how long it reads and drops input that the peer sent and nobody read.
+pub const BROKEN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Input read and dropped at most when closing ([`drain_before_close`]).
+const MAX_DRAIN: usize = 64 << 20;
+
+/// Before closing a stream: if the peer sent input that was not read (`buffered`, or bytes
+/// waiting in the socket), sends FIN and reads and drops input until the peer closes, for at
+/// most [`BROKEN_CLOSE_WAIT`] and 64 MiB. Closing with unread input makes the kernel reset
+/// the connection, which can destroy the last message sent (a refusal) before the peer
+/// reads it.
+pub fn drain_before_close(stream: &TcpStream, buffered: bool) {
+    let waiting = buffered || {
+        let mut b = [0u8; 1];
+        let peeked = stream
+            .set_nonblocking(true)
+            .and_then(|_| stream.peek(&mut b));
+        let _ = stream.set_nonblocking(false);
+        matches!(peeked, Ok(n) if n > 0)
+    };
+    if !waiting {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + BROKEN_CLOSE_WAIT;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    let mut s = stream;
+    while total < MAX_DRAIN {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 impl Drop for TcpChannel {
     fn drop(&mut self) {
         let _ = self.flush();
-        self.writer.close();
+        let wait = if self.framing.is_broken() {
+            BROKEN_CLOSE_WAIT.min(self.framing.config().timeout)
+        } else {
+            self.framing.config().timeout
+        };
+        self.writer.close_within(wait);
+        drain_before_close(&self.stream, !self.reader.buffer().is_empty());
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
@@ -532,13 +867,27 @@ pub fn tcp_loopback_pair(config: ChannelConfig) -> Result<(TcpChannel, TcpChanne
 // ---------------------------------------------------------------------------------------
 // Typed messages.
 
-/// Receives a message of exactly `len` bytes.
+/// A message announced longer than the `len` bytes expected is malformed (refused before
+/// its body is read).
+fn too_long(e: Error, what: &'static str, len: usize) -> Error {
+    match e {
+        Error::MessageTooLarge { len: found, .. } => Error::Malformed {
+            what,
+            expected: len as u64,
+            found,
+        },
+        e => e,
+    }
+}
+
+/// Receives a message of exactly `len` bytes (a longer one is refused before its body is
+/// read).
 pub fn recv_exact<C: Channel + ?Sized>(
     ch: &mut C,
     what: &'static str,
     len: usize,
 ) -> Result<Vec<u8>> {
-    let m = ch.recv()?;
+    let m = ch.recv_limited(len).map_err(|e| too_long(e, what, len))?;
     if m.len() != len {
         return Err(Error::Malformed {
             what,
@@ -598,7 +947,8 @@ pub fn recv_ring<C: Channel + ?Sized>(
     n: usize,
     what: &'static str,
 ) -> Result<Vec<u64>> {
-    let m = ch.recv()?;
+    let len = n.saturating_mul(ring.byte_len());
+    let m = ch.recv_limited(len).map_err(|e| too_long(e, what, len))?;
     decode_ring(ring, &m, n, what)
 }
 
@@ -638,6 +988,7 @@ pub fn send_bits<C: Channel + ?Sized>(ch: &mut C, bits: &[u8]) -> Result<()> {
 
 /// Receives exactly `n` packed bits.
 pub fn recv_bits<C: Channel + ?Sized>(ch: &mut C, n: usize, what: &'static str) -> Result<Vec<u8>> {
-    let m = ch.recv()?;
+    let len = n.div_ceil(8);
+    let m = ch.recv_limited(len).map_err(|e| too_long(e, what, len))?;
     unpack_bits(&m, n, what)
 }

@@ -7,7 +7,7 @@
 
 use rand::{CryptoRng, RngCore};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::net::{Channel, Stats};
 use crate::ot::{KkReceiver, KkSender, OtReceiver, OtSender};
 use crate::prg::SharedPrg;
@@ -46,31 +46,49 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
     /// Sets up: base OTs for both IKNP directions and for KK13 1-of-N OT from party 0 to
     /// party 1 (512 Chou-Orlandi OTs in all) and a shared seed. Both parties call it,
     /// with different `id`s.
-    pub fn setup(id: PartyId, mut ch: C, mut rng: R) -> Result<Self> {
+    pub fn setup(id: PartyId, ch: C, rng: R) -> Result<Self> {
+        Self::try_setup(id, ch, rng).map_err(|(e, _)| e)
+    }
+
+    /// As [`Party::setup`], but a failed set-up gives the channel back with the error (a
+    /// caller that sets up lazily, in the middle of a session, keeps its channel to end
+    /// the session cleanly).
+    pub fn try_setup(id: PartyId, mut ch: C, mut rng: R) -> std::result::Result<Self, (Error, C)> {
+        match Self::setup_parts(id, &mut ch, &mut rng) {
+            Ok((ot_send, ot_recv, kk, prg)) => Ok(Self {
+                id,
+                ch,
+                rng,
+                ot_send,
+                ot_recv,
+                kk,
+                prg,
+            }),
+            Err(e) => Err((e, ch)),
+        }
+    }
+
+    fn setup_parts(
+        id: PartyId,
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<(OtSender, OtReceiver, Kk, SharedPrg)> {
         let (ot_send, ot_recv, kk) = match id {
             PartyId::P0 => {
-                let s = OtSender::setup(&mut ch, &mut rng)?;
-                let r = OtReceiver::setup(&mut ch, &mut rng)?;
-                let k = Kk::Sender(KkSender::setup(&mut ch, &mut rng)?);
+                let s = OtSender::setup(ch, rng)?;
+                let r = OtReceiver::setup(ch, rng)?;
+                let k = Kk::Sender(KkSender::setup(ch, rng)?);
                 (s, r, k)
             }
             PartyId::P1 => {
-                let r = OtReceiver::setup(&mut ch, &mut rng)?;
-                let s = OtSender::setup(&mut ch, &mut rng)?;
-                let k = Kk::Receiver(KkReceiver::setup(&mut ch, &mut rng)?);
+                let r = OtReceiver::setup(ch, rng)?;
+                let s = OtSender::setup(ch, rng)?;
+                let k = Kk::Receiver(KkReceiver::setup(ch, rng)?);
                 (s, r, k)
             }
         };
-        let prg = SharedPrg::agree(&mut ch, &mut rng)?;
-        Ok(Self {
-            id,
-            ch,
-            rng,
-            ot_send,
-            ot_recv,
-            kk,
-            prg,
-        })
+        let prg = SharedPrg::agree(ch, rng)?;
+        Ok((ot_send, ot_recv, kk, prg))
     }
 
     /// This party's role.

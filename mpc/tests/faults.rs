@@ -20,6 +20,7 @@ fn cfg(ms: u64) -> ChannelConfig {
     ChannelConfig {
         timeout: Duration::from_millis(ms),
         max_message_len: 1 << 20,
+        ..Default::default()
     }
 }
 
@@ -187,4 +188,135 @@ fn garbled_protocol_messages() {
     let e = compare::relu(&mut p, ring, &[1, 2, 3]).unwrap_err();
     assert!(matches!(e, Error::Malformed { .. }), "{e:?}");
     h.join().unwrap();
+}
+
+#[test]
+fn tcp_trickled_message_is_cut_by_its_deadline() {
+    // Announces 100 bytes and sends one every 50 ms: each read succeeds, but the whole
+    // message is due within the 300 ms timeout.
+    let (mut ch, h) = raw_peer(|mut s| {
+        let _ = s.write_all(&100u32.to_le_bytes());
+        for _ in 0..100 {
+            if s.write_all(&[7]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let t = Instant::now();
+    let e = ch.recv().unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(ch);
+    h.join().unwrap();
+}
+
+#[test]
+fn per_call_limits_refuse_before_reading() {
+    let (mut ch, h) = raw_peer(|mut s| {
+        let _ = s.write_all(&1000u32.to_le_bytes());
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    // Within the channel's 1 MiB limit, but not within this call's.
+    let e = ch.recv_limited(999).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MessageTooLarge {
+                len: 1000,
+                max: 999
+            }
+        ),
+        "{e:?}"
+    );
+    h.join().unwrap();
+    // A typed receive of a known length reports a longer message as malformed, unread.
+    let (mut a, mut b) = MemoryChannel::pair_with(cfg(500));
+    a.send(&[0u8; 64]).unwrap();
+    a.flush().unwrap();
+    let e = cipherml_mpc::net::recv_exact(&mut b, "x", 32).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Malformed {
+                expected: 32,
+                found: 64,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // An absolute deadline shorter than the timeout.
+    let (mut a, mut b) = MemoryChannel::pair_with(cfg(5000));
+    let t = Instant::now();
+    let e = b
+        .recv_before(16, Instant::now() + Duration::from_millis(100))
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    a.close();
+}
+
+#[test]
+fn a_peer_that_does_not_read_blocks_then_fails_the_sender() {
+    // The peer accepts and never reads; our queue holds at most 64 KiB.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(s);
+    });
+    let config = ChannelConfig {
+        timeout: Duration::from_millis(500),
+        max_message_len: 1 << 20,
+        max_queued_bytes: 64 << 10,
+    };
+    let mut ch = TcpChannel::connect(addr, config).unwrap();
+    let msg = vec![0u8; 32 << 10];
+    let t = Instant::now();
+    let mut sent = 0u64;
+    let e = loop {
+        match ch.send(&msg).and_then(|_| ch.flush()) {
+            Ok(()) => sent += msg.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(sent < 1 << 30, "never blocked");
+    };
+    assert!(
+        matches!(e, Error::SendQueueFull { max: 65536, .. }),
+        "{e:?}"
+    );
+    // What was taken: the socket buffers and the bounded queue, not everything sent.
+    assert!(ch.queued_bytes() <= 96 << 10, "{}", ch.queued_bytes());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Closing does not wait for the peer that does not read.
+    let t = Instant::now();
+    drop(ch);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    h.join().unwrap();
+}
+
+#[test]
+fn connect_reports_a_refused_connection_at_once_and_connect_retry_waits() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let t = Instant::now();
+    let e = TcpChannel::connect(addr, cfg(5000)).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    match &e {
+        Error::Connect { addr: a, source } => {
+            assert_eq!(a, &addr.to_string());
+            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    // connect_retry gives up after its timeout with the cause, not a bare timeout.
+    let e = TcpChannel::connect_retry(addr, cfg(300)).unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    let e = TcpChannel::connect("no port here", cfg(300)).unwrap_err();
+    assert!(matches!(e, Error::Resolve { .. }), "{e:?}");
 }

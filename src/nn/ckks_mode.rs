@@ -29,11 +29,103 @@ enum Step {
     Residual(Vec<Step>),
 }
 
+/// What the noise bound of a flooded reply needs to know of one compiled step: shapes,
+/// levels and the public caps only (the largest weight is kept to refuse a model whose
+/// weights exceed the declared cap, never to size anything).
+#[derive(Debug, Clone)]
+enum Trace {
+    Linear {
+        layer: String,
+        level: usize,
+        cols: usize,
+        diagonals: usize,
+        rotations: usize,
+        block_sums: u32,
+        /// Flat index (matrix, then bias) and value of the largest `|w|`.
+        largest: (usize, f64),
+    },
+    Square {
+        level: usize,
+    },
+    /// A step without a flooding bound here (its description).
+    Unbounded(String),
+}
+
+/// The public sizes from which a CKKS reply's noise flooding is computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CkksFloodConfig {
+    /// Statistical security over a whole session, in bits.
+    pub flood_bits: u32,
+    /// Inferences one session may run at most (the union bound covers every coefficient of
+    /// every reply of a session: `N x max_inferences_per_session`).
+    pub max_inferences_per_session: u64,
+    /// Public cap on `|w|` (weights and biases); a model above it is refused.
+    pub weight_cap: f64,
+    /// Public cap on `|x|` for the client's input values (the noise bound holds for inputs
+    /// within it; a client that sends larger values only harms the privacy of its own
+    /// result's noise, see SECURITY.md).
+    pub input_cap: f64,
+    /// Largest error per output value (`log2`) that the flooding may cause for the plan to
+    /// count as usable (the server's automatic mode choice requires it).
+    pub max_error_log2: f64,
+}
+
+impl Default for CkksFloodConfig {
+    /// 40 bits over sessions of at most `2^16` inferences, `|w| <= 16`, `|x| <= 16`,
+    /// output error at most `2^-10`.
+    fn default() -> Self {
+        Self {
+            flood_bits: 40,
+            max_inferences_per_session: 1 << 16,
+            weight_cap: 16.0,
+            input_cap: 16.0,
+            max_error_log2: -10.0,
+        }
+    }
+}
+
+/// The noise flooding of a CKKS model's replies, computed from the parameters, the shapes
+/// and the public caps of a [`CkksFloodConfig`] (never from the weights).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CkksFloodPlan {
+    /// `log2` of the bound on the noise of a reply before flooding (coefficient units, at
+    /// the output's scale).
+    pub noise_log2: f64,
+    /// Bits of the union bound over a session: `ceil(log2(N x max_inferences_per_session))`.
+    pub session_bits: u32,
+    /// `log2` of the flooding: uniform in `[-2^flood_log2, 2^flood_log2]` per coefficient,
+    /// `ceil(noise_log2) + flood_bits + session_bits`.
+    pub flood_log2: u32,
+    /// `log2` of the room at the output level (`log2(Q_out) - 2`).
+    pub room_log2: f64,
+    /// `log2` of the expected error per output value after flooding
+    /// (`6 sqrt(N/3) 2^flood_log2 / scale`, plus the computation's own).
+    pub error_log2: f64,
+    /// The configured limit on [`Self::error_log2`].
+    pub max_error_log2: f64,
+}
+
+impl CkksFloodPlan {
+    /// Whether the flooding fits in the output's modulus (with the values).
+    pub fn fits(&self) -> bool {
+        (self.flood_log2 as f64) < self.room_log2
+    }
+
+    /// Whether the flooding fits and leaves the configured precision: only then does the
+    /// server choose the CKKS mode on its own.
+    pub fn keeps_precision(&self) -> bool {
+        self.fits() && self.error_log2 <= self.max_error_log2
+    }
+}
+
 /// A [`Sequential`] model compiled for CKKS: plaintext weights pre-encoded at the levels
 /// where they are used.
 #[derive(Debug, Clone)]
 pub struct CkksModel {
     steps: Vec<Step>,
+    trace: Vec<Trace>,
+    /// The flooding of [`CkksModel::reply`] (none: replies are not flooded).
+    flood: Option<CkksFloodPlan>,
     galois: Vec<usize>,
     input_level: usize,
     depth: usize,
@@ -79,6 +171,7 @@ fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<
 struct Compiler {
     encoder: Encoder,
     ev: Evaluator,
+    trace: Vec<Trace>,
     galois: std::collections::BTreeSet<usize>,
     level: usize,
     period: usize,
@@ -112,12 +205,14 @@ impl Compiler {
                 }
                 Layer::Square => {
                     need(level, 1, layer)?;
+                    self.trace.push(Trace::Square { level });
                     steps.push(Step::Square);
                     self.level -= 1;
                 }
                 Layer::Poly { coeffs } => {
                     let d = Evaluator::poly_depth(coeffs.len().saturating_sub(1));
                     need(level, d, layer)?;
+                    self.trace.push(Trace::Unbounded(layer.describe()));
                     steps.push(Step::Poly(coeffs.clone()));
                     self.level -= d;
                 }
@@ -127,6 +222,7 @@ impl Compiler {
                     let approx = cipherml_he::ckks::PolyApprox::sigmoid(SIGMOID_BOUND, 7);
                     let d = Evaluator::poly_depth(approx.degree());
                     need(level, d, layer)?;
+                    self.trace.push(Trace::Unbounded(layer.describe()));
                     steps.push(Step::Poly(approx.coeffs));
                     self.level -= d;
                 }
@@ -134,6 +230,7 @@ impl Compiler {
                     // The shortcut keeps the input's layout: every step leaves the period at
                     // the tensor length rounded up to a power of two, and the shapes agree.
                     let period = self.period;
+                    self.trace.push(Trace::Unbounded(layer.describe()));
                     let body = self.layers(body, input)?;
                     debug_assert_eq!(period, self.period, "same shape, same period");
                     steps.push(Step::Residual(body));
@@ -147,6 +244,25 @@ impl Compiler {
                             reason: "this pooling shape has no linear form here".into(),
                         })?;
                     let map = LinearMap::new(m.view(), bias.as_deref(), self.period)?;
+                    let period = self.period.max(map.output_period());
+                    let largest = m
+                        .iter()
+                        .chain(bias.iter().flatten())
+                        .copied()
+                        .enumerate()
+                        .fold(
+                            (0, 0f64),
+                            |a, (i, v)| if v.abs() > a.1.abs() { (i, v) } else { a },
+                        );
+                    self.trace.push(Trace::Linear {
+                        layer: l.describe(),
+                        level,
+                        cols: map.cols(),
+                        diagonals: map.output_period(),
+                        rotations: map.structural_rotation_steps().len(),
+                        block_sums: (period / map.output_period()).trailing_zeros(),
+                        largest,
+                    });
                     // Keys for every diagonal the shapes allow, not only the non-zero ones: the
                     // client derives them from the architecture, and the key set must not
                     // reveal the weights' sparsity.
@@ -229,6 +345,7 @@ impl CkksModel {
         let mut c = Compiler {
             encoder: Encoder::new(params),
             ev: Evaluator::new(params),
+            trace: Vec::new(),
             galois: std::collections::BTreeSet::new(),
             level: input_level,
             period: shapes[0]
@@ -240,6 +357,8 @@ impl CkksModel {
         let steps = c.layers(model.layers(), &shapes[0])?;
         Ok(Self {
             steps,
+            trace: c.trace,
+            flood: None,
             galois: c.galois.into_iter().collect(),
             input_level,
             depth: input_level - c.level,
@@ -268,7 +387,136 @@ impl CkksModel {
         &self.output_shape
     }
 
-    /// Server side: evaluates the network on an encrypted input.
+    /// The noise flooding of this model's replies at `params` (those it was compiled for),
+    /// from the shapes, the levels and the public caps of `config`: a bound on the noise of
+    /// the output, tracked step by step (canonical-embedding norms relative to the scale:
+    /// key switching and rescaling bounds of [`Evaluator::keyswitch_noise_bound`] and
+    /// [`Evaluator::rescale_noise_bound`], multiplied through by the caps), the union bound
+    /// over a session, and the precision left. The client's fresh encryption noise is part
+    /// of its own input (it knows it), so it is not counted.
+    ///
+    /// Fails for a step without a bound here (a polynomial other than the square, a
+    /// residual block: [`NnError::NotSupportedInMode`]) and for a weight above the cap
+    /// ([`NnError::WeightAboveCap`]).
+    pub fn flood_plan(
+        &self,
+        params: &Arc<CkksParameters>,
+        config: &CkksFloodConfig,
+    ) -> Result<CkksFloodPlan, NnError> {
+        let ev = Evaluator::new(params);
+        let delta = params.default_scale();
+        let n = params.degree() as f64;
+        let rs = ev.rescale_noise_bound() / delta;
+        let cap = config.weight_cap;
+        // Bounds on |value| and on |error| per slot, relative to the scale.
+        let (mut v, mut e) = (config.input_cap, 0f64);
+        for t in &self.trace {
+            match *t {
+                Trace::Linear {
+                    ref layer,
+                    level,
+                    cols,
+                    diagonals,
+                    rotations,
+                    block_sums,
+                    largest: (index, value),
+                } => {
+                    if value.abs() > cap {
+                        return Err(NnError::WeightAboveCap {
+                            layer: layer.clone(),
+                            index,
+                            value,
+                            cap,
+                        });
+                    }
+                    let amp = cols as f64 * cap;
+                    let ks_in = ev.keyswitch_noise_bound(level) / delta;
+                    let ks_out = ev.keyswitch_noise_bound(level - 1) / delta;
+                    // Rounding of the diagonals encoded at scale q_level (at most N/2 in
+                    // canonical norm each), times the input.
+                    let encode = diagonals as f64 * n / 2.0 / params.prime(level) as f64 * v;
+                    e = amp * (e + ks_in)
+                        + encode
+                        + (block_sums as f64).exp2() * (rotations as f64 * ks_out + rs);
+                    v = amp * v + cap;
+                }
+                Trace::Square { level } => {
+                    let relin = ev.keyswitch_noise_bound(level) / (delta * delta);
+                    e = 2.0 * v * e + e * e + relin + rs;
+                    v *= v;
+                }
+                Trace::Unbounded(ref layer) => {
+                    return Err(NnError::NotSupportedInMode {
+                        layer: layer.clone(),
+                        mode: "flooded CKKS",
+                        reason: "no noise bound for this layer here; use the hybrid mode".into(),
+                    })
+                }
+            }
+        }
+        let noise_log2 = (e * delta).max(1.0).log2();
+        let coefficients =
+            params.degree() as u128 * config.max_inferences_per_session.max(1) as u128;
+        let session_bits = super::hybrid::union_bits(coefficients);
+        let flood_log2 = noise_log2.ceil() as u32 + config.flood_bits + session_bits;
+        let out_level = self.input_level - self.depth;
+        let q_out: f64 = (0..=out_level)
+            .map(|i| (params.prime(i) as f64).log2())
+            .sum();
+        // The values must fit too: the room is what `Q_out / 4` leaves above them.
+        let (limit, values) = ((q_out - 2.0).exp2(), v * delta);
+        let room_log2 = if values < limit {
+            (limit - values).log2()
+        } else {
+            0.0
+        };
+        let flood_err = 6.0 * (n / 3.0).sqrt() * (flood_log2 as f64).exp2() / delta;
+        Ok(CkksFloodPlan {
+            noise_log2,
+            session_bits,
+            flood_log2,
+            room_log2,
+            error_log2: (flood_err + e).log2(),
+            max_error_log2: config.max_error_log2,
+        })
+    }
+
+    /// The model with its replies flooded by `plan` (from [`CkksModel::flood_plan`]).
+    pub fn with_flood(mut self, plan: CkksFloodPlan) -> Self {
+        self.flood = Some(plan);
+        self
+    }
+
+    /// The flooding of the replies, if any.
+    pub fn flood(&self) -> Option<&CkksFloodPlan> {
+        self.flood.as_ref()
+    }
+
+    /// Server side: evaluates the network on an encrypted input, re-randomizes the result
+    /// with the client's public key `enc` and, if the model has a flooding plan
+    /// ([`CkksModel::with_flood`]), floods its noise ([`Evaluator::flood`] with
+    /// [`CkksFloodPlan::flood_log2`]). What a server returns. Without a plan the reply's
+    /// noise depends on the weights (SECURITY.md).
+    pub fn reply<R: rand::RngCore + rand::CryptoRng + ?Sized>(
+        &self,
+        ev: &Evaluator,
+        rlk: &RelinKey,
+        keys: &GaloisKeys,
+        enc: &cipherml_he::ckks::Encryptor,
+        x: &CkksTensor,
+        rng: &mut R,
+    ) -> Result<cipherml_he::ckks::Ciphertext, NnError> {
+        let y = self.infer(ev, rlk, keys, x)?;
+        let y = enc.rerandomize(&y.ct, rng)?;
+        Ok(match &self.flood {
+            Some(p) => ev.flood(&y, p.flood_log2, rng)?,
+            None => y,
+        })
+    }
+
+    /// Server side: evaluates the network on an encrypted input. The result is neither
+    /// re-randomized nor flooded: its noise depends on the weights; return
+    /// [`CkksModel::reply`] to a client instead.
     pub fn infer(
         &self,
         ev: &Evaluator,

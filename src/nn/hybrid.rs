@@ -6,7 +6,8 @@
 //! `Enc(x_c)` under its own secret key (BFV with `t = 2^l` and coefficient encoding: a
 //! convolution or a matrix product is one polynomial product, no rotation); the server
 //! computes `Enc(W x_c) - R` with a fresh uniform mask polynomial `R`, floods the noise
-//! with 40 more bits than its bound, and returns it; the client decrypts its share
+//! (40 bits plus the union bound over a session above its bound, computed from a public
+//! cap on the weights: SECURITY.md), and returns it; the client decrypts its share
 //! `W x_c - R`, the server keeps `W x_s + R + b`. Truncation (faithful; cheaper where the
 //! value is known non-negative, after a ReLU), ReLU and
 //! max-pool run as two-party protocols on the shares. The logits are revealed to the
@@ -40,31 +41,59 @@ pub struct HybridConfig {
     pub ring_bits: u32,
     /// Fractional bits of the fixed-point encoding.
     pub frac_bits: u32,
-    /// Statistical security of noise flooding, in bits.
+    /// Statistical security of noise flooding over a whole session, in bits: the
+    /// statistical distance of everything a client sees in a session from a simulation
+    /// without the weights is at most `2^-flood_bits`.
     pub flood_bits: u32,
+    /// The public cap on weights: every quantized weight `|round(w 2^f)|` is at most
+    /// `2^weight_bits` (a model with a larger weight is refused at compile time). The
+    /// noise bounds, and so the flooding, are sized from it, never from the weights.
+    pub weight_bits: u32,
+    /// Inferences a session may run at most (the server refuses more): the flooding is
+    /// sized for every coefficient revealed over that many inferences (union bound).
+    pub max_inferences_per_session: u64,
 }
 
 impl Default for HybridConfig {
-    /// `l = 40`, `f = 12`, 40 bits of flooding.
+    /// `l = 40`, `f = 12`, 40 bits of flooding over a session of at most `2^16`
+    /// inferences, weights `|w| <= 16` (`2^16` at 12 fractional bits).
     fn default() -> Self {
         Self {
             ring_bits: 40,
             frac_bits: 12,
             flood_bits: 40,
+            weight_bits: 16,
+            max_inferences_per_session: 1 << 16,
         }
     }
 }
 
 impl HybridConfig {
-    /// The BFV parameters: N = 8192, log2(QP) <= 218 (128-bit), `t = 2^l`.
+    /// The BFV parameters: N = 8192, `t = 2^l`, a 198-bit `Q` and a 20-bit special prime
+    /// (log2(QP) = 218, 128-bit). The hybrid mode uses no key switching (no evaluation key
+    /// is ever made), so the special prime only completes the context; `Q` holds the
+    /// plaintext modulus and the flooding sized for a whole session.
     pub fn bfv_literal(&self) -> BfvParametersLiteral {
         BfvParametersLiteral {
             plaintext: PlaintextModulus::PowerOfTwo {
                 bits: self.ring_bits,
             },
+            ciphertext_moduli_bits: vec![50, 50, 49, 49],
+            special_moduli_bits: vec![20],
             ..BfvParametersLiteral::n8192()
         }
     }
+
+    /// The public cap on quantized weights, `2^weight_bits`.
+    pub fn weight_cap(&self) -> u64 {
+        1u64 << self.weight_bits.min(62)
+    }
+}
+
+/// `ceil(log2(coefficients))`: the bits a flooding must add so that a per-coefficient
+/// statistical distance of `2^-(flood_bits + this)` sums to `2^-flood_bits` over all of them.
+pub(crate) fn union_bits(coefficients: u128) -> u32 {
+    coefficients.max(1).next_power_of_two().trailing_zeros()
 }
 
 /// Errors of hybrid inference.
@@ -145,6 +174,9 @@ enum Step {
 pub struct HybridModel {
     config: HybridConfig,
     params: Arc<BfvParameters>,
+    /// Bits added to every flooding for the union bound over a session:
+    /// `ceil(log2(revealed coefficients per inference x max inferences))`.
+    session_bits: u32,
     steps: Vec<Step>,
     input_len: usize,
     output_shape: Vec<usize>,
@@ -159,6 +191,7 @@ pub(crate) fn quantize(v: f64, bits: u32) -> i64 {
 /// the plan's choice for each layer is found at its own index.
 struct Compiler<'a> {
     encoder: Encoder,
+    cap: u64,
     f: u32,
     with_weights: bool,
     plan: &'a super::Plan,
@@ -196,12 +229,14 @@ impl Compiler<'_> {
                     } else {
                         Array4::zeros(weight.dim())
                     };
-                    let he = CoeffConv2d::new(
+                    check_weight_cap(layer, w.iter().copied(), self.cap, f)?;
+                    let he = CoeffConv2d::new_capped(
                         &self.encoder,
                         w.view(),
                         (input[1], input[2]),
                         *padding,
                         *stride,
+                        self.cap,
                     )?;
                     let (_, ho, wo) = he.output_shape();
                     Step::Conv {
@@ -221,6 +256,7 @@ impl Compiler<'_> {
                     } else {
                         Array2::zeros(weight.dim())
                     };
+                    check_weight_cap(layer, w.iter().copied(), self.cap, f)?;
                     let b = quantized_bias(&mut bias.iter().copied());
                     let on_shares = self
                         .plan
@@ -231,7 +267,7 @@ impl Compiler<'_> {
                         Step::SharedDense { weight: w, bias: b }
                     } else {
                         Step::Dense {
-                            he: CoeffMatVec::new(&self.encoder, w.view())?,
+                            he: CoeffMatVec::new_capped(&self.encoder, w.view(), self.cap)?,
                             weight: w,
                             bias: b,
                         }
@@ -306,24 +342,68 @@ impl HybridModel {
         let shapes = model.shapes()?;
         let steps = Compiler {
             encoder: Encoder::new(&params),
+            cap: config.weight_cap(),
             f: config.frac_bits,
             with_weights,
             plan,
             index: 0,
         }
         .layers(model.layers(), &shapes[0])?;
-        Ok(Self {
+        let revealed = revealed_coefficients(&steps) as u128;
+        let session_bits = union_bits(revealed * config.max_inferences_per_session.max(1) as u128);
+        let compiled = Self {
             config: config.clone(),
             params,
+            session_bits,
             steps,
             input_len: shapes[0].iter().product(),
             output_shape: shapes.last().expect("non-empty").clone(),
-        })
+        };
+        let (flood, room) = compiled.flood_log2();
+        if flood as f64 >= room {
+            return Err(NnError::NotSupportedInMode {
+                layer: "the model".into(),
+                mode: "hybrid",
+                reason: format!(
+                    "flooding of 2^{flood} (noise bound, {} statistical bits, {} bits of union \
+                     bound over a session) exceeds the room of 2^{room:.1} at these parameters",
+                    config.flood_bits, compiled.session_bits
+                ),
+            }
+            .into());
+        }
+        Ok(compiled)
     }
 
     /// The BFV parameters.
     pub fn params(&self) -> &Arc<BfvParameters> {
         &self.params
+    }
+
+    /// The bits of every flooding beyond the noise bound: `flood_bits` plus the union
+    /// bound over a session (`ceil(log2(coefficients revealed per inference x
+    /// max_inferences_per_session))`).
+    pub fn flood_bits(&self) -> u32 {
+        self.config.flood_bits + self.session_bits
+    }
+
+    /// `log2` of the largest flooding of a reply (noise bound plus [`Self::flood_bits`]),
+    /// and `log2` of the room for it at these parameters (`log2(Q / t) - 2`): the model
+    /// compiles only if the first is below the second.
+    pub fn flood_log2(&self) -> (u32, f64) {
+        let n = self.params.degree();
+        let t = self.params.plaintext_modulus();
+        let mut worst = 0u32;
+        walk_steps(&self.steps, &mut |s| {
+            let noise = match s {
+                Step::Conv { he, .. } => he.noise_bound_log2(n, t),
+                Step::Dense { he, .. } => he.noise_bound_log2(n, t),
+                _ => return,
+            };
+            worst = worst.max(flood_log2(n, noise, self.flood_bits()));
+        });
+        let room = self.params.context().q().log2_product() - (t as f64).log2() - 2.0;
+        (worst, room)
     }
 
     fn ring(&self) -> Ring {
@@ -483,7 +563,7 @@ impl HybridModel {
                             he_linear_server(
                                 &self.params,
                                 ring,
-                                self.config.flood_bits,
+                                self.flood_bits(),
                                 p,
                                 rerand.expect("the server side holds the client's public key"),
                                 he.input_groups(),
@@ -517,7 +597,7 @@ impl HybridModel {
                             he_linear_server(
                                 &self.params,
                                 ring,
-                                self.config.flood_bits,
+                                self.flood_bits(),
                                 p,
                                 rerand.expect("the server side holds the client's public key"),
                                 he.input_chunks(),
@@ -692,10 +772,7 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
     let out = apply(&ev, &cts)?;
     let t = params.plaintext_modulus();
     let n = params.degree();
-    // The re-randomizing encryption of zero adds |u e + e1 s + e0| <= (2N + 1) * 21 (ternary
-    // u and s, centered-binomial errors bounded by 21) to the noise before flooding.
-    let rerand_noise = ((2 * n + 1) as f64 * 21.0).log2();
-    let flood = (noise_log2.max(rerand_noise) + 1.0).ceil() as u32 + flood_bits;
+    let flood = flood_log2(n, noise_log2, flood_bits);
     let zero = encoder.encode_coeffs_u64(&[])?;
     for (b, ct) in out.iter().enumerate() {
         let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
@@ -726,6 +803,58 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
     }
     p.channel().flush()?;
     Ok(y_s)
+}
+
+/// `log2` of the flooding of a reply whose computed noise is at most `2^noise_log2`:
+/// `flood_bits` (statistical bits, union bound over the session included) above the noise
+/// bound, the re-randomizing encryption of zero included (`|u e + e1 s + e0| <= (2N + 1)
+/// 21`: ternary `u` and `s`, centered-binomial errors bounded by 21).
+pub(crate) fn flood_log2(n: usize, noise_log2: f64, flood_bits: u32) -> u32 {
+    let rerand_noise = ((2 * n + 1) as f64 * 21.0).log2();
+    (noise_log2.max(rerand_noise) + 1.0).ceil() as u32 + flood_bits
+}
+
+/// Refuses a quantized weight above the public cap, naming the layer.
+fn check_weight_cap(
+    layer: &Layer,
+    w: impl Iterator<Item = i64>,
+    cap: u64,
+    f: u32,
+) -> Result<(), NnError> {
+    let scale = (f as f64).exp2();
+    for (index, v) in w.enumerate() {
+        if v.unsigned_abs() > cap {
+            return Err(NnError::WeightAboveCap {
+                layer: layer.describe(),
+                index,
+                value: v as f64 / scale,
+                cap: cap as f64 / scale,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` on every step, residual bodies included.
+fn walk_steps(steps: &[Step], f: &mut impl FnMut(&Step)) {
+    for s in steps {
+        f(s);
+        if let Step::Residual { body } = s {
+            walk_steps(body, f);
+        }
+    }
+}
+
+/// Coefficients one inference reveals to the client under HE (the outputs of every linear
+/// layer run under BFV).
+fn revealed_coefficients(steps: &[Step]) -> usize {
+    let mut n = 0;
+    walk_steps(steps, &mut |s| match s {
+        Step::Conv { he, .. } => n += he.output_positions().len(),
+        Step::Dense { he, .. } => n += he.output_positions().len(),
+        _ => {}
+    });
+    n
 }
 
 /// `W x` in `Z_2^l` for `W` `(out, in)`.

@@ -8,10 +8,10 @@ mod onnx;
 pub(crate) mod plan;
 pub mod zoo;
 
-pub use ckks_mode::{CkksModel, SIGMOID_BOUND};
+pub use ckks_mode::{CkksFloodConfig, CkksFloodPlan, CkksModel, SIGMOID_BOUND};
 pub use hybrid::{HybridConfig, HybridError, HybridModel, SIGMOID_PWL_ERROR};
 pub use layers::Layer;
-pub use onnx::{load_onnx, tract_reference};
+pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
 pub use plan::{Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 
 use ndarray::ArrayD;
@@ -64,6 +64,31 @@ pub enum NnError {
         index: usize,
         /// The value.
         value: f64,
+    },
+    /// A weight exceeds the public cap from which the noise flooding of the replies is
+    /// sized (raise the cap in the configuration: it is public, the weights are not).
+    #[error("layer {layer}: weight {value} at flat index {index} exceeds the declared cap {cap}")]
+    WeightAboveCap {
+        /// The layer.
+        layer: String,
+        /// Flat (row-major) index of the weight.
+        index: usize,
+        /// The weight.
+        value: f64,
+        /// The cap.
+        cap: f64,
+    },
+    /// A model cannot run in the mode the configuration forces on it.
+    #[error("model {model:?} cannot run in {mode} mode: layer {layer}: {reason}")]
+    ModeUnavailable {
+        /// The model's name.
+        model: String,
+        /// The mode asked for.
+        mode: &'static str,
+        /// The layer that prevents it.
+        layer: String,
+        /// Why.
+        reason: String,
     },
     /// The private mode cannot run this layer.
     #[error("layer {layer} cannot run in {mode} mode: {reason}")]

@@ -68,13 +68,32 @@ fn uniform(node: &NodeProto, name: &str, default: usize) -> Result<usize, NnErro
 /// Loads an ONNX model file as a [`Sequential`] model.
 pub fn load_onnx(path: impl AsRef<Path>) -> Result<Sequential, NnError> {
     let path = path.as_ref();
-    let onnx_err = |reason: String| NnError::Onnx {
-        path: path.display().to_string(),
-        reason,
-    };
     let proto = tract_onnx::onnx()
         .proto_model_for_path(path)
-        .map_err(|e| onnx_err(e.to_string()))?;
+        .map_err(|e| NnError::Onnx {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    from_proto(proto, &path.display().to_string())
+}
+
+/// As [`load_onnx`], from the bytes of an ONNX file (e.g. a model embedded in a program);
+/// `name` stands for the path in errors.
+pub fn load_onnx_bytes(name: &str, bytes: &[u8]) -> Result<Sequential, NnError> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| NnError::Onnx {
+            path: name.to_string(),
+            reason: e.to_string(),
+        })?;
+    from_proto(proto, name)
+}
+
+fn from_proto(proto: pb::ModelProto, path: &str) -> Result<Sequential, NnError> {
+    let onnx_err = |reason: String| NnError::Onnx {
+        path: path.to_string(),
+        reason,
+    };
     let graph = proto.graph.ok_or_else(|| onnx_err("no graph".into()))?;
     let mut consts: HashMap<String, ArrayD<f64>> = HashMap::new();
     for t in &graph.initializer {

@@ -6,9 +6,10 @@
 //!   plaintext. The plaintext modulus is `2^40`, the ring of the shares, so the sum is the
 //!   value itself with no wrap to correct, and the fixed-point scale is unchanged.
 //! - **BFV -> shares** ([`Session::to_shares`]): the server subtracts a fresh polynomial
-//!   uniform modulo `t` (its share), floods the noise with 40 bits more than its bound on the
-//!   noise it holds (statistical distance about `2^-40` from a ciphertext independent of
-//!   how it was computed), and sends the ciphertext; the client decrypts its share.
+//!   uniform modulo `t` (its share), floods the noise with 40 bits plus the union bound over
+//!   the session (at most `2^32` revealed coefficients) above its bound on the noise it
+//!   holds (statistical distance at most `2^-40` over the whole session from ciphertexts
+//!   independent of how they were computed), and sends the ciphertext; the client decrypts its share.
 //! - **Client input -> CKKS** ([`Session::encrypt`]): the client encrypts a value it owns;
 //!   the server computes on it (additions, products with its own matrices, squares and
 //!   polynomials) with the keys the client uploads when an operation first needs them, and
@@ -110,6 +111,23 @@ fn row_len(shape: &[usize]) -> usize {
 }
 
 impl<C: Channel> Session<C> {
+    /// Counts `coefficients` more revealed to the client (both parties count alike) and
+    /// returns the statistical bits of their flooding: `flood_bits` plus the union bound
+    /// over the session ([`super::SESSION_REVEAL_LOG2`]). Refuses past the session's cap.
+    pub(super) fn reveal_flood_bits(&mut self, coefficients: usize) -> Result<u32, TensorError> {
+        let max = 1u64 << super::SESSION_REVEAL_LOG2;
+        let requested = coefficients as u64;
+        if self.revealed.saturating_add(requested) > max {
+            return Err(TensorError::SessionExhausted {
+                revealed: self.revealed,
+                requested,
+                max,
+            });
+        }
+        self.revealed += requested;
+        Ok(self.config.flood_bits + super::SESSION_REVEAL_LOG2)
+    }
+
     /// Converts `t` to a BFV ciphertext held by the server (shares -> HE; a public or
     /// private value is shared first).
     pub fn to_bfv(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
@@ -174,6 +192,7 @@ impl<C: Channel> Session<C> {
             .flat_map(|r| (0..k).map(move |j| (r * per_row + j / n, j % n)))
             .collect();
         let ring = self.fixed.ring();
+        let flood_bits = self.reveal_flood_bits(positions.len())?;
         Ok(match (&self.sk, data) {
             (Some(sk), _) => crate::nn::hybrid::he_linear_client(
                 &self.params,
@@ -187,7 +206,7 @@ impl<C: Channel> Session<C> {
             (None, Some(d)) => crate::nn::hybrid::he_linear_server(
                 &self.params,
                 ring,
-                self.config.flood_bits,
+                flood_bits,
                 &mut self.party,
                 server_key(&self.rerand)?,
                 0,
@@ -249,13 +268,14 @@ impl<C: Channel> Session<C> {
     ) -> Result<Vec<u64>, TensorError> {
         let (n_out, k) = wt.dim();
         let encoder = Encoder::new(&self.params);
-        let mv = CoeffMatVec::new(&encoder, wt.view())?;
+        let mv = CoeffMatVec::new_capped(&encoder, wt.view(), self.config.weight_cap())?;
         let positions = mv.output_positions();
         let ring = self.fixed.ring();
         let rows = x.shape().iter().product::<usize>() / k;
         let per_row = mv.input_chunks();
         let mut out = Vec::with_capacity(rows * n_out);
         for r in 0..rows {
+            let flood_bits = self.reveal_flood_bits(positions.len())?;
             let y = match (&self.sk, x) {
                 (Some(sk), _) => crate::nn::hybrid::he_linear_client(
                     &self.params,
@@ -267,15 +287,18 @@ impl<C: Channel> Session<C> {
                 )
                 .map_err(Box::new)?,
                 (None, PrivateTensor::Bfv { data: Some(d), .. }) => {
-                    let noise = mv
-                        .noise_bound_log2(self.params.degree(), self.params.plaintext_modulus())
-                        .max(d.noise_log2)
-                        + 1.0;
+                    // The input's noise is multiplied by the weights (not added to the
+                    // bound): `t N cap + 2^noise_in L1(w) + t` per chunk.
+                    let noise = mv.noise_bound_log2_from(
+                        self.params.degree(),
+                        self.params.plaintext_modulus(),
+                        d.noise_log2,
+                    );
                     let row = &d.cts[r * per_row..(r + 1) * per_row];
                     crate::nn::hybrid::he_linear_server(
                         &self.params,
                         ring,
-                        self.config.flood_bits,
+                        flood_bits,
                         &mut self.party,
                         server_key(&self.rerand)?,
                         0,
@@ -722,7 +745,10 @@ impl<C: Channel> Session<C> {
 
     /// Reveals a CKKS tensor to the client (the key owner): the server re-randomizes the
     /// ciphertext with the client's public key (so its second polynomial carries nothing
-    /// of the server's operands) and sends it. Its noise is not flooded (SECURITY.md).
+    /// of the server's operands) and sends it. Its noise is **not flooded**: the session's
+    /// CKKS parameters have no room for a flooding that keeps precision (SECURITY.md,
+    /// "Noise flooding"); do not compute on server secrets under CKKS when they must stay
+    /// hidden from the client.
     pub(super) fn ckks_reveal(
         &mut self,
         t: &PrivateTensor,

@@ -130,6 +130,20 @@ pub enum TensorError {
     /// The peer thread of a local session failed.
     #[error("the other party of the local session panicked")]
     PeerPanicked,
+    /// The session revealed as many encrypted coefficients as its flooding is sized for
+    /// (the union bound over a session): start a new session.
+    #[error(
+        "the session would reveal {requested} more coefficients after {revealed}, past the \
+         {max} its noise flooding is sized for: start a new session"
+    )]
+    SessionExhausted {
+        /// Coefficients revealed so far.
+        revealed: u64,
+        /// Coefficients the refused operation would reveal.
+        requested: u64,
+        /// The most a session may reveal.
+        max: u64,
+    },
 }
 
 mod he;
@@ -211,7 +225,14 @@ pub struct Session<C: Channel> {
     rerand: Option<cipherml_he::bfv::Encryptor>,
     ckks: Option<he::CkksState>,
     log: Vec<crate::nn::LayerPlan>,
+    /// Coefficients of encrypted replies revealed to the client so far (BFV and CKKS).
+    revealed: u64,
 }
+
+/// `log2` of the most coefficients of encrypted replies (BFV to shares, CKKS reveals) one
+/// [`Session`] may reveal: every flooding adds these bits to the statistical parameter, so
+/// the statistical distance over the whole session stays below `2^-flood_bits`.
+pub const SESSION_REVEAL_LOG2: u32 = 32;
 
 impl<C: Channel> std::fmt::Debug for Session<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,6 +274,7 @@ impl<C: Channel> Session<C> {
             rerand,
             ckks: None,
             log: Vec::new(),
+            revealed: 0,
         })
     }
 

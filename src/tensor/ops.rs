@@ -262,8 +262,16 @@ impl<C: Channel> Session<C> {
             _ => ndarray::Array4::zeros((o, c, kh, kw)),
         };
         let encoder = Encoder::new(&self.params);
-        let he = CoeffConv2d::new(&encoder, weights.view(), (h, wd), padding, stride)?;
+        let he = CoeffConv2d::new_capped(
+            &encoder,
+            weights.view(),
+            (h, wd),
+            padding,
+            stride,
+            self.config.weight_cap(),
+        )?;
         let positions = he.output_positions();
+        let flood_bits = self.reveal_flood_bits(positions.len())?;
         let (_, ho, wo) = he.output_shape();
         let (s, _) = self.shares_of(x)?;
         let y = match &self.sk {
@@ -284,7 +292,7 @@ impl<C: Channel> Session<C> {
                 he_linear_server(
                     &self.params,
                     ring,
-                    self.config.flood_bits,
+                    flood_bits,
                     &mut self.party,
                     super::he::server_key(&self.rerand)?,
                     he.input_groups(),

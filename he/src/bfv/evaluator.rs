@@ -218,7 +218,7 @@ impl Evaluator {
         self.check(ct)?;
         let q = self.q(ct.level);
         let room = q.log2_product() - (self.params.plaintext_modulus() as f64).log2() - 2.0;
-        if log2_bound as f64 >= room || log2_bound > 120 {
+        if log2_bound as f64 >= room || log2_bound > 190 {
             return Err(Error::InvalidParameters {
                 reason: format!(
                     "flooding noise of 2^{log2_bound} exceeds the room of 2^{room:.1} at level {}",
@@ -227,25 +227,32 @@ impl Evaluator {
             });
         }
         let n = self.params.degree();
-        let span: u128 = (1u128 << log2_bound) * 2 + 1;
-        let bits = 128 - span.leading_zeros();
-        let mut noise: Vec<i128> = Vec::with_capacity(n);
-        while noise.len() < n {
-            let r =
-                ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128) & ((1u128 << bits) - 1);
-            if r < span {
-                noise.push(r as i128 - (1i128 << log2_bound));
-            }
-        }
+        // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
+        // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
+        let high_bits = log2_bound.saturating_sub(64) + 1;
         let mut poly = Poly::<Coeff>::zero(n, q.len());
-        for (limb, pr) in poly.limbs_mut().zip(q.primes()) {
-            let m = pr.modulus;
-            for (x, &v) in limb.iter_mut().zip(&noise) {
-                let r = m.reduce_u128(v.unsigned_abs());
-                *x = if v < 0 { m.neg(r) } else { r };
+        for c in 0..n {
+            let (a, b): (i128, u64) = if log2_bound >= 64 {
+                let r = ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)
+                    & (u128::MAX >> (128 - high_bits));
+                (r as i128 - (1i128 << (high_bits - 1)), rng.next_u64())
+            } else {
+                let r = rng.next_u64() & (u64::MAX >> (63 - log2_bound));
+                (r as i128 - (1i128 << log2_bound), 0)
+            };
+            for (i, pr) in q.primes().iter().enumerate() {
+                let m = pr.modulus;
+                let ra = m.reduce_u128(a.unsigned_abs());
+                let ra = if a < 0 { m.neg(ra) } else { ra };
+                let v = if log2_bound >= 64 {
+                    let two64 = m.reduce_u128(1u128 << 64);
+                    m.add(m.mul_reduced(ra, two64), m.reduce(b))
+                } else {
+                    ra
+                };
+                poly.limb_mut(i)[c] = v;
             }
         }
-        noise.iter_mut().for_each(|v| *v = 0);
         let poly = poly.into_ntt(q);
         let mut out = ct.clone();
         out.polys[0].add_assign(&poly, q);

@@ -162,7 +162,10 @@ impl BfvParameters {
         Self::build(literal, false)
     }
 
-    /// As [`BfvParameters::new`] but accepts insecure parameters. **For tests only.**
+    /// As [`BfvParameters::new`] but accepts insecure parameters. **For tests only**: it exists
+    /// only with the `insecure-params` cargo feature (never enable it in a program that
+    /// encrypts real data).
+    #[cfg(any(test, feature = "insecure-params"))]
     pub fn new_insecure(literal: &BfvParametersLiteral) -> Result<Arc<Self>> {
         Self::build(literal, true)
     }

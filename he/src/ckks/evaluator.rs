@@ -7,7 +7,7 @@ use super::ciphertext::Ciphertext;
 use super::encoding::Plaintext;
 use super::params::CkksParameters;
 use crate::error::{check_params, Error, Result};
-use crate::math::{Ntt, Poly, RnsBasis};
+use crate::math::{Coeff, Ntt, Poly, RnsBasis};
 use crate::rlwe::ops::{self, Decomposition};
 use crate::rlwe::{GaloisKeys, RelinKey};
 
@@ -508,6 +508,92 @@ impl Evaluator {
             step *= 2;
         }
         Ok(acc)
+    }
+
+    /// A bound on the canonical-embedding norm (in coefficient units, at the scale of the
+    /// result) of the rounding error of a rescaling, `sqrt(N/3) (3 + 8 sqrt(N))`: the
+    /// high-probability bound of Cheon, Kim, Kim and Song (2017, Lemma 2) with every
+    /// coefficient of the ternary secret non-zero (the worst case for that bound).
+    pub fn rescale_noise_bound(&self) -> f64 {
+        let n = self.params.degree() as f64;
+        (n / 3.0).sqrt() * (3.0 + 8.0 * n.sqrt())
+    }
+
+    /// A bound (same analysis, same units) on the noise a key switching (relinearization or
+    /// rotation) adds at `level`: `digits * max q_i * 8 sigma N / sqrt(3) / P` (one digit
+    /// per ciphertext prime, error sigma = sqrt(21/2) for the centered binomial), plus the
+    /// rounding of the division by `P` ([`Self::rescale_noise_bound`]).
+    pub fn keyswitch_noise_bound(&self, level: usize) -> f64 {
+        let ctx = self.params.context();
+        let n = self.params.degree() as f64;
+        let sigma = (21.0f64 / 2.0).sqrt();
+        let q = ctx.q_at(level);
+        let digits = q.len() as f64;
+        let max_q = q
+            .primes()
+            .iter()
+            .map(|p| p.modulus.value() as f64)
+            .fold(0.0, f64::max);
+        let p_log2 = ctx.p().log2_product();
+        digits * max_q * 8.0 * sigma * n / 3f64.sqrt() / p_log2.exp2() + self.rescale_noise_bound()
+    }
+
+    /// Noise flooding: adds to `ct` a fresh noise uniform in `[-2^log2_bound,
+    /// 2^log2_bound]` per coefficient (from `rng`, a CSPRNG), so that a decrypting party
+    /// learns nothing more, up to a statistical distance of `|noise| / 2^log2_bound` per
+    /// coefficient, about how the noise of `ct` was produced (e.g. about a server's
+    /// plaintext operands). The message gains an error of about
+    /// `2^log2_bound sqrt(N / 3) / scale` per slot. Fails with
+    /// [`Error::InvalidParameters`] if the flooding does not fit below `Q_level / 4`.
+    pub fn flood<R: rand::RngCore + rand::CryptoRng + ?Sized>(
+        &self,
+        ct: &Ciphertext,
+        log2_bound: u32,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let q = self.q(ct.level);
+        let room = q.log2_product() - 2.0;
+        if log2_bound as f64 >= room || log2_bound > 190 {
+            return Err(Error::InvalidParameters {
+                reason: format!(
+                    "flooding noise of 2^{log2_bound} exceeds the room of 2^{room:.1} at level {}",
+                    ct.level
+                ),
+            });
+        }
+        let n = self.params.degree();
+        // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
+        // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
+        let high_bits = log2_bound.saturating_sub(64) + 1;
+        let mut poly = Poly::<Coeff>::zero(n, q.len());
+        for c in 0..n {
+            let (a, b): (i128, u64) = if log2_bound >= 64 {
+                let r = ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)
+                    & (u128::MAX >> (128 - high_bits));
+                (r as i128 - (1i128 << (high_bits - 1)), rng.next_u64())
+            } else {
+                let r = rng.next_u64() & (u64::MAX >> (63 - log2_bound));
+                (r as i128 - (1i128 << log2_bound), 0)
+            };
+            for (i, pr) in q.primes().iter().enumerate() {
+                let m = pr.modulus;
+                let ra = m.reduce_u128(a.unsigned_abs());
+                let ra = if a < 0 { m.neg(ra) } else { ra };
+                let v = if log2_bound >= 64 {
+                    let two64 = m.reduce_u128(1u128 << 64);
+                    m.add(m.mul_reduced(ra, two64), m.reduce(b))
+                } else {
+                    ra
+                };
+                poly.limb_mut(i)[c] = v;
+            }
+        }
+        let poly = poly.into_ntt(q);
+        let mut out = ct.clone();
+        out.polys[0].add_assign(&poly, q);
+        out.seed = None;
+        Ok(out)
     }
 
     /// Multiplicative depth of [`Self::eval_poly`] for a polynomial of degree `d`:

@@ -85,7 +85,10 @@ impl CkksParameters {
         Self::build(literal, false)
     }
 
-    /// As [`CkksParameters::new`] but accepts insecure parameters. **For tests only.**
+    /// As [`CkksParameters::new`] but accepts insecure parameters. **For tests only**: it exists
+    /// only with the `insecure-params` cargo feature (never enable it in a program that
+    /// encrypts real data).
+    #[cfg(any(test, feature = "insecure-params"))]
     pub fn new_insecure(literal: &CkksParametersLiteral) -> Result<Arc<Self>> {
         Self::build(literal, true)
     }

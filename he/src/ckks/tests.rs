@@ -50,3 +50,53 @@ fn encoding_is_the_canonical_embedding() {
         assert!((a - b).norm() < 1e-7);
     }
 }
+
+/// Flooding adds a noise uniform in `[-2^b, 2^b)` per coefficient, also above 64 and 127
+/// bits, and refuses one that does not fit.
+#[test]
+fn flooding_is_uniform_in_its_interval() {
+    let lit = CkksParametersLiteral {
+        degree: 1024,
+        ciphertext_moduli_bits: vec![60, 60, 60],
+        special_moduli_bits: vec![60],
+        scale_bits: 40,
+    };
+    let params = CkksParameters::new_insecure(&lit).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let sk = std::sync::Arc::new(crate::rlwe::SecretKey::random(params.context(), &mut rng));
+    let dec = Decryptor::new(&params, sk).unwrap();
+    let ev = Evaluator::new(&params);
+    let q = params.context().q_at(2).clone();
+    let mut scratch = Vec::new();
+    for bits in [20u32, 100, 150] {
+        let pt = Encoder::new(&params)
+            .encode_f64(&[0.0], 2, params.default_scale())
+            .unwrap();
+        let ct = dec.encrypt_symmetric(&pt, &mut rng).unwrap();
+        let flooded = ev.flood(&ct, bits, &mut rng).unwrap();
+        let coeff = dec.decrypt(&flooded).unwrap().poly.clone().into_coeff(&q);
+        let vals: Vec<f64> = (0..1024)
+            .map(|i| {
+                let res: Vec<u64> = (0..q.len()).map(|l| coeff.limb(l)[i]).collect();
+                q.to_f64_centered(&res, &mut scratch) / (bits as f64).exp2()
+            })
+            .collect();
+        let max = vals.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        // Uniform on [-1, 1): the largest of 1024 is above 0.99 but not above 1 (plus the
+        // encryption noise), the mean near 0 (standard deviation 0.018).
+        assert!(max > 0.99 && max <= 1.0 + 1e-3, "{bits} bits: max {max}");
+        assert!(mean.abs() < 0.1, "{bits} bits: mean {mean}");
+    }
+    assert!(ev
+        .flood(
+            &dec.encrypt_symmetric(
+                &Encoder::new(&params).encode_f64(&[0.0], 2, 1e12).unwrap(),
+                &mut rng
+            )
+            .unwrap(),
+            179,
+            &mut rng
+        )
+        .is_err());
+}

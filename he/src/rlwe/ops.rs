@@ -57,14 +57,10 @@ pub(crate) fn encrypt_sk<R: RngCore + CryptoRng + ?Sized>(
     let mut c0 = m_plus_e.into_ntt(q);
     let s = sk.ntt_qp();
     for (i, pr) in q.primes().iter().enumerate() {
-        // c0 -= a * s, as c0 + a * (-s): negate a copy of the product limb.
-        let mut t = a.limb(i).to_vec();
+        // c0 -= a * s, in place: no temporary holds `a * s` (secret-key material).
         let m = &pr.modulus;
-        for (x, &si) in t.iter_mut().zip(s.limb(i)) {
-            *x = m.neg(m.mul_reduced(*x, si));
-        }
-        for (x, &y) in c0.limb_mut(i).iter_mut().zip(&t) {
-            *x = m.add(*x, y);
+        for ((x, &ai), &si) in c0.limb_mut(i).iter_mut().zip(a.limb(i)).zip(s.limb(i)) {
+            *x = m.sub(*x, m.mul_reduced(ai, si));
         }
     }
     (vec![c0, a], seed)

@@ -39,20 +39,69 @@ pub struct CoeffMatVec {
     rows_per_block: usize,
     /// `[block][chunk]`: the weight polynomials, prepared at the top level.
     weights: Vec<Vec<PreparedPlaintext>>,
-    /// Largest `|w|` and largest row-block L1 norm (for noise bounds).
-    max_abs: u64,
-    max_l1: u64,
+    /// The public bound on `|w|` that the noise bounds use (never the weights' own
+    /// magnitudes, which the flooding would otherwise reveal).
+    cap: u64,
+}
+
+/// `log2` of the bound on the noise of a fresh symmetric encryption (centered-binomial
+/// error, every coefficient at most 21 in absolute value).
+pub const FRESH_NOISE_LOG2: f64 = 4.392_317_422_778_761;
+
+/// `log2` of a bound on the noise of `sum_k x_k w_k` for `products` plaintext-ciphertext
+/// products, each input of noise at most `2^input_noise_log2` and message coefficients in
+/// `[0, t)`, each weight polynomial with coefficients at most `cap` and at most `terms`
+/// non-zero coefficients: per product, `t N cap` (the carry of `m w` over `t`, times
+/// `q mod t < t`), `2^input_noise_log2 cap terms` (the input noise times the weight
+/// polynomial, whose L1 norm is at most `cap terms`), and `t` (rounding).
+pub fn product_noise_log2(
+    products: usize,
+    n: usize,
+    t: u64,
+    cap: u64,
+    terms: usize,
+    input_noise_log2: f64,
+) -> f64 {
+    let (t, cap) = (t as f64, cap as f64);
+    let per = t * n as f64 * cap + input_noise_log2.exp2() * cap * terms as f64 + t;
+    (products.max(1) as f64 * per).log2()
+}
+
+fn check_cap(values: impl Iterator<Item = i64>, cap: u64, shape: &[usize]) -> Result<()> {
+    for (index, v) in values.enumerate() {
+        if v.unsigned_abs() > cap {
+            return Err(Error::ValueAboveCap {
+                what: "weight",
+                index,
+                shape: shape.to_vec(),
+                value: v,
+                cap,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl CoeffMatVec {
     /// `log2` of a bound on the noise of an output ciphertext, for inputs encrypted fresh
-    /// (symmetric encryption, coefficients in `[0, t)`): `t N max|w| + 21 L1(w) + t`, summed
-    /// over the column chunks.
+    /// (symmetric encryption, coefficients in `[0, t)`); see
+    /// [`CoeffMatVec::noise_bound_log2_from`].
     pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
-        let chunks = self.input_chunks() as f64;
-        let b = chunks
-            * (t as f64 * n as f64 * self.max_abs as f64 + 21.0 * self.max_l1 as f64 + t as f64);
-        b.log2()
+        self.noise_bound_log2_from(n, t, FRESH_NOISE_LOG2)
+    }
+
+    /// `log2` of a bound on the noise of an output ciphertext for inputs of noise at most
+    /// `2^input_noise_log2` (message coefficients in `[0, t)`): [`product_noise_log2`] over
+    /// the column chunks, from the public cap on `|w|` and the shapes only. The input's
+    /// noise is multiplied by the weights, not added to the bound.
+    pub fn noise_bound_log2_from(&self, n: usize, t: u64, input_noise_log2: f64) -> f64 {
+        let terms = self.rows_per_block.min(self.rows) * self.chunk;
+        product_noise_log2(self.input_chunks(), n, t, self.cap, terms, input_noise_log2)
+    }
+
+    /// The public bound on `|w|` the noise bounds use.
+    pub fn cap(&self) -> u64 {
+        self.cap
     }
 
     /// `(row block, coefficient index)` of each output, in order.
@@ -65,8 +114,18 @@ impl CoeffMatVec {
             .collect()
     }
 
-    /// Encodes `w` (entries reduced modulo `t`).
+    /// Encodes `w` (entries reduced modulo `t`). The noise bounds use the largest cap any
+    /// weight can have modulo `t` (`t / 2`); prefer [`CoeffMatVec::new_capped`] with a
+    /// declared cap.
     pub fn new(encoder: &Encoder, w: ArrayView2<'_, i64>) -> Result<Self> {
+        let cap = t_of(encoder) / 2;
+        Self::new_capped(encoder, w, cap)
+    }
+
+    /// Encodes `w`, every `|w|` at most the public `cap` (else
+    /// [`Error::ValueAboveCap`] with the first offending weight): the noise bounds, and so
+    /// the flooding a server adds, depend on `cap` and the shapes only.
+    pub fn new_capped(encoder: &Encoder, w: ArrayView2<'_, i64>, cap: u64) -> Result<Self> {
         let n_ring = encoder.params().degree();
         let (rows, cols) = w.dim();
         if rows == 0 || cols == 0 {
@@ -76,21 +135,11 @@ impl CoeffMatVec {
                 right: vec![],
             });
         }
+        check_cap(w.iter().copied(), cap, &[rows, cols])?;
         let t = t_of(encoder);
         let chunk = cols.min(n_ring);
         let rows_per_block = n_ring / chunk;
         let level = encoder.params().max_level();
-        let max_abs = w.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-        let max_l1 = (0..rows)
-            .step_by(rows_per_block)
-            .map(|r0| {
-                w.slice(ndarray::s![r0..(r0 + rows_per_block).min(rows), ..])
-                    .iter()
-                    .map(|v| v.unsigned_abs())
-                    .sum::<u64>()
-            })
-            .max()
-            .unwrap_or(0);
         let mut weights = Vec::new();
         for r0 in (0..rows).step_by(rows_per_block) {
             let mut per_chunk = Vec::new();
@@ -112,8 +161,7 @@ impl CoeffMatVec {
             chunk,
             rows_per_block,
             weights,
-            max_abs,
-            max_l1,
+            cap,
         })
     }
 
@@ -208,13 +256,14 @@ pub struct CoeffConv2d {
     spacing: usize,
     /// `[output block][channel group]`.
     weights: Vec<Vec<PreparedPlaintext>>,
-    max_abs: u64,
-    max_l1: u64,
+    /// The public bound on `|w|` that the noise bounds use.
+    cap: u64,
 }
 
 impl CoeffConv2d {
     /// Encodes `weights` of shape `(O, C, kh, kw)` for inputs `(C, H, W)` with symmetric zero
-    /// `padding` and `stride`.
+    /// `padding` and `stride`. The noise bounds use the cap `t / 2`; prefer
+    /// [`CoeffConv2d::new_capped`].
     pub fn new(
         encoder: &Encoder,
         weights: ArrayView4<'_, i64>,
@@ -222,7 +271,22 @@ impl CoeffConv2d {
         padding: usize,
         stride: usize,
     ) -> Result<Self> {
+        let cap = t_of(encoder) / 2;
+        Self::new_capped(encoder, weights, input, padding, stride, cap)
+    }
+
+    /// As [`CoeffConv2d::new`], every `|w|` at most the public `cap` (else
+    /// [`Error::ValueAboveCap`]): the noise bounds depend on `cap` and the shapes only.
+    pub fn new_capped(
+        encoder: &Encoder,
+        weights: ArrayView4<'_, i64>,
+        input: (usize, usize),
+        padding: usize,
+        stride: usize,
+        cap: u64,
+    ) -> Result<Self> {
         let (o, c, kh, kw) = weights.dim();
+        check_cap(weights.iter().copied(), cap, &[o, c, kh, kw])?;
         let (h, w) = input;
         let (hp, wp) = (h + 2 * padding, w + 2 * padding);
         let n_ring = encoder.params().degree();
@@ -243,10 +307,8 @@ impl CoeffConv2d {
         let t = t_of(encoder);
         let level = encoder.params().max_level();
         let mut all = Vec::new();
-        let mut max_l1 = 0u64;
         for o0 in (0..o).step_by(per_ct) {
             let mut per_group = Vec::new();
-            let mut block_l1 = 0u64;
             for c0 in (0..c).step_by(group) {
                 let cg = group.min(c - c0);
                 let mut coeffs = vec![0u64; n_ring];
@@ -259,7 +321,6 @@ impl CoeffConv2d {
                                     + (kh - 1 - p) * wp
                                     + (kw - 1 - q);
                                 let v = weights[[oc, c0 + ic, p, q]];
-                                block_l1 += v.unsigned_abs();
                                 coeffs[idx] = reduce(v as i128, t);
                             }
                         }
@@ -268,13 +329,10 @@ impl CoeffConv2d {
                 let pt = encoder.encode_coeffs_u64(&coeffs)?;
                 per_group.push(encoder.prepare(&pt, level)?);
             }
-            max_l1 = max_l1.max(block_l1);
             all.push(per_group);
         }
-        let max_abs = weights.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
         Ok(Self {
-            max_abs,
-            max_l1,
+            cap,
             out_channels: o,
             in_channels: c,
             kernel: (kh, kw),
@@ -288,13 +346,24 @@ impl CoeffConv2d {
         })
     }
 
-    /// `log2` of a bound on the noise of an output ciphertext (see
-    /// [`CoeffMatVec::noise_bound_log2`]).
+    /// `log2` of a bound on the noise of an output ciphertext for fresh inputs (see
+    /// [`CoeffConv2d::noise_bound_log2_from`]).
     pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
-        let groups = self.input_groups() as f64;
-        let b = groups
-            * (t as f64 * n as f64 * self.max_abs as f64 + 21.0 * self.max_l1 as f64 + t as f64);
-        b.log2()
+        self.noise_bound_log2_from(n, t, FRESH_NOISE_LOG2)
+    }
+
+    /// `log2` of a bound on the noise of an output ciphertext for inputs of noise at most
+    /// `2^input_noise_log2`: [`product_noise_log2`] over the channel groups, each weight
+    /// polynomial holding at most `per_ct * group * kh * kw` weights of at most the cap.
+    pub fn noise_bound_log2_from(&self, n: usize, t: u64, input_noise_log2: f64) -> f64 {
+        let (kh, kw) = self.kernel;
+        let terms = self.per_ct.min(self.out_channels) * self.group.min(self.in_channels) * kh * kw;
+        product_noise_log2(self.input_groups(), n, t, self.cap, terms, input_noise_log2)
+    }
+
+    /// The public bound on `|w|` the noise bounds use.
+    pub fn cap(&self) -> u64 {
+        self.cap
     }
 
     /// `(output ciphertext, coefficient index)` of each output `(o, y, x)`, row-major.
@@ -420,5 +489,95 @@ impl CoeffConv2d {
             .map(|(b, i)| center(blocks[b].coefficients()[i], t))
             .collect();
         Ok(ndarray::Array3::from_shape_vec((o, ho, wo), values).expect("shape"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bfv::{BfvParameters, BfvParametersLiteral, Decryptor, PlaintextModulus};
+    use crate::rlwe::SecretKey;
+    use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
+
+    /// The bound after a product grows with the input's noise times the weights: an input
+    /// flooded to 2^60 times 64 weights of 2^10 has noise far above the old additive
+    /// formula `max(fresh bound, input bound) + 1`, and below the multiplicative one.
+    #[test]
+    fn product_noise_bound_multiplies_the_input_noise() {
+        let params = BfvParameters::new(&BfvParametersLiteral {
+            plaintext: PlaintextModulus::PowerOfTwo { bits: 40 },
+            ciphertext_moduli_bits: vec![50, 50, 49, 49],
+            special_moduli_bits: vec![20],
+            ..BfvParametersLiteral::n8192()
+        })
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let sk = Arc::new(SecretKey::random(params.context(), &mut rng));
+        let dec = Decryptor::new(&params, sk).unwrap();
+        let ev = Evaluator::new(&params);
+        let enc = Encoder::new(&params);
+        let (t, n) = (params.plaintext_modulus(), params.degree());
+        let cap = 1u64 << 10;
+        let w = ndarray::Array2::from_shape_fn((4, 64), |(i, j)| {
+            if (i + j) % 2 == 0 {
+                cap as i64
+            } else {
+                -(cap as i64)
+            }
+        });
+        let mv = CoeffMatVec::new_capped(&enc, w.view(), cap).unwrap();
+        let x: Vec<i64> = (0..64).map(|_| rng.random_range(0..t as i64)).collect();
+        let pts = mv.encode_input(&enc, &x).unwrap();
+        let input_log2 = 60u32;
+        let cts: Vec<Ciphertext> = pts
+            .iter()
+            .map(|pt| {
+                let ct = dec.encrypt_symmetric(pt, &mut rng).unwrap();
+                ev.flood(&ct, input_log2, &mut rng).unwrap()
+            })
+            .collect();
+        let out = mv.apply(&ev, &cts).unwrap();
+        let q_log2 = params.context().q().log2_product();
+        // `noise_budget = log2(Q) - log2 |t e| - 1`, up to rounding.
+        let measured = out
+            .iter()
+            .map(|ct| q_log2 - dec.noise_budget(ct).unwrap() as f64 - 1.0 - (t as f64).log2())
+            .fold(f64::MIN, f64::max);
+        let input = input_log2 as f64 + 0.01;
+        let bound = mv.noise_bound_log2_from(n, t, input);
+        let old = mv.noise_bound_log2(n, t).max(input) + 1.0;
+        assert!(
+            measured <= bound,
+            "measured 2^{measured:.1} above the bound 2^{bound:.1}"
+        );
+        assert!(
+            measured > old + 2.0,
+            "measured 2^{measured:.1} should exceed the old additive bound 2^{old:.1}"
+        );
+    }
+
+    #[test]
+    fn weights_above_the_cap_are_refused_with_their_value() {
+        let params = BfvParameters::new(&BfvParametersLiteral::n8192()).unwrap();
+        let enc = Encoder::new(&params);
+        let mut w = ndarray::Array2::<i64>::zeros((2, 3));
+        w[[1, 2]] = -9;
+        let err = CoeffMatVec::new_capped(&enc, w.view(), 8).unwrap_err();
+        assert_eq!(
+            err,
+            Error::ValueAboveCap {
+                what: "weight",
+                index: 5,
+                shape: vec![2, 3],
+                value: -9,
+                cap: 8
+            }
+        );
+        let k = ndarray::Array4::<i64>::from_elem((1, 1, 2, 2), 9);
+        assert!(matches!(
+            CoeffConv2d::new_capped(&enc, k.view(), (4, 4), 0, 1, 8),
+            Err(Error::ValueAboveCap { value: 9, .. })
+        ));
     }
 }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cipherml::data::{data_dir, read_npy};
-use cipherml::nn::{load_onnx, NetworkModel};
+use cipherml::data::{parse_npy, read_npy};
+use cipherml::nn::{load_onnx, load_onnx_bytes, NetworkModel};
+use cipherml::server::{ModeChoice, ModelSpec};
 use clap::{Parser, Subcommand};
 use ndarray::Axis;
 
@@ -31,7 +32,8 @@ enum Command {
         wan: bool,
     },
     /// Private inference of the bundled digits CNN on the bundled test set: client and
-    /// server in this process over TCP loopback.
+    /// server in this process over TCP loopback. (The model and data are built into the
+    /// binary; the server's logs are off unless RUST_LOG asks for them.)
     Demo {
         /// How many test images (at most 360).
         #[arg(long, default_value_t = 100)]
@@ -41,18 +43,35 @@ enum Command {
     /// which stops accepting and lets the sessions in flight finish.
     Serve {
         /// A model: PATH.onnx (named after the file) or NAME=PATH.onnx; repeatable.
-        #[arg(long = "model", required = true)]
+        #[arg(long = "model", required_unless_present = "model_dir")]
         models: Vec<String>,
+        /// Serves every NAME.onnx of this folder, each with an optional NAME.json beside
+        /// it: {"mode": "auto" | "hybrid" | "ckks" | "ckks-public-weights", "max_batch": 1..4096} (both optional).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Also answers plain HTTP on this address (keep it internal): GET /health/live,
+        /// /health/ready, /v1/models and /metrics (Prometheus).
+        #[arg(long)]
+        admin_listen: Option<String>,
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: String,
         /// Concurrent sessions at most.
         #[arg(long, default_value_t = 16)]
         max_sessions: usize,
-        /// Require this bearer token from clients (default: taken from CIPHERML_TOKEN, or
-        /// none). Use it with TLS on a network.
-        #[arg(long, env = "CIPHERML_TOKEN")]
-        token: Option<String>,
+        /// How each model's mode is chosen (a model's NAME.json overrides it): auto picks
+        /// CKKS only where its replies are noise-flooded with the precision kept (never
+        /// trading the weights' privacy for speed), hybrid always runs the interactive
+        /// mode, ckks forces CKKS with flooded replies (refused for a model with a
+        /// non-polynomial layer or whose replies cannot be flooded), ckks-public-weights
+        /// runs CKKS unflooded: only for models whose weights are not secret.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "hybrid", "ckks", "ckks-public-weights"])]
+        mode: String,
+        /// Require the bearer token in this file (its first line) from clients; without
+        /// it, the token in the environment variable CIPHERML_TOKEN, or none. Never on the
+        /// command line (other users see it). Use it with TLS on a network.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Serve over TLS with this PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -74,15 +93,21 @@ enum Command {
         /// Where to write the logits (.npy).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Bearer token (default: CIPHERML_TOKEN).
-        #[arg(long, env = "CIPHERML_TOKEN")]
-        token: Option<String>,
+        /// Present the bearer token in this file (its first line); without it, the one in
+        /// the environment variable CIPHERML_TOKEN, if set.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
         #[arg(long)]
         tls_ca: Option<PathBuf>,
         /// The name the server's certificate must carry (default: the host of --server).
         #[arg(long, requires = "tls_ca")]
         tls_server_name: Option<String>,
+        /// Keep the client's keys in this directory (created 0700; secret keys 0600): they
+        /// are generated on the first run and loaded on later ones, and a server that still
+        /// caches the evaluation keys needs no upload. Without it, fresh keys per run.
+        #[arg(long)]
+        key_dir: Option<PathBuf>,
     },
     /// Prints benchmark figures as JSON lines (BENCHMARKS.md).
     Bench {
@@ -96,33 +121,58 @@ enum Command {
 }
 
 fn main() {
-    // Structured logs on stderr (RUST_LOG-free: info and above); never inputs, keys or results.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let cli = Cli::parse();
+    // The demo prints its own progress: the in-process server's logs are off there.
+    init_logs(match cli.command {
+        Command::Demo { .. } => "off",
+        _ => "info",
+    });
     let result = match cli.command {
         Command::Inspect { model, wan } => inspect(&model, wan),
         Command::Demo { images } => demo(images),
         Command::Bench { suite, budget_ms } => bench(&suite, Duration::from_millis(budget_ms)),
         Command::Serve {
             models,
+            model_dir,
+            admin_listen,
             listen,
             max_sessions,
-            token,
+            mode,
+            token_file,
             tls_cert,
             tls_key,
-        } => serve(&models, &listen, max_sessions, token, tls_cert.zip(tls_key)),
+        } => (|| {
+            let token = bearer_token(token_file.as_deref())?;
+            let mut specs = model_specs(&models)?;
+            if let Some(dir) = model_dir {
+                specs.extend(model_dir_specs(&dir)?);
+            }
+            let mode = match mode.as_str() {
+                "hybrid" => ModeChoice::Hybrid,
+                "ckks" => ModeChoice::Ckks,
+                "ckks-public-weights" => ModeChoice::CkksPublicWeights,
+                _ => ModeChoice::Auto,
+            };
+            serve(
+                specs,
+                &listen,
+                admin_listen.as_deref(),
+                (max_sessions, mode),
+                token,
+                tls_cert.zip(tls_key),
+            )
+        })(),
         Command::Infer {
             server,
             model,
             input,
             output,
-            token,
+            token_file,
             tls_ca,
             tls_server_name,
+            key_dir,
         } => (|| {
+            let token = bearer_token(token_file.as_deref())?;
             let tls = match tls_ca {
                 Some(ca) => {
                     let t = cipherml::tls::ClientTls::from_ca_file(&ca)?;
@@ -136,6 +186,7 @@ fn main() {
             let options = cipherml::client::ClientOptions {
                 token,
                 tls,
+                key_dir,
                 ..Default::default()
             };
             infer(
@@ -155,6 +206,59 @@ fn main() {
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
+/// Largest token file read.
+const MAX_TOKEN_FILE: u64 = 64 << 10;
+
+/// The bearer token: the first line of `file` if given, else `CIPHERML_TOKEN` if set and
+/// not empty (never a command-line argument: other users of the machine see those).
+fn bearer_token(
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    let Some(path) = file else {
+        return Ok(std::env::var("CIPHERML_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()));
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()).into());
+    }
+    Ok(Some(token))
+}
+
+/// The demo's model and test set, built into the binary so that it runs anywhere (an
+/// installed binary has no source tree beside it).
+const DIGITS_CNN: &[u8] = include_bytes!("../../../models/digits_cnn.onnx");
+const DIGITS_TEST_X: &[u8] = include_bytes!("../../../data/digits_test_x.npy");
+const DIGITS_TEST_Y: &[u8] = include_bytes!("../../../data/digits_test_y.npy");
+
+/// Structured logs on stderr, never inputs, keys or results. `RUST_LOG` sets the filter
+/// (e.g. `warn`, `cipherml=debug`); without it, `default`.
+fn init_logs(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let mut rejected = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            rejected = Some((v, e));
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+    if let Some((v, e)) = rejected {
+        eprintln!("warning: RUST_LOG={v:?} ignored ({e}); using {default:?}");
+    }
+}
+
 fn inspect(path: &std::path::Path, wan: bool) -> Res {
     let model = load_onnx(path)?;
     print!("{}", model.summary()?);
@@ -168,10 +272,9 @@ fn inspect(path: &std::path::Path, wan: bool) -> Res {
 }
 
 fn demo(images: usize) -> Res {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = load_onnx(root.join("models").join("digits_cnn.onnx"))?;
-    let xs = read_npy(data_dir().join("digits_test_x.npy"))?.to_f64();
-    let ys = read_npy(data_dir().join("digits_test_y.npy"))?.into_i64()?;
+    let model = load_onnx_bytes("digits_cnn.onnx (built in)", DIGITS_CNN)?;
+    let xs = parse_npy(DIGITS_TEST_X)?.to_f64();
+    let ys = parse_npy(DIGITS_TEST_Y)?.into_i64()?;
     let count = images.clamp(1, xs.len_of(Axis(0)));
     // A real server on a loopback port, in this process.
     let server = cipherml::server::Server::bind(
@@ -200,6 +303,8 @@ fn demo(images: usize) -> Res {
             .0
     };
     let (mut ok_private, mut ok_plain, mut agree) = (0, 0, 0);
+    // Progress on stderr (drawn only on a terminal).
+    let bar = indicatif::ProgressBar::new(count as u64);
     let t = Instant::now();
     for i in 0..count {
         let x = xs.index_axis(Axis(0), i).to_owned();
@@ -208,7 +313,9 @@ fn demo(images: usize) -> Res {
         ok_private += (argmax(&got) as i64 == ys[i]) as usize;
         ok_plain += (argmax(&want) as i64 == ys[i]) as usize;
         agree += (argmax(&got) == argmax(&want)) as usize;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let elapsed = t.elapsed();
     let bytes = (client.bytes() - setup_bytes) as f64 / count as f64;
     client.close()?;
@@ -256,14 +363,9 @@ fn bench(suite: &str, budget: Duration) -> Res {
     Ok(())
 }
 
-fn serve(
-    models: &[String],
-    listen: &str,
-    max_sessions: usize,
-    token: Option<String>,
-    tls: Option<(PathBuf, PathBuf)>,
-) -> Res {
-    let mut loaded = Vec::new();
+/// The `--model` arguments: PATH.onnx (named after the file) or NAME=PATH.onnx.
+fn model_specs(models: &[String]) -> Result<Vec<ModelSpec>, Box<dyn std::error::Error>> {
+    let mut specs = Vec::new();
     for spec in models {
         let (name, path) = match spec.split_once('=') {
             Some((n, p)) => (n.to_string(), PathBuf::from(p)),
@@ -277,14 +379,127 @@ fn serve(
                 (n, p)
             }
         };
-        loaded.push((name, load_onnx(&path)?));
+        specs.push(ModelSpec::new(name, load_onnx(&path)?));
     }
-    let names: Vec<String> = loaded.iter().map(|(n, _)| n.clone()).collect();
+    Ok(specs)
+}
+
+/// A model's `NAME.json` in a `--model-dir`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    /// `auto`, `hybrid` or `ckks` (default: the server's choice).
+    mode: Option<String>,
+    /// Most inputs in one request (1 to 4096; default 4096).
+    max_batch: Option<u32>,
+}
+
+/// Every `NAME.onnx` of `dir` (sorted by name), with the mode and limit of its `NAME.json`
+/// if any.
+fn model_dir_specs(dir: &std::path::Path) -> Result<Vec<ModelSpec>, Box<dyn std::error::Error>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("--model-dir {}: {e}", dir.display()))?;
+    let mut onnx = Vec::new();
+    let mut json = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let (Some(stem), Some(ext)) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        match ext {
+            "onnx" => onnx.push((stem.to_string(), path.clone())),
+            "json" => json.push((stem.to_string(), path.clone())),
+            _ => {}
+        }
+    }
+    if let Some((_, orphan)) = json.iter().find(|(j, _)| !onnx.iter().any(|(o, _)| o == j)) {
+        return Err(format!(
+            "{}: no model beside it (expected {})",
+            orphan.display(),
+            orphan.with_extension("onnx").display()
+        )
+        .into());
+    }
+    if onnx.is_empty() {
+        return Err(format!("--model-dir {}: no .onnx model in it", dir.display()).into());
+    }
+    onnx.sort();
+    let mut specs = Vec::new();
+    for (name, path) in onnx {
+        let mut spec = ModelSpec::new(name.clone(), load_onnx(&path)?);
+        if let Some((_, jp)) = json.iter().find(|(j, _)| *j == name) {
+            let text = std::fs::read_to_string(jp).map_err(|e| format!("{}: {e}", jp.display()))?;
+            let file: ModelFile =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", jp.display()))?;
+            if let Some(most) = file.max_batch {
+                let limit = cipherml::protocol::MAX_BATCH;
+                if !(1..=limit).contains(&most) {
+                    return Err(format!(
+                        "{}: max_batch {most}: must be 1 to {limit}",
+                        jp.display()
+                    )
+                    .into());
+                }
+                spec = spec.with_max_batch(most);
+            }
+            if let Some(mode) = file.mode {
+                spec = spec.with_mode(match mode.as_str() {
+                    "auto" => ModeChoice::Auto,
+                    "hybrid" => ModeChoice::Hybrid,
+                    "ckks" => ModeChoice::Ckks,
+                    "ckks-public-weights" => ModeChoice::CkksPublicWeights,
+                    other => {
+                        return Err(format!(
+                            "{}: mode {other:?}: expected \"auto\", \"hybrid\", \"ckks\" or \
+                             \"ckks-public-weights\"",
+                            jp.display()
+                        )
+                        .into())
+                    }
+                });
+            }
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn serve(
+    models: Vec<ModelSpec>,
+    listen: &str,
+    admin_listen: Option<&str>,
+    (max_sessions, mode): (usize, ModeChoice),
+    token: Option<String>,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Res {
+    let mut names: Vec<String> = Vec::new();
+    for m in &models {
+        if names.contains(&m.name) {
+            return Err(format!("two models named {:?}", m.name).into());
+        }
+        names.push(m.name.clone());
+    }
+    // The admin endpoint answers (live, not ready) while the models compile.
+    let metrics = std::sync::Arc::new(cipherml::metrics::Metrics::new());
+    let admin = match admin_listen {
+        Some(addr) => {
+            let admin = cipherml::admin::AdminServer::bind(addr, metrics.clone())?;
+            let addr = admin.local_addr();
+            std::thread::spawn(move || admin.run());
+            Some(addr)
+        }
+        None => None,
+    };
     let config = cipherml::server::ServerConfig {
         max_sessions,
+        mode,
         ..Default::default()
     };
-    let mut server = cipherml::server::Server::bind(listen, loaded, config)?;
+    let mut server =
+        cipherml::server::Server::bind_models(listen, models, config)?.with_metrics(metrics);
     if let Some(t) = token {
         server = server.with_auth(cipherml::server::Auth::token(t));
     }
@@ -299,6 +514,11 @@ fn serve(
         server.local_addr(),
         names.join(", ")
     );
+    if let Some(addr) = admin {
+        println!(
+            "admin endpoint on http://{addr} (/health/live, /health/ready, /v1/models, /metrics)"
+        );
+    }
     use std::io::Write;
     std::io::stdout().flush()?;
     // Ctrl-C (or SIGTERM) stops accepting and lets the sessions in flight finish.
@@ -326,6 +546,13 @@ fn infer(
     options: &cipherml::client::ClientOptions,
 ) -> Res {
     let mut client = cipherml::client::Client::connect_with(server, options)?;
+    if let Some(dir) = &options.key_dir {
+        eprintln!(
+            "keys kept in {}: {} key set(s) still cached by the server, not uploaded",
+            dir.display(),
+            client.cached_keys().len()
+        );
+    }
     let info = match model {
         Some(m) => client
             .models()
