@@ -100,14 +100,7 @@ impl AdminShutdown {
     /// within the deadline).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        crate::server::wake_accept_loop(self.addr);
     }
 }
 
@@ -371,8 +364,8 @@ fn models_json(metrics: &Metrics) -> String {
         name: &'a str,
         input_shape: &'a [usize],
         output_shape: &'a [usize],
-        mode: &'a str,
-        params: &'a str,
+        mode: &'static str,
+        params: String,
         layers: usize,
     }
     #[derive(Serialize)]
@@ -389,8 +382,8 @@ fn models_json(metrics: &Metrics) -> String {
                 name: &m.name,
                 input_shape: &m.input_shape,
                 output_shape: &m.output_shape,
-                mode: &m.mode,
-                params: &m.params,
+                mode: m.mode.as_str(),
+                params: m.params.to_string(),
                 layers: m.architecture.layers.len(),
             })
             .collect(),

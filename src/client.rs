@@ -26,9 +26,9 @@ use crate::key_cache::KeyId;
 use crate::key_store::{generate_bfv, generate_ckks, KeyStore, StoredBfv};
 use crate::nn::{CkksModel, HybridConfig, HybridModel, Sequential};
 use crate::protocol::{
-    recv, send, ClientMsg, ModelInfo, ProtocolError, ServerMsg, MAX_BATCH, PROTOCOL_VERSION,
+    recv, send, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError, ServerMsg, MAX_BATCH,
+    PROTOCOL_VERSION,
 };
-use crate::server::{describe_bfv, describe_ckks};
 pub use crate::tls::ClientTls;
 
 /// How the client connects.
@@ -200,7 +200,7 @@ impl Client {
         // With any hybrid model hosted, the BFV keys: the public key goes up once for the
         // session, before the first hybrid inference, unless the server has it cached (the
         // server re-randomizes its encrypted replies with it).
-        let bfv = if models.iter().any(|m| m.mode == "hybrid") {
+        let bfv = if models.iter().any(|m| m.mode == ModelMode::Hybrid) {
             let params =
                 cipherml_he::bfv::BfvParameters::new(&HybridConfig::default().bfv_literal())
                     .map_err(crate::nn::NnError::from)?;
@@ -266,22 +266,25 @@ impl Client {
                 info.input_shape, info.output_shape
             )));
         }
-        let (compiled, params) = match info.mode.as_str() {
-            "hybrid" => {
+        // The parameters the client arrives at must be the ones announced, field by field;
+        // for CKKS this is checked before any key is generated or stored.
+        let check = |derived: HeParams| match info.params.first_difference(&derived) {
+            None => Ok(()),
+            Some(field) => Err(ProtocolError::Unexpected(format!(
+                "model {model:?}: the server announced {} but the architecture gives {} \
+                 ({field} differs)",
+                info.params, derived
+            ))),
+        };
+        let compiled = match info.mode {
+            ModelMode::Hybrid => {
                 let h = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
-                let desc = describe_bfv(h.params());
-                (Compiled::Hybrid(h), desc)
+                check(HeParams::of_bfv(h.params()))?;
+                Compiled::Hybrid(h)
             }
-            "ckks" => {
+            ModelMode::Ckks => {
                 let (cm, params) = CkksModel::for_model(&arch)?;
-                // The description is checked (below) before any key is generated or stored.
-                let desc = describe_ckks(&params);
-                if desc != info.params {
-                    return Err(ProtocolError::Unexpected(format!(
-                        "model {model:?}: the server announced {:?}, the architecture gives {desc:?}",
-                        info.params
-                    )));
-                }
+                check(HeParams::of_ckks(&params))?;
                 let keys = match &self.store {
                     Some(store) => store.ckks(&params, cm.galois_elements())?,
                     None => generate_ckks(&params, cm.galois_elements())
@@ -296,20 +299,9 @@ impl Client {
                     params,
                     upload: (!on_server).then_some([keys.pk, keys.rlk, keys.galois]),
                 };
-                (Compiled::Ckks(Box::new(client)), desc)
-            }
-            other => {
-                return Err(ProtocolError::Unexpected(format!(
-                    "model {model:?} in unknown mode {other:?}"
-                )))
+                Compiled::Ckks(Box::new(client))
             }
         };
-        if params != info.params {
-            return Err(ProtocolError::Unexpected(format!(
-                "model {model:?}: the server announced {:?}, the architecture gives {params:?}",
-                info.params
-            )));
-        }
         self.compiled.insert(model.to_string(), compiled);
         Ok(())
     }

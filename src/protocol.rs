@@ -37,8 +37,9 @@ use cipherml_mpc::net::Channel;
 /// Version of the session protocol. 3: hybrid replies in the compact encoding (switched to
 /// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer. 5: key ids in
 /// the hellos (cached evaluation keys), OT set-up deferred to the first hybrid inference,
-/// refusals with a [`RefusalCode`].
-pub const PROTOCOL_VERSION: u32 = 5;
+/// refusals with a [`RefusalCode`]. 6: a model's mode and HE parameters typed
+/// ([`ModelMode`], [`HeParams`]) instead of strings.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;
@@ -151,6 +152,177 @@ impl std::fmt::Display for RefusalCode {
     }
 }
 
+/// How a hosted model runs. On the wire, a variant index (one byte); in JSON (the admin
+/// catalog), `"hybrid"` or `"ckks"` ([`ModelMode::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelMode {
+    /// Interactive: BFV linear layers and two-party non-linear layers.
+    Hybrid,
+    /// Non-interactive CKKS: one ciphertext each way.
+    Ckks,
+}
+
+impl ModelMode {
+    /// A stable lowercase name: `"hybrid"` or `"ckks"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelMode::Hybrid => "hybrid",
+            ModelMode::Ckks => "ckks",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The HE parameters a model runs with, as announced by the server: the client derives
+/// its own from the model's architecture and compares them field by field
+/// ([`HeParams::first_difference`]) before it generates or sends any key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeParams {
+    /// BFV (the hybrid mode's linear layers).
+    Bfv {
+        /// Ring degree `N`.
+        degree: usize,
+        /// Plaintext modulus `t`.
+        plaintext_modulus: u64,
+        /// Parameter id.
+        id: u64,
+    },
+    /// CKKS.
+    Ckks {
+        /// Ring degree `N`.
+        degree: usize,
+        /// Highest level (multiplicative depth).
+        levels: usize,
+        /// `log2` of the default scale.
+        scale_bits: u32,
+        /// Parameter id.
+        id: u64,
+    },
+}
+
+impl HeParams {
+    /// The announcement of BFV parameters.
+    pub fn of_bfv(params: &cipherml_he::bfv::BfvParameters) -> Self {
+        HeParams::Bfv {
+            degree: params.degree(),
+            plaintext_modulus: params.plaintext_modulus(),
+            id: params.id(),
+        }
+    }
+
+    /// The announcement of CKKS parameters.
+    pub fn of_ckks(params: &cipherml_he::ckks::CkksParameters) -> Self {
+        HeParams::Ckks {
+            degree: params.degree(),
+            levels: params.max_level(),
+            // The default scale is `2^scale_bits` exactly.
+            scale_bits: params.default_scale().log2().round() as u32,
+            id: params.id(),
+        }
+    }
+
+    /// The scheme's name: `"BFV"` or `"CKKS"`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            HeParams::Bfv { .. } => "BFV",
+            HeParams::Ckks { .. } => "CKKS",
+        }
+    }
+
+    /// The name of the first field in which `other` differs from `self` (`"scheme"`,
+    /// `"degree"`, `"plaintext_modulus"`, `"levels"`, `"scale_bits"`, `"id"`), or `None` if
+    /// they are equal.
+    ///
+    /// ```
+    /// use cipherml::protocol::HeParams;
+    /// let a = HeParams::Ckks { degree: 8192, levels: 2, scale_bits: 40, id: 7 };
+    /// let b = HeParams::Ckks { degree: 8192, levels: 3, scale_bits: 40, id: 7 };
+    /// assert_eq!(a.first_difference(&b), Some("levels"));
+    /// assert_eq!(a.first_difference(&a), None);
+    /// ```
+    pub fn first_difference(&self, other: &Self) -> Option<&'static str> {
+        match (self, other) {
+            (
+                HeParams::Bfv {
+                    degree: d0,
+                    plaintext_modulus: t0,
+                    id: i0,
+                },
+                HeParams::Bfv {
+                    degree: d1,
+                    plaintext_modulus: t1,
+                    id: i1,
+                },
+            ) => [
+                ("degree", d0 == d1),
+                ("plaintext_modulus", t0 == t1),
+                ("id", i0 == i1),
+            ]
+            .into_iter()
+            .find_map(|(field, same)| (!same).then_some(field)),
+            (
+                HeParams::Ckks {
+                    degree: d0,
+                    levels: l0,
+                    scale_bits: s0,
+                    id: i0,
+                },
+                HeParams::Ckks {
+                    degree: d1,
+                    levels: l1,
+                    scale_bits: s1,
+                    id: i1,
+                },
+            ) => [
+                ("degree", d0 == d1),
+                ("levels", l0 == l1),
+                ("scale_bits", s0 == s1),
+                ("id", i0 == i1),
+            ]
+            .into_iter()
+            .find_map(|(field, same)| (!same).then_some(field)),
+            _ => Some("scheme"),
+        }
+    }
+}
+
+/// For people and the admin catalog: `BFV N=8192 t=2^40 id=...`,
+/// `CKKS N=8192 levels=2 scale=2^40 id=...`.
+impl std::fmt::Display for HeParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            HeParams::Bfv {
+                degree,
+                plaintext_modulus,
+                id,
+            } => {
+                write!(f, "BFV N={degree} t=")?;
+                if plaintext_modulus.is_power_of_two() {
+                    write!(f, "2^{}", plaintext_modulus.ilog2())?;
+                } else {
+                    write!(f, "{plaintext_modulus}")?;
+                }
+                write!(f, " id={id:016x}")
+            }
+            HeParams::Ckks {
+                degree,
+                levels,
+                scale_bits,
+                id,
+            } => write!(
+                f,
+                "CKKS N={degree} levels={levels} scale=2^{scale_bits} id={id:016x}"
+            ),
+        }
+    }
+}
+
 /// A model the server hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -160,10 +332,11 @@ pub struct ModelInfo {
     pub input_shape: Vec<usize>,
     /// Output shape.
     pub output_shape: Vec<usize>,
-    /// Execution mode: `"hybrid"` (interactive) or `"ckks"` (one round trip).
-    pub mode: String,
-    /// The HE parameters (scheme, degree, levels, and the parameter id both sides check).
-    pub params: String,
+    /// Execution mode: interactive hybrid or one-round-trip CKKS.
+    pub mode: ModelMode,
+    /// The HE parameters (scheme, degree, plaintext modulus or levels and scale, and the
+    /// parameter id both sides check).
+    pub params: HeParams,
     /// The architecture (what the client learns of the model; no weights).
     pub architecture: crate::nn::Architecture,
 }
@@ -395,6 +568,54 @@ mod tests {
             assert_eq!(back, msg);
         }
         assert_eq!(RefusalCode::QuotaExceeded.as_str(), "quota_exceeded");
+    }
+
+    #[test]
+    fn modes_and_parameters_are_typed_and_compact() {
+        // One byte per mode on the wire; lowercase names in JSON.
+        for (mode, name) in [(ModelMode::Hybrid, "hybrid"), (ModelMode::Ckks, "ckks")] {
+            let bytes = encode(&mode).unwrap();
+            assert_eq!(bytes.len(), 1, "{mode}");
+            assert_eq!(decode::<ModelMode>(&bytes).unwrap(), mode);
+            assert_eq!(mode.to_string(), name);
+            assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{name}\""));
+        }
+        let bfv = HeParams::Bfv {
+            degree: 8192,
+            plaintext_modulus: 1 << 40,
+            id: 0xabc,
+        };
+        let ckks = HeParams::Ckks {
+            degree: 8192,
+            levels: 2,
+            scale_bits: 40,
+            id: 0xabc,
+        };
+        assert_eq!(bfv.to_string(), "BFV N=8192 t=2^40 id=0000000000000abc");
+        assert_eq!(
+            ckks.to_string(),
+            "CKKS N=8192 levels=2 scale=2^40 id=0000000000000abc"
+        );
+        for p in [bfv, ckks] {
+            let bytes = encode(&p).unwrap();
+            assert!(bytes.len() <= 24, "{} bytes", bytes.len());
+            assert_eq!(decode::<HeParams>(&bytes).unwrap(), p);
+            assert_eq!(p.first_difference(&p), None);
+        }
+        assert_eq!(bfv.first_difference(&ckks), Some("scheme"));
+        let other_t = HeParams::Bfv {
+            degree: 8192,
+            plaintext_modulus: 1 << 41,
+            id: 0xabc,
+        };
+        assert_eq!(bfv.first_difference(&other_t), Some("plaintext_modulus"));
+        let other_id = HeParams::Ckks {
+            degree: 8192,
+            levels: 2,
+            scale_bits: 40,
+            id: 0xabd,
+        };
+        assert_eq!(ckks.first_difference(&other_id), Some("id"));
     }
 
     #[test]

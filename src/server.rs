@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::client::LazyParty;
 use crate::key_cache::{BfvKey, CachedKeys, KeyCache, KeyId};
-use cipherml_he::bfv::BfvParameters;
 use cipherml_he::ckks::{
     Ciphertext as CkksCiphertext, CkksParameters, Encryptor as CkksEncryptor, Evaluator,
 };
@@ -29,8 +28,8 @@ use crate::nn::{
     NnError, Sequential,
 };
 use crate::protocol::{
-    self, recv, send, Capped, ClientMsg, ModelInfo, ProtocolError, RefusalCode, ServerMsg,
-    MAX_BATCH, MAX_HELD_KEYS, MAX_HELLO_MESSAGE, PROTOCOL_VERSION,
+    self, recv, send, Capped, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError,
+    RefusalCode, ServerMsg, MAX_BATCH, MAX_HELD_KEYS, MAX_HELLO_MESSAGE, PROTOCOL_VERSION,
 };
 pub use crate::tls::ServerTls;
 
@@ -410,16 +409,22 @@ impl ShutdownHandle {
     /// sessions in flight have ended, or after the read timeout.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        wake_accept_loop(self.addr);
     }
+}
+
+/// Wakes an accept loop blocked on a listener bound to `addr` (so that it sees its stop
+/// flag) by connecting to it once; an unspecified address (`0.0.0.0`, `::`) is reached
+/// through the loopback address of its family. Errors are ignored: a listener that is
+/// gone needs no waking.
+pub(crate) fn wake_accept_loop(mut addr: SocketAddr) {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
 }
 
 impl std::fmt::Debug for Server {
@@ -466,10 +471,10 @@ impl Server {
             let shapes = m.shapes()?;
             let (engine, why) = choose_engine(&name, &m, choice, &config)?;
             let (mode, params) = match &engine {
-                Engine::Ckks { params, .. } => ("ckks", describe_ckks(params)),
-                Engine::Hybrid(h) => ("hybrid", describe_bfv(h.params())),
+                Engine::Ckks { params, .. } => (ModelMode::Ckks, HeParams::of_ckks(params)),
+                Engine::Hybrid(h) => (ModelMode::Hybrid, HeParams::of_bfv(h.params())),
             };
-            tracing::info!(model = %name, mode, reason = %why, "model mode");
+            tracing::info!(model = %name, %mode, reason = %why, "model mode");
             map.insert(
                 name.clone(),
                 Hosted {
@@ -477,7 +482,7 @@ impl Server {
                         name,
                         input_shape: m.input_shape().to_vec(),
                         output_shape: shapes.last().cloned().unwrap_or_default(),
-                        mode: mode.into(),
+                        mode,
                         params,
                         architecture: m.architecture(),
                     },
@@ -669,27 +674,6 @@ impl Drop for CountGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// The parameter description a hybrid model announces (the client checks it).
-pub(crate) fn describe_bfv(params: &BfvParameters) -> String {
-    format!(
-        "BFV N={} t=2^{} id={:016x}",
-        params.degree(),
-        params.plaintext_modulus().ilog2(),
-        params.id()
-    )
-}
-
-/// The parameter description a CKKS model announces (the client checks it).
-pub(crate) fn describe_ckks(params: &CkksParameters) -> String {
-    format!(
-        "CKKS N={} levels={} scale=2^{} id={:016x}",
-        params.degree(),
-        params.max_level(),
-        params.default_scale().log2(),
-        params.id()
-    )
 }
 
 /// What a session may use, and by when it must have said hello.

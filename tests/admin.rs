@@ -141,15 +141,20 @@ fn health_models_and_metrics_answer_while_a_client_is_served() {
     assert_eq!(models[0]["input_shape"], serde_json::json!([1, 8, 8]));
     assert_eq!(models[0]["output_shape"], serde_json::json!([10]));
     let mode = models[0]["mode"].as_str().unwrap();
+    // A ReLU network runs hybrid; the catalog names modes in lowercase.
+    assert_eq!(mode, "hybrid", "{body}");
+    let params = models[0]["params"].as_str().unwrap();
+    assert!(params.starts_with("BFV N=8192 t=2^"), "{body}");
 
     let before = metric(a, "cipherml_sessions_total");
     assert_eq!(before, 0.0);
     let mut client = Client::connect(&s.server_addr).unwrap();
     assert_eq!(
-        client.models()[0].mode,
+        client.models()[0].mode.as_str(),
         mode,
         "the catalog matches the hello"
     );
+    assert_eq!(client.models()[0].params.to_string(), params);
     // During the session: one active, one in all; every endpoint answers.
     assert_eq!(metric(a, "cipherml_sessions_active"), 1.0);
     assert_eq!(metric(a, "cipherml_sessions_total"), 1.0);

@@ -9,7 +9,7 @@ use cipherml::he::ckks::{CkksParameters, CkksParametersLiteral, Decryptor, Encry
 use cipherml::he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml::he::tensor::CkksTensor;
 use cipherml::nn::{load_onnx, CkksFloodConfig, CkksModel, Layer, NnError, Sequential};
-use cipherml::protocol::ProtocolError;
+use cipherml::protocol::{ModelMode, ProtocolError};
 use cipherml::server::{ModeChoice, Server, ServerConfig};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -256,21 +256,21 @@ fn auto_mode_never_picks_unflooded_ckks_and_forced_modes_hold() {
     println!("digits_square_mlp flooding plan: {plan:?}");
     let auto = bind(ModeChoice::Auto, &square).unwrap().model_info();
     let expected = if plan.keeps_precision() {
-        "ckks"
+        ModelMode::Ckks
     } else {
-        "hybrid"
+        ModelMode::Hybrid
     };
     assert_eq!(auto[0].mode, expected, "{plan:?}");
     assert_eq!(
         bind(ModeChoice::Hybrid, &square).unwrap().model_info()[0].mode,
-        "hybrid"
+        ModelMode::Hybrid
     );
     // CKKS asked for by name runs only flooded; unflooded only when the operator declares
     // the weights public.
     match bind(ModeChoice::Ckks, &square) {
         Ok(s) => {
             assert!(plan.keeps_precision(), "unflooded CKKS served: {plan:?}");
-            assert_eq!(s.model_info()[0].mode, "ckks");
+            assert_eq!(s.model_info()[0].mode, ModelMode::Ckks);
         }
         Err(ProtocolError::Nn(NnError::ModeUnavailable { reason, .. })) => {
             assert!(!plan.keeps_precision(), "{plan:?}");
@@ -283,11 +283,11 @@ fn auto_mode_never_picks_unflooded_ckks_and_forced_modes_hold() {
             .unwrap()
             .model_info()[0]
             .mode,
-        "ckks"
+        ModelMode::Ckks
     );
     assert_eq!(
         bind(ModeChoice::Auto, &relu).unwrap().model_info()[0].mode,
-        "hybrid"
+        ModelMode::Hybrid
     );
     match bind(ModeChoice::Ckks, &relu) {
         Err(ProtocolError::Nn(NnError::ModeUnavailable {

@@ -2,7 +2,7 @@
 //! process).
 
 use cipherml::data::{data_dir, read_npy};
-use cipherml::nn::{load_onnx, Mode, NetworkModel};
+use cipherml::nn::{load_onnx, Backend, Mode, NetworkModel};
 use ndarray::Axis;
 
 fn models_dir() -> std::path::PathBuf {
@@ -27,10 +27,31 @@ fn plans_pick_the_mode_and_explain_prints_every_layer() {
         text.contains("* secret shares (millionaire, exact)"),
         "{text}"
     );
+    // The choices are typed: every layer's choice is one of its options, a hybrid plan
+    // chooses no CKKS backend, and the labels printed are the backends' `Display`.
+    for lp in &plan.layers {
+        assert!(lp.options.iter().any(|(b, _)| *b == lp.chosen), "{lp:?}");
+        assert!(!lp.chosen.is_ckks(), "{lp:?}");
+        assert!(text.contains(&format!("* {}", lp.chosen)), "{text}");
+    }
+    assert!(plan
+        .layers
+        .iter()
+        .any(|lp| lp.chosen == Backend::BfvCoefficient));
+    assert!(plan
+        .layers
+        .iter()
+        .any(|lp| lp.chosen == Backend::SharedMillionaire));
     let square = load_onnx(models_dir().join("digits_square_mlp.onnx")).unwrap();
     let plan = square.plan(NetworkModel::wan()).unwrap();
     assert_eq!(plan.mode, Mode::Ckks, "{}", plan.explain());
     assert!(plan.total.rounds <= 1.0);
+    // Every layer with a CKKS option runs under it.
+    for lp in &plan.layers {
+        if lp.options.iter().any(|(b, _)| b.is_ckks()) {
+            assert!(lp.chosen.is_ckks(), "{lp:?}");
+        }
+    }
     let (m, alt) = plan.alternative.unwrap();
     assert_eq!(m, Mode::Hybrid);
     // Over a WAN the one-round CKKS plan is estimated cheaper than the interactive one.

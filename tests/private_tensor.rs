@@ -67,12 +67,32 @@ fn private_matmul_matches_ndarray_and_shares_look_random() {
         assert!((g - w).abs() < 0.02, "{g} vs {w}");
     }
     assert!(server.0.is_none());
-    // The client's share of the server's weights is not the weights' encoding.
-    let enc: Vec<u64> = b
+    // The client's share of the server's weights is not the weights' encoding (the real
+    // one: 12 fractional bits in Z_2^40, as the session encodes them), and looks uniform.
+    let fixed =
+        cipherml::mpc::fixed::FixedPoint::new(cipherml::mpc::ring::Ring::new(40).unwrap(), 12)
+            .unwrap();
+    let enc = fixed.encode_vec(b.as_slice().unwrap()).unwrap();
+    // Positive control: the session's own encoding is what a leaked share would equal.
+    let decoded = fixed.decode_vec(&enc);
+    for (d, v) in decoded.iter().zip(b.iter()) {
+        assert!((d - v).abs() <= 1.0 / 4096.0, "{d} vs {v}");
+    }
+    let leaks = |share: &[u64]| share.iter().zip(&enc).any(|(s, e)| s == e);
+    assert!(
+        leaks(&enc),
+        "the check must catch a share equal to the encoding"
+    );
+    assert_eq!(client.1.len(), enc.len());
+    assert!(!leaks(&client.1), "a share equals the weights' encoding");
+    // The values are below 10 in magnitude (|encoding| < 2^16 around 0); a uniform share in
+    // Z_2^40 is that close to 0 with probability 2^-23 per element.
+    let near_zero = client
+        .1
         .iter()
-        .map(|v| (v * 65536.0).round() as i64 as u64)
-        .collect();
-    assert_ne!(client.1, enc);
+        .filter(|&&s| !((1u64 << 17)..=(1u64 << 40) - (1 << 17)).contains(&s))
+        .count();
+    assert_eq!(near_zero, 0, "shares look like small fixed-point values");
     // Shape errors are typed.
     let err = run_local(|s| {
         let x = s.input(Role::Client, &[2, 3], || {
@@ -270,6 +290,13 @@ fn ckks_tensors_compute_and_reveal_to_the_client_only() {
         let (x, w) = (x2.clone(), w2.clone());
         let xc = s.encrypt(Role::Client, &[20], move || x.into_dyn())?;
         let w = s.private(Role::Server, &[20, 6], move || w.into_dyn())?;
+        // CKKS replies are not flooded: a server matrix enters CKKS only when both parties
+        // declared it public.
+        let refused = matches!(
+            s.matmul(&xc, &w),
+            Err(TensorError::Unsupported { repr: "CKKS", .. })
+        );
+        s.allow_unflooded_ckks();
         let h = s.matmul(&xc, &w)?;
         let p = s.poly(&h, &[1.0, -0.5, 0.0, 0.1])?;
         let p = s.sub(&p, &PrivateTensor::Public(ArrayD::from_elem(vec![6], 0.25)))?;
@@ -281,7 +308,7 @@ fn ckks_tensors_compute_and_reveal_to_the_client_only() {
         Ok((
             s.reveal(&p, Role::Client)?,
             s.reveal(&sq, Role::Client)?,
-            mismatch && to_server && to_shares,
+            mismatch && to_server && to_shares && refused,
         ))
     })
     .unwrap();
@@ -333,6 +360,7 @@ fn shares_convert_to_ckks_and_compute_there() {
         let xc = s.to_ckks(&xs)?;
         let back = s.reveal(&xc, Role::Client)?;
         let w = s.private(Role::Server, &[65, 4], move || w.into_dyn())?;
+        s.allow_unflooded_ckks(); // the matrix is public here (CKKS replies are not flooded)
         let y = s.matmul(&xc, &w)?;
         Ok((back, s.reveal(&y, Role::Client)?))
     })

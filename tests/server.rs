@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use cipherml::client::Client;
 use cipherml::data::{data_dir, read_npy};
 use cipherml::nn::load_onnx;
-use cipherml::protocol::{send, ClientMsg, RefusalCode, PROTOCOL_VERSION};
+use cipherml::protocol::{send, ClientMsg, HeParams, ModelMode, RefusalCode, PROTOCOL_VERSION};
 use cipherml::server::{ModeChoice, ModelSpec, Server, ServerConfig};
 use ndarray::Axis;
 
@@ -261,10 +261,24 @@ fn ckks_models_are_served_after_a_key_upload_and_batches_work() {
     let m = square_mlp();
     let mut client = Client::connect(&addr).unwrap();
     let info = client.models().iter().find(|i| i.name == "square").unwrap();
-    assert_eq!(info.mode, "ckks");
-    assert!(info.params.starts_with("CKKS N=8192"), "{}", info.params);
+    assert_eq!(info.mode, ModelMode::Ckks);
+    assert!(
+        matches!(info.params, HeParams::Ckks { degree: 8192, .. }),
+        "{}",
+        info.params
+    );
+    assert!(
+        info.params.to_string().starts_with("CKKS N=8192"),
+        "{}",
+        info.params
+    );
     let hybrid = client.models().iter().find(|i| i.name == "mlp").unwrap();
-    assert_eq!(hybrid.mode, "hybrid");
+    assert_eq!(hybrid.mode, ModelMode::Hybrid);
+    assert!(
+        matches!(hybrid.params, HeParams::Bfv { degree: 8192, .. }),
+        "{}",
+        hybrid.params
+    );
     // One request with a batch of four rows, in both modes.
     let xs = read_npy(data_dir().join("digits_test_x.npy"))
         .unwrap()
@@ -571,8 +585,13 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
         name: "square".into(),
         input_shape: m.input_shape().to_vec(),
         output_shape: vec![1 << 30],
-        mode: "ckks".into(),
-        params: "whatever".into(),
+        mode: ModelMode::Ckks,
+        params: HeParams::Ckks {
+            degree: 8192,
+            levels: 0,
+            scale_bits: 0,
+            id: 0,
+        },
         architecture: m.architecture(),
     };
     let fake = std::thread::spawn(move || {
@@ -598,6 +617,109 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
     );
     drop(client);
     fake.join().unwrap();
+}
+
+/// A hostile (or mismatched) server that announces HE parameters other than those the
+/// architecture gives: the client compares them field by field and refuses, naming the
+/// field, before it generates or sends any key.
+#[test]
+fn client_refuses_announced_parameters_that_differ_in_any_field() {
+    use cipherml::protocol::{recv, ModelInfo, ServerMsg};
+    let m = square_mlp();
+    let (_, params) = cipherml::nn::CkksModel::for_model(&m).unwrap();
+    let truth = HeParams::of_ckks(&params);
+    let HeParams::Ckks {
+        degree,
+        levels,
+        scale_bits,
+        id,
+    } = truth
+    else {
+        panic!("{truth}")
+    };
+    let run = |announced: HeParams| -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let info = ModelInfo {
+            name: "square".into(),
+            input_shape: m.input_shape().to_vec(),
+            output_shape: m.shapes().unwrap().last().cloned().unwrap(),
+            mode: ModelMode::Ckks,
+            params: announced,
+            architecture: m.architecture(),
+        };
+        let fake = std::thread::spawn(move || {
+            let mut ch =
+                cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
+            let _: ClientMsg = recv(&mut ch).unwrap();
+            send(
+                &mut ch,
+                &ServerMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    models: vec![info],
+                    cached_keys: Vec::new(),
+                },
+            )
+            .unwrap();
+            // What the client sends next: nothing if it refused, else its key upload.
+            cipherml::mpc::net::Channel::recv(&mut ch).is_ok()
+        });
+        let mut client = Client::connect(&addr).unwrap();
+        let err = client.infer("square", &digits_row(0)).unwrap_err();
+        drop(client);
+        let sent_more = fake.join().unwrap();
+        let err = err.to_string();
+        assert_eq!(sent_more, !err.contains("differs"), "{err}");
+        err
+    };
+    let cases = [
+        (
+            "levels",
+            HeParams::Ckks {
+                degree,
+                levels: levels + 1,
+                scale_bits,
+                id,
+            },
+        ),
+        (
+            "scale_bits",
+            HeParams::Ckks {
+                degree,
+                levels,
+                scale_bits: scale_bits - 1,
+                id,
+            },
+        ),
+        (
+            "id",
+            HeParams::Ckks {
+                degree,
+                levels,
+                scale_bits,
+                id: id ^ 1,
+            },
+        ),
+        (
+            "scheme",
+            HeParams::Bfv {
+                degree,
+                plaintext_modulus: 1 << 40,
+                id,
+            },
+        ),
+    ];
+    for (field, announced) in cases {
+        let err = run(announced);
+        assert!(
+            err.contains(&format!("({field} differs)")),
+            "{field}: {err}"
+        );
+    }
+    // Control: the true parameters pass the check (the client goes on to its key upload,
+    // which the fake server does not answer).
+    let err = run(truth);
+    assert!(!err.contains("differs"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -516,6 +516,23 @@ impl RelinKey {
     }
 }
 
+/// Reads the key count of serialized [`GaloisKeys`] (`body` after the header, `r` at its
+/// start): at most `N`, and the body exactly as long as that many keys.
+fn galois_key_count(r: &mut Reader<'_>, body: &[u8], ctx: &RlweContext) -> Result<usize> {
+    let count = r.u32()? as usize;
+    let n = ctx.degree();
+    if count > n {
+        return Err(DecodeError::TooLarge {
+            what: "Galois key count",
+            value: count as u64,
+            max: n as u64,
+        }
+        .into());
+    }
+    expect_len(&body[4..], count * (4 + ksk_len(ctx)))?;
+    Ok(count)
+}
+
 impl GaloisKeys {
     /// Serializes: the number of keys, then for each its Galois element and key.
     pub fn to_bytes(&self, ctx: &RlweContext) -> Vec<u8> {
@@ -532,18 +549,8 @@ impl GaloisKeys {
     pub fn from_bytes(ctx: &Arc<RlweContext>, bytes: &[u8]) -> Result<Self> {
         let body = check_header(bytes, Kind::GaloisKeys, Some(ctx.id()))?;
         let mut r = Reader::new(body);
-        let count = r.u32()? as usize;
+        let count = galois_key_count(&mut r, body, ctx)?;
         let n = ctx.degree();
-        if count > n {
-            return Err(DecodeError::TooLarge {
-                what: "Galois key count",
-                value: count as u64,
-                max: n as u64,
-            }
-            .into());
-        }
-        let per = 4 + ksk_len(ctx);
-        expect_len(&body[4..], count * per)?;
         let mut keys = BTreeMap::new();
         for _ in 0..count {
             let g = r.u32()? as usize;
@@ -598,10 +605,32 @@ pub fn ciphertext_size(
     count: usize,
     seeded: bool,
 ) -> Result<usize> {
-    params.context().check_level(level)?;
-    let plen = poly_len(params.degree(), params.context().q_at(level));
+    ct_size(params.context(), level, count, seeded, 0)
+}
+
+/// Size in bytes of a serialized ciphertext (either scheme) with `count` polynomials at
+/// `level` and `extra` scheme-specific bytes after the 3 common ones.
+fn ct_size(
+    ctx: &RlweContext,
+    level: usize,
+    count: usize,
+    seeded: bool,
+    extra: usize,
+) -> Result<usize> {
+    ctx.check_level(level)?;
+    let plen = poly_len(ctx.degree(), ctx.q_at(level));
     let body = if seeded { plen + 32 } else { count * plen };
-    Ok(HEADER_LEN + 3 + body)
+    Ok(HEADER_LEN + 3 + extra + body)
+}
+
+/// Largest size in bytes of a [`Ciphertext::to_bytes_compact`] output with `kept`
+/// coefficients of the first polynomial (at [`COMPACT_MAX_BITS`] bits per coefficient,
+/// any level): what [`Ciphertext::from_bytes_compact`] can accept.
+pub fn compact_ciphertext_max_size(params: &BfvParameters, kept: usize) -> usize {
+    HEADER_LEN
+        + 6
+        + packed_len(kept, COMPACT_MAX_BITS)
+        + packed_len(params.degree(), COMPACT_MAX_BITS)
 }
 
 /// Size in bytes of a serialized CKKS ciphertext with `count` polynomials at `level`.
@@ -611,10 +640,8 @@ pub fn ckks_ciphertext_size(
     count: usize,
     seeded: bool,
 ) -> Result<usize> {
-    params.context().check_level(level)?;
-    let plen = poly_len(params.degree(), params.context().q_at(level));
-    let body = if seeded { plen + 32 } else { count * plen };
-    Ok(HEADER_LEN + 3 + 8 + body)
+    // The CKKS header adds the scale (an f64).
+    ct_size(params.context(), level, count, seeded, 8)
 }
 
 /// Size in bytes of a serialized [`PublicKey`] for `ctx` (what [`PublicKey::from_bytes`]
@@ -653,18 +680,8 @@ impl GaloisKeys {
     pub fn peek_elements(ctx: &RlweContext, bytes: &[u8]) -> Result<Vec<usize>> {
         let body = check_header(bytes, Kind::GaloisKeys, Some(ctx.id()))?;
         let mut r = Reader::new(body);
-        let count = r.u32()? as usize;
-        let n = ctx.degree();
-        if count > n {
-            return Err(DecodeError::TooLarge {
-                what: "Galois key count",
-                value: count as u64,
-                max: n as u64,
-            }
-            .into());
-        }
+        let count = galois_key_count(&mut r, body, ctx)?;
         let per = ksk_len(ctx);
-        expect_len(&body[4..], count * (4 + per))?;
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             out.push(r.u32()? as usize);

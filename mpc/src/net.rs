@@ -297,6 +297,19 @@ impl WriterShared {
         // fields are still consistent (every update is a single assignment).
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits on `changed` with `q` (from [`Self::lock`]) for at most `left`; poisoning is
+    /// ignored as in [`Self::lock`].
+    fn wait_timeout<'a>(
+        &self,
+        q: std::sync::MutexGuard<'a, WriterQueue>,
+        left: Duration,
+    ) -> std::sync::MutexGuard<'a, WriterQueue> {
+        self.changed
+            .wait_timeout(q, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
 }
 
 /// Maps an I/O error of a stream channel to the channel's error: timeouts and closed
@@ -382,12 +395,7 @@ impl StreamWriter {
                     timeout: self.timeout,
                 });
             }
-            q = self
-                .shared
-                .changed
-                .wait_timeout(q, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            q = self.shared.wait_timeout(q, left);
         }
         q.bytes += buf.len();
         q.bufs.push_back(buf);
@@ -414,12 +422,7 @@ impl StreamWriter {
                 if left.is_zero() {
                     break;
                 }
-                q = self
-                    .shared
-                    .changed
-                    .wait_timeout(q, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                q = self.shared.wait_timeout(q, left);
             }
             if !q.done {
                 // The peer does not read: make the blocked write fail.

@@ -262,7 +262,7 @@ impl Compiler<'_> {
                         .plan
                         .layers
                         .get(index)
-                        .is_some_and(|lp| lp.chosen.starts_with("secret shares"));
+                        .is_some_and(|lp| lp.chosen.is_shared());
                     if on_shares {
                         Step::SharedDense { weight: w, bias: b }
                     } else {
@@ -729,12 +729,13 @@ pub(crate) fn he_linear_client<C: Channel, R: RngCore + CryptoRng>(
     let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
     let mut coeffs = Vec::with_capacity(blocks);
     for b in 0..blocks {
-        let msg = p.channel().recv()?;
         let keep: Vec<usize> = positions
             .iter()
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
+        let max = cipherml_he::serialize::compact_ciphertext_max_size(params, keep.len());
+        let msg = p.channel().recv_limited(max)?;
         let ct = Ciphertext::from_bytes_compact(params, &msg, &keep)?;
         coeffs.push(dec.decrypt(&ct)?.coefficients().to_vec());
     }
@@ -762,9 +763,11 @@ pub(crate) fn he_linear_server<C: Channel, R: RngCore + CryptoRng>(
     mut y_s: Vec<u64>,
     apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
 ) -> Result<Vec<u64>, HybridError> {
+    // The client's inputs are fresh: at most two polynomials at the top level.
+    let max = cipherml_he::serialize::ciphertext_size(params, params.max_level(), 2, false)?;
     let mut cts = Vec::with_capacity(inputs);
     for _ in 0..inputs {
-        let msg = p.channel().recv()?;
+        let msg = p.channel().recv_limited(max)?;
         cts.push(Ciphertext::from_bytes(params, &msg)?);
     }
     let ev = Evaluator::new(params);
@@ -1049,6 +1052,7 @@ pub(crate) fn receive_public_key<C: Channel, R: RngCore + CryptoRng>(
     params: &Arc<BfvParameters>,
     p: &mut Party<C, R>,
 ) -> Result<PublicKey, HybridError> {
-    let msg = p.channel().recv()?;
+    let size = cipherml_he::serialize::public_key_size(params.context());
+    let msg = p.channel().recv_limited(size)?;
     Ok(PublicKey::from_bytes(params.context(), &msg)?)
 }

@@ -12,7 +12,7 @@ pub use ckks_mode::{CkksFloodConfig, CkksFloodPlan, CkksModel, SIGMOID_BOUND};
 pub use hybrid::{HybridConfig, HybridError, HybridModel, SIGMOID_PWL_ERROR};
 pub use layers::Layer;
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
-pub use plan::{Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
+pub use plan::{Backend, Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 
 use ndarray::ArrayD;
 
@@ -28,6 +28,19 @@ pub enum NnError {
         /// The node name.
         node: String,
         /// Why.
+        reason: String,
+    },
+    /// An ONNX node or tensor that is malformed (not merely unsupported): a tensor whose data
+    /// does not match its dims or type, attributes or inputs of the wrong length or shape,
+    /// a node without an output; the reason carries the offending values.
+    #[error("malformed ONNX {op} (node {node:?}): {reason}")]
+    MalformedOnnx {
+        /// The operator type (`initializer` for a graph initializer, `input` for the
+        /// graph's input).
+        op: String,
+        /// The node name (or the initializer's or input's name).
+        node: String,
+        /// What is wrong, with the offending values.
         reason: String,
     },
     /// The ONNX file could not be read or parsed.

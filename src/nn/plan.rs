@@ -73,6 +73,90 @@ pub enum Mode {
     Ckks,
 }
 
+/// A representation that can run a layer or an operation: what the plan chooses and
+/// [`Plan::explain`] prints (its `Display` is the label shown there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// A linear layer under BFV with coefficient encoding (the client's input encrypted,
+    /// the result masked back into shares).
+    BfvCoefficient,
+    /// A linear layer on secret shares, with a Beaver matrix triple.
+    SharedMatrixTriple,
+    /// A linear layer under CKKS (the diagonal method).
+    CkksDiagonal,
+    /// ReLU on secret shares: the millionaire protocol, exact.
+    SharedMillionaire,
+    /// Max-pool on secret shares: a tree of exact ReLUs.
+    SharedReluTree,
+    /// A square or polynomial on secret shares, with Beaver triples.
+    SharedBeaver,
+    /// A square or polynomial under CKKS (one or more levels).
+    CkksPolynomial,
+    /// Sigmoid on secret shares: piecewise linear, 13 exact ReLUs.
+    SharedPiecewiseLinear,
+    /// Sigmoid under CKKS: a degree-7 approximation on [-8, 8].
+    CkksSigmoid,
+    /// Computed by the client on the revealed output (softmax).
+    Client,
+    /// A residual block's skip connection: a local add (shares or slots).
+    SkipAdd,
+    /// Local on shares or slots (reshapes, average pools, ...).
+    Local,
+}
+
+impl Backend {
+    /// The label [`Plan::explain`] prints.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::BfvCoefficient => "BFV coefficient encoding + shares",
+            Backend::SharedMatrixTriple => "secret shares (Beaver matrix triple)",
+            Backend::CkksDiagonal => "CKKS diagonal method",
+            Backend::SharedMillionaire => "secret shares (millionaire, exact)",
+            Backend::SharedReluTree => "secret shares (tree of ReLUs, exact)",
+            Backend::SharedBeaver => "secret shares (Beaver triples)",
+            Backend::CkksPolynomial => "CKKS (one or more levels)",
+            Backend::SharedPiecewiseLinear => "secret shares (piecewise linear, 13 exact ReLUs)",
+            Backend::CkksSigmoid => "CKKS (degree-7 approximation on [-8, 8])",
+            Backend::Client => "client, on the revealed output",
+            Backend::SkipAdd => "skip connection: local add (shares / slots)",
+            Backend::Local => "local on shares / slots",
+        }
+    }
+
+    /// Whether it runs under CKKS (only in the non-interactive mode).
+    pub fn is_ckks(self) -> bool {
+        matches!(
+            self,
+            Backend::CkksDiagonal | Backend::CkksPolynomial | Backend::CkksSigmoid
+        )
+    }
+
+    /// Whether it runs under BFV.
+    pub fn is_bfv(self) -> bool {
+        matches!(self, Backend::BfvCoefficient)
+    }
+
+    /// Whether it is a two-party protocol on secret shares.
+    pub fn is_shared(self) -> bool {
+        matches!(
+            self,
+            Backend::SharedMatrixTriple
+                | Backend::SharedMillionaire
+                | Backend::SharedReluTree
+                | Backend::SharedBeaver
+                | Backend::SharedPiecewiseLinear
+        )
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that width and alignment (`{:<40}`) apply.
+        f.pad(self.label())
+    }
+}
+
 /// The plan of one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerPlan {
@@ -81,9 +165,9 @@ pub struct LayerPlan {
     /// Residual blocks enclosing the layer (0 at the top level).
     pub depth: usize,
     /// The representation chosen.
-    pub chosen: &'static str,
+    pub chosen: Backend,
     /// Every representation that can run it, with its estimated cost.
-    pub options: Vec<(&'static str, Cost)>,
+    pub options: Vec<(Backend, Cost)>,
 }
 
 /// A network's plan.
@@ -160,22 +244,19 @@ impl Planner {
         for (layer, (input, output)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
             let inp: f64 = input.iter().product::<usize>() as f64;
             let out: f64 = output.iter().product::<usize>() as f64;
-            let mut options: Vec<(&'static str, Cost)> = Vec::new();
+            let mut options: Vec<(Backend, Cost)> = Vec::new();
             match layer {
                 Layer::Dense { .. } => {
                     let chunk = inp.min(N);
                     let rpb = (N / chunk).floor();
                     options.push((
-                        "BFV coefficient encoding + shares",
+                        Backend::BfvCoefficient,
                         bfv_linear((inp / chunk).ceil(), (out / rpb).ceil(), out),
                     ));
-                    options.push((
-                        "secret shares (Beaver matrix triple)",
-                        shared_linear(out, inp, 1.0),
-                    ));
+                    options.push((Backend::SharedMatrixTriple, shared_linear(out, inp, 1.0)));
                     if polynomial {
                         options.push((
-                            "CKKS diagonal method",
+                            Backend::CkksDiagonal,
                             ckks_linear(out, (inp.max(out) as usize).next_power_of_two() as f64),
                         ));
                     }
@@ -189,23 +270,23 @@ impl Planner {
                     let spacing = group * hw * 2.0;
                     let per_ct = (N / spacing).floor().max(1.0);
                     options.push((
-                        "BFV coefficient encoding + shares",
+                        Backend::BfvCoefficient,
                         bfv_linear((c as f64 / group).ceil(), (o as f64 / per_ct).ceil(), out),
                     ));
                     options.push((
-                        "secret shares (Beaver matrix triple)",
+                        Backend::SharedMatrixTriple,
                         shared_linear(out / o as f64, (c * kh * kw) as f64, o as f64),
                     ));
                     if polynomial {
                         options.push((
-                            "CKKS diagonal method",
+                            Backend::CkksDiagonal,
                             ckks_linear(out, (inp.max(out) as usize).next_power_of_two() as f64),
                         ));
                     }
                 }
                 Layer::Relu => {
                     options.push((
-                        "secret shares (millionaire, exact)",
+                        Backend::SharedMillionaire,
                         Cost {
                             compute_us: out * RELU_US,
                             bytes: out * RELU_BYTES,
@@ -216,7 +297,7 @@ impl Planner {
                 Layer::MaxPool { kernel, .. } => {
                     let w = (kernel * kernel) as f64;
                     options.push((
-                        "secret shares (tree of ReLUs, exact)",
+                        Backend::SharedReluTree,
                         Cost {
                             compute_us: out * (w - 1.0) * RELU_US,
                             bytes: out * (w - 1.0) * RELU_BYTES,
@@ -226,7 +307,7 @@ impl Planner {
                 }
                 Layer::Square | Layer::Poly { .. } => {
                     options.push((
-                        "secret shares (Beaver triples)",
+                        Backend::SharedBeaver,
                         Cost {
                             compute_us: out * 3.0,
                             bytes: out * (40.0 * 21.0 + 10.0 + TRUNC_BYTES),
@@ -234,7 +315,7 @@ impl Planner {
                         },
                     ));
                     options.push((
-                        "CKKS (one or more levels)",
+                        Backend::CkksPolynomial,
                         Cost {
                             compute_us: 900.0,
                             bytes: 0.0,
@@ -244,7 +325,7 @@ impl Planner {
                 }
                 Layer::Sigmoid => {
                     options.push((
-                        "secret shares (piecewise linear, 13 exact ReLUs)",
+                        Backend::SharedPiecewiseLinear,
                         Cost {
                             compute_us: out * 13.0 * RELU_US,
                             bytes: out * (13.0 * RELU_BYTES + TRUNC_BYTES),
@@ -252,7 +333,7 @@ impl Planner {
                         },
                     ));
                     options.push((
-                        "CKKS (degree-7 approximation on [-8, 8])",
+                        Backend::CkksSigmoid,
                         Cost {
                             compute_us: 3000.0,
                             bytes: 0.0,
@@ -261,17 +342,14 @@ impl Planner {
                     ));
                 }
                 Layer::Softmax => {
-                    options.push(("client, on the revealed output", Cost::default()));
+                    options.push((Backend::Client, Cost::default()));
                 }
-                Layer::Residual { .. } => options.push((
-                    "skip connection: local add (shares / slots)",
-                    Cost::default(),
-                )),
-                _ => options.push(("local on shares / slots", Cost::default())),
+                Layer::Residual { .. } => options.push((Backend::SkipAdd, Cost::default())),
+                _ => options.push((Backend::Local, Cost::default())),
             }
             let hybrid_choice = options
                 .iter()
-                .filter(|(name, _)| !name.starts_with("CKKS"))
+                .filter(|(backend, _)| !backend.is_ckks())
                 .min_by(|a, b| {
                     a.1.total_us(&net)
                         .partial_cmp(&b.1.total_us(&net))
@@ -281,15 +359,13 @@ impl Planner {
             if let Some((_, c)) = &hybrid_choice {
                 self.hybrid.add(c);
             }
-            if let Some((_, c)) = options.iter().find(|(name, _)| name.starts_with("CKKS")) {
+            if let Some((_, c)) = options.iter().find(|(backend, _)| backend.is_ckks()) {
                 self.ckks.add(c);
             }
             self.layers.push(LayerPlan {
                 layer: layer.describe(),
                 depth,
-                chosen: hybrid_choice
-                    .map(|(n, _)| n)
-                    .unwrap_or("local on shares / slots"),
+                chosen: hybrid_choice.map_or(Backend::Local, |(b, _)| b),
                 options,
             });
             if let Layer::Residual { body } = layer {
@@ -327,8 +403,8 @@ impl Plan {
         let use_ckks = polynomial;
         if use_ckks {
             for lp in &mut layers {
-                if let Some((name, _)) = lp.options.iter().find(|(n, _)| n.starts_with("CKKS")) {
-                    lp.chosen = name;
+                if let Some(&(backend, _)) = lp.options.iter().find(|(b, _)| b.is_ckks()) {
+                    lp.chosen = backend;
                 }
             }
         }
@@ -361,11 +437,11 @@ impl Plan {
         for lp in &self.layers {
             let indent = "    ".repeat(lp.depth);
             s.push_str(&format!("{indent}{}\n", lp.layer));
-            for (name, c) in &lp.options {
-                let mark = if *name == lp.chosen { "*" } else { " " };
+            for (backend, c) in &lp.options {
+                let mark = if *backend == lp.chosen { "*" } else { " " };
                 s.push_str(&format!(
                     "{indent}  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
-                    name,
+                    backend,
                     c.total_us(&self.net) / 1e3,
                     c.bytes / 1e3,
                     c.rounds

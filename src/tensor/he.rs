@@ -32,6 +32,7 @@ use std::sync::Arc;
 use cipherml_he::bfv::{Ciphertext, Decryptor, Encoder, Evaluator};
 use cipherml_he::ckks::{self, CkksParameters, CkksParametersLiteral};
 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
+use cipherml_he::serialize;
 use cipherml_he::tensor::{CkksTensor, CoeffMatVec, LinearMap};
 use cipherml_mpc::net::Channel;
 use ndarray::ArrayD;
@@ -152,9 +153,12 @@ impl<C: Channel> Session<C> {
             }
             None => {
                 let ev = Evaluator::new(&self.params);
+                // Fresh encryptions: at most two polynomials at the top level.
+                let max =
+                    serialize::ciphertext_size(&self.params, self.params.max_level(), 2, false)?;
                 let mut cts = Vec::with_capacity(chunks.len());
                 for c in &chunks {
-                    let msg = self.party.channel().recv()?;
+                    let msg = self.party.channel().recv_limited(max)?;
                     let ct = Ciphertext::from_bytes(&self.params, &msg)?;
                     cts.push(ev.add_plain(&ct, &encoder.encode_coeffs_u64(c)?)?);
                 }
@@ -334,7 +338,8 @@ impl<C: Channel> Session<C> {
                 self.party.channel().send(&pk.to_bytes(params.context()))?;
                 (Some(sk), Some(dec), None)
             } else {
-                let msg = self.party.channel().recv()?;
+                let size = serialize::public_key_size(params.context());
+                let msg = self.party.channel().recv_limited(size)?;
                 let pk = PublicKey::from_bytes(params.context(), &msg)?;
                 (None, None, Some(ckks::Encryptor::new(&params, pk)?))
             };
@@ -414,7 +419,8 @@ impl<C: Channel> Session<C> {
                 level: params.max_level(),
             })
         } else {
-            let msg = self.party.channel().recv()?;
+            let max = serialize::ckks_ciphertext_size(&params, params.max_level(), 2, false)?;
+            let msg = self.party.channel().recv_limited(max)?;
             let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
             ct.check_fresh(params.max_level(), params.default_scale())?;
             Ok(PrivateTensor::Ckks {
@@ -502,9 +508,10 @@ impl<C: Channel> Session<C> {
                 level: top - 2,
             });
         }
+        let max = serialize::ckks_ciphertext_size(&params, top, 2, false)?;
         let mut cts = Vec::with_capacity(2);
         for _ in 0..2 {
-            let msg = self.party.channel().recv()?;
+            let msg = self.party.channel().recv_limited(max)?;
             let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
             ct.check_fresh(top, delta)?;
             cts.push(ct);
@@ -550,7 +557,8 @@ impl<C: Channel> Session<C> {
             self.party.channel().send(&rlk.to_bytes(params.context()))?;
             self.party.channel().flush()?;
         } else {
-            let msg = self.party.channel().recv()?;
+            let size = serialize::relin_key_size(params.context());
+            let msg = self.party.channel().recv_limited(size)?;
             let rlk = RelinKey::from_bytes(params.context(), &msg)?;
             self.ckks.as_mut().expect("created").rlk = Some(rlk);
         }
@@ -570,7 +578,8 @@ impl<C: Channel> Session<C> {
             self.party.channel().flush()?;
             self.ckks_state()?.galois.insert(elements, None);
         } else {
-            let msg = self.party.channel().recv()?;
+            let size = serialize::galois_keys_size(params.context(), elements.len());
+            let msg = self.party.channel().recv_limited(size)?;
             let gk = GaloisKeys::from_bytes(params.context(), &msg)?;
             let got: Vec<usize> = gk.elements().collect();
             if got != elements {
@@ -602,6 +611,22 @@ impl<C: Channel> Session<C> {
         }
         let n = sw[1];
         let level = ckks_level(x, 1, "matmul")?;
+        if matches!(
+            w,
+            PrivateTensor::Private {
+                owner: Role::Server,
+                ..
+            }
+        ) && !self.unflooded_ckks
+        {
+            return Err(TensorError::Unsupported {
+                op: "matmul",
+                repr: "CKKS",
+                reason: "CKKS results are not noise-flooded, so a server matrix under CKKS is \
+                         not hidden from the client: keep secret weights on BFV or shares, or \
+                         call Session::allow_unflooded_ckks on both sides if they are public",
+            });
+        }
         let matrix = match w {
             PrivateTensor::Private {
                 owner: Role::Server,
@@ -773,7 +798,10 @@ impl<C: Channel> Session<C> {
                 Ok(None)
             }
             _ if self.role == Role::Client => {
-                let msg = self.party.channel().recv()?;
+                // Any ciphertext the parameters allow (three polynomials at the top level
+                // at most).
+                let max = serialize::ckks_ciphertext_size(&params, params.max_level(), 3, false)?;
+                let msg = self.party.channel().recv_limited(max)?;
                 let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
                 let state = self.ckks.as_ref().expect("created");
                 let values = state.dec.as_ref().expect("client").decrypt_f64(&ct)?;

@@ -227,6 +227,9 @@ pub struct Session<C: Channel> {
     log: Vec<crate::nn::LayerPlan>,
     /// Coefficients of encrypted replies revealed to the client so far (BFV and CKKS).
     revealed: u64,
+    /// Both parties declared that the server's matrices may be used under CKKS although
+    /// CKKS replies are not flooded ([`Session::allow_unflooded_ckks`]).
+    unflooded_ckks: bool,
 }
 
 /// `log2` of the most coefficients of encrypted replies (BFV to shares, CKKS reveals) one
@@ -275,7 +278,21 @@ impl<C: Channel> Session<C> {
             ckks: None,
             log: Vec::new(),
             revealed: 0,
+            unflooded_ckks: false,
         })
+    }
+
+    /// Declares that the server's matrices are **not secret** from the client, which lets
+    /// them enter CKKS products ([`Session::matmul`] of a CKKS value by a server matrix).
+    ///
+    /// CKKS results revealed to the client are re-randomized but not noise-flooded (no
+    /// flooding keeps their precision at these parameters: SECURITY.md, "Noise
+    /// flooding"), so their noise tells the client about the server's operands. Without
+    /// this call such products are refused with [`TensorError::Unsupported`]; keep secret
+    /// weights on BFV or shares, whose replies are flooded. Both parties must call it (the
+    /// refusal is decided on each side from the operands' types, so the two stay in step).
+    pub fn allow_unflooded_ckks(&mut self) {
+        self.unflooded_ckks = true;
     }
 
     /// This party's role.
@@ -354,11 +371,11 @@ impl<C: Channel> Session<C> {
         let mut s = String::new();
         for lp in &self.log {
             s.push_str(&format!("{}\n", lp.layer));
-            for (name, c) in &lp.options {
-                let mark = if *name == lp.chosen { "*" } else { " " };
+            for (backend, c) in &lp.options {
+                let mark = if *backend == lp.chosen { "*" } else { " " };
                 s.push_str(&format!(
                     "  {mark} {:<40} {:>9.2} ms {:>10.1} KB {:>4} rounds\n",
-                    name,
+                    backend,
                     c.total_us(&net) / 1e3,
                     c.bytes / 1e3,
                     c.rounds
@@ -454,7 +471,7 @@ impl<C: Channel> Session<C> {
         let chunk = (k as f64).min(8192.0);
         let rpb = (8192.0 / chunk).floor();
         let mut options = vec![(
-            "secret shares (Beaver matrix triple)",
+            crate::nn::Backend::SharedMatrixTriple,
             crate::nn::plan::shared_linear(m as f64 * n as f64, k as f64, 1.0),
         )];
         if he_possible {
@@ -465,11 +482,11 @@ impl<C: Channel> Session<C> {
             );
             c.bytes *= m as f64;
             c.compute_us *= m as f64;
-            options.push(("BFV coefficient encoding + shares", c));
+            options.push((crate::nn::Backend::BfvCoefficient, c));
         }
         let net = crate::nn::NetworkModel::lan();
         if he_possible && matches!(a, PrivateTensor::Bfv { .. }) {
-            options.retain(|o| o.0.starts_with("BFV"));
+            options.retain(|o| o.0.is_bfv());
         }
         let chosen = options
             .iter()
@@ -486,7 +503,7 @@ impl<C: Channel> Session<C> {
             chosen,
             options,
         });
-        let z = if chosen.starts_with("BFV") {
+        let z = if chosen.is_bfv() {
             self.he_matmul(a, b, m, k, n)?
         } else {
             let (x, _) = self.shares_of(a)?;

@@ -7,7 +7,7 @@ use super::ciphertext::Ciphertext;
 use super::encoding::Plaintext;
 use super::params::CkksParameters;
 use crate::error::{check_params, Error, Result};
-use crate::math::{Coeff, Ntt, Poly, RnsBasis};
+use crate::math::{Ntt, Poly, RnsBasis};
 use crate::rlwe::ops::{self, Decomposition};
 use crate::rlwe::{GaloisKeys, RelinKey};
 
@@ -562,36 +562,9 @@ impl Evaluator {
                 ),
             });
         }
-        let n = self.params.degree();
-        // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
-        // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
-        let high_bits = log2_bound.saturating_sub(64) + 1;
-        let mut poly = Poly::<Coeff>::zero(n, q.len());
-        for c in 0..n {
-            let (a, b): (i128, u64) = if log2_bound >= 64 {
-                let r = ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)
-                    & (u128::MAX >> (128 - high_bits));
-                (r as i128 - (1i128 << (high_bits - 1)), rng.next_u64())
-            } else {
-                let r = rng.next_u64() & (u64::MAX >> (63 - log2_bound));
-                (r as i128 - (1i128 << log2_bound), 0)
-            };
-            for (i, pr) in q.primes().iter().enumerate() {
-                let m = pr.modulus;
-                let ra = m.reduce_u128(a.unsigned_abs());
-                let ra = if a < 0 { m.neg(ra) } else { ra };
-                let v = if log2_bound >= 64 {
-                    let two64 = m.reduce_u128(1u128 << 64);
-                    m.add(m.mul_reduced(ra, two64), m.reduce(b))
-                } else {
-                    ra
-                };
-                poly.limb_mut(i)[c] = v;
-            }
-        }
-        let poly = poly.into_ntt(q);
+        let noise = ops::flood_poly(self.params.degree(), q, log2_bound, rng);
         let mut out = ct.clone();
-        out.polys[0].add_assign(&poly, q);
+        out.polys[0].add_assign(&noise, q);
         out.seed = None;
         Ok(out)
     }

@@ -22,6 +22,46 @@ pub(crate) fn error_coeff<R: RngCore + CryptoRng + ?Sized>(
     p
 }
 
+/// A noise-flooding polynomial over `q`, in NTT form: each of the `n` coefficients
+/// uniform in `[-2^log2_bound, 2^log2_bound)` (from `rng`, a CSPRNG), reduced into each
+/// prime. The callers check that the bound fits below their decryption bound; it must be at
+/// most `2^190`.
+pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
+    n: usize,
+    q: &RnsBasis,
+    log2_bound: u32,
+    rng: &mut R,
+) -> Poly<Ntt> {
+    debug_assert!(log2_bound <= 190);
+    // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
+    // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
+    let high_bits = log2_bound.saturating_sub(64) + 1;
+    let mut poly = Poly::<Coeff>::zero(n, q.len());
+    for c in 0..n {
+        let (a, b): (i128, u64) = if log2_bound >= 64 {
+            let r = ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)
+                & (u128::MAX >> (128 - high_bits));
+            (r as i128 - (1i128 << (high_bits - 1)), rng.next_u64())
+        } else {
+            let r = rng.next_u64() & (u64::MAX >> (63 - log2_bound));
+            (r as i128 - (1i128 << log2_bound), 0)
+        };
+        for (i, pr) in q.primes().iter().enumerate() {
+            let m = pr.modulus;
+            let ra = m.reduce_u128(a.unsigned_abs());
+            let ra = if a < 0 { m.neg(ra) } else { ra };
+            let v = if log2_bound >= 64 {
+                let two64 = m.reduce_u128(1u128 << 64);
+                m.add(m.mul_reduced(ra, two64), m.reduce(b))
+            } else {
+                ra
+            };
+            poly.limb_mut(i)[c] = v;
+        }
+    }
+    poly.into_ntt(q)
+}
+
 /// Public-key encryption at the top level: `(b u + e0 + m, a u + e1)`, where `m_plus_e0`
 /// (coefficient form over `Q_L`) already holds the message and `e0`.
 pub(crate) fn encrypt_pk<R: RngCore + CryptoRng + ?Sized>(

@@ -320,7 +320,8 @@ fn demo(images: usize) -> Res {
     let bytes = (client.bytes() - setup_bytes) as f64 / count as f64;
     client.close()?;
     println!(
-        "set-up (hello, base OTs, keys): {:.0} ms, {setup_bytes} bytes",
+        "set-up (hello; base OTs and the client's BFV public key go with the first image, \
+         counted in the per-image figures): {:.0} ms, {setup_bytes} bytes",
         setup.as_secs_f64() * 1e3
     );
     println!(
