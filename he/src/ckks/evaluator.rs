@@ -554,15 +554,7 @@ impl Evaluator {
         self.check(ct)?;
         let q = self.q(ct.level);
         let room = q.log2_product() - 2.0;
-        if log2_bound as f64 >= room || log2_bound > 190 {
-            return Err(Error::InvalidParameters {
-                reason: format!(
-                    "flooding noise of 2^{log2_bound} exceeds the room of 2^{room:.1} at level {}",
-                    ct.level
-                ),
-            });
-        }
-        let noise = ops::flood_poly(self.params.degree(), q, log2_bound, rng);
+        let noise = ops::flood_poly(self.params.degree(), q, (room, ct.level), log2_bound, rng)?;
         let mut out = ct.clone();
         out.polys[0].add_assign(&noise, q);
         out.seed = None;

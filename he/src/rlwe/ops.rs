@@ -24,15 +24,23 @@ pub(crate) fn error_coeff<R: RngCore + CryptoRng + ?Sized>(
 
 /// A noise-flooding polynomial over `q`, in NTT form: each of the `n` coefficients
 /// uniform in `[-2^log2_bound, 2^log2_bound)` (from `rng`, a CSPRNG), reduced into each
-/// prime. The callers check that the bound fits below their decryption bound; it must be at
-/// most `2^190`.
+/// prime. `room` is `log2` of what the caller's decryption tolerates at `level` (named in
+/// the error): fails with [`Error::InvalidParameters`] unless `log2_bound < room` and
+/// `log2_bound <= 190`.
 pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
     n: usize,
     q: &RnsBasis,
+    (room, level): (f64, usize),
     log2_bound: u32,
     rng: &mut R,
-) -> Poly<Ntt> {
-    debug_assert!(log2_bound <= 190);
+) -> crate::error::Result<Poly<Ntt>> {
+    if log2_bound as f64 >= room || log2_bound > 190 {
+        return Err(crate::error::Error::InvalidParameters {
+            reason: format!(
+                "flooding noise of 2^{log2_bound} exceeds the room of 2^{room:.1} at level {level}"
+            ),
+        });
+    }
     // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
     // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
     let high_bits = log2_bound.saturating_sub(64) + 1;
@@ -59,7 +67,7 @@ pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
             poly.limb_mut(i)[c] = v;
         }
     }
-    poly.into_ntt(q)
+    Ok(poly.into_ntt(q))
 }
 
 /// Public-key encryption at the top level: `(b u + e0 + m, a u + e1)`, where `m_plus_e0`
