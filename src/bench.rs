@@ -441,7 +441,8 @@ pub fn nn_filtered(
     filter: Option<&str>,
     emit: &mut (dyn FnMut(BenchLine) + Send),
 ) {
-    use crate::nn::{load_onnx_bytes, zoo, CkksModel, HybridConfig, HybridModel, Sequential};
+    use crate::nn::{load_onnx_bytes, zoo, CkksModel, PreparedModel, Sequential};
+    use crate::tensor::{Role, Session};
     let mut rng = ChaCha20Rng::from_os_rng();
     let mut nets: Vec<(String, Sequential, Vec<usize>)> = Vec::new();
     // Built in, so that an installed binary (no source tree) benchmarks them too.
@@ -461,16 +462,21 @@ pub fn nn_filtered(
     for (name, m) in zoo::all(&mut rng) {
         nets.push((name.into(), m, vec![1, 28, 28]));
     }
-    let config = HybridConfig::default();
+    let base = crate::tensor::SessionConfig::default();
     let desc = format!(
         "hybrid: BFV N=8192 t=2^{} coefficient encoding, Z_2^{} shares f={}, OT-based ReLU/max-pool, TCP loopback, one thread per party",
-        config.ring_bits, config.ring_bits, config.frac_bits
+        base.ring_bits, base.ring_bits, base.frac_bits
     );
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
     nets.retain(|(name, _, _)| selected(name));
     for (name, model, shape) in nets {
-        let server_model = HybridModel::compile(&model, &config, true).expect("compile");
-        let client_model = HybridModel::compile(&model, &config, false).expect("compile");
+        // As a server prepares it: flooding sized for its default cap of 2^16 inferences
+        // per session.
+        let server_model =
+            PreparedModel::for_serving(&model, &base, 1 << 16, true).expect("prepare");
+        let client_model =
+            PreparedModel::for_serving(&model, &base, 1 << 16, false).expect("prepare");
+        let config = server_model.config().clone();
         let x =
             ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |_| rng.random_range(0.0..1.0));
         let runs = 5usize;
@@ -481,41 +487,27 @@ pub fn nn_filtered(
                 .build()
                 .expect("pool")
         };
+        let server_config = config.clone();
         let server = std::thread::spawn(move || {
             pool().install(|| {
-                let mut p = cipherml_mpc::party::Party::setup(
-                    cipherml_mpc::share::PartyId::P1,
-                    c1,
-                    cipherml_mpc::prg::os_rng(),
-                )
-                .expect("setup");
-                let pk = server_model.receive_public_key(&mut p).expect("public key");
+                let mut s = Session::with_config(Role::Server, c1, server_config).expect("set-up");
                 for _ in 0..runs {
-                    server_model.run_server(&mut p, &pk).expect("server");
+                    server_model.run_server(&mut s).expect("server");
                 }
             })
         });
         let (setup, times, bytes, rounds) = pool().install(|| {
             let t = Instant::now();
-            let mut p = cipherml_mpc::party::Party::setup(
-                cipherml_mpc::share::PartyId::P0,
-                c0,
-                cipherml_mpc::prg::os_rng(),
-            )
-            .expect("setup");
-            let sk = Arc::new(SecretKey::random(client_model.params().context(), &mut rng));
-            client_model
-                .send_public_key(&mut p, &sk)
-                .expect("public key");
-            let setup = (t.elapsed().as_secs_f64() * 1e6, p.stats());
+            let mut s = Session::with_config(Role::Client, c0, config).expect("set-up");
+            let setup = (t.elapsed().as_secs_f64() * 1e6, s.party().stats());
             let mut times = Vec::new();
-            let before = p.stats();
+            let before = s.party().stats();
             for _ in 0..runs {
                 let t = Instant::now();
-                std::hint::black_box(client_model.run_client(&mut p, &sk, &x).expect("client"));
+                std::hint::black_box(client_model.run_client(&mut s, &x).expect("client"));
                 times.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            let after = p.stats();
+            let after = s.party().stats();
             let bytes = (after.bytes_sent + after.bytes_received
                 - before.bytes_sent
                 - before.bytes_received)

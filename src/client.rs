@@ -24,11 +24,12 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::key_cache::KeyId;
 use crate::key_store::{generate_bfv, generate_ckks, KeyStore, StoredBfv};
-use crate::nn::{CkksModel, HybridConfig, HybridModel, Sequential};
+use crate::nn::{CkksModel, PreparedModel, Sequential};
 use crate::protocol::{
     recv, send, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError, ServerMsg, MAX_BATCH,
     PROTOCOL_VERSION,
 };
+use crate::tensor::{LinkKeys, SessionConfig, SessionSetup};
 pub use crate::tls::ClientTls;
 
 /// How the client connects.
@@ -86,6 +87,27 @@ impl<C: Channel> LazyParty<C> {
         }
     }
 
+    /// Runs `f` on a session over this party (set up now if it was not yet): the party is
+    /// lent to the session and always given back, whatever `f` returns.
+    pub(crate) fn with_session<T>(
+        &mut self,
+        setup: crate::tensor::SessionSetup,
+        f: impl FnOnce(&mut crate::tensor::Session<C>) -> Result<T, crate::Error>,
+    ) -> Result<T, crate::Error> {
+        self.party()?;
+        let party = match self.state.take() {
+            Some(Ok(party)) => party,
+            other => {
+                self.state = other;
+                return Err(cipherml_mpc::Error::aborted("no two-party set-up").into());
+            }
+        };
+        let mut session = crate::tensor::Session::start(*party, setup);
+        let result = f(&mut session);
+        self.state = Some(Ok(Box::new(session.into_party())));
+        result
+    }
+
     /// The party, set up now (with a CSPRNG from the OS) if it was not yet.
     pub(crate) fn party(&mut self) -> Result<&mut Party<C, ChaCha20Rng>, cipherml_mpc::Error> {
         let mut error = None;
@@ -110,7 +132,7 @@ impl<C: Channel> LazyParty<C> {
 
 /// A model compiled on the client's side (from the architecture the server announced).
 enum Compiled {
-    Hybrid(HybridModel),
+    Hybrid(PreparedModel),
     Ckks(Box<CkksClient>),
 }
 
@@ -202,7 +224,7 @@ impl Client {
         // server re-randomizes its encrypted replies with it).
         let bfv = if models.iter().any(|m| m.mode == ModelMode::Hybrid) {
             let params =
-                cipherml_he::bfv::BfvParameters::new(&HybridConfig::default().bfv_literal())
+                cipherml_he::bfv::BfvParameters::new(&SessionConfig::default().bfv_literal())
                     .map_err(crate::nn::NnError::from)?;
             let keys = match &store {
                 Some(store) => store.bfv(&params)?,
@@ -278,7 +300,8 @@ impl Client {
         };
         let compiled = match info.mode {
             ModelMode::Hybrid => {
-                let h = HybridModel::compile(&arch, &HybridConfig::default(), false)?;
+                // The layout only (zero weights); the flooding is the server's concern.
+                let h = PreparedModel::new(&arch, &SessionConfig::default(), false)?;
                 check(HeParams::of_bfv(h.params()))?;
                 Compiled::Hybrid(h)
             }
@@ -335,14 +358,13 @@ impl Client {
             .find(|m| m.name == model)
             .expect("prepared");
         if x.shape()[1..] != info.input_shape[..] {
-            return Err(crate::nn::NnError::Shape {
+            return Err(crate::nn::NnError::LayerShape {
                 layer: "input".into(),
                 input: x.shape()[1..].to_vec(),
-            }
-            .into());
+            });
         }
         if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(crate::nn::NnError::NonFinite { index, value }.into());
+            return Err(crate::nn::NnError::NonFinite { index, value });
         }
         let output_shape = info.output_shape.clone();
         let compiled = self.compiled.get_mut(model).expect("prepared");
@@ -392,7 +414,13 @@ impl Client {
                     let bfv = self.bfv.as_ref().ok_or_else(|| {
                         ProtocolError::Unexpected("a hybrid model, but no BFV keys".into())
                     })?;
-                    h.run_client(self.link.party()?, &bfv.keys.sk, &row)?
+                    let setup = SessionSetup::new(
+                        h.config().clone(),
+                        h.params().clone(),
+                        LinkKeys::Client(bfv.keys.sk.clone()),
+                        PartyId::P0,
+                    )?;
+                    self.link.with_session(setup, |s| h.run_client(s, &row))?
                 }
                 Compiled::Ckks(c) => ckks_round_trip(self.link.channel(), c, &row, &output_shape)?,
             };
@@ -435,7 +463,7 @@ fn ckks_round_trip<C: Channel + ?Sized>(
     x: &ArrayD<f64>,
     output_shape: &[usize],
 ) -> Result<ArrayD<f64>, ProtocolError> {
-    let he = |e: cipherml_he::Error| ProtocolError::Nn(e.into());
+    let he = |e: cipherml_he::Error| ProtocolError::from(e);
     let period = x.len().max(1).next_power_of_two();
     let slots = c.params.degree() / 2;
     let flat: Vec<f64> = x.iter().copied().collect();

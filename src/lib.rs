@@ -8,11 +8,14 @@ pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
 pub mod admin;
+mod error;
+pub use error::Error;
 pub mod bench;
 pub mod client;
 pub mod data;
 pub mod key_cache;
 pub mod key_store;
+pub mod link;
 pub mod metrics;
 pub mod nn;
 pub mod protocol;

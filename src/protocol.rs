@@ -429,38 +429,8 @@ pub enum ServerMsg {
     },
 }
 
-/// Errors of the session layer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProtocolError {
-    /// Transport or two-party protocol error.
-    #[error(transparent)]
-    Mpc(#[from] cipherml_mpc::Error),
-    /// A control message that does not decode.
-    #[error("malformed control message: {0}")]
-    Malformed(String),
-    /// A message that is valid but not expected here.
-    #[error("unexpected message: {0}")]
-    Unexpected(String),
-    /// The server (or the client, before sending a request the server would refuse)
-    /// refused, with a code a caller can match.
-    #[error("server refused ({code}): {message}")]
-    Refused {
-        /// Why, for programs.
-        code: RefusalCode,
-        /// Why, for people.
-        message: String,
-    },
-    /// A private-inference error.
-    #[error(transparent)]
-    Hybrid(#[from] crate::nn::HybridError),
-    /// A model error.
-    #[error(transparent)]
-    Nn(#[from] crate::nn::NnError),
-    /// A file of the client's key directory.
-    #[error(transparent)]
-    KeyFile(#[from] crate::key_store::KeyFileError),
-}
+/// Errors of the service layer: the crate's one error type, [`crate::Error`].
+pub type ProtocolError = crate::Error;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_CONTROL_MESSAGE>()

@@ -24,8 +24,8 @@ use cipherml_mpc::share::PartyId;
 
 use crate::metrics::{Metrics, SessionMeter};
 use crate::nn::{
-    CkksFloodConfig, CkksFloodPlan, CkksModel, HybridConfig, HybridModel, Mode, NetworkModel,
-    NnError, Sequential,
+    CkksFloodConfig, CkksFloodPlan, CkksModel, Mode, NetworkModel, NnError, PreparedModel,
+    Sequential,
 };
 use crate::protocol::{
     self, recv, send, Capped, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError,
@@ -313,7 +313,7 @@ impl KeySizes {
 /// How a hosted model is evaluated.
 enum Engine {
     /// Interactive: BFV linear layers, two-party non-linear layers.
-    Hybrid(HybridModel),
+    Hybrid(PreparedModel),
     /// Non-interactive CKKS (every activation a polynomial).
     Ckks {
         model: CkksModel,
@@ -827,7 +827,7 @@ fn reuse_keys(
 /// it if `cache` is given (a client that keeps its keys).
 fn hybrid_set_up<C: Channel>(
     p: &mut LazyParty<C>,
-    model: &HybridModel,
+    model: &PreparedModel,
     session_key: &mut Option<Arc<BfvKey>>,
     cache: Option<&KeyCache>,
 ) -> Result<Arc<BfvKey>, ProtocolError> {
@@ -840,8 +840,7 @@ fn hybrid_set_up<C: Channel>(
     let bytes = party
         .channel()
         .recv_limited(cipherml_he::serialize::public_key_size(params.context()))?;
-    let (id, entry) =
-        CachedKeys::bfv_from_bytes(params, &bytes).map_err(|e| ProtocolError::Nn(e.into()))?;
+    let (id, entry) = CachedKeys::bfv_from_bytes(params, &bytes).map_err(ProtocolError::from)?;
     let CachedKeys::Bfv { key, .. } = &entry else {
         return Err(ProtocolError::Unexpected(
             "a BFV key decoded as CKKS keys".into(),
@@ -896,16 +895,14 @@ fn choose_engine(
     choice: ModeChoice,
     config: &ServerConfig,
 ) -> Result<(Engine, String), ProtocolError> {
-    let hc = HybridConfig {
-        max_inferences_per_session: config.max_inferences_per_session,
-        ..HybridConfig::default()
-    };
+    let sc = crate::tensor::SessionConfig::default();
     let fc = CkksFloodConfig {
         max_inferences_per_session: config.max_inferences_per_session,
         ..CkksFloodConfig::default()
     };
     let hybrid = |why: String| -> Result<(Engine, String), ProtocolError> {
-        Ok((Engine::Hybrid(HybridModel::compile(m, &hc, true)?), why))
+        let prepared = PreparedModel::for_serving(m, &sc, config.max_inferences_per_session, true)?;
+        Ok((Engine::Hybrid(prepared), why))
     };
     let ckks = |model: CkksModel, params: Arc<CkksParameters>| {
         let ev = Evaluator::new(&params);
@@ -958,8 +955,7 @@ fn choose_engine(
                                  use the hybrid mode, or ckks-public-weights if the weights are \
                                  not secret"
                             ),
-                        }
-                        .into());
+                        });
                     }
                     tracing::warn!(
                         model = %name,
@@ -1232,7 +1228,15 @@ fn session<C: Channel>(
                     let t = Instant::now();
                     let before = p.stats();
                     match (&hosted.engine, &hybrid_key) {
-                        (Engine::Hybrid(h), Some(k)) => h.run_server(p.party()?, &k.pk)?,
+                        (Engine::Hybrid(h), Some(k)) => {
+                            let setup = crate::tensor::SessionSetup::new(
+                                h.config().clone(),
+                                h.params().clone(),
+                                crate::tensor::LinkKeys::Server(k.pk.clone()),
+                                PartyId::P1,
+                            )?;
+                            p.with_session(setup, |s| h.run_server(s))?
+                        }
                         (Engine::Hybrid(_), None) => {
                             return Err(ProtocolError::Unexpected("no BFV public key".into()))
                         }

@@ -272,7 +272,7 @@ fn auto_mode_never_picks_unflooded_ckks_and_forced_modes_hold() {
             assert!(plan.keeps_precision(), "unflooded CKKS served: {plan:?}");
             assert_eq!(s.model_info()[0].mode, ModelMode::Ckks);
         }
-        Err(ProtocolError::Nn(NnError::ModeUnavailable { reason, .. })) => {
+        Err(ProtocolError::ModeUnavailable { reason, .. }) => {
             assert!(!plan.keeps_precision(), "{plan:?}");
             assert!(reason.contains("flooded"), "{reason}");
         }
@@ -290,9 +290,9 @@ fn auto_mode_never_picks_unflooded_ckks_and_forced_modes_hold() {
         ModelMode::Hybrid
     );
     match bind(ModeChoice::Ckks, &relu) {
-        Err(ProtocolError::Nn(NnError::ModeUnavailable {
+        Err(ProtocolError::ModeUnavailable {
             model, mode, layer, ..
-        })) => {
+        }) => {
             assert_eq!((model.as_str(), mode), ("m", "CKKS"));
             assert!(layer.contains("ReLU") || layer.contains("Relu"), "{layer}");
         }
@@ -302,10 +302,12 @@ fn auto_mode_never_picks_unflooded_ckks_and_forced_modes_hold() {
 
 #[test]
 fn hybrid_flooding_is_sized_from_the_cap_and_the_session() {
-    use cipherml::nn::{HybridConfig, HybridError, HybridModel};
+    use cipherml::nn::PreparedModel;
+    use cipherml::tensor::SessionConfig;
     let model = load_onnx(models_dir().join("digits_mlp.onnx")).unwrap();
-    let config = HybridConfig::default();
-    let m = HybridModel::compile(&model, &config, true).unwrap();
+    let config = SessionConfig::default();
+    let max_inferences: u64 = 1 << 16;
+    let m = PreparedModel::for_serving(&model, &config, max_inferences, true).unwrap();
     // The flooding adds the union bound over a session: ceil(log2(revealed coefficients
     // per inference x max inferences)); digits_mlp reveals its two dense layers' outputs.
     let shapes = model.shapes().unwrap();
@@ -316,24 +318,22 @@ fn hybrid_flooding_is_sized_from_the_cap_and_the_session() {
         .filter(|(l, _)| matches!(l, Layer::Dense { .. }))
         .map(|(_, s)| s.iter().product::<usize>())
         .sum();
-    let union = ((revealed as f64) * config.max_inferences_per_session as f64)
-        .log2()
-        .ceil() as u32;
+    let union = ((revealed as f64) * max_inferences as f64).log2().ceil() as u32;
     assert_eq!(m.flood_bits(), config.flood_bits + union);
     let (flood, room) = m.flood_log2();
     assert!((flood as f64) < room, "2^{flood} vs room 2^{room}");
     // The client's copy (zero weights) floods alike: the size does not depend on them.
-    let client = HybridModel::compile(&model, &config, false).unwrap();
+    let client = PreparedModel::for_serving(&model, &config, max_inferences, false).unwrap();
     assert_eq!(client.flood_log2(), m.flood_log2());
     // A weight above the public cap is refused with its value.
     let big = Sequential::new(vec![4]).add(Layer::Dense {
         weight: Array2::from_shape_fn((2, 4), |(i, j)| if (i, j) == (1, 3) { 20.0 } else { 0.5 }),
         bias: Array1::zeros(2),
     });
-    match HybridModel::compile(&big, &config, true) {
-        Err(HybridError::Nn(NnError::WeightAboveCap {
+    match PreparedModel::for_serving(&big, &config, max_inferences, true) {
+        Err(NnError::WeightAboveCap {
             index, value, cap, ..
-        })) => assert_eq!((index, value, cap), (7, 20.0, 16.0)),
+        }) => assert_eq!((index, value, cap), (7, 20.0, 16.0)),
         other => panic!("expected WeightAboveCap, got {:?}", other.map(|_| ())),
     }
 }

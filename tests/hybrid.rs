@@ -1,16 +1,12 @@
 //! Interactive hybrid inference (BFV linear layers, two-party ReLU, max-pool and truncation)
 //! on the bundled ReLU networks, against the plaintext reference.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use cipherml::data::{data_dir, read_npy};
-use cipherml::he::rlwe::SecretKey;
 use cipherml::mpc::net::{tcp_loopback_pair, Channel, ChannelConfig, MemoryChannel};
-use cipherml::mpc::party::Party;
-use cipherml::mpc::prg::os_rng;
-use cipherml::mpc::share::PartyId;
-use cipherml::nn::{load_onnx, HybridConfig, HybridModel};
+use cipherml::nn::{load_onnx, PreparedModel};
+use cipherml::tensor::{Role, Session, SessionConfig};
 use ndarray::{ArrayD, Axis};
 
 fn models_dir() -> std::path::PathBuf {
@@ -41,32 +37,30 @@ fn hybrid_session<C: Channel + Send + 'static, T>(
     c1: C,
     client: impl FnOnce(&mut dyn FnMut(&ArrayD<f64>) -> ArrayD<f64>) -> T,
 ) -> (T, f64) {
-    let config = HybridConfig::default();
-    let server_model = HybridModel::compile(model, &config, true).unwrap();
+    let base = SessionConfig::default();
+    let server_model = PreparedModel::for_serving(model, &base, 1 << 16, true).unwrap();
     let arch = cipherml::nn::Sequential::from_architecture(&model.architecture()).unwrap();
-    let client_model = HybridModel::compile(&arch, &config, false).unwrap();
+    let client_model = PreparedModel::for_serving(&arch, &base, 1 << 16, false).unwrap();
+    let config = server_model.config().clone();
+    let server_config = config.clone();
     let server = std::thread::spawn(move || {
-        let mut p = Party::setup(PartyId::P1, c1, os_rng()).unwrap();
-        let pk = server_model.receive_public_key(&mut p).unwrap();
+        let mut s = Session::with_config(Role::Server, c1, server_config).unwrap();
         for _ in 0..count {
-            server_model.run_server(&mut p, &pk).unwrap();
+            server_model.run_server(&mut s).unwrap();
         }
     });
-    let mut p = Party::setup(PartyId::P0, c0, os_rng()).unwrap();
-    let sk = Arc::new(SecretKey::random(
-        client_model.params().context(),
-        &mut os_rng(),
-    ));
-    client_model.send_public_key(&mut p, &sk).unwrap();
-    let start = p.stats().bytes_sent + p.stats().bytes_received;
+    let mut s = Session::with_config(Role::Client, c0, config).unwrap();
+    let (sent, received) = s.bytes();
+    let start = sent + received;
     let mut runs = 0;
     let out = client(&mut |x: &ArrayD<f64>| {
         runs += 1;
         assert!(runs <= count, "more inferences than the server runs");
-        client_model.run_client(&mut p, &sk, x).unwrap()
+        client_model.run_client(&mut s, x).unwrap()
     });
     server.join().unwrap();
-    let bytes = (p.stats().bytes_sent + p.stats().bytes_received - start) as f64 / count as f64;
+    let (sent, received) = s.bytes();
+    let bytes = (sent + received - start) as f64 / count as f64;
     (out, bytes)
 }
 

@@ -12,9 +12,10 @@ use cipherml::he::bfv::BfvParameters;
 use cipherml::key_cache::{CachedKeys, KeyCache, KeyId};
 use cipherml::key_store::{generate_bfv, KeyFileError, KeyStore};
 use cipherml::mpc::net::{ChannelConfig, TcpChannel};
-use cipherml::nn::{load_onnx, CkksModel, HybridConfig, Sequential};
+use cipherml::nn::{load_onnx, CkksModel, Sequential};
 use cipherml::protocol::{recv, send, ClientMsg, ProtocolError, ServerMsg, PROTOCOL_VERSION};
 use cipherml::server::{ModeChoice, ModelSpec, Server, ServerConfig};
+use cipherml::tensor::SessionConfig;
 use ndarray::{ArrayD, Axis};
 
 fn model(file: &str) -> Sequential {
@@ -248,7 +249,7 @@ fn key_files_are_private_and_loaded_back() {
     let store = KeyStore::open(dir.0.join("nested")).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(store.dir()), 0o700);
-    let params = BfvParameters::new(&HybridConfig::default().bfv_literal()).unwrap();
+    let params = BfvParameters::new(&SessionConfig::default().bfv_literal()).unwrap();
     let a = store.bfv(&params).unwrap();
     assert_eq!(mode(&store.bfv_secret_path(&params)), 0o600);
     assert_eq!(mode(&store.bfv_public_path(&params)), 0o600);
@@ -293,7 +294,7 @@ fn flip(path: &Path, at: i64) {
 fn corrupted_key_files_give_typed_errors_naming_the_file() {
     let dir = TempDir::new("corrupt");
     let store = KeyStore::open(&dir.0).unwrap();
-    let params = BfvParameters::new(&HybridConfig::default().bfv_literal()).unwrap();
+    let params = BfvParameters::new(&SessionConfig::default().bfv_literal()).unwrap();
     store.bfv(&params).unwrap();
     let (sk_path, pk_path) = (
         store.bfv_secret_path(&params),
@@ -391,7 +392,7 @@ fn corrupted_key_files_give_typed_errors_naming_the_file() {
 
 #[test]
 fn cache_evicts_least_recently_used_within_its_bounds() {
-    let params = BfvParameters::new(&HybridConfig::default().bfv_literal()).unwrap();
+    let params = BfvParameters::new(&SessionConfig::default().bfv_literal()).unwrap();
     let entry = || CachedKeys::bfv_from_bytes(&params, &generate_bfv(&params).pk).unwrap();
     let (a, b, c) = (entry(), entry(), entry());
     let size = a.1.size_bytes();
@@ -467,7 +468,7 @@ fn announced_ids_without_uploaded_bytes_are_misses() {
         }
     };
     // Ids nobody uploaded the bytes of: misses, nothing set up.
-    let params = BfvParameters::new(&HybridConfig::default().bfv_literal()).unwrap();
+    let params = BfvParameters::new(&SessionConfig::default().bfv_literal()).unwrap();
     let forged = vec![KeyId([0xab; 32]), KeyId::bfv(&generate_bfv(&params).pk)];
     let misses = cache.stats().misses;
     assert!(hello(forged.clone()).is_empty());

@@ -86,7 +86,10 @@ fn onnx_import_matches_tract_on_every_bundled_model() {
 fn bad_inputs_give_clear_errors() {
     let model = load_onnx(models_dir().join("digits_mlp.onnx")).unwrap();
     let wrong = ArrayD::zeros(IxDyn(&[1, 7, 7]));
-    assert!(matches!(model.predict(&wrong), Err(NnError::Shape { .. })));
+    assert!(matches!(
+        model.predict(&wrong),
+        Err(NnError::LayerShape { .. })
+    ));
     let mut nan = ArrayD::zeros(IxDyn(&[1, 8, 8]));
     nan[[0, 3, 3]] = f64::NAN;
     assert!(matches!(
@@ -103,7 +106,7 @@ fn bad_inputs_give_clear_errors() {
             weight: ndarray::Array2::zeros((2, 4)),
             bias: ndarray::Array1::zeros(2),
         });
-    assert!(matches!(bad.shapes(), Err(NnError::Shape { .. })));
+    assert!(matches!(bad.shapes(), Err(NnError::LayerShape { .. })));
 }
 
 /// N = 8192, three levels at scale 2^36 (128-bit: 50 + 3 x 36 + 50 = 208 <= 218 bits).

@@ -854,7 +854,7 @@ fn mutated_models_never_panic_the_importer() {
                         NnError::UnsupportedOp { .. } => "UnsupportedOp",
                         NnError::MalformedOnnx { .. } => "MalformedOnnx",
                         NnError::Onnx { .. } => "Onnx",
-                        NnError::Shape { .. } => "Shape",
+                        NnError::LayerShape { .. } => "Shape",
                         NnError::ResidualShape { .. } => "ResidualShape",
                         other => panic!("{name} case {case} {log:?}: untyped error {other:?}"),
                     }

@@ -108,8 +108,6 @@ fn out_of_range_and_non_finite_inputs_are_clear_errors() {
     x[[0, 0, 0]] = f64::INFINITY;
     assert!(matches!(
         model.predict_private(&x),
-        Err(cipherml::nn::HybridError::Nn(
-            cipherml::nn::NnError::NonFinite { index: 0, .. }
-        ))
+        Err(cipherml::Error::NonFinite { index: 0, .. })
     ));
 }

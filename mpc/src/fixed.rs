@@ -4,6 +4,12 @@
 use crate::error::{Error, Result};
 use crate::ring::Ring;
 
+/// `round(v * 2^bits)` as a signed integer (saturating at the `i64` range): the fixed-point
+/// value of a public constant or a weight before it is reduced into a ring.
+pub fn quantize(v: f64, bits: u32) -> i64 {
+    (v * (bits as f64).exp2()).round() as i64
+}
+
 /// A fixed-point format: a ring and a number of fractional bits. `Copy`, `Send`, `Sync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FixedPoint {

@@ -90,3 +90,43 @@ fn sigmoid_over_tcp_with_he_triples() {
         assert!((s - y).abs() <= 2f64.powi(-8), "sigmoid({x}) = {y}");
     }
 }
+
+/// The piecewise-linear sigmoid in a 40-bit ring (12 fractional bits: the hybrid engine's
+/// ring) is within its stated error of the sigmoid everywhere, exactly constant far out.
+#[test]
+fn sigmoid_pwl_within_stated_error_in_a_40_bit_ring() {
+    let f = FixedPoint::new(Ring::new(40).unwrap(), 12).unwrap();
+    let xs: Vec<f64> = (-90..=90)
+        .map(|i| i as f64 / 10.0)
+        .chain([-1000.0, 1000.0, 6.0, -6.0, 0.05])
+        .collect();
+    let (s0, s1) = split(f.ring(), &f.encode_vec(&xs).unwrap(), &mut os_rng());
+    let (r0, r1) = parties_mem(move |p| {
+        let x = if p.is_p0() { s0.clone() } else { s1.clone() };
+        approx::sigmoid_pwl(p, f, &x).unwrap()
+    });
+    let got = f.decode_vec(&f.ring().add_vec(&r0, &r1));
+    for (x, y) in xs.iter().zip(&got) {
+        let want = 1.0 / (1.0 + (-x).exp());
+        assert!(
+            (y - want).abs() <= approx::SIGMOID_PWL_ERROR,
+            "sigmoid_pwl({x}) = {y}, want {want}"
+        );
+    }
+    // Constant beyond the outer knots: -1000 gives what -6 gives, 1000 what 6 gives (up to
+    // the last place of the faithful truncation).
+    let n = xs.len();
+    let ulp = 2.0 / f.scale();
+    assert!(
+        (got[n - 5] - got[n - 2]).abs() <= ulp,
+        "{} vs {}",
+        got[n - 5],
+        got[n - 2]
+    );
+    assert!(
+        (got[n - 4] - got[n - 3]).abs() <= ulp,
+        "{} vs {}",
+        got[n - 4],
+        got[n - 3]
+    );
+}

@@ -254,6 +254,39 @@ fn maxpool_and_argmax() {
     }
 }
 
+/// The ReLU-tree max-pool equals the plaintext maximum for values within a quarter of the
+/// ring (its stated range), for odd and even windows, ties included; a length that is not
+/// a multiple of the window is a typed error.
+#[test]
+fn maxpool_relu_tree_matches_plaintext_max() {
+    let ring = Ring::new(40).unwrap();
+    let quarter = 1i64 << 37;
+    for window in [1usize, 2, 3, 4, 9] {
+        let mut rng = os_rng();
+        let mut x: Vec<u64> = (0..window * 10)
+            .map(|_| ring.from_signed((rng.next_u64() as i64) % quarter))
+            .collect();
+        for v in x.iter_mut().take(window) {
+            *v = ring.from_signed(-7);
+        }
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| {
+            let s = pick(p, &sx);
+            let bad = compare::max_pool_relu_tree(p, ring, &s[..s.len() - 1], window.max(2));
+            (
+                compare::max_pool_relu_tree(p, ring, &s, window).unwrap(),
+                bad.is_err(),
+            )
+        });
+        assert!(r0.1 && r1.1, "a ragged length must be refused");
+        let mp = open(ring, &r0.0, &r1.0);
+        for (w, chunk) in x.chunks(window).enumerate() {
+            let m = chunk.iter().map(|&v| ring.to_signed(v)).max().unwrap();
+            assert_eq!(ring.to_signed(mp[w]), m, "window {window}");
+        }
+    }
+}
+
 #[test]
 fn select_b2a_a2b_and() {
     for bits in [32u32, 64, 3] {

@@ -123,3 +123,25 @@ fn bit_triples_are_correct() {
         }
     }
 }
+
+/// OT matrix triples reconstruct to `A B = C` in both orientations (the source transposes
+/// the triple when that sends fewer bytes: `n > m`).
+#[test]
+fn ot_matrix_triples_are_correct_in_both_orientations() {
+    use cipherml_mpc::triples::ot::OtTriples;
+    let ring = Ring::new(40).unwrap();
+    for (m, k, n) in [
+        (2usize, 3usize, 5usize),
+        (5, 3, 2),
+        (1, 4, 1),
+        (3, 1, 7),
+        (1, 10, 10),
+    ] {
+        let (t0, t1) = parties_mem(move |p| OtTriples.matrix(p, ring, m, k, n).unwrap());
+        let a = ring.add_vec(&t0.a, &t1.a);
+        let b = ring.add_vec(&t0.b, &t1.b);
+        let c = ring.add_vec(&t0.c, &t1.c);
+        assert_eq!((t0.a.len(), t0.b.len(), t0.c.len()), (m * k, k * n, m * n));
+        assert_eq!(c, ring.matmul(&a, &b, m, k, n), "shape {m}x{k}x{n}");
+    }
+}

@@ -457,7 +457,7 @@ impl CkksModel {
         let noise_log2 = (e * delta).max(1.0).log2();
         let coefficients =
             params.degree() as u128 * config.max_inferences_per_session.max(1) as u128;
-        let session_bits = super::hybrid::union_bits(coefficients);
+        let session_bits = crate::link::union_bits(coefficients);
         let flood_log2 = noise_log2.ceil() as u32 + config.flood_bits + session_bits;
         let out_level = self.input_level - self.depth;
         let q_out: f64 = (0..=out_level)

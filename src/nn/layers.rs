@@ -127,7 +127,7 @@ impl Layer {
 
     /// The output shape for an input shape, or an error naming both.
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>, NnError> {
-        let bad = || NnError::Shape {
+        let bad = || NnError::LayerShape {
             layer: self.describe(),
             input: input.to_vec(),
         };

@@ -2,121 +2,23 @@
 //! import, and private execution modes (non-interactive CKKS for polynomial networks).
 
 mod ckks_mode;
-pub(crate) mod hybrid;
 mod layers;
 mod onnx;
 pub(crate) mod plan;
+mod private;
 pub mod zoo;
 
+pub use cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
 pub use ckks_mode::{CkksFloodConfig, CkksFloodPlan, CkksModel, SIGMOID_BOUND};
-pub use hybrid::{HybridConfig, HybridError, HybridModel, SIGMOID_PWL_ERROR};
 pub use layers::Layer;
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
 pub use plan::{Backend, Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
+pub use private::PreparedModel;
 
 use ndarray::ArrayD;
 
-/// Errors of the model layer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NnError {
-    /// An ONNX operator that cannot be mapped, with the node's name.
-    #[error("unsupported ONNX operator {op} (node {node:?}): {reason}")]
-    UnsupportedOp {
-        /// The operator type.
-        op: String,
-        /// The node name.
-        node: String,
-        /// Why.
-        reason: String,
-    },
-    /// An ONNX node or tensor that is malformed (not merely unsupported): a tensor whose data
-    /// does not match its dims or type, attributes or inputs of the wrong length or shape,
-    /// a node without an output; the reason carries the offending values.
-    #[error("malformed ONNX {op} (node {node:?}): {reason}")]
-    MalformedOnnx {
-        /// The operator type (`initializer` for a graph initializer, `input` for the
-        /// graph's input).
-        op: String,
-        /// The node name (or the initializer's or input's name).
-        node: String,
-        /// What is wrong, with the offending values.
-        reason: String,
-    },
-    /// The ONNX file could not be read or parsed.
-    #[error("cannot load ONNX model {path}: {reason}")]
-    Onnx {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A layer does not accept the shape it receives.
-    #[error("layer {layer} cannot take an input of shape {input:?}")]
-    Shape {
-        /// The layer.
-        layer: String,
-        /// The input shape.
-        input: Vec<usize>,
-    },
-    /// A residual block whose body changes the shape (the identity shortcut needs the same
-    /// shape on both branches).
-    #[error(
-        "residual block: the body maps shape {input:?} to {body_output:?}, not to the same shape"
-    )]
-    ResidualShape {
-        /// The block's input shape.
-        input: Vec<usize>,
-        /// The body's output shape.
-        body_output: Vec<usize>,
-    },
-    /// An input value is not finite.
-    #[error("input value {value} at index {index} is not finite")]
-    NonFinite {
-        /// Flat index.
-        index: usize,
-        /// The value.
-        value: f64,
-    },
-    /// A weight exceeds the public cap from which the noise flooding of the replies is
-    /// sized (raise the cap in the configuration: it is public, the weights are not).
-    #[error("layer {layer}: weight {value} at flat index {index} exceeds the declared cap {cap}")]
-    WeightAboveCap {
-        /// The layer.
-        layer: String,
-        /// Flat (row-major) index of the weight.
-        index: usize,
-        /// The weight.
-        value: f64,
-        /// The cap.
-        cap: f64,
-    },
-    /// A model cannot run in the mode the configuration forces on it.
-    #[error("model {model:?} cannot run in {mode} mode: layer {layer}: {reason}")]
-    ModeUnavailable {
-        /// The model's name.
-        model: String,
-        /// The mode asked for.
-        mode: &'static str,
-        /// The layer that prevents it.
-        layer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The private mode cannot run this layer.
-    #[error("layer {layer} cannot run in {mode} mode: {reason}")]
-    NotSupportedInMode {
-        /// The layer.
-        layer: String,
-        /// The mode.
-        mode: &'static str,
-        /// Why.
-        reason: String,
-    },
-    /// An error of the HE layer.
-    #[error(transparent)]
-    He(#[from] cipherml_he::Error),
-}
+/// Errors of models and ONNX import: the crate's one error type, [`crate::Error`].
+pub type NnError = crate::Error;
 
 /// A Keras-like sequential model: layers applied in order to one sample.
 ///
@@ -196,7 +98,7 @@ impl Sequential {
             return Err(NnError::NonFinite { index, value });
         }
         if x.shape() != self.input_shape.as_slice() {
-            return Err(NnError::Shape {
+            return Err(NnError::LayerShape {
                 layer: "input".into(),
                 input: x.shape().to_vec(),
             });
@@ -409,7 +311,7 @@ impl Sequential {
     /// may come from a peer: its layer count (residual bodies included), nesting depth and
     /// sizes are bounded and its shapes checked.
     pub fn from_architecture(arch: &Architecture) -> Result<Self, NnError> {
-        let too_big = |what: &str| NnError::Shape {
+        let too_big = |what: &str| NnError::LayerShape {
             layer: format!("architecture ({what})"),
             input: arch.input_shape.clone(),
         };

@@ -278,7 +278,7 @@ fn from_proto(proto: pb::ModelProto, path: &str) -> Result<Sequential, NnError> 
 /// checked as [`Sequential::shapes`] does, and refusing any activation (or padded Conv
 /// input) of more than [`MAX_ELEMENTS`] elements before the next layer computes with it.
 fn bounded_shape(layers: &[Layer], input: &[usize]) -> Result<Vec<usize>, NnError> {
-    let too_large = |l: &Layer, what: String, input: &[usize]| NnError::Shape {
+    let too_large = |l: &Layer, what: String, input: &[usize]| NnError::LayerShape {
         layer: format!("{} ({what} exceeds {MAX_ELEMENTS} elements)", l.describe()),
         input: input.to_vec(),
     };

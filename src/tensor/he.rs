@@ -114,9 +114,10 @@ fn row_len(shape: &[usize]) -> usize {
 impl<C: Channel> Session<C> {
     /// Counts `coefficients` more revealed to the client (both parties count alike) and
     /// returns the statistical bits of their flooding: `flood_bits` plus the union bound
-    /// over the session ([`super::SESSION_REVEAL_LOG2`]). Refuses past the session's cap.
+    /// over the session ([`super::SessionConfig::reveal_log2`]). Refuses past the
+    /// session's cap.
     pub(super) fn reveal_flood_bits(&mut self, coefficients: usize) -> Result<u32, TensorError> {
-        let max = 1u64 << super::SESSION_REVEAL_LOG2;
+        let max = 1u64 << self.config.reveal_log2.min(63);
         let requested = coefficients as u64;
         if self.revealed.saturating_add(requested) > max {
             return Err(TensorError::SessionExhausted {
@@ -126,7 +127,7 @@ impl<C: Channel> Session<C> {
             });
         }
         self.revealed += requested;
-        Ok(self.config.flood_bits + super::SESSION_REVEAL_LOG2)
+        Ok(self.config.reply_flood_bits())
     }
 
     /// Converts `t` to a BFV ciphertext held by the server (shares -> HE; a public or
@@ -178,7 +179,7 @@ impl<C: Channel> Session<C> {
     /// shared as usual. CKKS values cannot be converted (module documentation).
     pub fn to_shares(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (share, shape) = self.shares_of(t)?;
-        Ok(PrivateTensor::Shared { share, shape })
+        Ok(self.shared(share, shape))
     }
 
     /// BFV -> shares (called by `shares_of`).
@@ -198,16 +199,15 @@ impl<C: Channel> Session<C> {
         let ring = self.fixed.ring();
         let flood_bits = self.reveal_flood_bits(positions.len())?;
         Ok(match (&self.sk, data) {
-            (Some(sk), _) => crate::nn::hybrid::he_linear_client(
+            (Some(sk), _) => crate::link::bfv_linear_client(
                 &self.params,
                 ring,
                 &mut self.party,
                 sk,
                 &[],
                 &positions,
-            )
-            .map_err(Box::new)?,
-            (None, Some(d)) => crate::nn::hybrid::he_linear_server(
+            )?,
+            (None, Some(d)) => crate::link::bfv_linear_server(
                 &self.params,
                 ring,
                 flood_bits,
@@ -218,8 +218,7 @@ impl<C: Channel> Session<C> {
                 d.noise_log2,
                 vec![0; positions.len()],
                 |_, _| Ok(d.cts.clone()),
-            )
-            .map_err(Box::new)?,
+            )?,
             (None, None) => return Err(no_ciphertext("BFV tensor")),
         })
     }
@@ -281,15 +280,14 @@ impl<C: Channel> Session<C> {
         for r in 0..rows {
             let flood_bits = self.reveal_flood_bits(positions.len())?;
             let y = match (&self.sk, x) {
-                (Some(sk), _) => crate::nn::hybrid::he_linear_client(
+                (Some(sk), _) => crate::link::bfv_linear_client(
                     &self.params,
                     ring,
                     &mut self.party,
                     sk,
                     &[],
                     &positions,
-                )
-                .map_err(Box::new)?,
+                )?,
                 (None, PrivateTensor::Bfv { data: Some(d), .. }) => {
                     // The input's noise is multiplied by the weights (not added to the
                     // bound): `t N cap + 2^noise_in L1(w) + t` per chunk.
@@ -299,7 +297,7 @@ impl<C: Channel> Session<C> {
                         d.noise_log2,
                     );
                     let row = &d.cts[r * per_row..(r + 1) * per_row];
-                    crate::nn::hybrid::he_linear_server(
+                    crate::link::bfv_linear_server(
                         &self.params,
                         ring,
                         flood_bits,
@@ -310,8 +308,7 @@ impl<C: Channel> Session<C> {
                         noise,
                         vec![0; n_out],
                         |ev, _| mv.apply(ev, row),
-                    )
-                    .map_err(Box::new)?
+                    )?
                 }
                 _ => return Err(no_ciphertext("BFV tensor")),
             };

@@ -12,6 +12,16 @@
 //! not converted back to shares). Non-linear operations run on shares with
 //! exact two-party protocols.
 //!
+//! This is the crate's one private-execution engine: models (`crate::nn`) lower each layer
+//! to these operations, and the server and client run them. What makes inference cheap is
+//! a property of the tensors, so every program gets it: a shared tensor carries the scale
+//! of its fixed-point encoding — a product leaves it at `2^2f` and its truncation pending
+//! until an operation needs `2^f` (ReLU and max-pool commute with it, so it runs on fewer
+//! values), and a sum lifts the other operand instead of truncating — and a
+//! known-non-negative flag (set by ReLU, kept by max-pool and reshapes) that makes the
+//! pending truncation cheaper. Linear maps by server weights are prepared once
+//! ([`PreparedLinear`]). One value configures a session ([`SessionConfig`]).
+//!
 //! Products are dispatched to the cheaper representation: a product of a shared
 //! tensor with a matrix that one party holds in the clear ([`Session::private`]) runs
 //! either under HE (the client encrypts its share, BFV coefficient encoding, masked and
@@ -54,7 +64,7 @@ use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::protocols::arith;
 use cipherml_mpc::ring::Ring;
 use cipherml_mpc::share::{receive_share, reveal, share_input, PartyId, RevealTo};
-use cipherml_mpc::triples::{ot::OtTriples, TripleSource};
+use cipherml_mpc::triples::ot::OtTriples;
 use ndarray::{ArrayD, IxDyn};
 use rand_chacha::ChaCha20Rng;
 
@@ -76,83 +86,24 @@ impl Role {
     }
 }
 
-/// Errors of sessions and private tensors.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TensorError {
-    /// An error of the two-party layer (I/O, timeout, misbehaving peer, bad input).
-    #[error(transparent)]
-    Mpc(#[from] cipherml_mpc::Error),
-    /// Shapes that do not fit the operation.
-    #[error("shape mismatch in {what}: {left:?} vs {right:?}")]
-    Shape {
-        /// The operation.
-        what: &'static str,
-        /// Left shape.
-        left: Vec<usize>,
-        /// Right shape.
-        right: Vec<usize>,
-    },
-    /// The provided value does not have the declared shape.
-    #[error("provided value has shape {found:?}, declared {declared:?}")]
-    ProvidedShape {
-        /// Declared.
-        declared: Vec<usize>,
-        /// Found.
-        found: Vec<usize>,
-    },
-    /// An HE or hybrid-protocol error.
-    #[error(transparent)]
-    Hybrid(#[from] Box<crate::nn::HybridError>),
-    /// An HE error.
-    #[error(transparent)]
-    He(#[from] cipherml_he::Error),
-    /// An operation this representation does not support (with the reason and what to
-    /// do instead).
-    #[error("{op} is not supported on {repr} tensors: {reason}")]
-    Unsupported {
-        /// The operation.
-        op: &'static str,
-        /// The representation.
-        repr: &'static str,
-        /// Why, and the alternative.
-        reason: &'static str,
-    },
-    /// A value received from the peer that does not fit the session (wrong level, scale,
-    /// parameters or keys).
-    #[error("invalid {what} from the peer: {detail}")]
-    Invalid {
-        /// What.
-        what: &'static str,
-        /// The offending values.
-        detail: String,
-    },
-    /// The peer thread of a local session failed.
-    #[error("the other party of the local session panicked")]
-    PeerPanicked,
-    /// The session revealed as many encrypted coefficients as its flooding is sized for
-    /// (the union bound over a session): start a new session.
-    #[error(
-        "the session would reveal {requested} more coefficients after {revealed}, past the \
-         {max} its noise flooding is sized for: start a new session"
-    )]
-    SessionExhausted {
-        /// Coefficients revealed so far.
-        revealed: u64,
-        /// Coefficients the refused operation would reveal.
-        requested: u64,
-        /// The most a session may reveal.
-        max: u64,
-    },
-}
+/// Errors of sessions and private tensors: the crate's one error type, [`crate::Error`].
+pub type TensorError = crate::Error;
 
+mod config;
+pub mod cost;
 mod he;
+pub(crate) mod kernels;
+mod linear;
 mod ops;
 
+pub use config::{SessionConfig, Triples};
+pub use cost::NetworkModel;
 pub use he::BfvTensorData;
+pub use linear::PreparedLinear;
 
 /// A tensor in one of the representations a computation can use. Values are fixed point
-/// (`Z_2^40`, 12 fractional bits) on shares and under BFV, real numbers under CKKS.
+/// (`Z_2^l`, `f` fractional bits: 40 and 12 by default) on shares and under BFV, real
+/// numbers under CKKS.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PrivateTensor {
@@ -174,6 +125,12 @@ pub enum PrivateTensor {
         share: Vec<u64>,
         /// The shape.
         shape: Vec<usize>,
+        /// Fractional bits of the encoding: the session's `f`, or `2f` after a product
+        /// whose truncation is pending.
+        frac_bits: u32,
+        /// Known non-negative by construction (the output of a ReLU, kept by max-pool and
+        /// reshapes): its pending truncation needs no wrap comparison.
+        nonneg: bool,
     },
     /// Encrypted under the client's BFV key (plaintext modulus `2^40`, the ring of the
     /// shares, so conversions need no wrap correction) and held by the server; the client
@@ -211,20 +168,21 @@ impl PrivateTensor {
 }
 
 /// One party's side of a two-party session: its role, its channel, OT set-up, the
-/// fixed-point encoding (`Z_2^40`, 12 fractional bits), the BFV parameters for HE-backed
-/// products (`t = 2^40`, N = 8192) and, on the client, its secret key (the server gets the
-/// public key at set-up).
+/// configuration ([`SessionConfig`]: ring, fixed point, flooding, network model, triple
+/// source), the BFV parameters of the link protocol (`t = 2^l`, N = 8192) and, on the
+/// client, its secret key (the server holds the client's public key).
 pub struct Session<C: Channel> {
     role: Role,
     party: Party<C, ChaCha20Rng>,
     fixed: FixedPoint,
-    config: crate::nn::HybridConfig,
+    config: SessionConfig,
     params: Arc<BfvParameters>,
     sk: Option<Arc<SecretKey>>,
     /// Server: the client's BFV public key, which re-randomizes encrypted replies.
     rerand: Option<cipherml_he::bfv::Encryptor>,
+    triples: OtTriples,
     ckks: Option<he::CkksState>,
-    log: Vec<crate::nn::LayerPlan>,
+    log: Vec<cost::LayerPlan>,
     /// Coefficients of encrypted replies revealed to the client so far (BFV and CKKS).
     revealed: u64,
     /// Both parties declared that the server's matrices may be used under CKKS although
@@ -232,9 +190,84 @@ pub struct Session<C: Channel> {
     unflooded_ckks: bool,
 }
 
+/// The keys of the link protocol a session starts with, when the caller set them up (a
+/// server and client exchange them in their own handshake): the client's secret key, or
+/// on the server the client's public key.
+#[derive(Debug, Clone)]
+pub enum LinkKeys {
+    /// The client's BFV secret key.
+    Client(Arc<SecretKey>),
+    /// The client's BFV public key, held by the server.
+    Server(cipherml_he::rlwe::PublicKey),
+}
+
+/// The checked configuration and keys of a session, before it has a party
+/// ([`Session::start`]).
+pub struct SessionSetup {
+    role: Role,
+    fixed: FixedPoint,
+    config: SessionConfig,
+    params: Arc<BfvParameters>,
+    sk: Option<Arc<SecretKey>>,
+    rerand: Option<cipherml_he::bfv::Encryptor>,
+}
+
+impl std::fmt::Debug for SessionSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSetup")
+            .field("role", &self.role)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionSetup {
+    /// Checks `config` against `params` (the plaintext modulus must be the ring's) and the
+    /// keys against the party id (the client is party 0).
+    pub fn new(
+        config: SessionConfig,
+        params: Arc<BfvParameters>,
+        keys: LinkKeys,
+        id: PartyId,
+    ) -> Result<Self, TensorError> {
+        let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
+        if params.plaintext_modulus() != 1u64 << config.ring_bits.min(63) {
+            return Err(TensorError::Invalid {
+                what: "session parameters",
+                detail: format!(
+                    "BFV plaintext modulus {} is not the ring's 2^{}",
+                    params.plaintext_modulus(),
+                    config.ring_bits
+                ),
+            });
+        }
+        let (role, sk, rerand) = match keys {
+            LinkKeys::Client(sk) => (Role::Client, Some(sk), None),
+            LinkKeys::Server(pk) => (
+                Role::Server,
+                None,
+                Some(cipherml_he::bfv::Encryptor::new(&params, pk)?),
+            ),
+        };
+        if role.party() != id {
+            return Err(TensorError::Invalid {
+                what: "session role",
+                detail: format!("{role:?} keys for party {id:?}"),
+            });
+        }
+        Ok(Self {
+            role,
+            fixed,
+            config,
+            params,
+            sk,
+            rerand,
+        })
+    }
+}
+
 /// `log2` of the most coefficients of encrypted replies (BFV to shares, CKKS reveals) one
-/// [`Session`] may reveal: every flooding adds these bits to the statistical parameter, so
-/// the statistical distance over the whole session stays below `2^-flood_bits`.
+/// [`Session`] may reveal by default ([`SessionConfig::reveal_log2`]).
 pub const SESSION_REVEAL_LOG2: u32 = 32;
 
 impl<C: Channel> std::fmt::Debug for Session<C> {
@@ -246,28 +279,66 @@ impl<C: Channel> std::fmt::Debug for Session<C> {
 }
 
 impl<C: Channel> Session<C> {
-    /// Sets up the session over `channel` (base OTs in both directions).
+    /// Sets up the session over `channel` with the default configuration (base OTs in
+    /// both directions, the client's public key to the server).
     pub fn new(role: Role, channel: C) -> Result<Self, TensorError> {
-        let mut party = Party::setup(role.party(), channel, os_rng())?;
-        let config = crate::nn::HybridConfig::default();
-        let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
+        Self::with_config(role, channel, SessionConfig::default())
+    }
+
+    /// Sets up the session over `channel` with `config` (both parties must pass the same).
+    pub fn with_config(role: Role, channel: C, config: SessionConfig) -> Result<Self, TensorError> {
+        Self::with_rng(role, channel, config, os_rng())
+    }
+
+    /// As [`Session::with_config`], with this party's randomness drawn from `rng`. For
+    /// reproducible runs (tests, benchmarks) only: anyone who knows the seed knows every
+    /// secret of the session. [`Session::with_config`] seeds from the operating system.
+    pub fn with_rng(
+        role: Role,
+        channel: C,
+        config: SessionConfig,
+        rng: ChaCha20Rng,
+    ) -> Result<Self, TensorError> {
+        let mut party = Party::setup(role.party(), channel, rng)?;
         let params = BfvParameters::new(&config.bfv_literal())?;
-        let sk = (role == Role::Client)
-            .then(|| Arc::new(SecretKey::random(params.context(), party.rng())));
         // The client's public key, once per session: the server re-randomizes every
         // encrypted reply with it.
-        let rerand = match &sk {
-            Some(sk) => {
-                crate::nn::hybrid::send_public_key(&params, &mut party, sk).map_err(Box::new)?;
-                None
+        let keys = match role {
+            Role::Client => {
+                let sk = Arc::new(SecretKey::random(params.context(), party.rng()));
+                crate::link::send_public_key(&params, &mut party, &sk)?;
+                LinkKeys::Client(sk)
             }
-            None => {
-                let pk =
-                    crate::nn::hybrid::receive_public_key(&params, &mut party).map_err(Box::new)?;
-                Some(cipherml_he::bfv::Encryptor::new(&params, pk)?)
-            }
+            Role::Server => LinkKeys::Server(crate::link::receive_public_key(&params, &mut party)?),
         };
-        Ok(Self {
+        Self::from_party(party, config, params, keys)
+    }
+
+    /// A session over a party already set up (base OTs done) whose link keys were
+    /// exchanged by the caller, e.g. a server's session handshake. `params` must be
+    /// `config`'s BFV parameters (the ones prepared weights were encoded for).
+    pub fn from_party(
+        party: Party<C, ChaCha20Rng>,
+        config: SessionConfig,
+        params: Arc<BfvParameters>,
+        keys: LinkKeys,
+    ) -> Result<Self, TensorError> {
+        let setup = SessionSetup::new(config, params, keys, party.id())?;
+        Ok(Self::start(party, setup))
+    }
+
+    /// A session over `party` with a checked set-up: cannot fail, so a caller that lends
+    /// its party to one session per request always gets it back ([`Session::into_party`]).
+    pub fn start(party: Party<C, ChaCha20Rng>, setup: SessionSetup) -> Self {
+        let SessionSetup {
+            role,
+            fixed,
+            config,
+            params,
+            sk,
+            rerand,
+        } = setup;
+        Self {
             role,
             party,
             fixed,
@@ -275,11 +346,33 @@ impl<C: Channel> Session<C> {
             params,
             sk,
             rerand,
+            triples: OtTriples,
             ckks: None,
             log: Vec::new(),
             revealed: 0,
             unflooded_ckks: false,
-        })
+        }
+    }
+
+    /// Gives the party back (its channel and OT set-up), e.g. to a server that runs one
+    /// session per request over one connection.
+    pub fn into_party(self) -> Party<C, ChaCha20Rng> {
+        self.party
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The BFV parameters of the link protocol.
+    pub fn params(&self) -> &Arc<BfvParameters> {
+        &self.params
+    }
+
+    /// The underlying party (channel, randomness, OT), for protocols of the layers below.
+    pub fn party(&mut self) -> &mut Party<C, ChaCha20Rng> {
+        &mut self.party
     }
 
     /// Declares that the server's matrices are **not secret** from the client, which lets
@@ -331,10 +424,7 @@ impl<C: Channel> Session<C> {
         } else {
             receive_share(self.party.channel(), ring, n)?
         };
-        Ok(PrivateTensor::Shared {
-            share,
-            shape: shape.to_vec(),
-        })
+        Ok(self.shared(share, shape.to_vec()))
     }
 
     /// A value that stays with `owner` in the clear (e.g. model weights): `provide` runs only
@@ -367,7 +457,7 @@ impl<C: Channel> Session<C> {
     /// The plan of every product so far: the representation chosen and the estimated cost
     /// of each alternative.
     pub fn explain(&self) -> String {
-        let net = crate::nn::NetworkModel::lan();
+        let net = self.config.network;
         let mut s = String::new();
         for lp in &self.log {
             s.push_str(&format!("{}\n", lp.layer));
@@ -385,14 +475,35 @@ impl<C: Channel> Session<C> {
         s
     }
 
-    /// Shares of `t` (a private value is shared by its owner: one message).
-    pub(crate) fn shares_of(
+    /// A shared tensor at the session's scale `2^f`.
+    pub(crate) fn shared(&self, share: Vec<u64>, shape: Vec<usize>) -> PrivateTensor {
+        PrivateTensor::Shared {
+            share,
+            shape,
+            frac_bits: self.fixed.frac_bits(),
+            nonneg: false,
+        }
+    }
+
+    /// Shares of `t` at whatever scale they are (truncation possibly pending): (share,
+    /// shape, fractional bits, known non-negative). A private value is shared trivially
+    /// (the owner's share is the value, the other's zero: no message, and a valid sharing
+    /// since every protocol masks what it sends); a public one is held by party 0.
+    pub(crate) fn shares_any(
         &mut self,
         t: &PrivateTensor,
-    ) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
+    ) -> Result<(Vec<u64>, Vec<usize>, u32, bool), TensorError> {
+        let f = self.fixed.frac_bits();
         Ok(match t {
-            PrivateTensor::Shared { share, shape } => (share.clone(), shape.clone()),
-            PrivateTensor::Bfv { data, shape } => (self.bfv_shares(data.as_ref(), shape)?, shape.clone()),
+            PrivateTensor::Shared {
+                share,
+                shape,
+                frac_bits,
+                nonneg,
+            } => (share.clone(), shape.clone(), *frac_bits, *nonneg),
+            PrivateTensor::Bfv { data, shape } => {
+                (self.bfv_shares(data.as_ref(), shape)?, shape.clone(), f, false)
+            }
             PrivateTensor::Ckks { .. } => {
                 return Err(TensorError::Unsupported {
                     op: "conversion to shares",
@@ -406,24 +517,16 @@ impl<C: Channel> Session<C> {
                 shape,
             } => {
                 let n: usize = shape.iter().product();
-                let ring = self.fixed.ring();
-                let share = if *owner == self.role {
-                    let flat: Vec<f64> = value
-                        .as_ref()
-                        .expect("owner holds the value")
-                        .iter()
-                        .copied()
-                        .collect();
-                    let enc = self.fixed.encode_vec(&flat)?;
-                    let (ch, rng) = self.party.channel_and_rng();
-                    share_input(ch, ring, &enc, rng)?
-                } else {
-                    receive_share(self.party.channel(), ring, n)?
+                let share = match value {
+                    Some(v) if *owner == self.role => {
+                        let flat: Vec<f64> = v.iter().copied().collect();
+                        self.fixed.encode_vec(&flat)?
+                    }
+                    _ => vec![0; n],
                 };
-                (share, shape.clone())
+                (share, shape.clone(), f, false)
             }
             PrivateTensor::Public(a) => {
-                // Party 0 holds the public value, party 1 zero.
                 let flat: Vec<f64> = a.iter().copied().collect();
                 let enc = self.fixed.encode_vec(&flat)?;
                 let share = if self.party.is_p0() {
@@ -431,15 +534,64 @@ impl<C: Channel> Session<C> {
                 } else {
                     vec![0; enc.len()]
                 };
-                (share, a.shape().to_vec())
+                (share, a.shape().to_vec(), f, false)
             }
         })
     }
 
+    /// Runs a pending truncation: from `frac` fractional bits down to `f` (the cheaper
+    /// protocol if the value is known non-negative).
+    pub(crate) fn rescale(
+        &mut self,
+        share: Vec<u64>,
+        frac: u32,
+        nonneg: bool,
+    ) -> Result<Vec<u64>, TensorError> {
+        let f = self.fixed.frac_bits();
+        if frac <= f {
+            return Ok(share);
+        }
+        let ring = self.fixed.ring();
+        Ok(if nonneg {
+            arith::trunc_nonneg(&mut self.party, ring, &share, frac - f)?
+        } else {
+            arith::trunc_faithful(&mut self.party, ring, &share, frac - f)?
+        })
+    }
+
+    /// Shares of `t` at the session's scale `2^f` (a pending truncation runs now).
+    pub(crate) fn shares_of(
+        &mut self,
+        t: &PrivateTensor,
+    ) -> Result<(Vec<u64>, Vec<usize>), TensorError> {
+        let (share, shape, frac, nonneg) = self.shares_any(t)?;
+        Ok((self.rescale(share, frac, nonneg)?, shape))
+    }
+
+    /// `t` with its pending truncation run (scale `2^f`); other representations unchanged.
+    pub fn rescaled(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        match t {
+            PrivateTensor::Shared {
+                frac_bits, nonneg, ..
+            } if *frac_bits > self.fixed.frac_bits() => {
+                let nonneg = *nonneg;
+                let (share, shape) = self.shares_of(t)?;
+                Ok(PrivateTensor::Shared {
+                    share,
+                    shape,
+                    frac_bits: self.fixed.frac_bits(),
+                    nonneg,
+                })
+            }
+            _ => Ok(t.clone()),
+        }
+    }
+
     /// The matrix product of two 2-D tensors. A shared left operand times a matrix the
-    /// server holds in the clear runs under HE or on shares, as the cost model decides;
-    /// everything else runs on shares (Beaver matrix triple from OT). Faithful truncation
-    /// restores the fixed-point scale.
+    /// server holds in the clear runs under HE or on shares, as the cost model decides
+    /// (row by row: see [`Session::linear`]); a BFV left operand stays under HE;
+    /// everything else runs on shares (Beaver matrix triple). The result is shared at
+    /// scale `2^2f`, its truncation pending (see the module documentation).
     pub fn matmul(
         &mut self,
         a: &PrivateTensor,
@@ -458,90 +610,87 @@ impl<C: Channel> Session<C> {
         }
         let (m, k, n) = (sa[0], sa[1], sb[1]);
         let ring = self.fixed.ring();
-
-        // HE applies when the right operand is in the clear on the server's side; a BFV left
-        // operand is used as it is.
-        let he_possible = matches!(
+        let f = self.fixed.frac_bits();
+        let label = format!("matmul ({m}x{k}) x ({k}x{n})");
+        let server_matrix = matches!(
             b,
             PrivateTensor::Private {
                 owner: Role::Server,
                 ..
             }
         );
-        let chunk = (k as f64).min(8192.0);
-        let rpb = (8192.0 / chunk).floor();
-        let mut options = vec![(
-            crate::nn::Backend::SharedMatrixTriple,
-            crate::nn::plan::shared_linear(m as f64 * n as f64, k as f64, 1.0),
-        )];
-        if he_possible {
-            let mut c = crate::nn::plan::bfv_linear(
-                (k as f64 / chunk).ceil(),
-                (n as f64 / rpb).ceil(),
-                n as f64,
-            );
-            c.bytes *= m as f64;
-            c.compute_us *= m as f64;
-            options.push((crate::nn::Backend::BfvCoefficient, c));
-        }
-        let net = crate::nn::NetworkModel::lan();
-        if he_possible && matches!(a, PrivateTensor::Bfv { .. }) {
-            options.retain(|o| o.0.is_bfv());
-        }
-        let chosen = options
-            .iter()
-            .min_by(|x, y| {
-                x.1.total_us(&net)
-                    .partial_cmp(&y.1.total_us(&net))
-                    .expect("finite")
-            })
-            .map(|o| o.0)
-            .expect("non-empty");
-        self.log.push(crate::nn::LayerPlan {
-            layer: format!("matmul ({m}x{k}) x ({k}x{n})"),
-            depth: 0,
-            chosen,
-            options,
-        });
-        let z = if chosen.is_bfv() {
-            self.he_matmul(a, b, m, k, n)?
+        let z = if server_matrix && matches!(a, PrivateTensor::Bfv { .. }) {
+            // W^T (n x k), quantized; the client builds the same layout with zeros.
+            let wt = match b {
+                PrivateTensor::Private { value: Some(w), .. } => w
+                    .view()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("2-D")
+                    .t()
+                    .mapv(|v| cipherml_mpc::fixed::quantize(v, f)),
+                _ => ndarray::Array2::zeros((n, k)),
+            };
+            let c = cost::bfv_linear(k.div_ceil(8192) as f64, 1.0, n as f64);
+            self.log.push(cost::LayerPlan {
+                layer: label,
+                depth: 0,
+                chosen: cost::Backend::BfvCoefficient,
+                options: vec![(cost::Backend::BfvCoefficient, c)],
+            });
+            self.bfv_matmul_rows(a, &wt)?
+        } else if server_matrix {
+            let wt = match b {
+                PrivateTensor::Private { value: Some(w), .. } => Some(
+                    w.view()
+                        .into_dimensionality::<ndarray::Ix2>()
+                        .expect("2-D")
+                        .reversed_axes(),
+                ),
+                _ => None,
+            };
+            let w = PreparedLinear::dense(&self.params, &self.config, &label, (n, k), wt, None)?;
+            let (chosen, options) = w.plan();
+            self.log.push(cost::LayerPlan {
+                layer: format!("{label}, row by row"),
+                depth: 0,
+                chosen,
+                options: options.to_vec(),
+            });
+            let (x, _) = self.shares_of(a)?;
+            let mut z = Vec::with_capacity(m * n);
+            for row in x.chunks(k) {
+                z.extend(self.linear_shares(row, &w)?);
+            }
+            z
         } else {
+            let options = vec![(
+                cost::Backend::SharedMatrixTriple,
+                cost::shared_linear(m as f64 * n as f64, k as f64, 1.0),
+            )];
+            self.log.push(cost::LayerPlan {
+                layer: label,
+                depth: 0,
+                chosen: cost::Backend::SharedMatrixTriple,
+                options,
+            });
             let (x, _) = self.shares_of(a)?;
             let (y, _) = self.shares_of(b)?;
-            let triple = OtTriples.matrix(&mut self.party, ring, m, k, n)?;
+            let triple = cipherml_mpc::triples::TripleSource::matrix(
+                &mut self.triples,
+                &mut self.party,
+                ring,
+                m,
+                k,
+                n,
+            )?;
             arith::matmul(&mut self.party, &x, &y, &triple)?
         };
-        let z = arith::trunc_faithful(&mut self.party, ring, &z, self.fixed.frac_bits())?;
         Ok(PrivateTensor::Shared {
             share: z,
             shape: vec![m, n],
+            frac_bits: 2 * f,
+            nonneg: false,
         })
-    }
-
-    /// `X W` with `X` shared or under BFV and `W` held by the server: `X` goes to BFV
-    /// (the client encrypts its share), one coefficient-encoded product per row, and the
-    /// results come back as shares (mask and flooding). Scale `2^2f`.
-    fn he_matmul(
-        &mut self,
-        a: &PrivateTensor,
-        b: &PrivateTensor,
-        _m: usize,
-        k: usize,
-        n: usize,
-    ) -> Result<Vec<u64>, TensorError> {
-        let f = self.fixed.frac_bits();
-        // W^T (n x k), quantized; the client builds the same layout with zeros.
-        let wt = match b {
-            PrivateTensor::Private { value: Some(w), .. } => w
-                .view()
-                .into_dimensionality::<ndarray::Ix2>()
-                .expect("2-D")
-                .t()
-                .mapv(|v| crate::nn::hybrid::quantize(v, f)),
-            _ => ndarray::Array2::zeros((n, k)),
-        };
-        let x = self.to_bfv(a)?;
-        self.bfv_matmul_rows(&x, &wt)
     }
 
     /// Elementwise sum; a right operand whose shape is a suffix of the left's (a bias) is
@@ -580,13 +729,27 @@ impl<C: Channel> Session<C> {
                     reason: "subtract a public value from a CKKS tensor, not the reverse",
                 })
             }
+            (PrivateTensor::Public(x), PrivateTensor::Public(y)) => {
+                if !x.shape().ends_with(y.shape()) {
+                    return Err(TensorError::Shape {
+                        what: if negate_b { "sub" } else { "add" },
+                        left: x.shape().to_vec(),
+                        right: y.shape().to_vec(),
+                    });
+                }
+                let y = y.broadcast(x.raw_dim()).expect("suffix shape broadcasts");
+                return Ok(PrivateTensor::Public(if negate_b {
+                    x - &y
+                } else {
+                    x + &y
+                }));
+            }
             _ => {}
         }
         if matches!(a, PrivateTensor::Bfv { .. }) || matches!(b, PrivateTensor::Bfv { .. }) {
             return self.bfv_add(a, b, negate_b);
         }
-        let (x, sa) = self.shares_of(a)?;
-        let (y, sb) = self.shares_of(b)?;
+        let (sa, sb) = (a.shape(), b.shape());
         if !sa.ends_with(&sb) {
             return Err(TensorError::Shape {
                 what: if negate_b { "sub" } else { "add" },
@@ -594,7 +757,21 @@ impl<C: Channel> Session<C> {
                 right: sb,
             });
         }
+        // Both operands at the larger scale: a share at `2^f` is lifted to `2^2f` by a
+        // local multiplication by `2^f` (exact), cheaper than truncating the other (a
+        // protocol and its rounding error); the sum's truncation stays pending.
+        let (x, _, fa, _) = self.shares_any(a)?;
+        let (y, _, fb, _) = self.shares_any(b)?;
+        let frac = fa.max(fb);
         let ring = self.fixed.ring();
+        let lift = |v: Vec<u64>, from: u32| -> Vec<u64> {
+            if from == frac {
+                return v;
+            }
+            let up = ring.from_signed(1i64 << (frac - from));
+            v.into_iter().map(|e| ring.mul(e, up)).collect()
+        };
+        let (x, y) = (lift(x, fa), lift(y, fb));
         let share = x
             .iter()
             .zip(y.iter().cycle())
@@ -606,10 +783,17 @@ impl<C: Channel> Session<C> {
                 }
             })
             .collect();
-        Ok(PrivateTensor::Shared { share, shape: sa })
+        Ok(PrivateTensor::Shared {
+            share,
+            shape: sa,
+            frac_bits: frac,
+            nonneg: false,
+        })
     }
 
-    /// Reveals `t` to `to` only: that party gets `Some(value)`, the other `None`.
+    /// Reveals `t` to `to` only: that party gets `Some(value)`, the other `None`. A
+    /// shared value is revealed at its scale (a pending truncation is not run: the
+    /// receiver decodes at `2^2f`, exactly).
     pub fn reveal(
         &mut self,
         t: &PrivateTensor,
@@ -618,17 +802,19 @@ impl<C: Channel> Session<C> {
         if let PrivateTensor::Ckks { .. } = t {
             return self.ckks_reveal(t, to);
         }
-        let (share, shape) = self.shares_of(t)?;
+        let (share, shape, frac, _) = self.shares_any(t)?;
+        let ring = self.fixed.ring();
+        let fixed = FixedPoint::new(ring, frac)?;
         let me = self.role.party();
         let out = reveal(
             self.party.channel(),
-            self.fixed.ring(),
+            ring,
             me,
             RevealTo::Party(to.party()),
             &share,
         )?;
         Ok(out.map(|v| {
-            ArrayD::from_shape_vec(IxDyn(&shape), self.fixed.decode_vec(&v)).expect("shape matches")
+            ArrayD::from_shape_vec(IxDyn(&shape), fixed.decode_vec(&v)).expect("shape matches")
         }))
     }
 }
@@ -640,17 +826,73 @@ where
     T: Send + 'static,
     F: Fn(&mut Session<MemoryChannel>) -> Result<T, TensorError> + Send + Sync + 'static,
 {
+    run_local_with(SessionConfig::default(), program)
+}
+
+/// As [`run_local`], with `config` for both parties (each in a rayon pool of
+/// `config.threads` threads if set).
+pub fn run_local_with<T, F>(config: SessionConfig, program: F) -> Result<(T, T), TensorError>
+where
+    T: Send + 'static,
+    F: Fn(&mut Session<MemoryChannel>) -> Result<T, TensorError> + Send + Sync + 'static,
+{
+    run_local_inner(config, None, program)
+}
+
+/// As [`run_local_with`], each party's randomness from its own seed (`seeds.0` for the
+/// client): two runs with the same seeds exchange the same messages and return the same
+/// shares. For tests and benchmarks only (see [`Session::with_rng`]).
+pub fn run_local_seeded<T, F>(
+    config: SessionConfig,
+    seeds: ([u8; 32], [u8; 32]),
+    program: F,
+) -> Result<(T, T), TensorError>
+where
+    T: Send + 'static,
+    F: Fn(&mut Session<MemoryChannel>) -> Result<T, TensorError> + Send + Sync + 'static,
+{
+    run_local_inner(config, Some(seeds), program)
+}
+
+fn run_local_inner<T, F>(
+    config: SessionConfig,
+    seeds: Option<([u8; 32], [u8; 32])>,
+    program: F,
+) -> Result<(T, T), TensorError>
+where
+    T: Send + 'static,
+    F: Fn(&mut Session<MemoryChannel>) -> Result<T, TensorError> + Send + Sync + 'static,
+{
+    use rand::SeedableRng;
     let (c0, c1) = MemoryChannel::pair();
     let program = std::sync::Arc::new(program);
     let p2 = program.clone();
+    let (cfg_c, cfg_s) = (config.clone(), config);
+    let rng = move |seed: Option<[u8; 32]>| match seed {
+        Some(s) => ChaCha20Rng::from_seed(s),
+        None => os_rng(),
+    };
+    let run = move |role: Role,
+                    ch: MemoryChannel,
+                    cfg: SessionConfig,
+                    seed: Option<[u8; 32]>,
+                    program: &F|
+          -> Result<T, TensorError> {
+        let pool = cfg.thread_pool()?;
+        let body = move || {
+            let mut s = Session::with_rng(role, ch, cfg, rng(seed))?;
+            program(&mut s)
+        };
+        match pool {
+            Some(pool) => pool.install(body),
+            None => body(),
+        }
+    };
+    let run2 = run;
     let server = std::thread::spawn(move || -> Result<T, TensorError> {
-        let mut s = Session::new(Role::Server, c1)?;
-        p2(&mut s)
+        run2(Role::Server, c1, cfg_s, seeds.map(|s| s.1), &p2)
     });
-    let client = (|| {
-        let mut s = Session::new(Role::Client, c0)?;
-        program(&mut s)
-    })();
+    let client = run(Role::Client, c0, cfg_c, seeds.map(|s| s.0), &program);
     let server = server.join().map_err(|_| TensorError::PeerPanicked)?;
     Ok((client?, server?))
 }

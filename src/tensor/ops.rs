@@ -4,15 +4,14 @@
 //! flooding), a CKKS operand stays under CKKS where CKKS can compute the operation
 //! (squares, polynomials) and is refused otherwise.
 
-use cipherml_he::bfv::Encoder;
-use cipherml_he::tensor::CoeffConv2d;
 use cipherml_mpc::net::Channel;
 use cipherml_mpc::protocols::{arith, compare};
-use cipherml_mpc::triples::{ot::OtTriples, TripleSource};
+use cipherml_mpc::triples::TripleSource;
 use ndarray::ArrayD;
 
+use super::kernels::im2col;
 use super::{PrivateTensor, Role, Session, TensorError};
-use crate::nn::hybrid::{conv_ring, he_linear_client, he_linear_server, im2col, quantize};
+use cipherml_mpc::fixed::quantize;
 
 fn image_dims(what: &'static str, shape: &[usize]) -> Result<(usize, usize, usize), TensorError> {
     match shape {
@@ -40,9 +39,16 @@ impl<C: Channel> Session<C> {
                 value: value.as_ref().map(|v| -v),
                 shape: shape.clone(),
             },
-            PrivateTensor::Shared { share, shape } => PrivateTensor::Shared {
+            PrivateTensor::Shared {
+                share,
+                shape,
+                frac_bits,
+                ..
+            } => PrivateTensor::Shared {
                 share: share.iter().map(|&v| ring.neg(v)).collect(),
                 shape: shape.clone(),
+                frac_bits: *frac_bits,
+                nonneg: false,
             },
             PrivateTensor::Bfv { data, shape } => {
                 let ev = cipherml_he::bfv::Evaluator::new(&self.params);
@@ -68,8 +74,8 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// Elementwise product (a public operand: local, then truncation; otherwise a Beaver
-    /// triple from OT, then truncation). On CKKS only squares are offered
+    /// Elementwise product (a public operand: local; otherwise a Beaver triple). The
+    /// result is at scale `2^2f`, its truncation pending. On CKKS only squares are offered
     /// ([`Session::square`]).
     pub fn mul(
         &mut self,
@@ -93,6 +99,9 @@ impl<C: Channel> Session<C> {
         let ring = self.fixed.ring();
         let f = self.fixed.frac_bits();
         let z = match (a, b) {
+            (PrivateTensor::Public(x), PrivateTensor::Public(y)) => {
+                return Ok(PrivateTensor::Public(x * y))
+            }
             (PrivateTensor::Public(p), other) | (other, PrivateTensor::Public(p)) => {
                 let (x, _) = self.shares_of(other)?;
                 x.iter()
@@ -103,14 +112,15 @@ impl<C: Channel> Session<C> {
             _ => {
                 let (x, _) = self.shares_of(a)?;
                 let (y, _) = self.shares_of(b)?;
-                let t = OtTriples.arith(&mut self.party, ring, x.len())?;
+                let t = self.triples.arith(&mut self.party, ring, x.len())?;
                 arith::mul(&mut self.party, &x, &y, &t)?
             }
         };
-        let share = arith::trunc_faithful(&mut self.party, ring, &z, f)?;
         Ok(PrivateTensor::Shared {
-            share,
+            share: z,
             shape: a.shape(),
+            frac_bits: 2 * f,
+            nonneg: false,
         })
     }
 
@@ -149,28 +159,31 @@ impl<C: Channel> Session<C> {
         self.to_shares(&y)
     }
 
-    /// `max(x, 0)` elementwise (exact, millionaire-based comparison).
+    /// `max(x, 0)` elementwise (exact, millionaire-based comparison), at the input's scale
+    /// (ReLU commutes with a pending truncation, which then runs on a value known
+    /// non-negative, the cheaper protocol).
     pub fn relu(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
-        let (s, shape) = self.shares_of(x)?;
+        let (s, shape, frac_bits, _) = self.shares_any(x)?;
         let share = compare::relu(&mut self.party, self.fixed.ring(), &s)?;
-        Ok(PrivateTensor::Shared { share, shape })
+        Ok(PrivateTensor::Shared {
+            share,
+            shape,
+            frac_bits,
+            nonneg: true,
+        })
     }
 
     /// The logistic sigmoid on shares: piecewise linear with 13 exact ReLUs per element,
-    /// within [`crate::nn::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
+    /// within [`cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
     pub fn sigmoid(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
-        let share = crate::nn::hybrid::sigmoid_pwl(
-            &mut self.party,
-            self.fixed.ring(),
-            self.fixed.frac_bits(),
-            &s,
-        )
-        .map_err(Box::new)?;
-        Ok(PrivateTensor::Shared { share, shape })
+        let share = cipherml_mpc::protocols::approx::sigmoid_pwl(&mut self.party, self.fixed, &s)?;
+        Ok(self.shared(share, shape))
     }
 
-    /// Max pooling of a `(C, H, W)` tensor with a square window (exact: a tree of ReLUs).
+    /// Max pooling of a `(C, H, W)` tensor with a square window (exact: a tree of ReLUs),
+    /// at the input's scale (a pending truncation then runs on 4x fewer values for a 2x2
+    /// window); a known non-negative input stays known non-negative.
     pub fn max_pool2d(
         &mut self,
         x: &PrivateTensor,
@@ -179,23 +192,24 @@ impl<C: Channel> Session<C> {
     ) -> Result<PrivateTensor, TensorError> {
         let (c, h, w) = image_dims("max_pool2d input (C, H, W)", &x.shape())?;
         let (ho, wo) = pooled(h, w, kernel, stride)?;
-        let (s, _) = self.shares_of(x)?;
+        let (s, _, frac_bits, nonneg) = self.shares_any(x)?;
         let windows = im2col(&s, (c, h, w), kernel, stride);
-        let share = crate::nn::hybrid::max_pool_by_relu(
+        let share = cipherml_mpc::protocols::compare::max_pool_relu_tree(
             &mut self.party,
             self.fixed.ring(),
-            windows,
+            &windows,
             kernel * kernel,
-        )
-        .map_err(Box::new)?;
+        )?;
         Ok(PrivateTensor::Shared {
             share,
             shape: vec![c, ho, wo],
+            frac_bits,
+            nonneg,
         })
     }
 
-    /// Average pooling of a `(C, H, W)` tensor (local sums, one fixed-point constant, one
-    /// truncation).
+    /// Average pooling of a `(C, H, W)` tensor (local sums times a fixed-point constant);
+    /// the result is at scale `2^2f`, its truncation pending.
     pub fn avg_pool2d(
         &mut self,
         x: &PrivateTensor,
@@ -213,17 +227,19 @@ impl<C: Channel> Session<C> {
             .chunks(k2)
             .map(|win| ring.mul(win.iter().fold(0, |a, &v| ring.add(a, v)), inv))
             .collect();
-        let share = arith::trunc_faithful(&mut self.party, ring, &sums, f)?;
         Ok(PrivateTensor::Shared {
-            share,
+            share: sums,
             shape: vec![c, ho, wo],
+            frac_bits: 2 * f,
+            nonneg: false,
         })
     }
 
     /// 2-D convolution of a `(C, H, W)` tensor with weights `(O, C, kh, kw)` the server
     /// holds (symmetric zero padding): under BFV with coefficient encoding, one product per
-    /// block of output channels and no rotation (as in Cheetah); the result comes back as
-    /// shares (mask and flooding), then truncation.
+    /// block of output channels and no rotation (as in Cheetah), or on shares for tiny
+    /// layers, as the cost model decides ([`Session::linear`]). The result is at scale
+    /// `2^2f`, its truncation pending.
     pub fn conv2d(
         &mut self,
         x: &PrivateTensor,
@@ -233,16 +249,14 @@ impl<C: Channel> Session<C> {
     ) -> Result<PrivateTensor, TensorError> {
         let (c, h, wd) = image_dims("conv2d input (C, H, W)", &x.shape())?;
         let ws = w.shape();
-        let (o, kh, kw) = match (w, ws.as_slice()) {
+        let kernel = match (w, ws.as_slice()) {
             (
                 PrivateTensor::Private {
                     owner: Role::Server,
                     ..
                 },
                 &[o, wc, kh, kw],
-            ) if wc == c && stride > 0 && h + 2 * padding >= kh && wd + 2 * padding >= kw => {
-                (o, kh, kw)
-            }
+            ) => (o, wc, kh, kw),
             _ => {
                 return Err(TensorError::Shape {
                     what: "conv2d weights (O, C, kh, kw) held by the server",
@@ -251,64 +265,28 @@ impl<C: Channel> Session<C> {
                 })
             }
         };
-        let f = self.fixed.frac_bits();
-        let ring = self.fixed.ring();
-        let weights = match w {
-            PrivateTensor::Private { value: Some(v), .. } => v
-                .view()
-                .into_dimensionality::<ndarray::Ix4>()
-                .expect("4-D")
-                .mapv(|v| quantize(v, f)),
-            _ => ndarray::Array4::zeros((o, c, kh, kw)),
+        let weight = match w {
+            PrivateTensor::Private { value: Some(v), .. } => {
+                Some(v.view().into_dimensionality::<ndarray::Ix4>().expect("4-D"))
+            }
+            _ => None,
         };
-        let encoder = Encoder::new(&self.params);
-        let he = CoeffConv2d::new_capped(
-            &encoder,
-            weights.view(),
-            (h, wd),
-            padding,
+        let label = format!(
+            "conv2d {}x{}x{} by {}x{}x{}x{}, stride {stride}, padding {padding}",
+            c, h, wd, kernel.0, kernel.1, kernel.2, kernel.3
+        );
+        let prepared = super::PreparedLinear::conv2d(
+            &self.params,
+            &self.config,
+            &label,
+            (c, h, wd),
+            kernel,
             stride,
-            self.config.weight_cap(),
+            padding,
+            weight,
+            None,
         )?;
-        let positions = he.output_positions();
-        let flood_bits = self.reveal_flood_bits(positions.len())?;
-        let (_, ho, wo) = he.output_shape();
-        let (s, _) = self.shares_of(x)?;
-        let y = match &self.sk {
-            Some(sk) => {
-                let xs = ndarray::Array3::from_shape_vec(
-                    (c, h, wd),
-                    s.iter().map(|&v| v as i64).collect(),
-                )
-                .expect("shape");
-                let pts = he.encode_input(&encoder, xs.view())?;
-                he_linear_client(&self.params, ring, &mut self.party, sk, &pts, &positions)
-                    .map_err(Box::new)?
-            }
-            None => {
-                let y_s = conv_ring(ring, &s, &weights, (c, h, wd), stride, padding);
-                let noise =
-                    he.noise_bound_log2(self.params.degree(), self.params.plaintext_modulus());
-                he_linear_server(
-                    &self.params,
-                    ring,
-                    flood_bits,
-                    &mut self.party,
-                    super::he::server_key(&self.rerand)?,
-                    he.input_groups(),
-                    &positions,
-                    noise,
-                    y_s,
-                    |ev, cts| he.apply(ev, cts),
-                )
-                .map_err(Box::new)?
-            }
-        };
-        let share = arith::trunc_faithful(&mut self.party, ring, &y, f)?;
-        Ok(PrivateTensor::Shared {
-            share,
-            shape: vec![o, ho, wo],
-        })
+        self.linear(x, &prepared)
     }
 
     /// The same values in another shape (same number of elements). A BFV tensor whose last
@@ -342,9 +320,16 @@ impl<C: Channel> Session<C> {
                 }),
                 shape,
             },
-            PrivateTensor::Shared { share, .. } => PrivateTensor::Shared {
+            PrivateTensor::Shared {
+                share,
+                frac_bits,
+                nonneg,
+                ..
+            } => PrivateTensor::Shared {
                 share: share.clone(),
                 shape,
+                frac_bits: *frac_bits,
+                nonneg: *nonneg,
             },
             PrivateTensor::Bfv { data, .. } if old.last() == shape.last() => PrivateTensor::Bfv {
                 data: data.clone(),
@@ -352,7 +337,7 @@ impl<C: Channel> Session<C> {
             },
             PrivateTensor::Bfv { .. } => {
                 let (share, _) = self.shares_of(t)?;
-                PrivateTensor::Shared { share, shape }
+                self.shared(share, shape)
             }
             PrivateTensor::Ckks { ct, level, .. } => PrivateTensor::Ckks {
                 ct: ct.as_ref().map(|c| c.reshape(&shape)).transpose()?,

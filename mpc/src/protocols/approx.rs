@@ -10,12 +10,13 @@
 //! | [`reciprocal`] | `1 <= x <= bound` | relative `<= 2^-10` |
 //! | [`sigmoid`] | all `x` | absolute `<= 2^-8` |
 //! | [`softmax`] | rows of any values | absolute `<= 2^-7` per entry |
+//! | [`sigmoid_pwl`] | all `x`, any ring | absolute `<=` [`SIGMOID_PWL_ERROR`] |
 
 use rand::{CryptoRng, RngCore};
 
 use super::{arith, boolean, compare};
 use crate::error::{Error, Result};
-use crate::fixed::FixedPoint;
+use crate::fixed::{quantize, FixedPoint};
 use crate::net::Channel;
 use crate::party::Party;
 use crate::triples::TripleSource;
@@ -152,4 +153,70 @@ pub fn softmax<C: Channel, R: RngCore + CryptoRng, S: TripleSource<C, R>>(
     let inv = reciprocal(p, src, fp, &sums, cols as f64)?;
     let inv_b: Vec<u64> = (0..x.len()).map(|k| inv[k / cols]).collect();
     fmul(p, src, fp, &e, &inv_b)
+}
+
+/// Knots of the piecewise-linear sigmoid: `-6, -5, ..., 6`; constant beyond.
+const SIGMOID_KNOTS: std::ops::RangeInclusive<i64> = -6..=6;
+
+/// Largest error of [`sigmoid_pwl`] against the sigmoid (chords of width 1: at most
+/// `max|sigmoid''| / 8 < 0.0121`; beyond `|x| = 6`, `sigmoid(-6) < 0.0025`; plus the
+/// fixed-point rounding).
+pub const SIGMOID_PWL_ERROR: f64 = 0.0125;
+
+/// The sigmoid on shares at scale `2^f` (result at scale `2^f`): the chord interpolation
+/// at the integer knots in `[-6, 6]`, written as `y_0 + sum_i c_i ReLU(x - b_i)` with
+/// `c_i` the change of slope at knot `b_i`. One batch of 13 exact ReLUs per element (any
+/// ring width, unlike [`sigmoid`], which needs 64 bits), local products with public
+/// constants, one faithful truncation. The slope changes are quantized with 8 extra bits
+/// and the last one makes them sum to exactly zero, so the output is exactly constant
+/// beyond the last knot however large `x` is.
+pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    fp: FixedPoint,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    const EXTRA: u32 = 8;
+    let ring = fp.ring();
+    let f = fp.frac_bits();
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let knots: Vec<i64> = SIGMOID_KNOTS.collect();
+    let values: Vec<f64> = knots.iter().map(|&b| sig(b as f64)).collect();
+    // Slope of the segment after knot i (0 after the last).
+    let slope = |i: usize| {
+        if i + 1 < values.len() {
+            values[i + 1] - values[i]
+        } else {
+            0.0
+        }
+    };
+    let mut coeffs: Vec<i64> = (0..knots.len())
+        .map(|i| {
+            let before = if i == 0 { 0.0 } else { slope(i - 1) };
+            quantize(slope(i) - before, f + EXTRA)
+        })
+        .collect();
+    let last = coeffs.len() - 1;
+    coeffs[last] = -coeffs[..last].iter().sum::<i64>();
+    let p0 = p.is_p0();
+    let mut shifted = Vec::with_capacity(x.len() * knots.len());
+    for &b in &knots {
+        let c = ring.from_signed(b << f);
+        shifted.extend(x.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
+    }
+    let r = compare::relu(p, ring, &shifted)?;
+    let y0 = ring.from_signed(quantize(values[0], 2 * f + EXTRA));
+    let n = x.len();
+    let y: Vec<u64> = (0..n)
+        .map(|j| {
+            let acc = coeffs.iter().enumerate().fold(0u64, |a, (i, &c)| {
+                ring.add(a, ring.mul(r[i * n + j], ring.from_signed(c)))
+            });
+            if p0 {
+                ring.add(acc, y0)
+            } else {
+                acc
+            }
+        })
+        .collect();
+    arith::trunc_faithful(p, ring, &y, f + EXTRA)
 }

@@ -237,6 +237,53 @@ pub fn max_pool<C: Channel, R: RngCore + CryptoRng>(
     Ok(v)
 }
 
+/// The maximum of each window of `window` consecutive values as `max(a, b) = b +
+/// ReLU(a - b)`: a tree of pairwise maxima, all pairs of one level in one batch of ReLUs
+/// (one ReLU per pair instead of [`max_pool`]'s comparison and multiplexer). Valid while
+/// `|a - b| < 2^(l-1)` for the values of a window, which a fixed-point range of at most
+/// `2^(l-2)` guarantees. A value known non-negative stays so: the result is one of the
+/// inputs. `x.len()` must be a multiple of `window`.
+pub fn max_pool_relu_tree<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    window: usize,
+) -> Result<Vec<u64>> {
+    if window == 0 || !x.len().is_multiple_of(window) {
+        return Err(crate::error::Error::InvalidInput {
+            what: "max_pool_relu_tree: values not a multiple of the window",
+            expected: window as u64,
+            found: x.len() as u64,
+        });
+    }
+    let mut x = x.to_vec();
+    let mut w = window;
+    while w > 1 {
+        let windows = x.len() / w;
+        let half = w / 2;
+        let mut diffs = Vec::with_capacity(windows * half);
+        for win in x.chunks(w) {
+            for i in 0..half {
+                diffs.push(ring.sub(win[2 * i], win[2 * i + 1]));
+            }
+        }
+        let r = relu(p, ring, &diffs)?;
+        let next_w = half + w % 2;
+        let mut next = Vec::with_capacity(windows * next_w);
+        for (k, win) in x.chunks(w).enumerate() {
+            for i in 0..half {
+                next.push(ring.add(win[2 * i + 1], r[k * half + i]));
+            }
+            if w % 2 == 1 {
+                next.push(win[w - 1]);
+            }
+        }
+        x = next;
+        w = next_w;
+    }
+    Ok(x)
+}
+
 /// Shares of the index of the maximum of each window (the first one on ties), and of
 /// the maximum itself.
 pub fn argmax<C: Channel, R: RngCore + CryptoRng>(

@@ -97,6 +97,31 @@ impl<C: Channel, R: RngCore + CryptoRng> TripleSource<C, R> for OtTriples {
         k: usize,
         n: usize,
     ) -> Result<MatrixTriple> {
+        // Gilboa runs one OT per bit of each entry of B, carrying a column of A: k n l OTs
+        // of m elements. The transposed triple (B^T A^T = C^T) runs k m l OTs of n
+        // elements: cheaper when n > m. Both parties decide from the public shape.
+        if n > m {
+            let t = self.matrix(p, ring, n, k, m)?;
+            let tr = |v: &[u64], rows: usize, cols: usize| -> Vec<u64> {
+                let mut out = vec![0u64; v.len()];
+                for i in 0..rows {
+                    for j in 0..cols {
+                        out[j * rows + i] = v[i * cols + j];
+                    }
+                }
+                out
+            };
+            return Ok(MatrixTriple {
+                ring,
+                m,
+                k,
+                n,
+                // A = (B')^T with B' (k x m); B = (A')^T with A' (n x k); C = (C')^T.
+                a: tr(&t.b, k, m),
+                b: tr(&t.a, n, k),
+                c: tr(&t.c, n, m),
+            });
+        }
         let a = ring.random_vec(p.rng(), m * k);
         let b = ring.random_vec(p.rng(), k * n);
         // OT (t, j): vector = column t of my A (length m), scalar = my B[t][j].

@@ -1,0 +1,118 @@
+//! The one value that configures a [`super::Session`]: network model, ring width and
+//! fraction bits, flooding, the public cap on weights, the triple source and threads. The
+//! plan a session prints ([`super::Session::explain`]) is made under this network model,
+//! and it is the plan that runs.
+
+use cipherml_he::bfv::{BfvParametersLiteral, PlaintextModulus};
+
+use super::cost::NetworkModel;
+
+/// Where Beaver triples (products on shares) come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Triples {
+    /// From oblivious transfer between the two parties (dealer-free; the default).
+    #[default]
+    Ot,
+    /// From a dealer process (TF Encrypted's "crypto producer"): a third party that
+    /// colludes with neither, reached over TCP. Both parties give the same address and
+    /// the same session token (16 bytes, from a CSPRNG, shared out of band), by which the
+    /// dealer pairs their connections.
+    Dealer {
+        /// The dealer's address.
+        addr: std::net::SocketAddr,
+        /// The job's token.
+        token: [u8; 16],
+    },
+}
+
+/// The configuration of a two-party session. Both parties must use the same one (the
+/// server announces it; a client derives the same from the announcement).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    /// The network the cost model plans for (bandwidth, round-trip time).
+    pub network: NetworkModel,
+    /// Bits of the ring `Z_2^l` of the shares (also `log2 t` of BFV).
+    pub ring_bits: u32,
+    /// Fractional bits of the fixed-point encoding.
+    pub frac_bits: u32,
+    /// Statistical security of noise flooding over a whole session, in bits: the
+    /// statistical distance of everything a client sees in a session from a simulation
+    /// without the server's values is at most `2^-flood_bits`.
+    pub flood_bits: u32,
+    /// `log2` of the most coefficients of encrypted replies the session may reveal to the
+    /// client: every flooding adds these bits (union bound), and the session refuses to
+    /// reveal more ([`crate::Error::SessionExhausted`]). A server sets it from a model's
+    /// coefficients per inference times its cap on inferences per session.
+    pub reveal_log2: u32,
+    /// The public cap on weights: every quantized weight `|round(w 2^f)|` is at most
+    /// `2^weight_bits` (a larger weight is refused). The noise bounds, and so the
+    /// flooding, are sized from it, never from the weights.
+    pub weight_bits: u32,
+    /// Where Beaver triples come from.
+    pub triples: Triples,
+    /// Threads of this party's HE work: [`run_local_with`](super::run_local_with) runs
+    /// each party in a rayon pool of this many threads, and a server or client runs its
+    /// session's work in one ([`SessionConfig::thread_pool`]); 0: rayon's global pool.
+    pub threads: usize,
+}
+
+impl Default for SessionConfig {
+    /// A LAN, `l = 40`, `f = 12`, 40 bits of flooding over at most `2^32` revealed
+    /// coefficients, weights `|w| <= 16` (`2^16` at 12 fractional bits), triples from OT,
+    /// rayon's global pool.
+    fn default() -> Self {
+        Self {
+            network: NetworkModel::lan(),
+            ring_bits: 40,
+            frac_bits: 12,
+            flood_bits: 40,
+            reveal_log2: 32,
+            weight_bits: 16,
+            triples: Triples::Ot,
+            threads: 0,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The BFV parameters: N = 8192, `t = 2^l`, a 198-bit `Q` and a 20-bit special prime
+    /// (log2(QP) = 218, 128-bit). The link protocol uses no key switching (no evaluation
+    /// key is ever made), so the special prime only completes the context; `Q` holds the
+    /// plaintext modulus and the flooding sized for a whole session.
+    pub fn bfv_literal(&self) -> BfvParametersLiteral {
+        BfvParametersLiteral {
+            plaintext: PlaintextModulus::PowerOfTwo {
+                bits: self.ring_bits,
+            },
+            ciphertext_moduli_bits: vec![50, 50, 49, 49],
+            special_moduli_bits: vec![20],
+            ..BfvParametersLiteral::n8192()
+        }
+    }
+
+    /// The public cap on quantized weights, `2^weight_bits`.
+    pub fn weight_cap(&self) -> u64 {
+        1u64 << self.weight_bits.min(62)
+    }
+
+    /// The statistical bits of every flooding: `flood_bits + reveal_log2`.
+    pub fn reply_flood_bits(&self) -> u32 {
+        self.flood_bits + self.reveal_log2
+    }
+
+    /// A rayon pool of [`SessionConfig::threads`] threads (`None` for 0: the global pool).
+    pub fn thread_pool(&self) -> Result<Option<rayon::ThreadPool>, crate::Error> {
+        if self.threads == 0 {
+            return Ok(None);
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .build()
+            .map(Some)
+            .map_err(|e| crate::Error::Invalid {
+                what: "thread count",
+                detail: format!("{} threads: {e}", self.threads),
+            })
+    }
+}

@@ -1,0 +1,341 @@
+//! The cost model: what each representation costs to run an operation (estimated compute
+//! time, bytes and rounds) and the network model that turns it into time. The engine's
+//! dispatch ([`super::Session`]) and the model planner (`crate::nn::Plan`) use these same
+//! functions, so the plan that `explain` prints is the plan that runs.
+//!
+//! The constants are calibrated from `cargo run --release --example bench` on a 2-core AMD
+//! EPYC, one thread per party.
+
+/// Bandwidth and round-trip time between client and server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetworkModel {
+    /// Bytes per second.
+    pub bandwidth: f64,
+    /// Round-trip time in seconds.
+    pub rtt: f64,
+}
+
+impl NetworkModel {
+    /// A LAN: 1 Gbit/s, 0.2 ms.
+    pub fn lan() -> Self {
+        Self {
+            bandwidth: 125e6,
+            rtt: 0.2e-3,
+        }
+    }
+
+    /// A WAN: 100 Mbit/s, 40 ms.
+    pub fn wan() -> Self {
+        Self {
+            bandwidth: 12.5e6,
+            rtt: 40e-3,
+        }
+    }
+}
+
+/// An estimated cost.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    /// Compute time, microseconds.
+    pub compute_us: f64,
+    /// Bytes, both directions.
+    pub bytes: f64,
+    /// Communication rounds.
+    pub rounds: f64,
+}
+
+impl Cost {
+    /// Total time under `net`, microseconds.
+    pub fn total_us(&self, net: &NetworkModel) -> f64 {
+        self.compute_us + self.bytes / net.bandwidth * 1e6 + self.rounds * net.rtt * 1e6
+    }
+
+    /// Adds `o` to this cost.
+    pub fn add(&mut self, o: &Cost) {
+        self.compute_us += o.compute_us;
+        self.bytes += o.bytes;
+        self.rounds += o.rounds;
+    }
+}
+
+/// A representation that can run a layer or an operation: what the plan chooses and
+/// `explain` prints (its `Display` is the label shown there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// A linear layer under BFV with coefficient encoding (the client's input encrypted,
+    /// the result masked back into shares).
+    BfvCoefficient,
+    /// A linear layer on secret shares, with a Beaver matrix triple.
+    SharedMatrixTriple,
+    /// A linear layer under CKKS (the diagonal method).
+    CkksDiagonal,
+    /// ReLU on secret shares: the millionaire protocol, exact.
+    SharedMillionaire,
+    /// Max-pool on secret shares: a tree of exact ReLUs.
+    SharedReluTree,
+    /// A square or polynomial on secret shares, with Beaver triples.
+    SharedBeaver,
+    /// A square or polynomial under CKKS (one or more levels).
+    CkksPolynomial,
+    /// Sigmoid on secret shares: piecewise linear, 13 exact ReLUs.
+    SharedPiecewiseLinear,
+    /// Sigmoid under CKKS: a degree-7 approximation on [-8, 8].
+    CkksSigmoid,
+    /// Computed by the client on the revealed output (softmax).
+    Client,
+    /// A residual block's skip connection: a local add (shares or slots).
+    SkipAdd,
+    /// Local on shares or slots (reshapes, average pools, ...).
+    Local,
+}
+
+impl Backend {
+    /// The label `explain` prints.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::BfvCoefficient => "BFV coefficient encoding + shares",
+            Backend::SharedMatrixTriple => "secret shares (Beaver matrix triple)",
+            Backend::CkksDiagonal => "CKKS diagonal method",
+            Backend::SharedMillionaire => "secret shares (millionaire, exact)",
+            Backend::SharedReluTree => "secret shares (tree of ReLUs, exact)",
+            Backend::SharedBeaver => "secret shares (Beaver triples)",
+            Backend::CkksPolynomial => "CKKS (one or more levels)",
+            Backend::SharedPiecewiseLinear => "secret shares (piecewise linear, 13 exact ReLUs)",
+            Backend::CkksSigmoid => "CKKS (degree-7 approximation on [-8, 8])",
+            Backend::Client => "client, on the revealed output",
+            Backend::SkipAdd => "skip connection: local add (shares / slots)",
+            Backend::Local => "local on shares / slots",
+        }
+    }
+
+    /// Whether it runs under CKKS (only in the non-interactive mode).
+    pub fn is_ckks(self) -> bool {
+        matches!(
+            self,
+            Backend::CkksDiagonal | Backend::CkksPolynomial | Backend::CkksSigmoid
+        )
+    }
+
+    /// Whether it runs under BFV.
+    pub fn is_bfv(self) -> bool {
+        matches!(self, Backend::BfvCoefficient)
+    }
+
+    /// Whether it is a two-party protocol on secret shares.
+    pub fn is_shared(self) -> bool {
+        matches!(
+            self,
+            Backend::SharedMatrixTriple
+                | Backend::SharedMillionaire
+                | Backend::SharedReluTree
+                | Backend::SharedBeaver
+                | Backend::SharedPiecewiseLinear
+        )
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that width and alignment (`{:<40}`) apply.
+        f.pad(self.label())
+    }
+}
+
+/// The plan of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerPlan {
+    /// The layer.
+    pub layer: String,
+    /// Residual blocks enclosing the layer (0 at the top level).
+    pub depth: usize,
+    /// The representation chosen.
+    pub chosen: Backend,
+    /// Every representation that can run it, with its estimated cost.
+    pub options: Vec<(Backend, Cost)>,
+}
+
+// Calibrated from `bench -- nn` and `bench -- mpc` on the development machine: a seeded
+// upload ciphertext; a compact reply (c1 at 55 bits per coefficient, c0 at the outputs);
+// one ReLU in Z_2^40 with 5-bit millionaire digits; one truncation of a value known
+// non-negative (the usual case: deferred past a ReLU).
+/// Ring degree of the BFV parameters the costs are calibrated for.
+pub const N: f64 = 8192.0;
+/// Bytes of one seeded BFV upload ciphertext.
+pub const UPLOAD: f64 = 178_264.0;
+/// Bytes of one compact BFV reply, outputs apart.
+pub const REPLY: f64 = 60_000.0;
+/// Bytes of one exact ReLU in `Z_2^40`.
+pub const RELU_BYTES: f64 = 600.0;
+/// Microseconds of one exact ReLU.
+pub const RELU_US: f64 = 6.0;
+/// Bytes of one truncation.
+pub const TRUNC_BYTES: f64 = 300.0;
+/// Microseconds of one CKKS rotation.
+pub const ROT_US: f64 = 800.0;
+
+/// A linear map under BFV with coefficient encoding: `in_cts` uploads, `out_cts` replies,
+/// `outputs` values (each truncated afterwards).
+pub fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
+    Cost {
+        compute_us: in_cts * out_cts * 40.0 + out_cts * 600.0 + in_cts * 500.0,
+        bytes: in_cts * UPLOAD + out_cts * REPLY + outputs * 22.0 + outputs * TRUNC_BYTES,
+        rounds: 1.0 + 8.0,
+    }
+}
+
+/// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT (Gilboa, one
+/// vector OLE per row and column), its openings and the truncation of the result.
+pub fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
+    let l = 40.0;
+    Cost {
+        compute_us: m * k * n * 0.01 + (m * k + k * n) * l * 0.05,
+        bytes: (m * k + k * n) * l * (16.0 + l / 8.0)
+            + 2.0 * (m * k + k * n) * l / 8.0
+            + m * n * TRUNC_BYTES,
+        rounds: 3.0 + 8.0,
+    }
+}
+
+/// A linear map under CKKS by the diagonal method (baby-step giant-step rotations).
+pub fn ckks_linear(rows: f64, period: f64) -> Cost {
+    let diag = rows.max(1.0);
+    let rotations = 2.0 * diag.sqrt() + (period / rows).max(1.0).log2();
+    Cost {
+        compute_us: rotations * ROT_US + diag * 30.0,
+        bytes: 0.0,
+        rounds: 0.0,
+    }
+}
+
+/// The ways to run a dense layer `inputs -> outputs` (a matrix the server holds), CKKS
+/// only if `ckks` (the network runs in the non-interactive mode).
+pub fn dense_options(inputs: f64, outputs: f64, ckks: bool) -> Vec<(Backend, Cost)> {
+    let chunk = inputs.min(N);
+    let rpb = (N / chunk).floor();
+    let mut options = vec![
+        (
+            Backend::BfvCoefficient,
+            bfv_linear((inputs / chunk).ceil(), (outputs / rpb).ceil(), outputs),
+        ),
+        (
+            Backend::SharedMatrixTriple,
+            shared_linear(outputs, inputs, 1.0),
+        ),
+    ];
+    if ckks {
+        options.push((
+            Backend::CkksDiagonal,
+            ckks_linear(
+                outputs,
+                (inputs.max(outputs) as usize).next_power_of_two() as f64,
+            ),
+        ));
+    }
+    options
+}
+
+/// The ways to run a convolution of a `(c, h, w)` input (padding included in `h`, `w`)
+/// with `o` output channels of `kh x kw` kernels, `outputs` values in all.
+pub fn conv_options(
+    (c, h, w): (usize, usize, usize),
+    (o, kh, kw): (usize, usize, usize),
+    outputs: f64,
+    ckks: Option<f64>,
+) -> Vec<(Backend, Cost)> {
+    let hw = (h * w) as f64;
+    let group = (N / hw).floor().min(c as f64).max(1.0);
+    let spacing = group * hw * 2.0;
+    let per_ct = (N / spacing).floor().max(1.0);
+    let mut options = vec![
+        (
+            Backend::BfvCoefficient,
+            bfv_linear(
+                (c as f64 / group).ceil(),
+                (o as f64 / per_ct).ceil(),
+                outputs,
+            ),
+        ),
+        (
+            Backend::SharedMatrixTriple,
+            shared_linear(outputs / o as f64, (c * kh * kw) as f64, o as f64),
+        ),
+    ];
+    if let Some(inputs) = ckks {
+        options.push((
+            Backend::CkksDiagonal,
+            ckks_linear(
+                outputs,
+                (inputs.max(outputs) as usize).next_power_of_two() as f64,
+            ),
+        ));
+    }
+    options
+}
+
+/// `n` exact ReLUs on shares.
+pub fn relu(n: f64) -> Cost {
+    Cost {
+        compute_us: n * RELU_US,
+        bytes: n * RELU_BYTES,
+        rounds: 8.0,
+    }
+}
+
+/// Max-pool to `outputs` values over windows of `window` values (a tree of ReLUs).
+pub fn relu_tree(outputs: f64, window: f64) -> Cost {
+    Cost {
+        compute_us: outputs * (window - 1.0) * RELU_US,
+        bytes: outputs * (window - 1.0) * RELU_BYTES,
+        rounds: 8.0 * window.log2().ceil(),
+    }
+}
+
+/// `n` squares on shares (Beaver triples from OT).
+pub fn beaver_square(n: f64) -> Cost {
+    Cost {
+        compute_us: n * 3.0,
+        bytes: n * (40.0 * 21.0 + 10.0 + TRUNC_BYTES),
+        rounds: 2.0 + 8.0,
+    }
+}
+
+/// A square or low-degree polynomial under CKKS.
+pub fn ckks_polynomial() -> Cost {
+    Cost {
+        compute_us: 900.0,
+        bytes: 0.0,
+        rounds: 0.0,
+    }
+}
+
+/// `n` piecewise-linear sigmoids on shares (13 ReLUs and a truncation each).
+pub fn pwl_sigmoid(n: f64) -> Cost {
+    Cost {
+        compute_us: n * 13.0 * RELU_US,
+        bytes: n * (13.0 * RELU_BYTES + TRUNC_BYTES),
+        rounds: 8.0 + 8.0,
+    }
+}
+
+/// A sigmoid under CKKS (degree-7 approximation).
+pub fn ckks_sigmoid() -> Cost {
+    Cost {
+        compute_us: 3000.0,
+        bytes: 0.0,
+        rounds: 0.0,
+    }
+}
+
+/// The cheapest of `options` under `net` among those `allowed`.
+pub fn cheapest(
+    options: &[(Backend, Cost)],
+    net: &NetworkModel,
+    allowed: impl Fn(Backend) -> bool,
+) -> Option<(Backend, Cost)> {
+    options
+        .iter()
+        .filter(|(b, _)| allowed(*b))
+        .min_by(|a, b| a.1.total_us(net).total_cmp(&b.1.total_us(net)))
+        .copied()
+}
