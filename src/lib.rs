@@ -7,21 +7,17 @@
 pub use cipherml_he as he;
 pub use cipherml_mpc as mpc;
 
-pub mod admin;
 mod error;
 pub use error::Error;
 pub mod bench;
-pub mod client;
 pub mod data;
-pub mod key_cache;
-pub mod key_store;
 pub mod link;
-pub mod metrics;
 pub mod nn;
-pub mod protocol;
-pub mod server;
+pub mod service;
 pub mod tensor;
-pub mod tls;
+
+// The service modules at the crate root, where they have always been.
+pub use service::{admin, client, key_cache, key_store, metrics, protocol, server, tls};
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

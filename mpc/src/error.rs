@@ -123,6 +123,15 @@ pub enum Error {
         /// Found value.
         found: u64,
     },
+    /// The dealer refused this party's connection (see [`crate::triples::dealer`]): a
+    /// malformed hello, another connection already holds this party's place in the
+    /// session, no peer with the same session token arrived in time, or the dealer is busy
+    /// or closing.
+    #[error("the dealer refused the connection: {reason}")]
+    DealerRefused {
+        /// Why.
+        reason: crate::triples::dealer::Refusal,
+    },
     /// An error of the HE layer (HE-generated triples).
     #[error("homomorphic encryption: {0}")]
     He(#[from] cipherml_he::Error),
@@ -142,6 +151,7 @@ impl Error {
                 | Error::MessageTooLarge { .. }
                 | Error::Malformed { .. }
                 | Error::ProtocolAborted { .. }
+                | Error::DealerRefused { .. }
         )
     }
 

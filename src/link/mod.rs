@@ -102,14 +102,13 @@ pub fn bfv_linear_server<C: Channel, R: RngCore + CryptoRng>(
     let t = params.plaintext_modulus();
     let n = params.degree();
     let flood = flood_log2(n, noise_log2, flood_bits);
-    let zero = encoder.encode_coeffs_u64(&[])?;
     for (b, ct) in out.iter().enumerate() {
         let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
         let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
         // A fresh public-key encryption of zero makes c1 uniform (RLWE): without it c1 is
         // a function of the weights and of the client's own (known) uniform polynomials,
         // from which the client could solve for the weights. Flooding then hides c0's noise.
-        let masked = ev.add(&masked, &rerand.encrypt(&zero, p.rng())?)?;
+        let masked = rerand.rerandomize(&masked, p.rng())?;
         let flooded = ev.flood(&masked, flood, p.rng())?;
         // After flooding, |noise| <= 2^noise_log2 + 2^flood <= 2^(flood + 1): the reply is
         // switched to the fewest bits per coefficient that keep decryption exact.

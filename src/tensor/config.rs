@@ -14,15 +14,16 @@ pub enum Triples {
     /// From oblivious transfer between the two parties (dealer-free; the default).
     #[default]
     Ot,
-    /// From a dealer process (TF Encrypted's "crypto producer"): a third party that
-    /// colludes with neither, reached over TCP. Both parties give the same address and
-    /// the same session token (16 bytes, from a CSPRNG, shared out of band), by which the
-    /// dealer pairs their connections.
+    /// From BFV between the two parties (dealer-free; the client holds the key:
+    /// `cipherml_mpc::triples::he`). Matrix triples still come from OT.
+    He,
+    /// From a dealer process (TF Encrypted's "crypto producer", `cipherml dealer`): a third
+    /// party that colludes with neither, reached over TCP. The client draws a random
+    /// session token and sends it to the server when the session starts; both present it
+    /// to the dealer, which pairs their connections by it.
     Dealer {
         /// The dealer's address.
         addr: std::net::SocketAddr,
-        /// The job's token.
-        token: [u8; 16],
     },
 }
 

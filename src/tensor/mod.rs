@@ -58,13 +58,14 @@ use std::sync::Arc;
 use cipherml_he::bfv::BfvParameters;
 use cipherml_he::rlwe::SecretKey;
 use cipherml_mpc::fixed::FixedPoint;
+use cipherml_mpc::net::TcpChannel;
 use cipherml_mpc::net::{Channel, MemoryChannel};
 use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::protocols::arith;
 use cipherml_mpc::ring::Ring;
 use cipherml_mpc::share::{receive_share, reveal, share_input, PartyId, RevealTo};
-use cipherml_mpc::triples::ot::OtTriples;
+use cipherml_mpc::triples::AnyTriples;
 use ndarray::{ArrayD, IxDyn};
 use rand_chacha::ChaCha20Rng;
 
@@ -180,7 +181,7 @@ pub struct Session<C: Channel> {
     sk: Option<Arc<SecretKey>>,
     /// Server: the client's BFV public key, which re-randomizes encrypted replies.
     rerand: Option<cipherml_he::bfv::Encryptor>,
-    triples: OtTriples,
+    triples: AnyTriples<TcpChannel>,
     ckks: Option<he::CkksState>,
     log: Vec<cost::LayerPlan>,
     /// Coefficients of encrypted replies revealed to the client so far (BFV and CKKS).
@@ -210,6 +211,7 @@ pub struct SessionSetup {
     params: Arc<BfvParameters>,
     sk: Option<Arc<SecretKey>>,
     rerand: Option<cipherml_he::bfv::Encryptor>,
+    triples: Option<AnyTriples<TcpChannel>>,
 }
 
 impl std::fmt::Debug for SessionSetup {
@@ -262,7 +264,57 @@ impl SessionSetup {
             params,
             sk,
             rerand,
+            triples: None,
         })
+    }
+
+    /// The triple source the session uses (connected by the caller; default: OT). See
+    /// [`connect_triples`] for the configuration's own.
+    pub fn with_triples(mut self, triples: AnyTriples<TcpChannel>) -> Self {
+        self.triples = Some(triples);
+        self
+    }
+}
+
+/// Connects the triple source `config` names, over `party`'s channel where the two parties
+/// must agree on something (the HE key, the dealer's session token): both parties call it
+/// at the same point. OT needs nothing more than the party's own set-up.
+pub fn connect_triples<C: Channel>(
+    config: &SessionConfig,
+    party: &mut Party<C, ChaCha20Rng>,
+) -> Result<AnyTriples<TcpChannel>, TensorError> {
+    use cipherml_mpc::triples::dealer::{DealerClient, SessionToken};
+    use cipherml_mpc::triples::he::{HeTripleClient, HeTripleServer, HeTriples};
+    Ok(match &config.triples {
+        Triples::Ot => AnyTriples::ot(),
+        Triples::He => {
+            let role = party_role(party.id());
+            let (ch, rng) = party.channel_and_rng();
+            AnyTriples::he(match role {
+                Role::Client => HeTriples::Client(HeTripleClient::setup(ch, rng)?),
+                Role::Server => HeTriples::Server(HeTripleServer::setup(ch)?),
+            })
+        }
+        Triples::Dealer { addr } => {
+            let id = party.id();
+            let (ch, rng) = party.channel_and_rng();
+            let token = SessionToken::agree(id, ch, rng)?;
+            // Above the dealer's pairing timeout (60 s by default): the dealer, not this
+            // party, decides that the peer is not coming.
+            let channel = cipherml_mpc::net::ChannelConfig {
+                timeout: std::time::Duration::from_secs(90),
+                ..Default::default()
+            };
+            let client = DealerClient::connect(*addr, id, &token, channel)?;
+            AnyTriples::dealer(client)
+        }
+    })
+}
+
+fn party_role(id: PartyId) -> Role {
+    match id {
+        PartyId::P0 => Role::Client,
+        PartyId::P1 => Role::Server,
     }
 }
 
@@ -311,7 +363,9 @@ impl<C: Channel> Session<C> {
             }
             Role::Server => LinkKeys::Server(crate::link::receive_public_key(&params, &mut party)?),
         };
-        Self::from_party(party, config, params, keys)
+        let triples = connect_triples(&config, &mut party)?;
+        let setup = SessionSetup::new(config, params, keys, party.id())?.with_triples(triples);
+        Ok(Self::start(party, setup))
     }
 
     /// A session over a party already set up (base OTs done) whose link keys were
@@ -337,6 +391,7 @@ impl<C: Channel> Session<C> {
             params,
             sk,
             rerand,
+            triples,
         } = setup;
         Self {
             role,
@@ -346,7 +401,7 @@ impl<C: Channel> Session<C> {
             params,
             sk,
             rerand,
-            triples: OtTriples,
+            triples: triples.unwrap_or_else(AnyTriples::ot),
             ckks: None,
             log: Vec::new(),
             revealed: 0,

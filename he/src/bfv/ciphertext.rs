@@ -1,17 +1,17 @@
-//! BFV ciphertexts, encryption (public key, or seeded secret key) and decryption with the
-//! invariant noise budget.
+//! BFV ciphertexts, encryption (public key, or seeded secret key), re-randomization and
+//! decryption with the invariant noise budget: the scheme's part (`Delta m`, the `t/Q`
+//! rounding) around the shared [`crate::rlwe::encryptor`].
 
 use std::sync::Arc;
 
 use rand::{CryptoRng, RngCore};
-use zeroize::Zeroize;
 
 use super::encoding::Plaintext;
 use super::params::BfvParameters;
-use crate::error::{check_params, Error, Result};
-use crate::math::sampler::{centered_binomial, Seed};
+use crate::error::{check_params, Result};
+use crate::math::sampler::Seed;
 use crate::math::{Coeff, Ntt, Poly};
-use crate::rlwe::ops;
+use crate::rlwe::encryptor::{Message, RlweDecryptor, RlweEncryptor};
 use crate::rlwe::{PublicKey, SecretKey};
 
 /// A BFV ciphertext: two (or, after a multiplication, three) polynomials modulo `Q_level`,
@@ -52,19 +52,16 @@ impl Ciphertext {
     }
 }
 
-/// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)`, plus `extra`.
-pub(crate) fn scaled_message(
-    params: &BfvParameters,
-    pt: &Plaintext,
-    level: usize,
-    extra: Option<&[i64]>,
-) -> Poly<Coeff> {
+/// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)`.
+pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize) -> Poly<Coeff> {
+    let mut p = Poly::zero(params.degree(), level + 1);
+    add_scaled_message(params, pt, level, &mut p);
+    p
+}
+
+/// `p += Delta * m`, in place (coefficient form over `Q_level`).
+fn add_scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &mut Poly<Coeff>) {
     let q = params.context().q_at(level);
-    let n = params.degree();
-    let mut p = match extra {
-        Some(e) => Poly::from_signed(e, q),
-        None => Poly::zero(n, q.len()),
-    };
     let lv = &params.levels[level];
     for (i, limb) in p.limbs_mut().enumerate() {
         let m = q.modulus(i);
@@ -73,7 +70,6 @@ pub(crate) fn scaled_message(
             *x = m.add(*x, m.mul_shoup(v, d, ds));
         }
     }
-    p
 }
 
 fn check_pt(params: &BfvParameters, pt: &Plaintext) -> Result<()> {
@@ -85,16 +81,15 @@ fn check_pt(params: &BfvParameters, pt: &Plaintext) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Encryptor {
     params: Arc<BfvParameters>,
-    pk: PublicKey,
+    rlwe: RlweEncryptor,
 }
 
 impl Encryptor {
     /// An encryptor with the public key `pk`.
     pub fn new(params: &Arc<BfvParameters>, pk: PublicKey) -> Result<Self> {
-        check_params(params.context().id(), pk.ctx_id)?;
         Ok(Self {
+            rlwe: RlweEncryptor::new(params.context(), pk)?,
             params: params.clone(),
-            pk,
         })
     }
 
@@ -105,12 +100,9 @@ impl Encryptor {
         rng: &mut R,
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
-        let ctx = self.params.context();
-        let level = ctx.max_level();
-        let mut e0 = centered_binomial(rng, ctx.degree());
-        let m = scaled_message(&self.params, pt, level, Some(&e0));
-        e0.zeroize();
-        let polys = ops::encrypt_pk(ctx, &self.pk, m, rng);
+        let level = self.params.max_level();
+        let dm = |p: &mut Poly<Coeff>| add_scaled_message(&self.params, pt, level, p);
+        let polys = self.rlwe.encrypt(level, Message::Coeff(&dm), rng)?;
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
@@ -118,13 +110,45 @@ impl Encryptor {
             seed: None,
         })
     }
+
+    /// `ct` plus a fresh public-key encryption of zero at its level: the same plaintext,
+    /// and a second polynomial that is uniform under RLWE instead of a function of the
+    /// operands that computed `ct` (and of the key owner's own known randomness, from
+    /// which the key owner could solve for them). The noise in `c0` still depends on the
+    /// computation: flood it ([`super::Evaluator::flood`]) to hide that too.
+    ///
+    /// ```
+    /// use cipherml_he::bfv::*;
+    /// use cipherml_he::rlwe::{PublicKey, SecretKey};
+    /// let params = BfvParameters::new(&BfvParametersLiteral::n4096()).unwrap();
+    /// let mut rng = rand::rng();
+    /// let sk = std::sync::Arc::new(SecretKey::random(params.context(), &mut rng));
+    /// let encryptor = Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).unwrap();
+    /// let decryptor = Decryptor::new(&params, sk).unwrap();
+    /// let pt = Encoder::new(&params).encode_coeffs_u64(&[1, 2, 3]).unwrap();
+    /// let ct = encryptor.encrypt(&pt, &mut rng).unwrap();
+    /// let fresh = encryptor.rerandomize(&ct, &mut rng).unwrap();
+    /// assert_ne!(fresh, ct);
+    /// assert_eq!(decryptor.decrypt(&fresh).unwrap(), pt);
+    /// ```
+    pub fn rerandomize<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        ct: &Ciphertext,
+        rng: &mut R,
+    ) -> Result<Ciphertext> {
+        check_params(self.params.id(), ct.params_id)?;
+        let mut out = ct.clone();
+        self.rlwe.rerandomize(out.level, &mut out.polys, rng)?;
+        out.seed = None;
+        Ok(out)
+    }
 }
 
 /// Secret-key operations: decryption, the noise budget, and seeded symmetric encryption.
 /// Holds the secret key (zeroized when dropped). `Send + Sync`.
 pub struct Decryptor {
     params: Arc<BfvParameters>,
-    sk: Arc<SecretKey>,
+    rlwe: RlweDecryptor,
 }
 
 impl std::fmt::Debug for Decryptor {
@@ -136,10 +160,9 @@ impl std::fmt::Debug for Decryptor {
 impl Decryptor {
     /// A decryptor for `sk`.
     pub fn new(params: &Arc<BfvParameters>, sk: Arc<SecretKey>) -> Result<Self> {
-        check_params(params.context().id(), sk.context().id())?;
         Ok(Self {
+            rlwe: RlweDecryptor::new(params.context(), sk)?,
             params: params.clone(),
-            sk,
         })
     }
 
@@ -151,12 +174,9 @@ impl Decryptor {
         rng: &mut R,
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
-        let ctx = self.params.context();
-        let level = ctx.max_level();
-        let mut e = centered_binomial(rng, ctx.degree());
-        let m = scaled_message(&self.params, pt, level, Some(&e));
-        e.zeroize();
-        let (polys, seed) = ops::encrypt_sk(ctx, &self.sk, m, rng);
+        let level = self.params.max_level();
+        let dm = |p: &mut Poly<Coeff>| add_scaled_message(&self.params, pt, level, p);
+        let (polys, seed) = self.rlwe.encrypt(level, Message::Coeff(&dm), rng)?;
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
@@ -168,18 +188,7 @@ impl Decryptor {
     /// `c0 + c1 s + c2 s^2` in coefficient form.
     fn phase(&self, ct: &Ciphertext) -> Result<Poly<Coeff>> {
         check_params(self.params.id(), ct.params_id)?;
-        if !(2..=3).contains(&ct.polys.len()) {
-            return Err(Error::CiphertextSize {
-                found: ct.polys.len(),
-                expected: 2,
-            });
-        }
-        Ok(ops::phase(
-            self.params.context(),
-            &self.sk,
-            &ct.polys,
-            ct.level,
-        ))
+        self.rlwe.phase(ct.level, &ct.polys)
     }
 
     /// Decrypts: `m = round(t (c0 + c1 s) / Q) mod t`, computed in RNS without big integers.
@@ -229,5 +238,155 @@ impl Decryptor {
         }
         let budget = q.log2_product() - max_log.max(0.0) - 1.0;
         Ok(budget.max(0.0).floor() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    use super::super::{BfvParametersLiteral, Encoder, Evaluator, PlaintextModulus};
+    use super::*;
+    use crate::error::Error;
+
+    use super::super::reference_tests::params;
+
+    /// A fingerprint of a serialized ciphertext.
+    fn fingerprint(bytes: &[u8]) -> u64 {
+        crate::rlwe::context::fnv1a(bytes.iter().map(|&b| u64::from(b)))
+    }
+
+    fn keys(params: &Arc<BfvParameters>, rng: &mut ChaCha20Rng) -> (Encryptor, Decryptor) {
+        let sk = Arc::new(SecretKey::random(params.context(), rng));
+        let pk = PublicKey::new(&sk, rng);
+        (
+            Encryptor::new(params, pk).unwrap(),
+            Decryptor::new(params, sk).unwrap(),
+        )
+    }
+
+    /// The encryptions of a fixed seed are those the BFV encryptors produced before they
+    /// shared one RLWE encryptor (checked byte for byte when it came in): the wire bytes did
+    /// not change, and `rerandomize` is bit for bit the hand-written `ct + Enc(0)` it
+    /// replaces.
+    #[test]
+    fn encryptions_keep_their_known_answers() {
+        let params = params();
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let (e, d) = keys(&params, &mut rng);
+        let enc = Encoder::new(&params);
+        let t = params.plaintext_modulus();
+        let m: Vec<u64> = (0..32u64).map(|i| i * 977 % t).collect();
+        let pt = enc.encode_u64(&m).unwrap();
+        let pk_ct = e.encrypt(&pt, &mut rng).unwrap();
+        let sk_ct = d.encrypt_symmetric(&pt, &mut rng).unwrap();
+        let mut same_stream = rng.clone();
+        let zero = enc.encode_coeffs_u64(&[]).unwrap();
+        let by_hand = Evaluator::new(&params)
+            .add(&pk_ct, &e.encrypt(&zero, &mut rng).unwrap())
+            .unwrap();
+        let rerandomized = e.rerandomize(&pk_ct, &mut same_stream).unwrap();
+        let fingerprints = [&pk_ct, &sk_ct, &by_hand].map(|ct| fingerprint(&ct.to_bytes(&params)));
+        assert_eq!(
+            fingerprints,
+            [
+                0x3535_abfc_8b68_0ca4,
+                0x11af_3938_f37c_f033,
+                0xd8ce_1e13_acb7_5b96
+            ]
+        );
+        assert_eq!(rerandomized, by_hand);
+        for ct in [&pk_ct, &sk_ct, &rerandomized] {
+            assert_eq!(enc.decode_u64(&d.decrypt(ct).unwrap()).unwrap(), m);
+        }
+    }
+
+    /// The shared RLWE encryptor and decryptor, called with BFV's `Delta m`, give
+    /// ciphertexts that the BFV decryptor opens to the message.
+    #[test]
+    fn the_shared_encryptor_serves_bfv() {
+        let params = params();
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let ctx = params.context();
+        let sk = Arc::new(SecretKey::random(ctx, &mut rng));
+        let pk = PublicKey::new(&sk, &mut rng);
+        let (renc, rdec) = (
+            RlweEncryptor::new(ctx, pk).unwrap(),
+            RlweDecryptor::new(ctx, sk.clone()).unwrap(),
+        );
+        let d = Decryptor::new(&params, sk).unwrap();
+        let t = params.plaintext_modulus();
+        let m: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
+        let pt = Encoder::new(&params).encode_coeffs_u64(&m).unwrap();
+        let level = params.max_level();
+        let wrap = |polys| Ciphertext {
+            params_id: params.id(),
+            level,
+            polys,
+            seed: None,
+        };
+        let add_dm = |p: &mut Poly<Coeff>| add_scaled_message(&params, &pt, level, p);
+        let dm = || Message::Coeff(&add_dm);
+        let pk_ct = wrap(renc.encrypt(level, dm(), &mut rng).unwrap());
+        let sk_ct = wrap(rdec.encrypt(level, dm(), &mut rng).unwrap().0);
+        let zero = wrap(renc.encrypt(level, Message::Zero, &mut rng).unwrap());
+        assert_eq!(d.decrypt(&pk_ct).unwrap().coefficients(), m);
+        assert_eq!(d.decrypt(&sk_ct).unwrap().coefficients(), m);
+        assert!(d
+            .decrypt(&zero)
+            .unwrap()
+            .coefficients()
+            .iter()
+            .all(|&c| c == 0));
+    }
+
+    #[test]
+    fn rerandomize_keeps_the_plaintext_and_changes_c1() {
+        let params = params();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let (e, d) = keys(&params, &mut rng);
+        let (enc, ev) = (Encoder::new(&params), Evaluator::new(&params));
+        let t = params.plaintext_modulus();
+        let a: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
+        let b: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
+        let seeded = d
+            .encrypt_symmetric(&enc.encode_u64(&a).unwrap(), &mut rng)
+            .unwrap();
+        let y = e.encrypt(&enc.encode_u64(&b).unwrap(), &mut rng).unwrap();
+        let product = ev.mul(&seeded, &y).unwrap();
+        let lower = ev.mod_switch_to_next(&y).unwrap();
+        for ct in [&seeded, &y, &product, &lower] {
+            let before = d.decrypt(ct).unwrap();
+            let r = e.rerandomize(ct, &mut rng).unwrap();
+            assert_eq!(
+                (r.level(), r.len(), r.is_seeded()),
+                (ct.level(), ct.len(), false)
+            );
+            assert_ne!(r.polys[0], ct.polys[0]);
+            assert_ne!(r.polys[1], ct.polys[1]);
+            assert_eq!(r.polys[2..], ct.polys[2..]);
+            assert_eq!(d.decrypt(&r).unwrap(), before);
+            assert!(d.noise_budget(&r).unwrap() > 0);
+        }
+        let ab: Vec<u64> = a.iter().zip(&b).map(|(x, y)| x * y % t).collect();
+        let r = e.rerandomize(&product, &mut rng).unwrap();
+        assert_eq!(enc.decode_u64(&d.decrypt(&r).unwrap()).unwrap(), ab);
+        // A ciphertext of other parameters: a typed error naming both ids.
+        let other = BfvParameters::new_insecure(&BfvParametersLiteral {
+            degree: 32,
+            ciphertext_moduli_bits: vec![40, 41],
+            special_moduli_bits: vec![45],
+            plaintext: PlaintextModulus::Batching { bits: 17 },
+        })
+        .unwrap();
+        let (e2, _) = keys(&other, &mut rng);
+        assert_eq!(
+            e2.rerandomize(&y, &mut rng).unwrap_err(),
+            Error::ParameterMismatch {
+                expected: other.id(),
+                found: params.id(),
+            }
+        );
     }
 }

@@ -133,7 +133,7 @@ impl Evaluator {
         self.check(ct)?;
         self.check_pt(pt)?;
         let q = self.q(ct.level);
-        let dm = scaled_message(&self.params, pt, ct.level, None).into_ntt(q);
+        let dm = scaled_message(&self.params, pt, ct.level).into_ntt(q);
         let mut out = ct.clone();
         out.polys[0].add_assign(&dm, q);
         out.seed = None;
@@ -145,7 +145,7 @@ impl Evaluator {
         self.check(ct)?;
         self.check_pt(pt)?;
         let q = self.q(ct.level);
-        let dm = scaled_message(&self.params, pt, ct.level, None).into_ntt(q);
+        let dm = scaled_message(&self.params, pt, ct.level).into_ntt(q);
         let mut out = ct.clone();
         out.polys[0].sub_assign(&dm, q);
         out.seed = None;

@@ -13,7 +13,9 @@ use super::*;
 use crate::math::{Coeff, Poly, RnsBasis};
 use crate::rlwe::{PublicKey, SecretKey};
 
-fn params() -> Arc<BfvParameters> {
+/// Small insecure parameters (N = 32, three ciphertext primes), shared with the other
+/// in-crate BFV tests.
+pub(super) fn params() -> Arc<BfvParameters> {
     BfvParameters::new_insecure(&BfvParametersLiteral {
         degree: 32,
         ciphertext_moduli_bits: vec![40, 41, 42],

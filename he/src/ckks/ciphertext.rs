@@ -1,4 +1,6 @@
-//! CKKS ciphertexts, encryption (public key, or seeded secret key) and decryption.
+//! CKKS ciphertexts, encryption (public key, or seeded secret key), re-randomization and
+//! decryption: the scheme's part (level and scale) around the shared
+//! [`crate::rlwe::encryptor`].
 
 use std::sync::Arc;
 
@@ -9,8 +11,9 @@ use super::encoding::{Encoder, Plaintext};
 use super::params::CkksParameters;
 use crate::error::{check_params, Error, Result};
 use crate::math::sampler::Seed;
-use crate::math::{Ntt, Poly};
-use crate::rlwe::{ops, PublicKey, SecretKey};
+use crate::math::{Coeff, Ntt, Poly};
+use crate::rlwe::encryptor::{Message, RlweDecryptor, RlweEncryptor};
+use crate::rlwe::{PublicKey, SecretKey};
 
 /// A CKKS ciphertext: two (or three, before relinearization) polynomials modulo `Q_level`
 /// in NTT form, with the scale of the message they encrypt.
@@ -94,16 +97,15 @@ fn check_pt(params: &CkksParameters, pt: &Plaintext) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Encryptor {
     params: Arc<CkksParameters>,
-    pk: PublicKey,
+    rlwe: RlweEncryptor,
 }
 
 impl Encryptor {
     /// An encryptor with the public key `pk`.
     pub fn new(params: &Arc<CkksParameters>, pk: PublicKey) -> Result<Self> {
-        check_params(params.context().id(), pk.ctx_id)?;
         Ok(Self {
+            rlwe: RlweEncryptor::new(params.context(), pk)?,
             params: params.clone(),
-            pk,
         })
     }
 
@@ -119,11 +121,8 @@ impl Encryptor {
         rng: &mut R,
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
-        let ctx = self.params.context();
-        let level = ctx.max_level();
-        let e0 = ops::error_coeff(ctx, level, rng);
-        let mut polys = ops::encrypt_pk(ctx, &self.pk, e0, rng);
-        polys[0].add_assign(&pt.poly, ctx.q_at(level));
+        let level = pt.level;
+        let polys = self.rlwe.encrypt(level, Message::Ntt(&pt.poly), rng)?;
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
@@ -144,18 +143,10 @@ impl Encryptor {
         rng: &mut R,
     ) -> Result<Ciphertext> {
         check_params(self.params.id(), ct.params_id)?;
-        let ctx = self.params.context();
-        let top = ctx.max_level();
-        let e0 = ops::error_coeff(ctx, top, rng);
-        let zero = Ciphertext {
-            params_id: self.params.id(),
-            level: top,
-            scale: ct.scale,
-            polys: ops::encrypt_pk(ctx, &self.pk, e0, rng),
-            seed: None,
-        };
-        let ev = super::Evaluator::new(&self.params);
-        ev.add(ct, &ev.drop_to_level(&zero, ct.level)?)
+        let mut out = ct.clone();
+        self.rlwe.rerandomize(out.level, &mut out.polys, rng)?;
+        out.seed = None;
+        Ok(out)
     }
 
     /// Encodes real values at the top level and default scale, and encrypts them.
@@ -173,7 +164,7 @@ impl Encryptor {
 /// Secret-key operations: decryption and seeded symmetric encryption. `Send + Sync`.
 pub struct Decryptor {
     params: Arc<CkksParameters>,
-    sk: Arc<SecretKey>,
+    rlwe: RlweDecryptor,
 }
 
 impl std::fmt::Debug for Decryptor {
@@ -185,10 +176,9 @@ impl std::fmt::Debug for Decryptor {
 impl Decryptor {
     /// A decryptor for `sk`.
     pub fn new(params: &Arc<CkksParameters>, sk: Arc<SecretKey>) -> Result<Self> {
-        check_params(params.context().id(), sk.context().id())?;
         Ok(Self {
+            rlwe: RlweDecryptor::new(params.context(), sk)?,
             params: params.clone(),
-            sk,
         })
     }
 
@@ -199,11 +189,8 @@ impl Decryptor {
         rng: &mut R,
     ) -> Result<Ciphertext> {
         check_pt(&self.params, pt)?;
-        let ctx = self.params.context();
-        let level = ctx.max_level();
-        let e = ops::error_coeff(ctx, level, rng);
-        let (mut polys, seed) = ops::encrypt_sk(ctx, &self.sk, e, rng);
-        polys[0].add_assign(&pt.poly, ctx.q_at(level));
+        let level = pt.level;
+        let (polys, seed) = self.rlwe.encrypt(level, Message::Ntt(&pt.poly), rng)?;
         Ok(Ciphertext {
             params_id: self.params.id(),
             level,
@@ -213,23 +200,17 @@ impl Decryptor {
         })
     }
 
-    fn check(&self, ct: &Ciphertext) -> Result<()> {
+    /// `c0 + c1 s (+ c2 s^2)` in coefficient form.
+    fn phase(&self, ct: &Ciphertext) -> Result<Poly<Coeff>> {
         check_params(self.params.id(), ct.params_id)?;
-        if !(2..=3).contains(&ct.polys.len()) {
-            return Err(Error::CiphertextSize {
-                found: ct.polys.len(),
-                expected: 2,
-            });
-        }
-        Ok(())
+        self.rlwe.phase(ct.level, &ct.polys)
     }
 
     /// Decrypts to a plaintext (`c0 + c1 s`, at the ciphertext's level and scale).
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
-        self.check(ct)?;
-        let ctx = self.params.context();
-        let q = ctx.q_at(ct.level);
-        let poly = ops::phase(ctx, &self.sk, &ct.polys, ct.level).into_ntt(q);
+        let poly = self
+            .phase(ct)?
+            .into_ntt(self.params.context().q_at(ct.level));
         Ok(Plaintext {
             params_id: self.params.id(),
             level: ct.level,
@@ -240,8 +221,7 @@ impl Decryptor {
 
     /// Decrypts and decodes the `N/2` complex slots.
     pub fn decrypt_decode(&self, ct: &Ciphertext) -> Result<Vec<Complex64>> {
-        self.check(ct)?;
-        let x = ops::phase(self.params.context(), &self.sk, &ct.polys, ct.level);
+        let x = self.phase(ct)?;
         Ok(Encoder::new(&self.params).decode_coeff(&x, ct.level, ct.scale))
     }
 

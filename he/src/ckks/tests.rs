@@ -100,3 +100,147 @@ fn flooding_is_uniform_in_its_interval() {
         )
         .is_err());
 }
+
+/// A fingerprint of a serialized ciphertext.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    crate::rlwe::context::fnv1a(bytes.iter().map(|&b| u64::from(b)))
+}
+
+fn small_params() -> std::sync::Arc<CkksParameters> {
+    CkksParameters::new_insecure(&CkksParametersLiteral {
+        degree: 64,
+        ciphertext_moduli_bits: vec![50, 40, 40],
+        special_moduli_bits: vec![50],
+        scale_bits: 40,
+    })
+    .unwrap()
+}
+
+/// A fresh secret key, and the encryptor and decryptor of it.
+fn keys(
+    params: &std::sync::Arc<CkksParameters>,
+    rng: &mut ChaCha20Rng,
+) -> (std::sync::Arc<crate::rlwe::SecretKey>, Encryptor, Decryptor) {
+    use crate::rlwe::{PublicKey, SecretKey};
+    let sk = std::sync::Arc::new(SecretKey::random(params.context(), rng));
+    let pk = PublicKey::new(&sk, rng);
+    let e = Encryptor::new(params, pk).unwrap();
+    (sk.clone(), e, Decryptor::new(params, sk).unwrap())
+}
+
+fn max_error(got: &[f64], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The encryptions of a fixed seed are those the CKKS encryptors produced before they
+/// shared one RLWE encryptor (checked byte for byte when it came in): the wire bytes did not
+/// change, and `rerandomize` (now an encryption of zero at the ciphertext's own level)
+/// equals the old top-level encryption of zero dropped to that level.
+#[test]
+fn encryptions_keep_their_known_answers() {
+    let params = small_params();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let (_, e, d) = keys(&params, &mut rng);
+    let ev = Evaluator::new(&params);
+    let v: Vec<f64> = (0..32).map(|i| i as f64 / 7.0 - 2.0).collect();
+    let pk_ct = e.encrypt_f64(&v, &mut rng).unwrap();
+    let pt = Encoder::new(&params)
+        .encode_f64(&v, params.max_level(), params.default_scale())
+        .unwrap();
+    let sk_ct = d.encrypt_symmetric(&pt, &mut rng).unwrap();
+    let low = ev.drop_to_level(&pk_ct, 1).unwrap();
+    let mut same_stream = rng.clone();
+    let rerandomized = e.rerandomize(&low, &mut rng).unwrap();
+    let fingerprints = [&pk_ct, &sk_ct, &rerandomized].map(|ct| fingerprint(&ct.to_bytes(&params)));
+    assert_eq!(
+        fingerprints,
+        [
+            0x00be_dd02_72cc_5309,
+            0x9ab9_576c_9e02_d7b7,
+            0xab09_e492_dadb_7fd0
+        ]
+    );
+    let zero = Encoder::new(&params)
+        .encode_f64(&[], params.max_level(), low.scale())
+        .unwrap();
+    let zero = e.encrypt(&zero, &mut same_stream).unwrap();
+    let by_hand = ev.add(&low, &ev.drop_to_level(&zero, 1).unwrap()).unwrap();
+    assert_eq!(rerandomized, by_hand);
+    for ct in [&pk_ct, &sk_ct, &rerandomized] {
+        assert!(max_error(&d.decrypt_f64(ct).unwrap()[..32], &v) < 1e-6);
+    }
+}
+
+/// The shared RLWE encryptor and decryptor, called with a CKKS plaintext, give ciphertexts
+/// that the CKKS decryptor opens to the encoded values.
+#[test]
+fn the_shared_encryptor_serves_ckks() {
+    use crate::rlwe::encryptor::{Message, RlweDecryptor, RlweEncryptor};
+    use crate::rlwe::{PublicKey, SecretKey};
+    let params = small_params();
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let ctx = params.context();
+    let sk = std::sync::Arc::new(SecretKey::random(ctx, &mut rng));
+    let pk = PublicKey::new(&sk, &mut rng);
+    let renc = RlweEncryptor::new(ctx, pk).unwrap();
+    let rdec = RlweDecryptor::new(ctx, sk.clone()).unwrap();
+    let d = Decryptor::new(&params, sk).unwrap();
+    let v: Vec<f64> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+    for level in 0..=params.max_level() {
+        let pt = Encoder::new(&params)
+            .encode_f64(&v, level, params.default_scale())
+            .unwrap();
+        let wrap = |polys| Ciphertext {
+            params_id: params.id(),
+            level,
+            scale: pt.scale,
+            polys,
+            seed: None,
+        };
+        let msg = || Message::Ntt(&pt.poly);
+        let pk_ct = wrap(renc.encrypt(level, msg(), &mut rng).unwrap());
+        let sk_ct = wrap(rdec.encrypt(level, msg(), &mut rng).unwrap().0);
+        let zero = wrap(renc.encrypt(level, Message::Zero, &mut rng).unwrap());
+        assert!(max_error(&d.decrypt_f64(&pk_ct).unwrap(), &v) < 1e-6);
+        assert!(max_error(&d.decrypt_f64(&sk_ct).unwrap(), &v) < 1e-6);
+        assert!(max_error(&d.decrypt_f64(&zero).unwrap(), &[0.0; 32]) < 1e-6);
+    }
+}
+
+#[test]
+fn rerandomize_keeps_the_values_and_changes_c1() {
+    let params = small_params();
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let (sk, e, d) = keys(&params, &mut rng);
+    let rlk = crate::rlwe::RelinKey::new(&sk, &mut rng);
+    let ev = Evaluator::new(&params);
+    let a: Vec<f64> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f64> = (0..32).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let enc = Encoder::new(&params);
+    let pa = enc.encode_f64(&a, params.max_level(), params.default_scale());
+    let seeded = d.encrypt_symmetric(&pa.unwrap(), &mut rng).unwrap();
+    let y = e.encrypt_f64(&b, &mut rng).unwrap();
+    let product = ev.mul(&seeded, &y).unwrap();
+    let rescaled = ev
+        .rescale(&ev.mul_relin(&seeded, &y, &rlk).unwrap())
+        .unwrap();
+    for ct in [&seeded, &y, &product, &rescaled] {
+        let before = d.decrypt_f64(ct).unwrap();
+        let r = e.rerandomize(ct, &mut rng).unwrap();
+        assert_eq!(
+            (r.level(), r.scale(), r.len()),
+            (ct.level(), ct.scale(), ct.len())
+        );
+        assert!(!r.is_seeded());
+        assert_ne!(r.polys[0], ct.polys[0]);
+        assert_ne!(r.polys[1], ct.polys[1]);
+        assert_eq!(r.polys[2..], ct.polys[2..]);
+        assert!(max_error(&d.decrypt_f64(&r).unwrap(), &before) < 1e-6);
+    }
+    let ab: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+    let r = e.rerandomize(&rescaled, &mut rng).unwrap();
+    assert!(max_error(&d.decrypt_f64(&r).unwrap()[..32], &ab) < 1e-6);
+}

@@ -1,7 +1,9 @@
-//! The RLWE core shared by BFV and CKKS: the checked context, keys, and hybrid key switching
-//! (special primes, RNS-digit decomposition). Depends on [`crate::math`] only.
+//! The RLWE core shared by BFV and CKKS: the checked context, keys, the one encryptor and
+//! decryptor (with re-randomization) under both schemes, and hybrid key switching (special
+//! primes, RNS-digit decomposition). Depends on [`crate::math`] only.
 
 pub mod context;
+pub(crate) mod encryptor;
 pub mod keys;
 pub(crate) mod ops;
 

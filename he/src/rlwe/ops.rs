@@ -1,26 +1,13 @@
 //! Scheme-independent RLWE operations on ciphertext polynomials (NTT form over `Q_level`):
-//! encryption, the decryption phase, division by the last prime, relinearization, Galois
-//! automorphisms with key switching, and hoisted rotations. BFV and CKKS build on these.
+//! noise flooding, division by the last prime, relinearization, Galois automorphisms with
+//! key switching, and hoisted rotations. BFV and CKKS build on these (and on
+//! [`super::encryptor`] for encryption and decryption).
 
 use rand::{CryptoRng, RngCore};
-use zeroize::Zeroize;
 
 use super::context::RlweContext;
-use super::keys::{error_ntt, KeySwitchKey, PublicKey, SecretKey};
-use crate::math::sampler::{centered_binomial, random_seed, ternary, uniform_from_seed, Seed};
+use super::keys::KeySwitchKey;
 use crate::math::{pool, Coeff, Ntt, Poly, RnsBasis};
-
-/// An error polynomial (centered binomial) in coefficient form over `Q_level`.
-pub(crate) fn error_coeff<R: RngCore + CryptoRng + ?Sized>(
-    ctx: &RlweContext,
-    level: usize,
-    rng: &mut R,
-) -> Poly<Coeff> {
-    let mut e = centered_binomial(rng, ctx.degree());
-    let p = Poly::from_signed(&e, ctx.q_at(level));
-    e.zeroize();
-    p
-}
 
 /// A noise-flooding polynomial over `q`, in NTT form: each of the `n` coefficients
 /// uniform in `[-2^log2_bound, 2^log2_bound)` (from `rng`, a CSPRNG), reduced into each
@@ -68,73 +55,6 @@ pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
         }
     }
     Ok(poly.into_ntt(q))
-}
-
-/// Public-key encryption at the top level: `(b u + e0 + m, a u + e1)`, where `m_plus_e0`
-/// (coefficient form over `Q_L`) already holds the message and `e0`.
-pub(crate) fn encrypt_pk<R: RngCore + CryptoRng + ?Sized>(
-    ctx: &RlweContext,
-    pk: &PublicKey,
-    m_plus_e0: Poly<Coeff>,
-    rng: &mut R,
-) -> Vec<Poly<Ntt>> {
-    let level = ctx.max_level();
-    let q = ctx.q_at(level);
-    let mut u = ternary(rng, ctx.degree());
-    let mut u_ntt = Poly::from_signed(&u, q).into_ntt(q);
-    u.zeroize();
-    let mut c0 = m_plus_e0.into_ntt(q);
-    let mut c1 = error_ntt(rng, ctx.degree(), q);
-    c0.mul_accumulate(&pk.b, &u_ntt, q);
-    c1.mul_accumulate(&pk.a, &u_ntt, q);
-    u_ntt.zeroize();
-    vec![c0, c1]
-}
-
-/// Secret-key encryption at the top level: `(-a s + e + m, a)` with `a` from a fresh seed.
-pub(crate) fn encrypt_sk<R: RngCore + CryptoRng + ?Sized>(
-    ctx: &RlweContext,
-    sk: &SecretKey,
-    m_plus_e: Poly<Coeff>,
-    rng: &mut R,
-) -> (Vec<Poly<Ntt>>, Seed) {
-    let level = ctx.max_level();
-    let q = ctx.q_at(level);
-    let seed = random_seed(rng);
-    let a = uniform_from_seed(&seed, ctx.degree(), q, 0);
-    let mut c0 = m_plus_e.into_ntt(q);
-    let s = sk.ntt_qp();
-    for (i, pr) in q.primes().iter().enumerate() {
-        // c0 -= a * s, in place: no temporary holds `a * s` (secret-key material).
-        let m = &pr.modulus;
-        for ((x, &ai), &si) in c0.limb_mut(i).iter_mut().zip(a.limb(i)).zip(s.limb(i)) {
-            *x = m.sub(*x, m.mul_reduced(ai, si));
-        }
-    }
-    (vec![c0, a], seed)
-}
-
-/// `c0 + c1 s + c2 s^2` (coefficient form) for polynomials over `Q_level`.
-pub(crate) fn phase(
-    ctx: &RlweContext,
-    sk: &SecretKey,
-    polys: &[Poly<Ntt>],
-    level: usize,
-) -> Poly<Coeff> {
-    let q = ctx.q_at(level);
-    let s = sk.ntt_qp();
-    let mut acc = polys[0].clone();
-    for (i, pr) in q.primes().iter().enumerate() {
-        pr.ntt
-            .mul_accumulate(acc.limb_mut(i), polys[1].limb(i), s.limb(i));
-    }
-    if let Some(c2) = polys.get(2) {
-        let mut s2 = s.truncated(q.len());
-        s2.mul_assign(&s.truncated(q.len()), q);
-        acc.mul_accumulate(c2, &s2, q);
-        s2.zeroize();
-    }
-    acc.into_coeff(q)
 }
 
 /// Divides by the last prime `q_level` with rounding: the result is over `Q_{level-1}`.

@@ -8,17 +8,24 @@
 //!   multiplies under encryption and masks (no third party).
 //!
 //! Elementwise triples `c = a * b` and matrix triples `C = A B` (for matmul).
+//! [`AnyTriples`] holds any one of the sources, chosen at run time.
 
 pub mod dealer;
 pub mod he;
 pub mod ot;
 
+use std::fmt;
+
 use rand::{CryptoRng, RngCore};
 
 use crate::error::Result;
-use crate::net::Channel;
+use crate::net::{Channel, TcpChannel};
 use crate::party::Party;
 use crate::ring::Ring;
+
+use self::dealer::DealerClient;
+use self::he::HeTriples;
+use self::ot::OtTriples;
 
 /// This party's shares of `n` elementwise triples `c = a * b` in `Z_2^l`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,4 +99,130 @@ pub trait TripleSource<C: Channel, R: RngCore + CryptoRng> {
         k: usize,
         n: usize,
     ) -> Result<MatrixTriple>;
+}
+
+/// Which source an [`AnyTriples`] draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TripleSourceKind {
+    /// Oblivious transfer between the two parties ([`ot`]).
+    Ot,
+    /// Homomorphic encryption between the two parties ([`he`]).
+    He,
+    /// A dealer process ([`dealer`]).
+    Dealer,
+}
+
+impl fmt::Display for TripleSourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TripleSourceKind::Ot => "ot",
+            TripleSourceKind::He => "he",
+            TripleSourceKind::Dealer => "dealer",
+        })
+    }
+}
+
+/// The triple source a session holds, chosen at run time from its configuration: each
+/// call is dispatched to the source inside. `D` is the channel to the dealer (TCP by
+/// default). `Send` if its parts are; not meant to be shared.
+///
+/// ```
+/// use cipherml_mpc::net::MemoryChannel;
+/// use cipherml_mpc::triples::{AnyTriples, TripleSourceKind};
+///
+/// let t: AnyTriples<MemoryChannel> = AnyTriples::ot();
+/// assert_eq!(t.kind(), TripleSourceKind::Ot);
+/// ```
+#[derive(Debug)]
+pub enum AnyTriples<D: Channel = TcpChannel> {
+    /// Triples from OT.
+    Ot(OtTriples),
+    /// Triples from HE (matrix triples fall back to OT).
+    He(Box<HeTriples>),
+    /// Triples from a dealer process.
+    Dealer(DealerClient<D>),
+}
+
+impl<D: Channel> AnyTriples<D> {
+    /// Triples from OT (no third party, no set-up beyond the party's own).
+    pub fn ot() -> Self {
+        AnyTriples::Ot(OtTriples)
+    }
+
+    /// Triples from a dealer, through a client already paired with it
+    /// ([`DealerClient::connect`]).
+    pub fn dealer(client: DealerClient<D>) -> Self {
+        AnyTriples::Dealer(client)
+    }
+
+    /// Triples from HE, in this party's role (set up with
+    /// [`he::HeTripleClient::setup`] / [`he::HeTripleServer::setup`]).
+    pub fn he(source: HeTriples) -> Self {
+        AnyTriples::He(Box::new(source))
+    }
+
+    /// Which source it is.
+    pub fn kind(&self) -> TripleSourceKind {
+        match self {
+            AnyTriples::Ot(_) => TripleSourceKind::Ot,
+            AnyTriples::He(_) => TripleSourceKind::He,
+            AnyTriples::Dealer(_) => TripleSourceKind::Dealer,
+        }
+    }
+}
+
+impl<C: Channel, R: RngCore + CryptoRng, D: Channel> TripleSource<C, R> for AnyTriples<D> {
+    fn arith(&mut self, p: &mut Party<C, R>, ring: Ring, n: usize) -> Result<ArithTriples> {
+        match self {
+            AnyTriples::Ot(s) => s.arith(p, ring, n),
+            AnyTriples::He(s) => s.arith(p, ring, n),
+            AnyTriples::Dealer(s) => s.arith(p, ring, n),
+        }
+    }
+
+    fn matrix(
+        &mut self,
+        p: &mut Party<C, R>,
+        ring: Ring,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<MatrixTriple> {
+        match self {
+            AnyTriples::Ot(s) => s.matrix(p, ring, m, k, n),
+            AnyTriples::He(s) => s.matrix(p, ring, m, k, n),
+            AnyTriples::Dealer(s) => s.matrix(p, ring, m, k, n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::MemoryChannel;
+    use crate::prg::os_rng;
+    use crate::share::PartyId;
+
+    #[test]
+    fn any_triples_dispatches_to_ot() {
+        let ring = Ring::new(32).unwrap();
+        let (c0, c1) = MemoryChannel::pair();
+        let run = move |id, ch| {
+            let mut p = Party::setup(id, ch, os_rng()).unwrap();
+            let mut src: AnyTriples<MemoryChannel> = AnyTriples::ot();
+            assert_eq!(src.kind(), TripleSourceKind::Ot);
+            let t = src.arith(&mut p, ring, 20).unwrap();
+            let m = src.matrix(&mut p, ring, 2, 3, 4).unwrap();
+            (t, m)
+        };
+        let h = std::thread::spawn(move || run(PartyId::P1, c1));
+        let (t0, m0) = run(PartyId::P0, c0);
+        let (t1, m1) = h.join().unwrap();
+        let (a, b) = (ring.add_vec(&t0.a, &t1.a), ring.add_vec(&t0.b, &t1.b));
+        assert_eq!(t0.len(), 20);
+        assert_eq!(ring.add_vec(&t0.c, &t1.c), ring.mul_vec(&a, &b));
+        let (a, b) = (ring.add_vec(&m0.a, &m1.a), ring.add_vec(&m0.b, &m1.b));
+        assert_eq!(ring.add_vec(&m0.c, &m1.c), ring.matmul(&a, &b, 2, 3, 4));
+        assert_eq!(TripleSourceKind::Dealer.to_string(), "dealer");
+    }
 }

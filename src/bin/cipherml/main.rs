@@ -118,6 +118,27 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         budget_ms: u64,
     },
+    /// Serves Beaver triples to pairs of parties as a third process (TF Encrypted's
+    /// "crypto producer"). Each party connects with its id and the session token both
+    /// parties share; prints "listening on ADDR", then one line per session or refused
+    /// connection (never tokens or triples). The dealer must collude with neither party,
+    /// and its answers carry triples in the clear: run it on a network the parties trust
+    /// (loopback, a private link or a tunnel).
+    Dealer {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:7879")]
+        listen: String,
+        /// Serve this many sessions, then exit (status 1 if any failed); default: until
+        /// stopped.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        sessions: Option<u64>,
+        /// Seconds a party may wait for its peer to connect.
+        #[arg(long, default_value_t = 60)]
+        pair_timeout: u64,
+        /// Seconds the dealer waits for a party's next request before ending its session.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout: u64,
+    },
 }
 
 fn main() {
@@ -131,6 +152,17 @@ fn main() {
         Command::Inspect { model, wan } => inspect(&model, wan),
         Command::Demo { images } => demo(images),
         Command::Bench { suite, budget_ms } => bench(&suite, Duration::from_millis(budget_ms)),
+        Command::Dealer {
+            listen,
+            sessions,
+            pair_timeout,
+            idle_timeout,
+        } => dealer(
+            &listen,
+            sessions,
+            Duration::from_secs(pair_timeout),
+            Duration::from_secs(idle_timeout),
+        ),
         Command::Serve {
             models,
             model_dir,
@@ -360,6 +392,47 @@ fn bench(suite: &str, budget: Duration) -> Res {
         other => {
             return Err(format!("unknown suite {other:?}: expected he, mpc, nn or all").into())
         }
+    }
+    Ok(())
+}
+
+/// `cipherml dealer`: serves triple requests of pairs of parties over TCP.
+fn dealer(
+    listen: &str,
+    sessions: Option<u64>,
+    pair_timeout: Duration,
+    idle_timeout: Duration,
+) -> Res {
+    use cipherml::mpc::triples::dealer::{Dealer, DealerConfig};
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    let defaults = DealerConfig::default();
+    let config = DealerConfig {
+        channel: cipherml::mpc::net::ChannelConfig {
+            timeout: idle_timeout,
+            ..defaults.channel
+        },
+        pair_timeout,
+        max_sessions: sessions,
+        ..defaults
+    };
+    let mut rng = cipherml::mpc::prg::os_rng();
+    let summary = Dealer::serve_tcp(&listener, &config, &mut rng, |event| {
+        // (stdout may be closed by now: not an error.)
+        let _ = writeln!(std::io::stdout(), "{event}");
+    })?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "done: {} session(s) served, {} failed, {} connection(s) refused",
+        summary.sessions,
+        summary.failed,
+        summary.refused
+    );
+    if summary.failed > 0 {
+        return Err(format!("{} dealer session(s) failed", summary.failed).into());
     }
     Ok(())
 }

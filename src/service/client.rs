@@ -16,12 +16,11 @@ use std::sync::Arc;
 use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor, Encoder};
 use cipherml_he::tensor::CkksTensor;
 use cipherml_mpc::net::{Channel, ChannelConfig, Stats, TcpChannel};
-use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
 use ndarray::{ArrayD, IxDyn};
-use rand_chacha::ChaCha20Rng;
 
+use super::lazy::LazyParty;
 use crate::key_cache::KeyId;
 use crate::key_store::{generate_bfv, generate_ckks, KeyStore, StoredBfv};
 use crate::nn::{CkksModel, PreparedModel, Sequential};
@@ -47,93 +46,6 @@ pub struct ClientOptions {
     /// that the server, if it still caches them, needs no upload. `None`: fresh keys for
     /// this session only, not cached by the server.
     pub key_dir: Option<PathBuf>,
-}
-
-/// A channel whose two-party set-up (base OTs in both directions) runs on first use, so a
-/// session that never runs a hybrid inference never pays for it. Both sides call
-/// [`LazyParty::party`] at the same point of the protocol (before the first hybrid
-/// inference, after the server's `Ok`).
-pub(crate) struct LazyParty<C: Channel> {
-    id: PartyId,
-    /// The channel before the set-up (`Err`), the party after (`Ok`); `None` only inside
-    /// [`LazyParty::party`], which restores it on every path.
-    state: Option<Result<Box<Party<C, ChaCha20Rng>>, C>>,
-}
-
-const LAZY_STATE: &str = "LazyParty::party restores its state on every path";
-
-impl<C: Channel> LazyParty<C> {
-    /// A channel, not set up yet, of party `id`.
-    pub(crate) fn new(id: PartyId, ch: C) -> Self {
-        Self {
-            id,
-            state: Some(Err(ch)),
-        }
-    }
-
-    /// The channel to the peer.
-    pub(crate) fn channel(&mut self) -> &mut C {
-        match self.state.as_mut().expect(LAZY_STATE) {
-            Ok(p) => p.channel(),
-            Err(ch) => ch,
-        }
-    }
-
-    /// The traffic so far.
-    pub(crate) fn stats(&self) -> Stats {
-        match self.state.as_ref().expect(LAZY_STATE) {
-            Ok(p) => p.stats(),
-            Err(ch) => ch.stats(),
-        }
-    }
-
-    /// Runs `f` on a session over this party (set up now if it was not yet): the party is
-    /// lent to the session and always given back, whatever `f` returns.
-    pub(crate) fn with_session<T>(
-        &mut self,
-        setup: crate::tensor::SessionSetup,
-        f: impl FnOnce(&mut crate::tensor::Session<C>) -> Result<T, crate::Error>,
-    ) -> Result<T, crate::Error> {
-        self.party()?;
-        let party = match self.state.take() {
-            Some(Ok(party)) => party,
-            other => {
-                self.state = other;
-                return Err(cipherml_mpc::Error::aborted("no two-party set-up").into());
-            }
-        };
-        let mut session = crate::tensor::Session::start(*party, setup);
-        let result = f(&mut session);
-        self.state = Some(Ok(Box::new(session.into_party())));
-        result
-    }
-
-    /// The party, set up now (with a CSPRNG from the OS) if it was not yet.
-    pub(crate) fn party(&mut self) -> Result<&mut Party<C, ChaCha20Rng>, cipherml_mpc::Error> {
-        let mut error = None;
-        self.state = match self.state.take() {
-            Some(Err(ch)) => match Party::try_setup(self.id, ch, os_rng()) {
-                Ok(p) => Some(Ok(Box::new(p))),
-                Err((e, ch)) => {
-                    error = Some(e);
-                    Some(Err(ch))
-                }
-            },
-            other => other,
-        };
-        match (self.state.as_mut().expect(LAZY_STATE), error) {
-            (Ok(p), _) => Ok(p),
-            (Err(_), e) => {
-                Err(e.unwrap_or_else(|| cipherml_mpc::Error::aborted("no two-party set-up")))
-            }
-        }
-    }
-}
-
-/// A model compiled on the client's side (from the architecture the server announced).
-enum Compiled {
-    Hybrid(PreparedModel),
-    Ckks(Box<CkksClient>),
 }
 
 /// The client's CKKS state for one model: its keys and the model's shapes.
@@ -259,7 +171,7 @@ impl Client {
     /// Whether the two-party set-up (base OTs) has run in this session (it runs before
     /// the first hybrid inference).
     pub fn is_party_set_up(&self) -> bool {
-        matches!(self.link.state, Some(Ok(_)))
+        self.link.is_set_up()
     }
 
     /// Compiles `model` from its announced architecture (once), checking that the client
@@ -489,4 +401,10 @@ fn ckks_round_trip<C: Channel + ?Sized>(
         ProtocolError::Unexpected(format!("{len} outputs announced, {} slots", values.len()))
     })?;
     Ok(ArrayD::from_shape_vec(IxDyn(output_shape), values.to_vec()).expect("shape"))
+}
+
+/// A model compiled on the client's side (from the architecture the server announced).
+enum Compiled {
+    Hybrid(PreparedModel),
+    Ckks(Box<CkksClient>),
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::client::LazyParty;
+use super::lazy::LazyParty;
 use crate::key_cache::{BfvKey, CachedKeys, KeyCache, KeyId};
 use cipherml_he::ckks::{
     Ciphertext as CkksCiphertext, CkksParameters, Encryptor as CkksEncryptor, Evaluator,
