@@ -67,6 +67,21 @@ fn metric(addr: &str, sample: &str) -> f64 {
     sample_value(&text, sample).unwrap_or_else(|| panic!("{sample} missing in\n{text}"))
 }
 
+/// `sample` once it reads `want` (the server counts an inference once its last message is
+/// sent, which may be just after the client has its logits), or what it reads after 10 s.
+fn metric_reaching(addr: &str, sample: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        let v = sample_value(&text, sample);
+        if v == Some(want) || Instant::now() > deadline {
+            return v.unwrap_or_else(|| panic!("{sample} missing in\n{text}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The private logits are the plaintext model's within fixed-point error.
 fn close(got: &ndarray::ArrayD<f64>, want: &ndarray::ArrayD<f64>) {
     assert_eq!(got.shape(), want.shape());
@@ -168,11 +183,12 @@ fn health_models_and_metrics_answer_while_a_client_is_served() {
     for round in 1..=2 {
         let got = client.infer("mlp", &s.x).unwrap();
         close(&got, &want);
-        assert_eq!(metric(a, inferences), round as f64);
+        assert_eq!(metric_reaching(a, inferences, round as f64), round as f64);
         assert_eq!(
-            metric(
+            metric_reaching(
                 a,
-                "cipherml_inference_duration_seconds_count{model=\"mlp\"}"
+                "cipherml_inference_duration_seconds_count{model=\"mlp\"}",
+                round as f64
             ),
             round as f64
         );
@@ -304,7 +320,10 @@ fn hostile_admin_requests_are_refused_and_inference_goes_on() {
         assert!(t.elapsed() < Duration::from_secs(10), "slots never freed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(&a, "cipherml_inferences_total{model=\"mlp\"}"), 1.0);
+    assert_eq!(
+        metric_reaching(&a, "cipherml_inferences_total{model=\"mlp\"}", 1.0),
+        1.0
+    );
     let got = client.infer("mlp", &s.x).unwrap();
     close(&got, &want);
     client.close().unwrap();
@@ -355,12 +374,19 @@ fn a_models_batch_limit_is_refused_and_counted() {
         let want = m.predict(&xs.index_axis(Axis(0), i).to_owned()).unwrap();
         close(&got.index_axis(Axis(0), i).to_owned(), &want);
     }
-    assert_eq!(
-        sample_value(
+    // The server counts an inference once its last message is sent, which may be just
+    // after the client has its logits: wait for the count (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let count = loop {
+        let c = sample_value(
             &metrics.encode(),
-            "cipherml_inferences_total{model=\"mlp\"}"
-        ),
-        Some(2.0)
-    );
+            "cipherml_inferences_total{model=\"mlp\"}",
+        );
+        if c == Some(2.0) || std::time::Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(count, Some(2.0));
     client.close().unwrap();
 }

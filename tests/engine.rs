@@ -274,3 +274,47 @@ fn headline_example_costs_no_more_than_the_model() {
         seq.1
     );
 }
+
+/// A server configured for a WAN plans its sessions for it (the plan `inspect --wan`
+/// prints), announces it, and its clients make the same choices: the last dense layer of
+/// the bundled MLP runs on shares on a LAN and under BFV on a WAN, and inference over the
+/// wire agrees with the plaintext model in both configurations (a client that planned
+/// for another network would desynchronise the protocol).
+#[test]
+fn served_sessions_follow_the_configured_network() {
+    use cipherml::nn::{load_onnx, NetworkModel};
+    use cipherml::protocol::NetworkParams;
+    use cipherml::server::{Server, ServerConfig};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_mlp.onnx");
+    let m = load_onnx(&path).unwrap();
+    let last = |net: NetworkModel| {
+        let plan = m.plan(net).unwrap();
+        plan.layers.last().unwrap().chosen
+    };
+    assert!(last(NetworkModel::lan()).is_shared());
+    assert!(last(NetworkModel::wan()).is_bfv());
+    // The network on the wire is the cost model's.
+    assert_eq!(NetworkParams::WAN.model(), NetworkModel::wan());
+    assert_eq!(NetworkParams::LAN.model(), NetworkModel::lan());
+    let x = input(21).into_shape_with_order(vec![1, 8, 8]).unwrap();
+    let want = m.predict(&x).unwrap();
+    for network in [NetworkParams::LAN, NetworkParams::WAN] {
+        let config = ServerConfig {
+            network,
+            ..ServerConfig::default()
+        };
+        let server = Server::bind("127.0.0.1:0", vec![("mlp".into(), m.clone())], config).unwrap();
+        let addr = server.local_addr().to_string();
+        std::thread::spawn(move || server.run());
+        let mut client = cipherml::client::Client::connect(&addr).unwrap();
+        assert_eq!(client.models()[0].network, network);
+        let got = client.infer("mlp", &x).unwrap();
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert!(
+                (g - w).abs() < 0.05,
+                "{network:?}: private {g} vs plaintext {w}"
+            );
+        }
+        client.close().unwrap();
+    }
+}

@@ -309,15 +309,19 @@ fn hybrid_flooding_is_sized_from_the_cap_and_the_session() {
     let max_inferences: u64 = 1 << 16;
     let m = PreparedModel::for_serving(&model, &config, max_inferences, true).unwrap();
     // The flooding adds the union bound over a session: ceil(log2(revealed coefficients
-    // per inference x max inferences)); digits_mlp reveals its two dense layers' outputs.
+    // per inference x max inferences)); digits_mlp reveals the outputs of the dense layers
+    // its plan runs under BFV (the small last one runs on shares and reveals nothing).
     let shapes = model.shapes().unwrap();
+    let plan = model.plan(cipherml::nn::NetworkModel::lan()).unwrap();
     let revealed: usize = model
         .layers()
         .iter()
         .zip(&shapes[1..])
-        .filter(|(l, _)| matches!(l, Layer::Dense { .. }))
-        .map(|(_, s)| s.iter().product::<usize>())
+        .zip(&plan.layers)
+        .filter(|((l, _), lp)| matches!(l, Layer::Dense { .. }) && lp.chosen.is_bfv())
+        .map(|((_, s), _)| s.iter().product::<usize>())
         .sum();
+    assert_eq!(revealed, 32, "the first dense layer's outputs");
     let union = ((revealed as f64) * max_inferences as f64).log2().ceil() as u32;
     assert_eq!(m.flood_bits(), config.flood_bits + union);
     let (flood, room) = m.flood_log2();

@@ -593,6 +593,7 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
             id: 0,
         },
         architecture: m.architecture(),
+        network: Default::default(),
     };
     let fake = std::thread::spawn(move || {
         let mut ch = cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
@@ -647,6 +648,7 @@ fn client_refuses_announced_parameters_that_differ_in_any_field() {
             mode: ModelMode::Ckks,
             params: announced,
             architecture: m.architecture(),
+            network: Default::default(),
         };
         let fake = std::thread::spawn(move || {
             let mut ch =

@@ -351,3 +351,38 @@ fn truncation_conversions_and_argmax_over_tcp() {
         assert_eq!(idx[w], vals.iter().position(|&v| v == m).unwrap() as u64);
     }
 }
+
+/// `W X` with `W` in the clear at one party and `X` shared, by one-way correlated OTs:
+/// equals the plaintext product in the ring, for either owner and several shapes; the
+/// other party gets no matrix (a missing one at the owner is a typed error).
+#[test]
+fn matmul_owned_matches_the_plaintext_product() {
+    let ring = Ring::new(40).unwrap();
+    for (m, k, n) in [(10usize, 32usize, 1usize), (3, 4, 5), (1, 1, 1), (8, 9, 64)] {
+        for owner in [PartyId::P0, PartyId::P1] {
+            let mut rng = os_rng();
+            let w = ring.random_vec(&mut rng, m * k);
+            let x = ring.random_vec(&mut rng, k * n);
+            let sx = shares(ring, &x);
+            let w2 = w.clone();
+            let (r0, r1) = parties_mem(move |p| {
+                let s = pick(p, &sx);
+                let mine = (p.id() == owner).then_some(w2.as_slice());
+                arith::matmul_owned(p, ring, owner, mine, &s, m, k, n).unwrap()
+            });
+            assert_eq!(
+                ring.add_vec(&r0, &r1),
+                ring.matmul(&w, &x, m, k, n),
+                "{m}x{k}x{n}, owner {owner:?}"
+            );
+        }
+    }
+    let (e0, _) = parties_mem(move |p| {
+        if p.id() == PartyId::P1 {
+            arith::matmul_owned(p, ring, PartyId::P1, None, &[0; 2], 1, 2, 1).is_err()
+        } else {
+            true
+        }
+    });
+    assert!(e0);
+}

@@ -2,31 +2,39 @@
 //! polynomials: the client sends one ciphertext, the server evaluates every layer
 //! (linear layers by the diagonal method, squares and polynomials elementwise) and returns
 //! one ciphertext. One round trip; the server never sees the input or the output.
+//!
+//! A [`CkksModel`] is a model lowered to the engine's CKKS operations
+//! ([`crate::tensor::CkksOps`]): each linear layer becomes a [`PreparedCkksLinear`]
+//! (diagonals encoded once, at the level where the layer runs), squares, polynomials and
+//! reshapes the tensor operations of the same name, a residual block the body's
+//! operations and a sum, aligned in level and scale by the engine. It runs on a server
+//! alone ([`CkksEval`] with the client's uploaded keys: no two-party set-up) or inside a
+//! [`crate::tensor::Session`]. The flood plan of its replies is a model-level bound and
+//! stays here ([`CkksModel::flood_plan`]); the engine applies it ([`CkksEval::reply`]).
 
 use std::sync::Arc;
 
-use cipherml_he::ckks::{CkksParameters, CkksParametersLiteral, Encoder, Evaluator};
+use cipherml_he::ckks::{CkksParameters, CkksParametersLiteral, Encryptor, Evaluator};
 use cipherml_he::rlwe::{GaloisKeys, RelinKey};
-use cipherml_he::tensor::{
-    avg_pool_matrix, conv2d_matrix, CkksTensor, LinearMap, PreparedLinearMap,
-};
+use cipherml_he::tensor::{avg_pool_matrix, conv2d_matrix, CkksTensor};
 use ndarray::Array2;
 
 use super::{Layer, NnError, Sequential};
+use crate::tensor::{CkksEval, CkksOps, PreparedCkksLinear, PrivateTensor};
 
 /// The interval on which the CKKS mode approximates a sigmoid (inputs outside it are
 /// not covered by the stated error).
 pub const SIGMOID_BOUND: f64 = 8.0;
 
-/// One compiled step.
+/// One layer lowered to the engine's CKKS operations.
 #[derive(Debug, Clone)]
-enum Step {
-    Linear(PreparedLinearMap, Vec<usize>),
+enum Lowered {
+    Linear(Box<PreparedCkksLinear>),
     Square,
     Poly(Vec<f64>),
     Reshape(Vec<usize>),
-    /// `x + body(x)`; see [`residual_join`].
-    Residual(Vec<Step>),
+    /// `x + body(x)`, the sum aligned by the engine ([`CkksEval::add`]).
+    Residual(Vec<Lowered>),
 }
 
 /// What the noise bound of a flooded reply needs to know of one compiled step: shapes,
@@ -118,11 +126,13 @@ impl CkksFloodPlan {
     }
 }
 
-/// A [`Sequential`] model compiled for CKKS: plaintext weights pre-encoded at the levels
-/// where they are used.
+/// A [`Sequential`] model lowered to the engine's CKKS operations, its linear maps
+/// prepared once ([`PreparedCkksLinear`]: diagonals encoded at the levels where they are
+/// used; clones share them, so a server that prepares a model once applies the same
+/// encodings in every session).
 #[derive(Debug, Clone)]
 pub struct CkksModel {
-    steps: Vec<Step>,
+    layers: Vec<Lowered>,
     trace: Vec<Trace>,
     /// The flooding of [`CkksModel::reply`] (none: replies are not flooded).
     flood: Option<CkksFloodPlan>,
@@ -166,19 +176,17 @@ fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<
     }
 }
 
-/// Compiles layers to steps, tracking the level and the slot period; residual bodies are
-/// compiled recursively.
-struct Compiler {
-    encoder: Encoder,
-    ev: Evaluator,
+/// Lowers layers to CKKS operations, tracking the level; residual bodies are lowered
+/// recursively.
+struct Lowering<'p> {
+    params: &'p Arc<CkksParameters>,
     trace: Vec<Trace>,
     galois: std::collections::BTreeSet<usize>,
     level: usize,
-    period: usize,
 }
 
-impl Compiler {
-    fn layers(&mut self, layers: &[Layer], input: &[usize]) -> Result<Vec<Step>, NnError> {
+impl Lowering<'_> {
+    fn layers(&mut self, layers: &[Layer], input: &[usize]) -> Result<Vec<Lowered>, NnError> {
         let shapes = super::chain_shapes(layers, input)?;
         let need = |level: usize, k: usize, layer: &Layer| -> Result<(), NnError> {
             if level < k {
@@ -191,11 +199,11 @@ impl Compiler {
                 Ok(())
             }
         };
-        let mut steps = Vec::with_capacity(layers.len());
+        let mut lowered = Vec::with_capacity(layers.len());
         for (layer, (input, output)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
             let level = self.level;
             match layer {
-                Layer::Flatten => steps.push(Step::Reshape(output.clone())),
+                Layer::Flatten => lowered.push(Lowered::Reshape(output.clone())),
                 Layer::Softmax => {
                     return Err(NnError::NotSupportedInMode {
                         layer: layer.describe(),
@@ -206,34 +214,36 @@ impl Compiler {
                 Layer::Square => {
                     need(level, 1, layer)?;
                     self.trace.push(Trace::Square { level });
-                    steps.push(Step::Square);
+                    lowered.push(Lowered::Square);
                     self.level -= 1;
                 }
                 Layer::Poly { coeffs } => {
-                    let d = Evaluator::poly_depth(coeffs.len().saturating_sub(1));
+                    // Zero leading coefficients cost no level (as in the engine).
+                    let degree = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
+                    let d = Evaluator::poly_depth(degree);
                     need(level, d, layer)?;
                     self.trace.push(Trace::Unbounded(layer.describe()));
-                    steps.push(Step::Poly(coeffs.clone()));
+                    lowered.push(Lowered::Poly(coeffs.clone()));
                     self.level -= d;
                 }
                 Layer::Sigmoid => {
                     // Degree-7 Chebyshev approximation on [-8, 8] (3 levels); its maximum
                     // error there is measured in `PolyApprox::max_error` (about 0.02).
                     let approx = cipherml_he::ckks::PolyApprox::sigmoid(SIGMOID_BOUND, 7);
-                    let d = Evaluator::poly_depth(approx.degree());
+                    let degree = approx.coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
+                    let d = Evaluator::poly_depth(degree);
                     need(level, d, layer)?;
                     self.trace.push(Trace::Unbounded(layer.describe()));
-                    steps.push(Step::Poly(approx.coeffs));
+                    lowered.push(Lowered::Poly(approx.coeffs));
                     self.level -= d;
                 }
                 Layer::Residual { body } => {
-                    // The shortcut keeps the input's layout: every step leaves the period at
-                    // the tensor length rounded up to a power of two, and the shapes agree.
-                    let period = self.period;
+                    // The shortcut keeps the input's layout (every operation leaves the
+                    // period at the tensor length rounded up to a power of two, and the
+                    // shapes agree); the engine aligns the sum's levels and scales.
                     self.trace.push(Trace::Unbounded(layer.describe()));
                     let body = self.layers(body, input)?;
-                    debug_assert_eq!(period, self.period, "same shape, same period");
-                    steps.push(Step::Residual(body));
+                    lowered.push(Lowered::Residual(body));
                 }
                 l if l.is_linear() => {
                     need(level, 1, layer)?;
@@ -243,8 +253,21 @@ impl Compiler {
                             mode: "CKKS",
                             reason: "this pooling shape has no linear form here".into(),
                         })?;
-                    let map = LinearMap::new(m.view(), bias.as_deref(), self.period)?;
-                    let period = self.period.max(map.output_period());
+                    let w = PreparedCkksLinear::new(
+                        self.params,
+                        &l.describe(),
+                        m.view(),
+                        bias.as_deref(),
+                        level,
+                        output,
+                    )?;
+                    let map = w.map();
+                    // The input's period: its length rounded up to a power of two.
+                    let period = map
+                        .cols()
+                        .max(1)
+                        .next_power_of_two()
+                        .max(map.output_period());
                     let largest = m
                         .iter()
                         .chain(bias.iter().flatten())
@@ -266,12 +289,8 @@ impl Compiler {
                     // Keys for every diagonal the shapes allow, not only the non-zero ones: the
                     // client derives them from the architecture, and the key set must not
                     // reveal the weights' sparsity.
-                    self.galois.extend(map.structural_galois_elements(&self.ev));
-                    self.period = map.output_period();
-                    steps.push(Step::Linear(
-                        map.encode(&self.encoder, level)?,
-                        output.clone(),
-                    ));
+                    self.galois.extend(w.galois_elements().iter().copied());
+                    lowered.push(Lowered::Linear(Box::new(w)));
                     self.level -= 1;
                 }
                 other => {
@@ -283,29 +302,8 @@ impl Compiler {
                 }
             }
         }
-        Ok(steps)
+        Ok(lowered)
     }
-}
-
-/// The sum `x + y` of a residual block's shortcut `x` and body output `y` (same shape and
-/// layout). The body consumed levels, so `x` is at a higher level, and its scale generally
-/// differs (a square's rescaling divides by a prime, not by the scale). `x` is dropped to one
-/// level above `y`, multiplied by the constant 1 encoded at scale `s_y q / s_x` (`q` the prime
-/// the rescaling then drops), and rescaled: it arrives at `y`'s level with `y`'s scale, up to
-/// the rounding of that constant (relative 2^-36 or less), without consuming a level of the
-/// network. With a body that consumed no level the two are added as they are.
-fn residual_join(ev: &Evaluator, x: &CkksTensor, y: &CkksTensor) -> Result<CkksTensor, NnError> {
-    let (lx, ly) = (x.ct.level(), y.ct.level());
-    let shortcut = if lx > ly {
-        let dropped = ev.drop_to_level(&x.ct, ly + 1)?;
-        let q = ev.params().prime(ly + 1) as f64;
-        let aligned = ev.mul_const(&dropped, 1.0, y.ct.scale() * q / x.ct.scale())?;
-        ev.rescale(&aligned)?
-    } else {
-        x.ct.clone()
-    };
-    let sum = ev.add(&shortcut, &y.ct)?;
-    Ok(CkksTensor::from_ciphertext(sum, y.shape(), y.period())?)
 }
 
 impl CkksModel {
@@ -342,21 +340,15 @@ impl CkksModel {
         input_level: usize,
     ) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
-        let mut c = Compiler {
-            encoder: Encoder::new(params),
-            ev: Evaluator::new(params),
+        let mut c = Lowering {
+            params,
             trace: Vec::new(),
             galois: std::collections::BTreeSet::new(),
             level: input_level,
-            period: shapes[0]
-                .iter()
-                .product::<usize>()
-                .max(1)
-                .next_power_of_two(),
         };
-        let steps = c.layers(model.layers(), &shapes[0])?;
+        let layers = c.layers(model.layers(), &shapes[0])?;
         Ok(Self {
-            steps,
+            layers,
             trace: c.trace,
             flood: None,
             galois: c.galois.into_iter().collect(),
@@ -492,31 +484,58 @@ impl CkksModel {
         self.flood.as_ref()
     }
 
+    /// The prepared linear maps, in order (residual bodies included): clones that share
+    /// the encodings (see [`PreparedCkksLinear::applications`]).
+    pub fn linear_maps(&self) -> Vec<PreparedCkksLinear> {
+        fn walk(layers: &[Lowered], out: &mut Vec<PreparedCkksLinear>) {
+            for l in layers {
+                match l {
+                    Lowered::Linear(w) => out.push((**w).clone()),
+                    Lowered::Residual(body) => walk(body, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.layers, &mut out);
+        out
+    }
+
+    /// Runs the model on `x` (a CKKS tensor at [`CkksModel::input_level`]) with the
+    /// engine's operations, on a [`crate::tensor::Session`] (both parties call it, the
+    /// client with its copy from the architecture) or on a [`CkksEval`] (a server alone).
+    /// Returns the output as the engine leaves it (not re-randomized, not flooded).
+    pub fn forward<O: CkksOps>(
+        &self,
+        ops: &mut O,
+        x: PrivateTensor,
+    ) -> Result<PrivateTensor, NnError> {
+        forward_all(&self.layers, ops, x)
+    }
+
     /// Server side: evaluates the network on an encrypted input, re-randomizes the result
     /// with the client's public key `enc` and, if the model has a flooding plan
     /// ([`CkksModel::with_flood`]), floods its noise ([`Evaluator::flood`] with
-    /// [`CkksFloodPlan::flood_log2`]). What a server returns. Without a plan the reply's
-    /// noise depends on the weights (SECURITY.md).
+    /// [`CkksFloodPlan::flood_log2`]): [`CkksModel::forward`] then [`CkksEval::reply`].
+    /// What a server returns. Without a plan the reply's noise depends on the weights
+    /// (SECURITY.md).
     pub fn reply<R: rand::RngCore + rand::CryptoRng + ?Sized>(
         &self,
         ev: &Evaluator,
         rlk: &RelinKey,
         keys: &GaloisKeys,
-        enc: &cipherml_he::ckks::Encryptor,
+        enc: &Encryptor,
         x: &CkksTensor,
         rng: &mut R,
     ) -> Result<cipherml_he::ckks::Ciphertext, NnError> {
-        let y = self.infer(ev, rlk, keys, x)?;
-        let y = enc.rerandomize(&y.ct, rng)?;
-        Ok(match &self.flood {
-            Some(p) => ev.flood(&y, p.flood_log2, rng)?,
-            None => y,
-        })
+        let mut eval = CkksEval::new(ev).relin(rlk).galois(keys);
+        let y = self.forward(&mut eval, input_of(x))?;
+        eval.reply(enc, &y, self.flood.map(|p| p.flood_log2), rng)
     }
 
-    /// Server side: evaluates the network on an encrypted input. The result is neither
-    /// re-randomized nor flooded: its noise depends on the weights; return
-    /// [`CkksModel::reply`] to a client instead.
+    /// Server side: evaluates the network on an encrypted input ([`CkksModel::forward`] on
+    /// a [`CkksEval`] with these keys). The result is neither re-randomized nor flooded:
+    /// its noise depends on the weights; return [`CkksModel::reply`] to a client instead.
     pub fn infer(
         &self,
         ev: &Evaluator,
@@ -524,26 +543,43 @@ impl CkksModel {
         keys: &GaloisKeys,
         x: &CkksTensor,
     ) -> Result<CkksTensor, NnError> {
-        run_steps(&self.steps, ev, rlk, keys, x)
+        let mut eval = CkksEval::new(ev).relin(rlk).galois(keys);
+        match self.forward(&mut eval, input_of(x))? {
+            PrivateTensor::Ckks { ct: Some(ct), .. } => Ok(ct),
+            other => Err(NnError::Invalid {
+                what: "CKKS inference",
+                detail: format!("the output is no ciphertext ({:?})", other.shape()),
+            }),
+        }
     }
 }
 
-fn run_steps(
-    steps: &[Step],
-    ev: &Evaluator,
-    rlk: &RelinKey,
-    keys: &GaloisKeys,
-    x: &CkksTensor,
-) -> Result<CkksTensor, NnError> {
-    let mut h = x.clone();
-    for step in steps {
-        h = match step {
-            Step::Linear(map, shape) => map.apply(ev, &h, keys)?.reshape(shape)?,
-            Step::Square => h.square(ev, rlk)?,
-            Step::Poly(c) => h.poly(ev, c, rlk)?,
-            Step::Reshape(shape) => h.reshape(shape)?,
-            Step::Residual(body) => residual_join(ev, &h, &run_steps(body, ev, rlk, keys, &h)?)?,
+/// A server's ciphertext as an engine tensor (level and scale from the ciphertext).
+fn input_of(x: &CkksTensor) -> PrivateTensor {
+    PrivateTensor::Ckks {
+        ct: Some(x.clone()),
+        shape: x.shape().to_vec(),
+        level: x.ct.level(),
+        scale: x.ct.scale(),
+    }
+}
+
+fn forward_all<O: CkksOps>(
+    layers: &[Lowered],
+    ops: &mut O,
+    mut x: PrivateTensor,
+) -> Result<PrivateTensor, NnError> {
+    for l in layers {
+        x = match l {
+            Lowered::Linear(w) => ops.linear_ckks(&x, w)?,
+            Lowered::Square => ops.square(&x)?,
+            Lowered::Poly(c) => ops.poly(&x, c)?,
+            Lowered::Reshape(shape) => ops.reshape(&x, shape)?,
+            Lowered::Residual(body) => {
+                let y = forward_all(body, ops, x.clone())?;
+                ops.add(&x, &y)?
+            }
         };
     }
-    Ok(h)
+    Ok(x)
 }

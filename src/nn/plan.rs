@@ -58,7 +58,7 @@ impl Planner {
             let out: f64 = output.iter().product::<usize>() as f64;
             let mut options: Vec<(Backend, Cost)> = Vec::new();
             match layer {
-                Layer::Dense { .. } => options = cost::dense_options(inp, out, polynomial),
+                Layer::Dense { .. } => options = cost::dense_options(inp, out, polynomial, false),
                 Layer::Conv2d {
                     weight, padding, ..
                 } => {
@@ -68,6 +68,7 @@ impl Planner {
                         (o, kh, kw),
                         out,
                         polynomial.then_some(inp),
+                        false,
                     );
                 }
                 Layer::Relu => options.push((Backend::SharedMillionaire, cost::relu(out))),

@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor, Encoder};
-use cipherml_he::tensor::CkksTensor;
+use cipherml_he::ckks::{Ciphertext as CkksCiphertext, CkksParameters, Decryptor};
 use cipherml_mpc::net::{Channel, ChannelConfig, Stats, TcpChannel};
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
@@ -28,7 +27,7 @@ use crate::protocol::{
     recv, send, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError, ServerMsg, MAX_BATCH,
     PROTOCOL_VERSION,
 };
-use crate::tensor::{LinkKeys, SessionConfig, SessionSetup};
+use crate::tensor::{decrypt_output, encrypt_input, LinkKeys, SessionConfig, SessionSetup};
 pub use crate::tls::ClientTls;
 
 /// How the client connects.
@@ -52,7 +51,6 @@ pub struct ClientOptions {
 struct CkksClient {
     model: CkksModel,
     params: Arc<CkksParameters>,
-    encoder: Encoder,
     decryptor: Decryptor,
     /// The public, relinearization and Galois keys as uploaded, until they are on the
     /// server (uploaded, or cached there).
@@ -213,7 +211,11 @@ impl Client {
         let compiled = match info.mode {
             ModelMode::Hybrid => {
                 // The layout only (zero weights); the flooding is the server's concern.
-                let h = PreparedModel::new(&arch, &SessionConfig::default(), false)?;
+                let config = SessionConfig {
+                    network: info.network.model(),
+                    ..SessionConfig::default()
+                };
+                let h = PreparedModel::new(&arch, &config, false)?;
                 check(HeParams::of_bfv(h.params()))?;
                 Compiled::Hybrid(h)
             }
@@ -227,7 +229,6 @@ impl Client {
                 };
                 let on_server = self.store.is_some() && self.cached.contains(&keys.id);
                 let client = CkksClient {
-                    encoder: Encoder::new(&params),
                     decryptor: Decryptor::new(&params, keys.sk)
                         .map_err(crate::nn::NnError::from)?,
                     model: cm,
@@ -375,32 +376,20 @@ fn ckks_round_trip<C: Channel + ?Sized>(
     x: &ArrayD<f64>,
     output_shape: &[usize],
 ) -> Result<ArrayD<f64>, ProtocolError> {
-    let he = |e: cipherml_he::Error| ProtocolError::from(e);
-    let period = x.len().max(1).next_power_of_two();
-    let slots = c.params.degree() / 2;
+    // The engine's key-owner side: the same encoding and encryption as a session's.
     let flat: Vec<f64> = x.iter().copied().collect();
-    let pt = c
-        .encoder
-        .encode_f64(
-            &CkksTensor::layout(&flat, period, slots),
-            c.model.input_level(),
-            c.params.default_scale(),
-        )
-        .map_err(he)?;
-    let ct = c
-        .decryptor
-        .encrypt_symmetric(&pt, &mut os_rng())
-        .map_err(he)?;
+    let ct = encrypt_input(
+        &c.params,
+        &c.decryptor,
+        &flat,
+        c.model.input_level(),
+        &mut os_rng(),
+    )?;
     ch.send(&ct.to_bytes(&c.params))?;
     expect_ok(ch)?;
     let reply = ch.recv()?;
-    let y = CkksCiphertext::from_bytes(&c.params, &reply).map_err(he)?;
-    let values = c.decryptor.decrypt_f64(&y).map_err(he)?;
-    let len: usize = output_shape.iter().product();
-    let values = values.get(..len).ok_or_else(|| {
-        ProtocolError::Unexpected(format!("{len} outputs announced, {} slots", values.len()))
-    })?;
-    Ok(ArrayD::from_shape_vec(IxDyn(output_shape), values.to_vec()).expect("shape"))
+    let y = CkksCiphertext::from_bytes(&c.params, &reply)?;
+    decrypt_output(&c.decryptor, &y, output_shape)
 }
 
 /// A model compiled on the client's side (from the architecture the server announced).

@@ -22,8 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cipherml_he::bfv::BfvParameters;
-use cipherml_he::ckks::Encryptor as CkksEncryptor;
-use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext};
+use cipherml_he::rlwe::{PublicKey, RlweContext};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -76,13 +75,9 @@ impl std::fmt::Display for KeyId {
 }
 
 /// A client's CKKS evaluation keys for one parameter set and set of Galois elements,
-/// decoded and checked.
-pub struct CkksKeys {
-    /// Re-randomizes every reply (the client's public key).
-    pub(crate) enc: CkksEncryptor,
-    pub(crate) rlk: RelinKey,
-    pub(crate) galois: GaloisKeys,
-}
+/// decoded and checked: the engine's [`crate::tensor::CkksEvalKeys`], which a server's
+/// CKKS evaluation ([`crate::tensor::CkksEval::with_keys`]) uses as they are.
+pub use crate::tensor::CkksEvalKeys as CkksKeys;
 
 /// A client's BFV public key (hybrid mode), decoded and checked.
 pub struct BfvKey {
@@ -91,19 +86,7 @@ pub struct BfvKey {
     pub(crate) params_id: u64,
 }
 
-// Keys are public material, but megabytes of coefficients help no log: `Debug` shows their
-// shape only.
-impl std::fmt::Debug for CkksKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CkksKeys")
-            .field(
-                "galois_elements",
-                &self.galois.elements().collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
+// Keys are public material: `Debug` shows their shape only.
 impl std::fmt::Debug for BfvKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BfvKey")

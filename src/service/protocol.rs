@@ -16,7 +16,7 @@
 //!    id of the bytes if the client keeps its keys) or `Error`;
 //! 3. per request: client `Infer { model, batch }` -> server `Ok` (or `Error`: unknown
 //!    model, batch too large, keys not uploaded) -> for each of the `batch` inputs, the
-//!    hybrid protocol of [`crate::nn::HybridModel`] (the logits revealed to the client only),
+//!    hybrid protocol of [`crate::nn::PreparedModel`] on a [`crate::tensor::Session`] (the logits revealed to the client only),
 //!    or, in CKKS mode, one ciphertext each way; finally `Bye`. Before the first hybrid
 //!    inference of a session (after the `Ok`), both parties set up OT (base OTs in both
 //!    directions), then, unless it was cached, the client sends its BFV public key (one raw
@@ -39,7 +39,7 @@ use cipherml_mpc::net::Channel;
 /// the hellos (cached evaluation keys), OT set-up deferred to the first hybrid inference,
 /// refusals with a [`RefusalCode`]. 6: a model's mode and HE parameters typed
 /// ([`ModelMode`], [`HeParams`]) instead of strings.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;
@@ -323,6 +323,44 @@ impl std::fmt::Display for HeParams {
     }
 }
 
+/// The network a server plans its sessions for, on the wire (integers: bytes per second and
+/// microseconds of round trip). Both parties of a session derive the same choices from it
+/// (which representation runs each layer: the cost model's, as `inspect` prints it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetworkParams {
+    /// Bandwidth, bytes per second (at least 1).
+    pub bandwidth: u64,
+    /// Round-trip time, microseconds.
+    pub rtt_us: u64,
+}
+
+impl NetworkParams {
+    /// A LAN: 1 Gbit/s, 0.2 ms.
+    pub const LAN: Self = Self {
+        bandwidth: 125_000_000,
+        rtt_us: 200,
+    };
+    /// A WAN: 100 Mbit/s, 40 ms.
+    pub const WAN: Self = Self {
+        bandwidth: 12_500_000,
+        rtt_us: 40_000,
+    };
+
+    /// The cost model's network.
+    pub fn model(&self) -> crate::tensor::NetworkModel {
+        crate::tensor::NetworkModel {
+            bandwidth: self.bandwidth.max(1) as f64,
+            rtt: self.rtt_us as f64 / 1e6,
+        }
+    }
+}
+
+impl Default for NetworkParams {
+    fn default() -> Self {
+        Self::LAN
+    }
+}
+
 /// A model the server hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -339,6 +377,8 @@ pub struct ModelInfo {
     pub params: HeParams,
     /// The architecture (what the client learns of the model; no weights).
     pub architecture: crate::nn::Architecture,
+    /// The network the server's sessions plan for (the client makes the same choices).
+    pub network: NetworkParams,
 }
 
 /// Messages from the client. Its `Debug` never prints the bearer token, and cuts model

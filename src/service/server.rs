@@ -17,20 +17,20 @@ use cipherml_he::ckks::{
     Ciphertext as CkksCiphertext, CkksParameters, Encryptor as CkksEncryptor, Evaluator,
 };
 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey};
-use cipherml_he::tensor::CkksTensor;
 use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::share::PartyId;
 
 use crate::metrics::{Metrics, SessionMeter};
 use crate::nn::{
-    CkksFloodConfig, CkksFloodPlan, CkksModel, Mode, NetworkModel, NnError, PreparedModel,
-    Sequential,
+    CkksFloodConfig, CkksFloodPlan, CkksModel, Mode, NnError, PreparedModel, Sequential,
 };
 use crate::protocol::{
-    self, recv, send, Capped, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError,
-    RefusalCode, ServerMsg, MAX_BATCH, MAX_HELD_KEYS, MAX_HELLO_MESSAGE, PROTOCOL_VERSION,
+    self, recv, send, Capped, ClientMsg, HeParams, ModelInfo, ModelMode, NetworkParams,
+    ProtocolError, RefusalCode, ServerMsg, MAX_BATCH, MAX_HELD_KEYS, MAX_HELLO_MESSAGE,
+    PROTOCOL_VERSION,
 };
+use crate::tensor::CkksEval;
 pub use crate::tls::ServerTls;
 
 /// Which execution mode the server may pick for a model.
@@ -83,6 +83,10 @@ pub struct ServerConfig {
     /// Bytes of replies queued for one client at most: a client that does not read blocks
     /// its session, which ends after the timeout.
     pub max_queued_bytes: usize,
+    /// The network the sessions plan for: the cost model's choice of representation for
+    /// each layer (announced to clients, which make the same choices; `inspect --wan`
+    /// prints the plan for [`NetworkParams::WAN`]).
+    pub network: NetworkParams,
 }
 
 /// Optional bearer-token authentication (off by default).
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             max_sessions_per_ip: 8,
             key_memory_budget: 1 << 30,
             max_queued_bytes: 16 << 20,
+            network: NetworkParams::LAN,
         }
     }
 }
@@ -485,6 +490,7 @@ impl Server {
                         mode,
                         params,
                         architecture: m.architecture(),
+                        network: config.network,
                     },
                     engine,
                     max_batch: max_batch.unwrap_or(MAX_BATCH).clamp(1, MAX_BATCH),
@@ -546,6 +552,16 @@ impl Server {
     /// What the hello announces of each hosted model (name, shapes, mode, parameters).
     pub fn model_info(&self) -> Vec<ModelInfo> {
         self.models.values().map(|h| h.info.clone()).collect()
+    }
+
+    /// The CKKS model hosted under `name`, as prepared at bind time (`None` for a hybrid
+    /// or unknown model). Every session applies these same prepared maps (a clone shares
+    /// them: [`crate::tensor::PreparedCkksLinear::applications`] counts the uses).
+    pub fn ckks_model(&self, name: &str) -> Option<&CkksModel> {
+        match &self.models.get(name)?.engine {
+            Engine::Ckks { model, .. } => Some(model),
+            Engine::Hybrid(_) => None,
+        }
     }
 
     /// The address it listens on.
@@ -763,7 +779,7 @@ fn decode_keys(
             model.galois_elements()
         ));
     }
-    Ok(SessionKeys { enc, rlk, galois })
+    Ok(SessionKeys::new(enc, rlk, galois))
 }
 
 /// Looks the client's announced key ids up in the cache: sets up for the session the CKKS
@@ -796,7 +812,7 @@ fn reuse_keys(
                 for (name, hosted) in models {
                     if let Engine::Ckks { model, params, .. } = &hosted.engine {
                         if params.id() == params_id
-                            && k.galois
+                            && k.galois_keys()
                                 .elements()
                                 .eq(model.galois_elements().iter().copied())
                             && !keys.contains_key(name)
@@ -864,18 +880,17 @@ fn ckks_infer(
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
     let ct = CkksCiphertext::from_bytes(params, bytes).map_err(|e| format!("ciphertext: {e}"))?;
-    ct.check_fresh(model.input_level(), params.default_scale())
+    // The engine's CKKS operations with the client's keys, on the server alone.
+    let mut eval = CkksEval::with_keys(ev, keys);
+    let x = eval
+        .input(ct, input_shape, model.input_level())
         .map_err(|e| format!("ciphertext: {e}"))?;
-    let period = input_shape
-        .iter()
-        .product::<usize>()
-        .max(1)
-        .next_power_of_two();
-    let x = CkksTensor::from_ciphertext(ct, input_shape, period).map_err(|e| e.to_string())?;
+    let y = model.forward(&mut eval, x).map_err(|e| e.to_string())?;
     // Re-randomized with the client's public key, and flooded when the model's plan has a
     // flooding (always, when the server chose CKKS on its own).
-    let y = model
-        .reply(ev, &keys.rlk, &keys.galois, &keys.enc, &x, &mut os_rng())
+    let flood = model.flood().map(|p| p.flood_log2);
+    let y = eval
+        .reply(keys.encryptor(), &y, flood, &mut os_rng())
         .map_err(|e| e.to_string())?;
     Ok(y.to_bytes(params))
 }
@@ -895,7 +910,10 @@ fn choose_engine(
     choice: ModeChoice,
     config: &ServerConfig,
 ) -> Result<(Engine, String), ProtocolError> {
-    let sc = crate::tensor::SessionConfig::default();
+    let sc = crate::tensor::SessionConfig {
+        network: config.network.model(),
+        ..crate::tensor::SessionConfig::default()
+    };
     let fc = CkksFloodConfig {
         max_inferences_per_session: config.max_inferences_per_session,
         ..CkksFloodConfig::default()
@@ -974,7 +992,7 @@ fn choose_engine(
             }
         }
         ModeChoice::Auto => {
-            if m.plan(NetworkModel::lan())?.mode != Mode::Ckks {
+            if m.plan(config.network.model())?.mode != Mode::Ckks {
                 return hybrid(
                     "auto: the plan needs the hybrid mode (a non-polynomial layer)".into(),
                 );

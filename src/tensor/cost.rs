@@ -68,6 +68,9 @@ pub enum Backend {
     BfvCoefficient,
     /// A linear layer on secret shares, with a Beaver matrix triple.
     SharedMatrixTriple,
+    /// A linear layer by the server's matrix on secret shares, by correlated OTs in one
+    /// direction (no triple).
+    SharedOtProduct,
     /// A linear layer under CKKS (the diagonal method).
     CkksDiagonal,
     /// ReLU on secret shares: the millionaire protocol, exact.
@@ -96,6 +99,7 @@ impl Backend {
         match self {
             Backend::BfvCoefficient => "BFV coefficient encoding + shares",
             Backend::SharedMatrixTriple => "secret shares (Beaver matrix triple)",
+            Backend::SharedOtProduct => "secret shares (one-way OT product)",
             Backend::CkksDiagonal => "CKKS diagonal method",
             Backend::SharedMillionaire => "secret shares (millionaire, exact)",
             Backend::SharedReluTree => "secret shares (tree of ReLUs, exact)",
@@ -127,6 +131,7 @@ impl Backend {
         matches!(
             self,
             Backend::SharedMatrixTriple
+                | Backend::SharedOtProduct
                 | Backend::SharedMillionaire
                 | Backend::SharedReluTree
                 | Backend::SharedBeaver
@@ -184,16 +189,53 @@ pub fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
     }
 }
 
-/// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT (Gilboa, one
-/// vector OLE per row and column), its openings and the truncation of the result.
+/// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT, its
+/// openings and the truncation of the result. The triple is Gilboa's in both directions:
+/// one correlated OT per bit of each entry of one factor, carrying a column of the other
+/// (16 bytes of IKNP per OT plus the column's `l`-bit elements), in whichever orientation
+/// sends fewer bytes (`cipherml_mpc::triples::ot`).
 pub fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
     let l = 40.0;
+    let per_ot = |width: f64| 16.0 + width * l / 8.0;
+    let triple = 2.0 * k * l * (n * per_ot(m)).min(m * per_ot(n));
     Cost {
-        compute_us: m * k * n * 0.01 + (m * k + k * n) * l * 0.05,
-        bytes: (m * k + k * n) * l * (16.0 + l / 8.0)
-            + 2.0 * (m * k + k * n) * l / 8.0
-            + m * n * TRUNC_BYTES,
+        compute_us: m * k * n * 0.01 + k * m.min(n) * l * 0.2,
+        bytes: triple + 2.0 * (m * k + k * n) * l / 8.0 + m * n * TRUNC_BYTES,
         rounds: 3.0 + 8.0,
+    }
+}
+
+/// `W X` on shares with `W` (`m x k`) the server's, by one-way correlated OTs
+/// (`cipherml_mpc::protocols::arith::matmul_owned`): `k n l` OTs of `m` elements, and the
+/// truncation of the result.
+pub fn ot_product(m: f64, k: f64, n: f64) -> Cost {
+    let l = 40.0;
+    Cost {
+        compute_us: m * k * n * 0.01 + k * n * l * 0.1,
+        bytes: k * n * l * (16.0 + m * l / 8.0) + m * n * TRUNC_BYTES,
+        rounds: 2.0 + 8.0,
+    }
+}
+
+/// An `(m x k) (k x n)` product on shares with a matrix triple from a dealer: the openings
+/// between the parties and the dealer's share of `C` to one of them (seeds aside), and the
+/// truncation of the result.
+pub fn dealer_linear(m: f64, k: f64, n: f64) -> Cost {
+    let l = 40.0;
+    Cost {
+        compute_us: m * k * n * 0.02,
+        bytes: 2.0 * (m * k + k * n) * l / 8.0 + m * n * l / 8.0 + m * n * TRUNC_BYTES,
+        rounds: 2.0 + 8.0,
+    }
+}
+
+/// The shares option for a product by the server's `m x k` matrix: a dealer's triple if
+/// the session has a dealer, else the one-way OT product.
+pub fn shared_option(m: f64, k: f64, n: f64, dealer: bool) -> (Backend, Cost) {
+    if dealer {
+        (Backend::SharedMatrixTriple, dealer_linear(m, k, n))
+    } else {
+        (Backend::SharedOtProduct, ot_product(m, k, n))
     }
 }
 
@@ -209,8 +251,9 @@ pub fn ckks_linear(rows: f64, period: f64) -> Cost {
 }
 
 /// The ways to run a dense layer `inputs -> outputs` (a matrix the server holds), CKKS
-/// only if `ckks` (the network runs in the non-interactive mode).
-pub fn dense_options(inputs: f64, outputs: f64, ckks: bool) -> Vec<(Backend, Cost)> {
+/// only if `ckks` (the network runs in the non-interactive mode); on shares with a
+/// dealer's triples if `dealer`.
+pub fn dense_options(inputs: f64, outputs: f64, ckks: bool, dealer: bool) -> Vec<(Backend, Cost)> {
     let chunk = inputs.min(N);
     let rpb = (N / chunk).floor();
     let mut options = vec![
@@ -218,10 +261,7 @@ pub fn dense_options(inputs: f64, outputs: f64, ckks: bool) -> Vec<(Backend, Cos
             Backend::BfvCoefficient,
             bfv_linear((inputs / chunk).ceil(), (outputs / rpb).ceil(), outputs),
         ),
-        (
-            Backend::SharedMatrixTriple,
-            shared_linear(outputs, inputs, 1.0),
-        ),
+        shared_option(outputs, inputs, 1.0, dealer),
     ];
     if ckks {
         options.push((
@@ -242,6 +282,7 @@ pub fn conv_options(
     (o, kh, kw): (usize, usize, usize),
     outputs: f64,
     ckks: Option<f64>,
+    dealer: bool,
 ) -> Vec<(Backend, Cost)> {
     let hw = (h * w) as f64;
     let group = (N / hw).floor().min(c as f64).max(1.0);
@@ -256,10 +297,7 @@ pub fn conv_options(
                 outputs,
             ),
         ),
-        (
-            Backend::SharedMatrixTriple,
-            shared_linear(outputs / o as f64, (c * kh * kw) as f64, o as f64),
-        ),
+        shared_option(o as f64, (c * kh * kw) as f64, outputs / o as f64, dealer),
     ];
     if let Some(inputs) = ckks {
         options.push((

@@ -12,8 +12,10 @@
 //!   independent of how they were computed), and sends the ciphertext; the client decrypts its share.
 //! - **Client input -> CKKS** ([`Session::encrypt`]): the client encrypts a value it owns;
 //!   the server computes on it (additions, products with its own matrices, squares and
-//!   polynomials) with the keys the client uploads when an operation first needs them, and
-//!   [`Session::reveal`] returns the result to the client.
+//!   polynomials: the operations of [`super::CkksEval`]) with the keys the client uploads
+//!   when an operation first needs them, or the keys the caller gave
+//!   ([`super::SessionSetup::with_ckks`]), and [`Session::reveal`] returns the result to
+//!   the client.
 //! - **Shares -> CKKS** ([`Session::to_ckks`]): the shares' wrap over `Z_2^40` is removed
 //!   with one two-party comparison per element (about the price of a ReLU) and a plaintext
 //!   product that costs two levels; exact up to CKKS precision. Offered for callers; the cost
@@ -33,10 +35,13 @@ use cipherml_he::bfv::{Ciphertext, Decryptor, Encoder, Evaluator};
 use cipherml_he::ckks::{self, CkksParameters, CkksParametersLiteral};
 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml_he::serialize;
-use cipherml_he::tensor::{CkksTensor, CoeffMatVec, LinearMap};
+use cipherml_he::tensor::{CkksTensor, CoeffMatVec};
 use cipherml_mpc::net::Channel;
 use ndarray::ArrayD;
 
+use super::ckks::{
+    decrypt_output, encrypt_input, CkksEval, CkksEvalKeys, CkksSessionKeys, PreparedCkksLinear,
+};
 use super::{PrivateTensor, Role, Session, TensorError};
 
 /// The server's side of a [`PrivateTensor::Bfv`]: one ciphertext per row chunk, and a bound
@@ -49,7 +54,9 @@ pub struct BfvTensorData {
     pub noise_log2: f64,
 }
 
-/// CKKS keys and parameters of a session (created when the first CKKS value is).
+/// CKKS keys and parameters of a session: given by the caller
+/// ([`super::SessionSetup::with_ckks`]), or created when the first CKKS value is (keys
+/// then uploaded when an operation first needs them).
 pub(crate) struct CkksState {
     params: Arc<CkksParameters>,
     ev: ckks::Evaluator,
@@ -58,11 +65,94 @@ pub(crate) struct CkksState {
     /// Server only: the client's public key, to re-randomize what it returns.
     enc: Option<ckks::Encryptor>,
     sk: Option<Arc<SecretKey>>,
+    /// Server: the keys the caller gave.
+    given: Option<Arc<CkksEvalKeys>>,
+    /// Client: the Galois elements of the keys the server was given.
+    given_galois: Vec<usize>,
     /// Server: the relinearization key once uploaded; client: whether it was.
     rlk: Option<RelinKey>,
     rlk_sent: bool,
     /// Galois keys by element set (server); the sets already sent (client).
     galois: BTreeMap<Vec<usize>, Option<GaloisKeys>>,
+}
+
+impl CkksState {
+    /// The state of a session whose CKKS keys the caller set up.
+    pub(super) fn given(
+        params: Arc<CkksParameters>,
+        keys: CkksSessionKeys,
+    ) -> Result<Self, TensorError> {
+        let (dec, sk, given, given_galois) = match keys {
+            CkksSessionKeys::Client { sk, galois } => (
+                Some(ckks::Decryptor::new(&params, sk.clone())?),
+                Some(sk),
+                None,
+                galois,
+            ),
+            CkksSessionKeys::Server(k) => {
+                if k.enc.params().id() != params.id() {
+                    return Err(TensorError::Invalid {
+                        what: "session CKKS keys",
+                        detail: format!(
+                            "keys of parameters {:016x}, the session's are {:016x}",
+                            k.enc.params().id(),
+                            params.id()
+                        ),
+                    });
+                }
+                (None, None, Some(k), Vec::new())
+            }
+        };
+        Ok(Self {
+            ev: ckks::Evaluator::new(&params),
+            params,
+            dec,
+            enc: None,
+            sk,
+            given,
+            given_galois,
+            rlk: None,
+            rlk_sent: true,
+            galois: BTreeMap::new(),
+        })
+    }
+
+    /// Whether the keys the caller gave cover the Galois `elements` (both sides decide
+    /// alike if the caller gave both the same set).
+    fn given_covers(&self, elements: &[usize]) -> bool {
+        match &self.given {
+            Some(k) => {
+                let have: std::collections::BTreeSet<usize> = k.galois.elements().collect();
+                elements.iter().all(|e| have.contains(e))
+            }
+            None => elements.iter().all(|e| self.given_galois.contains(e)),
+        }
+    }
+
+    /// The evaluation with the keys this side holds for an operation that needs the
+    /// Galois `elements` (the server's keys; none on the client, which holds no
+    /// ciphertext).
+    fn eval(&self, elements: &[usize]) -> CkksEval<'_> {
+        let mut e = CkksEval::new(&self.ev);
+        if let Some(k) = &self.given {
+            e = e.relin(&k.rlk);
+            if self.given_covers(elements) {
+                return e.galois(&k.galois);
+            }
+        }
+        if let Some(rlk) = &self.rlk {
+            e = e.relin(rlk);
+        }
+        if let Some(Some(gk)) = self.galois.get(elements) {
+            e = e.galois(gk);
+        }
+        e
+    }
+
+    /// The client's public key (server side).
+    fn encryptor(&self) -> Option<&ckks::Encryptor> {
+        self.given.as_ref().map(|k| &k.enc).or(self.enc.as_ref())
+    }
 }
 
 /// The client's public key on the server's side (set up with the session).
@@ -83,15 +173,10 @@ fn no_ciphertext(what: &'static str) -> TensorError {
     }
 }
 
-/// The level of a CKKS operand, checked to leave `need` levels for `op`.
-fn ckks_level(t: &PrivateTensor, need: usize, op: &'static str) -> Result<usize, TensorError> {
+/// The level of a CKKS operand.
+fn ckks_level(t: &PrivateTensor, op: &'static str) -> Result<usize, TensorError> {
     match t {
-        PrivateTensor::Ckks { level, .. } if *level >= need => Ok(*level),
-        PrivateTensor::Ckks { .. } => Err(TensorError::Unsupported {
-            op,
-            repr: "CKKS",
-            reason: "not enough levels left at these parameters (three)",
-        }),
+        PrivateTensor::Ckks { level, .. } => Ok(*level),
         _ => Err(TensorError::Unsupported {
             op,
             repr: "non-CKKS",
@@ -346,6 +431,8 @@ impl<C: Channel> Session<C> {
                 dec,
                 enc,
                 sk,
+                given: None,
+                given_galois: Vec::new(),
                 rlk: None,
                 rlk_sent: false,
                 galois: BTreeMap::new(),
@@ -397,34 +484,23 @@ impl<C: Channel> Session<C> {
                 });
             }
             let flat: Vec<f64> = value.iter().copied().collect();
-            let pt = ckks::Encoder::new(&params).encode_f64(
-                &CkksTensor::layout(&flat, period, slots),
-                params.max_level(),
-                params.default_scale(),
-            )?;
             let state = self.ckks.as_ref().expect("created");
-            let ct = state
-                .dec
-                .as_ref()
-                .expect("client")
-                .encrypt_symmetric(&pt, self.party.rng())?;
+            let dec = state.dec.as_ref().expect("client");
+            let ct = encrypt_input(&params, dec, &flat, params.max_level(), self.party.rng())?;
             self.party.channel().send(&ct.to_bytes(&params))?;
             self.party.channel().flush()?;
             Ok(PrivateTensor::Ckks {
                 ct: None,
                 shape: shape.to_vec(),
                 level: params.max_level(),
+                scale: params.default_scale(),
             })
         } else {
             let max = serialize::ckks_ciphertext_size(&params, params.max_level(), 2, false)?;
             let msg = self.party.channel().recv_limited(max)?;
             let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
-            ct.check_fresh(params.max_level(), params.default_scale())?;
-            Ok(PrivateTensor::Ckks {
-                ct: Some(CkksTensor::from_ciphertext(ct, shape, period)?),
-                shape: shape.to_vec(),
-                level: params.max_level(),
-            })
+            let state = self.ckks.as_ref().expect("created");
+            CkksEval::new(&state.ev).input(ct, shape, params.max_level())
         }
     }
 
@@ -503,6 +579,7 @@ impl<C: Channel> Session<C> {
                 ct: None,
                 shape,
                 level: top - 2,
+                scale: delta,
             });
         }
         let max = serialize::ckks_ciphertext_size(&params, top, 2, false)?;
@@ -538,10 +615,12 @@ impl<C: Channel> Session<C> {
             ct: Some(CkksTensor::from_ciphertext(x, &shape, period)?),
             shape,
             level: out,
+            scale: delta,
         })
     }
 
-    /// Makes sure the server has the relinearization key (the client sends it once).
+    /// Makes sure the server has the relinearization key (the client sends it once, unless
+    /// the caller gave the keys).
     fn ckks_rlk(&mut self) -> Result<(), TensorError> {
         let state = self.ckks_state()?;
         if state.rlk_sent {
@@ -562,10 +641,11 @@ impl<C: Channel> Session<C> {
         Ok(())
     }
 
-    /// Makes sure the server has Galois keys for exactly `elements` (sent once per set).
+    /// Makes sure the server has Galois keys for exactly `elements` (sent once per set,
+    /// none if the keys the caller gave cover them).
     fn ckks_galois(&mut self, elements: Vec<usize>) -> Result<(), TensorError> {
         let state = self.ckks_state()?;
-        if state.galois.contains_key(&elements) {
+        if state.galois.contains_key(&elements) || state.given_covers(&elements) {
             return Ok(());
         }
         let params = state.params.clone();
@@ -590,8 +670,41 @@ impl<C: Channel> Session<C> {
         Ok(())
     }
 
+    /// Refuses a server matrix under CKKS unless both parties declared it public
+    /// ([`Session::allow_unflooded_ckks`]).
+    fn check_unflooded(&self, op: &'static str) -> Result<(), TensorError> {
+        if self.unflooded_ckks {
+            return Ok(());
+        }
+        Err(TensorError::Unsupported {
+            op,
+            repr: "CKKS",
+            reason: "CKKS results are not noise-flooded, so a server matrix under CKKS is \
+                     not hidden from the client: keep secret weights on BFV or shares, or \
+                     call Session::allow_unflooded_ckks on both sides if they are public",
+        })
+    }
+
+    /// `M x + b` for a CKKS tensor `x` and a map the server prepared once
+    /// ([`PreparedCkksLinear`], at `x`'s level; the client's copy from the shapes): the
+    /// diagonal method, one level, the scale kept; Galois keys uploaded on first use
+    /// unless the caller gave them. Like every server matrix under CKKS it needs
+    /// [`Session::allow_unflooded_ckks`] (CKKS reveals are not flooded).
+    pub fn linear_ckks(
+        &mut self,
+        x: &PrivateTensor,
+        w: &PreparedCkksLinear,
+    ) -> Result<PrivateTensor, TensorError> {
+        ckks_level(x, "linear map")?;
+        self.check_unflooded("linear map")?;
+        self.ckks_galois(w.galois_elements().to_vec())?;
+        let state = self.ckks.as_ref().expect("created");
+        state.eval(w.galois_elements()).linear(x, w)
+    }
+
     /// `x W` for a CKKS vector `x` (shape `(k,)` or `(1, k)`) and `W` `(k, n)` held by the
-    /// server: the diagonal method (one level), Galois keys uploaded on first use.
+    /// server: prepared on the fly at `x`'s level ([`PreparedCkksLinear`]) and applied by
+    /// [`Session::linear_ckks`].
     pub(super) fn ckks_matmul(
         &mut self,
         x: &PrivateTensor,
@@ -607,22 +720,15 @@ impl<C: Channel> Session<C> {
             });
         }
         let n = sw[1];
-        let level = ckks_level(x, 1, "matmul")?;
+        let level = ckks_level(x, "matmul")?;
         if matches!(
             w,
             PrivateTensor::Private {
                 owner: Role::Server,
                 ..
             }
-        ) && !self.unflooded_ckks
-        {
-            return Err(TensorError::Unsupported {
-                op: "matmul",
-                repr: "CKKS",
-                reason: "CKKS results are not noise-flooded, so a server matrix under CKKS is \
-                         not hidden from the client: keep secret weights on BFV or shares, or \
-                         call Session::allow_unflooded_ckks on both sides if they are public",
-            });
+        ) {
+            self.check_unflooded("matmul")?;
         }
         let matrix = match w {
             PrivateTensor::Private {
@@ -651,126 +757,56 @@ impl<C: Channel> Session<C> {
                 })
             }
         };
-        let period = k.max(1).next_power_of_two();
-        let map = LinearMap::new(matrix.view(), None, period)?;
-        let elements = {
-            let state = self.ckks_state()?;
-            let mut e = map.structural_galois_elements(&state.ev);
-            e.sort_unstable();
-            e.dedup();
-            e
-        };
-        self.ckks_galois(elements.clone())?;
-        let mut shape = sx.clone();
+        let mut shape = sx;
         *shape.last_mut().expect("non-empty") = n;
-        let ct = match x {
-            PrivateTensor::Ckks { ct: Some(ct), .. } => {
-                let state = self.ckks.as_ref().expect("created");
-                let gk = state.galois[&elements].as_ref().expect("server");
-                let encoder = ckks::Encoder::new(&state.params);
-                let prepared = map.encode(&encoder, ct.ct.level())?;
-                Some(prepared.apply(&state.ev, ct, gk)?.reshape(&shape)?)
-            }
-            _ => None,
-        };
-        Ok(PrivateTensor::Ckks {
-            ct,
-            shape,
-            level: level - 1,
-        })
+        let params = self.ckks_state()?.params.clone();
+        let prepared =
+            PreparedCkksLinear::new(&params, "matmul", matrix.view(), None, level, &shape)?;
+        self.linear_ckks(x, &prepared)
     }
 
-    /// Elementwise square of a CKKS tensor (one level; the relinearization key is uploaded on
-    /// first use).
+    /// Elementwise square (`coeffs = None`, one level) or polynomial of a CKKS tensor (the
+    /// relinearization key is uploaded on first use unless the caller gave it).
     pub(super) fn ckks_poly(
         &mut self,
         x: &PrivateTensor,
         coeffs: Option<&[f64]>,
     ) -> Result<PrivateTensor, TensorError> {
-        let depth = match coeffs {
-            None => 1,
-            Some(c) => ckks::Evaluator::poly_depth(c.len().saturating_sub(1)),
-        };
-        let level = ckks_level(x, depth, "polynomial")?;
+        ckks_level(x, "polynomial")?;
         self.ckks_rlk()?;
-        let shape = x.shape();
-        let ct = match x {
-            PrivateTensor::Ckks { ct: Some(ct), .. } => {
-                let state = self.ckks.as_ref().expect("created");
-                let rlk = state.rlk.as_ref().expect("server has the key");
-                Some(match coeffs {
-                    None => ct.square(&state.ev, rlk)?,
-                    Some(c) => ct.poly(&state.ev, c, rlk)?,
-                })
-            }
-            _ => None,
-        };
-        Ok(PrivateTensor::Ckks {
-            ct,
-            shape,
-            level: level - depth,
-        })
+        let eval = self.ckks.as_ref().expect("created").eval(&[]);
+        match coeffs {
+            None => eval.square(x),
+            Some(c) => eval.poly(x, c),
+        }
     }
 
-    /// Sum of two CKKS tensors, or of a CKKS tensor and a public value.
+    /// Sum of two CKKS tensors (aligned in level and scale, see [`CkksEval::add`]), or of a
+    /// CKKS tensor and a public value.
     pub(super) fn ckks_add(
         &mut self,
         a: &PrivateTensor,
         b: &PrivateTensor,
         negate_b: bool,
     ) -> Result<PrivateTensor, TensorError> {
-        let shape = a.shape();
-        if shape != b.shape() {
-            return Err(TensorError::Shape {
-                what: "add",
-                left: shape,
-                right: b.shape(),
-            });
-        }
-        let level = ckks_level(a, 0, "add")?;
-        if let PrivateTensor::Ckks { level: lb, .. } = b {
-            if *lb != level {
-                return Err(TensorError::Unsupported {
-                    op: "add",
-                    repr: "CKKS",
-                    reason: "the operands are at different levels; add values computed alike",
-                });
-            }
-        }
-        let ev = &self.ckks_state()?.ev;
-        let ct = match (a, b) {
-            (PrivateTensor::Ckks { ct: Some(x), .. }, PrivateTensor::Ckks { ct: Some(y), .. }) => {
-                let ct = if negate_b {
-                    ev.sub(&x.ct, &y.ct)?
-                } else {
-                    ev.add(&x.ct, &y.ct)?
-                };
-                Some(CkksTensor::from_ciphertext(ct, &shape, x.period())?)
-            }
-            (PrivateTensor::Ckks { ct: Some(x), .. }, PrivateTensor::Public(v)) => {
-                let v = if negate_b { -v } else { v.clone() };
-                Some(x.add_plain(ev, &v)?)
-            }
-            (PrivateTensor::Ckks { .. }, PrivateTensor::Ckks { .. } | PrivateTensor::Public(_)) => {
-                None
-            }
-            _ => {
-                return Err(TensorError::Unsupported {
-                    op: "add",
-                    repr: "CKKS",
-                    reason: "add CKKS tensors to CKKS tensors or public values",
-                })
-            }
-        };
-        Ok(PrivateTensor::Ckks { ct, shape, level })
+        self.ckks_state()?.eval(&[]).add(a, b, negate_b)
+    }
+
+    /// A CKKS tensor with another shape of the same length.
+    pub(super) fn ckks_reshape(
+        &mut self,
+        t: &PrivateTensor,
+        shape: &[usize],
+    ) -> Result<PrivateTensor, TensorError> {
+        self.ckks_state()?.eval(&[]).reshape(t, shape)
     }
 
     /// Reveals a CKKS tensor to the client (the key owner): the server re-randomizes the
     /// ciphertext with the client's public key (so its second polynomial carries nothing
-    /// of the server's operands) and sends it. Its noise is **not flooded**: the session's
-    /// CKKS parameters have no room for a flooding that keeps precision (SECURITY.md,
-    /// "Noise flooding"); do not compute on server secrets under CKKS when they must stay
-    /// hidden from the client.
+    /// of the server's operands) and sends it ([`CkksEval::reply`]). Its noise is **not
+    /// flooded**: the session's CKKS parameters have no room for a flooding that keeps
+    /// precision (SECURITY.md, "Noise flooding"); do not compute on server secrets under
+    /// CKKS when they must stay hidden from the client.
     pub(super) fn ckks_reveal(
         &mut self,
         t: &PrivateTensor,
@@ -786,10 +822,13 @@ impl<C: Channel> Session<C> {
         let shape = t.shape();
         let params = self.ckks_state()?.params.clone();
         match t {
-            PrivateTensor::Ckks { ct: Some(ct), .. } => {
+            PrivateTensor::Ckks { ct: Some(_), .. } => {
                 let state = self.ckks.as_ref().expect("created");
-                let enc = state.enc.as_ref().expect("server");
-                let ct = enc.rerandomize(&ct.ct, self.party.rng())?;
+                let enc = state.encryptor().ok_or(TensorError::Invalid {
+                    what: "session",
+                    detail: "the server's side has no CKKS public key of the client".into(),
+                })?;
+                let ct = state.eval(&[]).reply(enc, t, None, self.party.rng())?;
                 self.party.channel().send(&ct.to_bytes(&params))?;
                 self.party.channel().flush()?;
                 Ok(None)
@@ -801,14 +840,42 @@ impl<C: Channel> Session<C> {
                 let msg = self.party.channel().recv_limited(max)?;
                 let ct = ckks::Ciphertext::from_bytes(&params, &msg)?;
                 let state = self.ckks.as_ref().expect("created");
-                let values = state.dec.as_ref().expect("client").decrypt_f64(&ct)?;
-                let len: usize = shape.iter().product();
-                Ok(Some(
-                    ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values[..len].to_vec())
-                        .expect("shape"),
-                ))
+                let dec = state.dec.as_ref().expect("client");
+                Ok(Some(decrypt_output(dec, &ct, &shape)?))
             }
             _ => Err(no_ciphertext("CKKS tensor")),
         }
+    }
+}
+
+/// A session runs CKKS programs (a `crate::nn::CkksModel`, say) with its own operations:
+/// key uploads on first use, the permission check for server matrices.
+impl<C: Channel> super::CkksOps for Session<C> {
+    fn linear_ckks(
+        &mut self,
+        x: &PrivateTensor,
+        w: &PreparedCkksLinear,
+    ) -> Result<PrivateTensor, TensorError> {
+        Session::linear_ckks(self, x, w)
+    }
+
+    fn square(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        Session::square(self, x)
+    }
+
+    fn poly(&mut self, x: &PrivateTensor, coeffs: &[f64]) -> Result<PrivateTensor, TensorError> {
+        Session::poly(self, x, coeffs)
+    }
+
+    fn add(&mut self, a: &PrivateTensor, b: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
+        Session::add(self, a, b)
+    }
+
+    fn reshape(
+        &mut self,
+        x: &PrivateTensor,
+        shape: &[usize],
+    ) -> Result<PrivateTensor, TensorError> {
+        Session::reshape(self, x, shape)
     }
 }

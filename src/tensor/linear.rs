@@ -135,6 +135,21 @@ impl PreparedLinear {
         bias: Option<ArrayView1<'_, f64>>,
     ) -> Result<Self, TensorError> {
         let f = config.frac_bits;
+        let w = weight.map(|w| w.mapv(|v| quantize(v, f)));
+        Self::dense_quantized(params, config, label, (outputs, inputs), w, bias)
+    }
+
+    /// As [`PreparedLinear::dense`] with the weights already quantized at `2^f` (e.g. a
+    /// server's share of a value it provided with [`Session::input`]).
+    pub fn dense_quantized(
+        params: &Arc<BfvParameters>,
+        config: &SessionConfig,
+        label: &str,
+        (outputs, inputs): (usize, usize),
+        weight: Option<Array2<i64>>,
+        bias: Option<ArrayView1<'_, f64>>,
+    ) -> Result<Self, TensorError> {
+        let f = config.frac_bits;
         let w = match weight {
             Some(w) if w.dim() != (outputs, inputs) => {
                 return Err(TensorError::Shape {
@@ -143,7 +158,7 @@ impl PreparedLinear {
                     right: w.shape().to_vec(),
                 })
             }
-            Some(w) => w.mapv(|v| quantize(v, f)),
+            Some(w) => w,
             None => Array2::zeros((outputs, inputs)),
         };
         if bias.is_some_and(|b| b.len() != outputs) {
@@ -154,7 +169,8 @@ impl PreparedLinear {
             });
         }
         check_cap(label, w.iter().copied(), config.weight_cap(), f)?;
-        let options = cost::dense_options(inputs as f64, outputs as f64, false);
+        let dealer = matches!(config.triples, super::Triples::Dealer { .. });
+        let options = cost::dense_options(inputs as f64, outputs as f64, false, dealer);
         let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
             let he = CoeffMatVec::new_capped(&Encoder::new(params), w.view(), config.weight_cap())?;
@@ -228,6 +244,7 @@ impl PreparedLinear {
             (o, kh, kw),
             outputs,
             None,
+            matches!(config.triples, super::Triples::Dealer { .. }),
         );
         let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
@@ -327,6 +344,7 @@ impl<C: Channel> Session<C> {
             shape: w.output_shape.clone(),
             frac_bits: 2 * self.fixed.frac_bits(),
             nonneg: false,
+            held_by: None,
         })
     }
 
@@ -342,38 +360,17 @@ impl<C: Channel> Session<C> {
                 he: Some(he),
                 weight,
             } => {
-                let positions = he.output_positions();
-                let flood_bits = self.reveal_flood_bits(positions.len())?;
-                match &self.sk {
-                    Some(sk) => {
+                return self.bfv_linear(
+                    w,
+                    he.output_positions(),
+                    he.input_chunks(),
+                    |encoder| {
                         let xi: Vec<i64> = xs.iter().map(|&v| v as i64).collect();
-                        let pts = he.encode_input(&Encoder::new(&self.params), &xi)?;
-                        crate::link::bfv_linear_client(
-                            &self.params,
-                            ring,
-                            &mut self.party,
-                            sk,
-                            &pts,
-                            &positions,
-                        )?
-                    }
-                    None => {
-                        let mut y_s = matvec_ring(ring, weight, xs);
-                        add_signed(ring, &mut y_s, &w.bias);
-                        return crate::link::bfv_linear_server(
-                            &self.params,
-                            ring,
-                            flood_bits,
-                            &mut self.party,
-                            super::he::server_key(&self.rerand)?,
-                            he.input_chunks(),
-                            &positions,
-                            w.noise_log2,
-                            y_s,
-                            |ev, cts| he.apply(ev, cts),
-                        );
-                    }
-                }
+                        he.encode_input(encoder, &xi)
+                    },
+                    || matvec_ring(ring, weight, xs),
+                    |ev, cts| he.apply(ev, cts),
+                )
             }
             Kind::Conv {
                 he: Some(he),
@@ -382,48 +379,25 @@ impl<C: Channel> Session<C> {
                 stride,
                 padding,
             } => {
-                let positions = he.output_positions();
-                let flood_bits = self.reveal_flood_bits(positions.len())?;
-                match &self.sk {
-                    Some(sk) => {
+                return self.bfv_linear(
+                    w,
+                    he.output_positions(),
+                    he.input_groups(),
+                    |encoder| {
                         let x3 = ndarray::Array3::from_shape_vec(
                             *input,
                             xs.iter().map(|&v| v as i64).collect(),
                         )
                         .expect("shape checked");
-                        let pts = he.encode_input(&Encoder::new(&self.params), x3.view())?;
-                        crate::link::bfv_linear_client(
-                            &self.params,
-                            ring,
-                            &mut self.party,
-                            sk,
-                            &pts,
-                            &positions,
-                        )?
-                    }
-                    None => {
-                        let mut y_s = conv_ring(ring, xs, weight, *input, *stride, *padding);
-                        add_signed(ring, &mut y_s, &w.bias);
-                        return crate::link::bfv_linear_server(
-                            &self.params,
-                            ring,
-                            flood_bits,
-                            &mut self.party,
-                            super::he::server_key(&self.rerand)?,
-                            he.input_groups(),
-                            &positions,
-                            w.noise_log2,
-                            y_s,
-                            |ev, cts| he.apply(ev, cts),
-                        );
-                    }
-                }
+                        he.encode_input(encoder, x3.view())
+                    },
+                    || conv_ring(ring, xs, weight, *input, *stride, *padding),
+                    |ev, cts| he.apply(ev, cts),
+                )
             }
             Kind::Dense { he: None, weight } => {
                 let (m, k) = weight.dim();
-                let w_share = self.trivial_share(weight.iter().copied());
-                let t = self.triples.matrix(&mut self.party, ring, m, k, 1)?;
-                arith::matmul(&mut self.party, &w_share, xs, &t)?
+                self.shares_product(w.chosen, weight.iter().copied(), xs, (m, k, 1))?
             }
             Kind::Conv {
                 he: None,
@@ -435,17 +409,98 @@ impl<C: Channel> Session<C> {
                 let (o, c, kh, kw) = weight.dim();
                 let patches = conv_patches(xs, *input, (kh, kw), *stride, *padding);
                 let cols = patches.len() / (c * kh * kw);
-                let w_share = self.trivial_share(weight.iter().copied());
-                let t = self
-                    .triples
-                    .matrix(&mut self.party, ring, o, c * kh * kw, cols)?;
-                arith::matmul(&mut self.party, &w_share, &patches, &t)?
+                self.shares_product(
+                    w.chosen,
+                    weight.iter().copied(),
+                    &patches,
+                    (o, c * kh * kw, cols),
+                )?
             }
         };
         if server {
             add_signed(ring, &mut y, &w.bias);
         }
         Ok(y)
+    }
+
+    /// One linear map under BFV through the link protocol: the client encrypts its share
+    /// (`encode`), the server adds its own part `W x_s + b` (`server_part`) to the masked
+    /// result of `apply` on the client's ciphertexts (`inputs` of them), flooded for the
+    /// session; each party returns its share of the outputs at `positions`.
+    #[allow(clippy::too_many_arguments)]
+    fn bfv_linear(
+        &mut self,
+        w: &PreparedLinear,
+        positions: Vec<(usize, usize)>,
+        inputs: usize,
+        encode: impl FnOnce(&Encoder) -> cipherml_he::Result<Vec<cipherml_he::bfv::Plaintext>>,
+        server_part: impl FnOnce() -> Vec<u64>,
+        apply: impl Fn(
+            &cipherml_he::bfv::Evaluator,
+            &[cipherml_he::bfv::Ciphertext],
+        ) -> cipherml_he::Result<Vec<cipherml_he::bfv::Ciphertext>>,
+    ) -> Result<Vec<u64>, TensorError> {
+        let ring = self.fixed.ring();
+        let flood_bits = self.reveal_flood_bits(positions.len())?;
+        match &self.sk {
+            Some(sk) => {
+                let pts = encode(&Encoder::new(&self.params))?;
+                crate::link::bfv_linear_client(
+                    &self.params,
+                    ring,
+                    &mut self.party,
+                    sk,
+                    &pts,
+                    &positions,
+                )
+            }
+            None => {
+                let mut y_s = server_part();
+                add_signed(ring, &mut y_s, &w.bias);
+                crate::link::bfv_linear_server(
+                    &self.params,
+                    ring,
+                    flood_bits,
+                    &mut self.party,
+                    super::he::server_key(&self.rerand)?,
+                    inputs,
+                    &positions,
+                    w.noise_log2,
+                    y_s,
+                    apply,
+                )
+            }
+        }
+    }
+
+    /// `W X` on shares for the server's `W` (`m x k`) and shared `X` (`k x n`): by the
+    /// one-way OT product, or with a Beaver matrix triple (a dealer's) on the trivial
+    /// sharing of `W`.
+    fn shares_product(
+        &mut self,
+        backend: Backend,
+        weight: impl ExactSizeIterator<Item = i64>,
+        x: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, TensorError> {
+        let ring = self.fixed.ring();
+        let w_share = self.trivial_share(weight);
+        Ok(if backend == Backend::SharedOtProduct {
+            let mine = (self.role == super::Role::Server).then_some(w_share.as_slice());
+            arith::matmul_owned(
+                &mut self.party,
+                ring,
+                cipherml_mpc::share::PartyId::P1,
+                mine,
+                x,
+                m,
+                k,
+                n,
+            )?
+        } else {
+            let t = self.triples.matrix(&mut self.party, ring, m, k, n)?;
+            arith::matmul(&mut self.party, &w_share, x, &t)?
+        })
     }
 
     /// The server's trivial share of its own values (the values themselves); the client's

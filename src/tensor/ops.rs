@@ -49,6 +49,7 @@ impl<C: Channel> Session<C> {
                 shape: shape.clone(),
                 frac_bits: *frac_bits,
                 nonneg: false,
+                held_by: None,
             },
             PrivateTensor::Bfv { data, shape } => {
                 let ev = cipherml_he::bfv::Evaluator::new(&self.params);
@@ -121,6 +122,7 @@ impl<C: Channel> Session<C> {
             shape: a.shape(),
             frac_bits: 2 * f,
             nonneg: false,
+            held_by: None,
         })
     }
 
@@ -170,6 +172,7 @@ impl<C: Channel> Session<C> {
             shape,
             frac_bits,
             nonneg: true,
+            held_by: None,
         })
     }
 
@@ -205,6 +208,7 @@ impl<C: Channel> Session<C> {
             shape: vec![c, ho, wo],
             frac_bits,
             nonneg,
+            held_by: None,
         })
     }
 
@@ -232,6 +236,7 @@ impl<C: Channel> Session<C> {
             shape: vec![c, ho, wo],
             frac_bits: 2 * f,
             nonneg: false,
+            held_by: None,
         })
     }
 
@@ -324,12 +329,14 @@ impl<C: Channel> Session<C> {
                 share,
                 frac_bits,
                 nonneg,
+                held_by,
                 ..
             } => PrivateTensor::Shared {
                 share: share.clone(),
                 shape,
                 frac_bits: *frac_bits,
                 nonneg: *nonneg,
+                held_by: *held_by,
             },
             PrivateTensor::Bfv { data, .. } if old.last() == shape.last() => PrivateTensor::Bfv {
                 data: data.clone(),
@@ -339,11 +346,7 @@ impl<C: Channel> Session<C> {
                 let (share, _) = self.shares_of(t)?;
                 self.shared(share, shape)
             }
-            PrivateTensor::Ckks { ct, level, .. } => PrivateTensor::Ckks {
-                ct: ct.as_ref().map(|c| c.reshape(&shape)).transpose()?,
-                shape,
-                level: *level,
-            },
+            PrivateTensor::Ckks { .. } => self.ckks_reshape(t, &shape)?,
         })
     }
 

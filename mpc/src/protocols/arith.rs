@@ -66,6 +66,82 @@ pub fn matmul<C: Channel, R: RngCore + CryptoRng>(
     Ok(z)
 }
 
+/// `W X` where party `owner` holds `W` (`m x k`, row-major) in the clear and `X` (`k x n`)
+/// is shared: correlated OTs in one direction, no triple. The other party chooses with
+/// each bit of each entry of its share of `X`; the owner's correlation is the matching
+/// column of `W` shifted by the bit's weight (`k n l` OTs of `m` elements: `16 + m l / 8`
+/// bytes each, half of a Beaver matrix triple from OT, whose Gilboa products run both
+/// ways, and no openings). The owner adds `W` times its own share locally. `w` is `Some`
+/// on the owner's side only. Both parties get their share of `W X` (`m x n`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_owned<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    owner: crate::share::PartyId,
+    w: Option<&[u64]>,
+    x: &[u64],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<Vec<u64>> {
+    check_len("matmul_owned: X size", k * n, x.len())?;
+    let l = ring.bits() as usize;
+    let mut z = vec![0u64; m * n];
+    if m == 0 || k * n == 0 {
+        return Ok(z);
+    }
+    let parts = p.parts();
+    if parts.id == owner {
+        let w = w.ok_or(Error::InvalidInput {
+            what: "matmul_owned: the owner's matrix",
+            expected: (m * k) as u64,
+            found: 0,
+        })?;
+        check_len("matmul_owned: W size", m * k, w.len())?;
+        let mut deltas = Vec::with_capacity(k * n * l * m);
+        for t in 0..k {
+            for _j in 0..n {
+                for b in 0..l {
+                    deltas.extend((0..m).map(|i| ring.reduce(w[i * k + t] << b)));
+                }
+            }
+        }
+        let m0 = parts.ot_send.send_correlated(parts.ch, ring, &deltas, m)?;
+        z = ring.matmul(w, x, m, k, n);
+        for t in 0..k {
+            for j in 0..n {
+                for b in 0..l {
+                    let base = ((t * n + j) * l + b) * m;
+                    for i in 0..m {
+                        z[i * n + j] = ring.sub(z[i * n + j], m0[base + i]);
+                    }
+                }
+            }
+        }
+    } else {
+        let mut choices = Vec::with_capacity(k * n * l);
+        for &v in x {
+            choices.extend((0..l).map(|b| ((v >> b) & 1) as u8));
+        }
+        let pending = parts
+            .ot_recv
+            .start_receive_correlated(parts.ch, ring, &choices, m)?;
+        parts.ch.flush()?;
+        let got = crate::ot::OtReceiver::finish_receive_correlated(parts.ch, pending)?;
+        for t in 0..k {
+            for j in 0..n {
+                for b in 0..l {
+                    let base = ((t * n + j) * l + b) * m;
+                    for i in 0..m {
+                        z[i * n + j] = ring.add(z[i * n + j], got[base + i]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(z)
+}
+
 /// Probabilistic local truncation by `f` bits (SecureML): no communication. For a signed
 /// value with `|x| < 2^lx`, the result is `floor(x / 2^f)` or one more, except with
 /// probability at most `2^(lx + 1 - l)`, when it is wrong by about `2^(l - f)`.

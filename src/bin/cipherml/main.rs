@@ -67,6 +67,11 @@ enum Command {
         /// runs CKKS unflooded: only for models whose weights are not secret.
         #[arg(long, default_value = "auto", value_parser = ["auto", "hybrid", "ckks", "ckks-public-weights"])]
         mode: String,
+        /// Plan the sessions for a WAN (100 Mbit/s, 40 ms) instead of a LAN (1 Gbit/s,
+        /// 0.2 ms): the cost model's choice of representation per layer, as `inspect --wan`
+        /// prints it; announced to clients, which make the same choices.
+        #[arg(long)]
+        wan: bool,
         /// Require the bearer token in this file (its first line) from clients; without
         /// it, the token in the environment variable CIPHERML_TOKEN, or none. Never on the
         /// command line (other users see it). Use it with TLS on a network.
@@ -170,6 +175,7 @@ fn main() {
             listen,
             max_sessions,
             mode,
+            wan,
             token_file,
             tls_cert,
             tls_key,
@@ -189,7 +195,7 @@ fn main() {
                 specs,
                 &listen,
                 admin_listen.as_deref(),
-                (max_sessions, mode),
+                (max_sessions, mode, wan),
                 token,
                 tls_cert.zip(tls_key),
             )
@@ -545,7 +551,7 @@ fn serve(
     models: Vec<ModelSpec>,
     listen: &str,
     admin_listen: Option<&str>,
-    (max_sessions, mode): (usize, ModeChoice),
+    (max_sessions, mode, wan): (usize, ModeChoice, bool),
     token: Option<String>,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Res {
@@ -570,6 +576,11 @@ fn serve(
     let config = cipherml::server::ServerConfig {
         max_sessions,
         mode,
+        network: if wan {
+            cipherml::protocol::NetworkParams::WAN
+        } else {
+            cipherml::protocol::NetworkParams::LAN
+        },
         ..Default::default()
     };
     let mut server =
