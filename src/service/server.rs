@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// each layer (announced to clients, which make the same choices; `inspect --wan`
     /// prints the plan for [`NetworkParams::WAN`]).
     pub network: NetworkParams,
+    /// Threads of the sessions' HE work: one rayon pool of this many threads shared by
+    /// every session (0: rayon's global pool, sized by `RAYON_NUM_THREADS`).
+    pub threads: usize,
 }
 
 /// Optional bearer-token authentication (off by default).
@@ -137,6 +140,7 @@ impl Default for ServerConfig {
             key_memory_budget: 1 << 30,
             max_queued_bytes: 16 << 20,
             network: NetworkParams::LAN,
+            threads: 0,
         }
     }
 }
@@ -351,6 +355,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     key_cache: Arc<KeyCache>,
+    /// The sessions' HE pool ([`ServerConfig::threads`]).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// A model to host, with its mode choice ([`Server::bind_models`]).
@@ -497,8 +503,21 @@ impl Server {
                 },
             );
         }
+        let pool = match config.threads {
+            0 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| ProtocolError::Invalid {
+                        what: "server threads",
+                        detail: format!("{n} threads: {e}"),
+                    })?,
+            )),
+        };
         let listener = TcpListener::bind(addr).map_err(|e| ProtocolError::Mpc(e.into()))?;
         Ok(Self {
+            pool,
             listener,
             models: Arc::new(map),
             config,
@@ -624,12 +643,20 @@ impl Server {
             let tls = self.tls.clone();
             let key_cache = self.key_cache.clone();
             let mut meter = self.metrics.session();
+            let pool = self.pool.clone();
             std::thread::spawn(move || {
                 // Released when this thread ends, panic or not.
                 let _slot = slot;
                 let t = Instant::now();
-                let result = open(stream, cfg, tls.as_ref(), limits.handshake_timeout)
-                    .and_then(|ch| session(ch, &models, &auth, &key_cache, &mut meter, &limits));
+                let run = || {
+                    open(stream, cfg, tls.as_ref(), limits.handshake_timeout)
+                        .and_then(|ch| session(ch, &models, &auth, &key_cache, &mut meter, &limits))
+                };
+                // The session's HE work runs in the server's pool, if it has one.
+                let result = match &pool {
+                    Some(pool) => pool.install(run),
+                    None => run(),
+                };
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 match result {
                     Ok((n, bytes)) => tracing::info!(inferences = n, bytes, ms, "session closed"),

@@ -53,8 +53,9 @@ pub struct SessionConfig {
     /// Where Beaver triples come from.
     pub triples: Triples,
     /// Threads of this party's HE work: [`run_local_with`](super::run_local_with) runs
-    /// each party in a rayon pool of this many threads, and a server or client runs its
-    /// session's work in one ([`SessionConfig::thread_pool`]); 0: rayon's global pool.
+    /// each party in a rayon pool of this many threads ([`SessionConfig::thread_pool`]);
+    /// a server runs its sessions in one pool of `ServerConfig::threads`; 0: rayon's
+    /// global pool.
     pub threads: usize,
 }
 

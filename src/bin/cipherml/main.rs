@@ -72,6 +72,10 @@ enum Command {
         /// prints it; announced to clients, which make the same choices.
         #[arg(long)]
         wan: bool,
+        /// Threads for the sessions' HE work, one pool shared by all sessions (default:
+        /// rayon's global pool, one thread per core or RAYON_NUM_THREADS).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Require the bearer token in this file (its first line) from clients; without
         /// it, the token in the environment variable CIPHERML_TOKEN, or none. Never on the
         /// command line (other users see it). Use it with TLS on a network.
@@ -176,6 +180,7 @@ fn main() {
             max_sessions,
             mode,
             wan,
+            threads,
             token_file,
             tls_cert,
             tls_key,
@@ -195,7 +200,7 @@ fn main() {
                 specs,
                 &listen,
                 admin_listen.as_deref(),
-                (max_sessions, mode, wan),
+                (max_sessions, mode, wan, threads),
                 token,
                 tls_cert.zip(tls_key),
             )
@@ -551,7 +556,7 @@ fn serve(
     models: Vec<ModelSpec>,
     listen: &str,
     admin_listen: Option<&str>,
-    (max_sessions, mode, wan): (usize, ModeChoice, bool),
+    (max_sessions, mode, wan, threads): (usize, ModeChoice, bool, usize),
     token: Option<String>,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Res {
@@ -581,6 +586,7 @@ fn serve(
         } else {
             cipherml::protocol::NetworkParams::LAN
         },
+        threads,
         ..Default::default()
     };
     let mut server =
