@@ -320,3 +320,54 @@ fn served_sessions_follow_the_configured_network() {
         client.close().unwrap();
     }
 }
+
+/// A polynomial network given a CKKS tensor stays under CKKS: `Sequential::forward_private`
+/// lowers it to the engine's CKKS operations (the CKKS mode's lowering), and the revealed
+/// output matches the plaintext model; without `allow_unflooded_ckks` the server's weights
+/// are refused under unflooded CKKS (typed error on both sides).
+#[test]
+fn a_ckks_input_runs_the_model_under_ckks() {
+    let mut rng = ChaCha20Rng::seed_from_u64(31);
+    let mut u = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.random_range(-0.5..0.5)).collect() };
+    let m = Sequential::new(vec![6])
+        .add(Layer::Dense {
+            weight: Array2::from_shape_vec((4, 6), u(24)).unwrap(),
+            bias: Array1::from(u(4)),
+        })
+        .add(Layer::Square)
+        .add(Layer::Dense {
+            weight: Array2::from_shape_vec((3, 4), u(12)).unwrap(),
+            bias: Array1::from(u(3)),
+        });
+    let x = ArrayD::from_shape_vec(vec![6], u(6)).unwrap();
+    let want = m.predict(&x).unwrap();
+    let arch = Sequential::from_architecture(&m.architecture()).unwrap();
+    for allow in [true, false] {
+        let (m2, a2, x2) = (m.clone(), arch.clone(), x.clone());
+        let (client, server) = cipherml::tensor::run_local(move |s| {
+            if allow {
+                s.allow_unflooded_ckks();
+            }
+            let x0 = x2.clone();
+            let input = s.encrypt(Role::Client, &[6], move || x0)?;
+            let own = if s.role() == Role::Server { &m2 } else { &a2 };
+            let y = own.forward_private(s, input)?;
+            assert!(matches!(y, PrivateTensor::Ckks { .. }), "stays under CKKS");
+            s.reveal(&y, Role::Client)
+        })
+        .map(|(c, s)| (Some(c), Some(s)))
+        .unwrap_or((None, None));
+        if allow {
+            let got = client.unwrap().unwrap();
+            assert!(server.unwrap().is_none());
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!((g - w).abs() < 1e-3, "CKKS {g} vs plaintext {w}");
+            }
+        } else {
+            assert!(
+                client.is_none(),
+                "server weights under unflooded CKKS must be refused"
+            );
+        }
+    }
+}

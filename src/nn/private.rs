@@ -408,12 +408,24 @@ impl Layer {
 impl Sequential {
     /// The model on a private tensor, as session operations: both parties call it, the
     /// server with the model, the client with its architecture
-    /// ([`Sequential::from_architecture`]). Returns the output as the engine leaves it.
+    /// ([`Sequential::from_architecture`]). A shared, private or BFV input runs in the
+    /// hybrid mode; a CKKS input stays under CKKS (polynomial networks; a server matrix
+    /// under unflooded CKKS needs [`Session::allow_unflooded_ckks`]). Returns the output
+    /// as the engine leaves it.
     pub fn forward_private<C: Channel>(
         &self,
         s: &mut Session<C>,
         x: PrivateTensor,
     ) -> Result<PrivateTensor, NnError> {
+        // A CKKS input stays under CKKS: the model lowers to the engine's CKKS operations
+        // (linear maps by the diagonal method, squares, polynomials, aligned residual
+        // sums; a layer CKKS cannot run is refused), as the CKKS mode does.
+        if let PrivateTensor::Ckks { level, .. } = &x {
+            let level = *level;
+            let params = s.ckks_params()?;
+            let model = super::CkksModel::compile(self, &params, level)?;
+            return model.forward(s, x);
+        }
         let params = s.params().clone();
         let config = s.config().clone();
         PreparedModel::with_params(self, &config, params, s.role() == Role::Server)?.forward(s, x)

@@ -402,6 +402,13 @@ impl<C: Channel> Session<C> {
         Ok(out)
     }
 
+    /// The session's CKKS parameters (created with the session's first CKKS value, or
+    /// now, with the client's public key sent to the server: both parties call it at the
+    /// same point).
+    pub fn ckks_params(&mut self) -> Result<Arc<CkksParameters>, TensorError> {
+        Ok(self.ckks_state()?.params.clone())
+    }
+
     fn ckks_state(&mut self) -> Result<&mut CkksState, TensorError> {
         if self.ckks.is_none() {
             // N = 8192 with three 36-bit levels (a product with a matrix and a cubic, say).
