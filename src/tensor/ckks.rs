@@ -3,7 +3,7 @@
 //! squares, polynomials, sums with level and scale alignment, reshapes, and the reply to
 //! the key owner. [`CkksEval`] runs them; a [`Session`](super::Session) runs its CKKS
 //! operations through it (adding key uploads, permission checks and reveals), and so does
-//! a CKKS model (`crate::nn::CkksModel`) on a server, which needs no two-party set-up: CKKS
+//! a CKKS model (the model layer's `CkksModel`) on a server, which needs no two-party set-up: CKKS
 //! evaluation is local to the server.
 //!
 //! Every operation takes and returns [`PrivateTensor::Ckks`] values, whose level and scale
@@ -581,7 +581,7 @@ impl<'a> CkksEval<'a> {
     /// with `flood_log2`, its noise flooded by a uniform noise of `2^flood_log2` per
     /// coefficient ([`Evaluator::flood`]), so that the noise no longer depends on the
     /// server's operands. The bound the flooding is sized from is the caller's (a model's
-    /// flood plan, `crate::nn::CkksFloodPlan`).
+    /// flood plan, the model layer's `CkksFloodPlan`).
     pub fn reply<R: rand::RngCore + rand::CryptoRng + ?Sized>(
         &self,
         enc: &ckks::Encryptor,
@@ -649,7 +649,7 @@ pub fn decrypt_output(
 
 /// What a CKKS program needs from its runner: a [`Session`](super::Session) (both parties,
 /// key uploads on first use) or a [`CkksEval`] (the server alone, keys given). A model
-/// written against it (`crate::nn::CkksModel::forward`) runs on either.
+/// written against it (the model layer's `CkksModel::forward`) runs on either.
 pub trait CkksOps {
     /// `M x + b` by a prepared map.
     fn linear_ckks(

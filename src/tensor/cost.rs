@@ -1,6 +1,6 @@
 //! The cost model: what each representation costs to run an operation (estimated compute
 //! time, bytes and rounds) and the network model that turns it into time. The engine's
-//! dispatch ([`super::Session`]) and the model planner (`crate::nn::Plan`) use these same
+//! dispatch ([`super::Session`]) and the model planner (the model layer's `Plan`) use these same
 //! functions, so the plan that `explain` prints is the plan that runs.
 //!
 //! The constants are calibrated from `cargo run --release --example bench` on a 2-core AMD

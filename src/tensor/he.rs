@@ -855,7 +855,7 @@ impl<C: Channel> Session<C> {
     }
 }
 
-/// A session runs CKKS programs (a `crate::nn::CkksModel`, say) with its own operations:
+/// A session runs CKKS programs (a model layer's `CkksModel`, say) with its own operations:
 /// key uploads on first use, the permission check for server matrices.
 impl<C: Channel> super::CkksOps for Session<C> {
     fn linear_ckks(

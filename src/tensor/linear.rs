@@ -3,7 +3,7 @@
 //! encoded as BFV plaintexts, the representation chosen by the cost model) and applied by
 //! [`Session::linear`] in every inference. [`Session::matmul`] and [`Session::conv2d`] with
 //! a server matrix go through the same path, preparing on the fly; a model
-//! (`crate::nn::PreparedModel`) prepares once and a server caches it across sessions.
+//! (the model layer's `PreparedModel`) prepares once and a server caches it across sessions.
 //!
 //! Under BFV (coefficient encoding, Cheetah): the client encrypts its share, the server
 //! applies the weights under HE and adds its own part `W x_s + b` in the clear; the

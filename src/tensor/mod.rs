@@ -12,7 +12,7 @@
 //! not converted back to shares). Non-linear operations run on shares with
 //! exact two-party protocols.
 //!
-//! This is the crate's one private-execution engine: models (`crate::nn`) lower each layer
+//! This is the crate's one private-execution engine: models (the model layer above it) lower each layer
 //! to these operations, and the server and client run them. What makes inference cheap is
 //! a property of the tensors, so every program gets it: a shared tensor carries the scale
 //! of its fixed-point encoding — a product leaves it at `2^2f` and its truncation pending
