@@ -27,12 +27,9 @@ impl Drop for Dealer {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-#[test]
-fn two_parties_multiply_with_triples_from_a_dealer_process() {
+/// `cipherml dealer` for one session, its stdout after the first line, and that line
+/// (`listening on ADDR`).
+fn spawn_dealer() -> (Dealer, BufReader<std::process::ChildStdout>, String) {
     let mut dealer = Dealer(
         Command::new(env!("CARGO_BIN_EXE_cipherml"))
             .args(["dealer", "--listen", "127.0.0.1:0", "--sessions", "1"])
@@ -44,6 +41,16 @@ fn two_parties_multiply_with_triples_from_a_dealer_process() {
     let mut out = BufReader::new(dealer.0.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
+    (dealer, out, first)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn two_parties_multiply_with_triples_from_a_dealer_process() {
+    let (mut dealer, mut out, first) = spawn_dealer();
     let addr = first
         .strip_prefix("listening on ")
         .expect("first line: listening on ADDR")
@@ -121,17 +128,7 @@ fn a_model_runs_with_the_dealer_as_a_third_process() {
     use cipherml::tensor::{run_local_with, Role, SessionConfig, Triples};
     use ndarray::{Array1, Array2, ArrayD};
 
-    let mut dealer = Dealer(
-        Command::new(env!("CARGO_BIN_EXE_cipherml"))
-            .args(["dealer", "--listen", "127.0.0.1:0", "--sessions", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut out = BufReader::new(dealer.0.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
+    let (mut dealer, mut out, first) = spawn_dealer();
     let addr: std::net::SocketAddr = first
         .strip_prefix("listening on ")
         .expect("first line: listening on ADDR")
