@@ -121,6 +121,27 @@ pub enum Error {
         /// The body's output shape.
         body_output: Vec<usize>,
     },
+    /// A class label that is not an integer in `[0, classes)`.
+    #[error("label {label} at index {index} is not a class in [0, {classes})")]
+    LabelOutOfRange {
+        /// Index of the sample.
+        index: usize,
+        /// The label.
+        label: f64,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// Training stopped in a batch: the peer gone, a protocol error, ... The weights are
+    /// those after the last completed batch.
+    #[error("training stopped at epoch {epoch}, batch {batch}: {source}")]
+    Training {
+        /// The epoch (from 0).
+        epoch: usize,
+        /// The batch of that epoch (from 0; the number of batches: the epoch's metrics).
+        batch: usize,
+        /// What went wrong.
+        source: Box<Error>,
+    },
     /// An input value is not finite.
     #[error("input value {value} at index {index} is not finite")]
     NonFinite {

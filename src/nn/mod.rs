@@ -6,6 +6,7 @@ mod layers;
 mod onnx;
 pub(crate) mod plan;
 mod private;
+mod train;
 pub mod zoo;
 
 pub use cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
@@ -14,6 +15,7 @@ pub use layers::Layer;
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
 pub use plan::{Backend, Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 pub use private::PreparedModel;
+pub use train::{one_hot, EpochReport, FitOptions, History, Loss, Optimizer, Progress, Trainer};
 
 use ndarray::ArrayD;
 

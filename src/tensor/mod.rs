@@ -98,6 +98,7 @@ pub type TensorError = crate::Error;
 mod ckks;
 mod config;
 pub mod cost;
+mod grad;
 mod he;
 pub(crate) mod kernels;
 mod linear;
@@ -107,8 +108,9 @@ pub use ckks::{
     decrypt_output, encrypt_input, CkksEval, CkksEvalKeys, CkksOps, CkksSessionKeys,
     PreparedCkksLinear,
 };
-pub use config::{SessionConfig, Triples};
+pub use config::{SessionConfig, Triples, MAX_BFV_RING_BITS};
 pub use cost::NetworkModel;
+pub use grad::{PoolSelection, ReluMask};
 pub use he::BfvTensorData;
 pub use linear::PreparedLinear;
 
@@ -218,6 +220,8 @@ pub enum LinkKeys {
     Client(Arc<SecretKey>),
     /// The client's BFV public key, held by the server.
     Server(cipherml_he::rlwe::PublicKey),
+    /// No BFV link (a ring wider than [`MAX_BFV_RING_BITS`]): this party's role.
+    Unlinked(Role),
 }
 
 /// The checked configuration and keys of a session, before it has a party
@@ -252,7 +256,7 @@ impl SessionSetup {
         id: PartyId,
     ) -> Result<Self, TensorError> {
         let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
-        if params.plaintext_modulus() != 1u64 << config.ring_bits.min(63) {
+        if params.plaintext_modulus() != 1u64 << config.ring_bits.min(MAX_BFV_RING_BITS) {
             return Err(TensorError::Invalid {
                 what: "session parameters",
                 detail: format!(
@@ -263,6 +267,22 @@ impl SessionSetup {
             });
         }
         let (role, sk, rerand) = match keys {
+            _ if !config.bfv_link() && !matches!(keys, LinkKeys::Unlinked(_)) => {
+                return Err(TensorError::Invalid {
+                    what: "session keys",
+                    detail: format!(
+                        "BFV link keys for a {}-bit ring (at most {MAX_BFV_RING_BITS})",
+                        config.ring_bits
+                    ),
+                })
+            }
+            LinkKeys::Unlinked(role) if !config.bfv_link() => (role, None, None),
+            LinkKeys::Unlinked(_) => {
+                return Err(TensorError::Invalid {
+                    what: "session keys",
+                    detail: format!("no BFV link keys for a {}-bit ring", config.ring_bits),
+                })
+            }
             LinkKeys::Client(sk) => (Role::Client, Some(sk), None),
             LinkKeys::Server(pk) => (
                 Role::Server,
@@ -401,6 +421,7 @@ impl<C: Channel> Session<C> {
         // The client's public key, once per session: the server re-randomizes every
         // encrypted reply with it.
         let keys = match role {
+            _ if !config.bfv_link() => LinkKeys::Unlinked(role),
             Role::Client => {
                 let sk = Arc::new(SecretKey::random(params.context(), party.rng()));
                 crate::link::send_public_key(&params, &mut party, &sk)?;
@@ -617,6 +638,19 @@ impl<C: Channel> Session<C> {
         s
     }
 
+    /// Refuses `op` in a session without the BFV link (a ring wider than
+    /// [`MAX_BFV_RING_BITS`]).
+    pub(crate) fn require_bfv_link(&self, op: &'static str) -> Result<(), TensorError> {
+        if self.config.bfv_link() {
+            return Ok(());
+        }
+        Err(TensorError::Unsupported {
+            op,
+            repr: "BFV",
+            reason: "the session's ring is wider than BFV's plaintext modulus (60 bits): it runs on shares only",
+        })
+    }
+
     /// A shared tensor at the session's scale `2^f`.
     pub(crate) fn shared(&self, share: Vec<u64>, shape: Vec<usize>) -> PrivateTensor {
         PrivateTensor::Shared {
@@ -767,7 +801,10 @@ impl<C: Channel> Session<C> {
                 ..
             }
         );
-        let z = if server_matrix && matches!(a, PrivateTensor::Bfv { .. }) {
+        let linked = self.config.bfv_link();
+        let z = if let Some(z) = self.owned_product(a, b, (m, k, n), &label, linked)? {
+            z
+        } else if server_matrix && matches!(a, PrivateTensor::Bfv { .. }) {
             // W^T (n x k), quantized; the client builds the same layout with zeros.
             let wt = self
                 .server_matrix_t(b, n, k)
@@ -833,6 +870,112 @@ impl<C: Channel> Session<C> {
             nonneg: false,
             held_by: None,
         })
+    }
+
+    /// The product `a b` (`m x k` by `k x n`) when one operand is held whole by one party
+    /// (an input of its own, or private to it) and the other is not a server matrix the
+    /// BFV link handles: by the one-way OT product with the held matrix in the clear (no
+    /// triple, no openings; with triples from a dealer, a Beaver triple is cheaper), or
+    /// locally if one party holds both or an operand is public. `None` otherwise.
+    fn owned_product(
+        &mut self,
+        a: &PrivateTensor,
+        b: &PrivateTensor,
+        (m, k, n): (usize, usize, usize),
+        label: &str,
+        linked: bool,
+    ) -> Result<Option<Vec<u64>>, TensorError> {
+        let (ha, hb) = (a.holder(), b.holder());
+        if matches!(a, PrivateTensor::Bfv { .. })
+            || (linked && hb == Some(Role::Server) && ha != Some(Role::Server))
+        {
+            // The server's matrix on the BFV link: the cost model's choice (see `matmul`).
+            return Ok(None);
+        }
+        let ring = self.fixed.ring();
+        let plan = |backend, c| cost::LayerPlan {
+            layer: format!("{label}, held in the clear"),
+            depth: 0,
+            chosen: backend,
+            options: vec![(backend, c)],
+        };
+        let public = |t: &PrivateTensor| matches!(t, PrivateTensor::Public(_));
+        // A dealer's matrix triple costs only the openings: cheaper than the OT product.
+        let dealer = matches!(self.config.triples, config::Triples::Dealer { .. });
+        match (ha, hb) {
+            _ if public(a) || public(b) => {
+                // A public operand: each party multiplies its share by it.
+                let (x, _) = self.shares_of(a)?;
+                let (y, _) = self.shares_of(b)?;
+                let (x, y) = if public(a) && !self.party.is_p0() {
+                    (self.public_plain(a)?, y)
+                } else if public(b) && !self.party.is_p0() {
+                    (x, self.public_plain(b)?)
+                } else {
+                    (x, y)
+                };
+                self.log
+                    .push(plan(cost::Backend::Local, cost::Cost::default()));
+                Ok(Some(ring.matmul(&x, &y, m, k, n)))
+            }
+            (Some(p), Some(q)) if p == q => {
+                // Both whole at `p`: the other party's shares are zeros, so a local product
+                // of the shares is a sharing of the product.
+                let (x, _) = self.shares_of(a)?;
+                let (y, _) = self.shares_of(b)?;
+                self.log
+                    .push(plan(cost::Backend::Local, cost::Cost::default()));
+                Ok(Some(ring.matmul(&x, &y, m, k, n)))
+            }
+            (Some(p), _) if !dealer => {
+                let (x, _) = self.shares_of(a)?;
+                let (y, _) = self.shares_of(b)?;
+                self.log.push(plan(
+                    cost::Backend::SharedOtProduct,
+                    cost::ot_product(m as f64, k as f64, n as f64),
+                ));
+                let mine = (p == self.role).then_some(x.as_slice());
+                Ok(Some(arith::matmul_owned(
+                    &mut self.party,
+                    ring,
+                    p.party(),
+                    mine,
+                    &y,
+                    m,
+                    k,
+                    n,
+                )?))
+            }
+            (_, Some(p)) if !dealer => {
+                // (a b)^T = b^T a^T with b^T in the clear at `p`.
+                let (x, _) = self.shares_of(a)?;
+                let (y, _) = self.shares_of(b)?;
+                self.log.push(plan(
+                    cost::Backend::SharedOtProduct,
+                    cost::ot_product(n as f64, k as f64, m as f64),
+                ));
+                let yt = grad_transpose(&y, k, n);
+                let xt = grad_transpose(&x, m, k);
+                let mine = (p == self.role).then_some(yt.as_slice());
+                let zt = arith::matmul_owned(&mut self.party, ring, p.party(), mine, &xt, n, k, m)?;
+                Ok(Some(grad_transpose(&zt, n, m)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A public tensor encoded at `2^f` (the whole value, not party 0's share).
+    fn public_plain(&self, t: &PrivateTensor) -> Result<Vec<u64>, TensorError> {
+        match t {
+            PrivateTensor::Public(a) => {
+                let flat: Vec<f64> = a.iter().copied().collect();
+                Ok(self.fixed.encode_vec(&flat)?)
+            }
+            _ => Err(TensorError::Invalid {
+                what: "public operand",
+                detail: "not a public tensor".into(),
+            }),
+        }
     }
 
     /// `W^T` (`n x k`) of a `k x n` matrix the server holds (provided in the clear, or
@@ -998,6 +1141,17 @@ impl<C: Channel> Session<C> {
             ArrayD::from_shape_vec(IxDyn(&shape), fixed.decode_vec(&v)).expect("shape matches")
         }))
     }
+}
+
+/// The transpose of a row-major `m x n` matrix.
+fn grad_transpose(v: &[u64], m: usize, n: usize) -> Vec<u64> {
+    let mut out = vec![0u64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[j * m + i] = v[i * n + j];
+        }
+    }
+    out
 }
 
 /// Runs `program` for both roles in one process, over an in-memory channel; returns the

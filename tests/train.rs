@@ -1,0 +1,447 @@
+//! Private training against the same training in plaintext f64 (same initial weights,
+//! batch order and hyperparameters): weights after one epoch within a stated tolerance,
+//! test accuracy within 1 percentage point; gradients of every layer kind against finite
+//! differences (plaintext) and the private backward against the plaintext backward.
+
+use cipherml::data::{data_dir, read_npy};
+use cipherml::nn::{one_hot, FitOptions, Layer, Loss, Optimizer, Sequential, Trainer};
+use cipherml::tensor::{run_local_with, PrivateTensor, Role, SessionConfig};
+use ndarray::{s, Array1, Array2, Array4, ArrayD, Axis, IxDyn};
+use rand::{Rng, SeedableRng};
+
+fn load(name: &str) -> ArrayD<f64> {
+    read_npy(data_dir().join(name)).unwrap().to_f64()
+}
+
+fn cancer() -> (ArrayD<f64>, ArrayD<f64>, ArrayD<f64>, ArrayD<f64>) {
+    let col = |y: ArrayD<f64>| {
+        let n = y.len();
+        y.into_shape_with_order(IxDyn(&[n, 1])).unwrap()
+    };
+    (
+        load("cancer_train_x.npy"),
+        col(load("cancer_train_y.npy")),
+        load("cancer_test_x.npy"),
+        col(load("cancer_test_y.npy")),
+    )
+}
+
+/// Glorot-uniform weights from a seed, zero biases.
+fn dense(rng: &mut rand_chacha::ChaCha20Rng, out: usize, inp: usize) -> Layer {
+    let a = (6.0 / (inp + out) as f64).sqrt();
+    Layer::Dense {
+        weight: Array2::from_shape_fn((out, inp), |_| rng.random_range(-a..a)),
+        bias: Array1::zeros(out),
+    }
+}
+
+fn accuracy(model: &Sequential, x: &ArrayD<f64>, y: &ArrayD<f64>, loss: Loss) -> f64 {
+    let mut correct = 0;
+    for i in 0..x.shape()[0] {
+        let out = model.predict(&x.index_axis(Axis(0), i).to_owned()).unwrap();
+        let pred = match loss {
+            Loss::BinaryCrossEntropy => f64::from(out[[0]] > 0.0),
+            _ => {
+                out.iter()
+                    .enumerate()
+                    .fold((0, f64::MIN), |b, (j, &v)| if v > b.1 { (j, v) } else { b })
+                    .0 as f64
+            }
+        };
+        let label = match loss {
+            Loss::BinaryCrossEntropy => y[[i, 0]],
+            _ => y
+                .index_axis(Axis(0), i)
+                .iter()
+                .position(|&v| v == 1.0)
+                .unwrap() as f64,
+        };
+        correct += usize::from(pred == label);
+    }
+    correct as f64 / x.shape()[0] as f64
+}
+
+fn max_weight_diff(a: &Sequential, b: &Sequential) -> f64 {
+    let mut worst: f64 = 0.0;
+    for (la, lb) in a.layers().iter().zip(b.layers()) {
+        match (la, lb) {
+            (
+                Layer::Dense {
+                    weight: w1,
+                    bias: b1,
+                },
+                Layer::Dense {
+                    weight: w2,
+                    bias: b2,
+                },
+            ) => {
+                worst = worst.max((w1 - w2).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v)));
+                worst = worst.max((b1 - b2).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v)));
+            }
+            (
+                Layer::Conv2d {
+                    weight: w1,
+                    bias: b1,
+                    ..
+                },
+                Layer::Conv2d {
+                    weight: w2,
+                    bias: b2,
+                    ..
+                },
+            ) => {
+                worst = worst.max((w1 - w2).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v)));
+                worst = worst.max((b1 - b2).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v)));
+            }
+            _ => {}
+        }
+    }
+    worst
+}
+
+/// Trains privately (client holds `x`, server holds `y` unless `split` says the columns
+/// are split) and in plaintext; returns (private model, plaintext model, private metrics).
+fn train_both(
+    model: Sequential,
+    loss: Loss,
+    opt: Optimizer,
+    x: ArrayD<f64>,
+    y: ArrayD<f64>,
+    opts: FitOptions,
+    split: Option<usize>,
+    config: SessionConfig,
+) -> (Sequential, Sequential, Vec<Option<f64>>) {
+    let mut plain = model.compile(loss, opt).unwrap();
+    plain.fit_plain(&x, &y, &opts).unwrap();
+    let reference = plain.model_plain().unwrap();
+    let trainer = model.compile(loss, opt).unwrap();
+    let (xs, ys) = (x.shape().to_vec(), y.shape().to_vec());
+    let (client, _server) = run_local_with(config, move |s| {
+        let mut t: Trainer = trainer.clone();
+        let xt = match split {
+            None => s.input(Role::Client, &xs, || x.clone())?,
+            Some(k) => {
+                // Vertical: the client holds the first k features, the server the rest.
+                let left = x.slice(s![.., ..k]).to_owned().into_dyn();
+                let right = x.slice(s![.., k..]).to_owned().into_dyn();
+                let a = s.input(Role::Client, &[xs[0], k], || left.clone())?;
+                let b = s.input(Role::Server, &[xs[0], xs[1] - k], || right.clone())?;
+                s.concat(&[&a, &b], 1)?
+            }
+        };
+        let yt = s.input(Role::Server, &ys, || y.clone())?;
+        let h = t.fit(s, &xt, &yt, &opts)?;
+        let m = t.reveal(s, Role::Client)?;
+        Ok((m, h.epochs.iter().map(|e| e.metric).collect::<Vec<_>>()))
+    })
+    .unwrap();
+    (client.0.unwrap(), reference, client.1)
+}
+
+#[test]
+fn logistic_regression_on_cancer_matches_plaintext_training() {
+    let (x, y, tx, ty) = cancer();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let model = Sequential::new(vec![30]).add(dense(&mut rng, 1, 30));
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.001,
+    };
+    let loss = Loss::BinaryCrossEntropy;
+    // One epoch: the weights within 0.02 of the plaintext run's (the piecewise-linear
+    // sigmoid is within 0.0125 of the sigmoid; fixed point at 2^-16).
+    let one = FitOptions {
+        epochs: 1,
+        batch_size: 32,
+        shuffle_seed: Some(7),
+        reveal_metrics: true,
+    };
+    let (private, reference, metrics) = train_both(
+        model.clone(),
+        loss,
+        opt,
+        x.clone(),
+        y.clone(),
+        one.clone(),
+        None,
+        SessionConfig::training(),
+    );
+    let diff = max_weight_diff(&private, &reference);
+    assert!(diff < 0.02, "weights differ by {diff} after one epoch");
+    // Both parties asked: the Brier score is revealed, and it is a probability error.
+    let m = metrics[0].expect("both parties asked for the metrics");
+    assert!((0.0..0.25).contains(&m), "Brier score {m}");
+    // Five epochs: test accuracy within 1 point of the plaintext run's.
+    let five = FitOptions { epochs: 5, ..one };
+    let (private, reference, _) = train_both(
+        model,
+        loss,
+        opt,
+        x,
+        y,
+        five,
+        None,
+        SessionConfig::training(),
+    );
+    let (a, b) = (
+        accuracy(&private, &tx, &ty, loss),
+        accuracy(&reference, &tx, &ty, loss),
+    );
+    assert!(b > 0.93, "plaintext accuracy {b}");
+    assert!(
+        (a - b).abs() <= 0.01,
+        "private accuracy {a} vs plaintext {b}"
+    );
+}
+
+#[test]
+fn vertically_split_logistic_regression_matches_plaintext_training() {
+    let (x, y, tx, ty) = cancer();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+    let model = Sequential::new(vec![30]).add(dense(&mut rng, 1, 30));
+    let loss = Loss::BinaryCrossEntropy;
+    let opts = FitOptions {
+        epochs: 3,
+        batch_size: 64,
+        shuffle_seed: Some(3),
+        reveal_metrics: false,
+    };
+    let (private, reference, metrics) = train_both(
+        model,
+        loss,
+        Optimizer::sgd(0.5),
+        x,
+        y,
+        opts,
+        Some(12),
+        SessionConfig::training(),
+    );
+    assert!(
+        metrics.iter().all(Option::is_none),
+        "nothing revealed unasked"
+    );
+    let diff = max_weight_diff(&private, &reference);
+    assert!(diff < 0.05, "weights differ by {diff}");
+    let (a, b) = (
+        accuracy(&private, &tx, &ty, loss),
+        accuracy(&reference, &tx, &ty, loss),
+    );
+    assert!(
+        (a - b).abs() <= 0.01,
+        "private accuracy {a} vs plaintext {b}"
+    );
+}
+
+/// Plaintext gradients of every layer kind against central finite differences of the
+/// plaintext loss.
+#[test]
+fn plaintext_backward_matches_finite_differences() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let conv = Layer::Conv2d {
+        weight: Array4::from_shape_fn((2, 1, 3, 3), |_| rng.random_range(-0.5..0.5)),
+        bias: Array1::from_shape_fn(2, |_| rng.random_range(-0.1..0.1)),
+        stride: 1,
+        padding: 1,
+    };
+    let cases: Vec<(Sequential, Loss, Vec<usize>, usize)> = vec![
+        (
+            Sequential::new(vec![1, 6, 6])
+                .add(conv)
+                .add(Layer::Relu)
+                .add(Layer::MaxPool {
+                    kernel: 2,
+                    stride: 2,
+                })
+                .add(Layer::AvgPool {
+                    kernel: 3,
+                    stride: 3,
+                })
+                .add(Layer::Flatten)
+                .add(dense(&mut rng, 3, 2))
+                .add(Layer::Sigmoid)
+                .add(dense(&mut rng, 3, 3)),
+            Loss::SoftmaxCrossEntropy,
+            vec![1, 6, 6],
+            3,
+        ),
+        (
+            Sequential::new(vec![4]).add(dense(&mut rng, 2, 4)),
+            Loss::MeanSquaredError,
+            vec![4],
+            2,
+        ),
+        (
+            Sequential::new(vec![4])
+                .add(dense(&mut rng, 5, 4))
+                .add(Layer::Relu)
+                .add(dense(&mut rng, 1, 5)),
+            Loss::BinaryCrossEntropy,
+            vec![4],
+            1,
+        ),
+    ];
+    for (model, loss, shape, outs) in cases {
+        let mut xs = vec![5];
+        xs.extend(&shape);
+        let x = ArrayD::from_shape_fn(IxDyn(&xs), |_| rng.random_range(-1.0..1.0));
+        let y = match loss {
+            Loss::SoftmaxCrossEntropy => one_hot(&[0.0, 2.0, 1.0, 1.0, 0.0], outs)
+                .unwrap()
+                .into_dyn(),
+            Loss::BinaryCrossEntropy => {
+                Array2::from_shape_fn((5, 1), |(i, _)| (i % 2) as f64).into_dyn()
+            }
+            _ => Array2::from_shape_fn((5, outs), |_| rng.random_range(-1.0..1.0)).into_dyn(),
+        };
+        let t = model.compile(loss, Optimizer::sgd(0.1)).unwrap();
+        let grads = t.gradients_plain(&x, &y).unwrap();
+        // Perturb each parameter of each layer in turn.
+        let mut pi = 0;
+        for (li, layer) in model.layers().iter().enumerate() {
+            let params: Vec<ArrayD<f64>> = match layer {
+                Layer::Dense { weight, bias } => {
+                    vec![weight.clone().into_dyn(), bias.clone().into_dyn()]
+                }
+                Layer::Conv2d { weight, bias, .. } => {
+                    vec![weight.clone().into_dyn(), bias.clone().into_dyn()]
+                }
+                _ => continue,
+            };
+            for (k, p) in params.iter().enumerate() {
+                for j in 0..p.len() {
+                    let eps = 1e-5;
+                    let loss_at = |delta: f64| {
+                        let mut layers: Vec<Layer> = model.layers().to_vec();
+                        let target = match (&mut layers[li], k) {
+                            (Layer::Dense { weight, .. }, 0) => weight.as_slice_mut().unwrap(),
+                            (Layer::Dense { bias, .. }, _) => bias.as_slice_mut().unwrap(),
+                            (Layer::Conv2d { weight, .. }, 0) => weight.as_slice_mut().unwrap(),
+                            (Layer::Conv2d { bias, .. }, _) => bias.as_slice_mut().unwrap(),
+                            _ => unreachable!(),
+                        };
+                        target[j] += delta;
+                        let m = layers
+                            .into_iter()
+                            .fold(Sequential::new(model.input_shape().to_vec()), |m, l| {
+                                m.add(l)
+                            });
+                        m.compile(loss, Optimizer::sgd(0.1))
+                            .unwrap()
+                            .loss_plain(&x, &y)
+                            .unwrap()
+                    };
+                    let numeric = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps);
+                    let analytic = grads[pi + k].as_slice().unwrap()[j];
+                    assert!(
+                        (numeric - analytic).abs() < 1e-4 * (1.0 + numeric.abs()),
+                        "{}: parameter {k}[{j}]: finite difference {numeric}, backward {analytic}",
+                        layer.describe()
+                    );
+                }
+            }
+            pi += 2;
+        }
+    }
+}
+
+/// A small network with every layer kind: the private update of one batch (forward,
+/// backward, SGD) against the plaintext update.
+#[test]
+fn private_step_matches_plaintext_step_for_every_layer_kind() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let model = Sequential::new(vec![1, 6, 6])
+        .add(Layer::Conv2d {
+            weight: Array4::from_shape_fn((2, 1, 3, 3), |_| rng.random_range(-0.5..0.5)),
+            bias: Array1::from_shape_fn(2, |_| rng.random_range(-0.1..0.1)),
+            stride: 1,
+            padding: 1,
+        })
+        .add(Layer::Relu)
+        .add(Layer::MaxPool {
+            kernel: 2,
+            stride: 2,
+        })
+        .add(Layer::AvgPool {
+            kernel: 3,
+            stride: 3,
+        })
+        .add(Layer::Flatten)
+        .add(dense(&mut rng, 3, 2))
+        .add(Layer::Sigmoid)
+        .add(dense(&mut rng, 3, 3));
+    let x = ArrayD::from_shape_fn(IxDyn(&[6, 1, 6, 6]), |_| rng.random_range(-1.0..1.0));
+    let y = one_hot(&[0.0, 2.0, 1.0, 1.0, 0.0, 2.0], 3)
+        .unwrap()
+        .into_dyn();
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 3,
+        shuffle_seed: None,
+        reveal_metrics: false,
+    };
+    let opt = Optimizer::Sgd {
+        lr: 0.5,
+        momentum: 0.5,
+        weight_decay: 0.01,
+    };
+    let (private, reference, _) = train_both(
+        model.clone(),
+        Loss::SoftmaxCrossEntropy,
+        opt,
+        x,
+        y,
+        opts,
+        None,
+        SessionConfig::training(),
+    );
+    let moved = max_weight_diff(&model, &reference);
+    assert!(
+        moved > 0.01,
+        "the plaintext step moved the weights by {moved}"
+    );
+    let diff = max_weight_diff(&private, &reference);
+    assert!(
+        diff < 0.01,
+        "private weights differ from plaintext by {diff}"
+    );
+}
+
+#[test]
+fn labels_out_of_range_and_mismatched_jobs_are_refused() {
+    let err = one_hot(&[0.0, 3.0], 3).unwrap_err();
+    assert!(err.to_string().contains("label 3"), "{err}");
+    assert!(one_hot(&[0.5], 3).is_err());
+    // The two parties compile different models: both refuse before using any data.
+    let a = Sequential::new(vec![2]).add(Layer::Dense {
+        weight: Array2::zeros((1, 2)),
+        bias: Array1::zeros(1),
+    });
+    let b = Sequential::new(vec![2]).add(Layer::Dense {
+        weight: Array2::zeros((1, 2)),
+        bias: Array1::zeros(1),
+    });
+    let ta = a
+        .compile(Loss::BinaryCrossEntropy, Optimizer::sgd(0.1))
+        .unwrap();
+    let tb = b
+        .compile(Loss::MeanSquaredError, Optimizer::sgd(0.1))
+        .unwrap();
+    let r = run_local_with(SessionConfig::training(), move |s| {
+        let mut t = if s.role() == Role::Client {
+            ta.clone()
+        } else {
+            tb.clone()
+        };
+        let x = s.input(Role::Client, &[4, 2], || ArrayD::zeros(IxDyn(&[4, 2])))?;
+        let y = s.input(Role::Server, &[4, 1], || ArrayD::zeros(IxDyn(&[4, 1])))?;
+        t.fit(s, &x, &y, &FitOptions::default())
+    });
+    let err = r.unwrap_err();
+    assert!(err.to_string().contains("jobs differ"), "{err}");
+    // A private value that is not the declared shape.
+    let bad = Sequential::new(vec![2]).compile(Loss::MeanSquaredError, Optimizer::sgd(0.1));
+    assert!(bad.is_ok());
+    let unused = PrivateTensor::Public(ArrayD::zeros(IxDyn(&[3, 5])));
+    assert_eq!(unused.shape(), vec![3, 5]);
+}
