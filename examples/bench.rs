@@ -1,7 +1,7 @@
 //! Prints benchmark figures as JSON lines (see BENCHMARKS.md):
 //!
 //! ```text
-//! cargo run --release --example bench -- [he|mpc|nn|all] [network filter for nn]
+//! cargo run --release --example bench -- [he|mpc|nn|train|all] [name filter for nn and train]
 //! ```
 //! Set `CIPHERML_BENCH_MS` to change the time budget per figure (default 2000 ms).
 
@@ -27,13 +27,14 @@ fn main() {
         "he" => cipherml::bench::he(budget, &mut emit),
         "mpc" => mpc(),
         "nn" => cipherml::bench::nn_filtered(budget, filter.as_deref(), &mut emit),
+        "train" => cipherml::bench::train(budget, filter.as_deref(), &mut emit),
         "all" => {
             cipherml::bench::he(budget, &mut emit);
             mpc();
             cipherml::bench::nn(budget, &mut emit);
         }
         other => {
-            eprintln!("unknown suite {other:?}: expected he, mpc, nn or all");
+            eprintln!("unknown suite {other:?}: expected he, mpc, nn, train or all");
             std::process::exit(2);
         }
     }

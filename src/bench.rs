@@ -291,7 +291,7 @@ fn bfv_suite(
     let decryptor = Decryptor::new(params, sk.clone()).expect("sk");
     let t = params.plaintext_modulus();
     let vals: Vec<u64> = (0..params.degree())
-        .map(|_| rng.random_range(0..t))
+        .map(|_| rng.random_range(0..t as u64))
         .collect();
     let pt = enc.encode_u64(&vals).expect("encode");
     let a = encryptor.encrypt(&pt, rng).expect("enc");
@@ -609,4 +609,240 @@ pub fn nn_filtered(
         threads: 1,
         params: format!("{cdesc}; client encrypt + server inference + client decrypt"),
     });
+}
+
+/// Training benchmarks (`train.*` lines): logistic regression on 3,750 x 20 Gaussian data
+/// (full batch, and batches of 128), an MLP 20-10-5-1 on the same data, and the digits MLP
+/// 64-32-10 (1,437 samples, batches of 64): two parties over TCP loopback, one thread
+/// each, dealer-free (triples from OT; `.dealer` lines: from a dealer thread), 64-bit ring
+/// with 16 fractional bits. Each figure
+/// is one epoch (or one batch) after the session set-up; the set-up (base OTs: the only
+/// input-independent work) is reported in its own line and, amortized over 10 epochs, in
+/// `params`.
+pub fn train(budget: Duration, filter: Option<&str>, emit: &mut (dyn FnMut(BenchLine) + Send)) {
+    use crate::nn::{FitOptions, Layer, Loss, Optimizer, Sequential};
+    use crate::tensor::{Role, Session, SessionConfig};
+    use ndarray::{Array1, Array2, ArrayD, IxDyn};
+    let _ = budget;
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let mut gauss = move || -> f64 {
+        // Box-Muller.
+        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random_range(0.0..1.0));
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    };
+    let dense = |out: usize, inp: usize, g: &mut dyn FnMut() -> f64| Layer::Dense {
+        weight: Array2::from_shape_fn((out, inp), |_| g() * (1.0 / inp as f64).sqrt()),
+        bias: Array1::zeros(out),
+    };
+    let (n, d) = (3750usize, 20usize);
+    let x = ArrayD::from_shape_fn(IxDyn(&[n, d]), |_| gauss());
+    let truth: Vec<f64> = (0..d).map(|_| gauss()).collect();
+    let y = ArrayD::from_shape_fn(IxDyn(&[n, 1]), |i| {
+        let z: f64 = (0..d).map(|j| x[[i[0], j]] * truth[j]).sum();
+        f64::from(z > 0.0)
+    });
+    let lr = Sequential::new(vec![d]).add(dense(1, d, &mut gauss));
+    let mlp = Sequential::new(vec![d])
+        .add(dense(10, d, &mut gauss))
+        .add(Layer::Relu)
+        .add(dense(5, 10, &mut gauss))
+        .add(Layer::Relu)
+        .add(dense(1, 5, &mut gauss));
+    let digits_x = crate::data::read_npy(crate::data::data_dir().join("digits_train_x.npy"))
+        .map(|a| a.to_f64());
+    let digits_y = crate::data::read_npy(crate::data::data_dir().join("digits_train_y.npy"))
+        .map(|a| a.to_f64());
+    /// Name, model, loss, features, targets, batch size, epochs.
+    type Job = (
+        &'static str,
+        Sequential,
+        Loss,
+        ArrayD<f64>,
+        ArrayD<f64>,
+        usize,
+        usize,
+    );
+    let mut jobs: Vec<Job> = vec![
+        (
+            "train.lr_full.epoch",
+            lr.clone(),
+            Loss::BinaryCrossEntropy,
+            x.clone(),
+            y.clone(),
+            n,
+            1,
+        ),
+        (
+            "train.lr_b128.batch",
+            lr,
+            Loss::BinaryCrossEntropy,
+            x.clone(),
+            y.clone(),
+            128,
+            1,
+        ),
+        ("train.mlp.epoch", mlp, Loss::BinaryCrossEntropy, x, y, n, 1),
+    ];
+    if let (Ok(dx), Ok(dy)) = (digits_x, digits_y) {
+        let rows = dx.shape()[0];
+        let dx = dx
+            .into_shape_with_order(IxDyn(&[rows, 64]))
+            .expect("64 pixels");
+        let labels: Vec<f64> = dy.iter().copied().collect();
+        let dy = crate::nn::one_hot(&labels, 10)
+            .expect("digit labels")
+            .into_dyn();
+        let model = Sequential::new(vec![64])
+            .add(dense(32, 64, &mut gauss))
+            .add(Layer::Relu)
+            .add(dense(10, 32, &mut gauss));
+        jobs.push((
+            "train.digits_mlp.epoch",
+            model,
+            Loss::SoftmaxCrossEntropy,
+            dx,
+            dy,
+            64,
+            1,
+        ));
+    }
+    // The same jobs with triples from a dealer thread (a third party).
+    let dealer_jobs: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.0 != "train.lr_b128.batch")
+        .map(|j| {
+            let mut j = j.clone();
+            j.0 = match j.0 {
+                "train.lr_full.epoch" => "train.lr_full.epoch.dealer",
+                "train.mlp.epoch" => "train.mlp.epoch.dealer",
+                _ => "train.digits_mlp.epoch.dealer",
+            };
+            j
+        })
+        .collect();
+    jobs.extend(dealer_jobs);
+    for (name, model, loss, x, y, batch, epochs) in jobs {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let dealer = name.ends_with(".dealer");
+        let per_batch = name.ends_with(".batch");
+        let (x, y) = if per_batch {
+            // One batch: the first `batch` samples.
+            (
+                x.slice_axis(ndarray::Axis(0), (0..batch).into()).to_owned(),
+                y.slice_axis(ndarray::Axis(0), (0..batch).into()).to_owned(),
+            )
+        } else {
+            (x, y)
+        };
+        let opts = FitOptions {
+            epochs,
+            batch_size: batch,
+            shuffle_seed: Some(1),
+            reveal_metrics: false,
+        };
+        let mut config = SessionConfig::training();
+        let dealer_thread = if dealer {
+            use cipherml_mpc::triples::dealer::{Dealer, DealerConfig};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            config.triples = crate::tensor::Triples::Dealer {
+                addr: listener.local_addr().expect("address"),
+            };
+            Some(std::thread::spawn(move || {
+                let c = DealerConfig {
+                    max_sessions: Some(1),
+                    ..DealerConfig::default()
+                };
+                let mut rng = ChaCha20Rng::from_os_rng();
+                let _ = Dealer::serve_tcp(&listener, &c, &mut rng, |_| {});
+            }))
+        } else {
+            None
+        };
+        let trainer = model.compile(loss, Optimizer::sgd(0.1)).expect("trainable");
+        let (c0, c1) = cipherml_mpc::net::tcp_loopback_pair(Default::default()).expect("loopback");
+        let pool = || {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("pool")
+        };
+        let (xs, ys) = (x.shape().to_vec(), y.shape().to_vec());
+        let (sc, st, so) = (config.clone(), trainer.clone(), opts.clone());
+        let (sx, sy) = (xs.clone(), ys.clone());
+        let yv = y.clone();
+        let server = std::thread::spawn(move || {
+            pool().install(|| {
+                let mut s = Session::with_config(Role::Server, c1, sc).expect("set-up");
+                let mut t = st;
+                let xt = s.input(Role::Client, &sx, || unreachable!()).expect("x");
+                let yt = s.input(Role::Server, &sy, || yv).expect("y");
+                t.fit(&mut s, &xt, &yt, &so).expect("server fit");
+            })
+        });
+        let (setup_us, setup_stats, us, stats) = pool().install(|| {
+            let t0 = Instant::now();
+            let mut s = Session::with_config(Role::Client, c0, config).expect("set-up");
+            let setup_us = t0.elapsed().as_secs_f64() * 1e6;
+            let setup_stats = s.party().stats();
+            let mut t = trainer;
+            let xt = s.input(Role::Client, &xs, || x).expect("x");
+            let yt = s.input(Role::Server, &ys, || unreachable!()).expect("y");
+            let t1 = Instant::now();
+            t.fit(&mut s, &xt, &yt, &opts).expect("client fit");
+            let us = t1.elapsed().as_secs_f64() * 1e6;
+            let after = s.party().stats();
+            (setup_us, setup_stats, us, (after, setup_stats))
+        });
+        server.join().expect("server thread");
+        if let Some(d) = dealer_thread {
+            d.join().expect("dealer thread");
+        }
+        let (after, before) = stats;
+        let bytes =
+            after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received;
+        let rounds = after.rounds_sent - before.rounds_sent;
+        let setup_bytes = setup_stats.bytes_sent + setup_stats.bytes_received;
+        let desc = format!(
+            "{} samples x {:?}, batch {batch}, {loss:?}, SGD; two parties, TCP loopback, one thread each, {}, Z_2^64 f=16, BFV t=2^64 for products by held data; online: this line; offline (set-up: base OTs, public keys) {:.1} ms and {setup_bytes} B once, {:.1} ms and {} B per epoch amortized over 10 epochs",
+            xs[0],
+            &xs[1..],
+            if dealer {
+                "triples from a dealer thread (bytes: the two parties' only)"
+            } else {
+                "dealer-free (triples from OT)"
+            },
+            setup_us / 1e3,
+            setup_us / 1e4,
+            setup_bytes / 10
+        );
+        let prefix = name
+            .trim_end_matches(".dealer")
+            .rsplit_once('.')
+            .map_or(name, |p| p.0);
+        let prefix = if dealer {
+            format!("{prefix}.dealer")
+        } else {
+            prefix.to_string()
+        };
+        emit(BenchLine {
+            name: format!("{prefix}.setup"),
+            median_us: setup_us,
+            min_us: setup_us,
+            bytes: Some(setup_bytes),
+            rounds: Some(setup_stats.rounds_sent),
+            threads: 1,
+            params: "session set-up: base OTs both directions (input-independent)".into(),
+        });
+        emit(BenchLine {
+            name: name.into(),
+            median_us: us,
+            min_us: us,
+            bytes: Some(bytes),
+            rounds: Some(rounds),
+            threads: 1,
+            params: desc,
+        });
+    }
 }

@@ -102,6 +102,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A configuration or argument of this party that cannot be used (an optimizer's
+    /// hyperparameters, fit options, a model description).
+    #[error("invalid {what}: {detail}")]
+    Config {
+        /// What.
+        what: &'static str,
+        /// Why, with the offending values.
+        detail: String,
+    },
+    /// An ONNX file that cannot be written.
+    #[error("cannot write ONNX model {path}: {reason}")]
+    OnnxWrite {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A layer does not accept the shape it receives.
     #[error("layer {layer} cannot take an input of shape {input:?}")]
     LayerShape {

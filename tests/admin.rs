@@ -267,18 +267,25 @@ fn hostile_admin_requests_are_refused_and_inference_goes_on() {
     ));
 
     // Slow drips: every connection slot taken by a client that sends a byte now and then.
+    // Each drip reports once its first byte is written, so that a loaded machine does not
+    // start the check below before the slots are taken.
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
     let drips: Vec<_> = (0..4)
         .map(|_| {
             let addr = a.clone();
+            let started_tx = started_tx.clone();
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(&addr).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                 let t = Instant::now();
                 // One byte every 150 ms (the pause is a wait for an answer), never a
                 // whole request line.
-                for b in b"GET /metrics HTTP/1.1" {
+                for (i, b) in b"GET /metrics HTTP/1.1".iter().enumerate() {
                     if s.write_all(&[*b]).is_err() {
                         break;
+                    }
+                    if i == 0 {
+                        let _ = started_tx.send(());
                     }
                     s.set_read_timeout(Some(Duration::from_millis(150)))
                         .unwrap();
@@ -295,6 +302,11 @@ fn hostile_admin_requests_are_refused_and_inference_goes_on() {
             })
         })
         .collect();
+    for _ in 0..4 {
+        started
+            .recv_timeout(Duration::from_secs(20))
+            .expect("every drip connected");
+    }
     std::thread::sleep(Duration::from_millis(300));
     // Past the connection limit: closed at once, no answer.
     let extra = raw(&a, b"GET /health/live HTTP/1.1\r\n\r\n");

@@ -5,7 +5,7 @@
 
 use cipherml::data::{data_dir, read_npy};
 use cipherml::nn::{one_hot, FitOptions, Layer, Loss, Optimizer, Sequential, Trainer};
-use cipherml::tensor::{run_local_with, PrivateTensor, Role, SessionConfig};
+use cipherml::tensor::{run_local_with, PrivateTensor, Role, SessionConfig, Triples};
 use ndarray::{s, Array1, Array2, Array4, ArrayD, Axis, IxDyn};
 use rand::{Rng, SeedableRng};
 
@@ -444,4 +444,205 @@ fn labels_out_of_range_and_mismatched_jobs_are_refused() {
     assert!(bad.is_ok());
     let unused = PrivateTensor::Public(ArrayD::zeros(IxDyn(&[3, 5])));
     assert_eq!(unused.shape(), vec![3, 5]);
+}
+
+/// A dealer thread on loopback for one session (the test's triple source: fast enough for
+/// CI; dealer-free training is what the other tests and the benchmarks run).
+fn dealer() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use cipherml_mpc::triples::dealer::{Dealer, DealerConfig};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let config = DealerConfig {
+            max_sessions: Some(1),
+            ..DealerConfig::default()
+        };
+        let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+        Dealer::serve_tcp(&listener, &config, &mut rng, |_| {}).unwrap();
+    });
+    (addr, h)
+}
+
+fn digits(rows: usize) -> (ArrayD<f64>, ArrayD<f64>, ArrayD<f64>, ArrayD<f64>) {
+    let labels = |y: ArrayD<f64>| {
+        let v: Vec<f64> = y.iter().copied().collect();
+        one_hot(&v, 10).unwrap().into_dyn()
+    };
+    let x = load("digits_train_x.npy");
+    let y = labels(load("digits_train_y.npy"));
+    (
+        x.slice_axis(Axis(0), (0..rows).into()).to_owned(),
+        y.slice_axis(Axis(0), (0..rows).into()).to_owned(),
+        load("digits_test_x.npy"),
+        labels(load("digits_test_y.npy")),
+    )
+}
+
+#[test]
+fn digits_mlp_64_32_10_matches_plaintext_training() {
+    let (x, y, tx, ty) = digits(1437);
+    let n = x.shape()[0];
+    let flat = |a: ArrayD<f64>| {
+        let r = a.shape()[0];
+        a.into_shape_with_order(IxDyn(&[r, 64])).unwrap()
+    };
+    let (x, tx) = (flat(x), flat(tx));
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    let model = Sequential::new(vec![64])
+        .add(dense(&mut rng, 32, 64))
+        .add(Layer::Relu)
+        .add(dense(&mut rng, 10, 32));
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 64,
+        shuffle_seed: Some(5),
+        reveal_metrics: false,
+    };
+    let (addr, d) = dealer();
+    let config = SessionConfig {
+        triples: Triples::Dealer { addr },
+        ..SessionConfig::training()
+    };
+    let opt = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let loss = Loss::SoftmaxCrossEntropy;
+    let (private, reference, _) = train_both(model, loss, opt, x, y, opts, None, config);
+    d.join().unwrap();
+    let (a, b) = (
+        accuracy(&private, &tx, &ty, loss),
+        accuracy(&reference, &tx, &ty, loss),
+    );
+    assert!(
+        b > 0.85,
+        "plaintext accuracy {b} after 2 epochs on {n} samples"
+    );
+    assert!(
+        (a - b).abs() <= 0.01,
+        "private accuracy {a} vs plaintext {b}"
+    );
+}
+
+#[test]
+fn digits_cnn_matches_plaintext_training() {
+    let (x, y, tx, ty) = digits(480);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+    let a = (6.0f64 / (9.0 + 36.0)).sqrt();
+    let model = Sequential::new(vec![1, 8, 8])
+        .add(Layer::Conv2d {
+            weight: Array4::from_shape_fn((4, 1, 3, 3), |_| rng.random_range(-a..a)),
+            bias: Array1::zeros(4),
+            stride: 1,
+            padding: 1,
+        })
+        .add(Layer::Relu)
+        .add(Layer::MaxPool {
+            kernel: 2,
+            stride: 2,
+        })
+        .add(Layer::Flatten)
+        .add(dense(&mut rng, 10, 64));
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 32,
+        shuffle_seed: Some(8),
+        reveal_metrics: false,
+    };
+    let (addr, d) = dealer();
+    let config = SessionConfig {
+        triples: Triples::Dealer { addr },
+        ..SessionConfig::training()
+    };
+    let opt = Optimizer::Sgd {
+        lr: 0.2,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let loss = Loss::SoftmaxCrossEntropy;
+    let (private, reference, _) = train_both(model, loss, opt, x, y, opts, None, config);
+    d.join().unwrap();
+    let (a, b) = (
+        accuracy(&private, &tx, &ty, loss),
+        accuracy(&reference, &tx, &ty, loss),
+    );
+    assert!(b > 0.8, "plaintext accuracy {b}");
+    assert!(
+        (a - b).abs() <= 0.01,
+        "private accuracy {a} vs plaintext {b}"
+    );
+}
+
+#[test]
+fn inv_sqrt_on_shares_is_within_2_to_the_minus_10() {
+    let xs: Vec<f64> = vec![
+        1.0 / 1024.0,
+        0.003,
+        0.01,
+        0.1,
+        0.5,
+        1.0,
+        1.7,
+        2.0,
+        30.0,
+        1000.0,
+        4000.0,
+    ];
+    let n = xs.len();
+    let v = ArrayD::from_shape_vec(IxDyn(&[n]), xs.clone()).unwrap();
+    let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+        let x = s.input(Role::Client, &[n], || v.clone())?;
+        let y = s.inv_sqrt(&x, -10, 12)?;
+        s.reveal(&y, Role::Client)
+    })
+    .unwrap();
+    for (x, y) in xs.iter().zip(client.unwrap().iter()) {
+        // Against the input as encoded (16 fractional bits).
+        let want = 1.0 / ((x * 65536.0).round() / 65536.0).sqrt();
+        assert!(
+            ((y - want) / want).abs() < (-10f64).exp2() || (y - want).abs() < (-13f64).exp2(),
+            "1/sqrt({x}) = {y}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn adam_logistic_regression_matches_plaintext_adam() {
+    let (x, y, tx, ty) = cancer();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+    let model = Sequential::new(vec![30]).add(dense(&mut rng, 1, 30));
+    let loss = Loss::BinaryCrossEntropy;
+    let opt = Optimizer::adam(0.05);
+    let opts = FitOptions {
+        epochs: 2,
+        batch_size: 64,
+        shuffle_seed: Some(2),
+        reveal_metrics: false,
+    };
+    let (private, reference, _) = train_both(
+        model.clone(),
+        loss,
+        opt,
+        x,
+        y,
+        opts,
+        None,
+        SessionConfig::training(),
+    );
+    let moved = max_weight_diff(&model, &reference);
+    assert!(moved > 0.05, "Adam moved the weights by {moved}");
+    let diff = max_weight_diff(&private, &reference);
+    assert!(
+        diff < 0.02,
+        "private Adam weights differ from plaintext by {diff}"
+    );
+    let (a, b) = (
+        accuracy(&private, &tx, &ty, loss),
+        accuracy(&reference, &tx, &ty, loss),
+    );
+    assert!(
+        (a - b).abs() <= 0.01,
+        "private accuracy {a} vs plaintext {b}"
+    );
 }

@@ -39,7 +39,7 @@ fn bfv(c: &mut Criterion) {
     let enc = Encoder::new(&params);
     let encryptor = Encryptor::new(&params, pk).unwrap();
     let decryptor = Decryptor::new(&params, sk).unwrap();
-    let t = params.plaintext_modulus();
+    let t = params.plaintext_modulus() as u64;
     let v: Vec<u64> = (0..8192).map(|_| rng.random_range(0..t)).collect();
     let pt = enc.encode_u64(&v).unwrap();
     let a = encryptor.encrypt(&pt, &mut rng).unwrap();

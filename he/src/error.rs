@@ -71,8 +71,8 @@ pub enum Error {
     /// The plaintext modulus does not suit the requested use.
     #[error("plaintext modulus {t}: {reason}")]
     InvalidPlaintextModulus {
-        /// The plaintext modulus.
-        t: u64,
+        /// The plaintext modulus (a `u128`: it can be `2^64`).
+        t: u128,
         /// What is wrong.
         reason: &'static str,
     },
@@ -117,8 +117,8 @@ pub enum Error {
     /// Batching needs a prime `t = 1 mod 2N`.
     #[error("batching unavailable: plaintext modulus {t} is not a prime = 1 mod {two_n}")]
     BatchingUnavailable {
-        /// The plaintext modulus.
-        t: u64,
+        /// The plaintext modulus (a `u128`: it can be `2^64`).
+        t: u128,
         /// `2N`.
         two_n: usize,
     },
@@ -135,8 +135,8 @@ pub enum Error {
     ValueOutOfRange {
         /// The value.
         value: i128,
-        /// The modulus.
-        modulus: u64,
+        /// The modulus (a `u128`: it can be `2^64`).
+        modulus: u128,
     },
     /// A rotation step is out of range.
     #[error("rotation step {step} out of range (|step| < {max})")]
@@ -201,7 +201,8 @@ pub enum Error {
         keep_bits: u32,
         /// The stated noise bound, log2.
         noise_log2: f64,
-        /// Smallest number of bits that fits, or 64 if none does.
+        /// Smallest number of bits that fits, or one more than the largest width (64 for
+        /// `t <= 2^60`) if none does.
         needed_bits: u32,
     },
     /// Decoding untrusted bytes failed.

@@ -205,7 +205,7 @@ fn unpack_values(
     bytes: &[u8],
     n: usize,
     width: u32,
-    modulus: u64,
+    modulus: u128,
 ) -> std::result::Result<Vec<u64>, DecodeError> {
     debug_assert_eq!(bytes.len(), packed_len(n, width));
     let mask = if width == 64 {
@@ -225,8 +225,12 @@ fn unpack_values(
         let v = (acc as u64) & mask;
         acc >>= width;
         nbits -= width;
-        if v >= modulus {
-            return Err(DecodeError::CoefficientOutOfRange { value: v, modulus });
+        if v as u128 >= modulus {
+            // modulus <= v < 2^64 here.
+            return Err(DecodeError::CoefficientOutOfRange {
+                value: v,
+                modulus: modulus as u64,
+            });
         }
         out.push(v);
     }
@@ -255,7 +259,7 @@ fn unpack_poly(
     for pr in basis.primes() {
         let w = pr.modulus.bits();
         let bytes = r.take(packed_len(n, w))?;
-        data.extend(unpack_values(bytes, n, w, pr.modulus.value())?);
+        data.extend(unpack_values(bytes, n, w, pr.modulus.value().into())?);
     }
     Ok(Poly::from_data(n, data))
 }
@@ -414,8 +418,7 @@ impl Ciphertext {
 impl Plaintext {
     /// Serializes the coefficients bit-packed to the width of `t`.
     pub fn to_bytes(&self, params: &BfvParameters) -> Vec<u8> {
-        let t = params.plaintext_modulus();
-        let w = 64 - (t - 1).leading_zeros();
+        let w = params.plaintext_bits();
         let mut v = header(Kind::BfvPlaintext, self.params_id);
         pack_values(&mut v, &self.coeffs, w.max(1));
         v
@@ -425,7 +428,7 @@ impl Plaintext {
     pub fn from_bytes(params: &Arc<BfvParameters>, bytes: &[u8]) -> Result<Self> {
         let body = check_header(bytes, Kind::BfvPlaintext, Some(params.id()))?;
         let t = params.plaintext_modulus();
-        let w = (64 - (t - 1).leading_zeros()).max(1);
+        let w = params.plaintext_bits().max(1);
         let n = params.degree();
         expect_len(body, packed_len(n, w))?;
         let coeffs = unpack_values(body, n, w, t)?;
@@ -624,13 +627,11 @@ fn ct_size(
 }
 
 /// Largest size in bytes of a [`Ciphertext::to_bytes_compact`] output with `kept`
-/// coefficients of the first polynomial (at [`COMPACT_MAX_BITS`] bits per coefficient,
+/// coefficients of the first polynomial (at [`compact_max_bits`] bits per coefficient,
 /// any level): what [`Ciphertext::from_bytes_compact`] can accept.
 pub fn compact_ciphertext_max_size(params: &BfvParameters, kept: usize) -> usize {
-    HEADER_LEN
-        + 6
-        + packed_len(kept, COMPACT_MAX_BITS)
-        + packed_len(params.degree(), COMPACT_MAX_BITS)
+    let max = compact_max_bits(params);
+    HEADER_LEN + 6 + packed_len(kept, max) + packed_len(params.degree(), max)
 }
 
 /// Size in bytes of a serialized CKKS ciphertext with `count` polynomials at `level`.
@@ -759,8 +760,33 @@ impl ckks::Ciphertext {
     }
 }
 
-/// Largest number of bits per coefficient of the compact encoding.
+/// Largest number of bits per coefficient of the compact encoding for a plaintext modulus
+/// `t <= 2^60` (see [`compact_max_bits`]).
 pub const COMPACT_MAX_BITS: u32 = 63;
+
+/// Largest number of bits per coefficient of the compact encoding for a wide power-of-two
+/// plaintext modulus `2^61 <= t <= 2^64` (which needs about `log2 t + log2 N + 2` bits).
+pub const COMPACT_MAX_BITS_WIDE: u32 = 128;
+
+/// Largest number of bits per coefficient of the compact encoding for `params`:
+/// [`COMPACT_MAX_BITS`] for `t <= 2^60`, [`COMPACT_MAX_BITS_WIDE`] for `t > 2^60`.
+pub fn compact_max_bits(params: &BfvParameters) -> u32 {
+    if params.plaintext_bits() > 60 {
+        COMPACT_MAX_BITS_WIDE
+    } else {
+        COMPACT_MAX_BITS
+    }
+}
+
+/// Bits of the fixed point in which [`Ciphertext::to_bytes_compact`] rounds at `bits`
+/// bits per coefficient: 128 up to [`COMPACT_MAX_BITS`], 192 above.
+fn compact_fixed_bits(bits: u32) -> u32 {
+    if bits <= COMPACT_MAX_BITS {
+        128
+    } else {
+        192
+    }
+}
 
 /// `t |nu|` bound of the compact encoding (see [`Ciphertext::to_bytes_compact`]): the
 /// invariant noise after compression to `bits` bits, for noise `2^noise_log2` (in units of
@@ -775,7 +801,7 @@ fn compact_noise(params: &BfvParameters, level: usize, noise_log2: f64, bits: u3
     let eps: f64 = q
         .primes()
         .iter()
-        .map(|p| (p.modulus.bits() as f64 - (128 - bits) as f64).exp2())
+        .map(|p| (p.modulus.bits() as f64 - (compact_fixed_bits(bits) - bits) as f64).exp2())
         .sum();
     // Noise before compression (with the rounding of Delta = floor(Q/t)), the rounding to
     // 2^bits (|e0 + e1 s| <= (1/2 + eps)(1 + ||s||_1), ternary s: ||s||_1 <= N), and the
@@ -790,8 +816,117 @@ fn compact_noise(params: &BfvParameters, level: usize, noise_log2: f64, bits: u3
 /// floating-point evaluation).
 fn compact_fits(params: &BfvParameters, level: usize, noise_log2: f64, bits: u32) -> bool {
     noise_log2.is_finite()
-        && (1..=COMPACT_MAX_BITS).contains(&bits)
+        && (1..=compact_max_bits(params)).contains(&bits)
         && compact_noise(params, level, noise_log2, bits) < 0.5 * (1.0 - 1e-9)
+}
+
+/// `x mod 2^bits` mask, for `bits <= 128`.
+fn low_mask128(bits: u32) -> u128 {
+    if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    }
+}
+
+/// `floor(2^192 / q)` for an odd `q >= 3` (little-endian words; it fits in 192 bits).
+fn two192_over(q: u64) -> [u64; 3] {
+    // Long division of 2^192 = [1, 0, 0, 0] (most significant word first).
+    let mut rem: u128 = 1;
+    let mut out = [0u64; 3];
+    for w in out.iter_mut().rev() {
+        let cur = rem << 64;
+        *w = (cur / q as u128) as u64;
+        rem = cur % q as u128;
+    }
+    out
+}
+
+/// `a y mod 2^192`.
+fn mul192(a: &[u64; 3], y: u64) -> [u64; 3] {
+    let mut out = [0u64; 3];
+    let mut carry = 0u128;
+    for (o, &w) in out.iter_mut().zip(a) {
+        let p = w as u128 * y as u128 + carry;
+        *o = p as u64;
+        carry = p >> 64;
+    }
+    out
+}
+
+/// `a + b mod 2^192`.
+fn add192(a: [u64; 3], b: [u64; 3]) -> [u64; 3] {
+    let mut out = [0u64; 3];
+    let mut carry = 0u128;
+    for i in 0..3 {
+        let s = a[i] as u128 + b[i] as u128 + carry;
+        out[i] = s as u64;
+        carry = s >> 64;
+    }
+    out
+}
+
+/// The low 128 bits of `a >> s`, for `64 <= s < 192`.
+fn shr192(a: [u64; 3], s: u32) -> u128 {
+    debug_assert!((64..192).contains(&s));
+    // Every bit of a[0] is below the cut s >= 64.
+    ((a[2] as u128) << 64 | a[1] as u128) >> (s - 64)
+}
+
+/// Packs values of `width` bits (up to 128): each as a little-endian bit field, as
+/// [`pack_values`] does for up to 64 bits.
+fn pack_wide(out: &mut Vec<u8>, values: &[u128], width: u32) {
+    debug_assert!((65..=128).contains(&width));
+    let mut acc: u128 = 0;
+    let mut nbits = 0u32;
+    let mut push = |v: u128, w: u32, acc: &mut u128, nbits: &mut u32| {
+        *acc |= v << *nbits;
+        *nbits += w;
+        while *nbits >= 8 {
+            out.push(*acc as u8);
+            *acc >>= 8;
+            *nbits -= 8;
+        }
+    };
+    for &v in values {
+        // The low 64 bits, then the rest: nbits stays below 8 + 64.
+        push(v as u64 as u128, 64, &mut acc, &mut nbits);
+        push(v >> 64, width - 64, &mut acc, &mut nbits);
+    }
+    if nbits > 0 {
+        out.push(acc as u8);
+    }
+}
+
+/// Unpacks [`pack_wide`] output: `n` values of `width` bits (65 to 128).
+fn unpack_wide(bytes: &[u8], n: usize, width: u32) -> std::result::Result<Vec<u128>, DecodeError> {
+    debug_assert_eq!(bytes.len(), packed_len(n, width));
+    let mut out = Vec::with_capacity(n);
+    let mut acc: u128 = 0;
+    let mut nbits = 0u32;
+    let mut it = bytes.iter();
+    let mut take = |w: u32, acc: &mut u128, nbits: &mut u32| -> u128 {
+        while *nbits < w {
+            *acc |= (*it.next().expect("length checked") as u128) << *nbits;
+            *nbits += 8;
+        }
+        let v = *acc & low_mask128(w);
+        *acc >>= w;
+        *nbits -= w;
+        v
+    };
+    for _ in 0..n {
+        let lo = take(64, &mut acc, &mut nbits);
+        let hi = take(width - 64, &mut acc, &mut nbits);
+        out.push(hi << 64 | lo);
+    }
+    if acc != 0 {
+        return Err(DecodeError::Invalid {
+            what: "padding bits",
+            value: acc as u64,
+        });
+    }
+    Ok(out)
 }
 
 /// `x mod 2^bits` mask.
@@ -807,15 +942,17 @@ impl Ciphertext {
     /// The fewest bits per coefficient with which [`Ciphertext::to_bytes_compact`] keeps
     /// decryption exact for a ciphertext at `level` whose noise (phase minus `Delta m`, in
     /// units of the ciphertext modulus) is at most `2^noise_log2` in absolute value.
-    /// Fails with [`crate::Error::NoiseMargin`] if no width up to [`COMPACT_MAX_BITS`] fits.
+    /// Fails with [`crate::Error::NoiseMargin`] if no width up to [`compact_max_bits`] fits
+    /// (its `needed_bits` is then one more than that largest width).
     pub fn compact_bits(params: &BfvParameters, level: usize, noise_log2: f64) -> Result<u32> {
         params.context().check_level(level)?;
-        (1..=COMPACT_MAX_BITS)
+        let max = compact_max_bits(params);
+        (1..=max)
             .find(|&b| compact_fits(params, level, noise_log2, b))
             .ok_or(crate::Error::NoiseMargin {
-                keep_bits: COMPACT_MAX_BITS,
+                keep_bits: max,
                 noise_log2,
-                needed_bits: 64,
+                needed_bits: max + 1,
             })
     }
 
@@ -850,7 +987,8 @@ impl Ciphertext {
             return Err(crate::Error::NoiseMargin {
                 keep_bits: bits,
                 noise_log2,
-                needed_bits: Self::compact_bits(params, self.level, noise_log2).unwrap_or(64),
+                needed_bits: Self::compact_bits(params, self.level, noise_log2)
+                    .unwrap_or(compact_max_bits(params) + 1),
             });
         }
         let n = params.degree();
@@ -877,26 +1015,47 @@ impl Ciphertext {
                 (inv, u128::MAX / m.value() as u128)
             })
             .collect();
-        let frac = 128 - bits;
-        let half = 1u128 << (frac - 1);
-        let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u64 {
-            let mut acc = 0u128;
-            for (j, &(inv, f)) in consts.iter().enumerate() {
-                let y = q.modulus(j).mul(polys.limb(j)[i], inv);
-                acc = acc.wrapping_add((y as u128) * f);
-            }
-            (acc.wrapping_add(half) >> frac) as u64 & low_mask(bits)
-        };
         let c0 = self.polys[0].clone().into_coeff(q);
         let c1 = self.polys[1].clone().into_coeff(q);
         let mut v = header(Kind::BfvCompactCiphertext, self.params_id);
         v.push(self.level as u8);
         v.push(bits as u8);
         v.extend_from_slice(&(positions.len() as u32).to_le_bytes());
-        let kept: Vec<u64> = positions.iter().map(|&i| round(&c0, i)).collect();
-        pack_values(&mut v, &kept, bits);
-        let all: Vec<u64> = (0..n).map(|i| round(&c1, i)).collect();
-        pack_values(&mut v, &all, bits);
+        if bits <= COMPACT_MAX_BITS {
+            let frac = 128 - bits;
+            let half = 1u128 << (frac - 1);
+            let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u64 {
+                let mut acc = 0u128;
+                for (j, &(inv, f)) in consts.iter().enumerate() {
+                    let y = q.modulus(j).mul(polys.limb(j)[i], inv);
+                    acc = acc.wrapping_add((y as u128) * f);
+                }
+                (acc.wrapping_add(half) >> frac) as u64 & low_mask(bits)
+            };
+            let kept: Vec<u64> = positions.iter().map(|&i| round(&c0, i)).collect();
+            pack_values(&mut v, &kept, bits);
+            let all: Vec<u64> = (0..n).map(|i| round(&c1, i)).collect();
+            pack_values(&mut v, &all, bits);
+        } else {
+            // The same sum in 192-bit fixed point (192 - bits >= 64 fractional bits): each
+            // term y_j floor(2^192 / q_j) modulo 2^192.
+            let wide: Vec<[u64; 3]> = (0..k).map(|j| two192_over(q.modulus(j).value())).collect();
+            let frac = 192 - bits;
+            let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u128 {
+                let mut acc = [0u64; 3];
+                for (j, &(inv, _)) in consts.iter().enumerate() {
+                    let y = q.modulus(j).mul(polys.limb(j)[i], inv);
+                    acc = add192(acc, mul192(&wide[j], y));
+                }
+                let mut half = [0u64; 3];
+                half[((frac - 1) / 64) as usize] = 1u64 << ((frac - 1) % 64);
+                shr192(add192(acc, half), frac) & low_mask128(bits)
+            };
+            let kept: Vec<u128> = positions.iter().map(|&i| round(&c0, i)).collect();
+            pack_wide(&mut v, &kept, bits);
+            let all: Vec<u128> = (0..n).map(|i| round(&c1, i)).collect();
+            pack_wide(&mut v, &all, bits);
+        }
         Ok(v)
     }
 
@@ -923,7 +1082,7 @@ impl Ciphertext {
             }
             .into());
         }
-        if !(1..=COMPACT_MAX_BITS).contains(&bits) {
+        if !(1..=compact_max_bits(params)).contains(&bits) {
             return Err(DecodeError::Invalid {
                 what: "bits per coefficient",
                 value: bits as u64,
@@ -946,25 +1105,32 @@ impl Ciphertext {
             .into());
         }
         expect_len(&body[6..], packed_len(count, bits) + packed_len(n, bits))?;
-        let modulus = 1u64 << bits;
-        let kept = unpack_values(r.take(packed_len(count, bits))?, count, bits, modulus)?;
-        let all = unpack_values(r.take(packed_len(n, bits))?, n, bits, modulus)?;
+        let (kept, all): (Vec<u128>, Vec<u128>) = if bits <= COMPACT_MAX_BITS {
+            let modulus = 1u128 << bits;
+            let kept = unpack_values(r.take(packed_len(count, bits))?, count, bits, modulus)?;
+            let all = unpack_values(r.take(packed_len(n, bits))?, n, bits, modulus)?;
+            let widen = |v: Vec<u64>| v.into_iter().map(u128::from).collect();
+            (widen(kept), widen(all))
+        } else {
+            let kept = unpack_wide(r.take(packed_len(count, bits))?, count, bits)?;
+            (kept, unpack_wide(r.take(packed_len(n, bits))?, n, bits)?)
+        };
         r.finish()?;
         let q = params.context().q_at(level);
         // round(Q c' / 2^b) = H with Q c' + 2^(b-1) = H 2^b + L, L < 2^b: L depends only on
         // Q mod 2^b, and H = (2^(b-1) - L) 2^-b modulo each q_i (which divides Q).
-        let mask = low_mask(bits);
+        let mask = low_mask128(bits);
         let q_low = q
             .primes()
             .iter()
-            .fold(1u64, |acc, p| acc.wrapping_mul(p.modulus.value()))
+            .fold(1u128, |acc, p| acc.wrapping_mul(p.modulus.value().into()))
             & mask;
-        let half = 1u64 << (bits - 1);
-        let lows: Vec<u64> = all
+        let half = 1u128 << (bits - 1);
+        let lows: Vec<u128> = all
             .iter()
             .map(|&c| c.wrapping_mul(q_low).wrapping_add(half) & mask)
             .collect();
-        let kept_lows: Vec<u64> = kept
+        let kept_lows: Vec<u128> = kept
             .iter()
             .map(|&c| c.wrapping_mul(q_low).wrapping_add(half) & mask)
             .collect();
@@ -975,8 +1141,8 @@ impl Ciphertext {
             let inv = m
                 .inv(m.pow(2, bits as u64))
                 .expect("odd prime: 2 is invertible");
-            let h = m.reduce(half);
-            let lift = |l: u64| m.mul(m.sub(h, m.reduce(l)), inv);
+            let h = m.reduce_u128(half);
+            let lift = |l: u128| m.mul(m.sub(h, m.reduce_u128(l)), inv);
             for (x, &l) in c1.limb_mut(j).iter_mut().zip(&lows) {
                 *x = lift(l);
             }

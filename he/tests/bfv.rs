@@ -17,7 +17,7 @@ fn mulmod(a: u64, b: u64, t: u64) -> u64 {
 /// `B (2N + 1)` with `B = 21` (centered binomial bound) plus `t` from `Delta` rounding.
 fn fresh_budget_bound(b: &Bfv) -> u32 {
     let n = b.params.degree() as f64;
-    let t = b.params.plaintext_modulus() as f64;
+    let t = b.params.plaintext_modulus() as u64 as f64;
     let noise = 21.0 * (2.0 * n + 1.0) + t;
     (b.params.log2_q() - t.log2() - noise.log2() - 1.0).floor() as u32
 }
@@ -50,13 +50,13 @@ fn insecure_parameters_are_refused_without_opt_in() {
         let p = BfvParameters::new(&BfvParametersLiteral::preset(d).unwrap()).unwrap();
         assert!(p.is_secure());
         assert!(p.supports_batching());
-        assert_eq!(p.plaintext_modulus() % (2 * d as u64), 1);
+        assert_eq!(p.plaintext_modulus() as u64 % (2 * d as u64), 1);
     }
     // The largest preset encrypts, multiplies and decrypts.
     let mut b = setup(&BfvParametersLiteral::n32768(), false, 32768);
     let x = b.random_slots();
     let cx = b.encrypt(&x);
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     let sq: Vec<u64> = x.iter().map(|v| mulmod(*v, *v, t)).collect();
     assert_eq!(b.decrypt(&b.ev.mul_relin(&cx, &cx, &b.rlk).unwrap()), sq);
 }
@@ -89,7 +89,7 @@ proptest! {
     #[test]
     fn arithmetic_matches_plaintext_reference(seed: u64) {
         let mut b = setup(&small_params(), true, seed);
-        let t = b.params.plaintext_modulus();
+        let t = b.params.plaintext_modulus() as u64;
         let (x, y) = (b.random_slots(), b.random_slots());
         let (cx, cy) = (b.encrypt(&x), b.encrypt(&y));
         prop_assert_eq!(b.decrypt(&cx), x.clone());
@@ -151,7 +151,7 @@ proptest! {
 #[test]
 fn inner_sum_and_missing_keys() {
     let mut b = setup(&small_params(), true, 3);
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     let x = b.random_slots();
     let cx = b.encrypt(&x);
     let gk = b.galois(&b.ev.galois_elements_inner_sum());
@@ -197,7 +197,7 @@ fn mismatches_are_typed_errors() {
             expected: 2
         })
     ));
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     assert!(matches!(
         b.enc.encode_u64(&[t]),
         Err(Error::ValueOutOfRange { .. })
@@ -218,7 +218,7 @@ fn modulus_switching_keeps_the_plaintext() {
     let x = b.random_slots();
     let cx = b.encrypt(&x);
     let c3 = b.ev.mul_relin(&cx, &cx, &b.rlk).unwrap();
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     let want: Vec<u64> = x.iter().map(|a| mulmod(*a, *a, t)).collect();
     let before = b.decryptor.noise_budget(&c3).unwrap();
     let low = b.ev.mod_switch_to_level(&c3, 0).unwrap();
@@ -233,7 +233,7 @@ fn modulus_switching_keeps_the_plaintext() {
 #[test]
 fn signed_and_coefficient_encodings() {
     let mut b = setup(&small_params(), true, 7);
-    let t = b.params.plaintext_modulus() as i64;
+    let t = b.params.plaintext_modulus() as u64 as i64;
     let v: Vec<i64> = (0..64)
         .map(|_| b.rng.random_range(-t / 2..=t / 2))
         .collect();
@@ -317,7 +317,7 @@ fn presets_noise_budgets_stay_above_bounds() {
     for degree in [4096, 8192] {
         let lit = BfvParametersLiteral::preset(degree).unwrap();
         let mut b = setup(&lit, false, degree as u64);
-        let t = b.params.plaintext_modulus();
+        let t = b.params.plaintext_modulus() as u64;
         let (x, y) = (b.random_slots(), b.random_slots());
         let (cx, cy) = (b.encrypt(&x), b.encrypt(&y));
         let fresh = b.decryptor.noise_budget(&cx).unwrap();

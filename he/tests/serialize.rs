@@ -63,7 +63,7 @@ fn round_trips_of_every_object() {
     let r = b.ev.rotate_rows(&ct, 1, &gk2).unwrap();
     assert_eq!(b.decrypt(&r)[0], x[1]);
     let m = b.ev.mul_relin(&ct, &ct, &rlk2).unwrap();
-    let t = b.params.plaintext_modulus() as u128;
+    let t = b.params.plaintext_modulus() as u64 as u128;
     assert_eq!(b.decrypt(&m)[5] as u128, x[5] as u128 * x[5] as u128 % t);
     // Parameter literals.
     let lit = BfvParametersLiteral::n8192();
@@ -282,7 +282,7 @@ fn compact_ciphertexts_decrypt_exactly_at_the_computed_width() {
     use rand::Rng;
     let mut b = compact_setup(31);
     let n = b.params.degree();
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     let level = b.params.max_level();
     let all: Vec<usize> = (0..n).collect();
     let some = [0usize, 1, 77, n / 2, n - 1];
@@ -324,7 +324,7 @@ fn compact_ciphertexts_after_mod_switching_and_plain_products() {
     use rand::Rng;
     let mut b = compact_setup(32);
     let n = b.params.degree();
-    let t = b.params.plaintext_modulus();
+    let t = b.params.plaintext_modulus() as u64;
     let vals: Vec<u64> = (0..n).map(|_| b.rng.random_range(0..t)).collect();
     let ct = b
         .encryptor

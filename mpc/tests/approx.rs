@@ -48,7 +48,9 @@ fn exp_reciprocal_sigmoid_softmax() {
         )
     });
     for (x, y) in ex.iter().zip(reveal(&r0.0, &r1.0)) {
-        assert!((x.exp() - y).abs() <= 2f64.powi(-9), "exp({x}) = {y}");
+        // The limit's error (at most 2^-8.9, at x = -2) plus the local truncation of
+        // x / 2^8, one unit of 2^-16 either way, raised to the 2^8th power (2^-8).
+        assert!((x.exp() - y).abs() <= 2f64.powi(-7), "exp({x}) = {y}");
     }
     for (x, y) in rx.iter().zip(reveal(&r0.1, &r1.1)) {
         assert!(((1.0 / x) - y).abs() * x <= 2f64.powi(-10), "1/{x} = {y}");

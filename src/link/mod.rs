@@ -16,7 +16,7 @@ use cipherml_he::rlwe::{PublicKey, SecretKey};
 use cipherml_mpc::net::Channel;
 use cipherml_mpc::party::Party;
 use cipherml_mpc::ring::Ring;
-use rand::{CryptoRng, Rng, RngCore};
+use rand::{CryptoRng, RngCore};
 
 use crate::Error;
 
@@ -99,11 +99,14 @@ pub fn bfv_linear_server<C: Channel, R: RngCore + CryptoRng>(
     let ev = Evaluator::new(params);
     let encoder = Encoder::new(params);
     let out = apply(&ev, &cts)?;
-    let t = params.plaintext_modulus();
+    let mask = params.plaintext_mask().ok_or(Error::Invalid {
+        what: "link parameters",
+        detail: "the plaintext modulus is not a power of two".into(),
+    })?;
     let n = params.degree();
     let flood = flood_log2(n, noise_log2, flood_bits);
     for (b, ct) in out.iter().enumerate() {
-        let r: Vec<u64> = (0..n).map(|_| p.rng().random_range(0..t)).collect();
+        let r: Vec<u64> = (0..n).map(|_| p.rng().next_u64() & mask).collect();
         let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
         // A fresh public-key encryption of zero makes c1 uniform (RLWE): without it c1 is
         // a function of the weights and of the client's own (known) uniform polynomials,

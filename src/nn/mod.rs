@@ -4,8 +4,10 @@
 mod ckks_mode;
 mod layers;
 mod onnx;
+mod onnx_export;
 pub(crate) mod plan;
 mod private;
+mod spec;
 mod train;
 pub mod zoo;
 
@@ -15,7 +17,11 @@ pub use layers::Layer;
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
 pub use plan::{Backend, Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 pub use private::PreparedModel;
-pub use train::{one_hot, EpochReport, FitOptions, History, Loss, Optimizer, Progress, Trainer};
+pub use spec::model_from_json;
+pub use train::{
+    one_hot, EpochReport, FitOptions, History, Loss, Optimizer, Progress, Trainer,
+    ADAM_GRADIENT_SCALE,
+};
 
 use ndarray::ArrayD;
 

@@ -71,7 +71,26 @@ pub enum Optimizer {
         /// L2 weight decay (0: none).
         weight_decay: f64,
     },
+    /// Adam with bias correction: `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2`,
+    /// `w <- w - lr m^ / sqrt(v^ + eps^2)` (`m^ = m / (1 - b1^t)`, `v^ = v / (1 - b2^t)`; `eps`
+    /// inside the root, as the plaintext reference). On shares the gradient is scaled by
+    /// [`ADAM_GRADIENT_SCALE`] for precision, `1 / sqrt` is [`Session::inv_sqrt`]; declared
+    /// range: every gradient of the mean loss within `+-8`, `eps >= 2^-12`.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// Decay of the first moment.
+        beta1: f64,
+        /// Decay of the second moment.
+        beta2: f64,
+        /// Added to the second moment (squared) before the root.
+        eps: f64,
+    },
 }
+
+/// The factor by which Adam scales gradients on shares (the update does not depend on it):
+/// `2^4`, so that the second moment of gradients about `10^-3` is resolved at `2^-16`.
+pub const ADAM_GRADIENT_SCALE: f64 = 16.0;
 
 impl Optimizer {
     /// Plain SGD with learning rate `lr`.
@@ -83,12 +102,47 @@ impl Optimizer {
         }
     }
 
-    fn check(&self) -> Result<(), NnError> {
-        let Optimizer::Sgd {
+    /// Adam with learning rate `lr`, `beta1 = 0.9`, `beta2 = 0.999`, `eps = 10^-3`.
+    pub fn adam(lr: f64) -> Self {
+        Optimizer::Adam {
             lr,
-            momentum,
-            weight_decay,
-        } = *self;
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-3,
+        }
+    }
+
+    fn check(&self) -> Result<(), NnError> {
+        let (lr, momentum, weight_decay) = match *self {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => (lr, momentum, weight_decay),
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                let ok = lr.is_finite()
+                    && lr > 0.0
+                    && (0.0..1.0).contains(&beta1)
+                    && (0.0..1.0).contains(&beta2)
+                    && eps.is_finite()
+                    && eps >= (-12f64).exp2();
+                return if ok {
+                    Ok(())
+                } else {
+                    Err(NnError::Config {
+                        what: "optimizer",
+                        detail: format!(
+                            "Adam: lr {lr} must be positive and finite, beta1 {beta1} and beta2 {beta2} in [0, 1), eps {eps} at least 2^-12"
+                        ),
+                    })
+                };
+            }
+        };
         let ok = lr.is_finite()
             && lr > 0.0
             && (0.0..1.0).contains(&momentum)
@@ -96,7 +150,7 @@ impl Optimizer {
         if ok {
             Ok(())
         } else {
-            Err(NnError::Invalid {
+            Err(NnError::Config {
                 what: "optimizer",
                 detail: format!(
                     "lr {lr} must be positive and finite, momentum {momentum} and weight decay {weight_decay} in [0, 1)"
@@ -185,7 +239,10 @@ pub fn one_hot(labels: &[f64], classes: usize) -> Result<Array2<f64>, NnError> {
 #[derive(Debug, Clone)]
 struct Param<T> {
     value: T,
+    /// SGD's velocity, or Adam's first moment.
     velocity: Option<T>,
+    /// Adam's second moment.
+    second: Option<T>,
 }
 
 /// A model compiled for training with a loss and an optimizer ([`Sequential::compile`]).
@@ -199,6 +256,8 @@ pub struct Trainer {
     /// Weight and bias of every Dense and Conv2d layer, in order.
     params: Vec<Param<PrivateTensor>>,
     plain: Vec<Param<ArrayD<f64>>>,
+    /// Updates done on shares and in plaintext (Adam's bias correction).
+    steps: (u64, u64),
 }
 
 impl Sequential {
@@ -250,6 +309,7 @@ impl Sequential {
                 .map(|p| Param {
                     value: PrivateTensor::Public(p.clone()),
                     velocity: None,
+                    second: None,
                 })
                 .collect(),
             plain: plain
@@ -257,8 +317,10 @@ impl Sequential {
                 .map(|p| Param {
                     value: p,
                     velocity: None,
+                    second: None,
                 })
                 .collect(),
+            steps: (0, 0),
         })
     }
 }
@@ -341,7 +403,7 @@ impl Trainer {
             });
         }
         if opts.batch_size == 0 || opts.epochs == 0 || xs[0] == 0 {
-            return Err(NnError::Invalid {
+            return Err(NnError::Config {
                 what: "fit options",
                 detail: format!(
                     "{} epochs of batches of {} over {} samples",
@@ -513,9 +575,18 @@ impl Trainer {
             Loss::MeanSquaredError => 2.0 / (bsz * outs) as f64,
             _ => 1.0 / bsz as f64,
         };
+        self.steps.0 += 1;
         for (param, grad) in self.params.iter_mut().zip(grads) {
             let grad = grad.expect("every parameter has a gradient");
-            sgd_private(s, &self.optimizer, param, &grad, c)?;
+            match self.optimizer {
+                Optimizer::Adam {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                } => adam_private(s, (lr, beta1, beta2, eps), self.steps.0, param, &grad, c)?,
+                Optimizer::Sgd { .. } => sgd_private(s, &self.optimizer, param, &grad, c)?,
+            }
         }
         Ok(m)
     }
@@ -740,7 +811,7 @@ impl Trainer {
     fn with_weights(&self, values: &[ArrayD<f64>]) -> Result<Sequential, NnError> {
         let mut it = values.iter();
         let mut next = |what: &'static str| {
-            it.next().cloned().ok_or(NnError::Invalid {
+            it.next().cloned().ok_or(NnError::Config {
                 what,
                 detail: "fewer weights than layers".into(),
             })
@@ -928,11 +999,43 @@ impl Trainer {
         let xb = x.select(Axis(0), idx);
         let yb = y.select(Axis(0), idx);
         let (grads, sq, c) = self.backprop_plain(&xb, &yb)?;
-        let Optimizer::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        } = self.optimizer;
+        self.steps.1 += 1;
+        let (lr, momentum, weight_decay) = match self.optimizer {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => (lr, momentum, weight_decay),
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                let t = self.steps.1 as i32;
+                for (p, g) in self.plain.iter_mut().zip(grads) {
+                    let g = g * c;
+                    let m = match p.velocity.take() {
+                        Some(m) => m * beta1 + &g * (1.0 - beta1),
+                        None => &g * (1.0 - beta1),
+                    };
+                    let g2 = g.mapv(|v| v * v);
+                    let v = match p.second.take() {
+                        Some(v) => v * beta2 + &g2 * (1.0 - beta2),
+                        None => g2 * (1.0 - beta2),
+                    };
+                    let mh = &m / (1.0 - beta1.powi(t));
+                    let vh = &v / (1.0 - beta2.powi(t));
+                    let step = ndarray::Zip::from(&mh)
+                        .and(&vh)
+                        .map_collect(|&a, &b| lr * a / (b + eps * eps).sqrt());
+                    p.value = &p.value - &step;
+                    p.velocity = Some(m);
+                    p.second = Some(v);
+                }
+                return Ok(sq);
+            }
+        };
         for (p, g) in self.plain.iter_mut().zip(grads) {
             if momentum == 0.0 {
                 let mut step = g * (lr * c);
@@ -1195,6 +1298,52 @@ impl Trainer {
     }
 }
 
+/// One Adam step on shares (see [`Optimizer::Adam`]), the `t`-th update; `c` turns the
+/// gradient's batch sum into the gradient of the mean loss.
+fn adam_private<C: Channel>(
+    s: &mut Session<C>,
+    (lr, beta1, beta2, eps): (f64, f64, f64, f64),
+    t: u64,
+    p: &mut Param<PrivateTensor>,
+    g: &PrivateTensor,
+    c: f64,
+) -> Result<(), NnError> {
+    let scale = ADAM_GRADIENT_SCALE;
+    let gs = s.scale(g, c * scale)?;
+    let m = match p.velocity.take() {
+        Some(m) => {
+            let a = s.scale(&m, beta1)?;
+            let b = s.scale(&gs, 1.0 - beta1)?;
+            s.add(&a, &b)?
+        }
+        None => s.scale(&gs, 1.0 - beta1)?,
+    };
+    let g2 = s.mul(&gs, &gs)?;
+    let v = match p.second.take() {
+        Some(v) => {
+            let a = s.scale(&v, beta2)?;
+            let b = s.scale(&g2, 1.0 - beta2)?;
+            s.add(&a, &b)?
+        }
+        None => s.scale(&g2, 1.0 - beta2)?,
+    };
+    let t = t.min(i32::MAX as u64) as i32;
+    let mh = s.scale(&m, 1.0 / (1.0 - beta1.powi(t)))?;
+    let vh = s.scale(&v, 1.0 / (1.0 - beta2.powi(t)))?;
+    // sqrt(v^ + eps^2) at the gradient's scale: (scale eps)^2 >= 2^-16 is the range's floor.
+    let e2 = (scale * eps).powi(2);
+    let floor = PrivateTensor::Public(ArrayD::from_elem(vh.shape(), e2));
+    let x = s.add(&vh, &floor)?;
+    let lo = (e2.log2().floor() as i32).max(-16);
+    let y = s.inv_sqrt(&x, lo, 14)?;
+    let step = s.mul(&mh, &y)?;
+    let step = s.scale(&step, lr)?;
+    p.value = s.sub(&p.value, &step)?;
+    p.velocity = Some(m);
+    p.second = Some(v);
+    Ok(())
+}
+
 /// One SGD step on shares (see [`Optimizer::Sgd`]); `c` turns the gradient's batch sum
 /// into the gradient of the mean loss.
 fn sgd_private<C: Channel>(
@@ -1208,7 +1357,13 @@ fn sgd_private<C: Channel>(
         lr,
         momentum,
         weight_decay,
-    } = *opt;
+    } = *opt
+    else {
+        return Err(NnError::Config {
+            what: "optimizer",
+            detail: format!("{opt:?} is not SGD"),
+        });
+    };
     if momentum == 0.0 {
         let mut step = s.scale(g, lr * c)?;
         if weight_decay > 0.0 {
@@ -1237,7 +1392,7 @@ fn sgd_private<C: Channel>(
 }
 
 fn shape_err(what: &'static str, e: ndarray::ShapeError) -> NnError {
-    NnError::Invalid {
+    NnError::Config {
         what,
         detail: e.to_string(),
     }

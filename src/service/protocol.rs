@@ -211,7 +211,8 @@ impl HeParams {
     pub fn of_bfv(params: &cipherml_he::bfv::BfvParameters) -> Self {
         HeParams::Bfv {
             degree: params.degree(),
-            plaintext_modulus: params.plaintext_modulus(),
+            // Servers announce rings of at most 60 bits; a wider t saturates.
+            plaintext_modulus: u64::try_from(params.plaintext_modulus()).unwrap_or(u64::MAX),
             id: params.id(),
         }
     }

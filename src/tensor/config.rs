@@ -78,23 +78,26 @@ impl Default for SessionConfig {
 }
 
 /// The widest ring the BFV link supports: BFV's plaintext modulus `t = 2^l` is at most
-/// `2^60`. A session over a wider ring (training's 64 bits) runs on shares only.
-pub const MAX_BFV_RING_BITS: u32 = 60;
+/// `2^64`. A session over a wider ring would run on shares only.
+pub const MAX_BFV_RING_BITS: u32 = 64;
 
 impl SessionConfig {
     /// The configuration for training: a 64-bit ring with 16 fractional bits (products at
     /// `2^32` leave 31 bits of integer range, and every truncation is faithful, so no
-    /// value wraps around), triples from OT, no BFV link (see [`MAX_BFV_RING_BITS`]).
+    /// value wraps around), triples from OT, the BFV link at `t = 2^64`. Values a party
+    /// holds whole and multiplies in the clear under BFV (its data) are capped at
+    /// `2^14` in absolute value (`weight_bits = 30`: the flooding is sized from it).
     ///
     /// ```
     /// let c = cipherml::tensor::SessionConfig::training();
     /// assert_eq!((c.ring_bits, c.frac_bits), (64, 16));
-    /// assert!(!c.bfv_link());
+    /// assert!(c.bfv_link());
     /// ```
     pub fn training() -> Self {
         Self {
             ring_bits: 64,
             frac_bits: 16,
+            weight_bits: 30,
             ..Self::default()
         }
     }
@@ -106,7 +109,7 @@ impl SessionConfig {
     }
 
     /// The BFV parameters: N = 8192, `t = 2^l`, a 198-bit `Q` and a 20-bit special prime
-    /// (log2(QP) = 218, 128-bit). For a ring wider than [`MAX_BFV_RING_BITS`], `t = 2^60`
+    /// (log2(QP) = 218, 128-bit). For a ring wider than [`MAX_BFV_RING_BITS`], `t = 2^64`
     /// and the session refuses every BFV operation ([`SessionConfig::bfv_link`]). The link protocol uses no key switching (no evaluation
     /// key is ever made), so the special prime only completes the context; `Q` holds the
     /// plaintext modulus and the flooding sized for a whole session.

@@ -709,6 +709,69 @@ impl<C: Channel> Session<C> {
     }
 }
 
+impl<C: Channel> Session<C> {
+    /// `1 / sqrt(x)` elementwise for `x` in `[2^lo, 2^hi]` (the caller's public range: a
+    /// value below it is treated as `2^lo`), at the session's scale: the exponent of `x`
+    /// from one exact comparison per power of two in the range (a first guess within a
+    /// factor `sqrt 2`), then four Newton steps `y <- y (3 - x y^2) / 2`; error below
+    /// `2^-10` relative or `2^-13` absolute (tested; the result has `f` fractional bits).
+    pub fn inv_sqrt(
+        &mut self,
+        x: &PrivateTensor,
+        lo: i32,
+        hi: i32,
+    ) -> Result<PrivateTensor, TensorError> {
+        let f = self.fixed.frac_bits() as i32;
+        if lo >= hi || lo < -f || hi > 62 - 3 * f {
+            return Err(TensorError::Config {
+                what: "inv_sqrt range",
+                detail: format!("[2^{lo}, 2^{hi}] at {f} fractional bits"),
+            });
+        }
+        let ring = self.fixed.ring();
+        let shape = x.shape();
+        let (s, _) = self.shares_of(x)?;
+        let n = s.len();
+        // c_j = [x >= 2^j] for j in (lo, hi]: y0 = 2^(-lo/2) + sum_j c_j (2^(-j/2) - 2^(-(j-1)/2)).
+        let js: Vec<i32> = (lo + 1..=hi).collect();
+        let p0 = self.party.is_p0();
+        let mut diffs = Vec::with_capacity(n * js.len());
+        for &j in &js {
+            let t = ring.from_signed(1i64 << (j + f));
+            diffs.extend(s.iter().map(|&v| if p0 { ring.sub(v, t) } else { v }));
+        }
+        let bits = compare::drelu(&mut self.party, ring, &diffs)?;
+        let arith = boolean::b2a(&mut self.party, ring, &bits)?;
+        let base = ring.from_signed(cipherml_mpc::fixed::quantize(
+            (-(lo as f64) / 2.0).exp2(),
+            f as u32,
+        ));
+        let mut y0 = vec![if p0 { base } else { 0 }; n];
+        for (ji, &j) in js.iter().enumerate() {
+            let step = ring.from_signed(cipherml_mpc::fixed::quantize(
+                (-(j as f64) / 2.0).exp2() - (-((j - 1) as f64) / 2.0).exp2(),
+                f as u32,
+            ));
+            for i in 0..n {
+                y0[i] = ring.add(y0[i], ring.mul(arith[ji * n + i], step));
+            }
+        }
+        // y0 is at 2^f already (bits times constants at 2^f).
+        let xt = self.shared(s, shape.clone());
+        let mut y = self.shared(y0, shape.clone());
+        let three = PrivateTensor::Public(ndarray::ArrayD::from_elem(shape.clone(), 3.0));
+        for _ in 0..4 {
+            // x y first: about sqrt(x), exact to 2^-f, where y^2 alone would lose bits.
+            let xy = self.mul(&xt, &y)?;
+            let xy2 = self.mul(&xy, &y)?;
+            let d = self.sub(&three, &xy2)?;
+            let yd = self.mul(&y, &d)?;
+            y = self.scale(&yd, 0.5)?;
+        }
+        Ok(y)
+    }
+}
+
 fn batch_image(
     what: &'static str,
     shape: &[usize],

@@ -188,8 +188,14 @@ fn ckks_level(t: &PrivateTensor, op: &'static str) -> Result<usize, TensorError>
 /// Bound on the noise of a fresh symmetric encryption plus a plaintext share:
 /// the fresh noise (<= 6 sigma N^0.5 is far below `t`) and the rounding of the plaintext
 /// addition (`< t`).
-fn fresh_noise_log2(t: u64) -> f64 {
-    (t as f64).log2() + 1.0
+/// For `t` wider than 60 bits, messages are encoded `round(Q m / t)`: the plaintext
+/// addition adds at most 1/2, and the fresh noise bound stands.
+fn fresh_noise_log2(params: &cipherml_he::bfv::BfvParameters) -> f64 {
+    if params.plaintext_bits() > 60 {
+        cipherml_he::tensor::FRESH_NOISE_LOG2 + 1.0
+    } else {
+        (params.plaintext_modulus() as f64).log2() + 1.0
+    }
 }
 
 fn row_len(shape: &[usize]) -> usize {
@@ -252,7 +258,7 @@ impl<C: Channel> Session<C> {
                 Ok(PrivateTensor::Bfv {
                     data: Some(BfvTensorData {
                         cts,
-                        noise_log2: fresh_noise_log2(self.params.plaintext_modulus()),
+                        noise_log2: fresh_noise_log2(&self.params),
                     }),
                     shape,
                 })

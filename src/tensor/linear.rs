@@ -85,7 +85,7 @@ fn check_cap(
 }
 
 /// Refuses a linear map whose flooded replies would not decrypt at these parameters.
-fn check_flood(
+pub(super) fn check_flood(
     params: &BfvParameters,
     config: &SessionConfig,
     label: &str,

@@ -100,6 +100,7 @@ mod config;
 pub mod cost;
 mod grad;
 mod he;
+mod held;
 pub(crate) mod kernels;
 mod linear;
 mod ops;
@@ -199,6 +200,9 @@ pub struct Session<C: Channel> {
     config: SessionConfig,
     params: Arc<BfvParameters>,
     sk: Option<Arc<SecretKey>>,
+    /// Training: the server's own BFV key (server side) or the server's public key (client
+    /// side), made when a product first needs the server to encrypt ([`held`]).
+    server_key: Option<held::ServerKey>,
     /// Server: the client's BFV public key, which re-randomizes encrypted replies.
     rerand: Option<cipherml_he::bfv::Encryptor>,
     triples: AnyTriples<TcpChannel>,
@@ -256,7 +260,7 @@ impl SessionSetup {
         id: PartyId,
     ) -> Result<Self, TensorError> {
         let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
-        if params.plaintext_modulus() != 1u64 << config.ring_bits.min(MAX_BFV_RING_BITS) {
+        if params.plaintext_modulus() != 1u128 << config.ring_bits.min(MAX_BFV_RING_BITS) {
             return Err(TensorError::Invalid {
                 what: "session parameters",
                 detail: format!(
@@ -471,6 +475,7 @@ impl<C: Channel> Session<C> {
             triples: triples.unwrap_or_else(AnyTriples::ot),
             ckks,
             log: Vec::new(),
+            server_key: None,
             revealed: 0,
             unflooded_ckks: false,
         }
@@ -886,10 +891,12 @@ impl<C: Channel> Session<C> {
         linked: bool,
     ) -> Result<Option<Vec<u64>>, TensorError> {
         let (ha, hb) = (a.holder(), b.holder());
+        let legacy = linked && self.config.ring_bits <= 60;
         if matches!(a, PrivateTensor::Bfv { .. })
-            || (linked && hb == Some(Role::Server) && ha != Some(Role::Server))
+            || (legacy && hb == Some(Role::Server) && ha != Some(Role::Server))
         {
-            // The server's matrix on the BFV link: the cost model's choice (see `matmul`).
+            // The server's matrix on the inference link (`t <= 2^60`), prepared row by
+            // row: the cost model's choice (see `matmul`).
             return Ok(None);
         }
         let ring = self.fixed.ring();
@@ -930,11 +937,18 @@ impl<C: Channel> Session<C> {
             (Some(p), _) if !dealer => {
                 let (x, _) = self.shares_of(a)?;
                 let (y, _) = self.shares_of(b)?;
+                let mine = (p == self.role).then_some(x.as_slice());
+                if linked && self.held_he_cheaper(m, k, n) {
+                    self.log.push(plan(
+                        cost::Backend::BfvCoefficient,
+                        self.held_he_cost(m, k, n),
+                    ));
+                    return Ok(Some(self.held_product_he(p, mine, &y, (m, k, n))?));
+                }
                 self.log.push(plan(
                     cost::Backend::SharedOtProduct,
                     cost::ot_product(m as f64, k as f64, n as f64),
                 ));
-                let mine = (p == self.role).then_some(x.as_slice());
                 Ok(Some(arith::matmul_owned(
                     &mut self.party,
                     ring,
@@ -957,11 +971,33 @@ impl<C: Channel> Session<C> {
                 let yt = grad_transpose(&y, k, n);
                 let xt = grad_transpose(&x, m, k);
                 let mine = (p == self.role).then_some(yt.as_slice());
-                let zt = arith::matmul_owned(&mut self.party, ring, p.party(), mine, &xt, n, k, m)?;
+                let zt = if linked && self.held_he_cheaper(n, k, m) {
+                    self.log.pop();
+                    self.log.push(plan(
+                        cost::Backend::BfvCoefficient,
+                        self.held_he_cost(n, k, m),
+                    ));
+                    self.held_product_he(p, mine, &xt, (n, k, m))?
+                } else {
+                    arith::matmul_owned(&mut self.party, ring, p.party(), mine, &xt, n, k, m)?
+                };
                 Ok(Some(grad_transpose(&zt, n, m)))
             }
             _ => Ok(None),
         }
+    }
+
+    /// Whether a held `m x k` matrix times a shared `k x n` one is cheaper under BFV than
+    /// by the one-way OT product, under the session's network model.
+    fn held_he_cheaper(&self, m: usize, k: usize, n: usize) -> bool {
+        let net = self.config.network;
+        let l = f64::from(self.fixed.ring().bits());
+        let ot = cost::Cost {
+            compute_us: (k * n) as f64 * l * (0.1 + m as f64 * 0.002),
+            bytes: (k * n) as f64 * l * (16.0 + m as f64 * l / 8.0),
+            rounds: 2.0,
+        };
+        self.held_he_cost(m, k, n).total_us(&net) < ot.total_us(&net)
     }
 
     /// A public tensor encoded at `2^f` (the whole value, not party 0's share).

@@ -52,7 +52,8 @@ impl Ciphertext {
     }
 }
 
-/// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)`.
+/// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)` (for a
+/// wide power-of-two `t`, `2^61 ..= 2^64`: `round(Q_level m / t)`).
 pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize) -> Poly<Coeff> {
     let mut p = Poly::zero(params.degree(), level + 1);
     add_scaled_message(params, pt, level, &mut p);
@@ -63,11 +64,49 @@ pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usiz
 fn add_scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &mut Poly<Coeff>) {
     let q = params.context().q_at(level);
     let lv = &params.levels[level];
+    if params.t().is_wide() {
+        return add_rounded_message(params, pt, level, p);
+    }
     for (i, limb) in p.limbs_mut().enumerate() {
         let m = q.modulus(i);
         let (d, ds) = lv.delta[i];
         for (x, &v) in limb.iter_mut().zip(&pt.coeffs) {
             *x = m.add(*x, m.mul_shoup(v, d, ds));
+        }
+    }
+}
+
+/// `p += round(Q m / t)` for a wide power-of-two `t` (as SEAL's scaling): with
+/// `L = ((Q mod t) m + t/2) mod t`, `round(Q m / t) t = Q m + t/2 - L`, so modulo each
+/// `q_i` (which divides `Q`) it is `(t/2 - L) t^-1`. The rounding error is at most 1/2
+/// whatever `m`, so a product by a plaintext `w` adds at most `||w||_1 / 2` to the noise
+/// (with `floor(Q/t) m` it would add `(Q mod t)` times the carries of `m w` over `t`,
+/// up to `t N ||w||_inf`, too much for `t = 2^64`).
+fn add_rounded_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &mut Poly<Coeff>) {
+    let q = params.context().q_at(level);
+    let lv = &params.levels[level];
+    let t = params.t();
+    let half = (t.value() / 2) as u64;
+    let q_mod_t = lv.q_mod_t;
+    // t/2 - L in (-t/2, t/2], as (negative, |t/2 - L|).
+    let signed: Vec<(bool, u64)> = pt
+        .coeffs
+        .iter()
+        .map(|&v| {
+            let l = t.add(t.reduce_u128(q_mod_t * v as u128), half);
+            if l > half {
+                (true, l - half)
+            } else {
+                (false, half - l)
+            }
+        })
+        .collect();
+    for (i, limb) in p.limbs_mut().enumerate() {
+        let m = q.modulus(i);
+        let (ti, tis) = lv.t_inv[i];
+        for (x, &(neg, a)) in limb.iter_mut().zip(&signed) {
+            let r = m.mul_shoup(a, ti, tis);
+            *x = if neg { m.sub(*x, r) } else { m.add(*x, r) };
         }
     }
 }
@@ -191,13 +230,35 @@ impl Decryptor {
         self.rlwe.phase(ct.level, &ct.polys)
     }
 
-    /// Decrypts: `m = round(t (c0 + c1 s) / Q) mod t`, computed in RNS without big integers.
+    /// Decrypts: `m = round(t (c0 + c1 s) / Q) mod t`, computed in RNS without big integers
+    /// (for `t = 2^64`: the integer parts with wrapping `u64` arithmetic).
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
         let x = self.phase(ct)?;
         let n = self.params.degree();
         let lv = &self.params.levels[ct.level];
         let t = self.params.t();
         let k = ct.level + 1;
+        if t.is_wide() {
+            // t divides 2^64: the integer parts are summed modulo 2^64.
+            let mut int = vec![0u64; n];
+            let mut frac = vec![1u128 << 63; n];
+            for (i, limb) in x.limbs().enumerate().take(k) {
+                let (w, f) = lv.dec[i];
+                for ((a, b), &xi) in int.iter_mut().zip(frac.iter_mut()).zip(limb) {
+                    *a = a.wrapping_add(xi.wrapping_mul(w));
+                    *b = b.wrapping_add(xi as u128 * f as u128);
+                }
+            }
+            let coeffs = int
+                .iter()
+                .zip(&frac)
+                .map(|(&a, &b)| t.reduce(a.wrapping_add((b >> 64) as u64)))
+                .collect();
+            return Ok(Plaintext {
+                params_id: self.params.id(),
+                coeffs,
+            });
+        }
         let mut int = vec![0u128; n];
         let mut frac = vec![1u128 << 63; n];
         for (i, limb) in x.limbs().enumerate().take(k) {
@@ -223,14 +284,15 @@ impl Decryptor {
     pub fn noise_budget(&self, ct: &Ciphertext) -> Result<u32> {
         let x = self.phase(ct)?;
         let q = self.params.context().q_at(ct.level);
-        let tv = self.params.plaintext_modulus();
+        let t = self.params.t();
         let k = q.len();
+        let t_mod: Vec<u64> = (0..k).map(|i| t.mod_of(q.modulus(i))).collect();
         let mut max_log = f64::NEG_INFINITY;
         let mut res = vec![0u64; k];
         for c in 0..self.params.degree() {
             for (i, r) in res.iter_mut().enumerate() {
                 let m = q.modulus(i);
-                *r = m.mul(x.limb(i)[c], m.reduce(tv));
+                *r = m.mul(x.limb(i)[c], t_mod[i]);
             }
             if let Some(l) = q.log2_abs_centered(&res) {
                 max_log = max_log.max(l);
@@ -276,7 +338,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let (e, d) = keys(&params, &mut rng);
         let enc = Encoder::new(&params);
-        let t = params.plaintext_modulus();
+        let t = params.plaintext_modulus() as u64;
         let m: Vec<u64> = (0..32u64).map(|i| i * 977 % t).collect();
         let pt = enc.encode_u64(&m).unwrap();
         let pk_ct = e.encrypt(&pt, &mut rng).unwrap();
@@ -316,7 +378,7 @@ mod tests {
             RlweDecryptor::new(ctx, sk.clone()).unwrap(),
         );
         let d = Decryptor::new(&params, sk).unwrap();
-        let t = params.plaintext_modulus();
+        let t = params.plaintext_modulus() as u64;
         let m: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
         let pt = Encoder::new(&params).encode_coeffs_u64(&m).unwrap();
         let level = params.max_level();
@@ -347,7 +409,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         let (e, d) = keys(&params, &mut rng);
         let (enc, ev) = (Encoder::new(&params), Evaluator::new(&params));
-        let t = params.plaintext_modulus();
+        let t = params.plaintext_modulus() as u64;
         let a: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
         let b: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
         let seeded = d

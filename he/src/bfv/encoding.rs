@@ -32,7 +32,7 @@ impl Drop for Plaintext {
 }
 
 impl Plaintext {
-    /// The coefficients, in `[0, t)`.
+    /// The coefficients, in `[0, t)` (any `u64` for `t = 2^64`).
     pub fn coefficients(&self) -> &[u64] {
         &self.coeffs
     }
@@ -96,6 +96,7 @@ impl Encoder {
     fn reduce_signed(&self, values: &[i64]) -> Result<Vec<u64>> {
         let t = self.params.t();
         let half = (t.value() / 2) as i128;
+        // Every i64 is in range for t = 2^64 (and the bound below holds for it too).
         values
             .iter()
             .map(|&v| {
@@ -114,7 +115,7 @@ impl Encoder {
 
     fn check_unsigned(&self, values: &[u64]) -> Result<()> {
         let tv = self.params.plaintext_modulus();
-        match values.iter().find(|&&v| v >= tv) {
+        match values.iter().find(|&&v| v as u128 >= tv) {
             Some(&v) => Err(Error::ValueOutOfRange {
                 value: v as i128,
                 modulus: tv,
@@ -189,7 +190,8 @@ impl Encoder {
             .collect())
     }
 
-    /// Coefficient encoding: `values[i]` (in `[0, t)`) becomes the coefficient of `X^i`.
+    /// Coefficient encoding: `values[i]` (in `[0, t)`; any `u64` for `t = 2^64`) becomes
+    /// the coefficient of `X^i`.
     pub fn encode_coeffs_u64(&self, values: &[u64]) -> Result<Plaintext> {
         self.check_len(values.len())?;
         self.check_unsigned(values)?;
@@ -201,7 +203,8 @@ impl Encoder {
         })
     }
 
-    /// Coefficient encoding of signed values in `[-t/2, t/2]`.
+    /// Coefficient encoding of signed values in `[-t/2, t/2]` (any `i64` for `t = 2^64`:
+    /// a negative `v` becomes `v + 2^64`).
     pub fn encode_coeffs_i64(&self, values: &[i64]) -> Result<Plaintext> {
         self.check_len(values.len())?;
         let mut coeffs = self.reduce_signed(values)?;
@@ -212,14 +215,17 @@ impl Encoder {
         })
     }
 
-    /// The coefficients of a plaintext, signed in `(-t/2, t/2]`.
+    /// The coefficients of a plaintext, signed in `(-t/2, t/2]` (for `t = 2^64`: in
+    /// `[-2^63, 2^63)`, the `i64` of the same bits).
     pub fn decode_coeffs_i64(&self, pt: &Plaintext) -> Result<Vec<i64>> {
         self.check_params(pt)?;
         let t = self.params.t();
         Ok(pt.coeffs.iter().map(|&v| t.center(v)).collect())
     }
 
-    /// Lifts `pt` (centered) to the ciphertext modulus at `level`, in NTT form.
+    /// Lifts `pt` (centered, as [`Encoder::decode_coeffs_i64`]: for `t = 2^64` a
+    /// coefficient `c >= 2^63` is `c - 2^64`) to the ciphertext modulus at `level`, in NTT
+    /// form.
     pub fn prepare(&self, pt: &Plaintext, level: usize) -> Result<PreparedPlaintext> {
         self.check_params(pt)?;
         self.params.context().check_level(level)?;

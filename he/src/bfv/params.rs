@@ -21,11 +21,139 @@ pub enum PlaintextModulus {
     },
     /// A given prime (batching is available if `t = 1 mod 2N`).
     Prime(u64),
-    /// `t = 2^bits`: coefficient encoding only (the Cheetah approach).
+    /// `t = 2^bits` with `1 <= bits <= 64`: coefficient encoding only (the Cheetah
+    /// approach). For `bits <= 60` everything works exactly as before `2^61 ..= 2^64` were
+    /// accepted. For `61..=64` (e.g. `t = 2^64`, where a decrypted coefficient is a share
+    /// in `Z_2^64`): arithmetic modulo `t` is masking; a message `m` is encrypted as
+    /// `round(Q m / t)` rather than `floor(Q / t) m` (SEAL's encoding: a plaintext product
+    /// by `w` then adds at most `||w||_1 / 2` to the noise instead of up to
+    /// `t N ||w||_inf`); for `t = 2^64` centered values are in `[-2^63, 2^63)`;
+    /// ciphertext-ciphertext products (HPS) work, with noise growing by about `t N` per
+    /// product (one product leaves about 47 bits of budget at N = 8192 and
+    /// `log2 Q = 198`); the compact reply takes up to
+    /// [`crate::serialize::COMPACT_MAX_BITS_WIDE`] bits a coefficient.
     PowerOfTwo {
         /// `log2 t`.
         bits: u32,
     },
+}
+
+/// The plaintext modulus as the scheme computes with it: a word [`Modulus`] (any prime, and
+/// powers of two up to `2^60`), or a power of two `2^bits` with `61 <= bits <= 64`, whose
+/// arithmetic is masking (wrapping `u64` operations for `2^64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlainModulus {
+    /// `t < 2^62` with Barrett constants (every `t` supported before `2^61..=2^64`).
+    Word(Modulus),
+    /// `t = 2^bits`, `61 <= bits <= 64`.
+    Wide {
+        /// `log2 t`.
+        bits: u32,
+    },
+}
+
+impl PlainModulus {
+    /// `t`.
+    #[inline]
+    pub(crate) fn value(&self) -> u128 {
+        match self {
+            Self::Word(m) => m.value() as u128,
+            Self::Wide { bits } => 1u128 << bits,
+        }
+    }
+
+    /// `t - 1` as a mask (wide powers of two only).
+    #[inline]
+    fn mask(bits: u32) -> u64 {
+        u64::MAX >> (64 - bits)
+    }
+
+    /// Bit length of `t - 1` (the bits of a residue).
+    pub(crate) fn bits(&self) -> u32 {
+        128 - (self.value() - 1).leading_zeros()
+    }
+
+    /// Whether `t` is a wide power of two (`2^61 ..= 2^64`).
+    #[inline]
+    pub(crate) fn is_wide(&self) -> bool {
+        matches!(self, Self::Wide { .. })
+    }
+
+    /// `x mod t`.
+    #[inline]
+    pub(crate) fn reduce(&self, x: u64) -> u64 {
+        match self {
+            Self::Word(m) => m.reduce(x),
+            Self::Wide { bits } => x & Self::mask(*bits),
+        }
+    }
+
+    /// `x mod t` for a 128-bit `x`.
+    #[inline]
+    pub(crate) fn reduce_u128(&self, x: u128) -> u64 {
+        match self {
+            Self::Word(m) => m.reduce_u128(x),
+            Self::Wide { bits } => x as u64 & Self::mask(*bits),
+        }
+    }
+
+    /// A signed value reduced into `[0, t)`.
+    #[inline]
+    pub(crate) fn reduce_i64(&self, x: i64) -> u64 {
+        match self {
+            Self::Word(m) => m.reduce_i64(x),
+            Self::Wide { bits } => x as u64 & Self::mask(*bits),
+        }
+    }
+
+    /// The representative of `x` (in `[0, t)`) in `(-t/2, t/2]`, except for `t = 2^64`:
+    /// `[-2^63, 2^63)` (the `i64` of the same bits), since `2^63` is not an `i64`.
+    #[inline]
+    pub(crate) fn center(&self, x: u64) -> i64 {
+        match self {
+            Self::Word(m) => m.center(x),
+            Self::Wide { bits: 64 } => x as i64,
+            Self::Wide { bits } => {
+                if x > 1u64 << (bits - 1) {
+                    (x as i128 - (1i128 << bits)) as i64
+                } else {
+                    x as i64
+                }
+            }
+        }
+    }
+
+    /// `a + b mod t` for reduced inputs.
+    #[inline]
+    pub(crate) fn add(&self, a: u64, b: u64) -> u64 {
+        match self {
+            Self::Word(m) => m.add(a, b),
+            Self::Wide { bits } => a.wrapping_add(b) & Self::mask(*bits),
+        }
+    }
+
+    /// `t mod m`.
+    #[inline]
+    pub(crate) fn mod_of(&self, m: &Modulus) -> u64 {
+        match self {
+            Self::Word(t) => m.reduce(t.value()),
+            Self::Wide { .. } => m.reduce_u128(self.value()),
+        }
+    }
+
+    /// `Q mod t` for the product `Q` of `basis`.
+    fn product_mod(&self, basis: &RnsBasis) -> u128 {
+        match self {
+            Self::Word(t) => basis.product_mod(t) as u128,
+            Self::Wide { bits } => {
+                let p = basis
+                    .primes()
+                    .iter()
+                    .fold(1u64, |acc, p| acc.wrapping_mul(p.modulus.value()));
+                (p & Self::mask(*bits)) as u128
+            }
+        }
+    }
 }
 
 /// The unchecked BFV parameter literal. Serializable, so it can live in config files.
@@ -129,6 +257,10 @@ pub(crate) struct BfvLevel {
     pub delta: Vec<(u64, u64)>,
     /// Decryption: `floor(t Q~_i / q_i) mod t` and `frac(t Q~_i / q_i) * 2^64`.
     pub dec: Vec<(u64, u64)>,
+    /// `Q_l mod t` (wide `t`: the message is scaled by `round(Q_l m / t)`).
+    pub q_mod_t: u128,
+    /// `t^-1 mod q_i` with Shoup constants (wide `t`).
+    pub t_inv: Vec<(u64, u64)>,
     /// `Q_l` then `R` (the HPS auxiliary basis).
     pub qr: RnsBasis,
     pub q_to_r: BaseConverter,
@@ -147,7 +279,7 @@ pub(crate) struct BfvLevel {
 pub struct BfvParameters {
     literal: BfvParametersLiteral,
     ctx: Arc<RlweContext>,
-    t: Modulus,
+    t: PlainModulus,
     t_ntt: Option<NttOperator>,
     /// Logical slot -> NTT slot of the plaintext transform (batching only).
     pub(crate) slot_index: Vec<usize>,
@@ -172,7 +304,7 @@ impl BfvParameters {
 
     fn build(literal: &BfvParametersLiteral, allow_insecure: bool) -> Result<Arc<Self>> {
         let n = literal.degree;
-        let t_val = match literal.plaintext {
+        let t = match literal.plaintext {
             PlaintextModulus::Batching { bits } => {
                 if !(2..=60).contains(&bits) {
                     return Err(Error::InvalidModulusBits {
@@ -181,53 +313,62 @@ impl BfvParameters {
                         max: 60,
                     });
                 }
-                ntt_primes(bits.max(10), n, 1, &[])
-                    .filter(|_| bits >= 10)
-                    .ok_or(Error::NotEnoughPrimes { bits, n })?[0]
+                PlainModulus::Word(word_modulus(
+                    ntt_primes(bits.max(10), n, 1, &[])
+                        .filter(|_| bits >= 10)
+                        .ok_or(Error::NotEnoughPrimes { bits, n })?[0],
+                )?)
             }
             PlaintextModulus::Prime(t) => {
                 if !is_prime(t) || t >= 1 << 60 {
                     return Err(Error::InvalidPlaintextModulus {
-                        t,
+                        t: t as u128,
                         reason: "must be a prime below 2^60",
                     });
                 }
-                t
+                PlainModulus::Word(word_modulus(t)?)
             }
-            PlaintextModulus::PowerOfTwo { bits } => {
-                if !(1..=60).contains(&bits) {
+            PlaintextModulus::PowerOfTwo { bits } => match bits {
+                1..=60 => PlainModulus::Word(word_modulus(1u64 << bits)?),
+                61..=64 => PlainModulus::Wide { bits },
+                _ => {
                     return Err(Error::InvalidModulusBits {
                         bits,
                         min: 1,
-                        max: 60,
-                    });
+                        max: 64,
+                    })
                 }
-                1u64 << bits
-            }
+            },
+        };
+        // A word `t` is kept away from the primes (a power of two never is one).
+        let exclude: Vec<u64> = match t {
+            PlainModulus::Word(m) => vec![m.value()],
+            PlainModulus::Wide { .. } => Vec::new(),
         };
         let ctx = RlweContext::new(
             n,
             &literal.ciphertext_moduli_bits,
             &literal.special_moduli_bits,
-            &[t_val],
+            &exclude,
             allow_insecure,
         )?;
-        let t = Modulus::new(t_val).ok_or(Error::InvalidPlaintextModulus {
-            t: t_val,
-            reason: "must be at least 2",
-        })?;
         let q = ctx.q();
-        if t.bits() as f64 + 10.0 > q.log2_product() {
+        let t_bits_len = match t {
+            PlainModulus::Word(m) => m.bits(),
+            PlainModulus::Wide { bits } => bits + 1,
+        };
+        if t_bits_len as f64 + 10.0 > q.log2_product() {
             return Err(Error::InvalidPlaintextModulus {
-                t: t_val,
+                t: t.value(),
                 reason: "too large for the ciphertext modulus",
             });
         }
         // Batching: t prime and t = 1 mod 2N.
-        let t_ntt = if is_prime(t_val) && t_val % (2 * n as u64) == 1 {
-            NttOperator::new(t, n)
-        } else {
-            None
+        let t_ntt = match t {
+            PlainModulus::Word(m) if is_prime(m.value()) && m.value() % (2 * n as u64) == 1 => {
+                NttOperator::new(m, n)
+            }
+            _ => None,
         };
         let slot_index = match &t_ntt {
             Some(op) => {
@@ -245,11 +386,11 @@ impl BfvParameters {
             None => Vec::new(),
         };
         // HPS auxiliary basis R of 60-bit primes (fewer limbs beat the faster NTT of smaller primes here): R > 4 |round(t x / Q)|, |x| <= N Q^2 / 2.
-        let r_bits_needed = q.log2_product() + (n as f64).log2() + (t_val as f64).log2() + 4.0;
+        let r_bits_needed = q.log2_product() + (n as f64).log2() + (t.value() as f64).log2() + 4.0;
         let r_count = (r_bits_needed / 59.0).ceil() as usize;
         let mut used: Vec<u64> = ctx.q_values();
         used.extend(ctx.p_values());
-        used.push(t_val);
+        used.extend(&exclude);
         let r_primes =
             ntt_primes(60, n, r_count, &used).ok_or(Error::NotEnoughPrimes { bits: 60, n })?;
         let r = RnsBasis::new(
@@ -261,7 +402,11 @@ impl BfvParameters {
         let levels = (0..=ctx.max_level())
             .map(|l| Self::level_constants(&ctx, l, &t, &r))
             .collect();
-        let id = fnv1a([ctx.id(), t_val, 0x0042_4656]);
+        let id = match t {
+            PlainModulus::Word(m) => fnv1a([ctx.id(), m.value(), 0x0042_4656]),
+            // `t = 0` never names a word modulus: the id of a wide `t` is apart.
+            PlainModulus::Wide { bits } => fnv1a([ctx.id(), 0, u64::from(bits), 0x0042_4656]),
+        };
         Ok(Arc::new(Self {
             literal: literal.clone(),
             ctx,
@@ -274,19 +419,28 @@ impl BfvParameters {
         }))
     }
 
-    fn level_constants(ctx: &RlweContext, l: usize, t: &Modulus, r: &RnsBasis) -> BfvLevel {
+    fn level_constants(ctx: &RlweContext, l: usize, t: &PlainModulus, r: &RnsBasis) -> BfvLevel {
         let q = ctx.q_at(l);
         let k = q.len();
         let tv = t.value();
-        let q_mod_t = q.product_mod(t);
-        let delta = q
+        let q_mod_t = t.product_mod(q);
+        let t_inv: Vec<(u64, u64)> = q
             .primes()
             .iter()
             .map(|p| {
                 let m = p.modulus;
+                let tinv = m.inv(t.mod_of(&m)).expect("t invertible mod q_i");
+                (tinv, m.shoup(tinv))
+            })
+            .collect();
+        let delta = q
+            .primes()
+            .iter()
+            .zip(&t_inv)
+            .map(|(p, &(tinv, _))| {
+                let m = p.modulus;
                 // floor(Q/t) = (Q - [Q]_t) / t, and Q = 0 mod q_i.
-                let tinv = m.inv(m.reduce(tv)).expect("t invertible mod q_i");
-                let d = m.mul(m.neg(m.reduce(q_mod_t)), tinv);
+                let d = m.mul(m.neg(m.reduce_u128(q_mod_t)), tinv);
                 (d, m.shoup(d))
             })
             .collect();
@@ -305,8 +459,9 @@ impl BfvParameters {
         let dec = (0..k)
             .map(|i| {
                 let qi = q.modulus(i).value() as u128;
-                let num = tv as u128 * q_tilde[i] as u128;
-                let omega = ((num / qi) % tv as u128) as u64;
+                // t <= 2^64 and Q~_i < 2^62: no overflow.
+                let num = tv * q_tilde[i] as u128;
+                let omega = ((num / qi) % tv) as u64;
                 let frac = (((num % qi) << 64) / qi) as u64;
                 (omega, frac)
             })
@@ -322,7 +477,7 @@ impl BfvParameters {
                 let theta = m
                     .inv(m.mul(q_tilde_inv(q_tilde[i], m), rq))
                     .expect("invertible");
-                m.mul(m.mul(m.reduce(tv), rq), theta)
+                m.mul(m.mul(t.mod_of(m), rq), theta)
             })
             .collect();
         let omega = r
@@ -349,12 +504,14 @@ impl BfvParameters {
             .iter()
             .map(|pj| {
                 let m = pj.modulus;
-                m.mul(m.reduce(tv), m.inv(q.product_mod(&m)).expect("coprime"))
+                m.mul(t.mod_of(&m), m.inv(q.product_mod(&m)).expect("coprime"))
             })
             .collect();
         BfvLevel {
             delta,
             dec,
+            q_mod_t,
+            t_inv,
             qr,
             q_to_r,
             r_to_q,
@@ -379,12 +536,26 @@ impl BfvParameters {
         self.ctx.degree()
     }
 
-    /// The plaintext modulus `t`.
-    pub fn plaintext_modulus(&self) -> u64 {
+    /// The plaintext modulus `t`, exactly (a `u128`: `t` can be `2^64`).
+    pub fn plaintext_modulus(&self) -> u128 {
         self.t.value()
     }
 
-    pub(crate) fn t(&self) -> &Modulus {
+    /// Bits of a plaintext coefficient: the bit length of `t - 1` (`bits` for
+    /// `t = 2^bits`, e.g. 64 for `t = 2^64`).
+    pub fn plaintext_bits(&self) -> u32 {
+        self.t.bits()
+    }
+
+    /// `t - 1` if `t` is a power of two, else `None`: then `x & mask` is `x mod t` for
+    /// any `u64` `x` (`u64::MAX` for `t = 2^64`), e.g. to draw a uniform mask modulo `t`
+    /// as `rng.next_u64() & mask`.
+    pub fn plaintext_mask(&self) -> Option<u64> {
+        let t = self.t.value();
+        t.is_power_of_two().then(|| (t - 1) as u64)
+    }
+
+    pub(crate) fn t(&self) -> &PlainModulus {
         &self.t
     }
 
@@ -421,6 +592,14 @@ impl BfvParameters {
     pub fn log2_q(&self) -> f64 {
         self.ctx.q().log2_product()
     }
+}
+
+/// A word modulus for `t` (every `t` below `2^61` is one).
+fn word_modulus(t: u64) -> Result<Modulus> {
+    Modulus::new(t).ok_or(Error::InvalidPlaintextModulus {
+        t: t as u128,
+        reason: "must be at least 2",
+    })
 }
 
 /// `(Q/q_i) mod q_i` from its inverse.

@@ -101,7 +101,7 @@ proptest! {
         let e = Encryptor::new(&params, pk).unwrap();
         let d = Decryptor::new(&params, sk.clone()).unwrap();
         let ev = Evaluator::new(&params);
-        let t = params.plaintext_modulus();
+        let t = params.plaintext_modulus() as u64;
         let tb = BigInt::from(t);
         let x: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();
         let y: Vec<u64> = (0..32).map(|_| rng.random_range(0..t)).collect();

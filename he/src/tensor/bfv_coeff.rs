@@ -12,17 +12,19 @@ use ndarray::{ArrayView2, ArrayView3, ArrayView4};
 use crate::bfv::{Ciphertext, Encoder, Evaluator, Plaintext, PreparedPlaintext};
 use crate::error::{Error, Result};
 
-fn t_of(encoder: &Encoder) -> u64 {
+fn t_of(encoder: &Encoder) -> u128 {
     encoder.params().plaintext_modulus()
 }
 
-fn reduce(v: i128, t: u64) -> u64 {
+fn reduce(v: i128, t: u128) -> u64 {
+    // t <= 2^64: it fits in an i128, and the residue in a u64.
     v.rem_euclid(t as i128) as u64
 }
 
-fn center(v: u64, t: u64) -> i64 {
-    if v > t / 2 {
-        v as i64 - t as i64
+/// `v` in `(-t/2, t/2]`, or for `t = 2^64` in `[-2^63, 2^63)` (as the encoder centers).
+fn center(v: u64, t: u128) -> i64 {
+    if v as u128 > t / 2 {
+        (v as i128 - t as i128) as i64
     } else {
         v as i64
     }
@@ -53,17 +55,25 @@ pub const FRESH_NOISE_LOG2: f64 = 4.392_317_422_778_761;
 /// `[0, t)`, each weight polynomial with coefficients at most `cap` and at most `terms`
 /// non-zero coefficients: per product, `t N cap` (the carry of `m w` over `t`, times
 /// `q mod t < t`), `2^input_noise_log2 cap terms` (the input noise times the weight
-/// polynomial, whose L1 norm is at most `cap terms`), and `t` (rounding).
+/// polynomial, whose L1 norm is at most `cap terms`), and `t` (rounding). `t` is a `u128`
+/// (it can be `2^64`). For `t > 2^60`, which BFV encrypts as `round(Q m / t)` (no carry
+/// term), the noise (phase minus `Q m / t`) of a product is at most
+/// `(2^input_noise_log2 + 1/2) cap terms`: the input's noise plus its rounding error
+/// (at most 1/2), times the weight polynomial.
 pub fn product_noise_log2(
     products: usize,
     n: usize,
-    t: u64,
+    t: u128,
     cap: u64,
     terms: usize,
     input_noise_log2: f64,
 ) -> f64 {
-    let (t, cap) = (t as f64, cap as f64);
-    let per = t * n as f64 * cap + input_noise_log2.exp2() * cap * terms as f64 + t;
+    let (t_wide, t, cap) = (t > 1 << 60, t as f64, cap as f64);
+    let per = if t_wide {
+        (input_noise_log2.exp2() + 0.5) * cap * terms as f64
+    } else {
+        t * n as f64 * cap + input_noise_log2.exp2() * cap * terms as f64 + t
+    };
     (products.max(1) as f64 * per).log2()
 }
 
@@ -86,7 +96,7 @@ impl CoeffMatVec {
     /// `log2` of a bound on the noise of an output ciphertext, for inputs encrypted fresh
     /// (symmetric encryption, coefficients in `[0, t)`); see
     /// [`CoeffMatVec::noise_bound_log2_from`].
-    pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
+    pub fn noise_bound_log2(&self, n: usize, t: u128) -> f64 {
         self.noise_bound_log2_from(n, t, FRESH_NOISE_LOG2)
     }
 
@@ -94,7 +104,7 @@ impl CoeffMatVec {
     /// `2^input_noise_log2` (message coefficients in `[0, t)`): [`product_noise_log2`] over
     /// the column chunks, from the public cap on `|w|` and the shapes only. The input's
     /// noise is multiplied by the weights, not added to the bound.
-    pub fn noise_bound_log2_from(&self, n: usize, t: u64, input_noise_log2: f64) -> f64 {
+    pub fn noise_bound_log2_from(&self, n: usize, t: u128, input_noise_log2: f64) -> f64 {
         let terms = self.rows_per_block.min(self.rows) * self.chunk;
         product_noise_log2(self.input_chunks(), n, t, self.cap, terms, input_noise_log2)
     }
@@ -118,7 +128,7 @@ impl CoeffMatVec {
     /// weight can have modulo `t` (`t / 2`); prefer [`CoeffMatVec::new_capped`] with a
     /// declared cap.
     pub fn new(encoder: &Encoder, w: ArrayView2<'_, i64>) -> Result<Self> {
-        let cap = t_of(encoder) / 2;
+        let cap = (t_of(encoder) / 2) as u64;
         Self::new_capped(encoder, w, cap)
     }
 
@@ -271,7 +281,7 @@ impl CoeffConv2d {
         padding: usize,
         stride: usize,
     ) -> Result<Self> {
-        let cap = t_of(encoder) / 2;
+        let cap = (t_of(encoder) / 2) as u64;
         Self::new_capped(encoder, weights, input, padding, stride, cap)
     }
 
@@ -348,14 +358,14 @@ impl CoeffConv2d {
 
     /// `log2` of a bound on the noise of an output ciphertext for fresh inputs (see
     /// [`CoeffConv2d::noise_bound_log2_from`]).
-    pub fn noise_bound_log2(&self, n: usize, t: u64) -> f64 {
+    pub fn noise_bound_log2(&self, n: usize, t: u128) -> f64 {
         self.noise_bound_log2_from(n, t, FRESH_NOISE_LOG2)
     }
 
     /// `log2` of a bound on the noise of an output ciphertext for inputs of noise at most
     /// `2^input_noise_log2`: [`product_noise_log2`] over the channel groups, each weight
     /// polynomial holding at most `per_ct * group * kh * kw` weights of at most the cap.
-    pub fn noise_bound_log2_from(&self, n: usize, t: u64, input_noise_log2: f64) -> f64 {
+    pub fn noise_bound_log2_from(&self, n: usize, t: u128, input_noise_log2: f64) -> f64 {
         let (kh, kw) = self.kernel;
         let terms = self.per_ct.min(self.out_channels) * self.group.min(self.in_channels) * kh * kw;
         product_noise_log2(self.input_groups(), n, t, self.cap, terms, input_noise_log2)
@@ -517,7 +527,7 @@ mod tests {
         let dec = Decryptor::new(&params, sk).unwrap();
         let ev = Evaluator::new(&params);
         let enc = Encoder::new(&params);
-        let (t, n) = (params.plaintext_modulus(), params.degree());
+        let (t, n) = (params.plaintext_modulus() as u64, params.degree());
         let cap = 1u64 << 10;
         let w = ndarray::Array2::from_shape_fn((4, 64), |(i, j)| {
             if (i + j) % 2 == 0 {
@@ -545,8 +555,8 @@ mod tests {
             .map(|ct| q_log2 - dec.noise_budget(ct).unwrap() as f64 - 1.0 - (t as f64).log2())
             .fold(f64::MIN, f64::max);
         let input = input_log2 as f64 + 0.01;
-        let bound = mv.noise_bound_log2_from(n, t, input);
-        let old = mv.noise_bound_log2(n, t).max(input) + 1.0;
+        let bound = mv.noise_bound_log2_from(n, t.into(), input);
+        let old = mv.noise_bound_log2(n, t.into()).max(input) + 1.0;
         assert!(
             measured <= bound,
             "measured 2^{measured:.1} above the bound 2^{bound:.1}"

@@ -48,7 +48,7 @@ impl Bfv {
 
     pub fn random_slots(&mut self) -> Vec<u64> {
         use rand::Rng;
-        let t = self.params.plaintext_modulus();
+        let t = self.params.plaintext_modulus() as u64;
         (0..self.params.degree())
             .map(|_| self.rng.random_range(0..t))
             .collect()

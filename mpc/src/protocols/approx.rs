@@ -6,7 +6,7 @@
 //!
 //! | function | domain | error |
 //! |---|---|---|
-//! | [`exp`] | `x <= 0` | absolute `<= 2^-9` (limit `(1 + x/2^8)^(2^8)`, clamped at 0 for `x < -256`) |
+//! | [`exp`] | `x <= 0` | absolute `<= 2^-7` (limit `(1 + x/2^8)^(2^8)`, within `2^-8.9`, clamped at 0 for `x < -256`; the local truncation of `x / 2^8` is off by one unit of `2^-16` either way, `2^-8` after the squarings) |
 //! | [`reciprocal`] | `1 <= x <= bound` | relative `<= 2^-10` |
 //! | [`sigmoid`] | all `x` | absolute `<= 2^-8` |
 //! | [`softmax`] | rows of any values | absolute `<= 2^-7` per entry |

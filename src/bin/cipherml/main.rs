@@ -10,6 +10,8 @@ use cipherml::server::{ModeChoice, ModelSpec};
 use clap::{Parser, Subcommand};
 use ndarray::Axis;
 
+mod train;
+
 #[derive(Parser)]
 #[command(
     name = "cipherml",
@@ -127,6 +129,11 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         budget_ms: u64,
     },
+    /// One party of a two-party private training job: the listener (--listen) and the
+    /// connector (--connect) each secret-share their data (split by rows or by columns),
+    /// train the same model on the shares, and the party that passes --output receives
+    /// the trained model. Prints "listening on ADDR" (listener) and one line per epoch.
+    Train(Box<train::TrainArgs>),
     /// Serves Beaver triples to pairs of parties as a third process (TF Encrypted's
     /// "crypto producer"). Each party connects with its id and the session token both
     /// parties share; prints "listening on ADDR", then one line per session or refused
@@ -172,6 +179,7 @@ fn main() {
             Duration::from_secs(pair_timeout),
             Duration::from_secs(idle_timeout),
         ),
+        Command::Train(args) => train::train(*args),
         Command::Serve {
             models,
             model_dir,

@@ -1,0 +1,185 @@
+//! Products by a matrix one party holds whole in the clear (its data, input with
+//! [`Session::input`]) times a shared matrix, under BFV: the other party — the key holder
+//! — encrypts its share of each column under its own key; the holder multiplies by its
+//! matrix in plaintext (coefficient encoding), adds its own part, masks with fresh uniform
+//! polynomials, re-randomizes with the key holder's public key and floods the noise for the
+//! session ([`crate::link`]); the key holder decrypts its share. The flooding is sized from
+//! the public cap on the holder's values (`SessionConfig::weight_bits`), never from them.
+//!
+//! When the server's data is multiplied, the client is the key holder (its session key);
+//! when the client's data is, the server must encrypt: its key pair is made at the first
+//! such product and its public key sent to the client (both parties decide alike, from
+//! public shapes and holders).
+
+use std::sync::Arc;
+
+use cipherml_he::bfv::{Encoder, Encryptor};
+use cipherml_he::rlwe::SecretKey;
+use cipherml_he::tensor::CoeffMatVec;
+use cipherml_mpc::net::Channel;
+use ndarray::Array2;
+
+use super::{cost, Role, Session, TensorError};
+
+/// The server's BFV key for products in which it encrypts.
+pub(super) enum ServerKey {
+    /// Server side: its secret key.
+    Secret(Arc<SecretKey>),
+    /// Client side: the server's public key (re-randomizes the client's replies).
+    Public(Box<Encryptor>),
+}
+
+impl<C: Channel> Session<C> {
+    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV: per column of
+    /// `B`, the key holder's encrypted share (seeded: one polynomial per input chunk) and
+    /// the compact replies (all of `c1`, the outputs of `c0`).
+    pub(super) fn held_he_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let chunk = (k as f64).min(big_n);
+        let inputs = (k as f64 / chunk).ceil();
+        let rows_per_block = (big_n / chunk).floor().max(1.0);
+        let blocks = (m as f64 / rows_per_block).ceil();
+        let reply_bits = 64.0 + 24.0 + f64::from(self.params.plaintext_bits()).min(64.0) / 4.0;
+        let per_column = inputs * big_n * q_bits / 8.0
+            + blocks * big_n * reply_bits / 8.0
+            + m as f64 * reply_bits / 8.0;
+        cost::Cost {
+            compute_us: n as f64 * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
+            bytes: n as f64 * per_column,
+            rounds: 2.0 * n as f64,
+        }
+    }
+
+    /// Makes the server's key pair (server) or receives its public key (client), once.
+    fn ensure_server_key(&mut self) -> Result<(), TensorError> {
+        if self.server_key.is_some() {
+            return Ok(());
+        }
+        let key = match self.role {
+            Role::Server => {
+                let sk = Arc::new(SecretKey::random(self.params.context(), self.party.rng()));
+                crate::link::send_public_key(&self.params, &mut self.party, &sk)?;
+                ServerKey::Secret(sk)
+            }
+            Role::Client => {
+                let pk = crate::link::receive_public_key(&self.params, &mut self.party)?;
+                ServerKey::Public(Box::new(Encryptor::new(&self.params, pk)?))
+            }
+        };
+        self.server_key = Some(key);
+        Ok(())
+    }
+
+    /// `A B` for `A` (`m x k`, at `2^f`) held whole by `holder` (`a` is `Some` on its side:
+    /// its share, which is the value) and `B` (`k x n`) shared (`b` this party's share):
+    /// this party's share of the product (at `2^2f`), under BFV column by column.
+    pub(super) fn held_product_he(
+        &mut self,
+        holder: Role,
+        a: Option<&[u64]>,
+        b: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, TensorError> {
+        self.require_bfv_link("product by a held matrix under BFV")?;
+        if holder == Role::Client {
+            self.ensure_server_key()?;
+        }
+        let ring = self.fixed.ring();
+        let params = self.params.clone();
+        let encoder = Encoder::new(&params);
+        let cap = self.config.weight_cap();
+        let label = format!("product by a held {m}x{k} matrix");
+        // The holder's matrix, centered (the key holder lays out zeros of the same shape).
+        let mine = holder == self.role;
+        let am = match (mine, a) {
+            (true, Some(a)) => Array2::from_shape_fn((m, k), |(i, j)| ring.to_signed(a[i * k + j])),
+            (true, None) => {
+                return Err(TensorError::Invalid {
+                    what: "held product",
+                    detail: "the holder's matrix is missing".into(),
+                })
+            }
+            (false, _) => Array2::zeros((m, k)),
+        };
+        if mine {
+            let f = self.fixed.frac_bits();
+            let scale = (f as f64).exp2();
+            if let Some((index, &v)) = am.iter().enumerate().find(|(_, v)| v.unsigned_abs() > cap) {
+                return Err(TensorError::WeightAboveCap {
+                    layer: label,
+                    index,
+                    value: v as f64 / scale,
+                    cap: cap as f64 / scale,
+                });
+            }
+        }
+        let mv = CoeffMatVec::new_capped(&encoder, am.view(), cap)?;
+        let noise = mv.noise_bound_log2(params.degree(), params.plaintext_modulus());
+        super::linear::check_flood(&params, &self.config, &label, noise)?;
+        let positions = mv.output_positions();
+        let mut z = vec![0u64; m * n];
+        for j in 0..n {
+            let col: Vec<u64> = (0..k).map(|t| b[t * n + j]).collect();
+            let flood_bits = self.reveal_flood_bits(positions.len())?;
+            let out = if mine {
+                // My part, A times my share of the column; the mask's share is added by
+                // the link.
+                let own: Vec<u64> = (0..m)
+                    .map(|i| {
+                        (0..k).fold(0u64, |acc, t| {
+                            ring.add(acc, ring.mul(ring.from_signed(am[[i, t]]), col[t]))
+                        })
+                    })
+                    .collect();
+                let rerand: &Encryptor = match (holder, &self.rerand, &self.server_key) {
+                    (Role::Server, Some(r), _) => r,
+                    (Role::Client, _, Some(ServerKey::Public(r))) => r,
+                    _ => {
+                        return Err(TensorError::Invalid {
+                            what: "session",
+                            detail: "no public key of the key holder".into(),
+                        })
+                    }
+                };
+                crate::link::bfv_linear_server(
+                    &params,
+                    ring,
+                    flood_bits,
+                    &mut self.party,
+                    rerand,
+                    mv.input_chunks(),
+                    &positions,
+                    noise,
+                    own,
+                    |ev, cts| mv.apply(ev, cts),
+                )?
+            } else {
+                let sk = match (holder, &self.sk, &self.server_key) {
+                    (Role::Server, Some(sk), _) => sk.clone(),
+                    (Role::Client, _, Some(ServerKey::Secret(sk))) => sk.clone(),
+                    _ => {
+                        return Err(TensorError::Invalid {
+                            what: "session",
+                            detail: "no secret key to encrypt with".into(),
+                        })
+                    }
+                };
+                let xi: Vec<i64> = col.iter().map(|&v| v as i64).collect();
+                let pts = mv.encode_input(&encoder, &xi)?;
+                crate::link::bfv_linear_client(
+                    &params,
+                    ring,
+                    &mut self.party,
+                    &sk,
+                    &pts,
+                    &positions,
+                )?
+            };
+            for (i, v) in out.into_iter().enumerate() {
+                z[i * n + j] = v;
+            }
+        }
+        Ok(z)
+    }
+}
