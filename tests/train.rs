@@ -646,3 +646,39 @@ fn adam_logistic_regression_matches_plaintext_adam() {
         "private accuracy {a} vs plaintext {b}"
     );
 }
+
+/// Products of shared matrices and of held by shared ones in a training session, under
+/// BFV at `t = 2^64` where the cost model picks it, against the plaintext products.
+#[test]
+fn training_products_under_bfv_match_plaintext() {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+    let a = Array2::from_shape_fn((600, 10), |_| rng.random_range(-3.0..3.0));
+    let b = Array2::from_shape_fn((10, 5), |_| rng.random_range(-3.0..3.0));
+    let want_shared = a.dot(&b);
+    let (ad, bd) = (a.clone().into_dyn(), b.clone().into_dyn());
+    let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+        // Random-looking shares on both sides: a product of two shared matrices.
+        let x = s.input_masked(Role::Client, &[600, 10], || ad.clone())?;
+        let y = s.input_masked(Role::Server, &[10, 5], || bd.clone())?;
+        let z = s.matmul(&x, &y)?;
+        // The client's data (held whole) times a shared matrix.
+        let h = s.input(Role::Client, &[600, 10], || ad.clone())?;
+        let zh = s.matmul(&h, &y)?;
+        let plan = s.explain();
+        Ok((
+            s.reveal(&z, Role::Client)?,
+            s.reveal(&zh, Role::Client)?,
+            plan,
+        ))
+    })
+    .unwrap();
+    let (z, zh, plan) = client;
+    assert!(plan.matches("* BFV").count() >= 2, "{plan}");
+    for got in [z.unwrap(), zh.unwrap()] {
+        let worst = (&got - &want_shared.clone().into_dyn())
+            .mapv(f64::abs)
+            .fold(0.0f64, |m, &v| m.max(v));
+        // Inputs rounded to 2^-16: 10 products of values below 3.
+        assert!(worst < 1e-3, "products differ from plaintext by {worst}");
+    }
+}

@@ -81,7 +81,7 @@ pub enum Backend {
     SharedBeaver,
     /// A square or polynomial under CKKS (one or more levels).
     CkksPolynomial,
-    /// Sigmoid on secret shares: piecewise linear, 13 exact ReLUs.
+    /// Sigmoid on secret shares: piecewise linear, 7 exact comparisons.
     SharedPiecewiseLinear,
     /// Sigmoid under CKKS: a degree-7 approximation on [-8, 8].
     CkksSigmoid,
@@ -105,7 +105,9 @@ impl Backend {
             Backend::SharedReluTree => "secret shares (tree of ReLUs, exact)",
             Backend::SharedBeaver => "secret shares (Beaver triples)",
             Backend::CkksPolynomial => "CKKS (one or more levels)",
-            Backend::SharedPiecewiseLinear => "secret shares (piecewise linear, 13 exact ReLUs)",
+            Backend::SharedPiecewiseLinear => {
+                "secret shares (piecewise linear, 7 exact comparisons)"
+            }
             Backend::CkksSigmoid => "CKKS (degree-7 approximation on [-8, 8])",
             Backend::Client => "client, on the revealed output",
             Backend::SkipAdd => "skip connection: local add (shares / slots)",
@@ -347,12 +349,13 @@ pub fn ckks_polynomial() -> Cost {
     }
 }
 
-/// `n` piecewise-linear sigmoids on shares (13 ReLUs and a truncation each).
+/// `n` piecewise-linear sigmoids on shares (the sign, six ReLUs, two multiplexers and a
+/// truncation each; the sign, the ReLUs and the truncation one after the other).
 pub fn pwl_sigmoid(n: f64) -> Cost {
     Cost {
-        compute_us: n * 13.0 * RELU_US,
-        bytes: n * (13.0 * RELU_BYTES + TRUNC_BYTES),
-        rounds: 8.0 + 8.0,
+        compute_us: n * 8.0 * RELU_US,
+        bytes: n * (8.0 * RELU_BYTES + TRUNC_BYTES),
+        rounds: 8.0 + 2.0 + 8.0 + 2.0 + 8.0,
     }
 }
 

@@ -40,7 +40,11 @@ impl<C: Channel> Session<C> {
         let inputs = (k as f64 / chunk).ceil();
         let rows_per_block = (big_n / chunk).floor().max(1.0);
         let blocks = (m as f64 / rows_per_block).ceil();
-        let reply_bits = 64.0 + 24.0 + f64::from(self.params.plaintext_bits()).min(64.0) / 4.0;
+        // t, the flooding (the session's statistical bits above a noise of about 2^50) and
+        // a margin.
+        let reply_bits = f64::from(self.params.plaintext_bits())
+            + 52.0
+            + f64::from(self.config.reply_flood_bits());
         let per_column = inputs * big_n * q_bits / 8.0
             + blocks * big_n * reply_bits / 8.0
             + m as f64 * reply_bits / 8.0;
@@ -74,12 +78,15 @@ impl<C: Channel> Session<C> {
     /// `A B` for `A` (`m x k`, at `2^f`) held whole by `holder` (`a` is `Some` on its side:
     /// its share, which is the value) and `B` (`k x n`) shared (`b` this party's share):
     /// this party's share of the product (at `2^2f`), under BFV column by column.
+    ///
+    /// Every `|A|` is at most `cap` (public: the flooding is sized from it).
     pub(super) fn held_product_he(
         &mut self,
         holder: Role,
         a: Option<&[u64]>,
         b: &[u64],
         (m, k, n): (usize, usize, usize),
+        cap: u64,
     ) -> Result<Vec<u64>, TensorError> {
         self.require_bfv_link("product by a held matrix under BFV")?;
         if holder == Role::Client {
@@ -88,7 +95,6 @@ impl<C: Channel> Session<C> {
         let ring = self.fixed.ring();
         let params = self.params.clone();
         let encoder = Encoder::new(&params);
-        let cap = self.config.weight_cap();
         let label = format!("product by a held {m}x{k} matrix");
         // The holder's matrix, centered (the key holder lays out zeros of the same shape).
         let mine = holder == self.role;
@@ -178,6 +184,37 @@ impl<C: Channel> Session<C> {
             };
             for (i, v) in out.into_iter().enumerate() {
                 z[i * n + j] = v;
+            }
+        }
+        Ok(z)
+    }
+
+    /// `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) under BFV, dealer-free and without
+    /// triples: `X Y = X_c Y_c + X_s Y_s + X_c Y_s + X_s Y_c`, the first two local, each
+    /// cross term a product by a matrix one party holds (its share) times the other's
+    /// share. The held share is split into two 32-bit digits (a plaintext's size multiplies
+    /// the noise, and the flooding that hides it must fit the parameters); the key holder
+    /// encrypts its share scaled by each digit's weight.
+    pub(super) fn shared_product_he(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, TensorError> {
+        let ring = self.fixed.ring();
+        let mut z = ring.matmul(x, y, m, k, n);
+        for holder in [Role::Client, Role::Server] {
+            let mine = holder == self.role;
+            for shift in [0u32, 32] {
+                let a: Option<Vec<u64>> =
+                    mine.then(|| x.iter().map(|&v| (v >> shift) & 0xFFFF_FFFF).collect());
+                let b: Vec<u64> = if mine {
+                    vec![0; k * n]
+                } else {
+                    y.iter().map(|&v| ring.mul(v, 1u64 << shift)).collect()
+                };
+                let part = self.held_product_he(holder, a.as_deref(), &b, (m, k, n), 1 << 32)?;
+                z = ring.add_vec(&z, &part);
             }
         }
         Ok(z)

@@ -858,6 +858,31 @@ impl<C: Channel> Session<C> {
             });
             let (x, _) = self.shares_of(a)?;
             let (y, _) = self.shares_of(b)?;
+            let dealer = matches!(self.config.triples, Triples::Dealer { .. });
+            // Two 32-bit digits fit the flooding only with `t`'s rounding encoding (t > 2^60).
+            let wide = self.params.plaintext_bits() > 60;
+            if linked && wide && !dealer && self.shared_he_cheaper(m, k, n) {
+                let c = self.held_he_cost(m, k, n);
+                if let Some(lp) = self.log.last_mut() {
+                    lp.chosen = cost::Backend::BfvCoefficient;
+                    lp.options.push((
+                        cost::Backend::BfvCoefficient,
+                        cost::Cost {
+                            compute_us: 4.0 * c.compute_us,
+                            bytes: 4.0 * c.bytes,
+                            rounds: 4.0 * c.rounds,
+                        },
+                    ));
+                }
+                let z = self.shared_product_he(&x, &y, (m, k, n))?;
+                return Ok(PrivateTensor::Shared {
+                    share: z,
+                    shape: vec![m, n],
+                    frac_bits: 2 * f,
+                    nonneg: false,
+                    held_by: None,
+                });
+            }
             let triple = cipherml_mpc::triples::TripleSource::matrix(
                 &mut self.triples,
                 &mut self.party,
@@ -943,7 +968,13 @@ impl<C: Channel> Session<C> {
                         cost::Backend::BfvCoefficient,
                         self.held_he_cost(m, k, n),
                     ));
-                    return Ok(Some(self.held_product_he(p, mine, &y, (m, k, n))?));
+                    return Ok(Some(self.held_product_he(
+                        p,
+                        mine,
+                        &y,
+                        (m, k, n),
+                        self.config.weight_cap(),
+                    )?));
                 }
                 self.log.push(plan(
                     cost::Backend::SharedOtProduct,
@@ -977,7 +1008,7 @@ impl<C: Channel> Session<C> {
                         cost::Backend::BfvCoefficient,
                         self.held_he_cost(n, k, m),
                     ));
-                    self.held_product_he(p, mine, &xt, (n, k, m))?
+                    self.held_product_he(p, mine, &xt, (n, k, m), self.config.weight_cap())?
                 } else {
                     arith::matmul_owned(&mut self.party, ring, p.party(), mine, &xt, n, k, m)?
                 };
@@ -998,6 +1029,22 @@ impl<C: Channel> Session<C> {
             rounds: 2.0,
         };
         self.held_he_cost(m, k, n).total_us(&net) < ot.total_us(&net)
+    }
+
+    /// Whether a shared `m x k` by `k x n` product is cheaper under BFV (two cross terms of
+    /// two digits each) than with a Beaver matrix triple from OT.
+    fn shared_he_cheaper(&self, m: usize, k: usize, n: usize) -> bool {
+        let net = self.config.network;
+        let l = f64::from(self.fixed.ring().bits());
+        let per_ot = |w: f64| 16.0 + w * l / 8.0;
+        let (m, k, n) = (m as f64, k as f64, n as f64);
+        let ot = cost::Cost {
+            compute_us: m * k * n * 0.02 + 2.0 * k * l * m.min(n) * 0.5,
+            bytes: 2.0 * k * l * (n * per_ot(m)).min(m * per_ot(n)),
+            rounds: 3.0,
+        };
+        let he = self.held_he_cost(m as usize, k as usize, n as usize);
+        4.0 * he.total_us(&net) < ot.total_us(&net)
     }
 
     /// A public tensor encoded at `2^f` (the whole value, not party 0's share).

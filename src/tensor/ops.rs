@@ -176,7 +176,7 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// The logistic sigmoid on shares: piecewise linear with 13 exact ReLUs per element,
+    /// The logistic sigmoid on shares: piecewise linear with 7 exact comparisons per element,
     /// within [`cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
     pub fn sigmoid(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;

@@ -164,12 +164,13 @@ const SIGMOID_KNOTS: std::ops::RangeInclusive<i64> = -6..=6;
 pub const SIGMOID_PWL_ERROR: f64 = 0.0125;
 
 /// The sigmoid on shares at scale `2^f` (result at scale `2^f`): the chord interpolation
-/// at the integer knots in `[-6, 6]`, written as `y_0 + sum_i c_i ReLU(x - b_i)` with
-/// `c_i` the change of slope at knot `b_i`. One batch of 13 exact ReLUs per element (any
-/// ring width, unlike [`sigmoid`], which needs 64 bits), local products with public
-/// constants, one faithful truncation. The slope changes are quantized with 8 extra bits
-/// and the last one makes them sum to exactly zero, so the output is exactly constant
-/// beyond the last knot however large `x` is.
+/// at the integer knots in `[-6, 6]`. By symmetry, `sigmoid(x) = 1/2 + sign(x) h(|x|)` with
+/// `h(a) = c_0 a + sum_k c_k ReLU(a - k)` for the knots `k = 1..6` (`c_k` the change of
+/// slope at knot `k`): the sign and six ReLUs, seven exact comparisons per element (any
+/// ring width, unlike [`sigmoid`], which needs 64 bits), two multiplexers, local products
+/// with public constants, one faithful truncation. The slope changes are quantized with 8
+/// extra bits and the last one makes them sum to exactly zero, so the output is exactly
+/// constant beyond the last knot however large `x` is.
 pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     fp: FixedPoint,
@@ -178,10 +179,11 @@ pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
     const EXTRA: u32 = 8;
     let ring = fp.ring();
     let f = fp.frac_bits();
+    let n = x.len();
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-    let knots: Vec<i64> = SIGMOID_KNOTS.collect();
-    let values: Vec<f64> = knots.iter().map(|&b| sig(b as f64)).collect();
-    // Slope of the segment after knot i (0 after the last).
+    // h(a) = sigmoid(a) - 1/2 for a >= 0: the chords between the knots 0, 1, ..., 6.
+    let last_knot = *SIGMOID_KNOTS.end();
+    let values: Vec<f64> = (0..=last_knot).map(|b| sig(b as f64) - 0.5).collect();
     let slope = |i: usize| {
         if i + 1 < values.len() {
             values[i + 1] - values[i]
@@ -189,7 +191,7 @@ pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
             0.0
         }
     };
-    let mut coeffs: Vec<i64> = (0..knots.len())
+    let mut coeffs: Vec<i64> = (0..values.len())
         .map(|i| {
             let before = if i == 0 { 0.0 } else { slope(i - 1) };
             quantize(slope(i) - before, f + EXTRA)
@@ -198,23 +200,37 @@ pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
     let last = coeffs.len() - 1;
     coeffs[last] = -coeffs[..last].iter().sum::<i64>();
     let p0 = p.is_p0();
-    let mut shifted = Vec::with_capacity(x.len() * knots.len());
-    for &b in &knots {
-        let c = ring.from_signed(b << f);
-        shifted.extend(x.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
+    // The sign b = [x >= 0] and |x| = 2 b x - x.
+    let b = compare::drelu(p, ring, x)?;
+    let bx = boolean::mux(p, ring, &b, x)?;
+    let a: Vec<u64> = (0..n)
+        .map(|j| ring.sub(ring.add(bx[j], bx[j]), x[j]))
+        .collect();
+    // ReLU(|x| - k) for the knots k = 1..=6 (at k = 0 it is |x| itself).
+    let mut shifted = Vec::with_capacity(n * last);
+    for k in 1..=last_knot {
+        let c = ring.from_signed(k << f);
+        shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
     }
     let r = compare::relu(p, ring, &shifted)?;
-    let y0 = ring.from_signed(quantize(values[0], 2 * f + EXTRA));
-    let n = x.len();
+    let h: Vec<u64> = (0..n)
+        .map(|j| {
+            let first = ring.mul(a[j], ring.from_signed(coeffs[0]));
+            coeffs[1..].iter().enumerate().fold(first, |acc, (i, &c)| {
+                ring.add(acc, ring.mul(r[i * n + j], ring.from_signed(c)))
+            })
+        })
+        .collect();
+    // sigmoid(x) = 1/2 + (2 b - 1) h(|x|) = 1/2 - h + 2 b h.
+    let bh = boolean::mux(p, ring, &b, &h)?;
+    let half = ring.from_signed(quantize(0.5, 2 * f + EXTRA));
     let y: Vec<u64> = (0..n)
         .map(|j| {
-            let acc = coeffs.iter().enumerate().fold(0u64, |a, (i, &c)| {
-                ring.add(a, ring.mul(r[i * n + j], ring.from_signed(c)))
-            });
+            let v = ring.sub(ring.add(bh[j], bh[j]), h[j]);
             if p0 {
-                ring.add(acc, y0)
+                ring.add(v, half)
             } else {
-                acc
+                v
             }
         })
         .collect();
