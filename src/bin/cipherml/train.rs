@@ -150,8 +150,8 @@ struct Job {
     dealer: bool,
 }
 
-/// One party's hello.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One party's hello (`Debug` does not show the token).
+#[derive(Clone, Serialize, Deserialize)]
 struct Hello {
     version: u32,
     /// The connector's token (the listener sends none).
@@ -162,6 +162,19 @@ struct Hello {
     label_rows: Option<usize>,
     wants_output: bool,
     job: Job,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("version", &self.version)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("x_shape", &self.x_shape)
+            .field("label_rows", &self.label_rows)
+            .field("wants_output", &self.wants_output)
+            .field("job", &self.job)
+            .finish()
+    }
 }
 
 /// A message of the handshake.
