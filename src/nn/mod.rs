@@ -20,7 +20,7 @@ pub use private::PreparedModel;
 pub use spec::model_from_json;
 pub use train::{
     one_hot, EpochReport, FitOptions, History, Loss, Optimizer, Progress, Trainer,
-    ADAM_GRADIENT_SCALE,
+    ADAM_GRADIENT_CLIP, ADAM_GRADIENT_SCALE,
 };
 
 use ndarray::ArrayD;

@@ -75,7 +75,8 @@ pub enum Optimizer {
     /// `w <- w - lr m^ / sqrt(v^ + eps^2)` (`m^ = m / (1 - b1^t)`, `v^ = v / (1 - b2^t)`; `eps`
     /// inside the root, as the plaintext reference). On shares the gradient is scaled by
     /// [`ADAM_GRADIENT_SCALE`] for precision, `1 / sqrt` is [`Session::inv_sqrt`]; declared
-    /// range: every gradient of the mean loss within `+-8`, `eps >= 2^-12`.
+    /// range: every gradient of the mean loss is clipped to [`ADAM_GRADIENT_CLIP`] (two
+    /// ReLUs per parameter; the plaintext reference clips alike), `eps >= 2^-12`.
     Adam {
         /// Learning rate.
         lr: f64,
@@ -87,6 +88,10 @@ pub enum Optimizer {
         eps: f64,
     },
 }
+
+/// Adam clips every gradient of the mean loss to `[-8, 8]`, the range in which its moments
+/// are computed on shares (see [`Session::inv_sqrt`]'s range).
+pub const ADAM_GRADIENT_CLIP: f64 = 8.0;
 
 /// The factor by which Adam scales gradients on shares (the update does not depend on it):
 /// `2^4`, so that the second moment of gradients about `10^-3` is resolved at `2^-16`.
@@ -1014,7 +1019,7 @@ impl Trainer {
             } => {
                 let t = self.steps.1 as i32;
                 for (p, g) in self.plain.iter_mut().zip(grads) {
-                    let g = g * c;
+                    let g = (g * c).mapv(|v| v.clamp(-ADAM_GRADIENT_CLIP, ADAM_GRADIENT_CLIP));
                     let m = match p.velocity.take() {
                         Some(m) => m * beta1 + &g * (1.0 - beta1),
                         None => &g * (1.0 - beta1),
@@ -1310,6 +1315,18 @@ fn adam_private<C: Channel>(
 ) -> Result<(), NnError> {
     let scale = ADAM_GRADIENT_SCALE;
     let gs = s.scale(g, c * scale)?;
+    // clip(g, -b, b) = ReLU(g + b) - ReLU(g - b) - b.
+    let bound = PrivateTensor::Public(ArrayD::from_elem(gs.shape(), ADAM_GRADIENT_CLIP * scale));
+    let up = s.add(&gs, &bound)?;
+    let down = s.sub(&gs, &bound)?;
+    let both = s.concat(&[&up, &down], 0)?;
+    let both = s.relu(&both)?;
+    let n = gs.shape().first().copied().unwrap_or(1);
+    let idx_up: Vec<usize> = (0..n).collect();
+    let idx_down: Vec<usize> = (n..2 * n).collect();
+    let (ru, rd) = (s.rows(&both, &idx_up)?, s.rows(&both, &idx_down)?);
+    let diff = s.sub(&ru, &rd)?;
+    let gs = s.sub(&diff, &bound)?;
     let m = match p.velocity.take() {
         Some(m) => {
             let a = s.scale(&m, beta1)?;
