@@ -39,6 +39,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::{Layer, NnError, Sequential};
+use crate::tensor::kernels::for_each_patch;
 use crate::tensor::{PoolSelection, PrivateTensor, ReluMask, Role, Session};
 
 /// A loss, computed on the model's last output (logits).
@@ -1473,28 +1474,15 @@ fn patches_plain(
         .into_dimensionality()
         .map_err(|e| shape_err("conv input (B, C, H, W)", e))?;
     let (b, c, h, w) = x4.dim();
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
-    let cols = ho * wo;
+    let cols = ((h + 2 * pad - kh) / stride + 1) * ((w + 2 * pad - kw) / stride + 1);
+    let x4 = x4.as_standard_layout();
+    let flat = x4.as_slice().expect("standard layout");
     let mut out = Array2::zeros((c * kh * kw, b * cols));
     for i in 0..b {
-        for ch in 0..c {
-            for p in 0..kh {
-                for q in 0..kw {
-                    let row = (ch * kh + p) * kw + q;
-                    for y in 0..ho {
-                        for xx in 0..wo {
-                            let iy = (y * stride + p) as isize - pad as isize;
-                            let ix = (xx * stride + q) as isize - pad as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out[[row, i * cols + y * wo + xx]] =
-                                    x4[[i, ch, iy as usize, ix as usize]];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let img = &flat[i * c * h * w..(i + 1) * c * h * w];
+        for_each_patch((c, h, w), (kh, kw), stride, pad, |row, col, pos| {
+            out[[row, i * cols + col]] = img[pos];
+        });
     }
     Ok(out)
 }
@@ -1507,30 +1495,15 @@ fn patches_backward_plain(
     pad: usize,
 ) -> ArrayD<f64> {
     let (b, c, h, w) = (input[0], input[1], input[2], input[3]);
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
-    let cols = ho * wo;
-    let mut dx = Array4::<f64>::zeros((b, c, h, w));
+    let cols = ((h + 2 * pad - kh) / stride + 1) * ((w + 2 * pad - kw) / stride + 1);
+    let mut dx = vec![0.0; b * c * h * w];
     for i in 0..b {
-        for ch in 0..c {
-            for p in 0..kh {
-                for q in 0..kw {
-                    let row = (ch * kh + p) * kw + q;
-                    for y in 0..ho {
-                        for xx in 0..wo {
-                            let iy = (y * stride + p) as isize - pad as isize;
-                            let ix = (xx * stride + q) as isize - pad as isize;
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                dx[[i, ch, iy as usize, ix as usize]] +=
-                                    dp[[row, i * cols + y * wo + xx]];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let img = &mut dx[i * c * h * w..(i + 1) * c * h * w];
+        for_each_patch((c, h, w), (kh, kw), stride, pad, |row, col, pos| {
+            img[pos] += dp[[row, i * cols + col]];
+        });
     }
-    dx.into_dyn()
+    ArrayD::from_shape_vec(IxDyn(&[b, c, h, w]), dx).expect("b c h w values")
 }
 
 fn avg_backward_plain(

@@ -77,10 +77,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// The widest ring the BFV link supports: BFV's plaintext modulus `t = 2^l` is at most
-/// `2^64`. A session over a wider ring would run on shares only.
-pub const MAX_BFV_RING_BITS: u32 = 64;
-
 impl SessionConfig {
     /// The configuration for training: a 64-bit ring with 16 fractional bits (products at
     /// `2^32` leave 31 bits of integer range, and every truncation is faithful, so no
@@ -91,7 +87,6 @@ impl SessionConfig {
     /// ```
     /// let c = cipherml::tensor::SessionConfig::training();
     /// assert_eq!((c.ring_bits, c.frac_bits), (64, 16));
-    /// assert!(c.bfv_link());
     /// ```
     pub fn training() -> Self {
         Self {
@@ -102,21 +97,14 @@ impl SessionConfig {
         }
     }
 
-    /// Whether sessions of this configuration have the BFV link (shares <-> BFV, linear
-    /// maps by the server's matrices under HE): rings of at most [`MAX_BFV_RING_BITS`].
-    pub fn bfv_link(&self) -> bool {
-        self.ring_bits <= MAX_BFV_RING_BITS
-    }
-
     /// The BFV parameters: N = 8192, `t = 2^l`, a 198-bit `Q` and a 20-bit special prime
-    /// (log2(QP) = 218, 128-bit). For a ring wider than [`MAX_BFV_RING_BITS`], `t = 2^64`
-    /// and the session refuses every BFV operation ([`SessionConfig::bfv_link`]). The link protocol uses no key switching (no evaluation
+    /// (log2(QP) = 218, 128-bit). The link protocol uses no key switching (no evaluation
     /// key is ever made), so the special prime only completes the context; `Q` holds the
     /// plaintext modulus and the flooding sized for a whole session.
     pub fn bfv_literal(&self) -> BfvParametersLiteral {
         BfvParametersLiteral {
             plaintext: PlaintextModulus::PowerOfTwo {
-                bits: self.ring_bits.min(MAX_BFV_RING_BITS),
+                bits: self.ring_bits,
             },
             ciphertext_moduli_bits: vec![50, 50, 49, 49],
             special_moduli_bits: vec![20],

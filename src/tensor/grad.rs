@@ -622,24 +622,16 @@ impl<C: Channel> Session<C> {
         let (g, _, frac_bits, _) = self.shares_any(dp)?;
         let mut dx = vec![0u64; b * c * h * w];
         for i in 0..b {
-            for ch in 0..c {
-                for p in 0..kh {
-                    for q in 0..kw {
-                        let row = (ch * kh + p) * kw + q;
-                        for y in 0..ho {
-                            for xx in 0..wo {
-                                let iy = (y * stride + p) as isize - padding as isize;
-                                let ix = (xx * stride + q) as isize - padding as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    let pos = ((i * c + ch) * h + iy as usize) * w + ix as usize;
-                                    let v = g[row * b * cols + i * cols + y * wo + xx];
-                                    dx[pos] = ring.add(dx[pos], v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let img = &mut dx[i * c * h * w..(i + 1) * c * h * w];
+            super::kernels::for_each_patch(
+                (c, h, w),
+                (kh, kw),
+                stride,
+                padding,
+                |row, col, pos| {
+                    img[pos] = ring.add(img[pos], g[row * b * cols + i * cols + col]);
+                },
+            );
         }
         Ok(PrivateTensor::Shared {
             share: dx,

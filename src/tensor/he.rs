@@ -227,7 +227,6 @@ impl<C: Channel> Session<C> {
         if let PrivateTensor::Bfv { .. } = t {
             return Ok(t.clone());
         }
-        self.require_bfv_link("conversion to BFV")?;
         let (share, shape) = self.shares_of(t)?;
         let n = self.params.degree();
         let k = row_len(&shape);

@@ -74,6 +74,38 @@ pub fn im2col(x: &[u64], input: (usize, usize, usize), kernel: usize, stride: us
     out
 }
 
+/// Visits every element of the patches of a convolution of one `(C, H, W)` image with
+/// zero padding that is inside the image: `f(row, column, input index)` for row `(c, p,
+/// q)`, column `(y, x)` and the input at `(c, y stride + p - pad, x stride + q - pad)`.
+/// The one index walk of [`conv_patches`], of its backward pass and of the training's
+/// plaintext reference.
+pub fn for_each_patch(
+    (c, h, w): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let ho = (h + 2 * pad - kh) / stride + 1;
+    let wo = (w + 2 * pad - kw) / stride + 1;
+    for ch in 0..c {
+        for p in 0..kh {
+            for q in 0..kw {
+                let row = (ch * kh + p) * kw + q;
+                for y in 0..ho {
+                    for xx in 0..wo {
+                        let iy = (y * stride + p) as isize - pad as isize;
+                        let ix = (xx * stride + q) as isize - pad as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            f(row, y * wo + xx, (ch * h + iy as usize) * w + ix as usize);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The patches of a convolution as a `(C kh kw) x (Ho Wo)` matrix, row-major: row
 /// `(c, p, q)`, column `(y, x)` holds the input at `(c, y stride + p - pad, x stride + q -
 /// pad)`, zero outside (padding). `W (O x C kh kw)` times it is the convolution.
@@ -84,25 +116,10 @@ pub fn conv_patches(
     stride: usize,
     pad: usize,
 ) -> Vec<u64> {
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
-    let mut out = vec![0u64; c * kh * kw * ho * wo];
-    for ch in 0..c {
-        for p in 0..kh {
-            for q in 0..kw {
-                let row = (ch * kh + p) * kw + q;
-                for y in 0..ho {
-                    for xx in 0..wo {
-                        let iy = (y * stride + p) as isize - pad as isize;
-                        let ix = (xx * stride + q) as isize - pad as isize;
-                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                            out[row * ho * wo + y * wo + xx] =
-                                x[(ch * h + iy as usize) * w + ix as usize];
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let cols = ((h + 2 * pad - kh) / stride + 1) * ((w + 2 * pad - kw) / stride + 1);
+    let mut out = vec![0u64; c * kh * kw * cols];
+    for_each_patch((c, h, w), (kh, kw), stride, pad, |row, col, pos| {
+        out[row * cols + col] = x[pos];
+    });
     out
 }

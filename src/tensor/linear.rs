@@ -171,10 +171,7 @@ impl PreparedLinear {
         check_cap(label, w.iter().copied(), config.weight_cap(), f)?;
         let dealer = matches!(config.triples, super::Triples::Dealer { .. });
         let options = cost::dense_options(inputs as f64, outputs as f64, false, dealer);
-        let (chosen, _) = cost::cheapest(&options, &config.network, |b| {
-            config.bfv_link() || !b.is_bfv()
-        })
-        .expect("two options");
+        let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
             let he = CoeffMatVec::new_capped(&Encoder::new(params), w.view(), config.weight_cap())?;
             let noise = he.noise_bound_log2(params.degree(), params.plaintext_modulus());
@@ -249,10 +246,7 @@ impl PreparedLinear {
             None,
             matches!(config.triples, super::Triples::Dealer { .. }),
         );
-        let (chosen, _) = cost::cheapest(&options, &config.network, |b| {
-            config.bfv_link() || !b.is_bfv()
-        })
-        .expect("two options");
+        let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
             let he = CoeffConv2d::new_capped(
                 &Encoder::new(params),
@@ -446,7 +440,6 @@ impl<C: Channel> Session<C> {
             &[cipherml_he::bfv::Ciphertext],
         ) -> cipherml_he::Result<Vec<cipherml_he::bfv::Ciphertext>>,
     ) -> Result<Vec<u64>, TensorError> {
-        self.require_bfv_link("linear map under BFV")?;
         let ring = self.fixed.ring();
         let flood_bits = self.reveal_flood_bits(positions.len())?;
         match &self.sk {

@@ -109,7 +109,7 @@ pub use ckks::{
     decrypt_output, encrypt_input, CkksEval, CkksEvalKeys, CkksOps, CkksSessionKeys,
     PreparedCkksLinear,
 };
-pub use config::{SessionConfig, Triples, MAX_BFV_RING_BITS};
+pub use config::{SessionConfig, Triples};
 pub use cost::NetworkModel;
 pub use grad::{PoolSelection, ReluMask};
 pub use he::BfvTensorData;
@@ -224,8 +224,6 @@ pub enum LinkKeys {
     Client(Arc<SecretKey>),
     /// The client's BFV public key, held by the server.
     Server(cipherml_he::rlwe::PublicKey),
-    /// No BFV link (a ring wider than [`MAX_BFV_RING_BITS`]): this party's role.
-    Unlinked(Role),
 }
 
 /// The checked configuration and keys of a session, before it has a party
@@ -260,7 +258,7 @@ impl SessionSetup {
         id: PartyId,
     ) -> Result<Self, TensorError> {
         let fixed = FixedPoint::new(Ring::new(config.ring_bits)?, config.frac_bits)?;
-        if params.plaintext_modulus() != 1u128 << config.ring_bits.min(MAX_BFV_RING_BITS) {
+        if params.plaintext_modulus() != 1u128 << config.ring_bits {
             return Err(TensorError::Invalid {
                 what: "session parameters",
                 detail: format!(
@@ -271,22 +269,6 @@ impl SessionSetup {
             });
         }
         let (role, sk, rerand) = match keys {
-            _ if !config.bfv_link() && !matches!(keys, LinkKeys::Unlinked(_)) => {
-                return Err(TensorError::Invalid {
-                    what: "session keys",
-                    detail: format!(
-                        "BFV link keys for a {}-bit ring (at most {MAX_BFV_RING_BITS})",
-                        config.ring_bits
-                    ),
-                })
-            }
-            LinkKeys::Unlinked(role) if !config.bfv_link() => (role, None, None),
-            LinkKeys::Unlinked(_) => {
-                return Err(TensorError::Invalid {
-                    what: "session keys",
-                    detail: format!("no BFV link keys for a {}-bit ring", config.ring_bits),
-                })
-            }
             LinkKeys::Client(sk) => (Role::Client, Some(sk), None),
             LinkKeys::Server(pk) => (
                 Role::Server,
@@ -425,7 +407,6 @@ impl<C: Channel> Session<C> {
         // The client's public key, once per session: the server re-randomizes every
         // encrypted reply with it.
         let keys = match role {
-            _ if !config.bfv_link() => LinkKeys::Unlinked(role),
             Role::Client => {
                 let sk = Arc::new(SecretKey::random(params.context(), party.rng()));
                 crate::link::send_public_key(&params, &mut party, &sk)?;
@@ -643,19 +624,6 @@ impl<C: Channel> Session<C> {
         s
     }
 
-    /// Refuses `op` in a session without the BFV link (a ring wider than
-    /// [`MAX_BFV_RING_BITS`]).
-    pub(crate) fn require_bfv_link(&self, op: &'static str) -> Result<(), TensorError> {
-        if self.config.bfv_link() {
-            return Ok(());
-        }
-        Err(TensorError::Unsupported {
-            op,
-            repr: "BFV",
-            reason: "the session's ring is wider than BFV's plaintext modulus (60 bits): it runs on shares only",
-        })
-    }
-
     /// A shared tensor at the session's scale `2^f`.
     pub(crate) fn shared(&self, share: Vec<u64>, shape: Vec<usize>) -> PrivateTensor {
         PrivateTensor::Shared {
@@ -806,8 +774,7 @@ impl<C: Channel> Session<C> {
                 ..
             }
         );
-        let linked = self.config.bfv_link();
-        let z = if let Some(z) = self.owned_product(a, b, (m, k, n), &label, linked)? {
+        let z = if let Some(z) = self.owned_product(a, b, (m, k, n), &label)? {
             z
         } else if server_matrix && matches!(a, PrivateTensor::Bfv { .. }) {
             // W^T (n x k), quantized; the client builds the same layout with zeros.
@@ -861,7 +828,7 @@ impl<C: Channel> Session<C> {
             let dealer = matches!(self.config.triples, Triples::Dealer { .. });
             // Two 32-bit digits fit the flooding only with `t`'s rounding encoding (t > 2^60).
             let wide = self.params.plaintext_bits() > 60;
-            if linked && wide && !dealer && self.shared_he_cheaper(m, k, n) {
+            if wide && !dealer && self.shared_he_cheaper(m, k, n) {
                 let c = self.held_he_cost(m, k, n);
                 if let Some(lp) = self.log.last_mut() {
                     lp.chosen = cost::Backend::BfvCoefficient;
@@ -913,10 +880,9 @@ impl<C: Channel> Session<C> {
         b: &PrivateTensor,
         (m, k, n): (usize, usize, usize),
         label: &str,
-        linked: bool,
     ) -> Result<Option<Vec<u64>>, TensorError> {
         let (ha, hb) = (a.holder(), b.holder());
-        let legacy = linked && self.config.ring_bits <= 60;
+        let legacy = self.config.ring_bits <= 60;
         if matches!(a, PrivateTensor::Bfv { .. })
             || (legacy && hb == Some(Role::Server) && ha != Some(Role::Server))
         {
@@ -963,7 +929,7 @@ impl<C: Channel> Session<C> {
                 let (x, _) = self.shares_of(a)?;
                 let (y, _) = self.shares_of(b)?;
                 let mine = (p == self.role).then_some(x.as_slice());
-                if linked && self.held_he_cheaper(m, k, n) {
+                if self.held_he_cheaper(m, k, n) {
                     self.log.push(plan(
                         cost::Backend::BfvCoefficient,
                         self.held_he_cost(m, k, n),
@@ -995,21 +961,20 @@ impl<C: Channel> Session<C> {
                 // (a b)^T = b^T a^T with b^T in the clear at `p`.
                 let (x, _) = self.shares_of(a)?;
                 let (y, _) = self.shares_of(b)?;
-                self.log.push(plan(
-                    cost::Backend::SharedOtProduct,
-                    cost::ot_product(n as f64, k as f64, m as f64),
-                ));
                 let yt = grad_transpose(&y, k, n);
                 let xt = grad_transpose(&x, m, k);
                 let mine = (p == self.role).then_some(yt.as_slice());
-                let zt = if linked && self.held_he_cheaper(n, k, m) {
-                    self.log.pop();
+                let zt = if self.held_he_cheaper(n, k, m) {
                     self.log.push(plan(
                         cost::Backend::BfvCoefficient,
                         self.held_he_cost(n, k, m),
                     ));
                     self.held_product_he(p, mine, &xt, (n, k, m), self.config.weight_cap())?
                 } else {
+                    self.log.push(plan(
+                        cost::Backend::SharedOtProduct,
+                        cost::ot_product(n as f64, k as f64, m as f64),
+                    ));
                     arith::matmul_owned(&mut self.party, ring, p.party(), mine, &xt, n, k, m)?
                 };
                 Ok(Some(grad_transpose(&zt, n, m)))
