@@ -140,6 +140,9 @@ pub struct CkksModel {
     input_level: usize,
     depth: usize,
     output_shape: Vec<usize>,
+    /// A final sigmoid or softmax, applied by the key owner to the decrypted logits
+    /// ([`CkksModel::finish`]): exact, and no levels.
+    output_activation: Option<Layer>,
 }
 
 fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<Vec<f64>>)> {
@@ -172,6 +175,27 @@ fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<
             }
             Some((m, None))
         }
+        // Any other linear layer (a per-channel affine map, a transposition, a padding, a
+        // mean): its matrix, column by column, from the plaintext semantics.
+        l if l.is_linear() => {
+            let n: usize = input.iter().product();
+            if n > 1 << 14 {
+                return None;
+            }
+            let zero = ndarray::ArrayD::zeros(ndarray::IxDyn(input));
+            let bias = l.forward(&zero).ok()?;
+            let mut m = Array2::zeros((bias.len(), n));
+            for i in 0..n {
+                let mut e = zero.clone();
+                e.as_slice_mut()?[i] = 1.0;
+                let col = l.forward(&e).ok()?;
+                for (r, (&y, &b)) in col.iter().zip(bias.iter()).enumerate() {
+                    m[[r, i]] = y - b;
+                }
+            }
+            let bias: Vec<f64> = bias.iter().copied().collect();
+            Some((m, bias.iter().any(|&b| b != 0.0).then_some(bias)))
+        }
         _ => None,
     }
 }
@@ -203,7 +227,9 @@ impl Lowering<'_> {
         for (layer, (input, output)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
             let level = self.level;
             match layer {
-                Layer::Flatten => lowered.push(Lowered::Reshape(output.clone())),
+                Layer::Flatten | Layer::Reshape { .. } => {
+                    lowered.push(Lowered::Reshape(output.clone()))
+                }
                 Layer::Softmax => {
                     return Err(NnError::NotSupportedInMode {
                         layer: layer.describe(),
@@ -346,7 +372,15 @@ impl CkksModel {
             galois: std::collections::BTreeSet::new(),
             level: input_level,
         };
-        let layers = c.layers(model.layers(), &shapes[0])?;
+        let all = model.layers();
+        let output_activation = all
+            .last()
+            .filter(|l| matches!(l, Layer::Softmax | Layer::Sigmoid))
+            .cloned();
+        let layers = c.layers(
+            &all[..all.len() - usize::from(output_activation.is_some())],
+            &shapes[0],
+        )?;
         Ok(Self {
             layers,
             trace: c.trace,
@@ -355,7 +389,19 @@ impl CkksModel {
             input_level,
             depth: input_level - c.level,
             output_shape: shapes.last().expect("non-empty").clone(),
+            output_activation,
         })
+    }
+
+    /// The model's output from the decrypted result of [`CkksModel::infer`] or
+    /// [`CkksModel::forward`]: a final sigmoid or softmax is applied here, exactly, by the
+    /// key owner (the logits say no more than the probabilities, up to the softmax's
+    /// shift); otherwise `y` as it is.
+    pub fn finish(&self, y: ndarray::ArrayD<f64>) -> Result<ndarray::ArrayD<f64>, NnError> {
+        match &self.output_activation {
+            Some(l) => l.forward(&y),
+            None => Ok(y),
+        }
     }
 
     /// The Galois elements the server needs keys for (the client generates exactly these;

@@ -66,6 +66,144 @@ pub enum Layer {
         /// The layers of the residual branch, applied in order.
         body: Vec<Layer>,
     },
+    /// Branches from one input, joined: `join(b_1(x), .., b_k(x))`, each branch a chain of
+    /// layers (an empty branch is the identity). A projection shortcut is an `Add` of the
+    /// block's body and a strided 1x1 convolution; an Inception-style block a `Concat`.
+    Branches {
+        /// The branches, in the order of the join's inputs.
+        branches: Vec<Vec<Layer>>,
+        /// How their outputs are joined.
+        join: Join,
+    },
+    /// A per-channel affine map `y[c, ..] = scale[c] x[c, ..] + shift[c]` (channels on the
+    /// first axis of a sample; each element of a vector is a channel): a batch
+    /// normalization, or constants multiplied and added, that could not be folded into a
+    /// neighbouring linear layer. Its parameters are weights (the server's secret).
+    Affine {
+        /// Per-channel factors.
+        scale: Array1<f64>,
+        /// Per-channel offsets.
+        shift: Array1<f64>,
+    },
+    /// `max(x, 0) + slope[c] min(x, 0)` per channel (first axis): the slopes are weights.
+    PRelu {
+        /// Per-channel negative slopes.
+        slope: Array1<f64>,
+    },
+    /// An elementwise activation whose parameters are part of the architecture (public).
+    Activation(Activation),
+    /// The axes of a sample permuted: output axis `i` is input axis `perm[i]`.
+    Transpose {
+        /// The permutation.
+        perm: Vec<usize>,
+    },
+    /// The same values in another shape (row-major).
+    Reshape {
+        /// The output shape (no batch axis).
+        shape: Vec<usize>,
+    },
+    /// Zero padding: `pads[i] = (before, after)` elements on axis `i` of a sample.
+    Pad {
+        /// Per axis, the elements added before and after.
+        pads: Vec<(usize, usize)>,
+    },
+    /// The mean over some axes of a sample (ONNX `ReduceMean`), which are kept with length
+    /// one if `keepdims`.
+    Mean {
+        /// The axes averaged, increasing.
+        axes: Vec<usize>,
+        /// Whether the averaged axes stay (with length 1).
+        keepdims: bool,
+    },
+}
+
+/// How a [`Layer::Branches`] block joins the outputs of its branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Join {
+    /// Their sum (all of one shape).
+    Add,
+    /// Their concatenation on the first axis of a sample (channels).
+    Concat,
+}
+
+/// An elementwise activation whose parameters are public (part of the architecture, as the
+/// layer types are). Each runs on shares from exact comparisons, except `Tanh`, which is
+/// `2 sigmoid(2x) - 1` with the piecewise-linear sigmoid (error at most
+/// [`Activation::TANH_ERROR`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Activation {
+    /// `min(max(x, min), max)`; an infinite bound is no bound (ReLU6 is `0..6`).
+    Clip {
+        /// Lower bound (`-inf` for none).
+        min: f64,
+        /// Upper bound (`+inf` for none).
+        max: f64,
+    },
+    /// `x` if `x >= 0`, else `alpha x`.
+    LeakyRelu {
+        /// Slope for negative inputs.
+        alpha: f64,
+    },
+    /// `clip(alpha x + beta, 0, 1)`.
+    HardSigmoid {
+        /// Factor.
+        alpha: f64,
+        /// Offset.
+        beta: f64,
+    },
+    /// `x clip(x / 6 + 1/2, 0, 1)`.
+    HardSwish,
+    /// The hyperbolic tangent.
+    Tanh,
+}
+
+// The parameters are never NaN (the importer and the architecture decoder refuse it).
+impl Eq for Activation {}
+
+impl Activation {
+    /// The largest absolute error of the private `Tanh`: twice that of the piecewise-linear
+    /// sigmoid it is made from.
+    pub const TANH_ERROR: f64 = 2.0 * cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
+
+    /// Whether every parameter is a number (infinite clip bounds allowed), and a clip's
+    /// bounds are ordered.
+    pub fn is_valid(&self) -> bool {
+        match *self {
+            Activation::Clip { min, max } => !min.is_nan() && !max.is_nan() && min <= max,
+            Activation::LeakyRelu { alpha } => alpha.is_finite(),
+            Activation::HardSigmoid { alpha, beta } => alpha.is_finite() && beta.is_finite(),
+            Activation::HardSwish | Activation::Tanh => true,
+        }
+    }
+
+    /// The activation of one value.
+    pub fn apply(&self, v: f64) -> f64 {
+        match *self {
+            Activation::Clip { min, max } => v.max(min).min(max),
+            Activation::LeakyRelu { alpha } => {
+                if v >= 0.0 {
+                    v
+                } else {
+                    alpha * v
+                }
+            }
+            Activation::HardSigmoid { alpha, beta } => (alpha * v + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
+            Activation::Tanh => v.tanh(),
+        }
+    }
+
+    /// A short name, e.g. `Clip(0..6)`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Activation::Clip { min, max } => format!("Clip({min}..{max})"),
+            Activation::LeakyRelu { alpha } => format!("LeakyReLU({alpha})"),
+            Activation::HardSigmoid { alpha, beta } => format!("HardSigmoid({alpha}x+{beta})"),
+            Activation::HardSwish => "HardSwish".into(),
+            Activation::Tanh => "Tanh".into(),
+        }
+    }
 }
 
 impl Layer {
@@ -96,6 +234,21 @@ impl Layer {
             Layer::GlobalAvgPool => "GlobalAvgPool".into(),
             Layer::Flatten => "Flatten".into(),
             Layer::Residual { body } => format!("Residual(x + {} layers)", body.len()),
+            Layer::Branches { branches, join } => {
+                let lens: Vec<String> = branches.iter().map(|b| b.len().to_string()).collect();
+                format!(
+                    "{join:?}({} branches of {} layers)",
+                    branches.len(),
+                    lens.join("/")
+                )
+            }
+            Layer::Affine { scale, .. } => format!("Affine({} channels)", scale.len()),
+            Layer::PRelu { slope } => format!("PReLU({} channels)", slope.len()),
+            Layer::Activation(a) => a.describe(),
+            Layer::Transpose { perm } => format!("Transpose({perm:?})"),
+            Layer::Reshape { shape } => format!("Reshape({shape:?})"),
+            Layer::Pad { pads } => format!("Pad({pads:?})"),
+            Layer::Mean { axes, keepdims } => format!("Mean(axes {axes:?}, keepdims {keepdims})"),
         }
     }
 
@@ -104,6 +257,7 @@ impl Layer {
     pub fn is_linear(&self) -> bool {
         match self {
             Layer::Residual { body } => body.iter().all(Layer::is_linear),
+            Layer::Branches { branches, .. } => branches.iter().flatten().all(Layer::is_linear),
             _ => matches!(
                 self,
                 Layer::Dense { .. }
@@ -111,6 +265,11 @@ impl Layer {
                     | Layer::AvgPool { .. }
                     | Layer::GlobalAvgPool
                     | Layer::Flatten
+                    | Layer::Affine { .. }
+                    | Layer::Transpose { .. }
+                    | Layer::Reshape { .. }
+                    | Layer::Pad { .. }
+                    | Layer::Mean { .. }
             ),
         }
     }
@@ -120,6 +279,8 @@ impl Layer {
     pub fn is_polynomial(&self) -> bool {
         match self {
             Layer::Residual { body } => body.iter().all(Layer::is_polynomial),
+            // The CKKS mode does not lower blocks of branches yet.
+            Layer::Branches { .. } => false,
             Layer::Square | Layer::Poly { .. } | Layer::Sigmoid => true,
             l => l.is_linear(),
         }
@@ -192,6 +353,92 @@ impl Layer {
                     });
                 }
                 input.to_vec()
+            }
+            Layer::Branches { branches, join } => {
+                if branches.is_empty() {
+                    return Err(bad());
+                }
+                let mut outs = Vec::with_capacity(branches.len());
+                for b in branches {
+                    let shapes = super::chain_shapes(b, input)?;
+                    outs.push(shapes.last().expect("non-empty").clone());
+                }
+                let first = &outs[0];
+                let fits = |o: &Vec<usize>| match join {
+                    Join::Add => o == first,
+                    Join::Concat => !o.is_empty() && o.len() == first.len() && o[1..] == first[1..],
+                };
+                if first.is_empty() || !outs.iter().all(fits) {
+                    return Err(NnError::LayerShape {
+                        layer: format!("{} (branch outputs {outs:?})", self.describe()),
+                        input: input.to_vec(),
+                    });
+                }
+                let mut out = first.clone();
+                if *join == Join::Concat {
+                    out[0] = outs.iter().map(|o| o[0]).sum();
+                }
+                out
+            }
+            Layer::Affine { scale, shift } => {
+                if input.is_empty() || scale.len() != input[0] || shift.len() != input[0] {
+                    return Err(bad());
+                }
+                input.to_vec()
+            }
+            Layer::PRelu { slope } => {
+                if input.is_empty() || slope.len() != input[0] {
+                    return Err(bad());
+                }
+                input.to_vec()
+            }
+            Layer::Transpose { perm } => {
+                let mut seen = vec![false; input.len()];
+                let valid = perm.len() == input.len()
+                    && perm
+                        .iter()
+                        .all(|&a| a < input.len() && !std::mem::replace(&mut seen[a], true));
+                if !valid {
+                    return Err(bad());
+                }
+                perm.iter().map(|&a| input[a]).collect()
+            }
+            Layer::Reshape { shape } => {
+                if shape.iter().product::<usize>() != input.iter().product::<usize>() {
+                    return Err(bad());
+                }
+                shape.clone()
+            }
+            Layer::Pad { pads } => {
+                if pads.len() != input.len() {
+                    return Err(bad());
+                }
+                let mut out = Vec::with_capacity(input.len());
+                for (&d, &(a, b)) in input.iter().zip(pads) {
+                    out.push(
+                        d.checked_add(a)
+                            .and_then(|v| v.checked_add(b))
+                            .ok_or_else(bad)?,
+                    );
+                }
+                out
+            }
+            Layer::Mean { axes, keepdims } => {
+                if axes.is_empty()
+                    || axes.windows(2).any(|w| w[0] >= w[1])
+                    || axes.iter().any(|&a| a >= input.len() || input[a] == 0)
+                {
+                    return Err(bad());
+                }
+                let mut out = Vec::with_capacity(input.len());
+                for (i, &d) in input.iter().enumerate() {
+                    if !axes.contains(&i) {
+                        out.push(d);
+                    } else if *keepdims {
+                        out.push(1);
+                    }
+                }
+                out
             }
             _ => input.to_vec(),
         })
@@ -266,6 +513,69 @@ impl Layer {
                     h = l.forward(&h)?;
                 }
                 h + x
+            }
+            Layer::Branches { branches, join } => {
+                let mut outs = Vec::with_capacity(branches.len());
+                for b in branches {
+                    let mut h = x.clone();
+                    for l in b {
+                        h = l.forward(&h)?;
+                    }
+                    outs.push(h);
+                }
+                match join {
+                    Join::Add => outs
+                        .into_iter()
+                        .reduce(|a, b| a + b)
+                        .expect("checked non-empty"),
+                    Join::Concat => {
+                        let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
+                        ndarray::concatenate(Axis(0), &views).expect("checked shapes")
+                    }
+                }
+            }
+            Layer::Affine { scale, shift } => {
+                let mut y = x.clone();
+                for ((mut c, &a), &b) in y.outer_iter_mut().zip(scale).zip(shift) {
+                    c.mapv_inplace(|v| a * v + b);
+                }
+                y
+            }
+            Layer::PRelu { slope } => {
+                let mut y = x.clone();
+                for (mut c, &a) in y.outer_iter_mut().zip(slope) {
+                    c.mapv_inplace(|v| if v >= 0.0 { v } else { a * v });
+                }
+                y
+            }
+            Layer::Activation(a) => x.mapv(|v| a.apply(v)),
+            Layer::Transpose { perm } => x
+                .clone()
+                .permuted_axes(IxDyn(perm))
+                .as_standard_layout()
+                .to_owned(),
+            Layer::Reshape { .. } => x
+                .as_standard_layout()
+                .to_shape(IxDyn(&out_shape))
+                .expect("same length")
+                .to_owned(),
+            Layer::Pad { pads } => {
+                let mut y = ArrayD::zeros(IxDyn(&out_shape));
+                let region: Vec<ndarray::SliceInfoElem> = pads
+                    .iter()
+                    .zip(x.shape())
+                    .map(|(&(a, _), &d)| ndarray::Slice::from(a..a + d).into())
+                    .collect();
+                y.slice_mut(region.as_slice()).assign(x);
+                y
+            }
+            Layer::Mean { axes, .. } => {
+                let mut y = x.clone();
+                for &a in axes.iter().rev() {
+                    y = y.mean_axis(Axis(a)).expect("non-empty axis");
+                }
+                y.into_shape_with_order(IxDyn(&out_shape))
+                    .expect("same length")
             }
         })
     }

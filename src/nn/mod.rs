@@ -13,7 +13,7 @@ pub mod zoo;
 
 pub use cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
 pub use ckks_mode::{CkksFloodConfig, CkksFloodPlan, CkksModel, SIGMOID_BOUND};
-pub use layers::Layer;
+pub use layers::{Activation, Join, Layer};
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};
 pub use plan::{Backend, Cost, LayerPlan, Mode, NetworkModel, Plan, PrivateRun};
 pub use private::PreparedModel;
@@ -195,6 +195,48 @@ pub enum ArchLayer {
         #[serde(deserialize_with = "deserialize_body")]
         body: Vec<ArchLayer>,
     },
+    /// Branches joined (see [`Layer::Branches`]); nesting is bounded as for residual blocks.
+    Branches {
+        /// The branches' layers.
+        #[serde(deserialize_with = "deserialize_branches")]
+        branches: Vec<Vec<ArchLayer>>,
+        /// The join.
+        join: Join,
+    },
+    /// A per-channel affine map over this many channels.
+    Affine {
+        /// Channels.
+        channels: usize,
+    },
+    /// A PReLU over this many channels.
+    PRelu {
+        /// Channels.
+        channels: usize,
+    },
+    /// An activation with public parameters.
+    Activation(Activation),
+    /// A permutation of the axes.
+    Transpose {
+        /// The permutation.
+        perm: Vec<usize>,
+    },
+    /// A reshape.
+    Reshape {
+        /// The output shape.
+        shape: Vec<usize>,
+    },
+    /// Zero padding.
+    Pad {
+        /// Per axis, before and after.
+        pads: Vec<(usize, usize)>,
+    },
+    /// A mean over axes.
+    Mean {
+        /// The axes.
+        axes: Vec<usize>,
+        /// Whether they are kept.
+        keepdims: bool,
+    },
 }
 
 thread_local! {
@@ -202,9 +244,23 @@ thread_local! {
     static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Decodes the branches of a block, with the depth bound of [`deserialize_body`].
+fn deserialize_branches<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Vec<ArchLayer>>, D::Error> {
+    nested(d)
+}
+
 /// Decodes a residual body, refusing nesting deeper than [`MAX_ARCH_DEPTH`]: serde decodes
 /// recursively, so the bound must hold while decoding, not only afterwards.
 fn deserialize_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ArchLayer>, D::Error> {
+    nested(d)
+}
+
+/// Decodes a `T` one level of nesting deeper, refusing more than [`MAX_ARCH_DEPTH`] levels.
+fn nested<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     struct Exit;
     impl Drop for Exit {
         fn drop(&mut self) {
@@ -221,7 +277,7 @@ fn deserialize_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ArchLa
             "residual blocks nested deeper than {MAX_ARCH_DEPTH}"
         )));
     }
-    <Vec<ArchLayer> as serde::Deserialize>::deserialize(d)
+    T::deserialize(d)
 }
 
 /// What a client learns of a model: the input shape and the layers' kinds and shapes.
@@ -245,11 +301,19 @@ pub const MAX_ARCH_DEPTH: usize = 8;
 fn arch_layer_count(layers: &[ArchLayer], depth: usize) -> Option<usize> {
     let mut n = layers.len();
     for l in layers {
-        if let ArchLayer::Residual { body } = l {
-            if depth >= MAX_ARCH_DEPTH {
+        let inner: &[Vec<ArchLayer>] = match l {
+            ArchLayer::Residual { body } => std::slice::from_ref(body),
+            ArchLayer::Branches { branches, .. } => branches,
+            _ => &[],
+        };
+        if !inner.is_empty() && depth >= MAX_ARCH_DEPTH {
+            return None;
+        }
+        for body in inner {
+            n = n.checked_add(arch_layer_count(body, depth + 1)?)?;
+            if n > MAX_ARCH_LAYERS {
                 return None;
             }
-            n = n.checked_add(arch_layer_count(body, depth + 1)?)?;
         }
         if n > MAX_ARCH_LAYERS {
             return None;
@@ -301,6 +365,26 @@ fn arch_layers(layers: &[Layer]) -> Vec<ArchLayer> {
             Layer::Flatten => ArchLayer::Flatten,
             Layer::Residual { body } => ArchLayer::Residual {
                 body: arch_layers(body),
+            },
+            Layer::Branches { branches, join } => ArchLayer::Branches {
+                branches: branches.iter().map(|b| arch_layers(b)).collect(),
+                join: *join,
+            },
+            Layer::Affine { scale, .. } => ArchLayer::Affine {
+                channels: scale.len(),
+            },
+            Layer::PRelu { slope } => ArchLayer::PRelu {
+                channels: slope.len(),
+            },
+            Layer::Activation(a) => ArchLayer::Activation(*a),
+            Layer::Transpose { perm } => ArchLayer::Transpose { perm: perm.clone() },
+            Layer::Reshape { shape } => ArchLayer::Reshape {
+                shape: shape.clone(),
+            },
+            Layer::Pad { pads } => ArchLayer::Pad { pads: pads.clone() },
+            Layer::Mean { axes, keepdims } => ArchLayer::Mean {
+                axes: axes.clone(),
+                keepdims: *keepdims,
             },
         })
         .collect()
@@ -403,6 +487,64 @@ fn zero_layers(
             ArchLayer::Flatten => Layer::Flatten,
             ArchLayer::Residual { body } => Layer::Residual {
                 body: zero_layers(body, &shape, too_big)?,
+            },
+            ArchLayer::Branches { branches, join } => {
+                if branches.is_empty() {
+                    return Err(too_big("a block without branches"));
+                }
+                let mut bs = Vec::with_capacity(branches.len());
+                for b in branches {
+                    bs.push(zero_layers(b, &shape, too_big)?);
+                }
+                Layer::Branches {
+                    branches: bs,
+                    join: *join,
+                }
+            }
+            &ArchLayer::Affine { channels } | &ArchLayer::PRelu { channels } => {
+                if shape.first() != Some(&channels) {
+                    return Err(too_big("channels of a per-channel layer"));
+                }
+                if let ArchLayer::Affine { .. } = l {
+                    Layer::Affine {
+                        scale: ndarray::Array1::zeros(channels),
+                        shift: ndarray::Array1::zeros(channels),
+                    }
+                } else {
+                    Layer::PRelu {
+                        slope: ndarray::Array1::zeros(channels),
+                    }
+                }
+            }
+            ArchLayer::Activation(a) => {
+                if !a.is_valid() {
+                    return Err(too_big("activation parameters"));
+                }
+                Layer::Activation(*a)
+            }
+            ArchLayer::Transpose { perm } => Layer::Transpose { perm: perm.clone() },
+            ArchLayer::Reshape { shape } => {
+                if shape.len() > 8 {
+                    return Err(too_big("reshape rank"));
+                }
+                Layer::Reshape {
+                    shape: shape.clone(),
+                }
+            }
+            ArchLayer::Pad { pads } => {
+                let sizes: Option<Vec<usize>> = pads
+                    .iter()
+                    .zip(&shape)
+                    .map(|(&(a, b), &d)| d.checked_add(a)?.checked_add(b))
+                    .collect();
+                if sizes.and_then(|s| elems(&s)).is_none() {
+                    return Err(too_big("padding"));
+                }
+                Layer::Pad { pads: pads.clone() }
+            }
+            ArchLayer::Mean { axes, keepdims } => Layer::Mean {
+                axes: axes.clone(),
+                keepdims: *keepdims,
             },
         };
         shape = layer.output_shape(&shape)?;

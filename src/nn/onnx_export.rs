@@ -34,8 +34,9 @@ impl Sequential {
     ///
     /// `GlobalAveragePool` keeps the spatial axes (`[1, C, 1, 1]`) where the layer gives a
     /// vector: when a Dense, Softmax or residual block follows it without a Flatten in
-    /// between, a `Flatten` node is written before that layer, and the model read back has
-    /// that (on a vector, identity) Flatten layer in addition.
+    /// between, a `Flatten` node is written before that layer (the import folds the pair of
+    /// reshapes away). A model that ends with the pooling reads back with a final reshape
+    /// to `(C, 1, 1)`, the file's output shape.
     ///
     /// Errors: [`NnError::NotSupportedInMode`] for a layer the importer cannot read back (a
     /// [`Layer::Poly`]), with its path in the model; the shape errors of
@@ -348,6 +349,15 @@ impl Export {
                     mode: MODE,
                     reason: "the ONNX import reads no polynomial activation but x * x: use \
                              Square, or another supported activation"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(NnError::NotSupportedInMode {
+                    layer: format!("{} (layer {path})", layer.describe()),
+                    mode: MODE,
+                    reason: "the export writes the layers private training produces (Dense, \
+                             Conv2d, activations, pooling, Flatten, residual blocks)"
                         .into(),
                 });
             }

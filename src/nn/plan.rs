@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ndarray::ArrayD;
 
-use super::{CkksModel, Layer, NnError, PreparedModel, Sequential};
+use super::{Activation, CkksModel, Layer, NnError, PreparedModel, Sequential};
 use crate::tensor::cost::{self, UPLOAD};
 pub use crate::tensor::cost::{Backend, Cost, LayerPlan, NetworkModel};
 
@@ -87,7 +87,48 @@ impl Planner {
                 Layer::Softmax => {
                     options.push((Backend::Client, Cost::default()));
                 }
-                Layer::Residual { .. } => options.push((Backend::SkipAdd, Cost::default())),
+                Layer::Residual { .. } | Layer::Branches { .. } => {
+                    options.push((Backend::SkipAdd, Cost::default()))
+                }
+                Layer::Affine { scale, .. } | Layer::PRelu { slope: scale } => {
+                    // A diagonal 1x1 convolution (and, for PReLU, one ReLU).
+                    let c = scale.len();
+                    let rest = (inp as usize / c.max(1)).max(1);
+                    options = cost::conv_options(
+                        (c, 1, rest),
+                        (c, 1, 1),
+                        out,
+                        polynomial.then_some(inp),
+                        false,
+                    );
+                    if matches!(layer, Layer::PRelu { .. }) {
+                        let relu = cost::relu(out);
+                        for (_, c) in options.iter_mut() {
+                            c.add(&relu);
+                        }
+                    }
+                }
+                Layer::Activation(a) => {
+                    let relus = match a {
+                        Activation::Clip { min, max } => {
+                            usize::from(min.is_finite()) + usize::from(max.is_finite())
+                        }
+                        Activation::LeakyRelu { .. } => 1,
+                        Activation::HardSigmoid { .. } | Activation::HardSwish => 2,
+                        _ => 0,
+                    };
+                    let mut c = Cost::default();
+                    for _ in 0..relus {
+                        c.add(&cost::relu(out));
+                    }
+                    if matches!(a, Activation::HardSwish) {
+                        c.add(&cost::beaver_square(out));
+                    }
+                    if matches!(a, Activation::Tanh) {
+                        c.add(&cost::pwl_sigmoid(out));
+                    }
+                    options.push((Backend::SharedMillionaire, c));
+                }
                 _ => options.push((Backend::Local, Cost::default())),
             }
             let hybrid_choice = cost::cheapest(&options, &net, |b| !b.is_ckks());
@@ -103,8 +144,14 @@ impl Planner {
                 chosen: hybrid_choice.map_or(Backend::Local, |(b, _)| b),
                 options,
             });
-            if let Layer::Residual { body } = layer {
-                self.plan(body, input, depth + 1)?;
+            match layer {
+                Layer::Residual { body } => self.plan(body, input, depth + 1)?,
+                Layer::Branches { branches, .. } => {
+                    for b in branches {
+                        self.plan(b, input, depth + 1)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -114,7 +161,13 @@ impl Planner {
 impl Plan {
     /// Plans `model` under `net`.
     pub fn new(model: &Sequential, net: NetworkModel) -> Result<Self, NnError> {
-        let polynomial = model.layers().iter().all(Layer::is_polynomial);
+        // A final softmax is the client's (on the decrypted or revealed logits).
+        let layers = model.layers();
+        let body = match layers.last() {
+            Some(Layer::Softmax) => &layers[..layers.len() - 1],
+            _ => layers,
+        };
+        let polynomial = body.iter().all(Layer::is_polynomial);
         let mut planner = Planner {
             net,
             polynomial,
@@ -251,7 +304,7 @@ impl Sequential {
                 let ct = cipherml_he::tensor::CkksTensor::encrypt(&enc, x, &mut rng)?;
                 let out = compiled.infer(&ev, &rlk, &gk, &ct)?;
                 let bytes = (ct.ct.to_bytes(&params).len() + out.ct.to_bytes(&params).len()) as u64;
-                let y = out.decrypt(&dec)?;
+                let y = compiled.finish(out.decrypt(&dec)?)?;
                 Ok((
                     y,
                     PrivateRun {

@@ -23,7 +23,7 @@ use cipherml_he::bfv::BfvParameters;
 use cipherml_mpc::net::Channel;
 use ndarray::ArrayD;
 
-use super::{Layer, NnError, Sequential};
+use super::{Activation, Join, Layer, NnError, Sequential};
 use crate::tensor::{PreparedLinear, PrivateTensor, Role, Session, SessionConfig};
 
 /// One layer lowered for a session configuration.
@@ -31,12 +31,31 @@ use crate::tensor::{PreparedLinear, PrivateTensor, Role, Session, SessionConfig}
 enum Lowered {
     Linear(Box<PreparedLinear>),
     Relu,
-    MaxPool { kernel: usize, stride: usize },
-    AvgPool { kernel: usize, stride: usize },
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+    },
     Reshape(Vec<usize>),
     Square,
     Sigmoid,
     Residual(Vec<Lowered>),
+    Branches(Vec<Vec<Lowered>>, Join),
+    /// A per-channel map (a diagonal 1x1 convolution) on the sample viewed as
+    /// `(channels, 1, rest)`, then back to `shape`.
+    Diagonal(Box<PreparedLinear>, Vec<usize>),
+    /// `relu(x) + diag(slope) (x - relu(x))`.
+    PRelu(Box<PreparedLinear>, Vec<usize>),
+    Activation(Activation),
+    Transpose(Vec<usize>),
+    Pad(Vec<(usize, usize)>),
+    /// The mean over axes: the permutation that puts them first, their number of
+    /// elements, the output shape.
+    Mean(Vec<usize>, usize, Vec<usize>),
+    Softmax,
 }
 
 /// A model lowered once for a session configuration (see the module documentation).
@@ -47,6 +66,9 @@ pub struct PreparedModel {
     layers: Vec<Lowered>,
     input_shape: Vec<usize>,
     output_shape: Vec<usize>,
+    /// The model ends with a softmax or a sigmoid, which the client applies to the
+    /// revealed logits (exact, and no protocol) instead of running it on shares.
+    output_activation: Option<Box<Layer>>,
 }
 
 fn lower(
@@ -126,8 +148,86 @@ fn lower(
         Layer::Residual { body } => {
             Lowered::Residual(lower_all(body, input, params, config, with_weights)?)
         }
-        Layer::Softmax => return Err(unsupported("apply softmax to the revealed logits")),
+        Layer::Softmax => {
+            if input.len() != 1 {
+                return Err(unsupported("softmax of a tensor that is not a vector"));
+            }
+            Lowered::Softmax
+        }
+        Layer::Branches { branches, join } => Lowered::Branches(
+            branches
+                .iter()
+                .map(|b| lower_all(b, input, params, config, with_weights))
+                .collect::<Result<_, _>>()?,
+            *join,
+        ),
+        Layer::Affine { scale, shift } => Lowered::Diagonal(
+            Box::new(diagonal(
+                layer,
+                input,
+                scale,
+                Some(shift),
+                params,
+                config,
+                with_weights,
+            )?),
+            input.to_vec(),
+        ),
+        Layer::PRelu { slope } => Lowered::PRelu(
+            Box::new(diagonal(
+                layer,
+                input,
+                slope,
+                None,
+                params,
+                config,
+                with_weights,
+            )?),
+            input.to_vec(),
+        ),
+        Layer::Activation(a) => Lowered::Activation(*a),
+        Layer::Transpose { perm } => Lowered::Transpose(perm.clone()),
+        Layer::Reshape { .. } => Lowered::Reshape(output.to_vec()),
+        Layer::Pad { pads } => Lowered::Pad(pads.clone()),
+        Layer::Mean { axes, .. } => {
+            let mut perm = axes.clone();
+            perm.extend((0..input.len()).filter(|a| !axes.contains(a)));
+            let count = axes.iter().map(|&a| input[a]).product();
+            Lowered::Mean(perm, count, output.to_vec())
+        }
     })
+}
+
+/// A per-channel map `scale[c] x[c, ..] + shift[c]` as a 1x1 convolution with a diagonal
+/// weight on the sample viewed as `(channels, 1, rest)`: the factors are the server's
+/// weights, so they are applied as any linear layer's are.
+fn diagonal(
+    layer: &Layer,
+    input: &[usize],
+    scale: &ndarray::Array1<f64>,
+    shift: Option<&ndarray::Array1<f64>>,
+    params: &Arc<BfvParameters>,
+    config: &SessionConfig,
+    with_weights: bool,
+) -> Result<PreparedLinear, NnError> {
+    let c = scale.len();
+    let rest: usize = input[1..].iter().product();
+    let mut weight = ndarray::Array4::<f64>::zeros((c, c, 1, 1));
+    for (i, &a) in scale.iter().enumerate() {
+        weight[[i, i, 0, 0]] = a;
+    }
+    let bias = shift.cloned().unwrap_or_else(|| ndarray::Array1::zeros(c));
+    PreparedLinear::conv2d(
+        params,
+        config,
+        &layer.describe(),
+        (c, 1, rest),
+        (c, c, 1, 1),
+        1,
+        0,
+        with_weights.then(|| weight.view()),
+        with_weights.then(|| bias.view()),
+    )
 }
 
 fn lower_all(
@@ -153,11 +253,14 @@ fn lower_all(
     Ok(out)
 }
 
-fn walk(layers: &[Lowered], f: &mut impl FnMut(&Lowered)) {
+/// Calls `f` on every prepared linear map of `layers`, nested ones included.
+fn walk(layers: &[Lowered], f: &mut impl FnMut(&PreparedLinear)) {
     for l in layers {
-        f(l);
-        if let Lowered::Residual(body) = l {
-            walk(body, f);
+        match l {
+            Lowered::Linear(w) | Lowered::Diagonal(w, _) | Lowered::PRelu(w, _) => f(w),
+            Lowered::Residual(body) => walk(body, f),
+            Lowered::Branches(branches, _) => branches.iter().for_each(|b| walk(b, f)),
+            _ => {}
         }
     }
 }
@@ -184,8 +287,13 @@ impl PreparedModel {
         with_weights: bool,
     ) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
+        let all = model.layers();
+        let output_activation = all
+            .last()
+            .filter(|l| matches!(l, Layer::Softmax | Layer::Sigmoid))
+            .map(|l| Box::new(l.clone()));
         let layers = lower_all(
-            model.layers(),
+            &all[..all.len() - usize::from(output_activation.is_some())],
             model.input_shape(),
             &params,
             config,
@@ -197,6 +305,7 @@ impl PreparedModel {
             layers,
             input_shape: model.input_shape().to_vec(),
             output_shape: shapes.last().expect("non-empty").clone(),
+            output_activation,
         })
     }
 
@@ -250,11 +359,7 @@ impl PreparedModel {
     /// Coefficients of encrypted replies one inference reveals to the client.
     pub fn revealed_coefficients(&self) -> usize {
         let mut n = 0;
-        walk(&self.layers, &mut |l| {
-            if let Lowered::Linear(w) = l {
-                n += w.revealed_coefficients();
-            }
-        });
+        walk(&self.layers, &mut |w| n += w.revealed_coefficients());
         n
     }
 
@@ -271,15 +376,13 @@ impl PreparedModel {
         let n = self.params.degree();
         let t = self.params.plaintext_modulus();
         let mut worst = 0u32;
-        walk(&self.layers, &mut |l| {
-            if let Lowered::Linear(w) = l {
-                if w.revealed_coefficients() > 0 {
-                    worst = worst.max(crate::link::flood_log2(
-                        n,
-                        w.noise_log2(),
-                        self.flood_bits(),
-                    ));
-                }
+        walk(&self.layers, &mut |w| {
+            if w.revealed_coefficients() > 0 {
+                worst = worst.max(crate::link::flood_log2(
+                    n,
+                    w.noise_log2(),
+                    self.flood_bits(),
+                ));
             }
         });
         let room = self.params.context().q().log2_product() - (t as f64).log2() - 2.0;
@@ -288,7 +391,8 @@ impl PreparedModel {
 
     /// Runs the model on `x` (any representation the first layer accepts): both parties
     /// call it with their copy of the model. Returns the output as the engine leaves it
-    /// (shared, its truncation possibly pending: reveal it, or continue computing).
+    /// (shared, its truncation possibly pending: reveal it, or continue computing). A final
+    /// softmax or sigmoid is not applied here (see [`PreparedModel::output_activation`]).
     pub fn forward<C: Channel>(
         &self,
         s: &mut Session<C>,
@@ -297,8 +401,16 @@ impl PreparedModel {
         forward_all(&self.layers, s, x)
     }
 
+    /// The softmax or sigmoid the model ends with, which [`PreparedModel::run_client`]
+    /// applies to the revealed logits (exactly: the logits say no more than the
+    /// probabilities, up to the softmax's shift) and [`PreparedModel::forward`] leaves out.
+    pub fn output_activation(&self) -> Option<&Layer> {
+        self.output_activation.as_deref()
+    }
+
     /// Client side of one inference: shares `x` (trivially: no message), runs the model,
-    /// and returns the logits, revealed to the client only.
+    /// and returns its output, revealed to the client only (a final softmax applied to the
+    /// revealed logits, as a final sigmoid).
     pub fn run_client<C: Channel>(
         &self,
         s: &mut Session<C>,
@@ -323,6 +435,10 @@ impl PreparedModel {
             what: "session role",
             detail: "run_client on the server's side".into(),
         })?;
+        let out = match &self.output_activation {
+            Some(l) => l.forward(&out)?,
+            None => out,
+        };
         Ok(out
             .into_shape_with_order(ndarray::IxDyn(&self.output_shape))
             .expect("same length"))
@@ -376,6 +492,119 @@ fn forward_one<C: Channel>(
         Lowered::Residual(body) => {
             let y = forward_all(body, s, x.clone())?;
             s.add(x, &y)?
+        }
+        Lowered::Branches(branches, join) => {
+            let mut outs = Vec::with_capacity(branches.len());
+            for b in branches {
+                outs.push(forward_all(b, s, x.clone())?);
+            }
+            match join {
+                Join::Add => {
+                    let mut y = outs[0].clone();
+                    for o in &outs[1..] {
+                        y = s.add(&y, o)?;
+                    }
+                    y
+                }
+                Join::Concat => {
+                    let parts: Vec<&PrivateTensor> = outs.iter().collect();
+                    s.concat(&parts, 0)?
+                }
+            }
+        }
+        Lowered::Diagonal(w, shape) => diagonal_map(s, w, x, shape)?,
+        Lowered::PRelu(w, shape) => {
+            let r = s.relu(x)?;
+            let negative = s.sub(x, &r)?;
+            let scaled = diagonal_map(s, w, &negative, shape)?;
+            s.add(&r, &scaled)?
+        }
+        Lowered::Activation(a) => activation(s, a, x)?,
+        Lowered::Transpose(perm) => s.permute(x, perm)?,
+        Lowered::Pad(pads) => s.pad(x, pads)?,
+        Lowered::Mean(perm, count, shape) => {
+            let moved = s.permute(x, perm)?;
+            let n: usize = moved.shape().iter().product();
+            let rows = s.reshape(&moved, &[*count, n / count])?;
+            let sum = s.sum_rows(&rows)?;
+            let mean = s.scale(&sum, 1.0 / *count as f64)?;
+            s.reshape(&mean, shape)?
+        }
+        Lowered::Softmax => s.softmax(x)?,
+    })
+}
+
+/// A diagonal map prepared by [`diagonal`] on `x` of shape `shape`.
+fn diagonal_map<C: Channel>(
+    s: &mut Session<C>,
+    w: &PreparedLinear,
+    x: &PrivateTensor,
+    shape: &[usize],
+) -> Result<PrivateTensor, NnError> {
+    let image = s.reshape(x, w.input_shape())?;
+    let y = s.linear(&image, w)?;
+    s.reshape(&y, shape)
+}
+
+/// The public constant `c` in the shape of `x`.
+fn constant(x: &PrivateTensor, c: f64) -> PrivateTensor {
+    PrivateTensor::Public(ArrayD::from_elem(ndarray::IxDyn(&x.shape()), c))
+}
+
+/// `min(max(x, lo), hi)` from exact ReLUs: `lo + relu(x - lo) - relu(x - hi)` (one ReLU
+/// per finite bound).
+fn clip<C: Channel>(
+    s: &mut Session<C>,
+    x: &PrivateTensor,
+    lo: f64,
+    hi: f64,
+) -> Result<PrivateTensor, NnError> {
+    let mut y = x.clone();
+    if lo.is_finite() {
+        let shifted = s.sub(&y, &constant(x, lo))?;
+        let r = s.relu(&shifted)?;
+        y = s.add(&r, &constant(x, lo))?;
+    }
+    if hi.is_finite() {
+        let over = s.sub(&y, &constant(x, hi))?;
+        let r = s.relu(&over)?;
+        y = s.sub(&y, &r)?;
+    }
+    Ok(y)
+}
+
+/// An activation with public parameters on shares.
+fn activation<C: Channel>(
+    s: &mut Session<C>,
+    a: &Activation,
+    x: &PrivateTensor,
+) -> Result<PrivateTensor, NnError> {
+    Ok(match *a {
+        Activation::Clip { min, max } => clip(s, x, min, max)?,
+        // alpha x + (1 - alpha) relu(x): one comparison.
+        Activation::LeakyRelu { alpha } => {
+            let r = s.relu(x)?;
+            let a = s.scale(x, alpha)?;
+            let b = s.scale(&r, 1.0 - alpha)?;
+            s.add(&a, &b)?
+        }
+        Activation::HardSigmoid { alpha, beta } => {
+            let z = s.scale(x, alpha)?;
+            let z = s.add(&z, &constant(x, beta))?;
+            clip(s, &z, 0.0, 1.0)?
+        }
+        Activation::HardSwish => {
+            let z = s.scale(x, 1.0 / 6.0)?;
+            let z = s.add(&z, &constant(x, 0.5))?;
+            let h = clip(s, &z, 0.0, 1.0)?;
+            s.mul(x, &h)?
+        }
+        // 2 sigmoid(2x) - 1.
+        Activation::Tanh => {
+            let z = s.scale(x, 2.0)?;
+            let g = s.sigmoid(&z)?;
+            let g = s.scale(&g, 2.0)?;
+            s.sub(&g, &constant(x, 1.0))?
         }
     })
 }

@@ -389,7 +389,8 @@ fn ckks_round_trip<C: Channel + ?Sized>(
     expect_ok(ch)?;
     let reply = ch.recv()?;
     let y = CkksCiphertext::from_bytes(&c.params, &reply)?;
-    decrypt_output(&c.decryptor, &y, output_shape)
+    c.model
+        .finish(decrypt_output(&c.decryptor, &y, output_shape)?)
 }
 
 /// A model compiled on the client's side (from the architecture the server announced).

@@ -38,8 +38,12 @@ use cipherml_mpc::net::Channel;
 /// `2^b`) and 5-bit millionaire digits, neither readable by a version-2 peer. 5: key ids in
 /// the hellos (cached evaluation keys), OT set-up deferred to the first hybrid inference,
 /// refusals with a [`RefusalCode`]. 6: a model's mode and HE parameters typed
-/// ([`ModelMode`], [`HeParams`]) instead of strings.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// ([`ModelMode`], [`HeParams`]) instead of strings. 8: architectures with blocks of
+/// branches, per-channel affine maps, PReLU, activations with public parameters,
+/// transpositions, reshapes, paddings and means (layer kinds a version-7 peer cannot
+/// decode), and a final sigmoid, like a final softmax, applied by the client to the
+/// revealed or decrypted logits.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;

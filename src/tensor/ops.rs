@@ -350,6 +350,54 @@ impl<C: Channel> Session<C> {
         })
     }
 
+    /// Zero padding (local): `pads[i] = (before, after)` zeros on axis `i`. A value held
+    /// whole by one party stays so.
+    pub fn pad(
+        &mut self,
+        t: &PrivateTensor,
+        pads: &[(usize, usize)],
+    ) -> Result<PrivateTensor, TensorError> {
+        let shape = t.shape();
+        let out: Option<Vec<usize>> = (pads.len() == shape.len())
+            .then(|| {
+                shape
+                    .iter()
+                    .zip(pads)
+                    .map(|(&d, &(a, b))| d.checked_add(a)?.checked_add(b))
+                    .collect()
+            })
+            .flatten();
+        let Some(out) = out else {
+            return Err(TensorError::Shape {
+                what: "pad: one (before, after) per axis",
+                left: shape,
+                right: pads.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            });
+        };
+        let region: Vec<ndarray::SliceInfoElem> = pads
+            .iter()
+            .zip(&shape)
+            .map(|(&(a, _), &d)| ndarray::Slice::from(a..a + d).into())
+            .collect();
+        if let PrivateTensor::Public(a) = t {
+            let mut y = ArrayD::zeros(ndarray::IxDyn(&out));
+            y.slice_mut(region.as_slice()).assign(a);
+            return Ok(PrivateTensor::Public(y));
+        }
+        let holder = t.holder();
+        let (s, _, frac_bits, nonneg) = self.shares_any(t)?;
+        let x = ArrayD::from_shape_vec(ndarray::IxDyn(&shape), s).expect("shape");
+        let mut y = ArrayD::<u64>::zeros(ndarray::IxDyn(&out));
+        y.slice_mut(region.as_slice()).assign(&x);
+        Ok(PrivateTensor::Shared {
+            share: y.iter().copied().collect(),
+            shape: out,
+            frac_bits,
+            nonneg,
+            held_by: holder,
+        })
+    }
+
     /// Flattens to a vector.
     pub fn flatten(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let n = t.shape().iter().product::<usize>();
