@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release --example bench -- [he|mpc|nn|train|all] [name filter for nn and train]
 //! ```
+//! The filter keeps the lines whose network name contains it: `nn resnet20` runs only
+//! `setup.resnet20` and `infer.resnet20`.
 //! Set `CIPHERML_BENCH_MS` to change the time budget per figure (default 2000 ms).
 
 use std::time::Duration;

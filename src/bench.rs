@@ -428,7 +428,9 @@ fn bfv_suite(
 }
 
 /// Private-inference benchmarks (`infer.*`, `setup.*`): the hybrid mode for the ReLU
-/// networks, both parties on TCP loopback with one thread each (a one-thread rayon pool per
+/// networks (the bundled digits models, the networks of [`crate::nn::zoo::all`] and
+/// `resnet20`, [`crate::nn::zoo::resnet20`] on `(3, 32, 32)`, whose plan is printed to
+/// stderr), both parties on TCP loopback with one thread each (a one-thread rayon pool per
 /// party), and the CKKS mode for `digits_square_mlp`.
 pub fn nn(budget: Duration, emit: &mut (dyn FnMut(BenchLine) + Send)) {
     nn_filtered(budget, None, emit)
@@ -462,6 +464,8 @@ pub fn nn_filtered(
     for (name, m) in zoo::all(&mut rng) {
         nets.push((name.into(), m, vec![1, 28, 28]));
     }
+    // CIFAR-size, with projection shortcuts (`Layer::Branches`).
+    nets.push(("resnet20".into(), zoo::resnet20(&mut rng), vec![3, 32, 32]));
     let base = crate::tensor::SessionConfig::default();
     let desc = format!(
         "hybrid: BFV N=8192 t=2^{} coefficient encoding, Z_2^{} shares f={}, OT-based ReLU/max-pool, TCP loopback, one thread per party",
@@ -470,6 +474,13 @@ pub fn nn_filtered(
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
     nets.retain(|(name, _, _)| selected(name));
     for (name, model, shape) in nets {
+        if name == "resnet20" {
+            // The plan the cost model predicts, to set beside the measured line.
+            let plan = model
+                .plan(crate::nn::NetworkModel::lan())
+                .expect("plannable");
+            eprintln!("plan of {name}:\n{}", plan.explain());
+        }
         // As a server prepares it: flooding sized for its default cap of 2^16 inferences
         // per session.
         let server_model =

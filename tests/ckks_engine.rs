@@ -357,3 +357,51 @@ fn session_ckks_keys_of_the_wrong_role_or_parameters_are_refused() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
+
+/// Polynomial blocks of branches summed (a projection shortcut, a per-channel affine map, a
+/// transposition and a padding: linear maps from their plaintext semantics) run in the
+/// non-interactive CKKS mode, within CKKS precision of the plaintext model; a block that
+/// concatenates is not polynomial for the planner (it runs in the hybrid mode).
+#[test]
+fn blocks_of_summed_branches_run_under_ckks() {
+    use cipherml::nn::{Join, Mode};
+    let mut rng = ChaCha20Rng::seed_from_u64(41);
+    let mut dense = |o: usize, i: usize| Layer::Dense {
+        weight: Array2::from_shape_fn((o, i), |_| rng.random_range(-0.4..0.4)),
+        bias: Array1::from_shape_fn(o, |k| 0.05 * k as f64),
+    };
+    let model = Sequential::new(vec![2, 4])
+        .add(Layer::Transpose { perm: vec![1, 0] })
+        .add(Layer::Affine {
+            scale: Array1::from(vec![0.5, -1.0, 2.0, 1.5]),
+            shift: Array1::from(vec![0.1, 0.0, -0.2, 0.3]),
+        })
+        .add(Layer::Pad {
+            pads: vec![(0, 0), (1, 1)],
+        })
+        .add(Layer::Flatten)
+        .add(Layer::Branches {
+            branches: vec![vec![dense(6, 16), Layer::Square], vec![dense(6, 16)]],
+            join: Join::Add,
+        })
+        .add(dense(3, 6));
+    let x = ArrayD::from_shape_fn(IxDyn(&[2, 4]), |i| {
+        (i[0] as f64 - 0.5) * (i[1] as f64 - 1.2)
+    });
+    let (y, run) = model.predict_private(&x).unwrap();
+    assert_eq!(run.mode, Mode::Ckks);
+    let want = model.predict(&x).unwrap();
+    for (a, b) in y.iter().zip(want.iter()) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+    let concat = Sequential::new(vec![4]).add(Layer::Branches {
+        branches: vec![vec![Layer::Square], vec![]],
+        join: Join::Concat,
+    });
+    let (y, run) = concat
+        .predict_private(&ArrayD::from_elem(IxDyn(&[4]), 0.5))
+        .unwrap();
+    assert_eq!(run.mode, Mode::Hybrid);
+    assert!(y.iter().take(4).all(|v| (v - 0.25).abs() < 0.01), "{y}");
+    assert!(y.iter().skip(4).all(|v| (v - 0.5).abs() < 0.01), "{y}");
+}

@@ -522,3 +522,81 @@ fn serve_a_model_dir_with_an_admin_endpoint() {
     assert!(err.contains("no .onnx model"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Models from the real exporters (torch.onnx with branches, tf2onnx from Keras with an
+/// NHWC input, skl2onnx with `ai.onnx.ml` operators) served by `cipherml serve` and called
+/// with `cipherml infer`: the classes equal ONNX Runtime's (`tests/data/exporters`).
+#[test]
+fn real_exports_are_served_by_the_cli_with_onnx_runtime_classes() {
+    use cipherml::data::{data_dir, npy_bytes_f32, read_npy, NpyArray};
+    let dir = "tests/data/exporters";
+    let models = [
+        ("torch_resnet_proj", "digits_test_x.npy"),
+        ("keras_cnn_nhwc", "digits_test_x.npy"),
+        ("skl_logreg_digits", "digits_test_x.npy"),
+        ("skl_logreg_cancer", "cancer_test_x.npy"),
+    ];
+    let files: Vec<String> = models
+        .iter()
+        .map(|(m, _)| format!("{dir}/{m}.onnx"))
+        .collect();
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let server = serve(&refs, None);
+    let tmp = std::env::temp_dir().join(format!("cipherml-cli-real-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for (name, data) in models {
+        let model = cipherml::nn::load_onnx(format!("{dir}/{name}.onnx")).unwrap();
+        // The first 6 rows, in the model's input shape.
+        let xs = read_npy(data_dir().join(data)).unwrap().to_f64();
+        let mut shape = vec![6];
+        shape.extend_from_slice(model.input_shape());
+        let batch = xs
+            .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..6))
+            .as_standard_layout()
+            .mapv(|v| v as f32)
+            .into_shape_with_order(ndarray::IxDyn(&shape))
+            .unwrap();
+        let input = tmp.join(format!("{name}-x.npy"));
+        let output = tmp.join(format!("{name}-y.npy"));
+        std::fs::write(&input, npy_bytes_f32(&batch)).unwrap();
+        let out = cipherml(&[
+            "infer",
+            "--server",
+            &server.addr,
+            "--model",
+            name,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ys = match read_npy(&output).unwrap() {
+            NpyArray::F32(a) => a.mapv(f64::from),
+            other => panic!("{other:?}"),
+        };
+        let classes = read_npy(format!(
+            "{}/{dir}/{name}.classes.npy",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .into_i64()
+        .unwrap();
+        for (i, y) in ys.outer_iter().enumerate() {
+            let class = y
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                )
+                .0;
+            assert_eq!(class as i64, classes[i], "{name} row {i}: {y}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

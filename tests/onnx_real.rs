@@ -21,6 +21,7 @@ const MODELS: &[(&str, &str)] = &[
     ("torch_pad_avgpool", "digits"),
     ("torch_depthwise", "digits"),
     ("torch_gemm_sigmoid_softmax", "digits"),
+    ("torch_conv1d", "digits"),
     ("keras_cnn_nhwc", "digits"),
     ("keras_cnn_nhwc_transposes", "digits"),
     ("skl_logreg_cancer", "cancer"),

@@ -19,7 +19,7 @@ use cipherml_he::rlwe::{GaloisKeys, RelinKey};
 use cipherml_he::tensor::{avg_pool_matrix, conv2d_matrix, CkksTensor};
 use ndarray::Array2;
 
-use super::{Layer, NnError, Sequential};
+use super::{Join, Layer, NnError, Sequential};
 use crate::tensor::{CkksEval, CkksOps, PreparedCkksLinear, PrivateTensor};
 
 /// The interval on which the CKKS mode approximates a sigmoid (inputs outside it are
@@ -35,6 +35,8 @@ enum Lowered {
     Reshape(Vec<usize>),
     /// `x + body(x)`, the sum aligned by the engine ([`CkksEval::add`]).
     Residual(Vec<Lowered>),
+    /// Branches from one input, summed.
+    SumOfBranches(Vec<Vec<Lowered>>),
 }
 
 /// What the noise bound of a flooded reply needs to know of one compiled step: shapes,
@@ -164,7 +166,7 @@ fn linear_matrix(layer: &Layer, input: &[usize]) -> Option<(Array2<f64>, Option<
             let b: Vec<f64> = (0..o * ho * wo).map(|i| bias[i / (ho * wo)]).collect();
             Some((m, Some(b)))
         }
-        Layer::AvgPool { kernel, stride } if kernel == stride => {
+        Layer::AvgPool { kernel, stride } if kernel == stride && input.len() == 3 => {
             let (m, _) = avg_pool_matrix((input[0], input[1], input[2]), *kernel).ok()?;
             Some((m, None))
         }
@@ -270,6 +272,24 @@ impl Lowering<'_> {
                     self.trace.push(Trace::Unbounded(layer.describe()));
                     let body = self.layers(body, input)?;
                     lowered.push(Lowered::Residual(body));
+                }
+                Layer::Branches {
+                    branches,
+                    join: Join::Add,
+                } => {
+                    // As a residual block: every branch starts from the input, and the
+                    // engine aligns the sum's levels and scales; the block ends at the
+                    // lowest level of its branches.
+                    self.trace.push(Trace::Unbounded(layer.describe()));
+                    let mut lowered_branches = Vec::with_capacity(branches.len());
+                    let mut end = level;
+                    for b in branches {
+                        self.level = level;
+                        lowered_branches.push(self.layers(b, input)?);
+                        end = end.min(self.level);
+                    }
+                    self.level = end;
+                    lowered.push(Lowered::SumOfBranches(lowered_branches));
                 }
                 l if l.is_linear() => {
                     need(level, 1, layer)?;
@@ -538,6 +558,7 @@ impl CkksModel {
                 match l {
                     Lowered::Linear(w) => out.push((**w).clone()),
                     Lowered::Residual(body) => walk(body, out),
+                    Lowered::SumOfBranches(branches) => branches.iter().for_each(|b| walk(b, out)),
                     _ => {}
                 }
             }
@@ -624,6 +645,20 @@ fn forward_all<O: CkksOps>(
             Lowered::Residual(body) => {
                 let y = forward_all(body, ops, x.clone())?;
                 ops.add(&x, &y)?
+            }
+            Lowered::SumOfBranches(branches) => {
+                let mut sum: Option<PrivateTensor> = None;
+                for b in branches {
+                    let y = forward_all(b, ops, x.clone())?;
+                    sum = Some(match sum {
+                        None => y,
+                        Some(s) => ops.add(&s, &y)?,
+                    });
+                }
+                sum.ok_or_else(|| NnError::Invalid {
+                    what: "block of branches",
+                    detail: "no branches".into(),
+                })?
             }
         };
     }

@@ -41,14 +41,16 @@ pub enum Layer {
     Sigmoid,
     /// Softmax over the vector (applied by the client to revealed logits).
     Softmax,
-    /// Average pooling with a square window.
+    /// Average pooling with a square window on a `(C, H, W)` sample, a window of `kernel`
+    /// on a `(C, L)` sample (1-D).
     AvgPool {
         /// Window size.
         kernel: usize,
         /// Stride.
         stride: usize,
     },
-    /// Max pooling with a square window.
+    /// Max pooling with a square window on a `(C, H, W)` sample, a window of `kernel` on a
+    /// `(C, L)` sample (1-D).
     MaxPool {
         /// Window size.
         kernel: usize,
@@ -279,8 +281,10 @@ impl Layer {
     pub fn is_polynomial(&self) -> bool {
         match self {
             Layer::Residual { body } => body.iter().all(Layer::is_polynomial),
-            // The CKKS mode does not lower blocks of branches yet.
-            Layer::Branches { .. } => false,
+            // The CKKS mode sums branches (as residual blocks); it does not concatenate.
+            Layer::Branches { branches, join } => {
+                *join == Join::Add && branches.iter().flatten().all(Layer::is_polynomial)
+            }
             Layer::Square | Layer::Poly { .. } | Layer::Sigmoid => true,
             l => l.is_linear(),
         }
@@ -319,6 +323,15 @@ impl Layer {
                     (input[1] + 2 * padding - kh) / stride + 1,
                     (input[2] + 2 * padding - kw) / stride + 1,
                 ]
+            }
+            Layer::AvgPool { kernel, stride } | Layer::MaxPool { kernel, stride }
+                if input.len() == 2 =>
+            {
+                // 1-D pooling of a (C, L) sample.
+                if input[1] < *kernel || *stride == 0 || *kernel == 0 {
+                    return Err(bad());
+                }
+                vec![input[0], (input[1] - kernel) / stride + 1]
             }
             Layer::AvgPool { kernel, stride } | Layer::MaxPool { kernel, stride } => {
                 if input.len() != 3 || input[1] < *kernel || input[2] < *kernel || *stride == 0 {
@@ -477,6 +490,25 @@ impl Layer {
                 let e = x.mapv(|v| (v - m).exp());
                 let s = e.sum();
                 e / s
+            }
+            Layer::AvgPool { kernel, stride } | Layer::MaxPool { kernel, stride }
+                if x.ndim() == 2 =>
+            {
+                let max = matches!(self, Layer::MaxPool { .. });
+                let x2 = x
+                    .view()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("checked");
+                let mut out = Array2::zeros((out_shape[0], out_shape[1]));
+                for ((c, i), o) in out.indexed_iter_mut() {
+                    let win = x2.slice(ndarray::s![c, i * stride..i * stride + kernel]);
+                    *o = if max {
+                        win.fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+                    } else {
+                        win.sum() / *kernel as f64
+                    };
+                }
+                out.into_dyn()
             }
             Layer::AvgPool { kernel, stride } | Layer::MaxPool { kernel, stride } => {
                 let max = matches!(self, Layer::MaxPool { .. });

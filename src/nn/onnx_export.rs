@@ -314,11 +314,16 @@ impl Export {
                     "AveragePool"
                 };
                 let (k, s) = (*kernel as i64, *stride as i64);
+                // A window of k on a (C, L) sample, a square one on a (C, H, W) sample.
+                let axes = state.shape.len() - 1;
                 self.apply(
                     state,
                     op,
                     &[],
-                    vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s])],
+                    vec![
+                        ints("kernel_shape", &vec![k; axes]),
+                        ints("strides", &vec![s; axes]),
+                    ],
                 );
             }
             Layer::GlobalAvgPool => {

@@ -72,10 +72,15 @@ impl Planner {
                     );
                 }
                 Layer::Relu => options.push((Backend::SharedMillionaire, cost::relu(out))),
-                Layer::MaxPool { kernel, .. } => options.push((
-                    Backend::SharedReluTree,
-                    cost::relu_tree(out, (kernel * kernel) as f64),
-                )),
+                Layer::MaxPool { kernel, .. } => {
+                    // A square window on an image, a window of `kernel` on a (C, L) sample.
+                    let window = if input.len() == 2 {
+                        *kernel
+                    } else {
+                        kernel * kernel
+                    };
+                    options.push((Backend::SharedReluTree, cost::relu_tree(out, window as f64)))
+                }
                 Layer::Square | Layer::Poly { .. } => {
                     options.push((Backend::SharedBeaver, cost::beaver_square(out)));
                     options.push((Backend::CkksPolynomial, cost::ckks_polynomial()));

@@ -475,6 +475,12 @@ fn forward_one<C: Channel>(
     Ok(match l {
         Lowered::Linear(w) => s.linear(x, w)?,
         Lowered::Relu => s.relu(x)?,
+        Lowered::MaxPool { kernel, stride } if x.shape().len() == 2 => {
+            s.max_pool1d(x, *kernel, *stride)?
+        }
+        Lowered::AvgPool { kernel, stride } if x.shape().len() == 2 => {
+            s.avg_pool1d(x, *kernel, *stride)?
+        }
         Lowered::MaxPool { kernel, stride } => s.max_pool2d(x, *kernel, *stride)?,
         Lowered::AvgPool { kernel, stride } => {
             let (c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2]);

@@ -212,6 +212,58 @@ impl<C: Channel> Session<C> {
         })
     }
 
+    /// Max pooling of a `(C, L)` tensor with windows of `kernel` (1-D), as
+    /// [`Session::max_pool2d`].
+    pub fn max_pool1d(
+        &mut self,
+        x: &PrivateTensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<PrivateTensor, TensorError> {
+        let (c, l, lo) = pooled1d(&x.shape(), kernel, stride)?;
+        let (s, _, frac_bits, nonneg) = self.shares_any(x)?;
+        let windows = windows1d(&s, (c, l), kernel, stride, lo);
+        let share = cipherml_mpc::protocols::compare::max_pool_relu_tree(
+            &mut self.party,
+            self.fixed.ring(),
+            &windows,
+            kernel,
+        )?;
+        Ok(PrivateTensor::Shared {
+            share,
+            shape: vec![c, lo],
+            frac_bits,
+            nonneg,
+            held_by: None,
+        })
+    }
+
+    /// Average pooling of a `(C, L)` tensor with windows of `kernel` (1-D), as
+    /// [`Session::avg_pool2d`].
+    pub fn avg_pool1d(
+        &mut self,
+        x: &PrivateTensor,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<PrivateTensor, TensorError> {
+        let (c, l, lo) = pooled1d(&x.shape(), kernel, stride)?;
+        let (s, _) = self.shares_of(x)?;
+        let ring = self.fixed.ring();
+        let f = self.fixed.frac_bits();
+        let inv = ring.from_signed(quantize(1.0 / kernel as f64, f));
+        let sums: Vec<u64> = windows1d(&s, (c, l), kernel, stride, lo)
+            .chunks(kernel)
+            .map(|win| ring.mul(win.iter().fold(0, |a, &v| ring.add(a, v)), inv))
+            .collect();
+        Ok(PrivateTensor::Shared {
+            share: sums,
+            shape: vec![c, lo],
+            frac_bits: 2 * f,
+            nonneg: false,
+            held_by: None,
+        })
+    }
+
     /// Average pooling of a `(C, H, W)` tensor (local sums times a fixed-point constant);
     /// the result is at scale `2^2f`, its truncation pending.
     pub fn avg_pool2d(
@@ -403,6 +455,40 @@ impl<C: Channel> Session<C> {
         let n = t.shape().iter().product::<usize>();
         self.reshape(t, &[n])
     }
+}
+
+/// The channels, length and pooled length of a 1-D pooling of a `(C, L)` tensor.
+fn pooled1d(
+    shape: &[usize],
+    kernel: usize,
+    stride: usize,
+) -> Result<(usize, usize, usize), TensorError> {
+    match *shape {
+        [c, l] if kernel > 0 && stride > 0 && kernel <= l => Ok((c, l, (l - kernel) / stride + 1)),
+        _ => Err(TensorError::Shape {
+            what: "1-D pooling (C, L) input vs window",
+            left: shape.to_vec(),
+            right: vec![kernel, stride],
+        }),
+    }
+}
+
+/// The windows of a 1-D pooling, one after another (`kernel` values each).
+fn windows1d(
+    s: &[u64],
+    (c, l): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    lo: usize,
+) -> Vec<u64> {
+    let mut out = Vec::with_capacity(c * lo * kernel);
+    for ch in 0..c {
+        for i in 0..lo {
+            let start = ch * l + i * stride;
+            out.extend_from_slice(&s[start..start + kernel]);
+        }
+    }
+    out
 }
 
 fn pooled(h: usize, w: usize, kernel: usize, stride: usize) -> Result<(usize, usize), TensorError> {

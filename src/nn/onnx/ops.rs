@@ -387,6 +387,9 @@ fn unsqueeze(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
     if at.len() != axes.len() {
         return Err(malformed(node, format!("repeated axes {axes:?}")));
     }
+    if const_input(ctx, node, 0).is_none() && at.contains(&0) {
+        return Err(unsupported(node, "inserts an axis before the batch axis"));
+    }
     let mut out = Vec::with_capacity(rank);
     let mut it = input.iter();
     for k in 0..rank {
@@ -651,10 +654,7 @@ fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
     one_act(node, ctx)?;
     let w = konst(ctx.consts, node, 1)?;
     if w.ndim() == 3 {
-        return Err(unsupported(
-            node,
-            "1-D convolution (reshape the input to (C, 1, L) and use a 1xk 2-D convolution)",
-        ));
+        return conv1d(node, ctx, w);
     }
     let w = w.clone().into_dimensionality::<Ix4>().map_err(|_| {
         unsupported(
@@ -752,6 +752,101 @@ fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
         bias,
         stride,
         padding,
+    });
+    Ok(Made::Layers(layers))
+}
+
+/// A 1-D `Conv` of a `(C, L)` sample: the sample viewed as `(C, 1, L)`, padded, a `1 x k`
+/// 2-D convolution (its stride on a height of one leaves one row), and back to `(O, L')`.
+fn conv1d(node: &NodeProto, ctx: &Ctx<'_>, w: &ArrayD<f64>) -> Result<Made, NnError> {
+    let &[o, cg, k] = w.shape() else {
+        unreachable!("3-D")
+    };
+    if w.is_empty() {
+        return Err(malformed(node, format!("weight has shape {:?}", w.shape())));
+    }
+    let shape = ctx.shape();
+    let &[c, l] = shape else {
+        return Err(unsupported(
+            node,
+            format!("input of shape {shape:?} (not (C, L))"),
+        ));
+    };
+    let group = attr_i(node, "group", 1);
+    let g = usize::try_from(group)
+        .ok()
+        .filter(|&g| g >= 1 && o % g == 0 && cg.checked_mul(g) == Some(c))
+        .ok_or_else(|| {
+            malformed(
+                node,
+                format!(
+                    "group {group} with weight {:?} on {c} input channels",
+                    w.shape()
+                ),
+            )
+        })?;
+    if positive(node, "dilations", 1)? != 1 {
+        return Err(unsupported(node, "dilation"));
+    }
+    if let Some(ks) = attr_ints(node, "kernel_shape").filter(|ks| !ks.is_empty()) {
+        if ks.len() != 1 || usize::try_from(ks[0]) != Ok(k) {
+            return Err(malformed(
+                node,
+                format!(
+                    "kernel_shape {ks:?} does not match the weight's shape {:?}",
+                    w.shape()
+                ),
+            ));
+        }
+    }
+    let stride = positive(node, "strides", 1)?;
+    let [a, b] = pads_1d(node, l, k, stride)?;
+    let bias: Array1<f64> = if has_input(node, 2) {
+        konst(ctx.consts, node, 2)?.iter().copied().collect()
+    } else {
+        Array1::zeros(o)
+    };
+    if bias.len() != o {
+        return Err(malformed(
+            node,
+            format!("bias of {} values for {o} output channels", bias.len()),
+        ));
+    }
+    if elements(&[o, c, 1, k]).is_none() {
+        return Err(malformed(node, "weight too large"));
+    }
+    let per = o / g;
+    let mut weight = Array4::zeros((o, c, 1, k));
+    for oc in 0..o {
+        let base = (oc / per) * cg;
+        for ic in 0..cg {
+            for t in 0..k {
+                weight[[oc, base + ic, 0, t]] = w[[oc, ic, t]];
+            }
+        }
+    }
+    let padded = l
+        .checked_add(a)
+        .and_then(|v| v.checked_add(b))
+        .filter(|&v| v >= k)
+        .ok_or_else(|| malformed(node, format!("kernel {k} on length {l} padded by {a}+{b}")))?;
+    let out_len = (padded - k) / stride + 1;
+    let mut layers = vec![Layer::Reshape {
+        shape: vec![c, 1, l],
+    }];
+    if a + b > 0 {
+        layers.push(Layer::Pad {
+            pads: vec![(0, 0), (0, 0), (a, b)],
+        });
+    }
+    layers.push(Layer::Conv2d {
+        weight,
+        bias,
+        stride,
+        padding: 0,
+    });
+    layers.push(Layer::Reshape {
+        shape: vec![o, out_len],
     });
     Ok(Made::Layers(layers))
 }
@@ -1128,30 +1223,42 @@ fn softmax(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
 // ---------------------------------------------------------------------------------------
 // Pooling.
 
-/// The square kernel, stride and explicit pads of a 2-D pooling node.
+/// The kernel, stride and explicit pads (`[top, left, bottom, right]`; for a 1-D pooling
+/// `[0, left, 0, right]`) of a pooling node: a square window on a `(C, H, W)` sample, a
+/// window on a `(C, L)` sample.
 fn pool(node: &NodeProto, ctx: &Ctx<'_>) -> Result<(usize, usize, [usize; 4]), NnError> {
     one_act(node, ctx)?;
     let shape = ctx.shape();
-    let &[_, h, w] = shape else {
-        return Err(unsupported(
-            node,
-            format!("pooling of a sample of shape {shape:?} (only (C, H, W))"),
-        ));
+    let (axes, h, w) = match *shape {
+        [_, h, w] => (2, h, w),
+        [_, l] => (1, 1, l),
+        _ => {
+            return Err(unsupported(
+                node,
+                format!("pooling of a sample of shape {shape:?} (only (C, H, W) or (C, L))"),
+            ))
+        }
     };
-    let kernel = positive(node, "kernel_shape", 2)?;
-    let stride = positive(node, "strides", 2)?;
+    let kernel = positive(node, "kernel_shape", axes)?;
+    let stride = positive(node, "strides", axes)?;
     if attr_ints(node, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
         return Err(unsupported(node, "dilation"));
     }
-    let p = pads_2d(node, (h, w), (kernel, kernel), stride)?;
+    let p = if axes == 2 {
+        pads_2d(node, (h, w), (kernel, kernel), stride)?
+    } else {
+        let [a, b] = pads_1d(node, w, kernel, stride)?;
+        [0, a, 0, b]
+    };
     if attr_i(node, "ceil_mode", 0) != 0 {
         // Accepted where rounding up gives the same output.
-        let exact = |n: usize, a: usize, b: usize| {
+        let exact = |n: usize, a: usize, b: usize, k: usize| {
             (n + a + b)
-                .checked_sub(kernel)
-                .is_some_and(|r| r % stride == 0)
+                .checked_sub(k)
+                .is_some_and(|r| r.is_multiple_of(stride))
         };
-        if !(exact(h, p[0], p[2]) && exact(w, p[1], p[3])) {
+        let rows = axes == 1 || exact(h, p[0], p[2], kernel);
+        if !(rows && exact(w, p[1], p[3], kernel)) {
             return Err(unsupported(
                 node,
                 "ceil_mode = 1 where it changes the output",
@@ -1159,6 +1266,58 @@ fn pool(node: &NodeProto, ctx: &Ctx<'_>) -> Result<(usize, usize, [usize; 4]), N
         }
     }
     Ok((kernel, stride, p))
+}
+
+/// The explicit pads `[left, right]` of a 1-D Conv or pool node, from `pads` or
+/// `auto_pad`.
+fn pads_1d(
+    node: &NodeProto,
+    len: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<[usize; 2], NnError> {
+    let auto = attr(node, "auto_pad")
+        .map(|a| a.s.clone())
+        .unwrap_or_default();
+    if matches!(auto.as_slice(), b"SAME_UPPER" | b"SAME_LOWER" | b"VALID") {
+        let [t, l, b, r] = pads_2d(node, (1, len), (1, kernel), stride)?;
+        debug_assert_eq!((t, b), (0, 0));
+        return Ok([l, r]);
+    }
+    match attr_ints(node, "pads") {
+        None => Ok([0; 2]),
+        Some(p) if p.is_empty() => Ok([0; 2]),
+        Some(p) if p.len() != 2 => Err(malformed(
+            node,
+            format!(
+                "pads {p:?}: {} values where a 1-D {} takes 2",
+                p.len(),
+                node.op_type
+            ),
+        )),
+        Some(p) => {
+            let mut out = [0usize; 2];
+            for (o, &v) in out.iter_mut().zip(&p) {
+                *o = usize::try_from(v)
+                    .ok()
+                    .filter(|&v| v <= MAX_ELEMENTS)
+                    .ok_or_else(|| malformed(node, format!("pads {p:?}")))?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A Pad layer for pads `[top, left, bottom, right]` of a `(C, H, W)` sample, or
+/// `[0, left, 0, right]` of a `(C, L)` sample.
+fn pool_pad(p: [usize; 4], rank: usize) -> Layer {
+    if rank == 2 {
+        Layer::Pad {
+            pads: vec![(0, 0), (p[1], p[3])],
+        }
+    } else {
+        pad_layer(p)
+    }
 }
 
 /// `MaxPool` (unpadded: its padding is `-inf`, which shares cannot hold).
@@ -1190,7 +1349,7 @@ fn avg_pool(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
                 ),
             ));
         }
-        layers.push(pad_layer(p));
+        layers.push(pool_pad(p, ctx.shape().len()));
     }
     layers.push(Layer::AvgPool { kernel, stride });
     Ok(Made::Layers(layers))
