@@ -5,7 +5,7 @@
 //! process) and gives ONNX Runtime's classes.
 
 use cipherml::data::read_npy;
-use cipherml::nn::{load_onnx, Activation, Layer, Sequential, SIGMOID_PWL_ERROR};
+use cipherml::nn::{load_onnx, Activation, Layer, Sequential, SIGMOID_PRECISE_ERROR};
 use ndarray::{ArrayD, Axis, IxDyn};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/exporters");
@@ -139,7 +139,7 @@ fn error_bound(m: &Sequential) -> f64 {
         e = match l {
             // The hybrid mode's piecewise-linear sigmoid, or the CKKS mode's degree-7
             // approximation on [-8, 8] (about 0.02), whichever the planner picks.
-            Layer::Sigmoid => e / 4.0 + SIGMOID_PWL_ERROR.max(0.025),
+            Layer::Sigmoid => e / 4.0 + SIGMOID_PRECISE_ERROR.max(0.025),
             Layer::Activation(Activation::Tanh) => e + Activation::TANH_ERROR,
             Layer::Dense { weight, .. } => {
                 e * weight

@@ -132,3 +132,105 @@ fn sigmoid_pwl_within_stated_error_in_a_40_bit_ring() {
         got[n - 3]
     );
 }
+
+/// The piecewise-linear tanh in a 40-bit ring (12 fractional bits) is within its stated
+/// error of tanh on a fine grid (knots and points between them), odd, and exactly constant
+/// beyond the last knot; in the 64-bit training ring too.
+#[test]
+fn tanh_pwl_within_stated_error() {
+    for (bits, frac) in [(40, 12), (64, 16)] {
+        let f = FixedPoint::new(Ring::new(bits).unwrap(), frac).unwrap();
+        let xs: Vec<f64> = (-1000..=1000)
+            .map(|i| i as f64 / 200.0)
+            .chain([-1000.0, 1000.0, 4.0, -4.0, 0.33, -0.66])
+            .collect();
+        let (s0, s1) = split(f.ring(), &f.encode_vec(&xs).unwrap(), &mut os_rng());
+        let (r0, r1) = parties_mem(move |p| {
+            let x = if p.is_p0() { s0.clone() } else { s1.clone() };
+            approx::tanh_pwl(p, f, &x).unwrap()
+        });
+        let got = f.decode_vec(&f.ring().add_vec(&r0, &r1));
+        let mut worst = 0.0f64;
+        for (x, y) in xs.iter().zip(&got) {
+            let e = (y - x.tanh()).abs();
+            worst = worst.max(e);
+            assert!(
+                e <= approx::TANH_PWL_ERROR,
+                "tanh_pwl({x}) = {y}, want {}",
+                x.tanh()
+            );
+        }
+        // The error bound is not loose by more than a factor of two here.
+        assert!(worst > approx::TANH_PWL_ERROR / 2.0, "{worst}");
+        let n = xs.len();
+        let ulp = 2.0 / f.scale();
+        assert!((got[n - 6] - got[n - 3]).abs() <= ulp, "{got:?}");
+        assert!((got[n - 5] - got[n - 4]).abs() <= ulp, "{got:?}");
+        // Odd: tanh(-x) = -tanh(x), up to rounding.
+        for i in 0..1000 {
+            assert!(
+                (got[i] + got[2000 - i]).abs() <= 2.0 * ulp,
+                "{} {}",
+                got[i],
+                got[2000 - i]
+            );
+        }
+    }
+}
+
+/// The chords of the piecewise-linear tanh, in `f64`, on a grid of step 2^-14 over [-8, 8]:
+/// within the stated error less the fixed-point rounding.
+#[test]
+fn tanh_pwl_chords_are_within_the_stated_error() {
+    let knots = [
+        0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0,
+    ];
+    let chord = |a: f64| {
+        let a = a.min(4.0);
+        let i = knots
+            .iter()
+            .rposition(|&k| k <= a)
+            .unwrap()
+            .min(knots.len() - 2);
+        let (k0, k1) = (knots[i], knots[i + 1]);
+        k0.tanh() + (a - k0) / (k1 - k0) * (k1.tanh() - k0.tanh())
+    };
+    let worst = (0..=(8 << 14))
+        .map(|i| i as f64 / (1 << 14) as f64)
+        .map(|a| (chord(a) - a.tanh()).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 0.0061, "{worst}");
+    assert!(worst + 2.0 / 4096.0 <= approx::TANH_PWL_ERROR, "{worst}");
+}
+
+/// The closer sigmoid (tanh's chords) is within its stated error on a fine grid, in both
+/// engine rings, and constant far out.
+#[test]
+fn sigmoid_precise_within_stated_error() {
+    for (bits, frac) in [(40, 12), (64, 16)] {
+        let f = FixedPoint::new(Ring::new(bits).unwrap(), frac).unwrap();
+        let xs: Vec<f64> = (-1200..=1200)
+            .map(|i| i as f64 / 100.0)
+            .chain([-1000.0, 1000.0])
+            .collect();
+        let (s0, s1) = split(f.ring(), &f.encode_vec(&xs).unwrap(), &mut os_rng());
+        let (r0, r1) = parties_mem(move |p| {
+            let x = if p.is_p0() { s0.clone() } else { s1.clone() };
+            approx::sigmoid_precise(p, f, &x).unwrap()
+        });
+        let got = f.decode_vec(&f.ring().add_vec(&r0, &r1));
+        let mut worst = 0.0f64;
+        for (x, y) in xs.iter().zip(&got) {
+            let want = 1.0 / (1.0 + (-x).exp());
+            worst = worst.max((y - want).abs());
+            assert!(
+                (y - want).abs() <= approx::SIGMOID_PRECISE_ERROR,
+                "sigmoid_precise({x}) = {y}, want {want}"
+            );
+        }
+        assert!(worst > approx::SIGMOID_PRECISE_ERROR / 2.0, "{worst}");
+        const { assert!(approx::SIGMOID_PRECISE_ERROR < approx::SIGMOID_PWL_ERROR / 3.0) };
+        let n = xs.len();
+        assert!((got[n - 2] - got[0]).abs() <= 2.0 / f.scale());
+    }
+}

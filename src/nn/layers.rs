@@ -129,9 +129,8 @@ pub enum Join {
 }
 
 /// An elementwise activation whose parameters are public (part of the architecture, as the
-/// layer types are). Each runs on shares from exact comparisons, except `Tanh`, which is
-/// `2 sigmoid(2x) - 1` with the piecewise-linear sigmoid (error at most
-/// [`Activation::TANH_ERROR`]).
+/// layer types are). Each runs on shares from exact comparisons; `Tanh` is piecewise
+/// linear (error at most [`Activation::TANH_ERROR`]).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Activation {
@@ -164,9 +163,9 @@ pub enum Activation {
 impl Eq for Activation {}
 
 impl Activation {
-    /// The largest absolute error of the private `Tanh`: twice that of the piecewise-linear
-    /// sigmoid it is made from.
-    pub const TANH_ERROR: f64 = 2.0 * cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
+    /// The largest absolute error of the private `Tanh` (piecewise linear on shares, 13
+    /// exact comparisons).
+    pub const TANH_ERROR: f64 = cipherml_mpc::protocols::approx::TANH_PWL_ERROR;
 
     /// Whether every parameter is a number (infinite clip bounds allowed), and a clip's
     /// bounds are ordered.

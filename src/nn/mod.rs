@@ -11,7 +11,7 @@ mod spec;
 mod train;
 pub mod zoo;
 
-pub use cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR;
+pub use cipherml_mpc::protocols::approx::{SIGMOID_PRECISE_ERROR, SIGMOID_PWL_ERROR};
 pub use ckks_mode::{CkksFloodConfig, CkksFloodPlan, CkksModel, SIGMOID_BOUND};
 pub use layers::{Activation, Join, Layer};
 pub use onnx::{load_onnx, load_onnx_bytes, tract_reference};

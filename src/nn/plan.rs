@@ -86,7 +86,10 @@ impl Planner {
                     options.push((Backend::CkksPolynomial, cost::ckks_polynomial()));
                 }
                 Layer::Sigmoid => {
-                    options.push((Backend::SharedPiecewiseLinear, cost::pwl_sigmoid(out)));
+                    // The inference's sigmoid has 13 comparisons where `pwl_sigmoid` prices 7.
+                    let mut c = cost::pwl_sigmoid(out);
+                    c.add(&cost::pwl_sigmoid(out));
+                    options.push((Backend::SharedPiecewiseLinear, c));
                     options.push((Backend::CkksSigmoid, cost::ckks_sigmoid()));
                 }
                 Layer::Softmax => {
@@ -130,7 +133,11 @@ impl Planner {
                         c.add(&cost::beaver_square(out));
                     }
                     if matches!(a, Activation::Tanh) {
-                        c.add(&cost::pwl_sigmoid(out));
+                        // 13 comparisons where the sigmoid has 7.
+                        let sigmoid = cost::pwl_sigmoid(out);
+                        for _ in 0..2 {
+                            c.add(&sigmoid);
+                        }
                     }
                     options.push((Backend::SharedMillionaire, c));
                 }

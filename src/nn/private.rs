@@ -494,7 +494,8 @@ fn forward_one<C: Channel>(
         }
         Lowered::Reshape(shape) => s.reshape(x, shape)?,
         Lowered::Square => s.square(x)?,
-        Lowered::Sigmoid => s.sigmoid(x)?,
+        // Inside a network (a final one is the client's): the closer sigmoid.
+        Lowered::Sigmoid => s.sigmoid_precise(x)?,
         Lowered::Residual(body) => {
             let y = forward_all(body, s, x.clone())?;
             s.add(x, &y)?
@@ -605,13 +606,7 @@ fn activation<C: Channel>(
             let h = clip(s, &z, 0.0, 1.0)?;
             s.mul(x, &h)?
         }
-        // 2 sigmoid(2x) - 1.
-        Activation::Tanh => {
-            let z = s.scale(x, 2.0)?;
-            let g = s.sigmoid(&z)?;
-            let g = s.scale(&g, 2.0)?;
-            s.sub(&g, &constant(x, 1.0))?
-        }
+        Activation::Tanh => s.tanh(x)?,
     })
 }
 
