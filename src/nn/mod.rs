@@ -77,7 +77,7 @@ impl Sequential {
     }
 
     /// One line per layer with its output shape; the body of a residual block follows it,
-    /// indented.
+    /// indented, as do the branches of a block, each under its number.
     pub fn summary(&self) -> Result<String, NnError> {
         fn lines(
             s: &mut String,
@@ -89,8 +89,17 @@ impl Sequential {
             for (l, (inp, sh)) in layers.iter().zip(shapes.iter().zip(&shapes[1..])) {
                 let name = format!("{}{}", "  ".repeat(depth), l.describe());
                 s.push_str(&format!("  {name:<40} -> {sh:?}\n"));
-                if let Layer::Residual { body } = l {
-                    lines(s, body, inp, depth + 1)?;
+                match l {
+                    Layer::Residual { body } => lines(s, body, inp, depth + 1)?,
+                    Layer::Branches { branches, .. } => {
+                        for (k, b) in branches.iter().enumerate() {
+                            let pad = "  ".repeat(depth + 1);
+                            let what = if b.is_empty() { " (identity)" } else { "" };
+                            s.push_str(&format!("  {pad}branch {}{what}\n", k + 1));
+                            lines(s, b, inp, depth + 2)?;
+                        }
+                    }
+                    _ => {}
                 }
             }
             Ok(())
