@@ -46,6 +46,7 @@ pub mod party;
 pub mod prg;
 pub mod protocols;
 pub mod ring;
+pub mod secagg;
 pub mod share;
 pub mod triples;
 
