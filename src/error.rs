@@ -32,6 +32,10 @@ pub enum Error {
     /// An HE error.
     #[error(transparent)]
     He(#[from] cipherml_he::Error),
+    /// A secure-aggregation error: a refused message, a stage with too few survivors
+    /// (naming the stage and the counts), parameters that could overflow.
+    #[error(transparent)]
+    SecAgg(#[from] cipherml_mpc::secagg::SecAggError),
     /// An operation this representation does not support (with the reason and what to
     /// do instead).
     #[error("{op} is not supported on {repr} tensors: {reason}")]
@@ -248,7 +252,8 @@ impl Error {
             | Error::ProvidedShape { .. }
             | Error::NonFinite { .. }
             | Error::Invalid { .. }
-            | Error::PeerCount { .. } => Some(RefusalCode::BadRequest),
+            | Error::PeerCount { .. }
+            | Error::SecAgg(_) => Some(RefusalCode::BadRequest),
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ pub mod service;
 pub mod tensor;
 
 // The service modules at the crate root, where they have always been.
-pub use service::{admin, client, key_cache, key_store, metrics, protocol, server, tls};
+pub use service::{admin, aggregate, client, key_cache, key_store, metrics, protocol, server, tls};
 
 /// The README's examples run as doc tests.
 #[cfg(doctest)]

@@ -600,3 +600,95 @@ fn real_exports_are_served_by_the_cli_with_onnx_runtime_classes() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// `cipherml aggregate serve` and three `cipherml aggregate submit` processes: a weighted
+/// round whose written sum is the weighted sum of the three updates (and the sum of the
+/// weights), within the quantization error; the server prints the per-stage counts.
+#[test]
+fn aggregate_serve_and_submit_with_the_real_binaries() {
+    use cipherml::data::{npy_bytes_f32, read_npy};
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("cipherml-agg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("sum.npy");
+    let mut server = serve_with(&[
+        "aggregate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--clients",
+        "3",
+        "--dim",
+        "4",
+        "--max-weight",
+        "100",
+        "--join-timeout",
+        "30",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let updates = [
+        [0.5f32, -0.25, 0.125, 1.0],
+        [-0.5, 0.75, 0.0, 0.25],
+        [0.1, 0.2, -0.3, -0.4],
+    ];
+    let weights = [10u64, 20, 70];
+    let clients: Vec<_> = updates
+        .iter()
+        .zip(weights)
+        .enumerate()
+        .map(|(i, (u, w))| {
+            let input = dir.join(format!("u{i}.npy"));
+            let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[4]), u.to_vec()).unwrap();
+            std::fs::write(&input, npy_bytes_f32(&a)).unwrap();
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                cipherml(&[
+                    "aggregate",
+                    "submit",
+                    "--server",
+                    &addr,
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--weight",
+                    &w.to_string(),
+                ])
+            })
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("3 updates summed"));
+    }
+    let status = server.child.wait().unwrap();
+    assert!(status.success());
+    let mut text = String::new();
+    let mut stdout = server.stdout.take().unwrap();
+    while stdout.read_line(&mut text).unwrap() > 0 {}
+    assert!(
+        text.contains("round 1: joined 3, keys 3, shares 3, masked inputs 3, unmasking 3"),
+        "{text}"
+    );
+    let sum = read_npy(&output).unwrap().to_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(sum.len(), 5);
+    for j in 0..4 {
+        let want: f64 = updates
+            .iter()
+            .zip(weights)
+            .map(|(u, w)| u[j] as f64 * w as f64)
+            .sum();
+        // 16-bit quantization of [-1, 1]: 2^-15 per entry, times the weight sum (100).
+        assert!(
+            (sum[j] - want).abs() < 0.01,
+            "entry {j}: {} vs {want}",
+            sum[j]
+        );
+    }
+    assert_eq!(sum[4], 100.0);
+}

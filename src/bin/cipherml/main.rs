@@ -10,6 +10,7 @@ use cipherml::server::{ModeChoice, ModelSpec};
 use clap::{Parser, Subcommand};
 use ndarray::Axis;
 
+mod aggregate;
 mod train;
 
 #[derive(Parser)]
@@ -134,6 +135,11 @@ enum Command {
     /// train the same model on the shares, and the party that passes --output receives
     /// the trained model. Prints "listening on ADDR" (listener) and one line per epoch.
     Train(Box<train::TrainArgs>),
+    /// Secure aggregation for federated learning (SecAgg+): `serve` runs rounds with many
+    /// clients (dropouts survived) and learns only the sum of their updates; `submit` sends
+    /// one client's update.
+    #[command(subcommand)]
+    Aggregate(aggregate::AggregateCommand),
     /// Serves Beaver triples to pairs of parties as a third process (TF Encrypted's
     /// "crypto producer"). Each party connects with its id and the session token both
     /// parties share; prints "listening on ADDR", then one line per session or refused
@@ -180,6 +186,7 @@ fn main() {
             Duration::from_secs(idle_timeout),
         ),
         Command::Train(args) => train::train(*args),
+        Command::Aggregate(command) => aggregate::aggregate(command),
         Command::Serve {
             models,
             model_dir,
