@@ -367,9 +367,8 @@ pub fn aggregate(
         let mut client = AggregationClient::connect(&addr, &Default::default())?;
         assert_eq!(client.id(), id, "ids follow the join order");
         let leaves = |stage| faults.dropped_by(id, stage);
-        let stop = if update.is_none() && !leaves(Stage::MaskedInput) {
-            Stage::AdvertiseKeys
-        } else if faults.before_advertise.contains(&id) {
+        let never_sends = update.is_none() && !leaves(Stage::MaskedInput);
+        let stop = if never_sends || faults.before_advertise.contains(&id) {
             Stage::AdvertiseKeys
         } else if faults.before_share_keys.contains(&id) {
             Stage::ShareKeys
