@@ -1,10 +1,12 @@
 //! Prints benchmark figures as JSON lines (see BENCHMARKS.md):
 //!
 //! ```text
-//! cargo run --release --example bench -- [he|mpc|nn|train|all] [name filter for nn and train]
+//! cargo run --release --example bench -- [he|mpc|nn|train|secagg|all] [filter]
 //! ```
-//! The filter keeps the lines whose network name contains it: `nn resnet20` runs only
-//! `setup.resnet20` and `infer.resnet20`.
+//! The filter (for nn, train and secagg) keeps the lines whose network or configuration
+//! name contains it: `nn resnet20` runs only `setup.resnet20` and `infer.resnet20`,
+//! `secagg n1000.d1e5.drop10` one secure-aggregation configuration. `all` leaves out
+//! `train` and `secagg` (minutes each).
 //! Set `CIPHERML_BENCH_MS` to change the time budget per figure (default 2000 ms).
 
 use std::time::Duration;
@@ -30,13 +32,14 @@ fn main() {
         "mpc" => mpc(),
         "nn" => cipherml::bench::nn_filtered(budget, filter.as_deref(), &mut emit),
         "train" => cipherml::bench::train(budget, filter.as_deref(), &mut emit),
+        "secagg" => cipherml::bench::secagg(budget, filter.as_deref(), &mut emit),
         "all" => {
             cipherml::bench::he(budget, &mut emit);
             mpc();
             cipherml::bench::nn(budget, &mut emit);
         }
         other => {
-            eprintln!("unknown suite {other:?}: expected he, mpc, nn, train or all");
+            eprintln!("unknown suite {other:?}: expected he, mpc, nn, train, secagg or all");
             std::process::exit(2);
         }
     }

@@ -1,7 +1,7 @@
 //! Benchmarks that print one JSON object per line, in the format of BENCHMARKS.md:
 //! `{"name": ..., "median_us": ..., "min_us": ..., "bytes": ..., "rounds": ..., "threads": ..., "params": ...}`.
 //!
-//! Used by `cargo run --release --example bench -- [he|mpc|nn|all]`.
+//! Used by `cargo run --release --example bench -- [he|mpc|nn|train|secagg|all]`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,10 @@ use rand_chacha::ChaCha20Rng;
 /// One measured figure (the JSON-lines contract of BENCHMARKS.md), shared with the MPC
 /// layer's benchmarks.
 pub use cipherml_mpc::bench::BenchLine;
+
+#[path = "bench_secagg.rs"]
+mod secagg_suite;
+pub use secagg_suite::secagg;
 
 /// Times `f`: a short warm-up, then samples for about `budget` (at least 5, at most 1000).
 pub fn time<F: FnMut()>(budget: Duration, mut f: F) -> (f64, f64) {

@@ -318,18 +318,24 @@ pub struct MaskedInput {
 }
 
 impl MaskedInput {
-    /// Encodes the message.
+    /// Encodes the message: the entries in the fewest whole bytes that hold the largest
+    /// (a width byte says how many; masked entries are uniform modulo `2^b`, so this is
+    /// `ceil(b / 8)` bytes each, whatever the update, and says nothing about it).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = header(TAG_MASKED_INPUT, 8 + 8 * self.masked.len());
+        let largest = self.masked.iter().copied().max().unwrap_or(0);
+        let width = (((64 - largest.leading_zeros()) as usize).div_ceil(8)).max(1);
+        let mut v = header(TAG_MASKED_INPUT, 9 + width * self.masked.len());
         v.extend_from_slice(&self.id.to_le_bytes());
         v.extend_from_slice(&(self.masked.len() as u32).to_le_bytes());
+        v.push(width as u8);
         for x in &self.masked {
-            v.extend_from_slice(&x.to_le_bytes());
+            v.extend_from_slice(&x.to_le_bytes()[..width]);
         }
         v
     }
 
-    /// Decodes and validates a message (exactly `vector_len` entries, each `< 2^b`).
+    /// Decodes and validates a message (exactly `vector_len` entries of at most
+    /// `ceil(b / 8)` bytes, each `< 2^b`).
     pub fn from_bytes(bytes: &[u8], config: &SecAggConfig) -> SecAggResult<Self> {
         let mut r = Reader::new("MaskedInput", bytes, TAG_MASKED_INPUT)?;
         let id = r.id(config)?;
@@ -341,11 +347,21 @@ impl MaskedInput {
                 got: len.into(),
             }));
         }
-        r.expect_remaining(8 * len as usize)?;
+        let width = r.take(1)?[0] as usize;
+        let most = (config.modulus_bits() as usize).div_ceil(8);
+        if width == 0 || width > most {
+            return Err(r.err(MalformedReason::WrongLength {
+                expected: most as u64,
+                got: width as u64,
+            }));
+        }
+        r.expect_remaining(width * len as usize)?;
         let mask = config.modulus_mask();
         let mut masked = Vec::with_capacity(len as usize);
         for index in 0..len as usize {
-            let value = r.u64()?;
+            let mut le = [0u8; 8];
+            le[..width].copy_from_slice(r.take(width)?);
+            let value = u64::from_le_bytes(le);
             if value & !mask != 0 {
                 return Err(SecAggError::EntryOutOfRange {
                     index,
