@@ -318,24 +318,37 @@ pub struct MaskedInput {
 }
 
 impl MaskedInput {
-    /// Encodes the message: the entries in the fewest whole bytes that hold the largest
-    /// (a width byte says how many; masked entries are uniform modulo `2^b`, so this is
-    /// `ceil(b / 8)` bytes each, whatever the update, and says nothing about it).
+    /// Encodes the message: the entries as one little-endian bit stream of `w` bits each,
+    /// `w` the bit length of the largest entry (a byte says `w`; masked entries are uniform
+    /// modulo `2^b`, so `w = b` but with negligible probability, whatever the update, and
+    /// it says nothing about it). An upload is `b` bits per entry.
     pub fn to_bytes(&self) -> Vec<u8> {
         let largest = self.masked.iter().copied().max().unwrap_or(0);
-        let width = (((64 - largest.leading_zeros()) as usize).div_ceil(8)).max(1);
-        let mut v = header(TAG_MASKED_INPUT, 9 + width * self.masked.len());
+        let width = (64 - largest.leading_zeros()).max(1) as usize;
+        let packed = (width * self.masked.len()).div_ceil(8);
+        let mut v = header(TAG_MASKED_INPUT, 9 + packed);
         v.extend_from_slice(&self.id.to_le_bytes());
         v.extend_from_slice(&(self.masked.len() as u32).to_le_bytes());
         v.push(width as u8);
-        for x in &self.masked {
-            v.extend_from_slice(&x.to_le_bytes()[..width]);
+        let mut acc: u128 = 0;
+        let mut bits = 0usize;
+        for &x in &self.masked {
+            acc |= u128::from(x) << bits;
+            bits += width;
+            while bits >= 8 {
+                v.push(acc as u8);
+                acc >>= 8;
+                bits -= 8;
+            }
+        }
+        if bits > 0 {
+            v.push(acc as u8);
         }
         v
     }
 
-    /// Decodes and validates a message (exactly `vector_len` entries of at most
-    /// `ceil(b / 8)` bytes, each `< 2^b`).
+    /// Decodes and validates a message (exactly `vector_len` entries of at most `b` bits
+    /// each, packed; each `< 2^b`).
     pub fn from_bytes(bytes: &[u8], config: &SecAggConfig) -> SecAggResult<Self> {
         let mut r = Reader::new("MaskedInput", bytes, TAG_MASKED_INPUT)?;
         let id = r.id(config)?;
@@ -348,28 +361,40 @@ impl MaskedInput {
             }));
         }
         let width = r.take(1)?[0] as usize;
-        let most = (config.modulus_bits() as usize).div_ceil(8);
+        let most = config.modulus_bits() as usize;
         if width == 0 || width > most {
             return Err(r.err(MalformedReason::WrongLength {
                 expected: most as u64,
                 got: width as u64,
             }));
         }
-        r.expect_remaining(width * len as usize)?;
-        let mask = config.modulus_mask();
+        let packed = (width * len as usize).div_ceil(8);
+        r.expect_remaining(packed)?;
+        let data = r.take(packed)?;
+        let mask = if width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        };
         let mut masked = Vec::with_capacity(len as usize);
-        for index in 0..len as usize {
-            let mut le = [0u8; 8];
-            le[..width].copy_from_slice(r.take(width)?);
-            let value = u64::from_le_bytes(le);
-            if value & !mask != 0 {
-                return Err(SecAggError::EntryOutOfRange {
-                    index,
-                    value,
-                    modulus_bits: config.modulus_bits(),
-                });
+        let mut acc: u128 = 0;
+        let mut bits = 0usize;
+        let mut bytes = data.iter();
+        for _ in 0..len {
+            while bits < width {
+                acc |= u128::from(*bytes.next().expect("length checked")) << bits;
+                bits += 8;
             }
-            masked.push(value);
+            masked.push((acc as u64) & mask);
+            acc >>= width;
+            bits -= width;
+        }
+        // The padding bits of the last byte are zero (one encoding per message).
+        if acc != 0 {
+            return Err(r.err(MalformedReason::WrongLength {
+                expected: 0,
+                got: acc as u64,
+            }));
         }
         Ok(MaskedInput { id, masked })
     }
