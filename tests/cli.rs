@@ -601,9 +601,11 @@ fn real_exports_are_served_by_the_cli_with_onnx_runtime_classes() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// `cipherml aggregate serve` and three `cipherml aggregate submit` processes: a weighted
-/// round whose written sum is the weighted sum of the three updates (and the sum of the
-/// weights), within the quantization error; the server prints the per-stage counts.
+/// `cipherml aggregate serve` and four `cipherml aggregate submit` processes, one of which
+/// drops out (its update has the wrong length: it joins, then leaves before its keys): a
+/// weighted round whose written sum is the weighted sum of the other three updates (and the
+/// sum of their weights), within the quantization error; the server prints the per-stage
+/// counts.
 #[test]
 fn aggregate_serve_and_submit_with_the_real_binaries() {
     use cipherml::data::{npy_bytes_f32, read_npy};
@@ -617,7 +619,7 @@ fn aggregate_serve_and_submit_with_the_real_binaries() {
         "--listen",
         "127.0.0.1:0",
         "--clients",
-        "3",
+        "4",
         "--dim",
         "4",
         "--max-weight",
@@ -656,12 +658,38 @@ fn aggregate_serve_and_submit_with_the_real_binaries() {
             })
         })
         .collect();
-    for c in clients {
-        let out = c.join().unwrap();
+    // The dropout: five values where the round takes four.
+    let bad_input = dir.join("bad.npy");
+    let bad = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[5]), vec![0.1f32; 5]).unwrap();
+    std::fs::write(&bad_input, npy_bytes_f32(&bad)).unwrap();
+    let dropout = cipherml(&[
+        "aggregate",
+        "submit",
+        "--server",
+        &server.addr,
+        "--input",
+        bad_input.to_str().unwrap(),
+        "--weight",
+        "5",
+    ]);
+    assert!(!dropout.status.success());
+    assert!(
+        String::from_utf8_lossy(&dropout.stderr).contains("5 values, the round takes 4"),
+        "{}",
+        String::from_utf8_lossy(&dropout.stderr)
+    );
+    let outs: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for out in outs.iter() {
         assert!(
             out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            "{} / all: {:?}",
+            String::from_utf8_lossy(&out.stderr),
+            outs.iter()
+                .map(|o| (
+                    String::from_utf8_lossy(&o.stdout).to_string(),
+                    String::from_utf8_lossy(&o.stderr).to_string()
+                ))
+                .collect::<Vec<_>>()
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("3 updates summed"));
     }
@@ -671,7 +699,7 @@ fn aggregate_serve_and_submit_with_the_real_binaries() {
     let mut stdout = server.stdout.take().unwrap();
     while stdout.read_line(&mut text).unwrap() > 0 {}
     assert!(
-        text.contains("round 1: joined 3, keys 3, shares 3, masked inputs 3, unmasking 3"),
+        text.contains("round 1: joined 4, keys 3, shares 3, masked inputs 3, unmasking 3"),
         "{text}"
     );
     let sum = read_npy(&output).unwrap().to_f64();

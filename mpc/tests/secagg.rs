@@ -901,3 +901,43 @@ fn decode(kind: u8, bytes: &[u8], config: &SecAggConfig) -> Result<(), SecAggErr
         _ => UnmaskResponse::from_bytes(bytes, config).map(|_| ()),
     }
 }
+
+/// Masked inputs are bit-packed: every entry below `2^b` round-trips, for `b` = 26 and 64
+/// (the widest, with the all-ones entry), an upload takes `b` bits per entry, and a width
+/// above `b` or non-zero padding bits are refused.
+#[test]
+fn masked_inputs_are_bit_packed_and_round_trip() {
+    use cipherml_mpc::secagg::MaskedInput;
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    for bits in [26u32, 64] {
+        let mut params = SecAggParams::recommended(5, 7);
+        params.modulus_bits = Some(bits);
+        let config = SecAggConfig::new(params).unwrap();
+        let mask = config.modulus_mask();
+        let mut masked: Vec<u64> = (0..config.vector_len())
+            .map(|_| rng.next_u64() & mask)
+            .collect();
+        masked[0] = mask;
+        masked[1] = 0;
+        let m = MaskedInput { id: 3, masked };
+        let bytes = m.to_bytes();
+        let back = MaskedInput::from_bytes(&bytes, &config).unwrap();
+        assert_eq!(back.masked, m.masked);
+        assert_eq!(back.id, 3);
+        // Header, id, length, width byte, then b bits per entry.
+        let payload = (bits as usize * config.vector_len()).div_ceil(8);
+        assert!(bytes.len() <= payload + 16, "{} bytes", bytes.len());
+        if bits == 26 {
+            // A width above b.
+            let wide = MaskedInput {
+                id: 3,
+                masked: vec![1 << 40; config.vector_len()],
+            };
+            assert!(MaskedInput::from_bytes(&wide.to_bytes(), &config).is_err());
+            // Non-zero padding bits in the last byte (7 x 26 = 182 bits: 2 spare).
+            let mut padded = bytes.clone();
+            *padded.last_mut().unwrap() |= 0x80;
+            assert!(MaskedInput::from_bytes(&padded, &config).is_err());
+        }
+    }
+}

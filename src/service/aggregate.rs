@@ -171,7 +171,8 @@ pub struct RoundReport {
     pub raw: Vec<u64>,
     /// The sum of the weights (weighted rounds) or the number of summed clients.
     pub weight_total: u64,
-    /// Clients that joined, then sent keys, shares, masked inputs and unmasking shares.
+    /// Clients that joined (some may have left before sending their keys), then those
+    /// that sent keys, shares, masked inputs and unmasking shares.
     pub per_stage: [usize; 5],
     /// The clients whose updates are in the sum.
     pub survivors: Vec<ClientId>,
@@ -283,11 +284,12 @@ impl AggregationServer {
         let mut round_seed = [0u8; 32];
         os_rng().fill_bytes(&mut round_seed);
         let (up_tx, up_rx) = mpsc::channel::<Up>();
-        let (mut conns, mut early) = self.join(&up_tx, &up_rx, round_seed)?;
+        let (mut conns, mut early, joined) = self.join(&up_tx, &up_rx, round_seed)?;
         drop(up_tx);
-        let mut per_stage = [conns.len(), 0, 0, 0, 0];
+        let mut per_stage = [joined, 0, 0, 0, 0];
         tracing::info!(
-            joined = conns.len(),
+            joined,
+            left = joined - conns.len(),
             n = self.secagg.n(),
             "aggregation round: joined"
         );
@@ -376,6 +378,22 @@ impl AggregationServer {
         for c in conns.iter() {
             let _ = c.down.send(Down::Control(AggServerMsg::Done { survivors }));
         }
+        // The connections' threads send the end of the round, then close: waits for them
+        // (at most a stage's time), so that a process that exits after the round does not
+        // cut them off.
+        let deadline = Instant::now() + self.config.stage_timeout;
+        let mut open = conns.len();
+        while open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match up_rx.recv_timeout(deadline - now) {
+                Ok(Up::Closed(id)) if conns.iter().any(|c| c.id == id) => open -= 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
         let report = RoundReport {
             sum: out.dequantized,
             raw: out.sum,
@@ -407,7 +425,7 @@ impl AggregationServer {
         up_tx: &Sender<Up>,
         up_rx: &Receiver<Up>,
         round_seed: [u8; 32],
-    ) -> Result<(Vec<Conn>, Early), Error> {
+    ) -> Result<(Vec<Conn>, Early, usize), Error> {
         let deadline = Instant::now() + self.config.join_timeout;
         // Keys of clients that joined early arrive while others are still joining.
         let mut early = Vec::new();
@@ -457,7 +475,7 @@ impl AggregationServer {
         }
         let _ = pending;
         let _ = self.listener.set_nonblocking(false);
-        Ok((conns, early))
+        Ok((conns, early, next_id as usize))
     }
 
     /// Starts a connection's thread: TLS, hello (version, token) by the handshake deadline,
@@ -703,6 +721,10 @@ fn relay(
                 }
                 Ok(Down::Control(m)) => {
                     send(&mut ch, &m)?;
+                    // Waits (briefly) for the client to close: the channel writes on a
+                    // thread of its own, and a server that exits after the round must not
+                    // cut the end of the round off.
+                    let _ = ch.recv_before(16, Instant::now() + Duration::from_secs(2));
                     return Ok(());
                 }
                 _ => return Ok(()),
