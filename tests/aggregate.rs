@@ -259,3 +259,42 @@ fn parameters_that_could_overflow_or_exceed_the_memory_budget_are_refused() {
         other => panic!("expected a budget refusal, got {other:?}"),
     }
 }
+
+/// A client that joins and then stalls (its connection open, nothing sent) is a dropout
+/// of the stage whose deadline passes, not a hang: the round ends with the others.
+#[test]
+fn a_stalled_client_is_a_dropout_not_a_hang() {
+    let (n, dim) = (4u32, 6);
+    let config = AggregationConfig {
+        join_timeout: Duration::from_secs(5),
+        stage_timeout: Duration::from_secs(1),
+        ..AggregationConfig::new(SecAggParams::recommended(n, dim))
+    };
+    let server = AggregationServer::bind("127.0.0.1:0", config).unwrap();
+    let addr = server.local_addr().to_string();
+    let handle = std::thread::spawn(move || server.run_round());
+    // The staller joins first (id 0) and holds its connection for longer than the round.
+    let stalled = AggregationClient::connect(&addr, &ClientOptions::default()).unwrap();
+    assert_eq!(stalled.id(), 0);
+    let threads: Vec<_> = (1..4usize)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(40));
+            client(addr.clone(), i, dim, Stop::Never)
+        })
+        .collect();
+    // The round ends (by the first stage's deadline) while the staller still holds its
+    // connection open: it is dropped below, after the round.
+    let report = handle.join().unwrap().unwrap();
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    drop(stalled);
+    assert_eq!(report.per_stage, [4, 3, 3, 3, 3]);
+    assert_eq!(report.survivors, vec![1, 2, 3]);
+    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
+    let inputs: Vec<Vec<f64>> = (1..4).map(|i| update(i, dim)).collect();
+    assert_eq!(
+        report.raw,
+        plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
+    );
+}
