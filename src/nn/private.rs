@@ -588,12 +588,12 @@ fn activation<C: Channel>(
 ) -> Result<PrivateTensor, NnError> {
     Ok(match *a {
         Activation::Clip { min, max } => clip(s, x, min, max)?,
-        // alpha x + (1 - alpha) relu(x): one comparison.
+        // relu(x) + alpha (x - relu(x)): one comparison, one truncation.
         Activation::LeakyRelu { alpha } => {
             let r = s.relu(x)?;
-            let a = s.scale(x, alpha)?;
-            let b = s.scale(&r, 1.0 - alpha)?;
-            s.add(&a, &b)?
+            let negative = s.sub(x, &r)?;
+            let scaled = s.scale(&negative, alpha)?;
+            s.add(&r, &scaled)?
         }
         Activation::HardSigmoid { alpha, beta } => {
             let z = s.scale(x, alpha)?;

@@ -640,39 +640,18 @@ fn rewrite_once(layers: &[Layer], shapes: &[Vec<usize>]) -> Option<Vec<Layer>> {
                 return Some(replace(i..i + 2, vec![Layer::Transpose { perm }]));
             }
             // An affine map after a linear layer: per output channel.
-            (Layer::Dense { weight, bias }, Layer::Affine { scale, shift }) => {
-                let mut weight = weight.clone();
-                let mut bias = bias.clone();
-                for (o, mut row) in weight.outer_iter_mut().enumerate() {
-                    row.mapv_inplace(|w| w * scale[o]);
-                    bias[o] = bias[o] * scale[o] + shift[o];
-                }
-                return Some(replace(i..i + 2, vec![Layer::Dense { weight, bias }]));
-            }
-            (
-                Layer::Conv2d {
-                    weight,
-                    bias,
-                    stride,
-                    padding,
-                },
-                Layer::Affine { scale, shift },
-            ) => {
-                let mut weight = weight.clone();
-                let mut bias = bias.clone();
+            (Layer::Dense { .. } | Layer::Conv2d { .. }, Layer::Affine { scale, shift }) => {
+                let mut folded = here.clone();
+                let (mut weight, bias) = match &mut folded {
+                    Layer::Dense { weight, bias } => (weight.view_mut().into_dyn(), bias),
+                    Layer::Conv2d { weight, bias, .. } => (weight.view_mut().into_dyn(), bias),
+                    _ => unreachable!("matched above"),
+                };
                 for (o, mut k) in weight.outer_iter_mut().enumerate() {
                     k.mapv_inplace(|w| w * scale[o]);
                     bias[o] = bias[o] * scale[o] + shift[o];
                 }
-                return Some(replace(
-                    i..i + 2,
-                    vec![Layer::Conv2d {
-                        weight,
-                        bias,
-                        stride: *stride,
-                        padding: *padding,
-                    }],
-                ));
+                return Some(replace(i..i + 2, vec![folded]));
             }
             // An affine map before a convolution: per input channel (padding would add the
             // offsets' zero where the map would not, so only without either).

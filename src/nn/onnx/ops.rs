@@ -648,31 +648,22 @@ fn pad_layer(p: [usize; 4]) -> Layer {
     }
 }
 
-/// `Conv` (2-D; grouped and depthwise as a block-diagonal weight; asymmetric padding as a
-/// Pad layer before it): a Conv2d layer.
-fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
-    one_act(node, ctx)?;
-    let w = konst(ctx.consts, node, 1)?;
-    if w.ndim() == 3 {
-        return conv1d(node, ctx, w);
-    }
-    let w = w.clone().into_dimensionality::<Ix4>().map_err(|_| {
-        unsupported(
-            node,
-            format!("weight of shape {:?} (only 2-D convolutions)", w.shape()),
-        )
-    })?;
+/// The weight and bias of a `Conv` node on `c` input channels, `w` its weight as
+/// `(O, C/group, kh, kw)` (a 1-D one as `(O, C/group, 1, k)`; `kernel` lists the kernel
+/// sizes the node's `kernel_shape` must match): the group, dilation, kernel shape and bias
+/// checked, and a grouped (or depthwise) weight made block-diagonal over all the input
+/// channels (output channel `oc` reads the channels `group(oc) * C/group ..`).
+fn conv_weight(
+    node: &NodeProto,
+    ctx: &Ctx<'_>,
+    w: Array4<f64>,
+    c: usize,
+    kernel: &[usize],
+) -> Result<(Array4<f64>, Array1<f64>), NnError> {
+    let (o, cg, kh, kw) = w.dim();
     if w.is_empty() {
         return Err(malformed(node, format!("weight has shape {:?}", w.shape())));
     }
-    let (o, cg, kh, kw) = w.dim();
-    let shape = ctx.shape();
-    let &[c, h, wd] = shape else {
-        return Err(unsupported(
-            node,
-            format!("input of shape {shape:?} (not (C, H, W))"),
-        ));
-    };
     let group = attr_i(node, "group", 1);
     let g = usize::try_from(group)
         .ok()
@@ -686,14 +677,14 @@ fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
                 ),
             )
         })?;
-    if positive(node, "dilations", 2)? != 1 {
+    if positive(node, "dilations", kernel.len())? != 1 {
         return Err(unsupported(node, "dilation"));
     }
     if let Some(k) = attr_ints(node, "kernel_shape").filter(|k| !k.is_empty()) {
-        if k.len() != 2
+        if k.len() != kernel.len()
             || k.iter()
-                .zip([kh, kw])
-                .any(|(&a, b)| usize::try_from(a) != Ok(b))
+                .zip(kernel)
+                .any(|(&a, &b)| usize::try_from(a) != Ok(b))
         {
             return Err(malformed(
                 node,
@@ -704,8 +695,6 @@ fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
             ));
         }
     }
-    let stride = positive(node, "strides", 2)?;
-    let p = pads_2d(node, (h, wd), (kh, kw), stride)?;
     let bias: Array1<f64> = if has_input(node, 2) {
         konst(ctx.consts, node, 2)?.iter().copied().collect()
     } else {
@@ -721,25 +710,47 @@ fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
             ),
         ));
     }
-    // Groups: output channel `oc` reads input channels `group(oc) * cg ..`; the weight
-    // becomes block-diagonal over all of them.
-    let weight = if g == 1 {
-        w
-    } else {
-        if elements(&[o, c, kh, kw]).is_none() {
-            return Err(malformed(node, "grouped weight too large"));
-        }
-        let per = o / g;
-        let mut full = Array4::zeros((o, c, kh, kw));
-        for oc in 0..o {
-            let base = (oc / per) * cg;
-            for k in 0..cg {
-                full.slice_mut(ndarray::s![oc, base + k, .., ..])
-                    .assign(&w.slice(ndarray::s![oc, k, .., ..]));
-            }
-        }
-        full
+    if g == 1 {
+        return Ok((w, bias));
+    }
+    if elements(&[o, c, kh, kw]).is_none() {
+        return Err(malformed(node, "grouped weight too large"));
+    }
+    let per = o / g;
+    let mut full = Array4::zeros((o, c, kh, kw));
+    for oc in 0..o {
+        let base = (oc / per) * cg;
+        full.slice_mut(ndarray::s![oc, base..base + cg, .., ..])
+            .assign(&w.slice(ndarray::s![oc, .., .., ..]));
+    }
+    Ok((full, bias))
+}
+
+/// `Conv` (2-D; grouped and depthwise as a block-diagonal weight; asymmetric padding as a
+/// Pad layer before it): a Conv2d layer.
+fn conv(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
+    one_act(node, ctx)?;
+    let w = konst(ctx.consts, node, 1)?;
+    if w.ndim() == 3 {
+        return conv1d(node, ctx, w);
+    }
+    let w = w.clone().into_dimensionality::<Ix4>().map_err(|_| {
+        unsupported(
+            node,
+            format!("weight of shape {:?} (only 2-D convolutions)", w.shape()),
+        )
+    })?;
+    let (_, _, kh, kw) = w.dim();
+    let shape = ctx.shape();
+    let &[c, h, wd] = shape else {
+        return Err(unsupported(
+            node,
+            format!("input of shape {shape:?} (not (C, H, W))"),
+        ));
     };
+    let (weight, bias) = conv_weight(node, ctx, w, c, &[kh, kw])?;
+    let stride = positive(node, "strides", 2)?;
+    let p = pads_2d(node, (h, wd), (kh, kw), stride)?;
     let mut layers = Vec::new();
     let padding = if p.iter().all(|&v| v == p[0]) {
         p[0]
@@ -762,9 +773,6 @@ fn conv1d(node: &NodeProto, ctx: &Ctx<'_>, w: &ArrayD<f64>) -> Result<Made, NnEr
     let &[o, cg, k] = w.shape() else {
         unreachable!("3-D")
     };
-    if w.is_empty() {
-        return Err(malformed(node, format!("weight has shape {:?}", w.shape())));
-    }
     let shape = ctx.shape();
     let &[c, l] = shape else {
         return Err(unsupported(
@@ -772,59 +780,10 @@ fn conv1d(node: &NodeProto, ctx: &Ctx<'_>, w: &ArrayD<f64>) -> Result<Made, NnEr
             format!("input of shape {shape:?} (not (C, L))"),
         ));
     };
-    let group = attr_i(node, "group", 1);
-    let g = usize::try_from(group)
-        .ok()
-        .filter(|&g| g >= 1 && o % g == 0 && cg.checked_mul(g) == Some(c))
-        .ok_or_else(|| {
-            malformed(
-                node,
-                format!(
-                    "group {group} with weight {:?} on {c} input channels",
-                    w.shape()
-                ),
-            )
-        })?;
-    if positive(node, "dilations", 1)? != 1 {
-        return Err(unsupported(node, "dilation"));
-    }
-    if let Some(ks) = attr_ints(node, "kernel_shape").filter(|ks| !ks.is_empty()) {
-        if ks.len() != 1 || usize::try_from(ks[0]) != Ok(k) {
-            return Err(malformed(
-                node,
-                format!(
-                    "kernel_shape {ks:?} does not match the weight's shape {:?}",
-                    w.shape()
-                ),
-            ));
-        }
-    }
+    let w = w.to_shape((o, cg, 1, k)).expect("same length").to_owned();
+    let (weight, bias) = conv_weight(node, ctx, w, c, &[k])?;
     let stride = positive(node, "strides", 1)?;
     let [a, b] = pads_1d(node, l, k, stride)?;
-    let bias: Array1<f64> = if has_input(node, 2) {
-        konst(ctx.consts, node, 2)?.iter().copied().collect()
-    } else {
-        Array1::zeros(o)
-    };
-    if bias.len() != o {
-        return Err(malformed(
-            node,
-            format!("bias of {} values for {o} output channels", bias.len()),
-        ));
-    }
-    if elements(&[o, c, 1, k]).is_none() {
-        return Err(malformed(node, "weight too large"));
-    }
-    let per = o / g;
-    let mut weight = Array4::zeros((o, c, 1, k));
-    for oc in 0..o {
-        let base = (oc / per) * cg;
-        for ic in 0..cg {
-            for t in 0..k {
-                weight[[oc, base + ic, 0, t]] = w[[oc, ic, t]];
-            }
-        }
-    }
     let padded = l
         .checked_add(a)
         .and_then(|v| v.checked_add(b))
