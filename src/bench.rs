@@ -1,7 +1,7 @@
 //! Benchmarks that print one JSON object per line, in the format of BENCHMARKS.md:
 //! `{"name": ..., "median_us": ..., "min_us": ..., "bytes": ..., "rounds": ..., "threads": ..., "params": ...}`.
 //!
-//! Used by `cargo run --release --example bench -- [he|mpc|nn|train|secagg|all]`.
+//! Used by `cargo run --release --example bench -- [he|mpc|nn|link|train|secagg|all]`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,10 @@ pub use cipherml_mpc::bench::BenchLine;
 #[path = "bench_secagg.rs"]
 mod secagg_suite;
 pub use secagg_suite::secagg;
+
+#[path = "bench_link.rs"]
+mod link_suite;
+pub use link_suite::link;
 
 /// Times `f`: a short warm-up, then samples for about `budget` (at least 5, at most 1000).
 pub fn time<F: FnMut()>(budget: Duration, mut f: F) -> (f64, f64) {

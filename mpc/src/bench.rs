@@ -191,12 +191,249 @@ pub fn bench_ot(budget: Duration) -> Result<Vec<BenchLine>> {
     ])
 }
 
+/// `ot.silent_2e20`: 2^20 random OTs from silent OT (Ferret bootstrap done once, apart;
+/// tree refills included), and `ot.silent_setup`: that bootstrap.
+pub fn bench_silent(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 1usize << 20;
+    let samples = two_party(
+        budget,
+        3,
+        |mut c| Ok((OtSender::setup_silent(&mut c, &mut os_rng())?, c)),
+        |mut c| {
+            Ok((
+                OtReceiver::setup_silent(&mut c, &mut os_rng())?,
+                c,
+                os_rng(),
+            ))
+        },
+        |s| &mut s.1,
+        |s| &mut s.1,
+        move |(s, c)| {
+            std::hint::black_box(s.random_ot(c, n)?);
+            Ok(())
+        },
+        move |(r, c, rng)| {
+            std::hint::black_box(r.random_ot(c, n, rng)?);
+            Ok(())
+        },
+    )?;
+    let setup = two_party(
+        budget / 4,
+        2,
+        Ok,
+        Ok,
+        |c| c,
+        |c| c,
+        |c| OtSender::setup_silent(c, &mut os_rng()).map(|_| ()),
+        |c| OtReceiver::setup_silent(c, &mut os_rng()).map(|_| ()),
+    )?;
+    let per_bits = samples[0].bytes as f64 * 8.0 / n as f64;
+    Ok(vec![
+        line(
+            "ot.silent_2e20",
+            &samples,
+            format!(
+                "2^20 random OTs (128-bit outputs) from Ferret silent OT (primal LPN, regular noise, t=1280, k=2^19, trees of 2^13, d=10; semi-honest), fixed-key AES GGM and CCR hash; tree messages included, bootstrap apart; {per_bits:.2} bits per OT"
+            ),
+        ),
+        line(
+            "ot.silent_setup",
+            &setup,
+            "set-up of one silent OT direction: 128 base OTs, 74,036 IKNP OTs, Ferret's bootstrap iteration (t=850, k=2^16, trees of 2^10)".into(),
+        ),
+    ])
+}
+
 /// Every figure of the MPC layer. `budget` is the time spent per figure (roughly).
 pub fn bench_lines(budget: Duration) -> Result<Vec<BenchLine>> {
-    let mut out = bench_ot(budget)?;
-    out.extend(bench_relu(budget)?);
-    out.extend(bench_he_triples(budget)?);
+    bench_lines_filtered(budget, None)
+}
+
+/// A group of figures: the names of its lines and the function that measures them.
+type Suite = (
+    &'static [&'static str],
+    fn(Duration) -> Result<Vec<BenchLine>>,
+);
+
+/// The figures of the MPC layer whose name contains `filter` (all if `None`): a group of
+/// lines measured together runs if any of its names matches, and only the matching lines
+/// are returned.
+pub fn bench_lines_filtered(budget: Duration, filter: Option<&str>) -> Result<Vec<BenchLine>> {
+    const SUITES: [Suite; 7] = [
+        (&["ot.iknp_2e20", "ot.base_128"], bench_ot),
+        (&["ot.silent_2e20", "ot.silent_setup"], bench_silent),
+        (&["mpc.relu_2e16"], bench_relu),
+        (&["mpc.trunc_2e16"], bench_trunc),
+        (&["mpc.trunc_msb0_2e16"], bench_trunc_msb0),
+        (&["mpc.maxpool_64x64x16"], bench_maxpool),
+        (&["mpc.he_triples_8192"], bench_he_triples),
+    ];
+    let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let mut out = Vec::new();
+    for (names, run) in SUITES {
+        if names.iter().any(|n| selected(n)) {
+            out.extend(run(budget)?.into_iter().filter(|l| selected(&l.name)));
+        }
+    }
     Ok(out)
+}
+
+/// This party's share of a fixed two-party sharing of `values` (both parties derive the
+/// same sharing from `seed`: bench set-up only, never a protocol).
+fn share_of(ring: Ring, id: PartyId, seed: u64, values: &[u64]) -> Vec<u64> {
+    use rand::SeedableRng;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let r = ring.random_vec(&mut rng, values.len());
+    match id {
+        PartyId::P0 => r,
+        PartyId::P1 => values
+            .iter()
+            .zip(&r)
+            .map(|(&v, &r)| ring.sub(v, r))
+            .collect(),
+    }
+}
+
+/// `n` values of `Z_2^32` drawn from `seed`: uniform signed ones, or below `2^31` (most
+/// significant bit 0) when `nonneg`.
+fn bench_values(ring: Ring, seed: u64, n: usize, nonneg: bool) -> Vec<u64> {
+    use rand::SeedableRng;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let v = ring.random_vec(&mut rng, n);
+    if nonneg {
+        v.into_iter().map(|x| x >> 1).collect()
+    } else {
+        v
+    }
+}
+
+/// A protocol on shares measured by [`bench_shared_op`].
+type SharedOp = fn(&mut Party<TcpChannel, ChaCha20Rng>, Ring, &[u64]) -> Result<Vec<u64>>;
+
+/// Times `op` on this party's share of `n` values (`values(ring)`), both parties on TCP
+/// loopback with OT set-up done once, apart.
+fn bench_shared_op(
+    budget: Duration,
+    ring: Ring,
+    values: impl Fn(Ring) -> Vec<u64> + Send + Sync + 'static,
+    op: SharedOp,
+) -> Result<Vec<Sample>> {
+    type P = Party<TcpChannel, ChaCha20Rng>;
+    let values = std::sync::Arc::new(values);
+    let mk = |id: PartyId| {
+        let values = values.clone();
+        move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
+            let x = share_of(ring, id, 7, &values(ring));
+            Ok((Party::setup(id, c, os_rng())?, x))
+        }
+    };
+    let job = move |s: &mut (P, Vec<u64>)| {
+        let (p, x) = s;
+        std::hint::black_box(op(p, ring, x)?);
+        Ok(())
+    };
+    two_party(
+        budget,
+        2,
+        mk(PartyId::P0),
+        mk(PartyId::P1),
+        |s| s.0.channel(),
+        |s| s.0.channel(),
+        job,
+        job,
+    )
+}
+
+/// Bits of the truncations measured (the engine's fraction bits).
+const TRUNC_BITS: u32 = 12;
+
+/// `mpc.trunc_2e16`: faithful truncation by 12 bits of 2^16 shared signed values in
+/// `Z_2^32` ([`crate::protocols::arith::trunc_faithful`]).
+pub fn bench_trunc(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 1usize << 16;
+    let ring = Ring::new(32)?;
+    let samples = bench_shared_op(
+        budget,
+        ring,
+        move |r| bench_values(r, 1, n, false),
+        |p, r, x| crate::protocols::arith::trunc_faithful(p, r, x, TRUNC_BITS),
+    )?;
+    let per = samples[0].bytes as f64 / n as f64;
+    Ok(vec![line(
+        "mpc.trunc_2e16",
+        &samples,
+        format!(
+            "faithful truncation (exact arithmetic shift) by {TRUNC_BITS} bits of 2^16 shared signed values in Z_2^32: arith::trunc_faithful, millionaires on 32 and {TRUNC_BITS} bits (beta={}) + one B2A; base OTs apart; {per:.0} bytes per element (both parties)",
+            crate::protocols::compare::BETA
+        ),
+    )])
+}
+
+/// `mpc.trunc_msb0_2e16`: truncation by 12 bits of 2^16 shared values known non-negative
+/// (most significant bit 0) in `Z_2^32` ([`crate::protocols::arith::trunc_nonneg`]).
+pub fn bench_trunc_msb0(budget: Duration) -> Result<Vec<BenchLine>> {
+    let n = 1usize << 16;
+    let ring = Ring::new(32)?;
+    let samples = bench_shared_op(
+        budget,
+        ring,
+        move |r| bench_values(r, 2, n, true),
+        |p, r, x| crate::protocols::arith::trunc_nonneg(p, r, x, TRUNC_BITS),
+    )?;
+    let per = samples[0].bytes as f64 / n as f64;
+    Ok(vec![line(
+        "mpc.trunc_msb0_2e16",
+        &samples,
+        format!(
+            "truncation by {TRUNC_BITS} bits of 2^16 shared values known non-negative (MSB 0) in Z_2^32: arith::trunc_nonneg, one {TRUNC_BITS}-bit millionaire (beta={}) + one AND for the wrap + one B2A; base OTs apart; {per:.0} bytes per element (both parties); Cheetah's figure for this operation: 164 KB",
+            crate::protocols::compare::BETA
+        ),
+    )])
+}
+
+/// `mpc.maxpool_64x64x16`: 2x2 max-pool (stride 2) of a shared `(16, 64, 64)` tensor in
+/// `Z_2^32` by [`crate::protocols::compare::max_pool_relu_tree`] (the engine's max-pool),
+/// the windows gathered (im2col) in the set-up, outside the timed part.
+pub fn bench_maxpool(budget: Duration) -> Result<Vec<BenchLine>> {
+    let (c, h, w, k) = (16usize, 64usize, 64usize, 2usize);
+    let ring = Ring::new(32)?;
+    let (ho, wo) = (h / k, w / k);
+    let windows = c * ho * wo;
+    let samples = bench_shared_op(
+        budget,
+        ring,
+        move |r| {
+            // Fixed-point values within 2^(l-2), as the relu tree requires: signed 20-bit.
+            let x: Vec<u64> = bench_values(r, 3, c * h * w, false)
+                .into_iter()
+                .map(|v| r.from_signed(((v as u32 as i32) >> 12) as i64))
+                .collect();
+            let mut cols = Vec::with_capacity(x.len());
+            for ch in 0..c {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        for di in 0..k {
+                            for dj in 0..k {
+                                cols.push(x[(ch * h + i * k + di) * w + j * k + dj]);
+                            }
+                        }
+                    }
+                }
+            }
+            cols
+        },
+        |p, r, x| crate::protocols::compare::max_pool_relu_tree(p, r, x, 4),
+    )?;
+    let per = samples[0].bytes as f64 / windows as f64;
+    Ok(vec![line(
+        "mpc.maxpool_64x64x16",
+        &samples,
+        format!(
+            "2x2 max-pool, stride 2, of a shared (C,H,W)=(16,64,64) tensor in Z_2^32 ({windows} windows of 4): compare::max_pool_relu_tree (the engine's Session::max_pool2d), 2 levels of ReLUs (3 ReLUs per window, beta={}), im2col outside the timed part; base OTs apart; {per:.0} bytes per window, {:.0} per input element (both parties)",
+            crate::protocols::compare::BETA,
+            samples[0].bytes as f64 / (c * h * w) as f64
+        ),
+    )])
 }
 
 /// `mpc.relu_2e16`: ReLU on 2^16 shared 32-bit values (OT setup done once, apart).
@@ -231,7 +468,7 @@ pub fn bench_relu(budget: Duration) -> Result<Vec<BenchLine>> {
         "mpc.relu_2e16",
         &samples,
         format!(
-            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by KK13 1-of-2^beta OT, AND tree from IKNP random OTs, multiplexer by correlated OT; base OTs apart); {:.0} bytes per ReLU; targets <= 1.5 s, <= 700 B/ReLU",
+            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by 1-of-2^beta OT from silent correlated OT, AND tree from silent random OTs, multiplexer by correlated OT; Ferret bootstrap apart, tree refills included); {:.1} bytes per ReLU; targets (Cheetah, same machine): <= 28 B/ReLU, <= 156 ms",
             crate::protocols::compare::BETA,
             per
         ),

@@ -1,5 +1,6 @@
-//! A party of a two-party computation: its role, the channel to the peer, its CSPRNG, OT
-//! extension in both directions and a PRG seed shared with the peer.
+//! A party of a two-party computation: its role, the channel to the peer, its CSPRNG,
+//! silent OT in both directions (Ferret over IKNP, [`crate::ot::ferret`]) and a PRG seed
+//! shared with the peer.
 //!
 //! Generic over the [`Channel`] and the RNG, so the same protocol code runs in one process
 //! (over [`crate::net::MemoryChannel`]) and across machines (over
@@ -9,7 +10,7 @@ use rand::{CryptoRng, RngCore};
 
 use crate::error::{Error, Result};
 use crate::net::{Channel, Stats};
-use crate::ot::{KkReceiver, KkSender, OtReceiver, OtSender};
+use crate::ot::{OtReceiver, OtSender};
 use crate::prg::SharedPrg;
 use crate::share::PartyId;
 
@@ -21,15 +22,7 @@ pub struct Party<C: Channel, R: RngCore + CryptoRng> {
     rng: R,
     ot_send: OtSender,
     ot_recv: OtReceiver,
-    kk: Kk,
     prg: SharedPrg,
-}
-
-/// The KK13 1-of-N role of a party: party 0 sends, party 1 receives.
-#[derive(Debug)]
-pub(crate) enum Kk {
-    Sender(KkSender),
-    Receiver(KkReceiver),
 }
 
 /// Mutable views of a party's parts, borrowed at once.
@@ -39,13 +32,12 @@ pub(crate) struct Parts<'a, C, R> {
     pub rng: &'a mut R,
     pub ot_send: &'a mut OtSender,
     pub ot_recv: &'a mut OtReceiver,
-    pub kk: &'a mut Kk,
 }
 
 impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
-    /// Sets up: base OTs for both IKNP directions and for KK13 1-of-N OT from party 0 to
-    /// party 1 (512 Chou-Orlandi OTs in all) and a shared seed. Both parties call it,
-    /// with different `id`s.
+    /// Sets up: silent OT in both directions (128 Chou-Orlandi base OTs and 74,036 IKNP
+    /// OTs each, which bootstrap Ferret) and a shared seed. Both parties call it, with
+    /// different `id`s.
     pub fn setup(id: PartyId, ch: C, rng: R) -> Result<Self> {
         Self::try_setup(id, ch, rng).map_err(|(e, _)| e)
     }
@@ -55,13 +47,12 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
     /// the session cleanly).
     pub fn try_setup(id: PartyId, mut ch: C, mut rng: R) -> std::result::Result<Self, (Error, C)> {
         match Self::setup_parts(id, &mut ch, &mut rng) {
-            Ok((ot_send, ot_recv, kk, prg)) => Ok(Self {
+            Ok((ot_send, ot_recv, prg)) => Ok(Self {
                 id,
                 ch,
                 rng,
                 ot_send,
                 ot_recv,
-                kk,
                 prg,
             }),
             Err(e) => Err((e, ch)),
@@ -72,23 +63,39 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
         id: PartyId,
         ch: &mut C,
         rng: &mut R,
-    ) -> Result<(OtSender, OtReceiver, Kk, SharedPrg)> {
-        let (ot_send, ot_recv, kk) = match id {
+    ) -> Result<(OtSender, OtReceiver, SharedPrg)> {
+        let (ot_send, ot_recv) = match id {
             PartyId::P0 => {
-                let s = OtSender::setup(ch, rng)?;
-                let r = OtReceiver::setup(ch, rng)?;
-                let k = Kk::Sender(KkSender::setup(ch, rng)?);
-                (s, r, k)
+                let s = OtSender::setup_silent(ch, rng)?;
+                let r = OtReceiver::setup_silent(ch, rng)?;
+                (s, r)
             }
             PartyId::P1 => {
-                let r = OtReceiver::setup(ch, rng)?;
-                let s = OtSender::setup(ch, rng)?;
-                let k = Kk::Receiver(KkReceiver::setup(ch, rng)?);
-                (s, r, k)
+                let r = OtReceiver::setup_silent(ch, rng)?;
+                let s = OtSender::setup_silent(ch, rng)?;
+                (s, r)
             }
         };
         let prg = SharedPrg::agree(ch, rng)?;
-        Ok((ot_send, ot_recv, kk, prg))
+        Ok((ot_send, ot_recv, prg))
+    }
+
+    /// Makes `n01` OTs from party 0 to party 1 and `n10` from party 1 to party 0 ready, so
+    /// that the protocol that follows never waits for a refill: both parties call it
+    /// with the same arguments before a step that uses OT in both directions at once
+    /// (refills run in a fixed order, party 0's direction first, so neither waits on the
+    /// other's refill while its own is due).
+    pub fn ensure_ots(&mut self, n01: usize, n10: usize) -> Result<()> {
+        match self.id {
+            PartyId::P0 => {
+                self.ot_send.ensure(&mut self.ch, n01)?;
+                self.ot_recv.ensure(&mut self.ch, n10)
+            }
+            PartyId::P1 => {
+                self.ot_recv.ensure(&mut self.ch, n01)?;
+                self.ot_send.ensure(&mut self.ch, n10)
+            }
+        }
     }
 
     /// This party's role.
@@ -138,7 +145,6 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
             rng: &mut self.rng,
             ot_send: &mut self.ot_send,
             ot_recv: &mut self.ot_recv,
-            kk: &mut self.kk,
         }
     }
 }

@@ -12,8 +12,9 @@ use rand::{CryptoRng, RngCore};
 
 use super::aes::{transpose128, AesPrg, Block, FixedKeyAes};
 use super::base::{BaseOtReceiver, BaseOtSender};
+use super::ferret::{FerretReceiver, FerretSender};
 use crate::error::{Error, Result};
-use crate::net::{decode_ring, encode_ring, recv_exact, Channel};
+use crate::net::{decode_ring, encode_ring, pack_bits, recv_exact, unpack_bits, Channel};
 use crate::ring::{mask, Ring};
 
 const KAPPA: usize = 128;
@@ -22,12 +23,13 @@ const KAPPA: usize = 128;
 const ONE_OF_N_DOMAIN: u128 = 1 << 127;
 
 /// The sender of extended OTs (the base-OT receiver, holding the global `delta`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OtSender {
     delta: Block,
     prgs: Vec<AesPrg>,
     hash: FixedKeyAes,
     tweak: u128,
+    silent: Option<FerretSender>,
 }
 
 /// A correlated-OT receive in progress (see [`OtReceiver::start_receive_correlated`]).
@@ -40,11 +42,12 @@ pub struct PendingCorrelated {
 }
 
 /// The receiver of extended OTs (the base-OT sender).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OtReceiver {
     prgs: Vec<(AesPrg, AesPrg)>,
     hash: FixedKeyAes,
     tweak: u128,
+    silent: Option<FerretReceiver>,
 }
 
 fn pack_choices(choices: &[u8], nb: usize) -> Vec<Block> {
@@ -145,7 +148,38 @@ impl OtSender {
             prgs: keys.into_iter().map(AesPrg::new).collect(),
             hash: FixedKeyAes::default(),
             tweak: 0,
+            silent: None,
         })
+    }
+
+    /// Sets up silent OT: IKNP as [`Self::setup`], then Ferret bootstrapped from it (the
+    /// peer runs [`OtReceiver::setup_silent`]). Every OT afterwards comes from
+    /// [`FerretSender`]: a chosen-choice OT costs the receiver one bit, a random OT
+    /// nothing, instead of IKNP's 128 bits.
+    pub fn setup_silent<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let mut d = [0u8; 16];
+        rng.fill_bytes(&mut d);
+        let mut s = Self::setup_with_delta(ch, u128::from_le_bytes(d) | 1, rng)?;
+        let f = FerretSender::bootstrap(ch, &mut s, rng)?;
+        s.silent = Some(f);
+        Ok(s)
+    }
+
+    /// Whether OTs come from silent OT ([`Self::setup_silent`]).
+    pub fn is_silent(&self) -> bool {
+        self.silent.is_some()
+    }
+
+    /// Makes `n` OTs ready ahead of use (silent OT only; the receiver calls
+    /// [`OtReceiver::ensure`] at the same point with the same `n`). Sends only.
+    pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
+        match &mut self.silent {
+            Some(f) => f.ensure(ch, n),
+            None => Ok(()),
+        }
     }
 
     /// The global correlation.
@@ -156,6 +190,18 @@ impl OtSender {
     /// `n` correlated OTs with the global delta: returns `q_i`; the receiver gets
     /// `q_i xor c_i * delta`.
     pub fn cot<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<Vec<Block>> {
+        if let Some(f) = &mut self.silent {
+            // Random OTs, then the receiver's corrections `c_i xor r_i` (one bit each).
+            let mut q = f.take(ch, n)?;
+            if n > 0 {
+                let d = recv_exact(ch, "OT choice corrections", n.div_ceil(8))?;
+                let d = unpack_bits(&d, n, "OT choice corrections")?;
+                for (x, &b) in q.iter_mut().zip(&d) {
+                    *x ^= self.delta & 0u128.wrapping_sub(b as u128);
+                }
+            }
+            return Ok(q);
+        }
         let mut rows = vec![0u128; n];
         self.cot_with(ch, n, |off, chunk| {
             let m = chunk.len().min(n - off);
@@ -203,8 +249,14 @@ impl OtSender {
         ch: &mut C,
         n: usize,
     ) -> Result<Vec<[Block; 2]>> {
-        let mut out: Vec<[Block; 2]> = Vec::with_capacity(n);
         let delta = self.delta;
+        if let Some(f) = &mut self.silent {
+            let mut out: Vec<[Block; 2]> =
+                f.take(ch, n)?.into_iter().map(|q| [q, q ^ delta]).collect();
+            self.hash.ccr(out.as_flattened_mut());
+            return Ok(out);
+        }
+        let mut out: Vec<[Block; 2]> = Vec::with_capacity(n);
         let hash = self.hash.clone();
         self.cot_with(ch, n, |off, chunk| {
             let m = chunk.len().min(n - off);
@@ -388,13 +440,51 @@ impl OtReceiver {
                 .collect(),
             hash: FixedKeyAes::default(),
             tweak: 0,
+            silent: None,
         })
+    }
+
+    /// Sets up silent OT (the peer runs [`OtSender::setup_silent`]).
+    pub fn setup_silent<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let mut r = Self::setup(ch, rng)?;
+        let f = FerretReceiver::bootstrap(ch, &mut r, rng)?;
+        r.silent = Some(f);
+        Ok(r)
+    }
+
+    /// Whether OTs come from silent OT.
+    pub fn is_silent(&self) -> bool {
+        self.silent.is_some()
+    }
+
+    /// Makes `n` OTs ready ahead of use (see [`OtSender::ensure`]). Receives only.
+    pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
+        match &mut self.silent {
+            Some(f) => f.ensure(ch, n),
+            None => Ok(()),
+        }
     }
 
     /// Correlated OTs with choice bits `choices` (`0`/`1`): returns
     /// `t_i = q_i xor c_i * delta`.
     pub fn cot<C: Channel + ?Sized>(&mut self, ch: &mut C, choices: &[u8]) -> Result<Vec<Block>> {
         let n = choices.len();
+        if let Some(f) = &mut self.silent {
+            let (r, t) = f.take(ch, n)?;
+            if n > 0 {
+                let d: Vec<u8> = choices
+                    .iter()
+                    .zip(&r)
+                    .map(|(&c, &ri)| (c ^ ri) & 1)
+                    .collect();
+                ch.send(&pack_bits(&d))?;
+                ch.flush()?;
+            }
+            return Ok(t);
+        }
         let mut rows = vec![0u128; n];
         self.cot_with(ch, choices, |off, chunk| {
             let m = chunk.len().min(n - off);
@@ -445,6 +535,11 @@ impl OtReceiver {
         n: usize,
         rng: &mut R,
     ) -> Result<(Vec<u8>, Vec<Block>)> {
+        if let Some(f) = &mut self.silent {
+            let (choices, mut t) = f.take(ch, n)?;
+            self.hash.ccr(&mut t);
+            return Ok((choices, t));
+        }
         let mut choices = vec![0u8; n];
         rng.fill_bytes(&mut choices);
         choices.iter_mut().for_each(|c| *c &= 1);

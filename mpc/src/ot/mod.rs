@@ -1,7 +1,13 @@
 //! Oblivious transfer, written in the project: Chou-Orlandi base OT over Ristretto
-//! ([`base`]), IKNP extension with fixed-key AES hashes ([`iknp`]) and, on top of it,
+//! ([`base`]), IKNP extension with fixed-key AES hashes ([`iknp`]), silent correlated OT
+//! (Ferret over primal LPN, [`ferret`], bootstrapped from IKNP) and, on top of either,
 //! correlated OT with a chosen global delta, random OT, chosen-message OT, arithmetic
 //! correlated OT and 1-of-N OT (from `log N` 1-of-2 OTs, or the KK13 extension of [`kk`]).
+//!
+//! [`crate::party::Party`] uses silent OT ([`OtSender::setup_silent`]): a random OT then
+//! costs no communication and a chosen-choice OT one bit, against IKNP's 128. Why not a
+//! crate: `cryprot-ot` (the maintained Rust silent OT) runs over its own async QUIC
+//! transport (tokio and s2n-quic, which needs a C toolchain), not over [`crate::net::Channel`].
 //!
 //! ```
 //! use cipherml_mpc::net::MemoryChannel;
@@ -20,6 +26,7 @@
 
 pub mod aes;
 pub mod base;
+pub mod ferret;
 pub mod iknp;
 pub mod kk;
 

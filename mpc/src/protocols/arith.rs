@@ -90,6 +90,11 @@ pub fn matmul_owned<C: Channel, R: RngCore + CryptoRng>(
     if m == 0 || k * n == 0 {
         return Ok(z);
     }
+    let ots = k * n * l;
+    match owner {
+        crate::share::PartyId::P0 => p.ensure_ots(ots, 0)?,
+        crate::share::PartyId::P1 => p.ensure_ots(0, ots)?,
+    }
     let parts = p.parts();
     if parts.id == owner {
         let w = w.ok_or(Error::InvalidInput {
@@ -211,8 +216,9 @@ pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
 /// With unsigned shares `x0 + x1 = x + w 2^l`, the wrap `w` is `msb(x0) OR msb(x1)` when
 /// `msb(x) = 0` (both set: the sum is at least `2^l`; both clear: below `2^l`; exactly one:
 /// the sum is at least `2^(l-1)`, which `x < 2^(l-1)` only allows with a wrap). Each party
-/// knows its own bit, so `w` costs one AND of bits; the carry `c` of the low `f` bits is a
-/// millionaire comparison, and `floor(x / 2^f) = (x0 >> f) + (x1 >> f) + c - w 2^(l-f)`.
+/// knows its own bit, so `w` costs one correlated OT in `Z_2^f`; the
+/// carry `c` of the low `f` bits is a millionaire comparison and one B2A, and
+/// `floor(x / 2^f) = (x0 >> f) + (x1 >> f) + c - w 2^(l-f)`.
 pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     ring: Ring,
@@ -223,17 +229,47 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
         return Ok(x.to_vec());
     }
     check_trunc_bits(ring, f)?;
-    let p0 = p.is_p0();
     let carry = low_bits_carry(p, x, f)?;
-    // not w = (not msb(x0)) AND (not msb(x1)): each party inputs its negated bit as its
-    // share of one operand and 0 as its share of the other.
-    let own: Vec<u8> = x.iter().map(|&v| ring.msb(v) as u8 ^ 1).collect();
-    let zeros = vec![0u8; x.len()];
-    let (a, b) = if p0 { (&own, &zeros) } else { (&zeros, &own) };
-    let not_w = boolean::and(p, a, b)?;
-    let mut bits: Vec<u8> = not_w.iter().map(|&z| if p0 { z ^ 1 } else { z }).collect();
-    bits.extend(carry);
-    shift_shares(p, ring, x, &bits, f)
+    let c = boolean::b2a(p, ring, &carry)?;
+    let w = wrap_times(p, ring, x, f)?;
+    Ok((0..x.len())
+        .map(|i| ring.sub(ring.add(x[i] >> f, c[i]), w[i]))
+        .collect())
+}
+
+/// Shares of `w 2^(l - f)` for the wrap `w = msb(x0) OR msb(x1)` of [`trunc_nonneg`]:
+/// `w = m0 + m1 - m0 m1`, the product by one correlated OT in `Z_2^f` (party 0 sending,
+/// correlation `m0`, party 1 choosing `m1`), since only `w mod 2^f` matters once scaled
+/// by `2^(l - f)`: `1 + 8 ceil(f / 8)` bits per value.
+fn wrap_times<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    let rf = Ring::new(f)?;
+    let own: Vec<u8> = x.iter().map(|&v| ring.msb(v) as u8).collect();
+    p.ensure_ots(x.len(), 0)?;
+    let parts = p.parts();
+    let shares: Vec<u64> = if parts.id == crate::share::PartyId::P0 {
+        let deltas: Vec<u64> = own.iter().map(|&m| m as u64).collect();
+        let x0 = parts.ot_send.send_correlated(parts.ch, rf, &deltas, 1)?;
+        own.iter()
+            .zip(&x0)
+            .map(|(&m, &v)| rf.add(m as u64, v))
+            .collect()
+    } else {
+        let got = parts.ot_recv.receive_correlated(parts.ch, rf, &own, 1)?;
+        own.iter()
+            .zip(&got)
+            .map(|(&m, &g)| rf.sub(m as u64, g))
+            .collect()
+    };
+    let shift = ring.bits() - f;
+    Ok(shares
+        .into_iter()
+        .map(|v| ring.reduce(v << shift))
+        .collect())
 }
 
 fn check_trunc_bits(ring: Ring, f: u32) -> Result<()> {

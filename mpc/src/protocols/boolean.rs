@@ -80,6 +80,7 @@ pub fn b2a<C: Channel, R: RngCore + CryptoRng>(
     b: &[u8],
 ) -> Result<Vec<u64>> {
     // b = b0 + b1 - 2 b0 b1; the product by a correlated OT, party 0 sending.
+    p.ensure_ots(b.len(), 0)?;
     let parts = p.parts();
     if parts.id.index() == 0 {
         let deltas: Vec<u64> = b.iter().map(|&x| (x & 1) as u64).collect();
@@ -107,6 +108,7 @@ pub fn mux<C: Channel, R: RngCore + CryptoRng>(
     x: &[u64],
 ) -> Result<Vec<u64>> {
     check_len("mux: values", b.len(), x.len())?;
+    p.ensure_ots(b.len(), b.len())?;
     let parts = p.parts();
     let pending = parts
         .ot_recv

@@ -3,24 +3,26 @@
 //!
 //! Millionaire: party 0 holds `x`, party 1 holds `y` (both `bits`-bit); the output is a
 //! boolean sharing of `x > y`. The values are cut into digits of `beta` bits; for each
-//! digit one 1-of-`2^beta` OT (KK13 extension, [`crate::ot::kk`]) gives shares of `x_j > y_j` and `x_j = y_j`; an AND tree
-//! combines them (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with AND triples
-//! from random OTs (two triples sharing `eq_hi` per node from one OT in each direction).
+//! digit one 1-of-`2^beta` OT (from `beta` silent correlated OTs, [`crate::ot::ferret`])
+//! gives shares of `x_j > y_j` and `x_j = y_j`; an AND tree combines them
+//! (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with AND triples from random
+//! OTs (two triples sharing `eq_hi` per node from one OT in each direction, no
+//! communication with silent OT).
 
 use rand::{CryptoRng, RngCore};
 
 use super::{boolean, check_len};
 use crate::error::Result;
 use crate::net::Channel;
-use crate::party::{Kk, Party};
+use crate::party::Party;
 use crate::ring::{mask, Ring};
 use crate::triples::ot::bit_triples;
 
-/// Digit size of the millionaire protocol (1-of-32 OTs). A KK13 OT costs 256 bits from the
-/// receiver whatever the digit size, plus `2^BETA * 2` bits from the sender, so 5-bit
-/// digits send fewer bytes than 4-bit ones (8 OTs and 7 AND nodes instead of 10 and 9 for
-/// a 39-bit comparison) at the price of twice the sender's hashing per OT.
-pub const BETA: u32 = 5;
+/// Digit size of the millionaire protocol (1-of-4 OTs). With silent OT a digit costs
+/// `BETA` bits from the receiver and `2^BETA * 2` from the sender, and an AND node 6 bits:
+/// per compared bit 5 bits at `BETA = 2`, 6.3 at 3, 10.5 at 4 (a 31-bit comparison: 250,
+/// 269 and 330 bits).
+pub const BETA: u32 = 2;
 
 /// Boolean shares of `x > y`, `x` the input of party 0 and `y` that of party 1, both
 /// below `2^bits` (`bits <= 64`). Party 0 passes its `x`, party 1 its `y`.
@@ -66,11 +68,9 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
                     }
                 }
             }
+            p.ensure_ots(n * digits.len() * width as usize, 0)?;
             let parts = p.parts();
-            match parts.kk {
-                Kk::Sender(k) => k.send(parts.ch, &msgs, width, 2)?,
-                Kk::Receiver(_) => return Err(wrong_role()),
-            }
+            parts.ot_send.send_one_of_n(parts.ch, &msgs, width, 2)?;
         } else {
             let mut choices = Vec::with_capacity(n * digits.len());
             for i in 0..n {
@@ -78,11 +78,11 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
                     choices.push(((input[i] >> (j as u32 * BETA)) & mask(width)) as u16);
                 }
             }
+            p.ensure_ots(n * digits.len() * width as usize, 0)?;
             let parts = p.parts();
-            let got = match parts.kk {
-                Kk::Receiver(k) => k.receive(parts.ch, &choices, width, 2)?,
-                Kk::Sender(_) => return Err(wrong_role()),
-            };
+            let got = parts
+                .ot_recv
+                .receive_one_of_n(parts.ch, &choices, width, 2)?;
             let mut k = 0;
             for i in 0..n {
                 for &j in &digits {
@@ -132,10 +132,6 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
         s = ns;
     }
     Ok(gt)
-}
-
-fn wrong_role() -> crate::error::Error {
-    crate::error::Error::aborted("KK13 role does not match the party id")
 }
 
 /// Groups digit indices by width (at most two groups: full digits and the last one).

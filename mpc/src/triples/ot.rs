@@ -41,6 +41,7 @@ pub(crate) fn gilboa_both<C: Channel, R: RngCore + CryptoRng>(
         });
     }
     let l = ring.bits() as usize;
+    p.ensure_ots(n * l, n * l)?;
     let parts = p.parts();
     // Receiver role: choice bits of ys.
     let mut choices = Vec::with_capacity(n * l);
@@ -171,6 +172,7 @@ pub fn bit_triples<C: Channel, R: RngCore + CryptoRng>(
         });
     }
     let mk = ((1u16 << width) - 1) as u8;
+    p.ensure_ots(n, n)?;
     let parts = p.parts();
     let (a, wr) = parts.ot_recv.random_ot(parts.ch, n, parts.rng)?;
     let pairs = OtSender::random_ot(parts.ot_send, parts.ch, n)?;

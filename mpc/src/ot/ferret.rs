@@ -1,0 +1,565 @@
+//! Silent correlated OT: Ferret (Yang, Weng, Lan, Zhang, Wang, CCS 2020), semi-honest,
+//! over primal LPN with regular noise.
+//!
+//! One iteration with parameters `(t, k, h)` turns `k + t h` correlated OTs into
+//! `n = t 2^h` new ones:
+//!
+//! * **SPCOT** (one per tree): the sender expands a GGM tree of depth `h` from a random
+//!   seed (`G_b(s) = pi_b(s) xor s`, two fixed-key AES permutations); the receiver learns
+//!   every leaf but one, at a position `alpha` it does not choose: the bits of `alpha` are
+//!   the complements of the random choice bits of `h` correlated OTs, through which it
+//!   receives the XOR of the level's other-side nodes. A last block `gamma = delta xor (xor
+//!   of all leaves)` lets it compute leaf `alpha` xor `delta`. Per tree the sender sends
+//!   `2 h + 1` blocks and the receiver nothing.
+//! * **LPN**: output `i` is the tree leaf `i` xor the sum of `d = 10` entries of the `k`
+//!   secret correlated OTs, at positions fixed by a public function of `i` (fixed-key AES).
+//!   The receiver's choice bits are the noise (one 1 per tree, regular) plus the same sum
+//!   of its `k` secret choice bits: LPN with regular noise hides them.
+//!
+//! Parameters (`LpnParams`): emp-ot's current sets, chosen for 128-bit security against
+//! the published attacks on regular LPN (Gauss, ISD, BJMM, the hybrid attack binding):
+//! [`MAIN`] `t = 1280, k = 2^19, h = 13` (10,485,760 outputs per iteration) and
+//! [`BOOT`] `t = 850, k = 2^16, h = 10` (870,400), bootstrapped from `74,036` IKNP OTs.
+//! Each iteration keeps its first `k + t h` outputs for the next one. Trees are expanded
+//! in chunks, on demand, so memory stays near `2 (k + t h)` blocks per direction (about
+//! 17 MB), not `n` blocks.
+//!
+//! Correlation (as IKNP's): the receiver's block is the sender's xor `choice * delta`.
+//! `delta` has its lowest bit set and every sender block its lowest bit clear, so a
+//! receiver block's lowest bit is its choice bit: the LPN sums carry the choice bits for
+//! free (as in emp-ot).
+
+use rand::{CryptoRng, RngCore};
+use zeroize::Zeroize;
+
+use super::aes::{AesPrg, Block, FixedKeyAes};
+use super::iknp::{OtReceiver as IknpReceiver, OtSender as IknpSender};
+use crate::error::{Error, Result};
+use crate::net::{recv_exact, Channel};
+
+/// Parameters of one Ferret iteration: `trees` GGM trees of depth `depth`, an LPN secret of
+/// `2^log_k` correlated OTs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LpnParams {
+    /// Number of trees (the noise weight `t`).
+    pub trees: usize,
+    /// `log2` of the LPN dimension `k`.
+    pub log_k: u32,
+    /// Depth of each tree (`2^depth` outputs per tree).
+    pub depth: u32,
+}
+
+impl LpnParams {
+    /// Outputs per iteration, `t 2^h`.
+    pub const fn n(&self) -> usize {
+        self.trees << self.depth
+    }
+
+    /// The LPN dimension `k`.
+    pub const fn k(&self) -> usize {
+        1 << self.log_k
+    }
+
+    /// Correlated OTs an iteration consumes: `k + t h`.
+    pub const fn base(&self) -> usize {
+        self.k() + self.trees * self.depth as usize
+    }
+}
+
+/// The parameters of every iteration after the first.
+pub const MAIN: LpnParams = LpnParams {
+    trees: 1280,
+    log_k: 19,
+    depth: 13,
+};
+
+/// The parameters of the first iteration (from IKNP OTs); its outputs cover [`MAIN`]'s base.
+pub const BOOT: LpnParams = LpnParams {
+    trees: 850,
+    log_k: 16,
+    depth: 10,
+};
+
+/// Row weight of the LPN matrix.
+pub const LPN_D: usize = 10;
+
+/// Trees expanded per refill once the next iteration's base is kept (16 trees of 2^13:
+/// 131,072 OTs, 2 MB, per refill).
+const CHUNK_TREES: usize = 16;
+
+const GGM_LEFT_KEY: [u8; 16] = *b"cipherml-ggm-l/1";
+const GGM_RIGHT_KEY: [u8; 16] = *b"cipherml-ggm-r/1";
+const LPN_KEY: [u8; 16] = *b"cipherml-lpn-a/1";
+
+/// The public primitives of an iteration: GGM expansion and the LPN matrix.
+#[derive(Debug, Clone)]
+struct Prims {
+    left: FixedKeyAes,
+    right: FixedKeyAes,
+    lpn: FixedKeyAes,
+    hash: FixedKeyAes,
+}
+
+impl Prims {
+    fn new() -> Self {
+        Self {
+            left: FixedKeyAes::new(GGM_LEFT_KEY),
+            right: FixedKeyAes::new(GGM_RIGHT_KEY),
+            lpn: FixedKeyAes::new(LPN_KEY),
+            hash: FixedKeyAes::default(),
+        }
+    }
+
+    /// One GGM level: the children of `nodes[..w]` into `nodes[..2w]` (child `2i` is
+    /// `G_0(node i)`, child `2i + 1` is `G_1(node i)`); returns the XOR of the left and of
+    /// the right children.
+    fn level(&self, nodes: &mut [Block], w: usize, s: &mut Scratch) -> [Block; 2] {
+        s.p[..w].copy_from_slice(&nodes[..w]);
+        s.a[..w].copy_from_slice(&nodes[..w]);
+        s.b[..w].copy_from_slice(&nodes[..w]);
+        self.left.permute(&mut s.a[..w]);
+        self.right.permute(&mut s.b[..w]);
+        let (mut k0, mut k1) = (0u128, 0u128);
+        for i in 0..w {
+            let l = s.a[i] ^ s.p[i];
+            let r = s.b[i] ^ s.p[i];
+            nodes[2 * i] = l;
+            nodes[2 * i + 1] = r;
+            k0 ^= l;
+            k1 ^= r;
+        }
+        [k0, k1]
+    }
+
+    /// The LPN positions of outputs `start..start + count` (`LPN_D` each, below `2^log_k`).
+    fn positions(&self, log_k: u32, start: usize, count: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let mut blocks: Vec<Block> = (0..2 * count).map(|j| (2 * start + j) as u128).collect();
+        self.lpn.permute(&mut blocks);
+        let m = (1u128 << log_k) - 1;
+        for pair in blocks.chunks_exact(2) {
+            for b in pair {
+                for j in 0..LPN_D / 2 {
+                    out.push(((b >> (j as u32 * log_k)) & m) as u32);
+                }
+            }
+        }
+    }
+}
+
+/// Scratch buffers of a tree expansion.
+#[derive(Debug, Default)]
+struct Scratch {
+    p: Vec<Block>,
+    a: Vec<Block>,
+    b: Vec<Block>,
+    pos: Vec<u32>,
+}
+
+impl Scratch {
+    fn fit(&mut self, depth: u32) {
+        let half = 1usize << depth.saturating_sub(1);
+        for v in [&mut self.p, &mut self.a, &mut self.b] {
+            if v.len() < half {
+                v.resize(half, 0);
+            }
+        }
+    }
+}
+
+/// How many trees the next refill expands: enough to complete the next iteration's base,
+/// plus a chunk for the pool, within the iteration (the bootstrap iteration at once).
+fn chunk_trees(params: LpnParams, next_tree: usize, reserved: usize) -> usize {
+    if params == BOOT {
+        return params.trees - next_tree;
+    }
+    let missing = MAIN.base().saturating_sub(reserved);
+    let for_reserve = missing.div_ceil(1 << params.depth);
+    (for_reserve + CHUNK_TREES).min(params.trees - next_tree)
+}
+
+/// The state both roles keep: the iteration's parameters, LPN secret and tree OTs, the
+/// next iteration's base as it fills, and the pool of ready OTs (sender blocks, or
+/// receiver blocks whose lowest bit is the choice).
+#[derive(Debug)]
+struct Stream {
+    params: LpnParams,
+    x: Vec<Block>,
+    ggm: Vec<Block>,
+    next_tree: usize,
+    reserve: Vec<Block>,
+    pool: Vec<Block>,
+    pos: usize,
+    prims: Prims,
+    scratch: Scratch,
+}
+
+/// A chunk of trees being expanded: they fill `pool[start..]`.
+struct Chunk {
+    params: LpnParams,
+    trees: usize,
+    leaves: usize,
+    start: usize,
+}
+
+impl Stream {
+    /// The bootstrap iteration's state, from `BOOT.base()` normalized base OTs.
+    fn new(base: &[Block]) -> Self {
+        Self {
+            params: BOOT,
+            x: base[..BOOT.k()].to_vec(),
+            ggm: base[BOOT.k()..].to_vec(),
+            next_tree: 0,
+            reserve: Vec::with_capacity(MAIN.base()),
+            pool: Vec::new(),
+            pos: 0,
+            prims: Prims::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    fn available(&self) -> usize {
+        self.pool.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Vec<Block> {
+        let out = self.pool[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        out
+    }
+
+    /// The parameters and tree count of the next chunk.
+    fn upcoming(&self) -> (LpnParams, usize) {
+        if self.next_tree == self.params.trees {
+            (MAIN, chunk_trees(MAIN, 0, 0))
+        } else {
+            let p = self.params;
+            (p, chunk_trees(p, self.next_tree, self.reserve.len()))
+        }
+    }
+
+    /// Starts the next chunk (a new iteration from the kept base if this one is done):
+    /// drops what was taken and makes room at the end of the pool.
+    fn begin(&mut self) -> Chunk {
+        if self.next_tree == self.params.trees {
+            let k = MAIN.k();
+            self.x.zeroize();
+            self.ggm.zeroize();
+            self.x.extend_from_slice(&self.reserve[..k]);
+            self.ggm.extend_from_slice(&self.reserve[k..]);
+            self.reserve.zeroize();
+            self.params = MAIN;
+            self.next_tree = 0;
+        }
+        let (params, trees) = self.upcoming();
+        let leaves = 1usize << params.depth;
+        self.scratch.fit(params.depth);
+        self.pool.drain(..self.pos);
+        self.pos = 0;
+        let start = self.pool.len();
+        self.pool.resize(start + trees * leaves, 0);
+        Chunk {
+            params,
+            trees,
+            leaves,
+            start,
+        }
+    }
+
+    /// The tree OTs of tree `j` of the chunk.
+    fn tree_ots(&self, c: &Chunk, j: usize) -> &[Block] {
+        let h = c.params.depth as usize;
+        let idx = self.next_tree + j;
+        &self.ggm[idx * h..(idx + 1) * h]
+    }
+
+    /// Ends a chunk whose leaves are in the pool: adds the LPN secret's selected entries
+    /// to every output, then moves the first ones to the next iteration's base until it
+    /// holds [`MAIN`]`.base()` OTs.
+    fn finish(&mut self, c: &Chunk) {
+        const STEP: usize = 4096;
+        let first = self.next_tree * c.leaves;
+        let out = &mut self.pool[c.start..];
+        for (i, chunk) in out.chunks_mut(STEP).enumerate() {
+            let pos = &mut self.scratch.pos;
+            self.prims
+                .positions(c.params.log_k, first + i * STEP, chunk.len(), pos);
+            for (o, idx) in chunk.iter_mut().zip(pos.chunks_exact(LPN_D)) {
+                let mut acc = *o;
+                for &p in idx {
+                    acc ^= self.x[p as usize];
+                }
+                *o = acc;
+            }
+        }
+        self.next_tree += c.trees;
+        let keep = MAIN
+            .base()
+            .saturating_sub(self.reserve.len())
+            .min(self.pool.len() - c.start);
+        if keep > 0 {
+            let kept = c.start..c.start + keep;
+            self.reserve.extend_from_slice(&self.pool[kept.clone()]);
+            self.pool[kept.clone()].zeroize();
+            self.pool.drain(kept);
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.x.zeroize();
+        self.ggm.zeroize();
+        self.reserve.zeroize();
+        self.pool.zeroize();
+    }
+}
+
+/// The sender (holder of `delta`) of silent correlated OTs.
+#[derive(Debug)]
+pub struct FerretSender {
+    delta: Block,
+    seeds: AesPrg,
+    st: Stream,
+}
+
+/// The receiver of silent correlated OTs (random choice bits).
+#[derive(Debug)]
+pub struct FerretReceiver {
+    st: Stream,
+}
+
+impl FerretSender {
+    /// Bootstraps from IKNP (the peer runs [`FerretReceiver::bootstrap`]) and runs the
+    /// first iteration: `delta` is the IKNP sender's, which must have its lowest bit set.
+    pub fn bootstrap<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        iknp: &mut IknpSender,
+        rng: &mut R,
+    ) -> Result<Self> {
+        if iknp.delta() & 1 == 0 {
+            return Err(Error::InvalidInput {
+                what: "silent OT: delta's lowest bit",
+                expected: 1,
+                found: 0,
+            });
+        }
+        let mut base = iknp.cot(ch, BOOT.base())?;
+        for q in base.iter_mut() {
+            *q &= !1;
+        }
+        let mut seed = [0u8; 16];
+        rng.fill_bytes(&mut seed);
+        let mut s = Self {
+            delta: iknp.delta(),
+            seeds: AesPrg::new(u128::from_le_bytes(seed)),
+            st: Stream::new(&base),
+        };
+        seed.zeroize();
+        base.zeroize();
+        s.refill(ch)?;
+        Ok(s)
+    }
+
+    /// The global correlation.
+    pub fn delta(&self) -> Block {
+        self.delta
+    }
+
+    /// OTs ready without communication.
+    pub fn available(&self) -> usize {
+        self.st.available()
+    }
+
+    /// Refills until `n` OTs are ready (the receiver calls [`FerretReceiver::ensure`] at
+    /// the same point with the same `n`). Only sends.
+    pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
+        while self.available() < n {
+            self.refill(ch)?;
+        }
+        Ok(())
+    }
+
+    /// The next `n` random correlated OTs: the sender's blocks `q_i` (the receiver gets
+    /// `q_i xor r_i delta` with random `r_i`).
+    pub fn take<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<Vec<Block>> {
+        self.ensure(ch, n)?;
+        Ok(self.st.take(n))
+    }
+
+    /// Expands the next chunk of trees: sends their messages, appends their outputs.
+    fn refill<C: Channel + ?Sized>(&mut self, ch: &mut C) -> Result<()> {
+        let c = self.st.begin();
+        let h = c.params.depth as usize;
+        let mut msg = Vec::with_capacity(c.trees * (2 * h + 1) * 16);
+        let mut pads = vec![0u128; 2 * h];
+        let mut tree = vec![0u128; c.leaves];
+        for j in 0..c.trees {
+            for (l, &ql) in self.st.tree_ots(&c, j).iter().enumerate() {
+                pads[2 * l] = ql;
+                pads[2 * l + 1] = ql ^ self.delta;
+            }
+            self.st.prims.hash.ccr(&mut pads);
+            self.seeds.fill(&mut tree[..1]);
+            for l in 0..h {
+                let k = self.st.prims.level(&mut tree, 1 << l, &mut self.st.scratch);
+                msg.extend_from_slice(&(k[0] ^ pads[2 * l]).to_le_bytes());
+                msg.extend_from_slice(&(k[1] ^ pads[2 * l + 1]).to_le_bytes());
+            }
+            let mut all = 0u128;
+            for leaf in tree.iter_mut() {
+                *leaf &= !1;
+                all ^= *leaf;
+            }
+            msg.extend_from_slice(&(all ^ self.delta).to_le_bytes());
+            let at = c.start + j * c.leaves;
+            self.st.pool[at..at + c.leaves].copy_from_slice(&tree);
+        }
+        pads.zeroize();
+        tree.zeroize();
+        ch.send(&msg)?;
+        ch.flush()?;
+        self.st.finish(&c);
+        Ok(())
+    }
+}
+
+impl Drop for FerretSender {
+    fn drop(&mut self) {
+        self.delta.zeroize();
+    }
+}
+
+fn block_at(m: &[u8], i: usize) -> Block {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&m[16 * i..16 * i + 16]);
+    u128::from_le_bytes(a)
+}
+
+impl FerretReceiver {
+    /// Bootstraps from IKNP with random choices (the peer runs
+    /// [`FerretSender::bootstrap`]) and runs the first iteration.
+    pub fn bootstrap<C: Channel + ?Sized, R: RngCore + CryptoRng + ?Sized>(
+        ch: &mut C,
+        iknp: &mut IknpReceiver,
+        rng: &mut R,
+    ) -> Result<Self> {
+        let mut choices = vec![0u8; BOOT.base()];
+        rng.fill_bytes(&mut choices);
+        choices.iter_mut().for_each(|c| *c &= 1);
+        let mut base = iknp.cot(ch, &choices)?;
+        // The sender clears its lowest bits: ours become the choice bits.
+        for (t, &c) in base.iter_mut().zip(&choices) {
+            *t = (*t & !1) | c as u128;
+        }
+        let mut r = Self {
+            st: Stream::new(&base),
+        };
+        choices.zeroize();
+        base.zeroize();
+        r.refill(ch)?;
+        Ok(r)
+    }
+
+    /// OTs ready without communication.
+    pub fn available(&self) -> usize {
+        self.st.available()
+    }
+
+    /// Refills until `n` OTs are ready (see [`FerretSender::ensure`]). Only receives.
+    pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
+        while self.available() < n {
+            self.refill(ch)?;
+        }
+        Ok(())
+    }
+
+    /// The next `n` random correlated OTs: the random choice bits `r_i` (0/1) and the
+    /// blocks `q_i xor r_i delta` (whose lowest bit is `r_i`).
+    pub fn take<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        n: usize,
+    ) -> Result<(Vec<u8>, Vec<Block>)> {
+        self.ensure(ch, n)?;
+        let t = self.st.take(n);
+        Ok((t.iter().map(|&b| (b & 1) as u8).collect(), t))
+    }
+
+    /// Receives the next chunk of trees and appends their outputs.
+    fn refill<C: Channel + ?Sized>(&mut self, ch: &mut C) -> Result<()> {
+        let (params, trees) = self.st.upcoming();
+        let h = params.depth as usize;
+        let per = (2 * h + 1) * 16;
+        // Receive before touching the state: a refused message leaves it as it was.
+        let msg = recv_exact(ch, "silent OT tree messages", trees * per)?;
+        let c = self.st.begin();
+        let mut pads = vec![0u128; h];
+        let mut tree = vec![0u128; c.leaves];
+        for j in 0..c.trees {
+            let m = &msg[j * per..(j + 1) * per];
+            let ts = self.st.tree_ots(&c, j);
+            let cs: Vec<usize> = ts.iter().map(|&t| (t & 1) as usize).collect();
+            pads.copy_from_slice(ts);
+            self.st.prims.hash.ccr(&mut pads);
+            let mut path = 0usize;
+            tree[0] = 0;
+            for (l, &c) in cs.iter().enumerate() {
+                // Our choice bit c (the lowest bit of our block) selects K^c, the XOR of
+                // the level's nodes off the path on side c: alpha's bit is 1 - c.
+                let known = block_at(m, 2 * l + c) ^ pads[l];
+                self.st.prims.level(&mut tree, 1 << l, &mut self.st.scratch);
+                let sib = 2 * path + c;
+                let mut s = 0u128;
+                for i in 0..(1usize << l) {
+                    s ^= tree[2 * i + c];
+                }
+                s ^= tree[sib];
+                tree[sib] = known ^ s;
+                path = 2 * path + (1 - c);
+                tree[path] = 0;
+            }
+            let mut s = block_at(m, 2 * h);
+            for (i, leaf) in tree.iter_mut().enumerate() {
+                if i != path {
+                    *leaf &= !1;
+                    s ^= *leaf;
+                }
+            }
+            tree[path] = s;
+            let at = c.start + j * c.leaves;
+            self.st.pool[at..at + c.leaves].copy_from_slice(&tree);
+        }
+        pads.zeroize();
+        tree.zeroize();
+        self.st.finish(&c);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_chain() {
+        assert_eq!(MAIN.n(), 10_485_760);
+        assert_eq!(BOOT.n(), 870_400);
+        assert!(BOOT.n() >= MAIN.base());
+        assert!(MAIN.n() > 10 * MAIN.base());
+        assert!(LPN_D / 2 * MAIN.log_k as usize <= 128);
+    }
+
+    #[test]
+    fn positions_are_in_range_and_spread() {
+        let p = Prims::new();
+        let mut out = Vec::new();
+        p.positions(MAIN.log_k, 1000, 3000, &mut out);
+        assert_eq!(out.len(), 3000 * LPN_D);
+        assert!(out.iter().all(|&x| (x as usize) < MAIN.k()));
+        let mut seen = std::collections::HashSet::new();
+        seen.extend(out.iter().copied());
+        // 30,000 draws from 2^19: expect about 29,150 distinct values.
+        assert!(seen.len() > 28_000, "{}", seen.len());
+    }
+}
