@@ -21,6 +21,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::BenchLine;
 use crate::nn::{Layer, PreparedModel, Sequential};
+use crate::tensor::kernels;
 use crate::tensor::{PrivateTensor, Role, Session, SessionConfig};
 
 /// Most timed runs per configuration.
@@ -88,56 +89,34 @@ fn cases(f: u32, rng: &mut ChaCha20Rng) -> Vec<Case> {
 /// `2^2f`, reduced into `ring`: the weights and bias quantized at `2^f` (exactly: see
 /// [`exact_weight`]), the bias lifted to `2^2f`.
 fn reference(layer: &Layer, input: &[usize], x: &[i64], f: u32, ring: Ring) -> Vec<u64> {
-    let q = |v: f64| -> i128 {
+    let q = |v: f64| -> i64 {
         let s = v * (f as f64).exp2();
         assert_eq!(s, s.round(), "bench weights are exact at 2^f");
-        s as i128
+        s as i64
     };
-    let lift = 1i128 << f;
-    let reduce = |v: i128| ((v.rem_euclid(1i128 << ring.bits())) as u64) & ring.mask();
+    let xr: Vec<u64> = x.iter().map(|&v| ring.from_signed(v)).collect();
+    let lift = |b: f64| ring.from_signed(q(b) << f);
     match layer {
-        Layer::Dense { weight, bias } => (0..weight.nrows())
-            .map(|o| {
-                let acc: i128 = (0..weight.ncols())
-                    .map(|i| q(weight[[o, i]]) * x[i] as i128)
-                    .sum();
-                reduce(acc + q(bias[o]) * lift)
-            })
-            .collect(),
+        Layer::Dense { weight, bias } => {
+            let y = kernels::matvec_ring(ring, &weight.mapv(q), &xr);
+            y.iter()
+                .zip(bias)
+                .map(|(&v, &b)| ring.add(v, lift(b)))
+                .collect()
+        }
         Layer::Conv2d {
             weight,
             bias,
             stride,
             padding,
         } => {
-            let (o, c, kh, kw) = weight.dim();
-            let (h, w) = (input[1], input[2]);
-            let (p, s) = (*padding as isize, *stride);
-            let ho = (h + 2 * padding - kh) / s + 1;
-            let wo = (w + 2 * padding - kw) / s + 1;
-            let mut out = Vec::with_capacity(o * ho * wo);
-            for oc in 0..o {
-                for i in 0..ho {
-                    for j in 0..wo {
-                        let mut acc = q(bias[oc]) * lift;
-                        for ic in 0..c {
-                            for di in 0..kh {
-                                for dj in 0..kw {
-                                    let r = (i * s + di) as isize - p;
-                                    let col = (j * s + dj) as isize - p;
-                                    if r < 0 || col < 0 || r >= h as isize || col >= w as isize {
-                                        continue;
-                                    }
-                                    let xv = x[(ic * h + r as usize) * w + col as usize];
-                                    acc += q(weight[[oc, ic, di, dj]]) * xv as i128;
-                                }
-                            }
-                        }
-                        out.push(reduce(acc));
-                    }
-                }
-            }
-            out
+            let shape = (input[0], input[1], input[2]);
+            let y = kernels::conv_ring(ring, &xr, &weight.mapv(q), shape, *stride, *padding);
+            let per = y.len() / bias.len();
+            y.iter()
+                .enumerate()
+                .map(|(i, &v)| ring.add(v, lift(bias[i / per])))
+                .collect()
         }
         _ => unreachable!("only linear layers are benchmarked"),
     }

@@ -148,64 +148,21 @@ fn line(name: &str, samples: &[Sample], params: String) -> BenchLine {
     }
 }
 
-/// `ot.iknp_2e20`: 2^20 random OTs by IKNP extension (base OTs done once, apart).
-pub fn bench_ot(budget: Duration) -> Result<Vec<BenchLine>> {
-    let n = 1usize << 20;
-    let samples = two_party(
-        budget,
-        3,
-        |mut c| Ok((OtSender::setup(&mut c, &mut os_rng())?, c)),
-        |mut c| Ok((OtReceiver::setup(&mut c, &mut os_rng())?, c, os_rng())),
-        |s| &mut s.1,
-        |s| &mut s.1,
-        move |(s, c)| {
-            std::hint::black_box(s.random_ot(c, n)?);
-            Ok(())
-        },
-        move |(r, c, rng)| {
-            std::hint::black_box(r.random_ot(c, n, rng)?);
-            Ok(())
-        },
-    )?;
-    let base = two_party(
-        budget / 4,
-        3,
-        Ok,
-        Ok,
-        |c| c,
-        |c| c,
-        |c| OtSender::setup(c, &mut os_rng()).map(|_| ()),
-        |c| OtReceiver::setup(c, &mut os_rng()).map(|_| ()),
-    )?;
-    Ok(vec![
-        line(
-            "ot.iknp_2e20",
-            &samples,
-            "2^20 random OTs (128-bit outputs), semi-honest IKNP, kappa=128, AES-CTR PRG, fixed-key AES CCR hash; target <= 60 ms".into(),
-        ),
-        line(
-            "ot.base_128",
-            &base,
-            "128 Chou-Orlandi base OTs over Ristretto (setup of one IKNP direction)".into(),
-        ),
-    ])
-}
+/// How one OT direction is set up: IKNP or silent.
+type OtSetup<T> = fn(&mut TcpChannel, &mut ChaCha20Rng) -> Result<T>;
 
-/// `ot.silent_2e20`: 2^20 random OTs from silent OT (Ferret bootstrap done once, apart;
-/// tree refills included), and `ot.silent_setup`: that bootstrap.
-pub fn bench_silent(budget: Duration) -> Result<Vec<BenchLine>> {
+/// Samples of 2^20 random OTs after the set-up, and samples of the set-up alone.
+fn random_ot_samples(
+    budget: Duration,
+    sender: OtSetup<OtSender>,
+    receiver: OtSetup<OtReceiver>,
+) -> Result<(Vec<Sample>, Vec<Sample>)> {
     let n = 1usize << 20;
     let samples = two_party(
         budget,
         3,
-        |mut c| Ok((OtSender::setup_silent(&mut c, &mut os_rng())?, c)),
-        |mut c| {
-            Ok((
-                OtReceiver::setup_silent(&mut c, &mut os_rng())?,
-                c,
-                os_rng(),
-            ))
-        },
+        move |mut c| Ok((sender(&mut c, &mut os_rng())?, c)),
+        move |mut c| Ok((receiver(&mut c, &mut os_rng())?, c, os_rng())),
         |s| &mut s.1,
         |s| &mut s.1,
         move |(s, c)| {
@@ -224,10 +181,35 @@ pub fn bench_silent(budget: Duration) -> Result<Vec<BenchLine>> {
         Ok,
         |c| c,
         |c| c,
-        |c| OtSender::setup_silent(c, &mut os_rng()).map(|_| ()),
-        |c| OtReceiver::setup_silent(c, &mut os_rng()).map(|_| ()),
+        move |c| sender(c, &mut os_rng()).map(|_| ()),
+        move |c| receiver(c, &mut os_rng()).map(|_| ()),
     )?;
-    let per_bits = samples[0].bytes as f64 * 8.0 / n as f64;
+    Ok((samples, setup))
+}
+
+/// `ot.iknp_2e20`: 2^20 random OTs by IKNP extension (base OTs done once, apart).
+pub fn bench_ot(budget: Duration) -> Result<Vec<BenchLine>> {
+    let (samples, base) = random_ot_samples(budget, OtSender::setup, OtReceiver::setup)?;
+    Ok(vec![
+        line(
+            "ot.iknp_2e20",
+            &samples,
+            "2^20 random OTs (128-bit outputs), semi-honest IKNP, kappa=128, AES-CTR PRG, fixed-key AES CCR hash; target <= 60 ms".into(),
+        ),
+        line(
+            "ot.base_128",
+            &base,
+            "128 Chou-Orlandi base OTs over Ristretto (setup of one IKNP direction)".into(),
+        ),
+    ])
+}
+
+/// `ot.silent_2e20`: 2^20 random OTs from silent OT (Ferret bootstrap done once, apart;
+/// tree refills included), and `ot.silent_setup`: that bootstrap.
+pub fn bench_silent(budget: Duration) -> Result<Vec<BenchLine>> {
+    let (samples, setup) =
+        random_ot_samples(budget, OtSender::setup_silent, OtReceiver::setup_silent)?;
+    let per_bits = samples[0].bytes as f64 * 8.0 / (1u64 << 20) as f64;
     Ok(vec![
         line(
             "ot.silent_2e20",

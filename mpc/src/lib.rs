@@ -10,7 +10,7 @@
 //!
 //! Security model: two semi-honest parties (a dealer, if used, is a third process that
 //! colludes with neither); 128-bit computational security for OT (Chou-Orlandi over
-//! Ristretto, IKNP/KK13 with fixed-key AES hashes, Ferret silent OT over primal LPN with
+//! Ristretto, IKNP with fixed-key AES hashes, Ferret silent OT over primal LPN with
 //! regular noise at emp-ot's 128-bit parameters), statistical masking of `2^-38` or
 //! better for HE triples (see [`triples::he`]). Every receive has a timeout and a size
 //! bound; a peer that misbehaves makes the protocol return an [`Error`], never panic or

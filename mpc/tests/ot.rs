@@ -150,8 +150,7 @@ fn one_of_n_ot() {
 }
 
 #[test]
-fn kk13_one_of_n_ot() {
-    use cipherml_mpc::ot::{KkReceiver, KkSender};
+fn silent_one_of_n_ot() {
     for (log_n, bits) in [(1u32, 1u32), (2, 2), (4, 2), (4, 64), (8, 7)] {
         let nn = 1usize << log_n;
         let inst = 4200;
@@ -166,14 +165,14 @@ fn kk13_one_of_n_ot() {
         let (m2, c2) = (msgs.clone(), choices.clone());
         let (_, got) = run_mem(
             move |c| {
-                let mut s = KkSender::setup(c, &mut os_rng()).unwrap();
-                s.send(c, &m2, log_n, bits).unwrap();
-                s.send(c, &m2[..nn * 3], log_n, bits).unwrap();
+                let mut s = OtSender::setup_silent(c, &mut os_rng()).unwrap();
+                s.send_one_of_n(c, &m2, log_n, bits).unwrap();
+                s.send_one_of_n(c, &m2[..nn * 3], log_n, bits).unwrap();
             },
             move |c| {
-                let mut r = KkReceiver::setup(c, &mut os_rng()).unwrap();
-                let a = r.receive(c, &c2, log_n, bits).unwrap();
-                let b = r.receive(c, &c2[..3], log_n, bits).unwrap();
+                let mut r = OtReceiver::setup_silent(c, &mut os_rng()).unwrap();
+                let a = r.receive_one_of_n(c, &c2, log_n, bits).unwrap();
+                let b = r.receive_one_of_n(c, &c2[..3], log_n, bits).unwrap();
                 assert_eq!(&a[..3], &b[..]);
                 a
             },

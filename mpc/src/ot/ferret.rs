@@ -266,11 +266,17 @@ impl Stream {
         }
     }
 
-    /// The tree OTs of tree `j` of the chunk.
-    fn tree_ots(&self, c: &Chunk, j: usize) -> &[Block] {
+    /// The chunk's tree OTs (`depth` per tree), its leaves in the pool, and the tools to
+    /// expand them, borrowed at once.
+    fn chunk_parts(&mut self, c: &Chunk) -> (&[Block], &mut [Block], &Prims, &mut Scratch) {
         let h = c.params.depth as usize;
-        let idx = self.next_tree + j;
-        &self.ggm[idx * h..(idx + 1) * h]
+        let ots = &self.ggm[self.next_tree * h..(self.next_tree + c.trees) * h];
+        (
+            ots,
+            &mut self.pool[c.start..],
+            &self.prims,
+            &mut self.scratch,
+        )
     }
 
     /// Ends a chunk whose leaves are in the pool: adds the LPN secret's selected entries
@@ -393,16 +399,17 @@ impl FerretSender {
         let h = c.params.depth as usize;
         let mut msg = Vec::with_capacity(c.trees * (2 * h + 1) * 16);
         let mut pads = vec![0u128; 2 * h];
-        let mut tree = vec![0u128; c.leaves];
-        for j in 0..c.trees {
-            for (l, &ql) in self.st.tree_ots(&c, j).iter().enumerate() {
+        let delta = self.delta;
+        let (ots, leaves, prims, scratch) = self.st.chunk_parts(&c);
+        for (tree, q) in leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h)) {
+            for (l, &ql) in q.iter().enumerate() {
                 pads[2 * l] = ql;
-                pads[2 * l + 1] = ql ^ self.delta;
+                pads[2 * l + 1] = ql ^ delta;
             }
-            self.st.prims.hash.ccr(&mut pads);
+            prims.hash.ccr(&mut pads);
             self.seeds.fill(&mut tree[..1]);
             for l in 0..h {
-                let k = self.st.prims.level(&mut tree, 1 << l, &mut self.st.scratch);
+                let k = prims.level(tree, 1 << l, scratch);
                 msg.extend_from_slice(&(k[0] ^ pads[2 * l]).to_le_bytes());
                 msg.extend_from_slice(&(k[1] ^ pads[2 * l + 1]).to_le_bytes());
             }
@@ -411,12 +418,9 @@ impl FerretSender {
                 *leaf &= !1;
                 all ^= *leaf;
             }
-            msg.extend_from_slice(&(all ^ self.delta).to_le_bytes());
-            let at = c.start + j * c.leaves;
-            self.st.pool[at..at + c.leaves].copy_from_slice(&tree);
+            msg.extend_from_slice(&(all ^ delta).to_le_bytes());
         }
         pads.zeroize();
-        tree.zeroize();
         ch.send(&msg)?;
         ch.flush()?;
         self.st.finish(&c);
@@ -495,20 +499,19 @@ impl FerretReceiver {
         let msg = recv_exact(ch, "silent OT tree messages", trees * per)?;
         let c = self.st.begin();
         let mut pads = vec![0u128; h];
-        let mut tree = vec![0u128; c.leaves];
-        for j in 0..c.trees {
-            let m = &msg[j * per..(j + 1) * per];
-            let ts = self.st.tree_ots(&c, j);
-            let cs: Vec<usize> = ts.iter().map(|&t| (t & 1) as usize).collect();
+        let (ots, leaves, prims, scratch) = self.st.chunk_parts(&c);
+        let trees = leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h));
+        for (m, (tree, ts)) in msg.chunks_exact(per).zip(trees) {
             pads.copy_from_slice(ts);
-            self.st.prims.hash.ccr(&mut pads);
+            prims.hash.ccr(&mut pads);
             let mut path = 0usize;
             tree[0] = 0;
-            for (l, &c) in cs.iter().enumerate() {
+            for (l, &t) in ts.iter().enumerate() {
                 // Our choice bit c (the lowest bit of our block) selects K^c, the XOR of
                 // the level's nodes off the path on side c: alpha's bit is 1 - c.
+                let c = (t & 1) as usize;
                 let known = block_at(m, 2 * l + c) ^ pads[l];
-                self.st.prims.level(&mut tree, 1 << l, &mut self.st.scratch);
+                prims.level(tree, 1 << l, scratch);
                 let sib = 2 * path + c;
                 let mut s = 0u128;
                 for i in 0..(1usize << l) {
@@ -527,11 +530,8 @@ impl FerretReceiver {
                 }
             }
             tree[path] = s;
-            let at = c.start + j * c.leaves;
-            self.st.pool[at..at + c.leaves].copy_from_slice(&tree);
         }
         pads.zeroize();
-        tree.zeroize();
         self.st.finish(&c);
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! ([`base`]), IKNP extension with fixed-key AES hashes ([`iknp`]), silent correlated OT
 //! (Ferret over primal LPN, [`ferret`], bootstrapped from IKNP) and, on top of either,
 //! correlated OT with a chosen global delta, random OT, chosen-message OT, arithmetic
-//! correlated OT and 1-of-N OT (from `log N` 1-of-2 OTs, or the KK13 extension of [`kk`]).
+//! correlated OT and 1-of-N OT (from `log N` 1-of-2 OTs).
 //!
 //! [`crate::party::Party`] uses silent OT ([`OtSender::setup_silent`]): a random OT then
 //! costs no communication and a chosen-choice OT one bit, against IKNP's 128. Why not a
@@ -28,9 +28,7 @@ pub mod aes;
 pub mod base;
 pub mod ferret;
 pub mod iknp;
-pub mod kk;
 
 pub use self::aes::Block;
 pub use base::{BaseOtReceiver, BaseOtSender};
 pub use iknp::{OtReceiver, OtSender, PendingCorrelated};
-pub use kk::{KkReceiver, KkSender};
