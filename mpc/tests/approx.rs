@@ -1,5 +1,6 @@
-//! Approximations against `f64` within their stated errors (l = 64, f = 16), over memory
-//! with OT triples and once over TCP with the dealer-free HE triples.
+//! Approximations against `f64` within their stated errors (l = 64, f = 16, and the
+//! inference ring l = 40, f = 12), over memory with OT triples and once over TCP with the
+//! dealer-free HE triples.
 
 mod common;
 use common::{parties_mem, parties_tcp};
@@ -69,6 +70,50 @@ fn exp_reciprocal_sigmoid_softmax() {
                 (want - g).abs() <= 2f64.powi(-7),
                 "softmax {row:?}: {g} vs {want}"
             );
+        }
+    }
+}
+
+#[test]
+fn exp_and_softmax_within_stated_error_in_a_40_bit_ring() {
+    // No headroom for local truncation: exact truncations and guard bits. Before them, the
+    // rounding of x / 2^8 at 2^-12 alone, raised to the 2^8th power, reached 2^-4.
+    let f = FixedPoint::new(Ring::new(40).unwrap(), 12).unwrap();
+    let ex: Vec<f64> = (0..=160)
+        .map(|i| -(i as f64) / 8.0)
+        .chain([-1e-3, -300.0])
+        .collect();
+    let mx: Vec<f64> = vec![
+        0.31, -0.02, 0.7, 2.5, -1.0, 0.0, 0.25, 0.125, 3.0, -3.0, 1.5, 1.49,
+    ];
+    let sh = |v: &[f64]| split(f.ring(), &f.encode_vec(v).unwrap(), &mut os_rng());
+    let (se, sm) = (sh(&ex), sh(&mx));
+    for _ in 0..3 {
+        let (se, sm) = (se.clone(), sm.clone());
+        let (r0, r1) = parties_mem(move |p| {
+            let p0 = p.is_p0();
+            let pick = |s: &(Vec<u64>, Vec<u64>)| if p0 { s.0.clone() } else { s.1.clone() };
+            let (a, b) = (pick(&se), pick(&sm));
+            let mut src = OtTriples;
+            (
+                approx::exp(p, &mut src, f, &a).unwrap(),
+                approx::softmax(p, &mut src, f, &b, 3).unwrap(),
+            )
+        });
+        let open = |a: &[u64], b: &[u64]| f.decode_vec(&f.ring().add_vec(a, b));
+        for (x, y) in ex.iter().zip(open(&r0.0, &r1.0)) {
+            assert!((x.exp() - y).abs() <= 2f64.powi(-7), "exp({x}) = {y}");
+        }
+        for (row, got) in mx.chunks(3).zip(open(&r0.1, &r1.1).chunks(3)) {
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let s: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            for (v, g) in row.iter().zip(got) {
+                let want = (v - m).exp() / s;
+                assert!(
+                    (want - g).abs() <= 2f64.powi(-7),
+                    "softmax {row:?}: {g} vs {want}"
+                );
+            }
         }
     }
 }

@@ -502,7 +502,8 @@ impl<C: Channel> Session<C> {
 
     /// Softmax over the last axis (rows), on shares: `e^(x - max) / sum e^(x - max)` with
     /// the exponential and reciprocal of [`approx::softmax`] (absolute error at most `2^-7`
-    /// per entry in a 64-bit ring with 16 fractional bits; the input at scale `2^f`).
+    /// per entry, in the training ring `Z_2^64`, `f = 16`, and in the inference ring
+    /// `Z_2^40`, `f = 12`, where its truncations are exact; the input at scale `2^f`).
     pub fn softmax(&mut self, t: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let shape = t.shape();
         let cols = *shape.last().ok_or(TensorError::Shape {

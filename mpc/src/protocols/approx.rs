@@ -1,8 +1,11 @@
 //! Fixed-point approximations: exp, reciprocal, sigmoid and softmax.
 //!
-//! Products are truncated with [`arith::trunc_local`] (probabilistic, see its failure
-//! probability: use a ring with headroom, e.g. `l = 64`, `f = 16`). Stated errors (checked
-//! by the tests with `l = 64`, `f = 16`):
+//! Products are truncated with [`arith::trunc_local`] where the ring has headroom for it
+//! (`l >= 2 f + 32`, e.g. `l = 64`, `f = 16`: failure probability at most `2^-30` per
+//! product of values below 2), and with the exact [`arith::trunc_faithful`] otherwise
+//! (e.g. the inference ring, `l = 40`, `f = 12`), where [`exp`] also squares with `(l - 2 -
+//! 2f) / 2` guard bits so that its rounding stays within the same bound. Stated errors
+//! (checked by the tests with `l = 64`, `f = 16` and with `l = 40`, `f = 12`):
 //!
 //! | function | domain | error |
 //! |---|---|---|
@@ -36,10 +39,33 @@ pub fn fmul<C: Channel, R: RngCore + CryptoRng, S: TripleSource<C, R>>(
 ) -> Result<Vec<u64>> {
     let t = src.arith(p, fp.ring(), x.len())?;
     let z = arith::mul(p, x, y, &t)?;
-    Ok(arith::trunc_local(p, fp.ring(), &z, fp.frac_bits()))
+    trunc(p, fp, &z, fp.frac_bits())
 }
 
-/// `e^x` for `x <= 0`: `max(0, 1 + x / 2^8)^(2^8)` by repeated squaring.
+/// Whether the ring has headroom for probabilistic local truncation of products of
+/// values below 2 (`l >= 2 f + 32`: failure probability at most `2^-30`).
+fn local_truncation_ok(fp: FixedPoint) -> bool {
+    fp.ring().bits() >= 2 * fp.frac_bits() + 32
+}
+
+/// Truncation by `bits`: local where the ring has headroom, exact otherwise.
+fn trunc<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    fp: FixedPoint,
+    z: &[u64],
+    bits: u32,
+) -> Result<Vec<u64>> {
+    if local_truncation_ok(fp) {
+        Ok(arith::trunc_local(p, fp.ring(), z, bits))
+    } else {
+        arith::trunc_faithful(p, fp.ring(), z, bits)
+    }
+}
+
+/// `e^x` for `x <= 0`: `max(0, 1 + x / 2^8)^(2^8)` by repeated squaring. Without room
+/// for local truncation, the squarings run at `g = min(8, (l - 2 - 2f) / 2)` extra
+/// fractional bits with exact truncations (the values stay in `[0, 1]`, so their squares
+/// below `2^(l - 2)`), and the result is truncated back to `2^f` at the end.
 pub fn exp<C: Channel, R: RngCore + CryptoRng, S: TripleSource<C, R>>(
     p: &mut Party<C, R>,
     src: &mut S,
@@ -47,16 +73,29 @@ pub fn exp<C: Channel, R: RngCore + CryptoRng, S: TripleSource<C, R>>(
     x: &[u64],
 ) -> Result<Vec<u64>> {
     let ring = fp.ring();
-    let one = fp.encode(1.0)?;
-    let mut y = arith::trunc_local(p, ring, x, EXP_SQUARINGS);
+    let f = fp.frac_bits();
+    let g = if local_truncation_ok(fp) {
+        0
+    } else {
+        ((ring.bits() - 2 - 2 * f) / 2).min(EXP_SQUARINGS)
+    };
+    // 1 + x / 2^8 at scale 2^(f + g).
+    let one = ring.reduce(1u64 << (f + g));
+    let mut y = trunc(p, fp, x, EXP_SQUARINGS - g)?;
     if p.is_p0() {
         y.iter_mut().for_each(|v| *v = ring.add(*v, one));
     }
     let mut y = compare::relu(p, ring, &y)?;
     for _ in 0..EXP_SQUARINGS {
-        y = fmul(p, src, fp, &y.clone(), &y)?;
+        y = if g == 0 {
+            fmul(p, src, fp, &y.clone(), &y)?
+        } else {
+            let t = src.arith(p, ring, y.len())?;
+            let z = arith::mul(p, &y, &y, &t)?;
+            arith::trunc_nonneg(p, ring, &z, f + g)?
+        };
     }
-    Ok(y)
+    arith::trunc_nonneg(p, ring, &y, g)
 }
 
 /// `1 / x` for `1 <= x <= bound` by Newton's iteration `y <- y (2 - x y)` from
