@@ -62,6 +62,30 @@ fn client(addr: String, i: usize, dim: usize, stop: Stop) -> std::thread::JoinHa
     })
 }
 
+/// Runs clients `indices` (40 ms apart, so they join in this order), each stopping at
+/// `stop`.
+fn clients(
+    addr: &str,
+    indices: std::ops::Range<usize>,
+    dim: usize,
+    stop: Stop,
+) -> Vec<std::thread::JoinHandle<bool>> {
+    indices
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(40));
+            client(addr.to_string(), i, dim, stop)
+        })
+        .collect()
+}
+
+/// The plain reference for a round of `recommended(n, dim)`: the raw sum of the updates
+/// of `indices`.
+fn reference_raw(n: u32, dim: usize, indices: impl IntoIterator<Item = usize>) -> Vec<u64> {
+    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
+    let inputs: Vec<Vec<f64>> = indices.into_iter().map(|i| update(i, dim)).collect();
+    plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
+}
+
 #[test]
 fn a_round_sums_exactly_with_dropouts_at_every_stage() {
     let (n, dim) = (9u32, 40);
@@ -95,12 +119,8 @@ fn a_round_sums_exactly_with_dropouts_at_every_stage() {
         survivors.iter().map(|&i| i as u32).collect::<Vec<_>>()
     );
     assert_eq!(report.per_stage, [8, 8, 7, 6, 5]);
-    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
+    assert_eq!(report.raw, reference_raw(n, dim, survivors.iter().copied()));
     let inputs: Vec<Vec<f64>> = survivors.iter().map(|&i| update(i, dim)).collect();
-    assert_eq!(
-        report.raw,
-        plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
-    );
     for (j, s) in report.sum.iter().enumerate() {
         let want: f64 = inputs.iter().map(|x| x[j]).sum();
         assert!((s - want).abs() < 1e-3, "entry {j}: {s} vs {want}");
@@ -116,12 +136,7 @@ fn too_few_survivors_fail_the_round_with_the_stage_and_counts() {
     let addr = server.local_addr().to_string();
     let handle = std::thread::spawn(move || server.run_round());
     // Every client leaves before its masked input: the masked-input stage has none.
-    let threads: Vec<_> = (0..n as usize)
-        .map(|i| {
-            std::thread::sleep(Duration::from_millis(40));
-            client(addr.clone(), i, dim, Stop::BeforeMaskedInput)
-        })
-        .collect();
+    let threads = clients(&addr, 0..n as usize, dim, Stop::BeforeMaskedInput);
     match handle.join().unwrap() {
         Err(Error::SecAgg(SecAggError::TooFewSurvivors { stage, needed, got })) => {
             assert_eq!(stage, Stage::MaskedInput);
@@ -167,12 +182,7 @@ fn hostile_connections_are_refused_and_the_round_goes_on() {
         })
     };
     std::thread::sleep(Duration::from_millis(100));
-    let threads: Vec<_> = (0..3usize)
-        .map(|i| {
-            std::thread::sleep(Duration::from_millis(40));
-            client(addr.clone(), i, dim, Stop::Never)
-        })
-        .collect();
+    let threads = clients(&addr, 0..3, dim, Stop::Never);
     let report = handle.join().unwrap().unwrap();
     for t in threads {
         assert!(t.join().unwrap());
@@ -181,15 +191,11 @@ fn hostile_connections_are_refused_and_the_round_goes_on() {
     // The three honest clients are in the sum; the one refused is not.
     assert_eq!(report.survivors.len(), 3);
     assert_eq!(report.per_stage[0], 4);
-    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
     let ids: Vec<usize> = report.survivors.iter().map(|&i| i as usize).collect();
     // Ids follow join order: the refused client joined first (id 0).
     assert_eq!(ids, vec![1, 2, 3]);
-    let inputs: Vec<Vec<f64>> = (0..3).map(|i| update(i, dim)).collect();
-    assert_eq!(
-        report.raw,
-        plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
-    );
+    // Their updates are those of clients 0..3 (by index, not id).
+    assert_eq!(report.raw, reference_raw(n, dim, 0..3));
 }
 
 #[test]
@@ -233,12 +239,7 @@ fn tls_and_a_token_are_required_when_configured() {
     for t in threads {
         assert_eq!(t.join().unwrap().survivors, n);
     }
-    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
-    let inputs: Vec<Vec<f64>> = (0..n as usize).map(|i| update(i, dim)).collect();
-    assert_eq!(
-        report.raw,
-        plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
-    );
+    assert_eq!(report.raw, reference_raw(n, dim, 0..n as usize));
 }
 
 #[test]
@@ -276,12 +277,7 @@ fn a_stalled_client_is_a_dropout_not_a_hang() {
     // The staller joins first (id 0) and holds its connection for longer than the round.
     let stalled = AggregationClient::connect(&addr, &ClientOptions::default()).unwrap();
     assert_eq!(stalled.id(), 0);
-    let threads: Vec<_> = (1..4usize)
-        .map(|i| {
-            std::thread::sleep(Duration::from_millis(40));
-            client(addr.clone(), i, dim, Stop::Never)
-        })
-        .collect();
+    let threads = clients(&addr, 1..4, dim, Stop::Never);
     // The round ends (by the first stage's deadline) while the staller still holds its
     // connection open: it is dropped below, after the round.
     let report = handle.join().unwrap().unwrap();
@@ -291,10 +287,5 @@ fn a_stalled_client_is_a_dropout_not_a_hang() {
     drop(stalled);
     assert_eq!(report.per_stage, [4, 3, 3, 3, 3]);
     assert_eq!(report.survivors, vec![1, 2, 3]);
-    let secagg = SecAggConfig::new(SecAggParams::recommended(n, dim)).unwrap();
-    let inputs: Vec<Vec<f64>> = (1..4).map(|i| update(i, dim)).collect();
-    assert_eq!(
-        report.raw,
-        plaintext_sum_quantized(&secagg, &inputs, None).unwrap()
-    );
+    assert_eq!(report.raw, reference_raw(n, dim, 1..4));
 }

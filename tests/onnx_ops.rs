@@ -201,6 +201,22 @@ fn weights(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// `model.predict` equals tract on the model file at `path` for `seeds` deterministic
+/// `(1, 6, 6)` inputs.
+fn matches_tract(path: &tempfile_path::Path, model: &cipherml::nn::Sequential, seeds: usize) {
+    for seed in 0..seeds {
+        let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 6, 6]), |i| {
+            (((i[1] * 6 + i[2]) * (seed + 3)) % 11) as f64 / 5.0 - 1.0
+        });
+        let ours = model.predict(&x).unwrap();
+        let theirs = tract_reference(&path.0, &x).unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(theirs.iter()) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn residual_adds_become_residual_blocks_and_match_tract() {
     use cipherml::nn::Layer;
@@ -286,35 +302,12 @@ fn residual_adds_become_residual_blocks_and_match_tract() {
         }
         other => panic!("expected a residual block, got {other:?}"),
     }
-    for seed in 0..4 {
-        let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 6, 6]), |i| {
-            (((i[1] * 6 + i[2]) * (seed + 3)) % 11) as f64 / 5.0 - 1.0
-        });
-        let ours = model.predict(&x).unwrap();
-        let theirs = tract_reference(&path.0, &x).unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        for (a, b) in ours.iter().zip(theirs.iter()) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-        }
-    }
+    matches_tract(&path, &model, 4);
 }
 
 #[test]
 fn branches_that_meet_are_blocks_and_others_are_refused_by_node() {
     use cipherml::nn::{Join, Layer};
-    let matches_tract = |path: &tempfile_path::Path, model: &cipherml::nn::Sequential| {
-        for seed in 0..3 {
-            let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 6, 6]), |i| {
-                (((i[1] * 6 + i[2]) * (seed + 3)) % 11) as f64 / 5.0 - 1.0
-            });
-            let ours = model.predict(&x).unwrap();
-            let theirs = tract_reference(&path.0, &x).unwrap();
-            assert_eq!(ours.len(), theirs.len());
-            for (a, b) in ours.iter().zip(theirs.iter()) {
-                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-            }
-        }
-    };
     // Two branches of the input that meet at an Add: a block of two branches.
     let path = write_model(
         vec![
@@ -334,7 +327,7 @@ fn branches_that_meet_are_blocks_and_others_are_refused_by_node() {
         }
         other => panic!("expected branches, got {other:?}"),
     }
-    matches_tract(&path, &model);
+    matches_tract(&path, &model, 3);
     // A valid residual `x + relu(conv(x))`, then an Add whose shortcut `c` lies inside that
     // block's body: a DAG that is not a nest of blocks, refused at the second join.
     let path = write_model(
@@ -386,7 +379,7 @@ fn branches_that_meet_are_blocks_and_others_are_refused_by_node() {
         "{}",
         model.summary().unwrap()
     );
-    matches_tract(&path, &model);
+    matches_tract(&path, &model, 3);
     // A branch that never joins the others (a second output) is refused where it starts.
     let path = write_model(
         vec![

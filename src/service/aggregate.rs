@@ -45,8 +45,8 @@ use cipherml_mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::secagg::{
     AdvertiseKeys, ClientId, IncomingShares, MaskedInput, NeighbourKeys, Quantization,
-    SecAggClient, SecAggConfig, SecAggParams, SecAggServer, ShareKeys, Stage, UnmaskRequest,
-    UnmaskResponse,
+    SecAggClient, SecAggConfig, SecAggError, SecAggParams, SecAggServer, ShareKeys, Stage,
+    UnmaskRequest, UnmaskResponse,
 };
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -296,19 +296,18 @@ impl AggregationServer {
         let mut server = SecAggServer::new(&self.secagg, round_seed);
         let mut bytes_in = 0u64;
         let mut bytes_out = 0u64;
-        // Stage 0.
-        let msgs = self.collect(
+        let secagg = &self.secagg;
+        // Stage 0 (`early` holds the frames that came during the joins; empty afterwards).
+        self.collect(
             &up_rx,
             &mut conns,
             Stage::AdvertiseKeys,
             &mut early,
             &mut bytes_in,
+            |id, b| {
+                AdvertiseKeys::from_bytes(b, secagg).and_then(|m| server.receive_advertise(id, &m))
+            },
         );
-        for (id, bytes) in msgs {
-            let r = AdvertiseKeys::from_bytes(&bytes, &self.secagg)
-                .and_then(|m| server.receive_advertise(id, &m));
-            refuse_on_error(&mut conns, id, r);
-        }
         per_stage[1] = conns.len();
         let forwards = server.finish_advertise()?;
         forward(
@@ -318,18 +317,14 @@ impl AggregationServer {
             &mut bytes_out,
         );
         // Stage 1.
-        let msgs = self.collect(
+        self.collect(
             &up_rx,
             &mut conns,
             Stage::ShareKeys,
-            &mut Vec::new(),
+            &mut early,
             &mut bytes_in,
+            |id, b| ShareKeys::from_bytes(b, secagg).and_then(|m| server.receive_share_keys(id, m)),
         );
-        for (id, bytes) in msgs {
-            let r = ShareKeys::from_bytes(&bytes, &self.secagg)
-                .and_then(|m| server.receive_share_keys(id, m));
-            refuse_on_error(&mut conns, id, r);
-        }
         per_stage[2] = conns.len();
         let forwards = server.finish_share_keys()?;
         forward(
@@ -339,18 +334,16 @@ impl AggregationServer {
             &mut bytes_out,
         );
         // Stage 2.
-        let msgs = self.collect(
+        self.collect(
             &up_rx,
             &mut conns,
             Stage::MaskedInput,
-            &mut Vec::new(),
+            &mut early,
             &mut bytes_in,
+            |id, b| {
+                MaskedInput::from_bytes(b, secagg).and_then(|m| server.receive_masked_input(id, &m))
+            },
         );
-        for (id, bytes) in msgs {
-            let r = MaskedInput::from_bytes(&bytes, &self.secagg)
-                .and_then(|m| server.receive_masked_input(id, &m));
-            refuse_on_error(&mut conns, id, r);
-        }
         per_stage[3] = conns.len();
         let forwards = server.finish_masked_input()?;
         forward(
@@ -360,18 +353,16 @@ impl AggregationServer {
             &mut bytes_out,
         );
         // Stage 3.
-        let msgs = self.collect(
+        self.collect(
             &up_rx,
             &mut conns,
             Stage::Unmask,
-            &mut Vec::new(),
+            &mut early,
             &mut bytes_in,
+            |id, b| {
+                UnmaskResponse::from_bytes(b, secagg).and_then(|m| server.receive_unmask(id, m))
+            },
         );
-        for (id, bytes) in msgs {
-            let r = UnmaskResponse::from_bytes(&bytes, &self.secagg)
-                .and_then(|m| server.receive_unmask(id, m));
-            refuse_on_error(&mut conns, id, r);
-        }
         per_stage[4] = conns.len();
         let out = server.finish_unmask()?;
         let survivors = out.survivors.len() as u32;
@@ -438,20 +429,14 @@ impl AggregationServer {
                 what: "listener",
                 detail: e.to_string(),
             })?;
-        let mut pending = 0usize;
         let mut next_id: ClientId = 0;
         while (next_id as usize) < n && Instant::now() < deadline {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    pending += 1;
-                    self.spawn_connection(stream, up_tx.clone());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => {}
+            // An error: nobody waiting (non-blocking), or a connection that failed to open.
+            if let Ok((stream, _)) = self.listener.accept() {
+                self.spawn_connection(stream, up_tx.clone());
             }
             match up_rx.recv_timeout(Duration::from_millis(5)) {
                 Ok(Up::Joined(down)) => {
-                    pending = pending.saturating_sub(1);
                     let id = next_id;
                     next_id += 1;
                     if down
@@ -465,7 +450,7 @@ impl AggregationServer {
                         conns.push(Conn { id, down });
                     }
                 }
-                Ok(Up::Gone) => pending = pending.saturating_sub(1),
+                Ok(Up::Gone) => {}
                 // Joined, then left before the round started: a dropout of stage 0.
                 Ok(Up::Closed(id)) => conns.retain(|c| c.id != id),
                 Ok(Up::Msg(id, stage, bytes)) => early.push((id, stage, bytes)),
@@ -473,7 +458,6 @@ impl AggregationServer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let _ = pending;
         let _ = self.listener.set_nonblocking(false);
         Ok((conns, early, next_id as usize))
     }
@@ -515,7 +499,9 @@ impl AggregationServer {
     }
 
     /// Waits for one frame from each live connection until all have sent or the stage's
-    /// deadline passes; connections that did not send are dropouts (closed).
+    /// deadline passes; connections that did not send are dropouts (closed). Then hands
+    /// each frame to `receive`, in arrival order: a sender whose frame it refuses is closed
+    /// with the refusal.
     fn collect(
         &self,
         up_rx: &Receiver<Up>,
@@ -523,7 +509,8 @@ impl AggregationServer {
         stage: Stage,
         early: &mut Early,
         bytes_in: &mut u64,
-    ) -> Vec<(ClientId, Vec<u8>)> {
+        mut receive: impl FnMut(ClientId, &[u8]) -> Result<(), SecAggError>,
+    ) {
         let deadline = Instant::now() + self.config.stage_timeout;
         let mut got: Vec<(ClientId, Vec<u8>)> = Vec::new();
         let mut gone: Vec<ClientId> = Vec::new();
@@ -574,7 +561,9 @@ impl AggregationServer {
             sent
         });
         tracing::info!(stage = ?stage, received = got.len(), "aggregation stage closed");
-        got
+        for (id, bytes) in got {
+            refuse_on_error(conns, id, receive(id, &bytes));
+        }
     }
 }
 
@@ -606,11 +595,7 @@ enum Down {
 }
 
 /// Ends `id`'s round with a refusal naming the error (the others go on).
-fn refuse_on_error(
-    conns: &mut Vec<Conn>,
-    id: ClientId,
-    r: Result<(), cipherml_mpc::secagg::SecAggError>,
-) {
+fn refuse_on_error(conns: &mut Vec<Conn>, id: ClientId, r: Result<(), SecAggError>) {
     if let Err(e) = r {
         tracing::warn!(client = id, error = %e, "aggregation message refused");
         if let Some(pos) = conns.iter().position(|c| c.id == id) {

@@ -118,18 +118,8 @@ impl SecAggClient {
         &self.graph
     }
 
-    fn check(&self, stage: Stage) -> SecAggResult<()> {
-        if self.state != StageState::Open(stage) {
-            return Err(SecAggError::WrongStage {
-                expected: stage,
-                actual: self.state,
-            });
-        }
-        Ok(())
-    }
-
     fn enter(&mut self, stage: Stage) -> SecAggResult<()> {
-        self.check(stage)?;
+        self.state.require_open(stage)?;
         // Pessimistic: a refused message leaves the client failed.
         self.state = StageState::Failed;
         Ok(())
@@ -230,7 +220,7 @@ impl SecAggClient {
         input: &[f64],
         weight: Option<u64>,
     ) -> SecAggResult<MaskedInput> {
-        self.check(Stage::MaskedInput)?;
+        self.state.require_open(Stage::MaskedInput)?;
         // A caller's mistake in the input does not end the round for this client.
         let mut y = self.config.quantize(input, weight)?;
         self.enter(Stage::MaskedInput)?;

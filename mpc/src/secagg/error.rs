@@ -254,6 +254,19 @@ pub enum StageState {
     Failed,
 }
 
+impl StageState {
+    /// `Ok` if `stage` is open, else [`SecAggError::WrongStage`].
+    pub(crate) fn require_open(self, stage: Stage) -> SecAggResult<()> {
+        if self != StageState::Open(stage) {
+            return Err(SecAggError::WrongStage {
+                expected: stage,
+                actual: self,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for StageState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

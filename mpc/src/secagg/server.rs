@@ -50,7 +50,6 @@ pub struct SecAggServer {
     shares: BTreeMap<ClientId, Vec<EncryptedShare>>,
     in_u2: Vec<bool>,
     in_u3: Vec<bool>,
-    u3_count: u32,
     sum: Vec<u64>,
     requests: BTreeMap<ClientId, UnmaskRequest>,
     responded: BTreeSet<ClientId>,
@@ -63,7 +62,7 @@ impl std::fmt::Debug for SecAggServer {
         f.debug_struct("SecAggServer")
             .field("state", &self.state)
             .field("u1", &self.keys.len())
-            .field("u3", &self.u3_count)
+            .field("u3", &self.u3_len())
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +86,6 @@ impl SecAggServer {
             shares: BTreeMap::new(),
             in_u2: vec![false; n],
             in_u3: vec![false; n],
-            u3_count: 0,
             sum: Vec::new(),
             requests: BTreeMap::new(),
             responded: BTreeSet::new(),
@@ -127,19 +125,35 @@ impl SecAggServer {
         e
     }
 
-    fn check_stage(&self, stage: Stage) -> SecAggResult<()> {
-        if self.state != StageState::Open(stage) {
-            return Err(SecAggError::WrongStage {
-                expected: stage,
-                actual: self.state,
-            });
+    /// The start of `finish_*`: refuses (changing nothing) unless `stage` is open, then
+    /// fails the round if `got < t` clients are left. Returns `t`.
+    fn close(&mut self, stage: Stage, got: u32) -> SecAggResult<u32> {
+        self.state.require_open(stage)?;
+        let t = self.config.t();
+        if got < t {
+            return Err(self.fail(SecAggError::TooFewSurvivors {
+                stage,
+                needed: t,
+                got,
+            }));
         }
-        Ok(())
+        Ok(t)
+    }
+
+    /// Fails the round: `client`'s secrets have `got < t` holders left at `stage`.
+    fn too_few_holders(&mut self, stage: Stage, client: ClientId, got: u32) -> SecAggError {
+        let needed = self.config.t();
+        self.fail(SecAggError::TooFewHolders {
+            stage,
+            client,
+            needed,
+            got,
+        })
     }
 
     /// Checks the stage, the sender's id and the id inside the message.
     fn check(&self, stage: Stage, from: ClientId, claimed: ClientId) -> SecAggResult<()> {
-        self.check_stage(stage)?;
+        self.state.require_open(stage)?;
         if from >= self.config.n() {
             return Err(SecAggError::UnknownClient {
                 stage,
@@ -161,6 +175,11 @@ impl SecAggServer {
         self.keys.contains_key(&u)
     }
 
+    /// `|U3|`: the clients whose masked input arrived.
+    fn u3_len(&self) -> u32 {
+        self.in_u3.iter().filter(|&&b| b).count() as u32
+    }
+
     /// Stage 0: a client's public keys.
     pub fn receive_advertise(&mut self, from: ClientId, msg: &AdvertiseKeys) -> SecAggResult<()> {
         let stage = Stage::AdvertiseKeys;
@@ -176,16 +195,7 @@ impl SecAggServer {
     /// neighbours' keys. Fails if `|U1| < t` or a client has fewer than `t` holders in `U1`.
     pub fn finish_advertise(&mut self) -> SecAggResult<BTreeMap<ClientId, NeighbourKeys>> {
         let stage = Stage::AdvertiseKeys;
-        self.check_stage(stage)?;
-        let t = self.config.t();
-        let got = self.keys.len() as u32;
-        if got < t {
-            return Err(self.fail(SecAggError::TooFewSurvivors {
-                stage,
-                needed: t,
-                got,
-            }));
-        }
+        let t = self.close(stage, self.keys.len() as u32)?;
         let mut out = BTreeMap::new();
         for &u in self.keys.keys() {
             let neighbours: Vec<NeighbourKey> = self
@@ -200,12 +210,7 @@ impl SecAggServer {
                 .collect();
             let holders = neighbours.len() as u32 + 1;
             if holders < t {
-                return Err(self.fail(SecAggError::TooFewHolders {
-                    stage,
-                    client: u,
-                    needed: t,
-                    got: holders,
-                }));
+                return Err(self.too_few_holders(stage, u, holders));
             }
             out.insert(u, NeighbourKeys { neighbours });
         }
@@ -261,16 +266,7 @@ impl SecAggServer {
     /// of `U2` has fewer than `t` holders in `U2`.
     pub fn finish_share_keys(&mut self) -> SecAggResult<BTreeMap<ClientId, IncomingShares>> {
         let stage = Stage::ShareKeys;
-        self.check_stage(stage)?;
-        let t = self.config.t();
-        let got = self.shares.len() as u32;
-        if got < t {
-            return Err(self.fail(SecAggError::TooFewSurvivors {
-                stage,
-                needed: t,
-                got,
-            }));
-        }
+        let t = self.close(stage, self.shares.len() as u32)?;
         for &u in self.shares.keys() {
             self.in_u2[u as usize] = true;
         }
@@ -293,12 +289,7 @@ impl SecAggServer {
         for (&u, inc) in &out {
             let holders = inc.shares.len() as u32 + 1;
             if holders < t {
-                return Err(self.fail(SecAggError::TooFewHolders {
-                    stage,
-                    client: u,
-                    needed: t,
-                    got: holders,
-                }));
+                return Err(self.too_few_holders(stage, u, holders));
             }
         }
         self.sum = vec![0; self.config.vector_len()];
@@ -339,7 +330,6 @@ impl SecAggServer {
             *s = s.wrapping_add(y) & mask;
         }
         self.in_u3[from as usize] = true;
-        self.u3_count += 1;
         Ok(())
     }
 
@@ -349,15 +339,7 @@ impl SecAggServer {
     /// Fails if `|U3| < t` or a secret to recover has fewer than `t` holders in `U3`.
     pub fn finish_masked_input(&mut self) -> SecAggResult<BTreeMap<ClientId, UnmaskRequest>> {
         let stage = Stage::MaskedInput;
-        self.check_stage(stage)?;
-        let t = self.config.t();
-        if self.u3_count < t {
-            return Err(self.fail(SecAggError::TooFewSurvivors {
-                stage,
-                needed: t,
-                got: self.u3_count,
-            }));
-        }
+        let t = self.close(stage, self.u3_len())?;
         let mut out = BTreeMap::new();
         for v in 0..self.config.n() {
             if !self.in_u2[v as usize] {
@@ -368,12 +350,7 @@ impl SecAggServer {
             if self.in_u3[v as usize] {
                 let holders = alive + 1;
                 if holders < t {
-                    return Err(self.fail(SecAggError::TooFewHolders {
-                        stage,
-                        client: v,
-                        needed: t,
-                        got: holders,
-                    }));
+                    return Err(self.too_few_holders(stage, v, holders));
                 }
                 let mut survivors = Vec::new();
                 let mut dropped = Vec::new();
@@ -388,12 +365,7 @@ impl SecAggServer {
                 out.insert(v, UnmaskRequest { survivors, dropped });
             } else if alive > 0 && alive < t {
                 // A dropped client with surviving neighbours: its mask key must be recovered.
-                return Err(self.fail(SecAggError::TooFewHolders {
-                    stage,
-                    client: v,
-                    needed: t,
-                    got: alive,
-                }));
+                return Err(self.too_few_holders(stage, v, alive));
             }
         }
         self.requests = out.clone();
@@ -462,16 +434,7 @@ impl SecAggServer {
     /// nothing) if fewer than `t` clients responded or a secret has fewer than `t` shares.
     pub fn finish_unmask(&mut self) -> SecAggResult<AggregateOutput> {
         let stage = Stage::Unmask;
-        self.check_stage(stage)?;
-        let t = self.config.t();
-        let got = self.responded.len() as u32;
-        if got < t {
-            return Err(self.fail(SecAggError::TooFewSurvivors {
-                stage,
-                needed: t,
-                got,
-            }));
-        }
+        let t = self.close(stage, self.responded.len() as u32)?;
         let n = self.config.n();
         let survivors: Vec<ClientId> = (0..n).filter(|&v| self.in_u3[v as usize]).collect();
         let dropped: Vec<ClientId> = (0..n)
@@ -492,16 +455,12 @@ impl SecAggServer {
         {
             let have = map.get(&v).map_or(0, |l| l.len()) as u32;
             if have < t {
-                return Err(self.fail(SecAggError::TooFewHolders {
-                    stage,
-                    client: v,
-                    needed: t,
-                    got: have,
-                }));
+                return Err(self.too_few_holders(stage, v, have));
             }
         }
         let mask = self.config.modulus_mask();
-        let mut sum = std::mem::take(&mut self.sum);
+        // Zeroized if a reconstruction fails below (the sum is then partly unmasked).
+        let mut sum = zeroize::Zeroizing::new(std::mem::take(&mut self.sum));
         for &v in &survivors {
             let pts = &self.b_shares[&v][..t as usize];
             let Some(b) = shamir::reconstruct(pts).map(zeroize::Zeroizing::new) else {
@@ -538,7 +497,7 @@ impl SecAggServer {
         };
         let dequantized = self.config.dequantize_sum(&sum, weight_total);
         Ok(AggregateOutput {
-            sum,
+            sum: std::mem::take(&mut *sum),
             survivors,
             weight_total,
             dequantized,

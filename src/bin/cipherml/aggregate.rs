@@ -191,20 +191,9 @@ fn serve(a: ServeArgs) -> Res {
 }
 
 fn submit(a: SubmitArgs) -> Res {
-    let token = crate::bearer_token(a.token_file.as_deref())?;
-    let tls = match a.tls_ca {
-        Some(ca) => {
-            let t = cipherml::tls::ClientTls::from_ca_file(&ca)?;
-            Some(match a.tls_server_name {
-                Some(n) => t.with_server_name(n),
-                None => t,
-            })
-        }
-        None => None,
-    };
     let options = cipherml::client::ClientOptions {
-        token,
-        tls,
+        token: crate::bearer_token(a.token_file.as_deref())?,
+        tls: crate::client_tls(a.tls_ca.as_deref(), a.tls_server_name)?,
         ..Default::default()
     };
     let update: Vec<f64> = cipherml::data::read_npy(&a.input)?

@@ -230,20 +230,9 @@ fn main() {
             tls_server_name,
             key_dir,
         } => (|| {
-            let token = bearer_token(token_file.as_deref())?;
-            let tls = match tls_ca {
-                Some(ca) => {
-                    let t = cipherml::tls::ClientTls::from_ca_file(&ca)?;
-                    Some(match tls_server_name {
-                        Some(n) => t.with_server_name(n),
-                        None => t,
-                    })
-                }
-                None => None,
-            };
             let options = cipherml::client::ClientOptions {
-                token,
-                tls,
+                token: bearer_token(token_file.as_deref())?,
+                tls: client_tls(tls_ca.as_deref(), tls_server_name)?,
                 key_dir,
                 ..Default::default()
             };
@@ -287,6 +276,22 @@ fn bearer_token(
         return Err(format!("the token file {} is empty", path.display()).into());
     }
     Ok(Some(token))
+}
+
+/// TLS for a connector: trusting the CA certificate(s) in `ca`, checking `server_name` (if
+/// given) instead of the host it connects to. `None` without `ca` (plain TCP).
+fn client_tls(
+    ca: Option<&std::path::Path>,
+    server_name: Option<String>,
+) -> Result<Option<cipherml::tls::ClientTls>, Box<dyn std::error::Error>> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    let tls = cipherml::tls::ClientTls::from_ca_file(ca)?;
+    Ok(Some(match server_name {
+        Some(n) => tls.with_server_name(n),
+        None => tls,
+    }))
 }
 
 /// The demo's model and test set, built into the binary so that it runs anywhere (an

@@ -265,20 +265,14 @@ pub fn train(args: TrainArgs) -> Res {
             .connect
             .as_deref()
             .expect("clap: --listen or --connect");
-        match &args.tls_ca {
-            Some(ca) => {
-                let mut tls = cipherml::tls::ClientTls::from_ca_file(ca)?;
-                if let Some(n) = &args.tls_server_name {
-                    tls = tls.with_server_name(n.clone());
-                }
-                run(
-                    tls.connect(addr, config)?,
-                    Role::Client,
-                    &args,
-                    local,
-                    token,
-                )
-            }
+        match crate::client_tls(args.tls_ca.as_deref(), args.tls_server_name.clone())? {
+            Some(tls) => run(
+                tls.connect(addr, config)?,
+                Role::Client,
+                &args,
+                local,
+                token,
+            ),
             None => run(
                 TcpChannel::connect_retry(addr, config)?,
                 Role::Client,

@@ -302,7 +302,6 @@ impl Graph {
         let walker = Walker {
             nodes: &self.nodes,
             consumers,
-            output: &out,
         };
         let (layers, end, join) = walker.chain(&self.input, 0)?;
         if let Some(j) = join {
@@ -372,7 +371,6 @@ fn join_shape(join: Join, shapes: &[&Vec<usize>]) -> Option<Vec<usize>> {
 struct Walker<'a> {
     nodes: &'a [Node],
     consumers: HashMap<&'a str, Vec<usize>>,
-    output: &'a str,
 }
 
 impl Walker<'_> {
@@ -386,9 +384,11 @@ impl Walker<'_> {
         let mut layers = Vec::new();
         let mut cur = from.to_string();
         loop {
-            let empty = Vec::new();
-            let cons = self.consumers.get(cur.as_str()).unwrap_or(&empty);
-            if cons.is_empty() || (cur == self.output && cons.is_empty()) {
+            let cons = self
+                .consumers
+                .get(cur.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            if cons.is_empty() {
                 return Ok((layers, cur, None));
             }
             if cons.len() == 1 {

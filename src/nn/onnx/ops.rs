@@ -158,6 +158,15 @@ fn full(sample: &[usize]) -> Vec<usize> {
     std::iter::once(1).chain(sample.iter().copied()).collect()
 }
 
+/// The full shape of the node's input 0: a constant's, or the activation's for a batch of
+/// one.
+fn input_shape(node: &NodeProto, ctx: &Ctx<'_>) -> Vec<usize> {
+    match const_input(ctx, node, 0) {
+        Some(c) => c.shape().to_vec(),
+        None => full(ctx.shape()),
+    }
+}
+
 /// The per-sample shape of an ONNX shape whose batch axis (the first) is 1.
 fn sample_of(node: &NodeProto, full: &[usize]) -> Result<Vec<usize>, NnError> {
     match full.split_first() {
@@ -169,19 +178,31 @@ fn sample_of(node: &NodeProto, full: &[usize]) -> Result<Vec<usize>, NnError> {
     }
 }
 
-/// The axes attribute (older opsets) or input `idx` (newer ones), if any.
-fn axes_of(node: &NodeProto, ctx: &Ctx<'_>, idx: usize) -> Result<Option<Vec<i64>>, NnError> {
-    if let Some(a) = attr_ints(node, "axes") {
+/// The integers of the attribute `name` (older opsets) or of the constant input `idx`
+/// (newer ones), if any; `what` names one of them in errors.
+fn ints_param(
+    node: &NodeProto,
+    ctx: &Ctx<'_>,
+    idx: usize,
+    name: &str,
+    what: &str,
+) -> Result<Option<Vec<i64>>, NnError> {
+    if let Some(a) = attr_ints(node, name) {
         return Ok(Some(a));
     }
     match node.input.get(idx).filter(|n| !n.is_empty()) {
         None => Ok(None),
         Some(_) => {
             let c = const_input(ctx, node, idx)
-                .ok_or_else(|| unsupported(node, "axes must be a constant"))?;
-            Ok(Some(ints_of(node, "axis", c)?))
+                .ok_or_else(|| unsupported(node, format!("{name} must be a constant")))?;
+            Ok(Some(ints_of(node, what, c)?))
         }
     }
+}
+
+/// The axes attribute (older opsets) or input `idx` (newer ones), if any.
+fn axes_of(node: &NodeProto, ctx: &Ctx<'_>, idx: usize) -> Result<Option<Vec<i64>>, NnError> {
+    ints_param(node, ctx, idx, "axes", "axis")
 }
 
 fn one_act(node: &NodeProto, ctx: &Ctx<'_>) -> Result<(), NnError> {
@@ -269,10 +290,7 @@ fn constant_of_shape(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
 /// `Shape`: the shape of a constant, or of an activation for a batch of one (`start` and
 /// `end` as opset 15 has them).
 fn shape_of(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
-    let dims: Vec<usize> = match const_input(ctx, node, 0) {
-        Some(c) => c.shape().to_vec(),
-        None => full(ctx.shape()),
-    };
+    let dims = input_shape(node, ctx);
     let rank = dims.len() as i64;
     let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
     let start = clamp(attr_i(node, "start", 0));
@@ -318,19 +336,7 @@ fn gather(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
 fn slice(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
     let data = const_input(ctx, node, 0)
         .ok_or_else(|| unsupported(node, "Slice of an activation (only of constants)"))?;
-    let get = |idx: usize, name: &str| -> Result<Option<Vec<i64>>, NnError> {
-        if let Some(a) = attr_ints(node, name) {
-            return Ok(Some(a));
-        }
-        match node.input.get(idx).filter(|n| !n.is_empty()) {
-            None => Ok(None),
-            Some(_) => {
-                let c = const_input(ctx, node, idx)
-                    .ok_or_else(|| unsupported(node, format!("{name} must be a constant")))?;
-                Ok(Some(ints_of(node, name, c)?))
-            }
-        }
-    };
+    let get = |idx: usize, name: &str| ints_param(node, ctx, idx, name, name);
     let starts = get(1, "starts")?.ok_or_else(|| malformed(node, "no starts"))?;
     let ends = get(2, "ends")?.ok_or_else(|| malformed(node, "no ends"))?;
     let axes = get(3, "axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
@@ -373,10 +379,7 @@ fn slice(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
 /// `Unsqueeze`: of a constant, or of an activation (a reshape; not of the batch axis).
 fn unsqueeze(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
     let axes = axes_of(node, ctx, 1)?.ok_or_else(|| malformed(node, "no axes"))?;
-    let input: Vec<usize> = match const_input(ctx, node, 0) {
-        Some(c) => c.shape().to_vec(),
-        None => full(ctx.shape()),
-    };
+    let input = input_shape(node, ctx);
     let rank = input.len() + axes.len();
     let mut at: Vec<usize> = axes
         .iter()
@@ -404,10 +407,7 @@ fn unsqueeze(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
 
 /// `Squeeze`: of a constant, or of an activation (a reshape; not of the batch axis).
 fn squeeze(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
-    let input: Vec<usize> = match const_input(ctx, node, 0) {
-        Some(c) => c.shape().to_vec(),
-        None => full(ctx.shape()),
-    };
+    let input = input_shape(node, ctx);
     let at: Vec<usize> = match axes_of(node, ctx, 1)? {
         Some(axes) => axes
             .iter()
@@ -587,10 +587,8 @@ fn pads_2d(
     kernel: (usize, usize),
     stride: usize,
 ) -> Result<[usize; 4], NnError> {
-    let auto = attr(node, "auto_pad")
-        .map(|a| a.s.clone())
-        .unwrap_or_default();
-    match auto.as_slice() {
+    let auto = auto_pad(node);
+    match auto {
         b"" | b"NOTSET" => {}
         b"VALID" => return Ok([0; 4]),
         b"SAME_UPPER" | b"SAME_LOWER" => {
@@ -599,7 +597,7 @@ fn pads_2d(
                 ((out - 1) * stride + k).saturating_sub(n)
             };
             let (th, tw) = (total(hw.0, kernel.0), total(hw.1, kernel.1));
-            let upper = auto.as_slice() == b"SAME_UPPER";
+            let upper = auto == b"SAME_UPPER";
             let split = |t: usize| {
                 if upper {
                     (t / 2, t - t / 2)
@@ -617,19 +615,31 @@ fn pads_2d(
             ))
         }
     }
+    explicit_pads(node)
+}
+
+/// The `auto_pad` attribute (empty if absent).
+fn auto_pad(node: &NodeProto) -> &[u8] {
+    attr(node, "auto_pad").map_or(&[], |a| a.s.as_slice())
+}
+
+/// The `pads` attribute of a 1-D (`N = 2`) or 2-D (`N = 4`) Conv or pool node, zeros if
+/// absent or empty.
+fn explicit_pads<const N: usize>(node: &NodeProto) -> Result<[usize; N], NnError> {
     match attr_ints(node, "pads") {
-        None => Ok([0; 4]),
-        Some(p) if p.is_empty() => Ok([0; 4]),
-        Some(p) if p.len() != 4 => Err(malformed(
+        None => Ok([0; N]),
+        Some(p) if p.is_empty() => Ok([0; N]),
+        Some(p) if p.len() != N => Err(malformed(
             node,
             format!(
-                "pads {p:?}: {} values where a 2-D {} takes 4",
+                "pads {p:?}: {} values where a {}-D {} takes {N}",
                 p.len(),
+                N / 2,
                 node.op_type
             ),
         )),
         Some(p) => {
-            let mut out = [0usize; 4];
+            let mut out = [0usize; N];
             for (o, &v) in out.iter_mut().zip(&p) {
                 *o = usize::try_from(v)
                     .ok()
@@ -1235,36 +1245,12 @@ fn pads_1d(
     kernel: usize,
     stride: usize,
 ) -> Result<[usize; 2], NnError> {
-    let auto = attr(node, "auto_pad")
-        .map(|a| a.s.clone())
-        .unwrap_or_default();
-    if matches!(auto.as_slice(), b"SAME_UPPER" | b"SAME_LOWER" | b"VALID") {
+    if matches!(auto_pad(node), b"SAME_UPPER" | b"SAME_LOWER" | b"VALID") {
         let [t, l, b, r] = pads_2d(node, (1, len), (1, kernel), stride)?;
         debug_assert_eq!((t, b), (0, 0));
         return Ok([l, r]);
     }
-    match attr_ints(node, "pads") {
-        None => Ok([0; 2]),
-        Some(p) if p.is_empty() => Ok([0; 2]),
-        Some(p) if p.len() != 2 => Err(malformed(
-            node,
-            format!(
-                "pads {p:?}: {} values where a 1-D {} takes 2",
-                p.len(),
-                node.op_type
-            ),
-        )),
-        Some(p) => {
-            let mut out = [0usize; 2];
-            for (o, &v) in out.iter_mut().zip(&p) {
-                *o = usize::try_from(v)
-                    .ok()
-                    .filter(|&v| v <= MAX_ELEMENTS)
-                    .ok_or_else(|| malformed(node, format!("pads {p:?}")))?;
-            }
-            Ok(out)
-        }
-    }
+    explicit_pads(node)
 }
 
 /// A Pad layer for pads `[top, left, bottom, right]` of a `(C, H, W)` sample, or
@@ -1474,10 +1460,7 @@ fn reshape(node: &NodeProto, ctx: &Ctx<'_>) -> Result<Made, NnError> {
     }
     let target = ints_of(node, "dimension", s)?;
     let allowzero = attr_i(node, "allowzero", 0) != 0;
-    let input: Vec<usize> = match const_input(ctx, node, 0) {
-        Some(c) => c.shape().to_vec(),
-        None => full(ctx.shape()),
-    };
+    let input = input_shape(node, ctx);
     let out = reshape_target(node, &input, &target, allowzero)?;
     reshaped(node, ctx, out)
 }
