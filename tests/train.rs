@@ -652,34 +652,42 @@ fn adam_logistic_regression_matches_plaintext_adam() {
 #[test]
 fn training_products_under_bfv_match_plaintext() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
-    let a = Array2::from_shape_fn((600, 10), |_| rng.random_range(-3.0..3.0));
-    let b = Array2::from_shape_fn((10, 5), |_| rng.random_range(-3.0..3.0));
-    let want_shared = a.dot(&b);
-    let (ad, bd) = (a.clone().into_dyn(), b.clone().into_dyn());
-    let (client, _) = run_local_with(SessionConfig::training(), move |s| {
-        // Random-looking shares on both sides: a product of two shared matrices.
-        let x = s.input_masked(Role::Client, &[600, 10], || ad.clone())?;
-        let y = s.input_masked(Role::Server, &[10, 5], || bd.clone())?;
-        let z = s.matmul(&x, &y)?;
-        // The client's data (held whole) times a shared matrix.
-        let h = s.input(Role::Client, &[600, 10], || ad.clone())?;
-        let zh = s.matmul(&h, &y)?;
-        let plan = s.explain();
-        Ok((
-            s.reveal(&z, Role::Client)?,
-            s.reveal(&zh, Role::Client)?,
-            plan,
-        ))
-    })
-    .unwrap();
-    let (z, zh, plan) = client;
-    assert!(plan.matches("* BFV").count() >= 2, "{plan}");
-    for got in [z.unwrap(), zh.unwrap()] {
-        let worst = (&got - &want_shared.clone().into_dyn())
-            .mapv(f64::abs)
-            .fold(0.0f64, |m, &v| m.max(v));
-        // Inputs rounded to 2^-16: 10 products of values below 3.
-        assert!(worst < 1e-3, "products differ from plaintext by {worst}");
+    // One column per ciphertext (m k >= N), and columns packed several to a ciphertext,
+    // with a last group part full (40 x 50: four columns per group, 7 = 4 + 3) and all in
+    // one (20 x 12).
+    for (m, k, n) in [(600usize, 10usize, 5usize), (40, 50, 7), (20, 12, 7)] {
+        let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-3.0..3.0));
+        let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-3.0..3.0));
+        let want_shared = a.dot(&b);
+        let (ad, bd) = (a.clone().into_dyn(), b.clone().into_dyn());
+        let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+            // Random-looking shares on both sides: a product of two shared matrices.
+            let x = s.input_masked(Role::Client, &[m, k], || ad.clone())?;
+            let y = s.input_masked(Role::Server, &[k, n], || bd.clone())?;
+            let z = s.matmul(&x, &y)?;
+            // The client's data (held whole) times a shared matrix.
+            let h = s.input(Role::Client, &[m, k], || ad.clone())?;
+            let zh = s.matmul(&h, &y)?;
+            let plan = s.explain();
+            Ok((
+                s.reveal(&z, Role::Client)?,
+                s.reveal(&zh, Role::Client)?,
+                plan,
+            ))
+        })
+        .unwrap();
+        let (z, zh, plan) = client;
+        assert!(plan.matches("* BFV").count() >= 2, "{plan}");
+        for got in [z.unwrap(), zh.unwrap()] {
+            let worst = (&got - &want_shared.clone().into_dyn())
+                .mapv(f64::abs)
+                .fold(0.0f64, |m, &v| m.max(v));
+            // Inputs rounded to 2^-16: k products of values below 3.
+            assert!(
+                worst < 1e-4 * k as f64,
+                "{m}x{k}x{n}: products differ from plaintext by {worst}"
+            );
+        }
     }
 }
 

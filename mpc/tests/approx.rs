@@ -139,43 +139,63 @@ fn sigmoid_over_tcp_with_he_triples() {
 }
 
 /// The piecewise-linear sigmoid in a 40-bit ring (12 fractional bits: the hybrid engine's
-/// ring) is within its stated error of the sigmoid everywhere, exactly constant far out.
+/// ring) and in the training ring (64 bits, 16 fractional, comparisons in the narrow ring)
+/// is within its stated error of the sigmoid everywhere in range, exactly constant far
+/// out; in the training ring, inputs beyond `2^15` still give values in `[0, 1]`.
 #[test]
-fn sigmoid_pwl_within_stated_error_in_a_40_bit_ring() {
-    let f = FixedPoint::new(Ring::new(40).unwrap(), 12).unwrap();
-    let xs: Vec<f64> = (-90..=90)
-        .map(|i| i as f64 / 10.0)
-        .chain([-1000.0, 1000.0, 6.0, -6.0, 0.05])
-        .collect();
-    let (s0, s1) = split(f.ring(), &f.encode_vec(&xs).unwrap(), &mut os_rng());
-    let (r0, r1) = parties_mem(move |p| {
-        let x = if p.is_p0() { s0.clone() } else { s1.clone() };
-        approx::sigmoid_pwl(p, f, &x).unwrap()
-    });
-    let got = f.decode_vec(&f.ring().add_vec(&r0, &r1));
-    for (x, y) in xs.iter().zip(&got) {
-        let want = 1.0 / (1.0 + (-x).exp());
-        assert!(
-            (y - want).abs() <= approx::SIGMOID_PWL_ERROR,
-            "sigmoid_pwl({x}) = {y}, want {want}"
-        );
+fn sigmoid_pwl_within_stated_error_in_both_rings() {
+    for (bits, frac) in [(40, 12), (64, 16)] {
+        let f = FixedPoint::new(Ring::new(bits).unwrap(), frac).unwrap();
+        let mut xs: Vec<f64> = (-90..=90)
+            .map(|i| i as f64 / 10.0)
+            .chain([-1000.0, 1000.0, 6.0, -6.0, 0.05, -32767.5, 32767.0])
+            .collect();
+        let beyond = [40000.0, -40000.0, 1e6, -1e6, 65536.5, -32768.0];
+        if bits == 64 {
+            xs.extend(beyond);
+        }
+        let (s0, s1) = split(f.ring(), &f.encode_vec(&xs).unwrap(), &mut os_rng());
+        let (r0, r1) = parties_mem(move |p| {
+            let x = if p.is_p0() { s0.clone() } else { s1.clone() };
+            approx::sigmoid_pwl(p, f, &x).unwrap()
+        });
+        let got = f.decode_vec(&f.ring().add_vec(&r0, &r1));
+        let within = if bits == 64 {
+            xs.len() - beyond.len()
+        } else {
+            xs.len()
+        };
+        for (x, y) in xs.iter().zip(&got).take(within) {
+            let want = 1.0 / (1.0 + (-x).exp());
+            assert!(
+                (y - want).abs() <= approx::SIGMOID_PWL_ERROR,
+                "l={bits}: sigmoid_pwl({x}) = {y}, want {want}"
+            );
+        }
+        for (x, y) in xs.iter().zip(&got).skip(within) {
+            assert!(
+                (-approx::SIGMOID_PWL_ERROR..=1.0 + approx::SIGMOID_PWL_ERROR).contains(y),
+                "sigmoid_pwl({x}) = {y} beyond the narrow range"
+            );
+        }
+        // Constant beyond the outer knots: -1000 gives what -6 gives, 1000 what 6 gives (up
+        // to the last place of the truncation and of |x|).
+        let ulp = 2.0 / f.scale();
+        let at = |v: f64| got[xs.iter().position(|&x| x == v).unwrap()];
+        for (far, knot) in [
+            (-1000.0, -6.0),
+            (1000.0, 6.0),
+            (-32767.5, -6.0),
+            (32767.0, 6.0),
+        ] {
+            assert!(
+                (at(far) - at(knot)).abs() <= ulp,
+                "l={bits}: {} vs {}",
+                at(far),
+                at(knot)
+            );
+        }
     }
-    // Constant beyond the outer knots: -1000 gives what -6 gives, 1000 what 6 gives (up to
-    // the last place of the faithful truncation).
-    let n = xs.len();
-    let ulp = 2.0 / f.scale();
-    assert!(
-        (got[n - 5] - got[n - 2]).abs() <= ulp,
-        "{} vs {}",
-        got[n - 5],
-        got[n - 2]
-    );
-    assert!(
-        (got[n - 4] - got[n - 3]).abs() <= ulp,
-        "{} vs {}",
-        got[n - 4],
-        got[n - 3]
-    );
 }
 
 /// The piecewise-linear tanh in a 40-bit ring (12 fractional bits) is within its stated

@@ -122,6 +122,80 @@ fn truncation() {
     }
 }
 
+/// Signed inputs in `[-2^(l-2), 2^(l-2))`: the edges and random values.
+fn bounded_inputs(ring: Ring, n: usize) -> Vec<u64> {
+    let q = 1i64 << (ring.bits() - 2);
+    let mut v: Vec<u64> = [0, 1, -1, q - 1, -q, -q + 1, q / 2, -q / 2 - 1]
+        .iter()
+        .map(|&s| ring.from_signed(s))
+        .collect();
+    v.extend(inputs(ring, n).into_iter().map(|x| {
+        // Sign-extend the low l - 1 bits: uniform over the range.
+        let s = ring.to_signed(x) >> 1;
+        ring.from_signed(s)
+    }));
+    v
+}
+
+#[test]
+fn truncation_of_bounded_signed_values() {
+    for (bits, f) in [
+        (64u32, 16u32),
+        (64, 32),
+        (40, 12),
+        (32, 12),
+        (16, 1),
+        (8, 6),
+    ] {
+        let ring = Ring::new(bits).unwrap();
+        let x = bounded_inputs(ring, 300);
+        let sx = shares(ring, &x);
+        let (r0, r1) =
+            parties_mem(move |p| arith::trunc_bounded(p, ring, &pick(p, &sx), f).unwrap());
+        let exact: Vec<u64> = x.iter().map(|&v| ring.shr_signed(v, f)).collect();
+        assert_eq!(open(ring, &r0, &r1), exact, "l={bits}, f={f}");
+    }
+    // Over TCP, f = 0, and the refusal of f >= l.
+    let ring = Ring::new(64).unwrap();
+    let x = bounded_inputs(ring, 60);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        let t = arith::trunc_bounded(p, ring, &s, 16).unwrap();
+        let same = arith::trunc_bounded(p, ring, &s, 0).unwrap();
+        assert!(arith::trunc_bounded(p, ring, &s, 64).is_err());
+        (t, same)
+    });
+    let t = open(ring, &r0.0, &r1.0);
+    for i in 0..x.len() {
+        assert_eq!(t[i], ring.shr_signed(x[i], 16), "value {}", x[i]);
+    }
+    assert_eq!(open(ring, &r0.1, &r1.1), x);
+}
+
+#[test]
+fn extension_of_nonnegative_values_to_a_wider_ring() {
+    for (from, to) in [(32u32, 64u32), (16, 40), (4, 64), (63, 64), (20, 21)] {
+        let (narrow, wide) = (Ring::new(from).unwrap(), Ring::new(to).unwrap());
+        let x = nonneg_inputs(narrow, 300);
+        let sx = shares(narrow, &x);
+        let (r0, r1) =
+            parties_mem(move |p| arith::extend_nonneg(p, narrow, wide, &pick(p, &sx)).unwrap());
+        // The same values in the wide ring, whatever the wrap of the narrow shares.
+        assert_eq!(open(wide, &r0, &r1), x, "{from} -> {to} bits");
+    }
+    // Over TCP, and the refusal of a target no wider than the source.
+    let (narrow, wide) = (Ring::new(32).unwrap(), Ring::new(64).unwrap());
+    let x = nonneg_inputs(narrow, 40);
+    let sx = shares(narrow, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        assert!(arith::extend_nonneg(p, narrow, narrow, &s).is_err());
+        arith::extend_nonneg(p, narrow, wide, &s).unwrap()
+    });
+    assert_eq!(open(wide, &r0, &r1), x);
+}
+
 /// Non-negative inputs of `l - 1` bits: the edges and random values.
 fn nonneg_inputs(ring: Ring, n: usize) -> Vec<u64> {
     let top = ring.max_signed() as u64;

@@ -60,15 +60,37 @@ impl PrivateTensor {
     }
 }
 
+/// Integer bits of the declared range of activations in a ring with room to spare (see
+/// [`Session::relu_masked`]): the same as the sigmoid's and tanh's comparisons there
+/// ([`cipherml_mpc::protocols::approx::PWL_NARROW_INT_BITS`]).
+pub const ACTIVATION_RANGE_BITS: u32 = cipherml_mpc::protocols::approx::PWL_NARROW_INT_BITS;
+
+/// The declared range of activations in training (`2^15`): see [`Session::relu_masked`].
+pub const ACTIVATION_RANGE: f64 = (1u64 << ACTIVATION_RANGE_BITS) as f64;
+
 impl<C: Channel> Session<C> {
     /// `max(x, 0)` as [`Session::relu`], and the comparison bits for the backward pass.
+    ///
+    /// In a ring with room to spare (training's `Z_2^64`, `f = 16`), the pending truncation
+    /// runs first (exact, and no dearer than after the ReLU) and the sign is decided on the
+    /// value reduced to `Z_2^(f + 16)` (half the comparison's bytes): exact for activations
+    /// below [`ACTIVATION_RANGE`] in magnitude; beyond it, the ReLU may pass a negative
+    /// value or zero a positive one (never a value larger than the input: no wrap of the
+    /// ring).
     pub fn relu_masked(
         &mut self,
         x: &PrivateTensor,
     ) -> Result<(PrivateTensor, ReluMask), TensorError> {
         let ring = self.fixed.ring();
-        let (s, shape, frac_bits, _) = self.shares_any(x)?;
-        let bits = compare::drelu(&mut self.party, ring, &s)?;
+        let f = self.fixed.frac_bits();
+        let wide = ring.bits() >= 2 * f + 32;
+        let x = if wide { self.rescaled(x)? } else { x.clone() };
+        let (s, shape, frac_bits, _) = self.shares_any(&x)?;
+        let bits = if wide {
+            compare::drelu_within(&mut self.party, ring, f + ACTIVATION_RANGE_BITS + 1, &s)?
+        } else {
+            compare::drelu(&mut self.party, ring, &s)?
+        };
         let share = boolean::mux(&mut self.party, ring, &bits, &s)?;
         Ok((
             PrivateTensor::Shared {

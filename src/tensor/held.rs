@@ -30,14 +30,18 @@ pub(super) enum ServerKey {
 }
 
 impl<C: Channel> Session<C> {
-    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV: per column of
-    /// `B`, the key holder's encrypted share (seeded: one polynomial per input chunk) and
-    /// the compact replies (all of `c1`, the outputs of `c0`).
+    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV: per group of
+    /// columns of `B` ([`column_group`]), the key holder's encrypted share (seeded: one
+    /// polynomial per input chunk) and the compact replies (all of `c1`, the outputs of
+    /// `c0`).
     pub(super) fn held_he_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
         let big_n = self.params.degree() as f64;
         let q_bits = self.params.context().q().log2_product();
-        let chunk = (k as f64).min(big_n);
-        let inputs = (k as f64 / chunk).ceil();
+        let nw = column_group(self.params.degree(), m, k, n);
+        let groups = n.div_ceil(nw) as f64;
+        let width = (nw * k) as f64;
+        let chunk = width.min(big_n);
+        let inputs = (width / chunk).ceil();
         let rows_per_block = (big_n / chunk).floor().max(1.0);
         let blocks = (m as f64 / rows_per_block).ceil();
         // t, the flooding (the session's statistical bits above a noise of about 2^50) and
@@ -45,13 +49,13 @@ impl<C: Channel> Session<C> {
         let reply_bits = f64::from(self.params.plaintext_bits())
             + 52.0
             + f64::from(self.config.reply_flood_bits());
-        let per_column = inputs * big_n * q_bits / 8.0
+        let per_group = inputs * big_n * q_bits / 8.0
             + blocks * big_n * reply_bits / 8.0
-            + m as f64 * reply_bits / 8.0;
+            + (m * nw) as f64 * reply_bits / 8.0;
         cost::Cost {
-            compute_us: n as f64 * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
-            bytes: n as f64 * per_column,
-            rounds: 2.0 * n as f64,
+            compute_us: groups * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
+            bytes: groups * per_group,
+            rounds: 2.0 * groups,
         }
     }
 
@@ -119,21 +123,36 @@ impl<C: Channel> Session<C> {
                 });
             }
         }
-        let mv = CoeffMatVec::new_capped(&encoder, am.view(), cap)?;
+        // Columns of B per ciphertext: when A's rows leave room (m k < N), several columns
+        // share one input and one reply. The group's columns are laid end to end (`nw k`
+        // coefficients) and A sits in the last k columns of an `m x nw k` matrix, so the
+        // product's coefficient `i nw k + c k + k - 1` is row i of A times column c.
+        let nw = column_group(params.degree(), m, k, n);
+        let wide = nw * k;
+        let mut aw = Array2::zeros((m, wide));
+        aw.slice_mut(ndarray::s![.., wide - k..]).assign(&am);
+        let mv = CoeffMatVec::new_capped(&encoder, aw.view(), cap)?;
         let noise = mv.noise_bound_log2(params.degree(), params.plaintext_modulus());
         super::linear::check_flood(&params, &self.config, &label, noise)?;
-        let positions = mv.output_positions();
+        let rows = mv.output_positions();
         let mut z = vec![0u64; m * n];
-        for j in 0..n {
-            let col: Vec<u64> = (0..k).map(|t| b[t * n + j]).collect();
+        for j0 in (0..n).step_by(nw) {
+            let group = nw.min(n - j0);
+            // Row i, column c of the group: (block, coefficient), row-major.
+            let positions: Vec<(usize, usize)> = rows
+                .iter()
+                .flat_map(|&(blk, last)| (0..group).map(move |c| (blk, last - (nw - 1 - c) * k)))
+                .collect();
+            let col = |c: usize| (0..k).map(move |t| b[t * n + j0 + c]);
             let flood_bits = self.reveal_flood_bits(positions.len())?;
             let out = if mine {
-                // My part, A times my share of the column; the mask's share is added by
+                // My part, A times my share of the columns; the mask's share is added by
                 // the link.
                 let own: Vec<u64> = (0..m)
-                    .map(|i| {
-                        (0..k).fold(0u64, |acc, t| {
-                            ring.add(acc, ring.mul(ring.from_signed(am[[i, t]]), col[t]))
+                    .flat_map(|i| (0..group).map(move |c| (i, c)))
+                    .map(|(i, c)| {
+                        col(c).enumerate().fold(0u64, |acc, (t, v)| {
+                            ring.add(acc, ring.mul(ring.from_signed(am[[i, t]]), v))
                         })
                     })
                     .collect();
@@ -170,7 +189,9 @@ impl<C: Channel> Session<C> {
                         })
                     }
                 };
-                let xi: Vec<i64> = col.iter().map(|&v| v as i64).collect();
+                // The group's columns end to end, zeros for the columns past n.
+                let mut xi: Vec<i64> = (0..group).flat_map(|c| col(c).map(|v| v as i64)).collect();
+                xi.resize(wide, 0);
                 let pts = mv.encode_input(&encoder, &xi)?;
                 crate::link::bfv_linear_client(
                     &params,
@@ -181,8 +202,9 @@ impl<C: Channel> Session<C> {
                     &positions,
                 )?
             };
-            for (i, v) in out.into_iter().enumerate() {
-                z[i * n + j] = v;
+            for (idx, v) in out.into_iter().enumerate() {
+                let (i, c) = (idx / group, idx % group);
+                z[i * n + j0 + c] = v;
             }
         }
         Ok(z)
@@ -218,4 +240,11 @@ impl<C: Channel> Session<C> {
         }
         Ok(z)
     }
+}
+
+/// Columns of a `k x n` matrix packed in one ciphertext for a product by an `m x k` one:
+/// as many as leave every row's outputs in one block (`m nw k <= N`), at least one, at
+/// most `n`.
+pub(super) fn column_group(degree: usize, m: usize, k: usize, n: usize) -> usize {
+    (degree / (m.max(1) * k.max(1))).clamp(1, n.max(1))
 }

@@ -111,7 +111,7 @@ pub use ckks::{
 };
 pub use config::{SessionConfig, Triples};
 pub use cost::NetworkModel;
-pub use grad::{PoolSelection, ReluMask};
+pub use grad::{PoolSelection, ReluMask, ACTIVATION_RANGE, ACTIVATION_RANGE_BITS};
 pub use he::BfvTensorData;
 pub use linear::PreparedLinear;
 
@@ -690,8 +690,9 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// Runs a pending truncation: from `frac` fractional bits down to `f` (the cheaper
-    /// protocol if the value is known non-negative).
+    /// Runs a pending truncation: from `frac` fractional bits down to `f`, exactly (the
+    /// cheaper protocol if the value is known non-negative, or if the ring is wide enough
+    /// for [`arith::trunc_bounded`]).
     pub(crate) fn rescale(
         &mut self,
         share: Vec<u64>,
@@ -705,6 +706,11 @@ impl<C: Channel> Session<C> {
         let ring = self.fixed.ring();
         Ok(if nonneg {
             arith::trunc_nonneg(&mut self.party, ring, &share, frac - f)?
+        } else if ring.bits() >= 2 * f + 32 {
+            // A wide ring (training's Z_2^64, f = 16): products at 2^2f stay below
+            // 2^(l-2) unless a value passes 2^(l-2-2f) = 2^30, so the cheaper truncation is
+            // exact.
+            arith::trunc_bounded(&mut self.party, ring, &share, frac - f)?
         } else {
             arith::trunc_faithful(&mut self.party, ring, &share, frac - f)?
         })

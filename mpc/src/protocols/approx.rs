@@ -13,9 +13,9 @@
 //! | [`reciprocal`] | `1 <= x <= bound` | relative `<= 2^-10` |
 //! | [`sigmoid`] | all `x` | absolute `<= 2^-8` |
 //! | [`softmax`] | rows of any values | absolute `<= 2^-7` per entry |
-//! | [`sigmoid_pwl`] | all `x`, any ring | absolute `<=` [`SIGMOID_PWL_ERROR`] |
-//! | [`tanh_pwl`] | all `x`, any ring | absolute `<=` [`TANH_PWL_ERROR`] |
-//! | [`sigmoid_precise`] | all `x`, any ring | absolute `<=` [`SIGMOID_PRECISE_ERROR`] |
+//! | [`sigmoid_pwl`] | all `x` (`|x| < 2^15` where `l >= 2f + 32`), any ring | absolute `<=` [`SIGMOID_PWL_ERROR`] |
+//! | [`tanh_pwl`] | the same | absolute `<=` [`TANH_PWL_ERROR`] |
+//! | [`sigmoid_precise`] | the same | absolute `<=` [`SIGMOID_PRECISE_ERROR`] |
 
 use rand::{CryptoRng, RngCore};
 
@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::fixed::{quantize, FixedPoint};
 use crate::net::Channel;
 use crate::party::Party;
+use crate::ring::Ring;
 use crate::triples::TripleSource;
 
 /// Squarings of the exp limit.
@@ -260,13 +261,79 @@ pub fn sigmoid_precise<C: Channel, R: RngCore + CryptoRng>(
     odd_pwl(p, fp, x, &knots, |a| (a / 2.0).tanh() / 2.0, 0.5)
 }
 
+/// Integer bits of the inputs for which [`odd_pwl`]'s comparisons run in the narrow ring
+/// `Z_2^(f + 16)` (see [`pwl_narrow_ring`]): exact for `|x| < 2^15`.
+pub const PWL_NARROW_INT_BITS: u32 = 15;
+
+/// The ring of [`odd_pwl`]'s comparisons where the ring has room to spare (`l >= 2f + 32`,
+/// the training ring): `Z_2^(f + 16)`, so that each comparison is a millionaire on `f +
+/// 15` bits instead of `l - 1`. `None` in narrower rings (the inference ring), which
+/// compare in the ring itself.
+fn pwl_narrow_ring(fp: FixedPoint) -> Option<Ring> {
+    let (l, f) = (fp.ring().bits(), fp.frac_bits());
+    if l >= 2 * f + 32 {
+        Ring::new(f + PWL_NARROW_INT_BITS + 1).ok()
+    } else {
+        None
+    }
+}
+
+/// Boolean shares of `[a >= k]` for each knot `k` (knot-major) and the shares `a` in the
+/// narrow ring `Z_2^m` of values in `[0, 2^(m-1))` at scale `2^f`. Knots that are
+/// multiples of `2^-g` (`g < f`) only compare the part of `a` above its low `s = f - g`
+/// bits: one exact truncation by `s` bits ([`arith::trunc_nonneg`], an `s`-bit
+/// millionaire), then a millionaire on `m - 1 - s` bits per knot instead of `m - 1`.
+fn knots_below<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    narrow: Ring,
+    f: u32,
+    knots: &[f64],
+    a: &[u64],
+) -> Result<Vec<u8>> {
+    let p0 = p.is_p0();
+    let compare_all = |p: &mut Party<C, R>, ring: Ring, scale: u32, a: &[u64]| {
+        let mut shifted = Vec::with_capacity(a.len() * knots.len());
+        for &k in knots {
+            let c = ring.from_signed(quantize(k, scale));
+            shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
+        }
+        compare::drelu(p, ring, &shifted)
+    };
+    // The fewest fractional bits g that represent every knot exactly.
+    let g = (0..f).find(|&g| {
+        knots.iter().all(|&k| {
+            let v = k * f64::from(g).exp2();
+            v == v.trunc()
+        })
+    });
+    let m = narrow.bits();
+    match g {
+        Some(g) if f - g >= 4 && m > f - g + 1 => {
+            let s = f - g;
+            let hi = arith::trunc_nonneg(p, narrow, a, s)?;
+            let small = Ring::new(m - s)?;
+            let hi: Vec<u64> = hi.iter().map(|&v| small.reduce(v)).collect();
+            compare_all(p, small, g, &hi)
+        }
+        _ => compare_all(p, narrow, f, a),
+    }
+}
+
 /// `mid + sign(x) h(|x|)` on shares at scale `2^f`, where `h` is the chord interpolation of
 /// `g` at the non-negative `knots` (the first 0, `g(0) = 0`), constant beyond the last:
 /// `h(a) = c_0 a + sum_k c_k ReLU(a - k_k)` (`c_k` the change of slope at knot `k`). The
 /// sign and one ReLU per knot after the first (exact comparisons), two multiplexers, local
-/// products with public constants, one faithful truncation. The slope changes are
+/// products with public constants, one exact truncation. The slope changes are
 /// quantized with 8 extra bits and the last one makes them sum to exactly zero, so the
 /// output is exactly constant beyond the last knot however large `x` is.
+///
+/// In a ring with room to spare (the training ring `Z_2^64`, `f = 16`), the comparisons run
+/// on the value reduced to `Z_2^(f + 16)` (a local step) and `|x|` comes back by one
+/// correlated OT ([`arith::extend_nonneg`]): half the bytes of comparisons on 63 bits.
+/// The result is the same for `|x| < 2^15` (the function is constant far beyond its
+/// last knot) up to `|x|`'s last place for negative `x` (ones' complement), and for
+/// larger `|x|` it is the function of `x` reduced into that range: still a value of the
+/// function, never out of its range.
 fn odd_pwl<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     fp: FixedPoint,
@@ -296,19 +363,58 @@ fn odd_pwl<C: Channel, R: RngCore + CryptoRng>(
     let last = coeffs.len() - 1;
     coeffs[last] = -coeffs[..last].iter().sum::<i64>();
     let p0 = p.is_p0();
-    // The sign b = [x >= 0] and |x| = 2 b x - x.
-    let b = compare::drelu(p, ring, x)?;
-    let bx = boolean::mux(p, ring, &b, x)?;
-    let a: Vec<u64> = (0..n)
-        .map(|j| ring.sub(ring.add(bx[j], bx[j]), x[j]))
-        .collect();
-    // ReLU(|x| - k) for the knots after the first (at 0 it is |x| itself).
-    let mut shifted = Vec::with_capacity(n * last);
-    for &k in &knots[1..] {
-        let c = ring.from_signed(quantize(k, f));
-        shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
-    }
-    let r = compare::relu(p, ring, &shifted)?;
+    let shift_by_knots = |ring: Ring, a: &[u64]| {
+        let mut shifted = Vec::with_capacity(n * last);
+        for &k in &knots[1..] {
+            let c = ring.from_signed(quantize(k, f));
+            shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
+        }
+        shifted
+    };
+    // The sign b = [x >= 0], |x| and ReLU(|x| - k) for the knots after the first (at 0 it
+    // is |x| itself).
+    let (b, a, r) = if let Some(narrow) = pwl_narrow_ring(fp) {
+        // The comparisons on the value reduced to the narrow ring (exact for |x| <
+        // 2^PWL_NARROW_INT_BITS); |x| there in ones' complement, b x + (1 - b)(-x - 1) =
+        // b (2x + 1) - x - 1, whose top bit is 0 for every x, so that it extends to the
+        // ring exactly and stays below 2^(m-1) even beyond the range.
+        let xn: Vec<u64> = x.iter().map(|&v| narrow.reduce(v)).collect();
+        let b = compare::drelu(p, narrow, &xn)?;
+        let odd: Vec<u64> = xn
+            .iter()
+            .map(|&v| {
+                let t = narrow.add(v, v);
+                if p0 {
+                    narrow.add(t, 1)
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let bo = boolean::mux(p, narrow, &b, &odd)?;
+        let an: Vec<u64> = (0..n)
+            .map(|j| {
+                let v = narrow.sub(bo[j], xn[j]);
+                if p0 {
+                    narrow.sub(v, 1)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let above = knots_below(p, narrow, f, &knots[1..], &an)?;
+        let a = arith::extend_nonneg(p, narrow, ring, &an)?;
+        let r = boolean::mux(p, ring, &above, &shift_by_knots(ring, &a))?;
+        (b, a, r)
+    } else {
+        let b = compare::drelu(p, ring, x)?;
+        let bx = boolean::mux(p, ring, &b, x)?;
+        let a: Vec<u64> = (0..n)
+            .map(|j| ring.sub(ring.add(bx[j], bx[j]), x[j]))
+            .collect();
+        let r = compare::relu(p, ring, &shift_by_knots(ring, &a))?;
+        (b, a, r)
+    };
     let h: Vec<u64> = (0..n)
         .map(|j| {
             let first = ring.mul(a[j], ring.from_signed(coeffs[0]));
@@ -330,5 +436,11 @@ fn odd_pwl<C: Channel, R: RngCore + CryptoRng>(
             }
         })
         .collect();
-    arith::trunc_faithful(p, ring, &y, f + EXTRA)
+    // |y| <= 2^(2f + EXTRA) (a value in [-1, 1] at that scale): one bit of headroom
+    // suffices for the cheaper exact truncation.
+    if 2 * f + EXTRA + 2 < ring.bits() {
+        arith::trunc_bounded(p, ring, &y, f + EXTRA)
+    } else {
+        arith::trunc_faithful(p, ring, &y, f + EXTRA)
+    }
 }

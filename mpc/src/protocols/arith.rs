@@ -207,6 +207,40 @@ pub fn trunc_faithful<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
+/// Exact truncation of signed values with one bit of headroom: exactly `floor(x / 2^f)`
+/// (arithmetic shift) for every `x` with `|x| < 2^(l-2)`, at the cost of
+/// [`trunc_nonneg`] (one `f`-bit millionaire, one B2A of one bit and one correlated OT)
+/// instead of [`trunc_faithful`]'s two millionaires (`l` and `f` bits). Party 0 adds
+/// `2^(l-2)`, which makes the value non-negative below `2^(l-1)` (its top bit known to be
+/// 0), truncates it as non-negative and subtracts `2^(l-2-f)`.
+///
+/// Outside that range the result is wrong by a multiple of `2^(l-f-1)`. Use it where values
+/// are bounded well inside the ring, e.g. the 64-bit training ring at `f = 16`, whose
+/// products at `2^32` would have to exceed `2^30` in value to leave it.
+pub fn trunc_bounded<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    if f == 0 {
+        return Ok(x.to_vec());
+    }
+    check_trunc_bits(ring, f)?;
+    let p0 = p.is_p0();
+    // f < l (checked), so l >= 2.
+    let quarter = 1u64 << (ring.bits() - 2);
+    let u: Vec<u64> = x
+        .iter()
+        .map(|&v| if p0 { ring.add(v, quarter) } else { v })
+        .collect();
+    let z = trunc_nonneg(p, ring, &u, f)?;
+    let off = quarter >> f;
+    Ok(z.into_iter()
+        .map(|v| if p0 { ring.sub(v, off) } else { v })
+        .collect())
+}
+
 /// Faithful truncation of values known to be non-negative: exactly `floor(x / 2^f)` for
 /// every `x` in `[0, 2^(l-1))` (most significant bit 0, e.g. the output of a ReLU), with
 /// one `f`-bit millionaire comparison instead of the two (`l` and `f` bits) of
@@ -238,37 +272,72 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
 }
 
 /// Shares of `w 2^(l - f)` for the wrap `w = msb(x0) OR msb(x1)` of [`trunc_nonneg`]:
-/// `w = m0 + m1 - m0 m1`, the product by one correlated OT in `Z_2^f` (party 0 sending,
-/// correlation `m0`, party 1 choosing `m1`), since only `w mod 2^f` matters once scaled
-/// by `2^(l - f)`: `1 + 8 ceil(f / 8)` bits per value.
+/// only `w mod 2^f` matters once scaled by `2^(l - f)` (see [`msb_or`]).
 fn wrap_times<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     ring: Ring,
     x: &[u64],
     f: u32,
 ) -> Result<Vec<u64>> {
-    let rf = Ring::new(f)?;
+    let shift = ring.bits() - f;
+    Ok(msb_or(p, ring, x, f)?
+        .into_iter()
+        .map(|v| ring.reduce(v << shift))
+        .collect())
+}
+
+/// Arithmetic shares in `Z_2^k` of `w = msb(x0) OR msb(x1)` for the shares `x` in `ring`:
+/// `w = m0 + m1 - m0 m1`, the product by one correlated OT in `Z_2^k` (party 0 sending,
+/// correlation `m0`, party 1 choosing `m1`): `1 + 8 ceil(k / 8)` bits per value.
+fn msb_or<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    k: u32,
+) -> Result<Vec<u64>> {
+    let rk = Ring::new(k)?;
     let own: Vec<u8> = x.iter().map(|&v| ring.msb(v) as u8).collect();
     p.ensure_ots(x.len(), 0)?;
     let parts = p.parts();
-    let shares: Vec<u64> = if parts.id == crate::share::PartyId::P0 {
+    Ok(if parts.id == crate::share::PartyId::P0 {
         let deltas: Vec<u64> = own.iter().map(|&m| m as u64).collect();
-        let x0 = parts.ot_send.send_correlated(parts.ch, rf, &deltas, 1)?;
+        let x0 = parts.ot_send.send_correlated(parts.ch, rk, &deltas, 1)?;
         own.iter()
             .zip(&x0)
-            .map(|(&m, &v)| rf.add(m as u64, v))
+            .map(|(&m, &v)| rk.add(m as u64, v))
             .collect()
     } else {
-        let got = parts.ot_recv.receive_correlated(parts.ch, rf, &own, 1)?;
+        let got = parts.ot_recv.receive_correlated(parts.ch, rk, &own, 1)?;
         own.iter()
             .zip(&got)
-            .map(|(&m, &g)| rf.sub(m as u64, g))
+            .map(|(&m, &g)| rk.sub(m as u64, g))
             .collect()
-    };
-    let shift = ring.bits() - f;
-    Ok(shares
-        .into_iter()
-        .map(|v| ring.reduce(v << shift))
+    })
+}
+
+/// Extends shares of values known to be non-negative (`[0, 2^(m-1)]`, most significant
+/// bit 0) from `from = Z_2^m` to the wider `to = Z_2^l`: the same values, shared in
+/// `Z_2^l`. With `x0 + x1 = x + w 2^m` over the integers, `w = msb(x0) OR msb(x1)` (see
+/// [`trunc_nonneg`]), one correlated OT in `Z_2^(l-m)`. For a value outside that range
+/// the result is wrong by a multiple of `2^m`.
+pub fn extend_nonneg<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    from: Ring,
+    to: Ring,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let (m, l) = (from.bits(), to.bits());
+    if l <= m {
+        return Err(Error::InvalidInput {
+            what: "extension to a wider ring: bits of the target ring",
+            expected: u64::from(m) + 1,
+            found: u64::from(l),
+        });
+    }
+    let w = msb_or(p, from, x, l - m)?;
+    Ok(x.iter()
+        .zip(&w)
+        .map(|(&v, &w)| to.sub(from.reduce(v), to.reduce(w << m)))
         .collect())
 }
 

@@ -178,6 +178,25 @@ pub fn drelu<C: Channel, R: RngCore + CryptoRng>(
     Ok(m.into_iter().map(|b| if p0 { b ^ 1 } else { b }).collect())
 }
 
+/// [`drelu`] of values of a declared range `|x| < 2^(m-1)` (`m <= l`): the comparison runs
+/// on the shares reduced to `Z_2^m` (a local step), a millionaire on `m - 1` bits instead
+/// of `l - 1`. Exact in that range; beyond it, the bit is the sign of `x` reduced modulo
+/// `2^m` and may be wrong (a ReLU built on it then passes `x` or zero: never a value
+/// larger than `|x|`).
+pub fn drelu_within<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    m: u32,
+    x: &[u64],
+) -> Result<Vec<u8>> {
+    if m >= ring.bits() {
+        return drelu(p, ring, x);
+    }
+    let narrow = Ring::new(m)?;
+    let xn: Vec<u64> = x.iter().map(|&v| narrow.reduce(v)).collect();
+    drelu(p, narrow, &xn)
+}
+
 /// ReLU: shares of `max(x, 0)` (signed), exact.
 pub fn relu<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
