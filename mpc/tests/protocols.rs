@@ -174,6 +174,30 @@ fn truncation_of_bounded_signed_values() {
 }
 
 #[test]
+fn truncation_within_one_ulp_of_bounded_signed_values() {
+    for (bits, f) in [(64u32, 24u32), (64, 16), (40, 12), (16, 3)] {
+        let ring = Ring::new(bits).unwrap();
+        let x = bounded_inputs(ring, 400);
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| {
+            arith::trunc_bounded_within_ulp(p, ring, &pick(p, &sx), f).unwrap()
+        });
+        let got = open(ring, &r0, &r1);
+        for (v, g) in x.iter().zip(&got) {
+            let exact = ring.shr_signed(*v, f);
+            let d = ring.to_signed(ring.sub(exact, *g));
+            assert!(
+                (0..=1).contains(&d),
+                "l={bits}, f={f}: {} -> {}, want {} or one less",
+                ring.to_signed(*v),
+                ring.to_signed(*g),
+                ring.to_signed(exact)
+            );
+        }
+    }
+}
+
+#[test]
 fn extension_of_nonnegative_values_to_a_wider_ring() {
     for (from, to) in [(32u32, 64u32), (16, 40), (4, 64), (63, 64), (20, 21)] {
         let (narrow, wide) = (Ring::new(from).unwrap(), Ring::new(to).unwrap());

@@ -323,7 +323,7 @@ fn knots_below<C: Channel, R: RngCore + CryptoRng>(
 /// `g` at the non-negative `knots` (the first 0, `g(0) = 0`), constant beyond the last:
 /// `h(a) = c_0 a + sum_k c_k ReLU(a - k_k)` (`c_k` the change of slope at knot `k`). The
 /// sign and one ReLU per knot after the first (exact comparisons), two multiplexers, local
-/// products with public constants, one exact truncation. The slope changes are
+/// products with public constants, one truncation (within `2^-f`). The slope changes are
 /// quantized with 8 extra bits and the last one makes them sum to exactly zero, so the
 /// output is exactly constant beyond the last knot however large `x` is.
 ///
@@ -437,8 +437,12 @@ fn odd_pwl<C: Channel, R: RngCore + CryptoRng>(
         })
         .collect();
     // |y| <= 2^(2f + EXTRA) (a value in [-1, 1] at that scale): one bit of headroom
-    // suffices for the cheaper exact truncation.
-    if 2 * f + EXTRA + 2 < ring.bits() {
+    // suffices for the wrap. In the training ring (f = 16), within one unit of 2^-f below
+    // the exact shift, which the stated errors cover; exact where 2^-f is coarser (the
+    // inference ring's 2^-12 would use up their margin).
+    if pwl_narrow_ring(fp).is_some() {
+        arith::trunc_bounded_within_ulp(p, ring, &y, f + EXTRA)
+    } else if 2 * f + EXTRA + 2 < ring.bits() {
         arith::trunc_bounded(p, ring, &y, f + EXTRA)
     } else {
         arith::trunc_faithful(p, ring, &y, f + EXTRA)

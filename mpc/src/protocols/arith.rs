@@ -241,6 +241,43 @@ pub fn trunc_bounded<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
+/// Truncation within one unit in the last place, for signed values with one bit of
+/// headroom (`|x| < 2^(l-2)`, as [`trunc_bounded`]): `floor(x / 2^f)` or one less, never
+/// a wrap of the ring. The wrap of the shares is exact (one correlated OT in `Z_2^f`, as
+/// in [`trunc_nonneg`]); the carry of their low `f` bits is dropped, which saves
+/// [`trunc_bounded`]'s `f`-bit millionaire and B2A. For steps whose stated error already
+/// covers `2^-f` (the last truncation of a piecewise-linear approximation), not for the
+/// engine's truncations, which stay exact.
+pub fn trunc_bounded_within_ulp<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    if f == 0 {
+        return Ok(x.to_vec());
+    }
+    check_trunc_bits(ring, f)?;
+    let p0 = p.is_p0();
+    let quarter = 1u64 << (ring.bits() - 2);
+    let u: Vec<u64> = x
+        .iter()
+        .map(|&v| if p0 { ring.add(v, quarter) } else { v })
+        .collect();
+    let w = wrap_times(p, ring, &u, f)?;
+    let off = quarter >> f;
+    Ok((0..u.len())
+        .map(|i| {
+            let v = ring.sub(u[i] >> f, w[i]);
+            if p0 {
+                ring.sub(v, off)
+            } else {
+                v
+            }
+        })
+        .collect())
+}
+
 /// Faithful truncation of values known to be non-negative: exactly `floor(x / 2^f)` for
 /// every `x` in `[0, 2^(l-1))` (most significant bit 0, e.g. the output of a ReLU), with
 /// one `f`-bit millionaire comparison instead of the two (`l` and `f` bits) of
