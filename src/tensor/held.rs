@@ -30,14 +30,18 @@ pub(super) enum ServerKey {
 }
 
 impl<C: Channel> Session<C> {
-    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV: per group of
-    /// columns of `B` ([`column_group`]), the key holder's encrypted share (seeded: one
-    /// polynomial per input chunk) and the compact replies (all of `c1`, the outputs of
-    /// `c0`).
+    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV, with the
+    /// columns of `B` packed as `column_group` chooses.
     pub(super) fn held_he_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
+        self.held_he_cost_packed(m, k, n, self.column_group(m, k, n))
+    }
+
+    /// The estimated cost of `A B` with `nw` columns of `B` per ciphertext: per group of
+    /// columns, the key holder's encrypted share (seeded: one polynomial per input chunk)
+    /// and the compact replies (all of `c1`, the outputs of `c0`) of every row block.
+    fn held_he_cost_packed(&self, m: usize, k: usize, n: usize, nw: usize) -> cost::Cost {
         let big_n = self.params.degree() as f64;
         let q_bits = self.params.context().q().log2_product();
-        let nw = column_group(self.params.degree(), m, k, n);
         let groups = n.div_ceil(nw) as f64;
         let width = (nw * k) as f64;
         let chunk = width.min(big_n);
@@ -57,6 +61,24 @@ impl<C: Channel> Session<C> {
             bytes: groups * per_group,
             rounds: 2.0 * groups,
         }
+    }
+
+    /// Columns of `B` (`k x n`) laid end to end in one input ciphertext for a product by an
+    /// `m x k` matrix: the count, from 1 to `min(n, N / k)`, that costs least under the
+    /// session's network model (more columns per input mean fewer inputs, each of which
+    /// costs a whole polynomial, but fewer rows per reply). Public: shapes only.
+    pub(super) fn column_group(&self, m: usize, k: usize, n: usize) -> usize {
+        let most = (self.params.degree() / k.max(1)).clamp(1, n.max(1));
+        let net = self.config.network;
+        (1..=most)
+            .min_by(|&a, &b| {
+                let (ca, cb) = (
+                    self.held_he_cost_packed(m, k, n, a).total_us(&net),
+                    self.held_he_cost_packed(m, k, n, b).total_us(&net),
+                );
+                ca.total_cmp(&cb)
+            })
+            .unwrap_or(1)
     }
 
     /// Makes the server's key pair (server) or receives its public key (client), once.
@@ -123,11 +145,12 @@ impl<C: Channel> Session<C> {
                 });
             }
         }
-        // Columns of B per ciphertext: when A's rows leave room (m k < N), several columns
-        // share one input and one reply. The group's columns are laid end to end (`nw k`
-        // coefficients) and A sits in the last k columns of an `m x nw k` matrix, so the
-        // product's coefficient `i nw k + c k + k - 1` is row i of A times column c.
-        let nw = column_group(params.degree(), m, k, n);
+        // Columns of B per ciphertext: several share one input (and, when A's rows leave
+        // room, one reply). The group's columns are laid end to end (`nw k` coefficients)
+        // and A sits in the last k columns of an `m x nw k` matrix, so the product's
+        // coefficient `i nw k + c k + k - 1` (in row i's block) is row i of A times
+        // column c.
+        let nw = self.column_group(m, k, n);
         let wide = nw * k;
         let mut aw = Array2::zeros((m, wide));
         aw.slice_mut(ndarray::s![.., wide - k..]).assign(&am);
@@ -240,11 +263,4 @@ impl<C: Channel> Session<C> {
         }
         Ok(z)
     }
-}
-
-/// Columns of a `k x n` matrix packed in one ciphertext for a product by an `m x k` one:
-/// as many as leave every row's outputs in one block (`m nw k <= N`), at least one, at
-/// most `n`.
-pub(super) fn column_group(degree: usize, m: usize, k: usize, n: usize) -> usize {
-    (degree / (m.max(1) * k.max(1))).clamp(1, n.max(1))
 }
