@@ -654,12 +654,14 @@ fn training_products_under_bfv_match_plaintext() {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
     // One column per ciphertext (m k >= N), and columns packed several to a ciphertext,
     // with a last group part full (40 x 50: four columns per group, 7 = 4 + 3), all in
-    // one (20 x 12), and packed columns whose rows span several reply blocks (9 x 2000).
+    // one (20 x 12), packed columns whose rows span several reply blocks (9 x 2000), and
+    // a long inner dimension split in chunks (20 x 3750 x 1, the logistic gradient).
     for (m, k, n) in [
         (600usize, 10usize, 5usize),
         (40, 50, 7),
         (20, 12, 7),
         (9, 2000, 5),
+        (20, 3750, 1),
     ] {
         let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-3.0..3.0));
         let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-3.0..3.0));

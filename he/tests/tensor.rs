@@ -276,11 +276,26 @@ fn bfv_coefficient_matvec_is_exact() {
     let dec = bfv::Decryptor::new(&params, sk).unwrap();
     let ev = bfv::Evaluator::new(&params);
     let t = 1i64 << 20;
-    // Several row blocks (rows * cols > N) and several column chunks (cols > N).
-    for (rows, cols) in [(10usize, 64usize), (100, 100), (3, 5000)] {
+    // Several row blocks (rows * cols > N) and several column chunks (cols > N); then
+    // chunks chosen shorter than N (a last one shorter still), more rows per block.
+    let cases = [
+        (10usize, 64usize, None),
+        (100, 100, None),
+        (3, 5000, None),
+        (20, 3750, Some(1875usize)),
+        (7, 1000, Some(300)),
+    ];
+    for (rows, cols, chunk) in cases {
         let w = Array2::from_shape_fn((rows, cols), |_| rng.random_range(-8i64..8));
         let x: Vec<i64> = (0..cols).map(|_| rng.random_range(-100i64..100)).collect();
-        let mv = CoeffMatVec::new(&enc, w.view()).unwrap();
+        let mv = match chunk {
+            None => CoeffMatVec::new(&enc, w.view()).unwrap(),
+            Some(c) => {
+                let mv = CoeffMatVec::new_chunked(&enc, w.view(), 8, c).unwrap();
+                assert_eq!(mv.input_chunks(), cols.div_ceil(c));
+                mv
+            }
+        };
         let cts: Vec<_> = mv
             .encode_input(&enc, &x)
             .unwrap()

@@ -29,33 +29,39 @@ pub(super) enum ServerKey {
     Public(Box<Encryptor>),
 }
 
+/// How a held product lays out its inputs: `columns` of `B` end to end per input, split
+/// in chunks of `chunk` coefficients (`chunk < columns k` only for one column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeldLayout {
+    columns: usize,
+    chunk: usize,
+}
+
 impl<C: Channel> Session<C> {
-    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV, with the
-    /// columns of `B` packed as `column_group` chooses.
+    /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV, in the
+    /// layout `held_layout` chooses.
     pub(super) fn held_he_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
-        self.held_he_cost_packed(m, k, n, self.column_group(m, k, n))
+        self.held_he_cost_in(m, k, n, self.held_layout(m, k, n))
     }
 
-    /// The estimated cost of `A B` with `nw` columns of `B` per ciphertext: per group of
-    /// columns, the key holder's encrypted share (seeded: one polynomial per input chunk)
-    /// and the compact replies (all of `c1`, the outputs of `c0`) of every row block.
-    fn held_he_cost_packed(&self, m: usize, k: usize, n: usize, nw: usize) -> cost::Cost {
+    /// The estimated cost of `A B` in a layout: per group of columns, the key holder's
+    /// encrypted share (seeded: one polynomial per input chunk) and the compact replies
+    /// (all of `c1`, the outputs of `c0`) of every row block.
+    fn held_he_cost_in(&self, m: usize, k: usize, n: usize, lay: HeldLayout) -> cost::Cost {
         let big_n = self.params.degree() as f64;
         let q_bits = self.params.context().q().log2_product();
-        let groups = n.div_ceil(nw) as f64;
-        let width = (nw * k) as f64;
-        let chunk = width.min(big_n);
-        let inputs = (width / chunk).ceil();
-        let rows_per_block = (big_n / chunk).floor().max(1.0);
+        let groups = n.div_ceil(lay.columns) as f64;
+        let width = lay.columns * k;
+        let inputs = width.div_ceil(lay.chunk) as f64;
+        let rows_per_block = (self.params.degree() / lay.chunk).max(1) as f64;
         let blocks = (m as f64 / rows_per_block).ceil();
-        // t, the flooding (the session's statistical bits above a noise of about 2^50) and
-        // a margin.
-        let reply_bits = f64::from(self.params.plaintext_bits())
-            + 52.0
-            + f64::from(self.config.reply_flood_bits());
+        // A reply is switched to the fewest bits that keep decryption exact: about
+        // log2(t N) + 1 per coefficient (the flooding stays below Q / t); 78 bits, 80 KB
+        // a block at t = 2^64, N = 8192 (measured).
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
         let per_group = inputs * big_n * q_bits / 8.0
             + blocks * big_n * reply_bits / 8.0
-            + (m * nw) as f64 * reply_bits / 8.0;
+            + (m * lay.columns) as f64 * reply_bits / 8.0;
         cost::Cost {
             compute_us: groups * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
             bytes: groups * per_group,
@@ -63,22 +69,43 @@ impl<C: Channel> Session<C> {
         }
     }
 
-    /// Columns of `B` (`k x n`) laid end to end in one input ciphertext for a product by an
-    /// `m x k` matrix: the count, from 1 to `min(n, N / k)`, that costs least under the
-    /// session's network model (more columns per input mean fewer inputs, each of which
-    /// costs a whole polynomial, but fewer rows per reply). Public: shapes only.
-    pub(super) fn column_group(&self, m: usize, k: usize, n: usize) -> usize {
-        let most = (self.params.degree() / k.max(1)).clamp(1, n.max(1));
+    /// The layout of a held product that costs least under the session's network model
+    /// (public: shapes only). Either several columns of `B` end to end in one input
+    /// (`columns` from 1 to `N / k`: fewer inputs, each a whole polynomial, but fewer rows
+    /// per reply), or one column split in `s` chunks whose products are summed (more
+    /// inputs, more rows per reply: for few rows and a long inner dimension).
+    pub(super) fn held_layout(&self, m: usize, k: usize, n: usize) -> HeldLayout {
+        let big_n = self.params.degree();
+        let k = k.max(1);
+        let whole = k.min(big_n);
+        let mut options: Vec<HeldLayout> = (1..=(big_n / k).clamp(1, n.max(1)))
+            .map(|columns| HeldLayout {
+                columns,
+                chunk: (columns * k).min(big_n),
+            })
+            .collect();
+        // Finer splits of the inner dimension, up to the first that fits every row in one
+        // block.
+        let mut s = k.div_ceil(whole);
+        while big_n / k.div_ceil(s) < m && s < 64 {
+            s += 1;
+            options.push(HeldLayout {
+                columns: 1,
+                chunk: k.div_ceil(s),
+            });
+        }
         let net = self.config.network;
-        (1..=most)
+        options
+            .into_iter()
             .min_by(|&a, &b| {
-                let (ca, cb) = (
-                    self.held_he_cost_packed(m, k, n, a).total_us(&net),
-                    self.held_he_cost_packed(m, k, n, b).total_us(&net),
-                );
+                let ca = self.held_he_cost_in(m, k, n, a).total_us(&net);
+                let cb = self.held_he_cost_in(m, k, n, b).total_us(&net);
                 ca.total_cmp(&cb)
             })
-            .unwrap_or(1)
+            .unwrap_or(HeldLayout {
+                columns: 1,
+                chunk: whole,
+            })
     }
 
     /// Makes the server's key pair (server) or receives its public key (client), once.
@@ -150,11 +177,12 @@ impl<C: Channel> Session<C> {
         // and A sits in the last k columns of an `m x nw k` matrix, so the product's
         // coefficient `i nw k + c k + k - 1` (in row i's block) is row i of A times
         // column c.
-        let nw = self.column_group(m, k, n);
+        let lay = self.held_layout(m, k, n);
+        let nw = lay.columns;
         let wide = nw * k;
         let mut aw = Array2::zeros((m, wide));
         aw.slice_mut(ndarray::s![.., wide - k..]).assign(&am);
-        let mv = CoeffMatVec::new_capped(&encoder, aw.view(), cap)?;
+        let mv = CoeffMatVec::new_chunked(&encoder, aw.view(), cap, lay.chunk)?;
         let noise = mv.noise_bound_log2(params.degree(), params.plaintext_modulus());
         super::linear::check_flood(&params, &self.config, &label, noise)?;
         let rows = mv.output_positions();

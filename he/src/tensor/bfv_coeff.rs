@@ -136,7 +136,28 @@ impl CoeffMatVec {
     /// [`Error::ValueAboveCap`] with the first offending weight): the noise bounds, and so
     /// the flooding a server adds, depend on `cap` and the shapes only.
     pub fn new_capped(encoder: &Encoder, w: ArrayView2<'_, i64>, cap: u64) -> Result<Self> {
+        let chunk = w.dim().1.min(encoder.params().degree());
+        Self::new_chunked(encoder, w, cap, chunk)
+    }
+
+    /// [`CoeffMatVec::new_capped`] with the input split in chunks of `chunk` columns (at
+    /// most `N`; the last may be shorter): more input ciphertexts, whose products are
+    /// summed, for more rows per output ciphertext (`N / chunk`). Fewer replies pay when
+    /// the matrix has few rows and many columns.
+    pub fn new_chunked(
+        encoder: &Encoder,
+        w: ArrayView2<'_, i64>,
+        cap: u64,
+        chunk: usize,
+    ) -> Result<Self> {
         let n_ring = encoder.params().degree();
+        if chunk == 0 || chunk > n_ring {
+            return Err(Error::ShapeMismatch {
+                what: "input chunk (1 to N columns)",
+                left: vec![chunk],
+                right: vec![n_ring],
+            });
+        }
         let (rows, cols) = w.dim();
         if rows == 0 || cols == 0 {
             return Err(Error::ShapeMismatch {
@@ -147,7 +168,7 @@ impl CoeffMatVec {
         }
         check_cap(w.iter().copied(), cap, &[rows, cols])?;
         let t = t_of(encoder);
-        let chunk = cols.min(n_ring);
+        let chunk = chunk.min(cols);
         let rows_per_block = n_ring / chunk;
         let level = encoder.params().max_level();
         let mut weights = Vec::new();
