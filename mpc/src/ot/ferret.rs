@@ -83,6 +83,10 @@ pub const BOOT: LpnParams = LpnParams {
 /// Row weight of the LPN matrix.
 pub const LPN_D: usize = 10;
 
+/// Outputs whose LPN positions are computed at once (AES on `2 LPN_OUTS` blocks) before
+/// their loads from the secret.
+const LPN_OUTS: usize = 32;
+
 /// Trees expanded per refill once the next iteration's base is kept (16 trees of 2^13:
 /// 131,072 OTs, 2 MB, per refill).
 const CHUNK_TREES: usize = 16;
@@ -112,57 +116,97 @@ impl Prims {
 
     /// One GGM level: the children of `nodes[..w]` into `nodes[..2w]` (child `2i` is
     /// `G_0(node i)`, child `2i + 1` is `G_1(node i)`); returns the XOR of the left and of
-    /// the right children.
-    fn level(&self, nodes: &mut [Block], w: usize, s: &mut Scratch) -> [Block; 2] {
-        s.p[..w].copy_from_slice(&nodes[..w]);
-        s.a[..w].copy_from_slice(&nodes[..w]);
-        s.b[..w].copy_from_slice(&nodes[..w]);
-        self.left.permute(&mut s.a[..w]);
-        self.right.permute(&mut s.b[..w]);
+    /// the right children. Works in place, from the last parents down, through small
+    /// buffers that stay in L1 (children `2i, 2i + 1` never overwrite a parent `>= i` that
+    /// is still to be read).
+    fn level(&self, nodes: &mut [Block], w: usize) -> [Block; 2] {
+        const B: usize = 64;
+        let mut p = [0u128; B];
+        let mut a = [0u128; B];
+        let mut b = [0u128; B];
         let (mut k0, mut k1) = (0u128, 0u128);
-        for i in 0..w {
-            let l = s.a[i] ^ s.p[i];
-            let r = s.b[i] ^ s.p[i];
-            nodes[2 * i] = l;
-            nodes[2 * i + 1] = r;
-            k0 ^= l;
-            k1 ^= r;
+        let mut end = w;
+        while end > 0 {
+            let lo = end.saturating_sub(B);
+            let n = end - lo;
+            p[..n].copy_from_slice(&nodes[lo..end]);
+            a[..n].copy_from_slice(&p[..n]);
+            b[..n].copy_from_slice(&p[..n]);
+            self.left.permute(&mut a[..n]);
+            self.right.permute(&mut b[..n]);
+            let kids = &mut nodes[2 * lo..2 * end];
+            for (((kid, &pi), &ai), &bi) in kids.chunks_exact_mut(2).zip(&p).zip(&a).zip(&b) {
+                let l = ai ^ pi;
+                let r = bi ^ pi;
+                kid[0] = l;
+                kid[1] = r;
+                k0 ^= l;
+                k1 ^= r;
+            }
+            end = lo;
         }
+        let used = w.min(B);
+        p[..used].zeroize();
+        a[..used].zeroize();
+        b[..used].zeroize();
         [k0, k1]
     }
 
-    /// The LPN positions of outputs `start..start + count` (`LPN_D` each, below `2^log_k`).
-    fn positions(&self, log_k: u32, start: usize, count: usize, out: &mut Vec<u32>) {
-        out.clear();
-        let mut blocks: Vec<Block> = (0..2 * count).map(|j| (2 * start + j) as u128).collect();
-        self.lpn.permute(&mut blocks);
+    /// Writes the `LPN_D` positions (below `2^log_k`) of outputs `start..start + count`
+    /// into `pos[..count]` (`count <= LPN_OUTS`): output `i`'s positions are the
+    /// `log_k`-bit fields of `pi(2 i)` then of `pi(2 i + 1)`, lowest first (`LPN_D / 2` per
+    /// block). Always inlined, so that a constant `log_k` turns the shifts into constants.
+    #[inline(always)]
+    fn positions_into(
+        &self,
+        log_k: u32,
+        start: usize,
+        count: usize,
+        pos: &mut [[u32; LPN_D]; LPN_OUTS],
+    ) {
+        let mut blocks = [0u128; 2 * LPN_OUTS];
+        let blocks = &mut blocks[..2 * count];
+        for (j, b) in blocks.iter_mut().enumerate() {
+            *b = (2 * start + j) as u128;
+        }
+        self.lpn.permute(blocks);
         let m = (1u128 << log_k) - 1;
-        for pair in blocks.chunks_exact(2) {
-            for b in pair {
-                for j in 0..LPN_D / 2 {
-                    out.push(((b >> (j as u32 * log_k)) & m) as u32);
+        for (p, pair) in pos.iter_mut().zip(blocks.chunks_exact(2)) {
+            let (lo, hi) = p.split_at_mut(LPN_D / 2);
+            for (half, &b) in [lo, hi].into_iter().zip(pair) {
+                for (j, q) in half.iter_mut().enumerate() {
+                    *q = ((b >> (j as u32 * log_k)) & m) as u32;
                 }
             }
         }
     }
-}
 
-/// Scratch buffers of a tree expansion.
-#[derive(Debug, Default)]
-struct Scratch {
-    p: Vec<Block>,
-    a: Vec<Block>,
-    b: Vec<Block>,
-    pos: Vec<u32>,
-}
-
-impl Scratch {
-    fn fit(&mut self, depth: u32) {
-        let half = 1usize << depth.saturating_sub(1);
-        for v in [&mut self.p, &mut self.a, &mut self.b] {
-            if v.len() < half {
-                v.resize(half, 0);
+    /// XORs into every output `first + i` (`out[i]`) its `LPN_D` entries of `x`, in
+    /// groups of [`LPN_OUTS`] outputs: the group's positions (AES) then its loads.
+    #[inline(always)]
+    fn add_lpn(&self, log_k: u32, x: &[Block], first: usize, out: &mut [Block]) {
+        let mut pos = [[0u32; LPN_D]; LPN_OUTS];
+        for (g, group) in out.chunks_mut(LPN_OUTS).enumerate() {
+            self.positions_into(log_k, first + g * LPN_OUTS, group.len(), &mut pos);
+            for (o, idx) in group.iter_mut().zip(&pos) {
+                let mut acc = *o;
+                for &p in idx {
+                    acc ^= x[p as usize];
+                }
+                *o = acc;
             }
+        }
+    }
+
+    /// The LPN positions of outputs `start..start + count` (`LPN_D` each, below `2^log_k`).
+    #[cfg(test)]
+    fn positions(&self, log_k: u32, start: usize, count: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let mut pos = [[0u32; LPN_D]; LPN_OUTS];
+        for s in (0..count).step_by(LPN_OUTS) {
+            let n = LPN_OUTS.min(count - s);
+            self.positions_into(log_k, start + s, n, &mut pos);
+            out.extend(pos[..n].iter().flatten());
         }
     }
 }
@@ -180,7 +224,9 @@ fn chunk_trees(params: LpnParams, next_tree: usize, reserved: usize) -> usize {
 
 /// The state both roles keep: the iteration's parameters, LPN secret and tree OTs, the
 /// next iteration's base as it fills, and the pool of ready OTs (sender blocks, or
-/// receiver blocks whose lowest bit is the choice).
+/// receiver blocks whose lowest bit is the choice) in `pool[pos..end]`. The pool's buffer
+/// is reused from chunk to chunk as it is (not cleared); it only grows when a chunk does
+/// not fit.
 #[derive(Debug)]
 struct Stream {
     params: LpnParams,
@@ -190,11 +236,11 @@ struct Stream {
     reserve: Vec<Block>,
     pool: Vec<Block>,
     pos: usize,
+    end: usize,
     prims: Prims,
-    scratch: Scratch,
 }
 
-/// A chunk of trees being expanded: they fill `pool[start..]`.
+/// A chunk of trees being expanded: they fill `pool[start..end]`.
 struct Chunk {
     params: LpnParams,
     trees: usize,
@@ -213,16 +259,20 @@ impl Stream {
             reserve: Vec::with_capacity(MAIN.base()),
             pool: Vec::new(),
             pos: 0,
+            end: 0,
             prims: Prims::new(),
-            scratch: Scratch::default(),
         }
     }
 
     fn available(&self) -> usize {
-        self.pool.len() - self.pos
+        self.end - self.pos
     }
 
     fn take(&mut self, n: usize) -> Vec<Block> {
+        assert!(
+            n <= self.available(),
+            "silent OT: taking more than is ready"
+        );
         let out = self.pool[self.pos..self.pos + n].to_vec();
         self.pos += n;
         out
@@ -253,11 +303,17 @@ impl Stream {
         }
         let (params, trees) = self.upcoming();
         let leaves = 1usize << params.depth;
-        self.scratch.fit(params.depth);
-        self.pool.drain(..self.pos);
-        self.pos = 0;
-        let start = self.pool.len();
-        self.pool.resize(start + trees * leaves, 0);
+        // Drop what was taken: the rest moves to the front (nothing when all was taken).
+        if self.pos > 0 {
+            self.pool.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        let start = self.end;
+        self.end = start + trees * leaves;
+        if self.pool.len() < self.end {
+            self.pool.resize(self.end, 0);
+        }
         Chunk {
             params,
             trees,
@@ -268,46 +324,36 @@ impl Stream {
 
     /// The chunk's tree OTs (`depth` per tree), its leaves in the pool, and the tools to
     /// expand them, borrowed at once.
-    fn chunk_parts(&mut self, c: &Chunk) -> (&[Block], &mut [Block], &Prims, &mut Scratch) {
+    fn chunk_parts(&mut self, c: &Chunk) -> (&[Block], &mut [Block], &Prims) {
         let h = c.params.depth as usize;
         let ots = &self.ggm[self.next_tree * h..(self.next_tree + c.trees) * h];
-        (
-            ots,
-            &mut self.pool[c.start..],
-            &self.prims,
-            &mut self.scratch,
-        )
+        (ots, &mut self.pool[c.start..self.end], &self.prims)
     }
 
     /// Ends a chunk whose leaves are in the pool: adds the LPN secret's selected entries
     /// to every output, then moves the first ones to the next iteration's base until it
     /// holds [`MAIN`]`.base()` OTs.
     fn finish(&mut self, c: &Chunk) {
-        const STEP: usize = 4096;
         let first = self.next_tree * c.leaves;
-        let out = &mut self.pool[c.start..];
-        for (i, chunk) in out.chunks_mut(STEP).enumerate() {
-            let pos = &mut self.scratch.pos;
-            self.prims
-                .positions(c.params.log_k, first + i * STEP, chunk.len(), pos);
-            for (o, idx) in chunk.iter_mut().zip(pos.chunks_exact(LPN_D)) {
-                let mut acc = *o;
-                for &p in idx {
-                    acc ^= self.x[p as usize];
-                }
-                *o = acc;
-            }
+        let out = &mut self.pool[c.start..self.end];
+        let (x, prims) = (&self.x[..], &self.prims);
+        // Constant `log_k`s for the parameter sets (the calls are inlined).
+        match c.params.log_k {
+            19 => prims.add_lpn(19, x, first, out),
+            16 => prims.add_lpn(16, x, first, out),
+            log_k => prims.add_lpn(log_k, x, first, out),
         }
         self.next_tree += c.trees;
         let keep = MAIN
             .base()
             .saturating_sub(self.reserve.len())
-            .min(self.pool.len() - c.start);
+            .min(self.end - c.start);
         if keep > 0 {
             let kept = c.start..c.start + keep;
             self.reserve.extend_from_slice(&self.pool[kept.clone()]);
             self.pool[kept.clone()].zeroize();
-            self.pool.drain(kept);
+            self.pool.copy_within(kept.end..self.end, kept.start);
+            self.end -= keep;
         }
     }
 }
@@ -400,7 +446,7 @@ impl FerretSender {
         let mut msg = Vec::with_capacity(c.trees * (2 * h + 1) * 16);
         let mut pads = vec![0u128; 2 * h];
         let delta = self.delta;
-        let (ots, leaves, prims, scratch) = self.st.chunk_parts(&c);
+        let (ots, leaves, prims) = self.st.chunk_parts(&c);
         for (tree, q) in leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h)) {
             for (l, &ql) in q.iter().enumerate() {
                 pads[2 * l] = ql;
@@ -409,7 +455,7 @@ impl FerretSender {
             prims.hash.ccr(&mut pads);
             self.seeds.fill(&mut tree[..1]);
             for l in 0..h {
-                let k = prims.level(tree, 1 << l, scratch);
+                let k = prims.level(tree, 1 << l);
                 msg.extend_from_slice(&(k[0] ^ pads[2 * l]).to_le_bytes());
                 msg.extend_from_slice(&(k[1] ^ pads[2 * l + 1]).to_le_bytes());
             }
@@ -499,7 +545,7 @@ impl FerretReceiver {
         let msg = recv_exact(ch, "silent OT tree messages", trees * per)?;
         let c = self.st.begin();
         let mut pads = vec![0u128; h];
-        let (ots, leaves, prims, scratch) = self.st.chunk_parts(&c);
+        let (ots, leaves, prims) = self.st.chunk_parts(&c);
         let trees = leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h));
         for (m, (tree, ts)) in msg.chunks_exact(per).zip(trees) {
             pads.copy_from_slice(ts);
@@ -511,14 +557,10 @@ impl FerretReceiver {
                 // the level's nodes off the path on side c: alpha's bit is 1 - c.
                 let c = (t & 1) as usize;
                 let known = block_at(m, 2 * l + c) ^ pads[l];
-                prims.level(tree, 1 << l, scratch);
+                // The level's side-c sum, less the (garbage) child of our zeroed node.
+                let sums = prims.level(tree, 1 << l);
                 let sib = 2 * path + c;
-                let mut s = 0u128;
-                for i in 0..(1usize << l) {
-                    s ^= tree[2 * i + c];
-                }
-                s ^= tree[sib];
-                tree[sib] = known ^ s;
+                tree[sib] ^= known ^ sums[c];
                 path = 2 * path + (1 - c);
                 tree[path] = 0;
             }
@@ -561,5 +603,67 @@ mod tests {
         seen.extend(out.iter().copied());
         // 30,000 draws from 2^19: expect about 29,150 distinct values.
         assert!(seen.len() > 28_000, "{}", seen.len());
+    }
+
+    /// A stream in the middle of a [`MAIN`] iteration, its next base already kept, with
+    /// pseudo-random secret and leaves.
+    fn main_stream(seed: u128) -> Stream {
+        let mut prg = AesPrg::new(seed);
+        let mut x = vec![0u128; MAIN.k()];
+        prg.fill(&mut x);
+        let mut pool = vec![0u128; (CHUNK_TREES + 1) << MAIN.depth];
+        prg.fill(&mut pool);
+        Stream {
+            params: MAIN,
+            x,
+            ggm: vec![0; MAIN.trees * MAIN.depth as usize],
+            next_tree: 5,
+            reserve: vec![0; MAIN.base()],
+            end: pool.len(),
+            pool,
+            pos: 0,
+            prims: Prims::new(),
+        }
+    }
+
+    #[test]
+    fn positions_match_their_definition() {
+        let p = Prims::new();
+        for (log_k, start, count) in [(MAIN.log_k, 77, 100), (BOOT.log_k, 5, 33), (17, 0, 1)] {
+            let mut out = Vec::new();
+            p.positions(log_k, start, count, &mut out);
+            let mut blocks: Vec<Block> = (0..2 * count).map(|j| (2 * start + j) as u128).collect();
+            p.lpn.permute(&mut blocks);
+            let m = (1u128 << log_k) - 1;
+            let want: Vec<u32> = blocks
+                .iter()
+                .flat_map(|b| (0..LPN_D as u32 / 2).map(move |j| ((b >> (j * log_k)) & m) as u32))
+                .collect();
+            assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn lpn_step_matches_its_definition() {
+        let mut st = main_stream(7);
+        let leaves = 1usize << MAIN.depth;
+        let c = Chunk {
+            params: MAIN,
+            trees: CHUNK_TREES,
+            leaves,
+            start: leaves,
+        };
+        let first = st.next_tree * leaves;
+        let mut want = st.pool.clone();
+        let mut pos = Vec::new();
+        st.prims
+            .positions(MAIN.log_k, first, CHUNK_TREES * leaves, &mut pos);
+        for (o, idx) in want[leaves..].iter_mut().zip(pos.chunks_exact(LPN_D)) {
+            for &p in idx {
+                *o ^= st.x[p as usize];
+            }
+        }
+        st.finish(&c);
+        assert_eq!(st.pool, want);
     }
 }
