@@ -301,6 +301,54 @@ fn millionaire_and_relu_family() {
 }
 
 #[test]
+fn small_thresholds_by_one_table_match_plaintext_comparisons() {
+    // Rings where z = [v >= 2^w] is compared and where no value reaches 2^w (l = 4, w = 3),
+    // thresholds of every table width from 1 to 2^6, in any order, repeated.
+    let cases: [(u32, &[u64]); 6] = [
+        (16, &[1, 2, 3, 4, 5, 6]),
+        (16, &[6, 1, 8, 3]),
+        (20, &[1]),
+        (4, &[1, 5, 8]),
+        (32, &[64, 1, 33, 32, 2]),
+        (9, &[2, 2, 16, 9]),
+    ];
+    for (bits, ks) in cases {
+        let ring = Ring::new(bits).unwrap();
+        let mut x = nonneg_inputs(ring, 300);
+        // Every value near the thresholds and near 2^w, as well.
+        let top = ring.max_signed() as u64;
+        x.extend((0..=130u64).filter(|&v| v <= top));
+        let sx = shares(ring, &x);
+        let owned = ks.to_vec();
+        let (r0, r1) =
+            parties_mem(move |p| compare::at_least_small(p, ring, &owned, &pick(p, &sx)).unwrap());
+        let got = xor(&r0, &r1);
+        let n = x.len();
+        assert_eq!(got.len(), ks.len() * n);
+        for (i, &k) in ks.iter().enumerate() {
+            for j in 0..n {
+                assert_eq!(got[i * n + j] == 1, x[j] >= k, "l={bits} v={} k={k}", x[j]);
+            }
+        }
+    }
+    // Over TCP, and the refusals of thresholds 0 and above 2^6.
+    let ring = Ring::new(16).unwrap();
+    let x = nonneg_inputs(ring, 40);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        assert!(compare::at_least_small(p, ring, &[0, 3], &s).is_err());
+        assert!(compare::at_least_small(p, ring, &[65], &s).is_err());
+        compare::at_least_small(p, ring, &[3, 7], &s).unwrap()
+    });
+    let got = xor(&r0, &r1);
+    for j in 0..x.len() {
+        assert_eq!(got[j] == 1, x[j] >= 3);
+        assert_eq!(got[x.len() + j] == 1, x[j] >= 7);
+    }
+}
+
+#[test]
 fn relu_and_max_over_tcp() {
     let ring = Ring::new(32).unwrap();
     let x = inputs(ring, 100);

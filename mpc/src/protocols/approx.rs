@@ -219,9 +219,10 @@ pub const TANH_PWL_ERROR: f64 = 0.0065;
 /// The sigmoid on shares at scale `2^f` (result at scale `2^f`): the chord interpolation
 /// at the integer knots in `[-6, 6]`. By symmetry, `sigmoid(x) = 1/2 + sign(x) h(|x|)` with
 /// `h(a) = c_0 a + sum_k c_k ReLU(a - k)` for the knots `k = 1..6` (`c_k` the change of
-/// slope at knot `k`): the sign and six ReLUs, seven exact comparisons per element (any
-/// ring width, unlike [`sigmoid`], which needs 64 bits), two multiplexers, local products
-/// with public constants, one faithful truncation (see [`odd_pwl`]).
+/// slope at knot `k`): the sign and six ReLUs (any ring width, unlike [`sigmoid`], which
+/// needs 64 bits): seven exact comparisons per element, or in the training ring the sign,
+/// one comparison and one table look-up for the six knots (see [`knots_below`]), then
+/// multiplexers, local products with public constants, one truncation (see [`odd_pwl`]).
 pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     fp: FixedPoint,
@@ -234,7 +235,8 @@ pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
 
 /// tanh on shares at scale `2^f` (result at scale `2^f`), within [`TANH_PWL_ERROR`]: the
 /// chord interpolation at the knots [`TANH_KNOTS`] by symmetry (see [`odd_pwl`]): the sign
-/// and twelve ReLUs, thirteen exact comparisons per element.
+/// and twelve ReLUs: thirteen exact comparisons per element, or in the training ring the
+/// sign, one comparison and one table look-up.
 pub fn tanh_pwl<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     fp: FixedPoint,
@@ -250,7 +252,8 @@ pub const SIGMOID_PRECISE_ERROR: f64 = TANH_PWL_ERROR / 2.0;
 /// The sigmoid on shares at scale `2^f`, four times closer than [`sigmoid_pwl`] for about
 /// twice its comparisons: `1/2 + tanh(x / 2) / 2` with the chords of [`tanh_pwl`] (its
 /// knots doubled, so no scaling of `x` is needed), within [`SIGMOID_PRECISE_ERROR`];
-/// thirteen exact comparisons per element. Private inference uses it where a sigmoid
+/// thirteen exact comparisons per element (in the training ring, like [`tanh_pwl`], the
+/// sign, one comparison and one table look-up). Private inference uses it where a sigmoid
 /// inside a network feeds later layers (a class can turn on its error).
 pub fn sigmoid_precise<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
@@ -282,7 +285,11 @@ fn pwl_narrow_ring(fp: FixedPoint) -> Option<Ring> {
 /// narrow ring `Z_2^m` of values in `[0, 2^(m-1))` at scale `2^f`. Knots that are
 /// multiples of `2^-g` (`g < f`) only compare the part of `a` above its low `s = f - g`
 /// bits: one exact truncation by `s` bits ([`arith::trunc_nonneg`], an `s`-bit
-/// millionaire), then a millionaire on `m - 1 - s` bits per knot instead of `m - 1`.
+/// millionaire), then the knots as integers below `2^w`: one comparison with `2^w` and one
+/// 1-of-`2^(w + 1)` table look-up for all of them ([`compare::at_least_small`]: for the
+/// sigmoid's six knots 4 correlated OTs and 100 bits instead of six 15-bit millionaires,
+/// about 180 OTs and 450 bits), or, where the table would be larger than the comparisons,
+/// a millionaire on `m - 1 - s` bits per knot instead of `m - 1`.
 fn knots_below<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
     narrow: Ring,
@@ -313,7 +320,20 @@ fn knots_below<C: Channel, R: RngCore + CryptoRng>(
             let hi = arith::trunc_nonneg(p, narrow, a, s)?;
             let small = Ring::new(m - s)?;
             let hi: Vec<u64> = hi.iter().map(|&v| small.reduce(v)).collect();
-            compare_all(p, small, g, &hi)
+            // The knots as integers at scale 2^g: in one table when it is smaller than
+            // the comparisons (a 1-of-2^(w + 1) OT of one bit per knot against about 5
+            // bits per compared bit and knot), one comparison each otherwise.
+            let ks: Vec<u64> = knots.iter().map(|&k| quantize(k, g) as u64).collect();
+            let top = ks.iter().copied().max().unwrap_or(1);
+            let w = 64 - top.saturating_sub(1).leading_zeros();
+            let table_ok = ks.iter().all(|&k| k >= 1)
+                && w <= compare::SMALL_THRESHOLD_BITS
+                && (2u64 << w) < 5 * u64::from(small.bits() - 1);
+            if table_ok {
+                compare::at_least_small(p, small, &ks, &hi)
+            } else {
+                compare_all(p, small, g, &hi)
+            }
         }
         _ => compare_all(p, narrow, f, a),
     }

@@ -197,6 +197,101 @@ pub fn drelu_within<C: Channel, R: RngCore + CryptoRng>(
     drelu(p, narrow, &xn)
 }
 
+/// Largest `w` for which [`at_least_small`] looks its thresholds up in one table (a
+/// 1-of-`2^(w + 1)` OT).
+pub const SMALL_THRESHOLD_BITS: u32 = 6;
+
+/// Boolean shares of `[v >= k]` for every threshold `k` of `thresholds` (threshold-major:
+/// entry `i * n + j` is `[v_j >= k_i]`), for shares `v` in `ring` of values in `[0,
+/// 2^(l-1))`, the thresholds in `1..=2^w`, `w <= `[`SMALL_THRESHOLD_BITS`]. One exact
+/// comparison `z = [v >= 2^w]` (skipped when no value reaches `2^w`), then one table
+/// look-up for all thresholds at once: `[v >= k] = z or [v mod 2^w >= k]`, where `v mod
+/// 2^w` is the sum of the shares' low `w` bits (a local step). Party 0 tabulates, for
+/// every pair (low bits, share of `z`) party 1 may hold, the thresholds' bits against its
+/// own, masked by fresh random bits (its output share); party 1 takes its row by a
+/// 1-of-`2^(w + 1)` OT (`w + 1` silent correlated OTs and `2^(w + 1)` table entries of
+/// one bit per threshold). For six thresholds up to 8 this replaces six comparisons by
+/// one and a 1-of-16 OT. Exact.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) if a threshold is 0, above
+/// `2^SMALL_THRESHOLD_BITS`, or there are more than 64; channel errors.
+pub fn at_least_small<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    thresholds: &[u64],
+    v: &[u64],
+) -> Result<Vec<u8>> {
+    let n = v.len();
+    let nk = thresholds.len();
+    let top = thresholds.iter().copied().max().unwrap_or(1);
+    if nk > 64 || top > 1 << SMALL_THRESHOLD_BITS || thresholds.contains(&0) {
+        return Err(crate::Error::InvalidInput {
+            what: "small thresholds (1 to 2^SMALL_THRESHOLD_BITS, at most 64 of them)",
+            expected: 1 << SMALL_THRESHOLD_BITS,
+            found: if nk > 64 { nk as u64 } else { top },
+        });
+    }
+    if n == 0 || nk == 0 {
+        return Ok(Vec::new());
+    }
+    // The fewest low bits that hold every threshold but 2^w itself: [v >= 2^w] is z.
+    let w = (64 - (top - 1).leading_zeros()).max(1);
+    let p0 = p.is_p0();
+    let z = if w + 1 < ring.bits() {
+        let c = 1u64 << w;
+        let shifted: Vec<u64> = v
+            .iter()
+            .map(|&x| if p0 { ring.sub(x, c) } else { x })
+            .collect();
+        drelu(p, ring, &shifted)?
+    } else {
+        // Every value is below 2^(l-1) <= 2^w.
+        vec![0; n]
+    };
+    let log_n = w + 1;
+    let low = mask(w);
+    let mut out = vec![0u8; nk * n];
+    if p0 {
+        let rows = 1usize << log_n;
+        let mut msgs = Vec::with_capacity(n * rows);
+        for j in 0..n {
+            let r = p.rng().next_u64() & mask(nk as u32);
+            for (i, o) in out.iter_mut().skip(j).step_by(n).enumerate() {
+                *o = ((r >> i) & 1) as u8;
+            }
+            for c in 0..rows as u64 {
+                let lo = v[j].wrapping_add(c) & low;
+                let above = z[j] ^ (c >> w) as u8 == 1;
+                let bits = thresholds.iter().enumerate().fold(0u64, |acc, (i, &k)| {
+                    acc | (u64::from(above || lo >= k) << i)
+                });
+                msgs.push(bits ^ r);
+            }
+        }
+        p.ensure_ots(n * log_n as usize, 0)?;
+        let parts = p.parts();
+        parts
+            .ot_send
+            .send_one_of_n(parts.ch, &msgs, log_n, nk as u32)?;
+    } else {
+        let choices: Vec<u16> = (0..n)
+            .map(|j| ((v[j] & low) | (u64::from(z[j]) << w)) as u16)
+            .collect();
+        p.ensure_ots(n * log_n as usize, 0)?;
+        let parts = p.parts();
+        let got = parts
+            .ot_recv
+            .receive_one_of_n(parts.ch, &choices, log_n, nk as u32)?;
+        for (j, &g) in got.iter().enumerate() {
+            for i in 0..nk {
+                out[i * n + j] = ((g >> i) & 1) as u8;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// ReLU: shares of `max(x, 0)` (signed), exact.
 pub fn relu<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
