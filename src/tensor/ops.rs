@@ -176,8 +176,9 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// The logistic sigmoid on shares: piecewise linear with 7 exact comparisons per element,
-    /// within [`cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
+    /// The logistic sigmoid on shares: piecewise linear (7 exact comparisons per element, or in
+    /// the training ring 2 and one table look-up), within
+    /// [`cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
     pub fn sigmoid(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
         let share = cipherml_mpc::protocols::approx::sigmoid_pwl(&mut self.party, self.fixed, &s)?;
@@ -186,7 +187,8 @@ impl<C: Channel> Session<C> {
 
     /// The sigmoid on shares within
     /// [`cipherml_mpc::protocols::approx::SIGMOID_PRECISE_ERROR`] (0.0033; 13 exact
-    /// comparisons per element where [`Session::sigmoid`] has 7 and is within 0.0125).
+    /// comparisons per element where [`Session::sigmoid`] has 7 and is within 0.0125; in
+    /// the training ring 2 comparisons and one table look-up for either).
     pub fn sigmoid_precise(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
         let share =
@@ -194,7 +196,8 @@ impl<C: Channel> Session<C> {
         Ok(self.shared(share, shape))
     }
 
-    /// tanh on shares (piecewise linear: 13 exact comparisons per element), within
+    /// tanh on shares (piecewise linear: 13 exact comparisons per element, or in the
+    /// training ring 2 and one table look-up), within
     /// [`cipherml_mpc::protocols::approx::TANH_PWL_ERROR`] of tanh everywhere.
     pub fn tanh(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
