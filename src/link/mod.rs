@@ -46,12 +46,8 @@ pub fn bfv_linear_client<C: Channel, R: RngCore + CryptoRng>(
     pts: &[cipherml_he::bfv::Plaintext],
     positions: &[(usize, usize)],
 ) -> Result<Vec<u64>, Error> {
+    send_encrypted(params, p, sk, pts)?;
     let dec = Decryptor::new(params, sk.clone())?;
-    for pt in pts {
-        let ct = dec.encrypt_symmetric(pt, p.rng())?;
-        p.channel().send(&ct.to_bytes(params))?;
-    }
-    p.channel().flush()?;
     let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
     let mut coeffs = Vec::with_capacity(blocks);
     for b in 0..blocks {
@@ -71,6 +67,23 @@ pub fn bfv_linear_client<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
+/// Encrypts each of `pts` under `sk` (symmetric, seeded: one polynomial on the wire) and
+/// sends them; the other party reads them with [`receive_ciphertexts`].
+pub fn send_encrypted<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    p: &mut Party<C, R>,
+    sk: &Arc<SecretKey>,
+    pts: &[cipherml_he::bfv::Plaintext],
+) -> Result<(), Error> {
+    let dec = Decryptor::new(params, sk.clone())?;
+    for pt in pts {
+        let ct = dec.encrypt_symmetric(pt, p.rng())?;
+        p.channel().send(&ct.to_bytes(params))?;
+    }
+    p.channel().flush()?;
+    Ok(())
+}
+
 /// Server side of one linear layer under HE: receives `inputs` ciphertexts, computes
 /// `apply`, subtracts a fresh uniform mask polynomial from each output, adds a fresh
 /// encryption of zero under the client's public key (`rerand`), floods the noise
@@ -86,19 +99,50 @@ pub fn bfv_linear_server<C: Channel, R: RngCore + CryptoRng>(
     inputs: usize,
     positions: &[(usize, usize)],
     noise_log2: f64,
-    mut y_s: Vec<u64>,
+    y_s: Vec<u64>,
     apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
 ) -> Result<Vec<u64>, Error> {
+    let cts = receive_ciphertexts(params, p, inputs)?;
+    let out = apply(&Evaluator::new(params), &cts)?;
+    bfv_reply(
+        params, ring, flood_bits, p, rerand, &out, positions, noise_log2, y_s,
+    )
+}
+
+/// Receives `count` fresh ciphertexts of the client (seeded or not), each read with the
+/// size limit of a fresh ciphertext at the top level before it is decoded.
+pub fn receive_ciphertexts<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    p: &mut Party<C, R>,
+    count: usize,
+) -> Result<Vec<Ciphertext>, Error> {
     // The client's inputs are fresh: at most two polynomials at the top level.
     let max = cipherml_he::serialize::ciphertext_size(params, params.max_level(), 2, false)?;
-    let mut cts = Vec::with_capacity(inputs);
-    for _ in 0..inputs {
+    let mut cts = Vec::with_capacity(count);
+    for _ in 0..count {
         let msg = p.channel().recv_limited(max)?;
         cts.push(Ciphertext::from_bytes(params, &msg)?);
     }
+    Ok(cts)
+}
+
+/// The reply half of [`bfv_linear_server`], for outputs `out` computed on ciphertexts of
+/// the client (received now or earlier): masks, re-randomizes, floods and sends each, and
+/// returns the server's share `y_s + R` of the outputs at `positions`.
+#[allow(clippy::too_many_arguments)]
+pub fn bfv_reply<C: Channel, R: RngCore + CryptoRng>(
+    params: &Arc<BfvParameters>,
+    ring: Ring,
+    flood_bits: u32,
+    p: &mut Party<C, R>,
+    rerand: &Encryptor,
+    out: &[Ciphertext],
+    positions: &[(usize, usize)],
+    noise_log2: f64,
+    mut y_s: Vec<u64>,
+) -> Result<Vec<u64>, Error> {
     let ev = Evaluator::new(params);
     let encoder = Encoder::new(params);
-    let out = apply(&ev, &cts)?;
     let mask = params.plaintext_mask().ok_or(Error::Invalid {
         what: "link parameters",
         detail: "the plaintext modulus is not a power of two".into(),

@@ -446,6 +446,7 @@ impl Trainer {
     ) -> Result<History, NnError> {
         let n = self.check_data(&x.shape(), &y.shape(), opts)?;
         let reveal = self.agree(s, &x.shape(), &y.shape(), opts)?;
+        let cached = self.cache_data(s, x, n, opts)?;
         let mut history = History::default();
         for epoch in 0..opts.epochs {
             let order = batches(n, opts.batch_size, opts.shuffle_seed, epoch);
@@ -456,7 +457,7 @@ impl Trainer {
                     batch: b,
                     source: Box::new(e),
                 };
-                let m = self.step(s, x, y, idx, reveal).map_err(wrap)?;
+                let m = self.step(s, x, y, idx, reveal, cached).map_err(wrap)?;
                 if let Some(m) = m {
                     metric = Some(match metric {
                         None => m,
@@ -490,6 +491,33 @@ impl Trainer {
             });
         }
         Ok(history)
+    }
+
+    /// Whether the first layer's products run on the data encrypted once
+    /// ([`Session::encrypt_held_columns`]): a first dense layer on data one party holds
+    /// whole, where the session's cost model finds it cheaper over the whole fit (decided
+    /// from public shapes, so alike on both sides). Encrypts and sends the data if so.
+    fn cache_data<C: Channel>(
+        &self,
+        s: &mut Session<C>,
+        x: &PrivateTensor,
+        n: usize,
+        opts: &FitOptions,
+    ) -> Result<bool, NnError> {
+        let shape = x.shape();
+        let (Some(Layer::Dense { weight, .. }), [_, k], Some(_)) =
+            (self.model.layers.first(), shape.as_slice(), x.holder())
+        else {
+            return Ok(false);
+        };
+        let batch = opts.batch_size.min(n);
+        // The first batch multiplies the public initial weights (locally).
+        let products = (opts.epochs * n.div_ceil(batch.max(1))).saturating_sub(1);
+        if !s.held_columns_cheaper((n, *k, weight.nrows()), batch, products) {
+            return Ok(false);
+        }
+        s.encrypt_held_columns(x)?;
+        Ok(true)
     }
 
     /// Both parties check that they run the same job (a digest of the model, loss,
@@ -539,6 +567,7 @@ impl Trainer {
         y: &PrivateTensor,
         idx: &[usize],
         metric: bool,
+        cached: bool,
     ) -> Result<Option<PrivateTensor>, NnError> {
         let bsz = idx.len();
         let xb = s.rows(x, idx)?;
@@ -548,7 +577,8 @@ impl Trainer {
         let mut h = xb;
         let mut pi = 0;
         for layer in &self.model.layers {
-            let (out, cache) = self.forward_layer(s, layer, &h, &mut pi)?;
+            let rows = (cached && caches.is_empty()).then_some(idx);
+            let (out, cache) = self.forward_layer(s, layer, &h, &mut pi, rows)?;
             caches.push(cache);
             h = out;
         }
@@ -603,6 +633,7 @@ impl Trainer {
         layer: &Layer,
         h: &PrivateTensor,
         pi: &mut usize,
+        rows: Option<&[usize]>,
     ) -> Result<(PrivateTensor, Cache), NnError> {
         let shape = h.shape();
         Ok(match layer {
@@ -610,7 +641,11 @@ impl Trainer {
                 let (w, b) = (&self.params[*pi].value, &self.params[*pi + 1].value);
                 *pi += 2;
                 let wt = s.transpose(w)?;
-                let z = s.matmul(h, &wt)?;
+                // `h` is these rows of the data encrypted once (see `cache_data`).
+                let z = match rows {
+                    Some(rows) => s.matmul_held_columns(h, rows, &wt)?,
+                    None => s.matmul(h, &wt)?,
+                };
                 let z = s.add(&z, b)?;
                 (z, Cache::Dense { x: h.clone() })
             }

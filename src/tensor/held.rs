@@ -19,7 +19,7 @@ use cipherml_he::tensor::CoeffMatVec;
 use cipherml_mpc::net::Channel;
 use ndarray::Array2;
 
-use super::{cost, Role, Session, TensorError};
+use super::{cost, PrivateTensor, Role, Session, TensorError};
 
 /// The server's BFV key for products in which it encrypts.
 pub(super) enum ServerKey {
@@ -207,16 +207,7 @@ impl<C: Channel> Session<C> {
                         })
                     })
                     .collect();
-                let rerand: &Encryptor = match (holder, &self.rerand, &self.server_key) {
-                    (Role::Server, Some(r), _) => r,
-                    (Role::Client, _, Some(ServerKey::Public(r))) => r,
-                    _ => {
-                        return Err(TensorError::Invalid {
-                            what: "session",
-                            detail: "no public key of the key holder".into(),
-                        })
-                    }
-                };
+                let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder.other())?;
                 crate::link::bfv_linear_server(
                     &params,
                     ring,
@@ -230,16 +221,7 @@ impl<C: Channel> Session<C> {
                     |ev, cts| mv.apply(ev, cts),
                 )?
             } else {
-                let sk = match (holder, &self.sk, &self.server_key) {
-                    (Role::Server, Some(sk), _) => sk.clone(),
-                    (Role::Client, _, Some(ServerKey::Secret(sk))) => sk.clone(),
-                    _ => {
-                        return Err(TensorError::Invalid {
-                            what: "session",
-                            detail: "no secret key to encrypt with".into(),
-                        })
-                    }
-                };
+                let sk = self.key_of(holder.other())?;
                 // The group's columns end to end, zeros for the columns past n.
                 let mut xi: Vec<i64> = (0..group).flat_map(|c| col(c).map(|v| v as i64)).collect();
                 xi.resize(wide, 0);
@@ -290,5 +272,358 @@ impl<C: Channel> Session<C> {
             }
         }
         Ok(z)
+    }
+}
+
+/// A data matrix (`rows x cols`, held whole by `holder`) encrypted once under the
+/// holder's key, `per_ct` columns per ciphertext at coefficient offsets `0, rows, 2 rows,
+/// ..`, kept by the other party for the session (training reuses it every batch: SecureML's
+/// "mask the data once", under HE). Products by it cost replies only, one per output
+/// column and digit, with the outputs dense (row `i` at coefficient `i`) where the
+/// coefficient-encoded product leaves `k - 1` of every `k` coefficients unused.
+pub(crate) struct HeldColumns {
+    holder: Role,
+    rows: usize,
+    cols: usize,
+    per_ct: usize,
+    /// The ciphertexts (the evaluator's side only).
+    cts: Vec<cipherml_he::bfv::Ciphertext>,
+}
+
+impl<C: Channel> Session<C> {
+    /// Columns of a `rows`-row matrix per ciphertext (none if a column does not fit).
+    fn columns_per_ct(&self, rows: usize) -> usize {
+        self.params.degree() / rows.max(1)
+    }
+
+    /// Bits of the digits the evaluator splits its share into (`ceil(l / 2)`: the noise of
+    /// a product grows with the plaintext's size, see [`Session::shared_product_he`]).
+    fn held_digit_bits(&self) -> u32 {
+        self.fixed.ring().bits().div_ceil(2)
+    }
+
+    /// Whether encrypting `x` (`m x k`, held) once and multiplying batches of `batch` of its
+    /// rows by `n` shared columns from it costs less than the held products
+    /// [`Session::matmul`] would run, over `products` such products (public: shapes and
+    /// counts only, so both parties decide alike).
+    pub(crate) fn held_columns_cheaper(
+        &self,
+        (m, k, n): (usize, usize, usize),
+        batch: usize,
+        products: usize,
+    ) -> bool {
+        let per_ct = self.columns_per_ct(m);
+        let dealer = matches!(self.config.triples, super::config::Triples::Dealer { .. });
+        if dealer || per_ct == 0 || products == 0 || k == 0 || n == 0 {
+            return false;
+        }
+        let net = self.config.network;
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
+        let cts = k.div_ceil(per_ct) as f64;
+        let once = cost::Cost {
+            compute_us: cts * 400.0,
+            bytes: cts * big_n * q_bits / 8.0,
+            rounds: 1.0,
+        };
+        let replies = 2.0 * n as f64;
+        let each = cost::Cost {
+            compute_us: replies * (cts * 150.0 + 900.0),
+            bytes: replies * (big_n + batch as f64) * reply_bits / 8.0,
+            rounds: 2.0,
+        };
+        let now = self.held_cost(batch, k, n).total_us(&net);
+        once.total_us(&net) + products as f64 * each.total_us(&net) < products as f64 * now
+    }
+
+    /// Encrypts `x` (2-D, input by one party: [`Session::input`]) once for
+    /// [`Session::matmul_held_columns`]: its holder encrypts it column by column under its
+    /// key (the client's session key, or the server's training key) and sends it; the
+    /// other party keeps the ciphertexts. Both parties call it at the same point.
+    pub(crate) fn encrypt_held_columns(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
+        let shape = x.shape();
+        let (Some(holder), [m, k]) = (x.holder(), shape.as_slice()) else {
+            return Err(TensorError::Invalid {
+                what: "held columns",
+                detail: format!("a 2-D matrix input by one party, not {shape:?}"),
+            });
+        };
+        let (m, k) = (*m, *k);
+        let per_ct = self.columns_per_ct(m);
+        if per_ct == 0 {
+            return Err(TensorError::Invalid {
+                what: "held columns",
+                detail: format!(
+                    "{m} rows do not fit one ciphertext of {}",
+                    self.params.degree()
+                ),
+            });
+        }
+        if holder == Role::Server {
+            self.ensure_server_key()?;
+        }
+        let count = k.div_ceil(per_ct);
+        let cts = if holder == self.role {
+            let (share, _) = self.shares_of(x)?;
+            let encoder = Encoder::new(&self.params);
+            let n = self.params.degree();
+            let mut pts = Vec::with_capacity(count);
+            for g in 0..count {
+                let mut coeffs = vec![0u64; n];
+                for s in 0..per_ct.min(k - g * per_ct) {
+                    let j = g * per_ct + s;
+                    for i in 0..m {
+                        coeffs[s * m + i] = share[i * k + j];
+                    }
+                }
+                pts.push(encoder.encode_coeffs_u64(&coeffs)?);
+            }
+            let sk = self.key_of(holder)?;
+            crate::link::send_encrypted(&self.params, &mut self.party, &sk, &pts)?;
+            Vec::new()
+        } else {
+            crate::link::receive_ciphertexts(&self.params, &mut self.party, count)?
+        };
+        self.held_columns = Some(HeldColumns {
+            holder,
+            rows: m,
+            cols: k,
+            per_ct,
+            cts,
+        });
+        Ok(())
+    }
+
+    /// The secret key this party encrypts and decrypts with as `key_holder`: the client's
+    /// session key, or the server's training key.
+    fn key_of(&self, key_holder: Role) -> Result<Arc<SecretKey>, TensorError> {
+        match (key_holder, &self.sk, &self.server_key) {
+            (Role::Client, Some(sk), _) => Ok(sk.clone()),
+            (Role::Server, _, Some(ServerKey::Secret(sk))) => Ok(sk.clone()),
+            _ => Err(TensorError::Invalid {
+                what: "session",
+                detail: "no secret key to encrypt with".into(),
+            }),
+        }
+    }
+
+    /// The public key of `key_holder` with which this party (the other one) re-randomizes
+    /// its replies: the client's (server side), or the server's training key (client side).
+    /// The fields are passed apart so that the party stays borrowable.
+    fn rerand_for<'a>(
+        rerand: &'a Option<Encryptor>,
+        server_key: &'a Option<ServerKey>,
+        key_holder: Role,
+    ) -> Result<&'a Encryptor, TensorError> {
+        match (key_holder, rerand, server_key) {
+            (Role::Client, Some(r), _) => Ok(r),
+            (Role::Server, _, Some(ServerKey::Public(r))) => Ok(r),
+            _ => Err(TensorError::Invalid {
+                what: "session",
+                detail: "no public key of the key holder".into(),
+            }),
+        }
+    }
+
+    /// `X[rows] B` for the matrix `X` of [`Session::encrypt_held_columns`] (`xb` is
+    /// `X[rows]`, as [`Session::rows`] gives it) and `B` (`k x n`, any representation):
+    /// the holder multiplies its share of `B` locally; the other party multiplies the
+    /// encrypted columns by its share of `B`, split into two digits, one reply per output
+    /// column and digit (masked, re-randomized with the holder's public key, flooded),
+    /// which the holder decrypts at the batch's rows. Shared at `2^2f`, as
+    /// [`Session::matmul`]. A public `B`, or one the holder has whole, runs as
+    /// [`Session::matmul`] (locally).
+    pub(crate) fn matmul_held_columns(
+        &mut self,
+        xb: &PrivateTensor,
+        rows: &[usize],
+        b: &PrivateTensor,
+    ) -> Result<PrivateTensor, TensorError> {
+        let Some(hc) = self.held_columns.as_ref() else {
+            return self.matmul(xb, b);
+        };
+        let (holder, m, k, per_ct) = (hc.holder, hc.rows, hc.cols, hc.per_ct);
+        let sb = b.shape();
+        if matches!(b, PrivateTensor::Public(_)) || b.holder() == Some(holder) {
+            return self.matmul(xb, b);
+        }
+        if sb.len() != 2 || sb[0] != k || xb.shape() != [rows.len(), k] {
+            return Err(TensorError::Shape {
+                what: "held columns product",
+                left: xb.shape(),
+                right: sb,
+            });
+        }
+        if let Some(&bad) = rows.iter().find(|&&i| i >= m) {
+            return Err(TensorError::Shape {
+                what: "row index vs held rows",
+                left: vec![bad],
+                right: vec![m],
+            });
+        }
+        let n = sb[1];
+        let bsz = rows.len();
+        let ring = self.fixed.ring();
+        let f = self.fixed.frac_bits();
+        let (y, _) = self.shares_of(b)?;
+        let dbits = self.held_digit_bits();
+        let low = (1u64 << dbits) - 1;
+        // Outputs: block `d n + c` is digit d of column c, row i at coefficient i.
+        let positions: Vec<(usize, usize)> = (0..2 * n)
+            .flat_map(|blk| rows.iter().map(move |&i| (blk, i)))
+            .collect();
+        let big_n = self.params.degree();
+        let cap = 1u64 << dbits;
+        let noise = cipherml_he::tensor::product_noise_log2(
+            k.div_ceil(per_ct),
+            big_n,
+            self.params.plaintext_modulus(),
+            cap,
+            per_ct,
+            cipherml_he::tensor::FRESH_NOISE_LOG2,
+        );
+        let label = format!("product by held columns ({bsz} of {m} rows, {k} columns)");
+        super::linear::check_flood(&self.params, &self.config, &label, noise)?;
+        self.log.push(cost::LayerPlan {
+            layer: format!("matmul ({bsz}x{k}) x ({k}x{n}), held data encrypted once"),
+            depth: 0,
+            chosen: cost::Backend::BfvCoefficient,
+            options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
+        });
+        let parts = if holder == self.role {
+            let (x, _) = self.shares_of(xb)?;
+            let own = ring.matmul(&x, &y, bsz, k, n);
+            let sk = self.key_of(holder)?;
+            let got = crate::link::bfv_linear_client(
+                &self.params,
+                ring,
+                &mut self.party,
+                &sk,
+                &[],
+                &positions,
+            )?;
+            (own, got)
+        } else {
+            let flood_bits = self.reveal_flood_bits(positions.len())?;
+            let params = self.params.clone();
+            let encoder = Encoder::new(&params);
+            let ev = cipherml_he::bfv::Evaluator::new(&params);
+            let cts = &self.held_columns.as_ref().expect("checked above").cts;
+            let mut out = Vec::with_capacity(2 * n);
+            for d in 0..2u32 {
+                for c in 0..n {
+                    let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
+                    for (g, ct) in cts.iter().enumerate() {
+                        // Column s of this ciphertext sits at offset s m: times X^(-s m)
+                        // (= -X^(N - s m)) it lands at 0; the others land at non-zero
+                        // multiples of m, outside the rows.
+                        let mut coeffs = vec![0i64; big_n];
+                        for s in 0..per_ct.min(k - g * per_ct) {
+                            let j = g * per_ct + s;
+                            let digit = ((y[j * n + c] >> (d * dbits)) & low) as i64;
+                            if s == 0 {
+                                coeffs[0] = digit;
+                            } else {
+                                coeffs[big_n - s * m] = -digit;
+                            }
+                        }
+                        let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
+                        match &mut acc {
+                            None => acc = Some(prod),
+                            Some(a) => ev.add_assign(a, &prod)?,
+                        }
+                    }
+                    out.push(acc.expect("at least one ciphertext"));
+                }
+            }
+            let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder)?;
+            let got = crate::link::bfv_reply(
+                &params,
+                ring,
+                flood_bits,
+                &mut self.party,
+                rerand,
+                &out,
+                &positions,
+                noise,
+                vec![0; positions.len()],
+            )?;
+            (vec![0; bsz * n], got)
+        };
+        let (own, got) = parts;
+        let z: Vec<u64> = (0..bsz * n)
+            .map(|idx| {
+                let (i, c) = (idx / n, idx % n);
+                let lo = got[c * bsz + i];
+                let hi = got[(n + c) * bsz + i];
+                ring.add(own[idx], ring.add(lo, ring.mul(hi, 1u64 << dbits)))
+            })
+            .collect();
+        Ok(PrivateTensor::Shared {
+            share: z,
+            shape: vec![bsz, n],
+            frac_bits: 2 * f,
+            nonneg: false,
+            held_by: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{run_local_with, Role, SessionConfig};
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+
+    /// Products by rows of held data encrypted once, against the plaintext product and the
+    /// engine's own held product: data of either party, columns several to a ciphertext
+    /// (300 rows: 27 of them) or one (5,000 rows) or two (3,000), batches of rows in any
+    /// order with repeats; and the refusals of a wrong shape and a row out of range.
+    #[test]
+    fn products_by_held_columns_match_plaintext() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(21);
+        for (holder, m, k, n) in [
+            (Role::Client, 300usize, 7usize, 3usize),
+            (Role::Server, 3000, 5, 2),
+            (Role::Client, 5000, 3, 1),
+        ] {
+            let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-4.0..4.0));
+            let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-2.0..2.0));
+            let rows: Vec<usize> = (0..m).rev().step_by(37).chain([0, m - 1, 5, 5]).collect();
+            let want = a.select(ndarray::Axis(0), &rows).dot(&b).into_dyn();
+            let (ad, bd, r) = (a.into_dyn(), b.into_dyn(), rows.clone());
+            let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+                let x = s.input(holder, &[m, k], || ad.clone())?;
+                // Random-looking shares on both sides.
+                let y = s.input_masked(Role::Server, &[k, n], || bd.clone())?;
+                s.encrypt_held_columns(&x)?;
+                let xb = s.rows(&x, &r)?;
+                let z = s.matmul_held_columns(&xb, &r, &y)?;
+                let engine = s.matmul(&xb, &y)?;
+                let wrong_rows = s.matmul_held_columns(&xb, &[m], &y).is_err();
+                let wrong_shape = s.matmul_held_columns(&y, &r, &y).is_err();
+                Ok((
+                    s.reveal(&z, Role::Client)?,
+                    s.reveal(&engine, Role::Client)?,
+                    s.explain(),
+                    wrong_rows && wrong_shape,
+                ))
+            })
+            .unwrap();
+            let (z, engine, plan, refused) = client;
+            assert!(plan.contains("held data encrypted once"), "{plan}");
+            assert!(refused, "a bad row or shape was accepted");
+            for got in [z.unwrap(), engine.unwrap()] {
+                let worst = (&got - &want)
+                    .mapv(f64::abs)
+                    .fold(0.0f64, |acc, &v| acc.max(v));
+                // Inputs rounded to 2^-16: k products of values below 4 and 2.
+                assert!(
+                    worst < 1e-4 * k as f64,
+                    "{holder:?} {m}x{k}x{n}: products differ from plaintext by {worst}"
+                );
+            }
+        }
     }
 }

@@ -90,6 +90,14 @@ impl Role {
             Role::Server => PartyId::P1,
         }
     }
+
+    /// The other party.
+    fn other(self) -> Role {
+        match self {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        }
+    }
 }
 
 /// Errors of sessions and private tensors: the crate's one error type, [`crate::Error`].
@@ -203,6 +211,9 @@ pub struct Session<C: Channel> {
     /// Training: the server's own BFV key (server side) or the server's public key (client
     /// side), made when a product first needs the server to encrypt ([`held`]).
     server_key: Option<held::ServerKey>,
+    /// Training: a held data matrix encrypted once, column by column, by its holder and
+    /// kept by the other party ([`Session::encrypt_held_columns`]).
+    held_columns: Option<held::HeldColumns>,
     /// Server: the client's BFV public key, which re-randomizes encrypted replies.
     rerand: Option<cipherml_he::bfv::Encryptor>,
     triples: AnyTriples<TcpChannel>,
@@ -457,6 +468,7 @@ impl<C: Channel> Session<C> {
             ckks,
             log: Vec::new(),
             server_key: None,
+            held_columns: None,
             revealed: 0,
             unflooded_ckks: false,
         }
@@ -993,13 +1005,28 @@ impl<C: Channel> Session<C> {
     /// by the one-way OT product, under the session's network model.
     fn held_he_cheaper(&self, m: usize, k: usize, n: usize) -> bool {
         let net = self.config.network;
+        self.held_he_cost(m, k, n).total_us(&net) < self.held_ot_cost(m, k, n).total_us(&net)
+    }
+
+    /// The estimated cost of a held `m x k` matrix times a shared `k x n` one by the
+    /// one-way OT product.
+    fn held_ot_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
         let l = f64::from(self.fixed.ring().bits());
-        let ot = cost::Cost {
+        cost::Cost {
             compute_us: (k * n) as f64 * l * (0.1 + m as f64 * 0.002),
             bytes: (k * n) as f64 * l * (16.0 + m as f64 * l / 8.0),
             rounds: 2.0,
-        };
-        self.held_he_cost(m, k, n).total_us(&net) < ot.total_us(&net)
+        }
+    }
+
+    /// The estimated cost of a held product as [`Session::matmul`] runs it (the cheaper of
+    /// BFV and the OT product).
+    pub(super) fn held_cost(&self, m: usize, k: usize, n: usize) -> cost::Cost {
+        if self.held_he_cheaper(m, k, n) {
+            self.held_he_cost(m, k, n)
+        } else {
+            self.held_ot_cost(m, k, n)
+        }
     }
 
     /// Whether a shared `m x k` by `k x n` product is cheaper under BFV (two cross terms of
