@@ -709,12 +709,19 @@ fn training_products_under_bfv_match_plaintext() {
     // with a last group part full (40 x 50: four columns per group, 7 = 4 + 3), all in
     // one (20 x 12), packed columns whose rows span several reply blocks (9 x 2000), and
     // a long inner dimension split in chunks (20 x 3750 x 1, the logistic gradient).
+    //
+    // Shared products of a tall matrix by a small one (3750 x 10 x 5 and 3000 x 5 x 1, the
+    // MLP's) run by encrypted columns, two to a ciphertext (the plan says so); 9000 x 3 x 2
+    // (a column longer than a ciphertext) the other way.
     for (m, k, n) in [
         (600usize, 10usize, 5usize),
         (40, 50, 7),
         (20, 12, 7),
         (9, 2000, 5),
         (20, 3750, 1),
+        (3750, 10, 5),
+        (3000, 5, 1),
+        (9000, 3, 2),
     ] {
         let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-3.0..3.0));
         let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-3.0..3.0));
@@ -738,6 +745,13 @@ fn training_products_under_bfv_match_plaintext() {
         .unwrap();
         let (z, zh, plan) = client;
         assert!(plan.matches("* BFV").count() >= 2, "{plan}");
+        if m >= 3000 {
+            assert_eq!(
+                plan.contains("by encrypted columns"),
+                m <= 8192,
+                "{m}x{k}x{n}: {plan}"
+            );
+        }
         for got in [z.unwrap(), zh.unwrap()] {
             let worst = (&got - &want_shared.clone().into_dyn())
                 .mapv(f64::abs)

@@ -363,28 +363,8 @@ impl<C: Channel> Session<C> {
         if holder == Role::Server {
             self.ensure_server_key()?;
         }
-        let count = k.div_ceil(per_ct);
-        let cts = if holder == self.role {
-            let (share, _) = self.shares_of(x)?;
-            let encoder = Encoder::new(&self.params);
-            let n = self.params.degree();
-            let mut pts = Vec::with_capacity(count);
-            for g in 0..count {
-                let mut coeffs = vec![0u64; n];
-                for s in 0..per_ct.min(k - g * per_ct) {
-                    let j = g * per_ct + s;
-                    for i in 0..m {
-                        coeffs[s * m + i] = share[i * k + j];
-                    }
-                }
-                pts.push(encoder.encode_coeffs_u64(&coeffs)?);
-            }
-            let sk = self.key_of(holder)?;
-            crate::link::send_encrypted(&self.params, &mut self.party, &sk, &pts)?;
-            Vec::new()
-        } else {
-            crate::link::receive_ciphertexts(&self.params, &mut self.party, count)?
-        };
+        let (share, _) = self.shares_of(x)?;
+        let cts = self.send_columns(holder, &share, (m, k), per_ct)?;
         self.held_columns = Some(HeldColumns {
             holder,
             rows: m,
@@ -467,57 +447,129 @@ impl<C: Channel> Session<C> {
         let ring = self.fixed.ring();
         let f = self.fixed.frac_bits();
         let (y, _) = self.shares_of(b)?;
-        let dbits = self.held_digit_bits();
-        let low = (1u64 << dbits) - 1;
-        // Outputs: block `d n + c` is digit d of column c, row i at coefficient i.
-        let positions: Vec<(usize, usize)> = (0..2 * n)
-            .flat_map(|blk| rows.iter().map(move |&i| (blk, i)))
-            .collect();
-        let big_n = self.params.degree();
-        let cap = 1u64 << dbits;
-        let noise = cipherml_he::tensor::product_noise_log2(
-            k.div_ceil(per_ct),
-            big_n,
-            self.params.plaintext_modulus(),
-            cap,
-            per_ct,
-            cipherml_he::tensor::FRESH_NOISE_LOG2,
-        );
-        let label = format!("product by held columns ({bsz} of {m} rows, {k} columns)");
-        super::linear::check_flood(&self.params, &self.config, &label, noise)?;
         self.log.push(cost::LayerPlan {
             layer: format!("matmul ({bsz}x{k}) x ({k}x{n}), held data encrypted once"),
             depth: 0,
             chosen: cost::Backend::BfvCoefficient,
             options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
         });
-        let parts = if holder == self.role {
+        let own = if holder == self.role {
             let (x, _) = self.shares_of(xb)?;
-            let own = ring.matmul(&x, &y, bsz, k, n);
+            ring.matmul(&x, &y, bsz, k, n)
+        } else {
+            vec![0; bsz * n]
+        };
+        // The ciphertexts are lent to the product (the session stays borrowable).
+        let hc = self.held_columns.take();
+        let cts = hc.as_ref().map_or(&[][..], |h| h.cts.as_slice());
+        let part = self.columns_times(holder, cts, &y, rows, (m, k, n), per_ct);
+        self.held_columns = hc;
+        let z = ring.add_vec(&own, &part?);
+        Ok(PrivateTensor::Shared {
+            share: z,
+            shape: vec![bsz, n],
+            frac_bits: 2 * f,
+            nonneg: false,
+            held_by: None,
+        })
+    }
+
+    /// Encrypts `holder`'s `m x k` matrix (`x`, its side only) column by column, `per_ct`
+    /// columns per ciphertext at offsets `0, m, 2m, ..`, under its key, and sends it: the
+    /// other party's return value is the ciphertexts (empty on the holder's side).
+    fn send_columns(
+        &mut self,
+        holder: Role,
+        x: &[u64],
+        (m, k): (usize, usize),
+        per_ct: usize,
+    ) -> Result<Vec<cipherml_he::bfv::Ciphertext>, TensorError> {
+        let count = k.div_ceil(per_ct);
+        if holder != self.role {
+            return crate::link::receive_ciphertexts(&self.params, &mut self.party, count);
+        }
+        let encoder = Encoder::new(&self.params);
+        let big_n = self.params.degree();
+        let mut pts = Vec::with_capacity(count);
+        for g in 0..count {
+            let mut coeffs = vec![0u64; big_n];
+            for s in 0..per_ct.min(k - g * per_ct) {
+                let j = g * per_ct + s;
+                for i in 0..m {
+                    coeffs[s * m + i] = x[i * k + j];
+                }
+            }
+            pts.push(encoder.encode_coeffs_u64(&coeffs)?);
+        }
+        let sk = self.key_of(holder)?;
+        crate::link::send_encrypted(&self.params, &mut self.party, &sk, &pts)?;
+        Ok(Vec::new())
+    }
+
+    /// `X[rows] Y` where `X` (`m x k`) is `holder`'s matrix encrypted in columns
+    /// ([`Session::send_columns`]: `cts`, on the other party's side) and `Y` (`k x n`) the
+    /// other party's (`y`, its side only): the other party multiplies the ciphertexts by
+    /// `Y` split into two digits of `ceil(l / 2)` bits (the noise grows with the
+    /// plaintext's size), one reply per output column and digit, row `i` at coefficient `i`
+    /// (column `s` of a ciphertext sits at offset `s m`, and times `X^(-s m) = -X^(N - s m)`
+    /// it lands at 0 while the others land at non-zero multiples of `m`, outside the
+    /// rows); the replies are masked, re-randomized with the holder's public key and
+    /// flooded, and the holder decrypts them at `rows`. This party's share of the product,
+    /// row-major (`rows.len() x n`).
+    fn columns_times(
+        &mut self,
+        holder: Role,
+        cts: &[cipherml_he::bfv::Ciphertext],
+        y: &[u64],
+        rows: &[usize],
+        (m, k, n): (usize, usize, usize),
+        per_ct: usize,
+    ) -> Result<Vec<u64>, TensorError> {
+        let bsz = rows.len();
+        let ring = self.fixed.ring();
+        let dbits = self.held_digit_bits();
+        let low = (1u64 << dbits) - 1;
+        let big_n = self.params.degree();
+        // Outputs: block `d n + c` is digit d of column c, row i at coefficient i.
+        let positions: Vec<(usize, usize)> = (0..2 * n)
+            .flat_map(|blk| rows.iter().map(move |&i| (blk, i)))
+            .collect();
+        let noise = cipherml_he::tensor::product_noise_log2(
+            k.div_ceil(per_ct),
+            big_n,
+            self.params.plaintext_modulus(),
+            1u64 << dbits,
+            per_ct,
+            cipherml_he::tensor::FRESH_NOISE_LOG2,
+        );
+        let label = format!("product by encrypted columns ({bsz} of {m} rows, {k} columns)");
+        super::linear::check_flood(&self.params, &self.config, &label, noise)?;
+        let got = if holder == self.role {
             let sk = self.key_of(holder)?;
-            let got = crate::link::bfv_linear_client(
+            crate::link::bfv_linear_client(
                 &self.params,
                 ring,
                 &mut self.party,
                 &sk,
                 &[],
                 &positions,
-            )?;
-            (own, got)
+            )?
         } else {
+            if cts.len() != k.div_ceil(per_ct) {
+                return Err(TensorError::Invalid {
+                    what: "encrypted columns",
+                    detail: format!("{} ciphertexts for {k} columns", cts.len()),
+                });
+            }
             let flood_bits = self.reveal_flood_bits(positions.len())?;
             let params = self.params.clone();
             let encoder = Encoder::new(&params);
             let ev = cipherml_he::bfv::Evaluator::new(&params);
-            let cts = &self.held_columns.as_ref().expect("checked above").cts;
             let mut out = Vec::with_capacity(2 * n);
             for d in 0..2u32 {
                 for c in 0..n {
                     let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
                     for (g, ct) in cts.iter().enumerate() {
-                        // Column s of this ciphertext sits at offset s m: times X^(-s m)
-                        // (= -X^(N - s m)) it lands at 0; the others land at non-zero
-                        // multiples of m, outside the rows.
                         let mut coeffs = vec![0i64; big_n];
                         for s in 0..per_ct.min(k - g * per_ct) {
                             let j = g * per_ct + s;
@@ -538,7 +590,7 @@ impl<C: Channel> Session<C> {
                 }
             }
             let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder)?;
-            let got = crate::link::bfv_reply(
+            crate::link::bfv_reply(
                 &params,
                 ring,
                 flood_bits,
@@ -548,25 +600,64 @@ impl<C: Channel> Session<C> {
                 &positions,
                 noise,
                 vec![0; positions.len()],
-            )?;
-            (vec![0; bsz * n], got)
+            )?
         };
-        let (own, got) = parts;
-        let z: Vec<u64> = (0..bsz * n)
+        Ok((0..bsz * n)
             .map(|idx| {
                 let (i, c) = (idx / n, idx % n);
                 let lo = got[c * bsz + i];
                 let hi = got[(n + c) * bsz + i];
-                ring.add(own[idx], ring.add(lo, ring.mul(hi, 1u64 << dbits)))
+                ring.add(lo, ring.mul(hi, 1u64 << dbits))
             })
-            .collect();
-        Ok(PrivateTensor::Shared {
-            share: z,
-            shape: vec![bsz, n],
-            frac_bits: 2 * f,
-            nonneg: false,
-            held_by: None,
+            .collect())
+    }
+
+    /// The estimated cost of `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) by
+    /// [`Session::shared_product_columns`] (`None` if a column of `X` does not fit a
+    /// ciphertext): per cross term, `X`'s share in columns and `2 n` dense replies.
+    pub(super) fn shared_columns_cost(&self, m: usize, k: usize, n: usize) -> Option<cost::Cost> {
+        let per_ct = self.columns_per_ct(m);
+        if per_ct == 0 {
+            return None;
+        }
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
+        let cts = k.div_ceil(per_ct) as f64;
+        let replies = 2.0 * n as f64;
+        Some(cost::Cost {
+            compute_us: 2.0 * (cts * 400.0 + replies * (cts * 150.0 + 900.0)),
+            bytes: 2.0
+                * (cts * big_n * q_bits / 8.0 + replies * (big_n + m as f64) * reply_bits / 8.0),
+            rounds: 4.0,
         })
+    }
+
+    /// `X Y` for shared `X` (`m x k`, `m <= N`) and `Y` (`k x n`) under BFV, dealer-free:
+    /// `X_c Y_c + X_s Y_s` locally, and each cross term `X_h Y_o` by `h` sending its share
+    /// in encrypted columns and the other party multiplying them by its share
+    /// ([`Session::columns_times`]): dense replies, where [`Session::shared_product_he`]'s
+    /// coefficient-encoded products use one coefficient in `k`. This party's share at
+    /// `2^2f`.
+    pub(super) fn shared_product_columns(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, TensorError> {
+        let per_ct = self.columns_per_ct(m);
+        let ring = self.fixed.ring();
+        let mut z = ring.matmul(x, y, m, k, n);
+        let rows: Vec<usize> = (0..m).collect();
+        for holder in [Role::Client, Role::Server] {
+            if holder == Role::Server {
+                self.ensure_server_key()?;
+            }
+            let cts = self.send_columns(holder, x, (m, k), per_ct)?;
+            let part = self.columns_times(holder, &cts, y, &rows, (m, k, n), per_ct)?;
+            z = ring.add_vec(&z, &part);
+        }
+        Ok(z)
     }
 }
 

@@ -847,19 +847,19 @@ impl<C: Channel> Session<C> {
             // Two 32-bit digits fit the flooding only with `t`'s rounding encoding (t > 2^60).
             let wide = self.params.plaintext_bits() > 60;
             if wide && !dealer && self.shared_he_cheaper(m, k, n) {
-                let c = self.held_he_cost(m, k, n);
+                let (c, columns) = self.shared_he_cost(m, k, n);
                 if let Some(lp) = self.log.last_mut() {
                     lp.chosen = cost::Backend::BfvCoefficient;
-                    lp.options.push((
-                        cost::Backend::BfvCoefficient,
-                        cost::Cost {
-                            compute_us: 4.0 * c.compute_us,
-                            bytes: 4.0 * c.bytes,
-                            rounds: 4.0 * c.rounds,
-                        },
-                    ));
+                    lp.options.push((cost::Backend::BfvCoefficient, c));
+                    if columns {
+                        lp.layer.push_str(", by encrypted columns");
+                    }
                 }
-                let z = self.shared_product_he(&x, &y, (m, k, n))?;
+                let z = if columns {
+                    self.shared_product_columns(&x, &y, (m, k, n))?
+                } else {
+                    self.shared_product_he(&x, &y, (m, k, n))?
+                };
                 return Ok(PrivateTensor::Shared {
                     share: z,
                     shape: vec![m, n],
@@ -1041,8 +1041,25 @@ impl<C: Channel> Session<C> {
             bytes: 2.0 * k * l * (n * per_ot(m)).min(m * per_ot(n)),
             rounds: 3.0,
         };
-        let he = self.held_he_cost(m as usize, k as usize, n as usize);
-        4.0 * he.total_us(&net) < ot.total_us(&net)
+        let (he, _) = self.shared_he_cost(m as usize, k as usize, n as usize);
+        he.total_us(&net) < ot.total_us(&net)
+    }
+
+    /// The estimated cost of a shared `m x k` by `k x n` product under BFV, and whether the
+    /// cheaper way is by encrypted columns ([`Session::shared_product_columns`]) rather
+    /// than four coefficient-encoded products ([`Session::shared_product_he`]).
+    fn shared_he_cost(&self, m: usize, k: usize, n: usize) -> (cost::Cost, bool) {
+        let net = self.config.network;
+        let c = self.held_he_cost(m, k, n);
+        let four = cost::Cost {
+            compute_us: 4.0 * c.compute_us,
+            bytes: 4.0 * c.bytes,
+            rounds: 4.0 * c.rounds,
+        };
+        match self.shared_columns_cost(m, k, n) {
+            Some(cols) if cols.total_us(&net) < four.total_us(&net) => (cols, true),
+            _ => (four, false),
+        }
     }
 
     /// A public tensor encoded at `2^f` (the whole value, not party 0's share).
