@@ -647,8 +647,8 @@ fn adam_logistic_regression_matches_plaintext_adam() {
     );
 }
 
-/// Full-batch logistic regression, where the first layer's products run on the data
-/// encrypted once (the plan says so): the weights after ten epochs within 0.02 of the
+/// Full-batch logistic regression, where the first layer's products and its weight
+/// gradients run on the data encrypted once, by columns and by rows (the plan says so): the weights after ten epochs within 0.02 of the
 /// plaintext run's and the test accuracy within 1 point, with the data of either party.
 #[test]
 fn full_batch_training_on_data_encrypted_once_matches_plaintext() {
@@ -682,6 +682,10 @@ fn full_batch_training_on_data_encrypted_once_matches_plaintext() {
         let (private, plan) = (client.0.unwrap(), client.1);
         assert!(
             plan.contains("held data encrypted once"),
+            "{holder:?}: {plan}"
+        );
+        assert!(
+            plan.contains("encrypted once by rows"),
             "{holder:?}: {plan}"
         );
         let diff = max_weight_diff(&private, &reference);

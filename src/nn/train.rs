@@ -373,6 +373,14 @@ enum PlainCache {
     Reshape(Vec<usize>),
 }
 
+/// Which of the first layer's products run on the data encrypted once (see
+/// `Trainer::cache_data`): the forward (by columns) and the weight gradient (by rows).
+#[derive(Debug, Clone, Copy, Default)]
+struct DataCache {
+    columns: bool,
+    rows: bool,
+}
+
 /// The batches of an epoch: a public permutation of `0..n` from the seed, cut in order.
 fn batches(n: usize, batch: usize, seed: Option<u64>, epoch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -493,31 +501,38 @@ impl Trainer {
         Ok(history)
     }
 
-    /// Whether the first layer's products run on the data encrypted once
-    /// ([`Session::encrypt_held_columns`]): a first dense layer on data one party holds
-    /// whole, where the session's cost model finds it cheaper over the whole fit (decided
-    /// from public shapes, so alike on both sides). Encrypts and sends the data if so.
+    /// Whether the first layer's products (forward) and weight gradients run on the data
+    /// encrypted once ([`Session::encrypt_held_columns`], [`Session::encrypt_held_rows`]):
+    /// a first dense layer on data one party holds whole, where the session's cost model
+    /// finds it cheaper over the whole fit (decided from public shapes, so alike on both
+    /// sides). Encrypts and sends the data if so.
     fn cache_data<C: Channel>(
         &self,
         s: &mut Session<C>,
         x: &PrivateTensor,
         n: usize,
         opts: &FitOptions,
-    ) -> Result<bool, NnError> {
+    ) -> Result<DataCache, NnError> {
         let shape = x.shape();
         let (Some(Layer::Dense { weight, .. }), [_, k], Some(_)) =
             (self.model.layers.first(), shape.as_slice(), x.holder())
         else {
-            return Ok(false);
+            return Ok(DataCache::default());
         };
         let batch = opts.batch_size.min(n);
-        // The first batch multiplies the public initial weights (locally).
-        let products = (opts.epochs * n.div_ceil(batch.max(1))).saturating_sub(1);
-        if !s.held_columns_cheaper((n, *k, weight.nrows()), batch, products) {
-            return Ok(false);
+        let batches = opts.epochs * n.div_ceil(batch.max(1));
+        let shape = (n, *k, weight.nrows());
+        // The first batch's forward multiplies the public initial weights (locally); every
+        // gradient multiplies a shared one.
+        let columns = s.held_columns_cheaper(shape, batch, batches.saturating_sub(1));
+        let rows = s.held_rows_cheaper(shape, batch, batches);
+        if columns {
+            s.encrypt_held_columns(x)?;
         }
-        s.encrypt_held_columns(x)?;
-        Ok(true)
+        if rows {
+            s.encrypt_held_rows(x)?;
+        }
+        Ok(DataCache { columns, rows })
     }
 
     /// Both parties check that they run the same job (a digest of the model, loss,
@@ -567,7 +582,7 @@ impl Trainer {
         y: &PrivateTensor,
         idx: &[usize],
         metric: bool,
-        cached: bool,
+        cached: DataCache,
     ) -> Result<Option<PrivateTensor>, NnError> {
         let bsz = idx.len();
         let xb = s.rows(x, idx)?;
@@ -577,7 +592,7 @@ impl Trainer {
         let mut h = xb;
         let mut pi = 0;
         for layer in &self.model.layers {
-            let rows = (cached && caches.is_empty()).then_some(idx);
+            let rows = (cached.columns && caches.is_empty()).then_some(idx);
             let (out, cache) = self.forward_layer(s, layer, &h, &mut pi, rows)?;
             caches.push(cache);
             h = out;
@@ -603,7 +618,8 @@ impl Trainer {
         let mut grads: Vec<Option<PrivateTensor>> = vec![None; self.params.len()];
         for (li, (layer, cache)) in self.model.layers.iter().zip(caches).enumerate().rev() {
             let first = li == 0;
-            g = self.backward_layer(s, layer, cache, &g, &mut pi, &mut grads, first)?;
+            let rows = (first && cached.rows).then_some(idx);
+            g = self.backward_layer(s, layer, cache, &g, &mut pi, &mut grads, first, rows)?;
         }
         // Update.
         let outs: usize = yb.shape()[1..].iter().product();
@@ -740,13 +756,20 @@ impl Trainer {
         pi: &mut usize,
         grads: &mut [Option<PrivateTensor>],
         first: bool,
+        rows: Option<&[usize]>,
     ) -> Result<PrivateTensor, NnError> {
         Ok(match (layer, cache) {
             (Layer::Dense { .. }, Cache::Dense { x }) => {
                 *pi -= 2;
                 let g = s.rescaled(g)?;
-                let gt = s.transpose(&g)?;
-                let dw = s.matmul(&gt, &x)?;
+                // `x` is these rows of the data encrypted once by rows (see `cache_data`).
+                let dw = match rows {
+                    Some(rows) => s.matmul_t_held_rows(&x, rows, &g)?,
+                    None => {
+                        let gt = s.transpose(&g)?;
+                        s.matmul(&gt, &x)?
+                    }
+                };
                 grads[*pi] = Some(dw);
                 grads[*pi + 1] = Some(s.sum_rows(&g)?);
                 if first {

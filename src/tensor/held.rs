@@ -508,14 +508,11 @@ impl<C: Channel> Session<C> {
 
     /// `X[rows] Y` where `X` (`m x k`) is `holder`'s matrix encrypted in columns
     /// ([`Session::send_columns`]: `cts`, on the other party's side) and `Y` (`k x n`) the
-    /// other party's (`y`, its side only): the other party multiplies the ciphertexts by
-    /// `Y` split into two digits of `ceil(l / 2)` bits (the noise grows with the
-    /// plaintext's size), one reply per output column and digit, row `i` at coefficient `i`
-    /// (column `s` of a ciphertext sits at offset `s m`, and times `X^(-s m) = -X^(N - s m)`
-    /// it lands at 0 while the others land at non-zero multiples of `m`, outside the
-    /// rows); the replies are masked, re-randomized with the holder's public key and
-    /// flooded, and the holder decrypts them at `rows`. This party's share of the product,
-    /// row-major (`rows.len() x n`).
+    /// other party's (`y`, its side only): one reply per output column and digit
+    /// ([`Session::digit_replies`]), row `i` at coefficient `i` (column `s` of a ciphertext
+    /// sits at offset `s m`, and times `X^(-s m) = -X^(N - s m)` it lands at 0 while the
+    /// others land at non-zero multiples of `m`, outside the rows). This party's share of
+    /// the product, row-major (`rows.len() x n`).
     fn columns_times(
         &mut self,
         holder: Role,
@@ -526,24 +523,75 @@ impl<C: Channel> Session<C> {
         per_ct: usize,
     ) -> Result<Vec<u64>, TensorError> {
         let bsz = rows.len();
+        let big_n = self.params.degree();
+        let label = format!("product by encrypted columns ({bsz} of {m} rows, {k} columns)");
+        let count = k.div_ceil(per_ct);
+        let comb = self.digit_replies(
+            holder,
+            cts,
+            count,
+            n,
+            rows,
+            per_ct,
+            1,
+            &label,
+            |g, c, digit| {
+                let mut coeffs = vec![0i64; big_n];
+                for s in 0..per_ct.min(k - g * per_ct) {
+                    let j = g * per_ct + s;
+                    let v = digit(y[j * n + c]);
+                    if s == 0 {
+                        coeffs[0] = v;
+                    } else {
+                        coeffs[big_n - s * m] = -v;
+                    }
+                }
+                coeffs
+            },
+        )?;
+        Ok((0..bsz * n)
+            .map(|idx| comb[(idx % n) * bsz + idx / n])
+            .collect())
+    }
+
+    /// The replies of a product under `holder`'s key, one per output column `c < n` and
+    /// digit, each read at the coefficients `keep`: on the other party's side, output
+    /// `(digit, c)` is the sum over the `count` ciphertexts `cts[g]` times the plaintext
+    /// `plain(g, c, digit)` (coefficients of at most `mult 2^(l/2)` in absolute value, at
+    /// most `terms` of them non-zero: the noise bound, and so the flooding, is sized from
+    /// these public counts), masked, re-randomized with the holder's public key and
+    /// flooded; the holder decrypts. The evaluator's share of the plaintexts is split into
+    /// two digits of `ceil(l / 2)` bits (`digit` extracts the current one), since the
+    /// noise grows with the plaintext's size. This party's share of the product, output
+    /// `c`'s values at `keep` in order (`n keep.len()`, column-major).
+    #[allow(clippy::too_many_arguments)]
+    fn digit_replies(
+        &mut self,
+        holder: Role,
+        cts: &[cipherml_he::bfv::Ciphertext],
+        count: usize,
+        n: usize,
+        keep: &[usize],
+        terms: usize,
+        mult: u64,
+        label: &str,
+        plain: impl Fn(usize, usize, &dyn Fn(u64) -> i64) -> Vec<i64>,
+    ) -> Result<Vec<u64>, TensorError> {
         let ring = self.fixed.ring();
         let dbits = self.held_digit_bits();
         let low = (1u64 << dbits) - 1;
-        let big_n = self.params.degree();
-        // Outputs: block `d n + c` is digit d of column c, row i at coefficient i.
         let positions: Vec<(usize, usize)> = (0..2 * n)
-            .flat_map(|blk| rows.iter().map(move |&i| (blk, i)))
+            .flat_map(|blk| keep.iter().map(move |&i| (blk, i)))
             .collect();
         let noise = cipherml_he::tensor::product_noise_log2(
-            k.div_ceil(per_ct),
-            big_n,
+            count,
+            self.params.degree(),
             self.params.plaintext_modulus(),
-            1u64 << dbits,
-            per_ct,
+            mult << dbits,
+            terms,
             cipherml_he::tensor::FRESH_NOISE_LOG2,
         );
-        let label = format!("product by encrypted columns ({bsz} of {m} rows, {k} columns)");
-        super::linear::check_flood(&self.params, &self.config, &label, noise)?;
+        super::linear::check_flood(&self.params, &self.config, label, noise)?;
         let got = if holder == self.role {
             let sk = self.key_of(holder)?;
             crate::link::bfv_linear_client(
@@ -555,10 +603,10 @@ impl<C: Channel> Session<C> {
                 &positions,
             )?
         } else {
-            if cts.len() != k.div_ceil(per_ct) {
+            if cts.len() != count {
                 return Err(TensorError::Invalid {
-                    what: "encrypted columns",
-                    detail: format!("{} ciphertexts for {k} columns", cts.len()),
+                    what: "encrypted operand",
+                    detail: format!("{} ciphertexts where {count} were sent", cts.len()),
                 });
             }
             let flood_bits = self.reveal_flood_bits(positions.len())?;
@@ -567,20 +615,12 @@ impl<C: Channel> Session<C> {
             let ev = cipherml_he::bfv::Evaluator::new(&params);
             let mut out = Vec::with_capacity(2 * n);
             for d in 0..2u32 {
+                let digit = move |v: u64| ((v >> (d * dbits)) & low) as i64;
                 for c in 0..n {
                     let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
                     for (g, ct) in cts.iter().enumerate() {
-                        let mut coeffs = vec![0i64; big_n];
-                        for s in 0..per_ct.min(k - g * per_ct) {
-                            let j = g * per_ct + s;
-                            let digit = ((y[j * n + c] >> (d * dbits)) & low) as i64;
-                            if s == 0 {
-                                coeffs[0] = digit;
-                            } else {
-                                coeffs[big_n - s * m] = -digit;
-                            }
-                        }
-                        let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
+                        let pt = encoder.encode_coeffs_i64(&plain(g, c, &digit))?;
+                        let prod = ev.mul_plain(ct, &pt)?;
                         match &mut acc {
                             None => acc = Some(prod),
                             Some(a) => ev.add_assign(a, &prod)?,
@@ -602,14 +642,199 @@ impl<C: Channel> Session<C> {
                 vec![0; positions.len()],
             )?
         };
-        Ok((0..bsz * n)
+        let kl = keep.len();
+        Ok((0..n * kl)
             .map(|idx| {
-                let (i, c) = (idx / n, idx % n);
-                let lo = got[c * bsz + i];
-                let hi = got[(n + c) * bsz + i];
+                let (c, p) = (idx / kl, idx % kl);
+                let lo = got[c * kl + p];
+                let hi = got[(n + c) * kl + p];
                 ring.add(lo, ring.mul(hi, 1u64 << dbits))
             })
             .collect())
+    }
+
+    /// Whether encrypting `x` (`m x k`, held) once by rows and computing the weight
+    /// gradients `G^T X[rows]` (`G` of `n` columns, batches of `batch` rows) from it costs
+    /// less, over `products` of them, than the held products [`Session::matmul`] would run
+    /// (public: shapes and counts only).
+    pub(crate) fn held_rows_cheaper(
+        &self,
+        (m, k, n): (usize, usize, usize),
+        batch: usize,
+        products: usize,
+    ) -> bool {
+        let per_ct = self.columns_per_ct(k);
+        let dealer = matches!(self.config.triples, super::config::Triples::Dealer { .. });
+        if dealer || per_ct == 0 || products == 0 || m == 0 || n == 0 {
+            return false;
+        }
+        let net = self.config.network;
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
+        let cts = m.div_ceil(per_ct) as f64;
+        let once = cost::Cost {
+            compute_us: cts * 400.0,
+            bytes: cts * big_n * q_bits / 8.0,
+            rounds: 1.0,
+        };
+        // A batch touches at most `batch` rows: at most that many ciphertexts.
+        let touched = cts.min(batch as f64);
+        let replies = 2.0 * n as f64;
+        let each = cost::Cost {
+            compute_us: replies * (touched * 150.0 + 900.0),
+            bytes: replies * (big_n + k as f64) * reply_bits / 8.0,
+            rounds: 2.0,
+        };
+        // As `matmul` runs `G^T X`: `(X^T G)^T` with `X^T` held.
+        let now = self.held_cost(k, batch, n).total_us(&net);
+        once.total_us(&net) + products as f64 * each.total_us(&net) < products as f64 * now
+    }
+
+    /// Encrypts `x` (2-D, input by one party) once by rows for
+    /// [`Session::matmul_t_held_rows`]: its holder encrypts it row by row, `N / k` rows per
+    /// ciphertext at offsets `0, k, 2k, ..` (the row-major matrix cut in pieces), under its
+    /// key and sends it; the other party keeps the ciphertexts. Both parties call it at the
+    /// same point.
+    pub(crate) fn encrypt_held_rows(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
+        let shape = x.shape();
+        let (Some(holder), [m, k]) = (x.holder(), shape.as_slice()) else {
+            return Err(TensorError::Invalid {
+                what: "held rows",
+                detail: format!("a 2-D matrix input by one party, not {shape:?}"),
+            });
+        };
+        let (m, k) = (*m, *k);
+        let per_ct = self.columns_per_ct(k);
+        if per_ct == 0 {
+            return Err(TensorError::Invalid {
+                what: "held rows",
+                detail: format!(
+                    "rows of {k} do not fit one ciphertext of {}",
+                    self.params.degree()
+                ),
+            });
+        }
+        if holder == Role::Server {
+            self.ensure_server_key()?;
+        }
+        let (share, _) = self.shares_of(x)?;
+        // The matrix transposed, in columns of `k`: row `i` at offset `(i mod per_ct) k`.
+        let xt = super::grad_transpose(&share, m, k);
+        let cts = self.send_columns(holder, &xt, (k, m), per_ct)?;
+        self.held_rows = Some(HeldColumns {
+            holder,
+            rows: k,
+            cols: m,
+            per_ct,
+            cts,
+        });
+        Ok(())
+    }
+
+    /// `G^T X[rows]` (`n x k`) for the matrix `X` (`m x k`) of
+    /// [`Session::encrypt_held_rows`] (`xb` is `X[rows]`) and `G` (`rows.len() x n`, any
+    /// representation): the holder multiplies its share of `G` locally; the other party
+    /// sums the encrypted rows weighted by its share of `G` (row `i` of a ciphertext sits
+    /// at offset `s k`, `s = i mod N/k`, and times `X^(-s k)` lands at 0), one dense reply
+    /// of `k` values per column of `G` and digit. Shared at `2^2f`, as
+    /// [`Session::matmul`] of `G^T` by `X[rows]`. A public `G`, or one the holder has
+    /// whole, runs as [`Session::matmul`].
+    pub(crate) fn matmul_t_held_rows(
+        &mut self,
+        xb: &PrivateTensor,
+        rows: &[usize],
+        g: &PrivateTensor,
+    ) -> Result<PrivateTensor, TensorError> {
+        let Some(hr) = self.held_rows.as_ref() else {
+            let gt = self.transpose(g)?;
+            return self.matmul(&gt, xb);
+        };
+        // Stored transposed: `rows` is `k` (a column's length), `cols` is `m`.
+        let (holder, k, m, per_ct) = (hr.holder, hr.rows, hr.cols, hr.per_ct);
+        let sg = g.shape();
+        if matches!(g, PrivateTensor::Public(_)) || g.holder() == Some(holder) {
+            let gt = self.transpose(g)?;
+            return self.matmul(&gt, xb);
+        }
+        let bsz = rows.len();
+        if sg.len() != 2 || sg[0] != bsz || xb.shape() != [bsz, k] {
+            return Err(TensorError::Shape {
+                what: "held rows product",
+                left: sg,
+                right: xb.shape(),
+            });
+        }
+        if let Some(&bad) = rows.iter().find(|&&i| i >= m) {
+            return Err(TensorError::Shape {
+                what: "row index vs held rows",
+                left: vec![bad],
+                right: vec![m],
+            });
+        }
+        let n = sg[1];
+        let ring = self.fixed.ring();
+        let f = self.fixed.frac_bits();
+        let (y, _) = self.shares_of(g)?;
+        self.log.push(cost::LayerPlan {
+            layer: format!("matmul ({n}x{bsz}) x ({bsz}x{k}), held data encrypted once by rows"),
+            depth: 0,
+            chosen: cost::Backend::BfvCoefficient,
+            options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
+        });
+        let own = if holder == self.role {
+            let (x, _) = self.shares_of(xb)?;
+            let yt = super::grad_transpose(&y, bsz, n);
+            ring.matmul(&yt, &x, n, bsz, k)
+        } else {
+            vec![0; n * k]
+        };
+        // A row taken twice in a batch adds its digits: the bound counts the repeats.
+        let mut seen = std::collections::HashMap::new();
+        for &i in rows {
+            *seen.entry(i).or_insert(0u64) += 1;
+        }
+        let mult = seen.values().copied().max().unwrap_or(1);
+        let big_n = self.params.degree();
+        let count = m.div_ceil(per_ct);
+        let label = format!("gradient by encrypted rows ({bsz} of {m} rows, {k} columns)");
+        let keep: Vec<usize> = (0..k).collect();
+        let hr = self.held_rows.take();
+        let cts = hr.as_ref().map_or(&[][..], |h| h.cts.as_slice());
+        let part = self.digit_replies(
+            holder,
+            cts,
+            count,
+            n,
+            &keep,
+            per_ct,
+            mult,
+            &label,
+            |ct, c, digit| {
+                let mut coeffs = vec![0i64; big_n];
+                for (p, &i) in rows.iter().enumerate() {
+                    if i / per_ct == ct {
+                        let s = i % per_ct;
+                        let v = digit(y[p * n + c]);
+                        if s == 0 {
+                            coeffs[0] += v;
+                        } else {
+                            coeffs[big_n - s * k] -= v;
+                        }
+                    }
+                }
+                coeffs
+            },
+        );
+        self.held_rows = hr;
+        let z = ring.add_vec(&own, &part?);
+        Ok(PrivateTensor::Shared {
+            share: z,
+            shape: vec![n, k],
+            frac_bits: 2 * f,
+            nonneg: false,
+            held_by: None,
+        })
     }
 
     /// The estimated cost of `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) by
@@ -666,6 +891,56 @@ mod tests {
     use super::super::{run_local_with, Role, SessionConfig};
     use ndarray::Array2;
     use rand::{Rng, SeedableRng};
+
+    /// Weight gradients `G^T X[rows]` from held data encrypted once by rows, against the
+    /// plaintext product and the engine's: data of either party, one or several
+    /// ciphertexts of rows (`N / k` rows each), batches with repeated rows (their digits
+    /// add up: the noise bound counts the repeats), and a wrong shape refused.
+    #[test]
+    fn gradients_by_held_rows_match_plaintext() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(22);
+        for (holder, m, k, n) in [
+            (Role::Client, 300usize, 7usize, 3usize),
+            (Role::Server, 3000, 20, 2),
+            (Role::Client, 1000, 64, 1),
+        ] {
+            let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-4.0..4.0));
+            let rows: Vec<usize> = (0..m).step_by(13).chain([m - 1, 3, 3, 3]).collect();
+            let gm = Array2::from_shape_fn((rows.len(), n), |_| rng.random_range(-2.0..2.0));
+            let want = gm.t().dot(&a.select(ndarray::Axis(0), &rows)).into_dyn();
+            let (ad, gd, r) = (a.into_dyn(), gm.into_dyn(), rows.clone());
+            let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+                let x = s.input(holder, &[m, k], || ad.clone())?;
+                let g = s.input_masked(Role::Server, &[r.len(), n], || gd.clone())?;
+                s.encrypt_held_rows(&x)?;
+                let xb = s.rows(&x, &r)?;
+                let z = s.matmul_t_held_rows(&xb, &r, &g)?;
+                let gt = s.transpose(&g)?;
+                let engine = s.matmul(&gt, &xb)?;
+                let refused = s.matmul_t_held_rows(&xb, &r[1..], &g).is_err();
+                Ok((
+                    s.reveal(&z, Role::Client)?,
+                    s.reveal(&engine, Role::Client)?,
+                    s.explain(),
+                    refused,
+                ))
+            })
+            .unwrap();
+            let (z, engine, plan, refused) = client;
+            assert!(plan.contains("encrypted once by rows"), "{plan}");
+            assert!(refused, "a wrong shape was accepted");
+            for got in [z.unwrap(), engine.unwrap()] {
+                let worst = (&got - &want)
+                    .mapv(f64::abs)
+                    .fold(0.0f64, |acc, &v| acc.max(v));
+                // Inputs rounded to 2^-16: a sum over the batch of values below 8.
+                assert!(
+                    worst < 1e-4 * rows.len() as f64,
+                    "{holder:?} {m}x{k}x{n}: gradients differ from plaintext by {worst}"
+                );
+            }
+        }
+    }
 
     /// Products by rows of held data encrypted once, against the plaintext product and the
     /// engine's own held product: data of either party, columns several to a ciphertext

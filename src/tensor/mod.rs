@@ -214,6 +214,8 @@ pub struct Session<C: Channel> {
     /// Training: a held data matrix encrypted once, column by column, by its holder and
     /// kept by the other party ([`Session::encrypt_held_columns`]).
     held_columns: Option<held::HeldColumns>,
+    /// The same matrix encrypted once by rows ([`Session::encrypt_held_rows`]).
+    held_rows: Option<held::HeldColumns>,
     /// Server: the client's BFV public key, which re-randomizes encrypted replies.
     rerand: Option<cipherml_he::bfv::Encryptor>,
     triples: AnyTriples<TcpChannel>,
@@ -469,6 +471,7 @@ impl<C: Channel> Session<C> {
             log: Vec::new(),
             server_key: None,
             held_columns: None,
+            held_rows: None,
             revealed: 0,
             unflooded_ckks: false,
         }
