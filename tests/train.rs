@@ -716,7 +716,9 @@ fn training_products_under_bfv_match_plaintext() {
     //
     // Shared products of a tall matrix by a small one (3750 x 10 x 5 and 3000 x 5 x 1, the
     // MLP's) run by encrypted columns, two to a ciphertext (the plan says so); 9000 x 3 x 2
-    // (a column longer than a ciphertext) the other way.
+    // (a column longer than a ciphertext) another way; the weight gradients' long inner
+    // dimension (10 x 3750 x 5, 5 x 3000 x 10) by encrypted columns or rows, whichever
+    // sends fewer replies.
     for (m, k, n) in [
         (600usize, 10usize, 5usize),
         (40, 50, 7),
@@ -726,6 +728,8 @@ fn training_products_under_bfv_match_plaintext() {
         (3750, 10, 5),
         (3000, 5, 1),
         (9000, 3, 2),
+        (10, 3750, 5),
+        (5, 3000, 10),
     ] {
         let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-3.0..3.0));
         let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-3.0..3.0));
@@ -753,6 +757,15 @@ fn training_products_under_bfv_match_plaintext() {
             assert_eq!(
                 plan.contains("by encrypted columns"),
                 m <= 8192,
+                "{m}x{k}x{n}: {plan}"
+            );
+        }
+        if k >= 3000 && m <= 10 {
+            // Columns of the left operand or rows of the right: more outputs per row than
+            // rows of outputs make the rows cheaper (fewer replies).
+            let way = if n > m { "rows" } else { "columns" };
+            assert!(
+                plan.contains(&format!("by encrypted {way}")),
                 "{m}x{k}x{n}: {plan}"
             );
         }

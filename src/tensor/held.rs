@@ -858,6 +858,80 @@ impl<C: Channel> Session<C> {
         })
     }
 
+    /// The estimated cost of `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) by
+    /// [`Session::shared_product_rows`] (`None` if a row of `Y` does not fit a ciphertext):
+    /// per cross term, `Y`'s share in rows and `2 m` dense replies.
+    pub(super) fn shared_rows_cost(&self, m: usize, k: usize, n: usize) -> Option<cost::Cost> {
+        let per_ct = self.columns_per_ct(n);
+        if per_ct == 0 {
+            return None;
+        }
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
+        let cts = k.div_ceil(per_ct) as f64;
+        let replies = 2.0 * m as f64;
+        Some(cost::Cost {
+            compute_us: 2.0 * (cts * 400.0 + replies * (cts * 150.0 + 900.0)),
+            bytes: 2.0
+                * (cts * big_n * q_bits / 8.0 + replies * (big_n + n as f64) * reply_bits / 8.0),
+            rounds: 4.0,
+        })
+    }
+
+    /// `X Y` for shared `X` (`m x k`) and `Y` (`k x n`, `n <= N`) under BFV, dealer-free,
+    /// for a long inner dimension (the weight gradients `G^T H`): `X_c Y_c + X_s Y_s`
+    /// locally, and each cross term `X_o Y_h` by `h` sending its share of `Y` in encrypted
+    /// rows and the other party summing them weighted by its share of `X` (row `r` of the
+    /// product: one dense reply of `n` values per digit). This party's share at `2^2f`.
+    pub(super) fn shared_product_rows(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        (m, k, n): (usize, usize, usize),
+    ) -> Result<Vec<u64>, TensorError> {
+        let per_ct = self.columns_per_ct(n);
+        let ring = self.fixed.ring();
+        let big_n = self.params.degree();
+        let mut z = ring.matmul(x, y, m, k, n);
+        let keep: Vec<usize> = (0..n).collect();
+        let count = k.div_ceil(per_ct);
+        for holder in [Role::Client, Role::Server] {
+            if holder == Role::Server {
+                self.ensure_server_key()?;
+            }
+            // Y's rows are the columns of Y^T (`n` long), `per_ct` to a ciphertext.
+            let yt = super::grad_transpose(y, k, n);
+            let cts = self.send_columns(holder, &yt, (n, k), per_ct)?;
+            let label = format!("product by encrypted rows ({m} x {k} x {n})");
+            let part = self.digit_replies(
+                holder,
+                &cts,
+                count,
+                m,
+                &keep,
+                per_ct,
+                1,
+                &label,
+                |g, r, digit| {
+                    let mut coeffs = vec![0i64; big_n];
+                    for sl in 0..per_ct.min(k - g * per_ct) {
+                        let i = g * per_ct + sl;
+                        let v = digit(x[r * k + i]);
+                        if sl == 0 {
+                            coeffs[0] = v;
+                        } else {
+                            coeffs[big_n - sl * n] = -v;
+                        }
+                    }
+                    coeffs
+                },
+            )?;
+            z = ring.add_vec(&z, &part);
+        }
+        Ok(z)
+    }
+
     /// `X Y` for shared `X` (`m x k`, `m <= N`) and `Y` (`k x n`) under BFV, dealer-free:
     /// `X_c Y_c + X_s Y_s` locally, and each cross term `X_h Y_o` by `h` sending its share
     /// in encrypted columns and the other party multiplying them by its share

@@ -850,18 +850,20 @@ impl<C: Channel> Session<C> {
             // Two 32-bit digits fit the flooding only with `t`'s rounding encoding (t > 2^60).
             let wide = self.params.plaintext_bits() > 60;
             if wide && !dealer && self.shared_he_cheaper(m, k, n) {
-                let (c, columns) = self.shared_he_cost(m, k, n);
+                let (c, way) = self.shared_he_cost(m, k, n);
                 if let Some(lp) = self.log.last_mut() {
                     lp.chosen = cost::Backend::BfvCoefficient;
                     lp.options.push((cost::Backend::BfvCoefficient, c));
-                    if columns {
-                        lp.layer.push_str(", by encrypted columns");
+                    match way {
+                        SharedHe::Columns => lp.layer.push_str(", by encrypted columns"),
+                        SharedHe::Rows => lp.layer.push_str(", by encrypted rows"),
+                        SharedHe::Coefficients => {}
                     }
                 }
-                let z = if columns {
-                    self.shared_product_columns(&x, &y, (m, k, n))?
-                } else {
-                    self.shared_product_he(&x, &y, (m, k, n))?
+                let z = match way {
+                    SharedHe::Columns => self.shared_product_columns(&x, &y, (m, k, n))?,
+                    SharedHe::Rows => self.shared_product_rows(&x, &y, (m, k, n))?,
+                    SharedHe::Coefficients => self.shared_product_he(&x, &y, (m, k, n))?,
                 };
                 return Ok(PrivateTensor::Shared {
                     share: z,
@@ -1048,10 +1050,12 @@ impl<C: Channel> Session<C> {
         he.total_us(&net) < ot.total_us(&net)
     }
 
-    /// The estimated cost of a shared `m x k` by `k x n` product under BFV, and whether the
-    /// cheaper way is by encrypted columns ([`Session::shared_product_columns`]) rather
-    /// than four coefficient-encoded products ([`Session::shared_product_he`]).
-    fn shared_he_cost(&self, m: usize, k: usize, n: usize) -> (cost::Cost, bool) {
+    /// The estimated cost of a shared `m x k` by `k x n` product under BFV by the cheapest
+    /// of its ways: four coefficient-encoded products ([`Session::shared_product_he`]),
+    /// encrypted columns of the left operand ([`Session::shared_product_columns`]: a
+    /// tall left operand) or encrypted rows of the right one
+    /// ([`Session::shared_product_rows`]: a long inner dimension).
+    fn shared_he_cost(&self, m: usize, k: usize, n: usize) -> (cost::Cost, SharedHe) {
         let net = self.config.network;
         let c = self.held_he_cost(m, k, n);
         let four = cost::Cost {
@@ -1059,10 +1063,20 @@ impl<C: Channel> Session<C> {
             bytes: 4.0 * c.bytes,
             rounds: 4.0 * c.rounds,
         };
-        match self.shared_columns_cost(m, k, n) {
-            Some(cols) if cols.total_us(&net) < four.total_us(&net) => (cols, true),
-            _ => (four, false),
-        }
+        [
+            self.shared_columns_cost(m, k, n)
+                .map(|c| (c, SharedHe::Columns)),
+            self.shared_rows_cost(m, k, n).map(|c| (c, SharedHe::Rows)),
+        ]
+        .into_iter()
+        .flatten()
+        .fold((four, SharedHe::Coefficients), |best, o| {
+            if o.0.total_us(&net) < best.0.total_us(&net) {
+                o
+            } else {
+                best
+            }
+        })
     }
 
     /// A public tensor encoded at `2^f` (the whole value, not party 0's share).
@@ -1242,6 +1256,14 @@ impl<C: Channel> Session<C> {
             ArrayD::from_shape_vec(IxDyn(&shape), fixed.decode_vec(&v)).expect("shape matches")
         }))
     }
+}
+
+/// The ways of a shared product under BFV ([`Session::matmul`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SharedHe {
+    Coefficients,
+    Columns,
+    Rows,
 }
 
 /// The transpose of a row-major `m x n` matrix.
