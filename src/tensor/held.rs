@@ -275,15 +275,15 @@ impl<C: Channel> Session<C> {
     }
 }
 
-/// A data matrix (`rows x cols`, held whole by `holder`) encrypted once under the
-/// holder's key, `per_ct` columns per ciphertext at coefficient offsets `0, rows, 2 rows,
-/// ..`, kept by the other party for the session (training reuses it every batch: SecureML's
-/// "mask the data once", under HE). Products by it cost replies only, one per output
-/// column and digit, with the outputs dense (row `i` at coefficient `i`) where the
-/// coefficient-encoded product leaves `k - 1` of every `k` coefficients unused.
+/// A matrix encrypted in columns under its holder's key: `cols` columns of `len`
+/// coefficients, `per_ct` to a ciphertext at offsets `0, len, 2 len, ..` (column `j` in
+/// ciphertext `j / per_ct`, slot `j mod per_ct`). Training keeps a data matrix so for the
+/// session, by columns (`X`) and by rows (`X^T`), at the other party (SecureML's "mask the
+/// data once", under HE): products by it then cost replies only, with dense outputs where
+/// a coefficient-encoded product uses one coefficient in `k`.
 pub(crate) struct HeldColumns {
     holder: Role,
-    rows: usize,
+    len: usize,
     cols: usize,
     per_ct: usize,
     /// The ciphertexts (the evaluator's side only).
@@ -291,9 +291,9 @@ pub(crate) struct HeldColumns {
 }
 
 impl<C: Channel> Session<C> {
-    /// Columns of a `rows`-row matrix per ciphertext (none if a column does not fit).
-    fn columns_per_ct(&self, rows: usize) -> usize {
-        self.params.degree() / rows.max(1)
+    /// Columns of `len` coefficients per ciphertext (none if a column does not fit).
+    fn columns_per_ct(&self, len: usize) -> usize {
+        self.params.degree() / len.max(1)
     }
 
     /// Bits of the digits the evaluator splits its share into (`ceil(l / 2)`: the noise of
@@ -302,10 +302,53 @@ impl<C: Channel> Session<C> {
         self.fixed.ring().bits().div_ceil(2)
     }
 
-    /// Whether encrypting `x` (`m x k`, held) once and multiplying batches of `batch` of its
-    /// rows by `n` shared columns from it costs less than the held products
-    /// [`Session::matmul`] would run, over `products` such products (public: shapes and
-    /// counts only, so both parties decide alike).
+    /// The estimated costs of products by `count` encrypted columns: sending them, and one
+    /// product of `replies` replies of `kept` coefficients, each the sum of `touched`
+    /// ciphertexts times plaintexts.
+    fn encrypted_columns_cost(
+        &self,
+        count: usize,
+        replies: usize,
+        kept: usize,
+        touched: usize,
+    ) -> (cost::Cost, cost::Cost) {
+        let big_n = self.params.degree() as f64;
+        let q_bits = self.params.context().q().log2_product();
+        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
+        let (count, replies) = (count as f64, replies as f64);
+        let send = cost::Cost {
+            compute_us: count * 400.0,
+            bytes: count * big_n * q_bits / 8.0,
+            rounds: 1.0,
+        };
+        let reply = cost::Cost {
+            compute_us: replies * (touched as f64 * 150.0 + 900.0),
+            bytes: replies * (big_n + kept as f64) * reply_bits / 8.0,
+            rounds: 2.0,
+        };
+        (send, reply)
+    }
+
+    /// Whether sending a held matrix once (`send`) and `products` products by it (`reply`
+    /// each) cost less than `products` of `now` (public: shapes and counts only, so both
+    /// parties decide alike). Never with a dealer, whose triples are cheaper still.
+    fn cheaper_once(
+        &self,
+        (send, reply): (cost::Cost, cost::Cost),
+        products: usize,
+        now: cost::Cost,
+    ) -> bool {
+        let net = self.config.network;
+        let dealer = matches!(self.config.triples, super::config::Triples::Dealer { .. });
+        let p = products as f64;
+        !dealer
+            && products > 0
+            && send.total_us(&net) + p * reply.total_us(&net) < p * now.total_us(&net)
+    }
+
+    /// Whether encrypting `x` (`m x k`, held) once by columns and multiplying batches of
+    /// `batch` of its rows by `n` shared columns from it costs less, over `products` such
+    /// products, than the held products [`Session::matmul`] would run.
     pub(crate) fn held_columns_cheaper(
         &self,
         (m, k, n): (usize, usize, usize),
@@ -313,49 +356,71 @@ impl<C: Channel> Session<C> {
         products: usize,
     ) -> bool {
         let per_ct = self.columns_per_ct(m);
-        let dealer = matches!(self.config.triples, super::config::Triples::Dealer { .. });
-        if dealer || per_ct == 0 || products == 0 || k == 0 || n == 0 {
+        if per_ct == 0 || k == 0 || n == 0 {
             return false;
         }
-        let net = self.config.network;
-        let big_n = self.params.degree() as f64;
-        let q_bits = self.params.context().q().log2_product();
-        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
-        let cts = k.div_ceil(per_ct) as f64;
-        let once = cost::Cost {
-            compute_us: cts * 400.0,
-            bytes: cts * big_n * q_bits / 8.0,
-            rounds: 1.0,
-        };
-        let replies = 2.0 * n as f64;
-        let each = cost::Cost {
-            compute_us: replies * (cts * 150.0 + 900.0),
-            bytes: replies * (big_n + batch as f64) * reply_bits / 8.0,
-            rounds: 2.0,
-        };
-        let now = self.held_cost(batch, k, n).total_us(&net);
-        once.total_us(&net) + products as f64 * each.total_us(&net) < products as f64 * now
+        let count = k.div_ceil(per_ct);
+        let costs = self.encrypted_columns_cost(count, 2 * n, batch, count);
+        self.cheaper_once(costs, products, self.held_cost(batch, k, n))
     }
 
-    /// Encrypts `x` (2-D, input by one party: [`Session::input`]) once for
-    /// [`Session::matmul_held_columns`]: its holder encrypts it column by column under its
-    /// key (the client's session key, or the server's training key) and sends it; the
-    /// other party keeps the ciphertexts. Both parties call it at the same point.
+    /// Whether encrypting `x` (`m x k`, held) once by rows and computing the weight
+    /// gradients `G^T X[rows]` (`G` of `n` columns, batches of `batch` rows) from it costs
+    /// less, over `products` of them, than the held products [`Session::matmul`] would run
+    /// (`(X^T G)^T` with `X^T` held).
+    pub(crate) fn held_rows_cheaper(
+        &self,
+        (m, k, n): (usize, usize, usize),
+        batch: usize,
+        products: usize,
+    ) -> bool {
+        let per_ct = self.columns_per_ct(k);
+        if per_ct == 0 || m == 0 || n == 0 {
+            return false;
+        }
+        let count = m.div_ceil(per_ct);
+        // A batch touches at most `batch` rows: at most that many ciphertexts.
+        let costs = self.encrypted_columns_cost(count, 2 * n, k, count.min(batch));
+        self.cheaper_once(costs, products, self.held_cost(k, batch, n))
+    }
+
+    /// Encrypts `x` (2-D, input by one party: [`Session::input`]) once by columns for
+    /// [`Session::matmul_held_columns`]. Both parties call it at the same point.
     pub(crate) fn encrypt_held_columns(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
+        self.held_columns = Some(self.encrypt_held(x, false)?);
+        Ok(())
+    }
+
+    /// Encrypts `x` (2-D, input by one party) once by rows (its transpose by columns, `N /
+    /// k` rows to a ciphertext) for [`Session::matmul_t_held_rows`]. Both parties call it
+    /// at the same point.
+    pub(crate) fn encrypt_held_rows(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
+        self.held_rows = Some(self.encrypt_held(x, true)?);
+        Ok(())
+    }
+
+    /// `x` (or its transpose) in encrypted columns: its holder encrypts them under its key
+    /// (the client's session key, or the server's training key) and sends them; the other
+    /// party keeps the ciphertexts.
+    fn encrypt_held(
+        &mut self,
+        x: &PrivateTensor,
+        transposed: bool,
+    ) -> Result<HeldColumns, TensorError> {
         let shape = x.shape();
         let (Some(holder), [m, k]) = (x.holder(), shape.as_slice()) else {
             return Err(TensorError::Invalid {
-                what: "held columns",
+                what: "held data",
                 detail: format!("a 2-D matrix input by one party, not {shape:?}"),
             });
         };
-        let (m, k) = (*m, *k);
-        let per_ct = self.columns_per_ct(m);
+        let (len, cols) = if transposed { (*k, *m) } else { (*m, *k) };
+        let per_ct = self.columns_per_ct(len);
         if per_ct == 0 {
             return Err(TensorError::Invalid {
-                what: "held columns",
+                what: "held data",
                 detail: format!(
-                    "{m} rows do not fit one ciphertext of {}",
+                    "columns of {len} do not fit one ciphertext of {}",
                     self.params.degree()
                 ),
             });
@@ -364,15 +429,19 @@ impl<C: Channel> Session<C> {
             self.ensure_server_key()?;
         }
         let (share, _) = self.shares_of(x)?;
-        let cts = self.send_columns(holder, &share, (m, k), per_ct)?;
-        self.held_columns = Some(HeldColumns {
+        let share = if transposed {
+            super::grad_transpose(&share, *m, *k)
+        } else {
+            share
+        };
+        let cts = self.send_columns(holder, &share, (len, cols), per_ct)?;
+        Ok(HeldColumns {
             holder,
-            rows: m,
-            cols: k,
+            len,
+            cols,
             per_ct,
             cts,
-        });
-        Ok(())
+        })
     }
 
     /// The secret key this party encrypts and decrypts with as `key_holder`: the client's
@@ -406,28 +475,75 @@ impl<C: Channel> Session<C> {
         }
     }
 
+    /// The holder, column length, column count and columns per ciphertext of the matrix
+    /// kept by rows or by columns, if `other` is an operand it should multiply: not public,
+    /// and not the holder's own (those run locally by [`Session::matmul`]); every index of
+    /// `rows` checked against the data's rows.
+    fn held_for(
+        &self,
+        rows_layout: bool,
+        other: &PrivateTensor,
+        rows: &[usize],
+    ) -> Result<Option<(Role, usize, usize, usize)>, TensorError> {
+        let kept = if rows_layout {
+            &self.held_rows
+        } else {
+            &self.held_columns
+        };
+        let Some(h) = kept.as_ref() else {
+            return Ok(None);
+        };
+        if matches!(other, PrivateTensor::Public(_)) || other.holder() == Some(h.holder) {
+            return Ok(None);
+        }
+        let data_rows = if rows_layout { h.cols } else { h.len };
+        if let Some(&bad) = rows.iter().find(|&&i| i >= data_rows) {
+            return Err(TensorError::Shape {
+                what: "row index vs held rows",
+                left: vec![bad],
+                right: vec![data_rows],
+            });
+        }
+        Ok(Some((h.holder, h.len, h.cols, h.per_ct)))
+    }
+
+    /// Runs `f` with the ciphertexts kept in `held_rows` or `held_columns` lent out (the
+    /// session stays borrowable).
+    fn with_held<T>(
+        &mut self,
+        rows_layout: bool,
+        f: impl FnOnce(&mut Self, &[cipherml_he::bfv::Ciphertext]) -> T,
+    ) -> T {
+        let kept = if rows_layout {
+            self.held_rows.take()
+        } else {
+            self.held_columns.take()
+        };
+        let out = f(self, kept.as_ref().map_or(&[][..], |h| h.cts.as_slice()));
+        if rows_layout {
+            self.held_rows = kept;
+        } else {
+            self.held_columns = kept;
+        }
+        out
+    }
+
     /// `X[rows] B` for the matrix `X` of [`Session::encrypt_held_columns`] (`xb` is
     /// `X[rows]`, as [`Session::rows`] gives it) and `B` (`k x n`, any representation):
-    /// the holder multiplies its share of `B` locally; the other party multiplies the
-    /// encrypted columns by its share of `B`, split into two digits, one reply per output
-    /// column and digit (masked, re-randomized with the holder's public key, flooded),
-    /// which the holder decrypts at the batch's rows. Shared at `2^2f`, as
-    /// [`Session::matmul`]. A public `B`, or one the holder has whole, runs as
-    /// [`Session::matmul`] (locally).
+    /// the holder multiplies its share of `B` locally; the other party combines the
+    /// encrypted columns by its share of `B` ([`Session::columns_combine`]), and the holder
+    /// decrypts the batch's rows. Shared at `2^2f`, as [`Session::matmul`]. A public `B`,
+    /// or one the holder has whole, runs as [`Session::matmul`] (locally).
     pub(crate) fn matmul_held_columns(
         &mut self,
         xb: &PrivateTensor,
         rows: &[usize],
         b: &PrivateTensor,
     ) -> Result<PrivateTensor, TensorError> {
-        let Some(hc) = self.held_columns.as_ref() else {
+        let Some((holder, m, k, per_ct)) = self.held_for(false, b, rows)? else {
             return self.matmul(xb, b);
         };
-        let (holder, m, k, per_ct) = (hc.holder, hc.rows, hc.cols, hc.per_ct);
         let sb = b.shape();
-        if matches!(b, PrivateTensor::Public(_)) || b.holder() == Some(holder) {
-            return self.matmul(xb, b);
-        }
         if sb.len() != 2 || sb[0] != k || xb.shape() != [rows.len(), k] {
             return Err(TensorError::Shape {
                 what: "held columns product",
@@ -435,56 +551,103 @@ impl<C: Channel> Session<C> {
                 right: sb,
             });
         }
-        if let Some(&bad) = rows.iter().find(|&&i| i >= m) {
-            return Err(TensorError::Shape {
-                what: "row index vs held rows",
-                left: vec![bad],
-                right: vec![m],
-            });
-        }
-        let n = sb[1];
-        let bsz = rows.len();
+        let (n, bsz) = (sb[1], rows.len());
         let ring = self.fixed.ring();
-        let f = self.fixed.frac_bits();
         let (y, _) = self.shares_of(b)?;
-        self.log.push(cost::LayerPlan {
-            layer: format!("matmul ({bsz}x{k}) x ({k}x{n}), held data encrypted once"),
-            depth: 0,
-            chosen: cost::Backend::BfvCoefficient,
-            options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
-        });
+        self.log_held(format!(
+            "matmul ({bsz}x{k}) x ({k}x{n}), held data encrypted once"
+        ));
         let own = if holder == self.role {
             let (x, _) = self.shares_of(xb)?;
             ring.matmul(&x, &y, bsz, k, n)
         } else {
             vec![0; bsz * n]
         };
-        // The ciphertexts are lent to the product (the session stays borrowable).
-        let hc = self.held_columns.take();
-        let cts = hc.as_ref().map_or(&[][..], |h| h.cts.as_slice());
-        let part = self.columns_times(holder, cts, &y, rows, (m, k, n), per_ct);
-        self.held_columns = hc;
-        let z = ring.add_vec(&own, &part?);
-        Ok(PrivateTensor::Shared {
-            share: z,
-            shape: vec![bsz, n],
-            frac_bits: 2 * f,
-            nonneg: false,
-            held_by: None,
-        })
+        let all: Vec<usize> = (0..k).collect();
+        let part = self.with_held(false, |s, cts| {
+            s.columns_combine(holder, cts, (m, k, per_ct), &all, &y, n, rows)
+        })?;
+        let part = super::grad_transpose(&part, n, bsz);
+        Ok(self.product(ring.add_vec(&own, &part), vec![bsz, n]))
     }
 
-    /// Encrypts `holder`'s `m x k` matrix (`x`, its side only) column by column, `per_ct`
-    /// columns per ciphertext at offsets `0, m, 2m, ..`, under its key, and sends it: the
-    /// other party's return value is the ciphertexts (empty on the holder's side).
+    /// `G^T X[rows]` (`n x k`) for the matrix `X` (`m x k`) of
+    /// [`Session::encrypt_held_rows`] (`xb` is `X[rows]`) and `G` (`rows.len() x n`, any
+    /// representation): the holder multiplies its share of `G` locally; the other party
+    /// sums the encrypted rows weighted by its share of `G` ([`Session::columns_combine`]
+    /// on `X^T`'s columns), one dense reply of `k` values per column of `G` and digit.
+    /// Shared at `2^2f`, as [`Session::matmul`] of `G^T` by `X[rows]`. A public `G`, or one
+    /// the holder has whole, runs as [`Session::matmul`].
+    pub(crate) fn matmul_t_held_rows(
+        &mut self,
+        xb: &PrivateTensor,
+        rows: &[usize],
+        g: &PrivateTensor,
+    ) -> Result<PrivateTensor, TensorError> {
+        let Some((holder, k, m, per_ct)) = self.held_for(true, g, rows)? else {
+            let gt = self.transpose(g)?;
+            return self.matmul(&gt, xb);
+        };
+        let (sg, bsz) = (g.shape(), rows.len());
+        if sg.len() != 2 || sg[0] != bsz || xb.shape() != [bsz, k] {
+            return Err(TensorError::Shape {
+                what: "held rows product",
+                left: sg,
+                right: xb.shape(),
+            });
+        }
+        let n = sg[1];
+        let ring = self.fixed.ring();
+        let (y, _) = self.shares_of(g)?;
+        self.log_held(format!(
+            "matmul ({n}x{bsz}) x ({bsz}x{k}), held data encrypted once by rows"
+        ));
+        let own = if holder == self.role {
+            let (x, _) = self.shares_of(xb)?;
+            ring.matmul(&super::grad_transpose(&y, bsz, n), &x, n, bsz, k)
+        } else {
+            vec![0; n * k]
+        };
+        let keep: Vec<usize> = (0..k).collect();
+        let part = self.with_held(true, |s, cts| {
+            s.columns_combine(holder, cts, (k, m, per_ct), rows, &y, n, &keep)
+        })?;
+        Ok(self.product(ring.add_vec(&own, &part), vec![n, k]))
+    }
+
+    /// Logs a product by kept encrypted data in the plan.
+    fn log_held(&mut self, layer: String) {
+        self.log.push(cost::LayerPlan {
+            layer,
+            depth: 0,
+            chosen: cost::Backend::BfvCoefficient,
+            options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
+        });
+    }
+
+    /// A shared product at `2^2f` (its truncation pending), as [`Session::matmul`] returns.
+    fn product(&self, share: Vec<u64>, shape: Vec<usize>) -> PrivateTensor {
+        PrivateTensor::Shared {
+            share,
+            shape,
+            frac_bits: 2 * self.fixed.frac_bits(),
+            nonneg: false,
+            held_by: None,
+        }
+    }
+
+    /// Encrypts `holder`'s `len x cols` matrix (`x`, its side only) column by column,
+    /// `per_ct` columns per ciphertext at offsets `0, len, 2 len, ..`, under its key, and
+    /// sends it: the other party's return value is the ciphertexts (empty on the holder's
+    /// side).
     fn send_columns(
         &mut self,
         holder: Role,
         x: &[u64],
-        (m, k): (usize, usize),
+        (len, cols): (usize, usize),
         per_ct: usize,
     ) -> Result<Vec<cipherml_he::bfv::Ciphertext>, TensorError> {
-        let count = k.div_ceil(per_ct);
+        let count = cols.div_ceil(per_ct);
         if holder != self.role {
             return crate::link::receive_ciphertexts(&self.params, &mut self.party, count);
         }
@@ -493,10 +656,10 @@ impl<C: Channel> Session<C> {
         let mut pts = Vec::with_capacity(count);
         for g in 0..count {
             let mut coeffs = vec![0u64; big_n];
-            for s in 0..per_ct.min(k - g * per_ct) {
+            for s in 0..per_ct.min(cols - g * per_ct) {
                 let j = g * per_ct + s;
-                for i in 0..m {
-                    coeffs[s * m + i] = x[i * k + j];
+                for i in 0..len {
+                    coeffs[s * len + i] = x[i * cols + j];
                 }
             }
             pts.push(encoder.encode_coeffs_u64(&coeffs)?);
@@ -506,92 +669,55 @@ impl<C: Channel> Session<C> {
         Ok(Vec::new())
     }
 
-    /// `X[rows] Y` where `X` (`m x k`) is `holder`'s matrix encrypted in columns
-    /// ([`Session::send_columns`]: `cts`, on the other party's side) and `Y` (`k x n`) the
-    /// other party's (`y`, its side only): one reply per output column and digit
-    /// ([`Session::digit_replies`]), row `i` at coefficient `i` (column `s` of a ciphertext
-    /// sits at offset `s m`, and times `X^(-s m) = -X^(N - s m)` it lands at 0 while the
-    /// others land at non-zero multiples of `m`, outside the rows). This party's share of
-    /// the product, row-major (`rows.len() x n`).
-    fn columns_times(
-        &mut self,
-        holder: Role,
-        cts: &[cipherml_he::bfv::Ciphertext],
-        y: &[u64],
-        rows: &[usize],
-        (m, k, n): (usize, usize, usize),
-        per_ct: usize,
-    ) -> Result<Vec<u64>, TensorError> {
-        let bsz = rows.len();
-        let big_n = self.params.degree();
-        let label = format!("product by encrypted columns ({bsz} of {m} rows, {k} columns)");
-        let count = k.div_ceil(per_ct);
-        let comb = self.digit_replies(
-            holder,
-            cts,
-            count,
-            n,
-            rows,
-            per_ct,
-            1,
-            &label,
-            |g, c, digit| {
-                let mut coeffs = vec![0i64; big_n];
-                for s in 0..per_ct.min(k - g * per_ct) {
-                    let j = g * per_ct + s;
-                    let v = digit(y[j * n + c]);
-                    if s == 0 {
-                        coeffs[0] = v;
-                    } else {
-                        coeffs[big_n - s * m] = -v;
-                    }
-                }
-                coeffs
-            },
-        )?;
-        Ok((0..bsz * n)
-            .map(|idx| comb[(idx % n) * bsz + idx / n])
-            .collect())
-    }
-
-    /// The replies of a product under `holder`'s key, one per output column `c < n` and
-    /// digit, each read at the coefficients `keep`: on the other party's side, output
-    /// `(digit, c)` is the sum over the `count` ciphertexts `cts[g]` times the plaintext
-    /// `plain(g, c, digit)` (coefficients of at most `mult 2^(l/2)` in absolute value, at
-    /// most `terms` of them non-zero: the noise bound, and so the flooding, is sized from
-    /// these public counts), masked, re-randomized with the holder's public key and
-    /// flooded; the holder decrypts. The evaluator's share of the plaintexts is split into
-    /// two digits of `ceil(l / 2)` bits (`digit` extracts the current one), since the
-    /// noise grows with the plaintext's size. This party's share of the product, output
-    /// `c`'s values at `keep` in order (`n keep.len()`, column-major).
+    /// `sum_t W[t, c] col_{cols[t]}` for every `c < n`, read at the coefficients `keep`,
+    /// where the columns (`len` long, `total` of them, `per_ct` to a ciphertext) are
+    /// `holder`'s, encrypted ([`Session::send_columns`]: `cts`, on the other party's side),
+    /// and `W` (`cols.len() x n`) is the other party's (`w`, its side only). Column `s` of a
+    /// ciphertext sits at offset `s len`: times `X^(-s len) = -X^(N - s len)` it lands at 0,
+    /// while the ciphertext's other columns land at non-zero multiples of `len`, outside
+    /// `[0, len)`. One reply per output and digit: `W` is split into two digits of
+    /// `ceil(l / 2)` bits (the noise grows with the plaintext's size), each reply masked,
+    /// re-randomized with the holder's public key and flooded (sized from the public
+    /// counts: terms per plaintext, repeats in `cols`), and the holder decrypts.
+    /// This party's share, output-major (`n x keep.len()`).
     #[allow(clippy::too_many_arguments)]
-    fn digit_replies(
+    fn columns_combine(
         &mut self,
         holder: Role,
         cts: &[cipherml_he::bfv::Ciphertext],
-        count: usize,
+        (len, total, per_ct): (usize, usize, usize),
+        cols: &[usize],
+        w: &[u64],
         n: usize,
         keep: &[usize],
-        terms: usize,
-        mult: u64,
-        label: &str,
-        plain: impl Fn(usize, usize, &dyn Fn(u64) -> i64) -> Vec<i64>,
     ) -> Result<Vec<u64>, TensorError> {
         let ring = self.fixed.ring();
         let dbits = self.held_digit_bits();
         let low = (1u64 << dbits) - 1;
+        let big_n = self.params.degree();
+        let count = total.div_ceil(per_ct);
+        // A column taken twice adds its digits: the bound counts the repeats.
+        let mut seen = std::collections::HashMap::new();
+        for &j in cols {
+            *seen.entry(j).or_insert(0u64) += 1;
+        }
+        let mult = seen.values().copied().max().unwrap_or(1);
         let positions: Vec<(usize, usize)> = (0..2 * n)
             .flat_map(|blk| keep.iter().map(move |&i| (blk, i)))
             .collect();
         let noise = cipherml_he::tensor::product_noise_log2(
             count,
-            self.params.degree(),
+            big_n,
             self.params.plaintext_modulus(),
             mult << dbits,
-            terms,
+            per_ct,
             cipherml_he::tensor::FRESH_NOISE_LOG2,
         );
-        super::linear::check_flood(&self.params, &self.config, label, noise)?;
+        let label = format!(
+            "product by encrypted columns ({} of {total}, {len} long)",
+            cols.len()
+        );
+        super::linear::check_flood(&self.params, &self.config, &label, noise)?;
         let got = if holder == self.role {
             let sk = self.key_of(holder)?;
             crate::link::bfv_linear_client(
@@ -615,18 +741,36 @@ impl<C: Channel> Session<C> {
             let ev = cipherml_he::bfv::Evaluator::new(&params);
             let mut out = Vec::with_capacity(2 * n);
             for d in 0..2u32 {
-                let digit = move |v: u64| ((v >> (d * dbits)) & low) as i64;
                 for c in 0..n {
                     let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
                     for (g, ct) in cts.iter().enumerate() {
-                        let pt = encoder.encode_coeffs_i64(&plain(g, c, &digit))?;
-                        let prod = ev.mul_plain(ct, &pt)?;
+                        let mut coeffs = vec![0i64; big_n];
+                        let mut any = false;
+                        for (t, &j) in cols.iter().enumerate() {
+                            if j / per_ct != g {
+                                continue;
+                            }
+                            let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
+                            match j % per_ct {
+                                0 => coeffs[0] += v,
+                                s => coeffs[big_n - s * len] -= v,
+                            }
+                            any = true;
+                        }
+                        if !any {
+                            continue;
+                        }
+                        let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
                         match &mut acc {
                             None => acc = Some(prod),
                             Some(a) => ev.add_assign(a, &prod)?,
                         }
                     }
-                    out.push(acc.expect("at least one ciphertext"));
+                    // No column taken (an empty batch): an encryption of zero.
+                    out.push(match acc {
+                        Some(a) => a,
+                        None => ev.mul_scalar(&cts[0], 0)?,
+                    });
                 }
             }
             let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder)?;
@@ -644,197 +788,8 @@ impl<C: Channel> Session<C> {
         };
         let kl = keep.len();
         Ok((0..n * kl)
-            .map(|idx| {
-                let (c, p) = (idx / kl, idx % kl);
-                let lo = got[c * kl + p];
-                let hi = got[(n + c) * kl + p];
-                ring.add(lo, ring.mul(hi, 1u64 << dbits))
-            })
+            .map(|idx| ring.add(got[idx], ring.mul(got[n * kl + idx], 1u64 << dbits)))
             .collect())
-    }
-
-    /// Whether encrypting `x` (`m x k`, held) once by rows and computing the weight
-    /// gradients `G^T X[rows]` (`G` of `n` columns, batches of `batch` rows) from it costs
-    /// less, over `products` of them, than the held products [`Session::matmul`] would run
-    /// (public: shapes and counts only).
-    pub(crate) fn held_rows_cheaper(
-        &self,
-        (m, k, n): (usize, usize, usize),
-        batch: usize,
-        products: usize,
-    ) -> bool {
-        let per_ct = self.columns_per_ct(k);
-        let dealer = matches!(self.config.triples, super::config::Triples::Dealer { .. });
-        if dealer || per_ct == 0 || products == 0 || m == 0 || n == 0 {
-            return false;
-        }
-        let net = self.config.network;
-        let big_n = self.params.degree() as f64;
-        let q_bits = self.params.context().q().log2_product();
-        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
-        let cts = m.div_ceil(per_ct) as f64;
-        let once = cost::Cost {
-            compute_us: cts * 400.0,
-            bytes: cts * big_n * q_bits / 8.0,
-            rounds: 1.0,
-        };
-        // A batch touches at most `batch` rows: at most that many ciphertexts.
-        let touched = cts.min(batch as f64);
-        let replies = 2.0 * n as f64;
-        let each = cost::Cost {
-            compute_us: replies * (touched * 150.0 + 900.0),
-            bytes: replies * (big_n + k as f64) * reply_bits / 8.0,
-            rounds: 2.0,
-        };
-        // As `matmul` runs `G^T X`: `(X^T G)^T` with `X^T` held.
-        let now = self.held_cost(k, batch, n).total_us(&net);
-        once.total_us(&net) + products as f64 * each.total_us(&net) < products as f64 * now
-    }
-
-    /// Encrypts `x` (2-D, input by one party) once by rows for
-    /// [`Session::matmul_t_held_rows`]: its holder encrypts it row by row, `N / k` rows per
-    /// ciphertext at offsets `0, k, 2k, ..` (the row-major matrix cut in pieces), under its
-    /// key and sends it; the other party keeps the ciphertexts. Both parties call it at the
-    /// same point.
-    pub(crate) fn encrypt_held_rows(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
-        let shape = x.shape();
-        let (Some(holder), [m, k]) = (x.holder(), shape.as_slice()) else {
-            return Err(TensorError::Invalid {
-                what: "held rows",
-                detail: format!("a 2-D matrix input by one party, not {shape:?}"),
-            });
-        };
-        let (m, k) = (*m, *k);
-        let per_ct = self.columns_per_ct(k);
-        if per_ct == 0 {
-            return Err(TensorError::Invalid {
-                what: "held rows",
-                detail: format!(
-                    "rows of {k} do not fit one ciphertext of {}",
-                    self.params.degree()
-                ),
-            });
-        }
-        if holder == Role::Server {
-            self.ensure_server_key()?;
-        }
-        let (share, _) = self.shares_of(x)?;
-        // The matrix transposed, in columns of `k`: row `i` at offset `(i mod per_ct) k`.
-        let xt = super::grad_transpose(&share, m, k);
-        let cts = self.send_columns(holder, &xt, (k, m), per_ct)?;
-        self.held_rows = Some(HeldColumns {
-            holder,
-            rows: k,
-            cols: m,
-            per_ct,
-            cts,
-        });
-        Ok(())
-    }
-
-    /// `G^T X[rows]` (`n x k`) for the matrix `X` (`m x k`) of
-    /// [`Session::encrypt_held_rows`] (`xb` is `X[rows]`) and `G` (`rows.len() x n`, any
-    /// representation): the holder multiplies its share of `G` locally; the other party
-    /// sums the encrypted rows weighted by its share of `G` (row `i` of a ciphertext sits
-    /// at offset `s k`, `s = i mod N/k`, and times `X^(-s k)` lands at 0), one dense reply
-    /// of `k` values per column of `G` and digit. Shared at `2^2f`, as
-    /// [`Session::matmul`] of `G^T` by `X[rows]`. A public `G`, or one the holder has
-    /// whole, runs as [`Session::matmul`].
-    pub(crate) fn matmul_t_held_rows(
-        &mut self,
-        xb: &PrivateTensor,
-        rows: &[usize],
-        g: &PrivateTensor,
-    ) -> Result<PrivateTensor, TensorError> {
-        let Some(hr) = self.held_rows.as_ref() else {
-            let gt = self.transpose(g)?;
-            return self.matmul(&gt, xb);
-        };
-        // Stored transposed: `rows` is `k` (a column's length), `cols` is `m`.
-        let (holder, k, m, per_ct) = (hr.holder, hr.rows, hr.cols, hr.per_ct);
-        let sg = g.shape();
-        if matches!(g, PrivateTensor::Public(_)) || g.holder() == Some(holder) {
-            let gt = self.transpose(g)?;
-            return self.matmul(&gt, xb);
-        }
-        let bsz = rows.len();
-        if sg.len() != 2 || sg[0] != bsz || xb.shape() != [bsz, k] {
-            return Err(TensorError::Shape {
-                what: "held rows product",
-                left: sg,
-                right: xb.shape(),
-            });
-        }
-        if let Some(&bad) = rows.iter().find(|&&i| i >= m) {
-            return Err(TensorError::Shape {
-                what: "row index vs held rows",
-                left: vec![bad],
-                right: vec![m],
-            });
-        }
-        let n = sg[1];
-        let ring = self.fixed.ring();
-        let f = self.fixed.frac_bits();
-        let (y, _) = self.shares_of(g)?;
-        self.log.push(cost::LayerPlan {
-            layer: format!("matmul ({n}x{bsz}) x ({bsz}x{k}), held data encrypted once by rows"),
-            depth: 0,
-            chosen: cost::Backend::BfvCoefficient,
-            options: vec![(cost::Backend::BfvCoefficient, cost::Cost::default())],
-        });
-        let own = if holder == self.role {
-            let (x, _) = self.shares_of(xb)?;
-            let yt = super::grad_transpose(&y, bsz, n);
-            ring.matmul(&yt, &x, n, bsz, k)
-        } else {
-            vec![0; n * k]
-        };
-        // A row taken twice in a batch adds its digits: the bound counts the repeats.
-        let mut seen = std::collections::HashMap::new();
-        for &i in rows {
-            *seen.entry(i).or_insert(0u64) += 1;
-        }
-        let mult = seen.values().copied().max().unwrap_or(1);
-        let big_n = self.params.degree();
-        let count = m.div_ceil(per_ct);
-        let label = format!("gradient by encrypted rows ({bsz} of {m} rows, {k} columns)");
-        let keep: Vec<usize> = (0..k).collect();
-        let hr = self.held_rows.take();
-        let cts = hr.as_ref().map_or(&[][..], |h| h.cts.as_slice());
-        let part = self.digit_replies(
-            holder,
-            cts,
-            count,
-            n,
-            &keep,
-            per_ct,
-            mult,
-            &label,
-            |ct, c, digit| {
-                let mut coeffs = vec![0i64; big_n];
-                for (p, &i) in rows.iter().enumerate() {
-                    if i / per_ct == ct {
-                        let s = i % per_ct;
-                        let v = digit(y[p * n + c]);
-                        if s == 0 {
-                            coeffs[0] += v;
-                        } else {
-                            coeffs[big_n - s * k] -= v;
-                        }
-                    }
-                }
-                coeffs
-            },
-        );
-        self.held_rows = hr;
-        let z = ring.add_vec(&own, &part?);
-        Ok(PrivateTensor::Shared {
-            share: z,
-            shape: vec![n, k],
-            frac_bits: 2 * f,
-            nonneg: false,
-            held_by: None,
-        })
     }
 
     /// The estimated cost of `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) by
@@ -845,99 +800,44 @@ impl<C: Channel> Session<C> {
         if per_ct == 0 {
             return None;
         }
-        let big_n = self.params.degree() as f64;
-        let q_bits = self.params.context().q().log2_product();
-        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
-        let cts = k.div_ceil(per_ct) as f64;
-        let replies = 2.0 * n as f64;
+        let count = k.div_ceil(per_ct);
+        let (send, reply) = self.encrypted_columns_cost(count, 2 * n, m, count);
         Some(cost::Cost {
-            compute_us: 2.0 * (cts * 400.0 + replies * (cts * 150.0 + 900.0)),
-            bytes: 2.0
-                * (cts * big_n * q_bits / 8.0 + replies * (big_n + m as f64) * reply_bits / 8.0),
+            compute_us: 2.0 * (send.compute_us + reply.compute_us),
+            bytes: 2.0 * (send.bytes + reply.bytes),
             rounds: 4.0,
         })
     }
 
-    /// The estimated cost of `X Y` for shared `X` (`m x k`) and `Y` (`k x n`) by
-    /// [`Session::shared_product_rows`] (`None` if a row of `Y` does not fit a ciphertext):
-    /// per cross term, `Y`'s share in rows and `2 m` dense replies.
+    /// The estimated cost of `X Y` by [`Session::shared_product_rows`]: that of `Y^T X^T`
+    /// by columns.
     pub(super) fn shared_rows_cost(&self, m: usize, k: usize, n: usize) -> Option<cost::Cost> {
-        let per_ct = self.columns_per_ct(n);
-        if per_ct == 0 {
-            return None;
-        }
-        let big_n = self.params.degree() as f64;
-        let q_bits = self.params.context().q().log2_product();
-        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
-        let cts = k.div_ceil(per_ct) as f64;
-        let replies = 2.0 * m as f64;
-        Some(cost::Cost {
-            compute_us: 2.0 * (cts * 400.0 + replies * (cts * 150.0 + 900.0)),
-            bytes: 2.0
-                * (cts * big_n * q_bits / 8.0 + replies * (big_n + n as f64) * reply_bits / 8.0),
-            rounds: 4.0,
-        })
+        self.shared_columns_cost(n, k, m)
     }
 
-    /// `X Y` for shared `X` (`m x k`) and `Y` (`k x n`, `n <= N`) under BFV, dealer-free,
-    /// for a long inner dimension (the weight gradients `G^T H`): `X_c Y_c + X_s Y_s`
-    /// locally, and each cross term `X_o Y_h` by `h` sending its share of `Y` in encrypted
-    /// rows and the other party summing them weighted by its share of `X` (row `r` of the
-    /// product: one dense reply of `n` values per digit). This party's share at `2^2f`.
+    /// `X Y` for shared `X` (`m x k`) and `Y` (`k x n`, `n <= N`) under BFV, for a long
+    /// inner dimension (the weight gradients `G^T H`): `(Y^T X^T)^T` by
+    /// [`Session::shared_product_columns`], each party's share of `Y` in encrypted rows and
+    /// one dense reply of `n` values per row of the product and digit. This party's share
+    /// at `2^2f`.
     pub(super) fn shared_product_rows(
         &mut self,
         x: &[u64],
         y: &[u64],
         (m, k, n): (usize, usize, usize),
     ) -> Result<Vec<u64>, TensorError> {
-        let per_ct = self.columns_per_ct(n);
-        let ring = self.fixed.ring();
-        let big_n = self.params.degree();
-        let mut z = ring.matmul(x, y, m, k, n);
-        let keep: Vec<usize> = (0..n).collect();
-        let count = k.div_ceil(per_ct);
-        for holder in [Role::Client, Role::Server] {
-            if holder == Role::Server {
-                self.ensure_server_key()?;
-            }
-            // Y's rows are the columns of Y^T (`n` long), `per_ct` to a ciphertext.
-            let yt = super::grad_transpose(y, k, n);
-            let cts = self.send_columns(holder, &yt, (n, k), per_ct)?;
-            let label = format!("product by encrypted rows ({m} x {k} x {n})");
-            let part = self.digit_replies(
-                holder,
-                &cts,
-                count,
-                m,
-                &keep,
-                per_ct,
-                1,
-                &label,
-                |g, r, digit| {
-                    let mut coeffs = vec![0i64; big_n];
-                    for sl in 0..per_ct.min(k - g * per_ct) {
-                        let i = g * per_ct + sl;
-                        let v = digit(x[r * k + i]);
-                        if sl == 0 {
-                            coeffs[0] = v;
-                        } else {
-                            coeffs[big_n - sl * n] = -v;
-                        }
-                    }
-                    coeffs
-                },
-            )?;
-            z = ring.add_vec(&z, &part);
-        }
-        Ok(z)
+        let yt = super::grad_transpose(y, k, n);
+        let xt = super::grad_transpose(x, m, k);
+        let zt = self.shared_product_columns(&yt, &xt, (n, k, m))?;
+        Ok(super::grad_transpose(&zt, n, m))
     }
 
     /// `X Y` for shared `X` (`m x k`, `m <= N`) and `Y` (`k x n`) under BFV, dealer-free:
     /// `X_c Y_c + X_s Y_s` locally, and each cross term `X_h Y_o` by `h` sending its share
-    /// in encrypted columns and the other party multiplying them by its share
-    /// ([`Session::columns_times`]): dense replies, where [`Session::shared_product_he`]'s
-    /// coefficient-encoded products use one coefficient in `k`. This party's share at
-    /// `2^2f`.
+    /// in encrypted columns and the other party combining them by its share
+    /// ([`Session::columns_combine`]): dense replies, where
+    /// [`Session::shared_product_he`]'s coefficient-encoded products use one coefficient in
+    /// `k`. This party's share at `2^2f`.
     pub(super) fn shared_product_columns(
         &mut self,
         x: &[u64],
@@ -947,14 +847,15 @@ impl<C: Channel> Session<C> {
         let per_ct = self.columns_per_ct(m);
         let ring = self.fixed.ring();
         let mut z = ring.matmul(x, y, m, k, n);
-        let rows: Vec<usize> = (0..m).collect();
+        let (all_cols, all_rows): (Vec<usize>, Vec<usize>) = ((0..k).collect(), (0..m).collect());
         for holder in [Role::Client, Role::Server] {
             if holder == Role::Server {
                 self.ensure_server_key()?;
             }
             let cts = self.send_columns(holder, x, (m, k), per_ct)?;
-            let part = self.columns_times(holder, &cts, y, &rows, (m, k, n), per_ct)?;
-            z = ring.add_vec(&z, &part);
+            let part =
+                self.columns_combine(holder, &cts, (m, k, per_ct), &all_cols, y, n, &all_rows)?;
+            z = ring.add_vec(&z, &super::grad_transpose(&part, n, m));
         }
         Ok(z)
     }

@@ -223,6 +223,19 @@ pub fn trunc_bounded<C: Channel, R: RngCore + CryptoRng>(
     x: &[u64],
     f: u32,
 ) -> Result<Vec<u64>> {
+    biased_by_quarter(p, ring, x, f, |p, u| trunc_nonneg(p, ring, u, f))
+}
+
+/// A truncation by `f` of signed values below `2^(l-2)` through one of non-negative values
+/// below `2^(l-1)`: party 0 adds `2^(l-2)`, `trunc` truncates, party 0 subtracts
+/// `2^(l-2-f)`.
+fn biased_by_quarter<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+    trunc: impl FnOnce(&mut Party<C, R>, &[u64]) -> Result<Vec<u64>>,
+) -> Result<Vec<u64>> {
     if f == 0 {
         return Ok(x.to_vec());
     }
@@ -234,7 +247,7 @@ pub fn trunc_bounded<C: Channel, R: RngCore + CryptoRng>(
         .iter()
         .map(|&v| if p0 { ring.add(v, quarter) } else { v })
         .collect();
-    let z = trunc_nonneg(p, ring, &u, f)?;
+    let z = trunc(p, &u)?;
     let off = quarter >> f;
     Ok(z.into_iter()
         .map(|v| if p0 { ring.sub(v, off) } else { v })
@@ -254,28 +267,13 @@ pub fn trunc_bounded_within_ulp<C: Channel, R: RngCore + CryptoRng>(
     x: &[u64],
     f: u32,
 ) -> Result<Vec<u64>> {
-    if f == 0 {
-        return Ok(x.to_vec());
-    }
-    check_trunc_bits(ring, f)?;
-    let p0 = p.is_p0();
-    let quarter = 1u64 << (ring.bits() - 2);
-    let u: Vec<u64> = x
-        .iter()
-        .map(|&v| if p0 { ring.add(v, quarter) } else { v })
-        .collect();
-    let w = wrap_times(p, ring, &u, f)?;
-    let off = quarter >> f;
-    Ok((0..u.len())
-        .map(|i| {
-            let v = ring.sub(u[i] >> f, w[i]);
-            if p0 {
-                ring.sub(v, off)
-            } else {
-                v
-            }
-        })
-        .collect())
+    biased_by_quarter(p, ring, x, f, |p, u| {
+        let w = wrap_times(p, ring, u, f)?;
+        Ok(u.iter()
+            .zip(&w)
+            .map(|(&v, &wi)| ring.sub(v >> f, wi))
+            .collect())
+    })
 }
 
 /// Faithful truncation of values known to be non-negative: exactly `floor(x / 2^f)` for
