@@ -173,6 +173,38 @@ fn truncation_of_bounded_signed_values() {
     assert_eq!(open(ring, &r0.1, &r1.1), x);
 }
 
+/// The top `l - s` bits of any value (no range assumption: random values over the whole
+/// ring and the edges), exactly, in `Z_2^(l - s)`; their sign is the value's.
+#[test]
+fn high_bits_of_any_value() {
+    for (bits, s) in [(32u32, 16u32), (33, 14), (64, 16), (40, 12), (8, 7), (16, 1)] {
+        let ring = Ring::new(bits).unwrap();
+        let high = Ring::new(bits - s).unwrap();
+        let x = inputs(ring, 400);
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| arith::high_bits(p, ring, &pick(p, &sx), s).unwrap());
+        let got = open(high, &r0, &r1);
+        for (v, g) in x.iter().zip(&got) {
+            assert_eq!(*g, v >> s, "l={bits}, s={s}: {v:#x}");
+            assert_eq!(high.msb(*g), ring.msb(*v), "sign, l={bits}, s={s}: {v:#x}");
+        }
+    }
+    // Over TCP, s = 0, and the refusal of s >= l.
+    let ring = Ring::new(32).unwrap();
+    let x = inputs(ring, 50);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let v = pick(p, &sx);
+        assert!(arith::high_bits(p, ring, &v, 32).is_err());
+        let same = arith::high_bits(p, ring, &v, 0).unwrap();
+        (arith::high_bits(p, ring, &v, 16).unwrap(), same)
+    });
+    let high = Ring::new(16).unwrap();
+    let got = open(high, &r0.0, &r1.0);
+    assert!(x.iter().zip(&got).all(|(v, g)| *g == v >> 16));
+    assert_eq!(open(ring, &r0.1, &r1.1), x);
+}
+
 #[test]
 fn truncation_within_one_ulp_of_bounded_signed_values() {
     for (bits, f) in [(64u32, 24u32), (64, 16), (40, 12), (16, 3)] {

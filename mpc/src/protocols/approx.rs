@@ -281,62 +281,108 @@ fn pwl_narrow_ring(fp: FixedPoint) -> Option<Ring> {
     }
 }
 
-/// Boolean shares of `[a >= k]` for each knot `k` (knot-major) and the shares `a` in the
-/// narrow ring `Z_2^m` of values in `[0, 2^(m-1))` at scale `2^f`. Knots that are
-/// multiples of `2^-g` (`g < f`) only compare the part of `a` above its low `s = f - g`
-/// bits: one exact truncation by `s` bits ([`arith::trunc_nonneg`], an `s`-bit
-/// millionaire), then the knots as integers below `2^w`: one comparison with `2^w` and one
-/// 1-of-`2^(w + 1)` table look-up for all of them ([`compare::at_least_small`]: for the
-/// sigmoid's six knots 4 correlated OTs and 100 bits instead of six 15-bit millionaires,
-/// about 180 OTs and 450 bits), or, where the table would be larger than the comparisons,
-/// a millionaire on `m - 1 - s` bits per knot instead of `m - 1`.
-fn knots_below<C: Channel, R: RngCore + CryptoRng>(
+/// The fewest fractional bits `g < f` that represent every knot exactly, where the part
+/// of a value below them is worth splitting off (`f - g >= 4`): the knots are then
+/// compared with the value's high part (see [`knots_on_high`]).
+fn knot_bits(f: u32, knots: &[f64]) -> Option<u32> {
+    (0..f)
+        .find(|&g| {
+            knots.iter().all(|&k| {
+                let v = k * f64::from(g).exp2();
+                v == v.trunc()
+            })
+        })
+        .filter(|&g| f - g >= 4)
+}
+
+/// Boolean shares of `[a >= k]` for each knot `k` (knot-major, every knot a multiple of
+/// `2^-g`) from the shares `hi = floor(a / 2^(f - g))` in `small` of values `a >= 0` at
+/// scale `2^f`: `[a >= k]` is `[hi >= k 2^g]`. The knots as integers below `2^w` take one
+/// comparison with `2^w` and one 1-of-`2^(w + 1)` table look-up for all of them
+/// ([`compare::at_least_small`]: for the sigmoid's six knots 4 correlated OTs and 100 bits
+/// instead of six 15-bit millionaires, about 180 OTs and 450 bits), or, where the table
+/// would be larger than the comparisons, a millionaire on the high part per knot.
+fn knots_on_high<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
-    narrow: Ring,
-    f: u32,
+    small: Ring,
+    g: u32,
+    knots: &[f64],
+    hi: &[u64],
+) -> Result<Vec<u8>> {
+    let ks: Vec<u64> = knots.iter().map(|&k| quantize(k, g) as u64).collect();
+    let top = ks.iter().copied().max().unwrap_or(1);
+    let w = 64 - top.saturating_sub(1).leading_zeros();
+    // A 1-of-2^(w + 1) OT of one bit per knot against about 5 bits per compared bit and
+    // knot.
+    let table_ok = ks.iter().all(|&k| k >= 1)
+        && w <= compare::SMALL_THRESHOLD_BITS
+        && (2u64 << w) < 5 * u64::from(small.bits() - 1);
+    if table_ok {
+        compare::at_least_small(p, small, &ks, hi)
+    } else {
+        knots_by_comparisons(p, small, g, knots, hi)
+    }
+}
+
+/// Boolean shares of `[a >= k]` for each knot (knot-major) by one comparison each, `a`
+/// shared in `ring` at scale `2^scale`.
+fn knots_by_comparisons<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    scale: u32,
     knots: &[f64],
     a: &[u64],
 ) -> Result<Vec<u8>> {
     let p0 = p.is_p0();
-    let compare_all = |p: &mut Party<C, R>, ring: Ring, scale: u32, a: &[u64]| {
-        let mut shifted = Vec::with_capacity(a.len() * knots.len());
-        for &k in knots {
-            let c = ring.from_signed(quantize(k, scale));
-            shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
-        }
-        compare::drelu(p, ring, &shifted)
-    };
-    // The fewest fractional bits g that represent every knot exactly.
-    let g = (0..f).find(|&g| {
-        knots.iter().all(|&k| {
-            let v = k * f64::from(g).exp2();
-            v == v.trunc()
-        })
-    });
-    let m = narrow.bits();
-    match g {
-        Some(g) if f - g >= 4 && m > f - g + 1 => {
-            let s = f - g;
-            let hi = arith::trunc_nonneg(p, narrow, a, s)?;
-            let small = Ring::new(m - s)?;
-            let hi: Vec<u64> = hi.iter().map(|&v| small.reduce(v)).collect();
-            // The knots as integers at scale 2^g: in one table when it is smaller than
-            // the comparisons (a 1-of-2^(w + 1) OT of one bit per knot against about 5
-            // bits per compared bit and knot), one comparison each otherwise.
-            let ks: Vec<u64> = knots.iter().map(|&k| quantize(k, g) as u64).collect();
-            let top = ks.iter().copied().max().unwrap_or(1);
-            let w = 64 - top.saturating_sub(1).leading_zeros();
-            let table_ok = ks.iter().all(|&k| k >= 1)
-                && w <= compare::SMALL_THRESHOLD_BITS
-                && (2u64 << w) < 5 * u64::from(small.bits() - 1);
-            if table_ok {
-                compare::at_least_small(p, small, &ks, &hi)
-            } else {
-                compare_all(p, small, g, &hi)
-            }
-        }
-        _ => compare_all(p, narrow, f, a),
+    let mut shifted = Vec::with_capacity(a.len() * knots.len());
+    for &k in knots {
+        let c = ring.from_signed(quantize(k, scale));
+        shifted.extend(a.iter().map(|&v| if p0 { ring.sub(v, c) } else { v }));
     }
+    compare::drelu(p, ring, &shifted)
+}
+
+/// Shares of the ones' complement absolute value `b (2 v + 1) - v - 1` (`v` for `b = 1`,
+/// `-v - 1` for `b = 0`) of every value of `vs` (each a list of shares in `ring`, all of
+/// them selected by the same bits `b`): one multiplexer for all.
+fn ones_complement_abs<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    b: &[u8],
+    vs: &[&[u64]],
+) -> Result<Vec<Vec<u64>>> {
+    let p0 = p.is_p0();
+    let bits: Vec<u8> = vs.iter().flat_map(|_| b.iter().copied()).collect();
+    let odd: Vec<u64> = vs
+        .iter()
+        .flat_map(|v| v.iter())
+        .map(|&v| {
+            let t = ring.add(v, v);
+            if p0 {
+                ring.add(t, 1)
+            } else {
+                t
+            }
+        })
+        .collect();
+    let bo = boolean::mux(p, ring, &bits, &odd)?;
+    Ok(vs
+        .iter()
+        .zip(bo.chunks(b.len().max(1)))
+        .map(|(v, bo)| {
+            v.iter()
+                .zip(bo)
+                .map(|(&v, &o)| {
+                    let r = ring.sub(o, v);
+                    if p0 {
+                        ring.sub(r, 1)
+                    } else {
+                        r
+                    }
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// `mid + sign(x) h(|x|)` on shares at scale `2^f`, where `h` is the chord interpolation of
@@ -398,31 +444,35 @@ fn odd_pwl<C: Channel, R: RngCore + CryptoRng>(
         // 2^PWL_NARROW_INT_BITS); |x| there in ones' complement, b x + (1 - b)(-x - 1) =
         // b (2x + 1) - x - 1, whose top bit is 0 for every x, so that it extends to the
         // ring exactly and stays below 2^(m-1) even beyond the range.
+        let m = narrow.bits();
         let xn: Vec<u64> = x.iter().map(|&v| narrow.reduce(v)).collect();
-        let b = compare::drelu(p, narrow, &xn)?;
-        let odd: Vec<u64> = xn
-            .iter()
-            .map(|&v| {
-                let t = narrow.add(v, v);
-                if p0 {
-                    narrow.add(t, 1)
-                } else {
-                    t
-                }
-            })
-            .collect();
-        let bo = boolean::mux(p, narrow, &b, &odd)?;
-        let an: Vec<u64> = (0..n)
-            .map(|j| {
-                let v = narrow.sub(bo[j], xn[j]);
-                if p0 {
-                    narrow.sub(v, 1)
-                } else {
-                    v
-                }
-            })
-            .collect();
-        let above = knots_below(p, narrow, f, &knots[1..], &an)?;
+        let (b, an, above) = match knot_bits(f, &knots[1..]).filter(|&g| m > f - g + 1) {
+            Some(g) => {
+                // The knots only need the part of |x| above its low s bits, and the sign
+                // is that part's: the high part t = floor(x / 2^s) mod 2^(m - s) (an
+                // s-bit millionaire), the sign from t (an (m - s - 1)-bit one, not m - 1),
+                // and floor(|x| / 2^s) = |t| in ones' complement, from the same
+                // multiplexer as |x|.
+                let s = f - g;
+                let small = Ring::new(m - s)?;
+                let t = arith::high_bits(p, narrow, &xn, s)?;
+                let b = compare::drelu(p, small, &t)?;
+                let abs = ones_complement_abs(p, narrow, &b, &[&xn, &t])?;
+                let hi: Vec<u64> = abs[1].iter().map(|&v| small.reduce(v)).collect();
+                let above = knots_on_high(p, small, g, &knots[1..], &hi)?;
+                let an = abs.into_iter().next().unwrap_or_default();
+                (b, an, above)
+            }
+            None => {
+                let b = compare::drelu(p, narrow, &xn)?;
+                let an = ones_complement_abs(p, narrow, &b, &[&xn])?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                let above = knots_by_comparisons(p, narrow, f, &knots[1..], &an)?;
+                (b, an, above)
+            }
+        };
         let a = arith::extend_nonneg(p, narrow, ring, &an)?;
         let r = boolean::mux(p, ring, &above, &shift_by_knots(ring, &a))?;
         (b, a, r)

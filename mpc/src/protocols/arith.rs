@@ -306,6 +306,31 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
+/// Shares of the top `l - s` bits of `x`, `floor(x / 2^s) mod 2^(l - s)`, in `Z_2^(l - s)`:
+/// exact for every `x` (no range assumption), for one `s`-bit millionaire and one B2A of
+/// one bit. With unsigned shares `x0 + x1 = x + w 2^l`, `floor((x0 + x1) / 2^s) = (x0 >>
+/// s) + (x1 >> s) + c` for the carry `c` of the low `s` bits, and the wrap's term `w
+/// 2^(l - s)` vanishes modulo `2^(l - s)`. As a signed `(l - s)`-bit value it is
+/// `floor(x / 2^s)` of the signed `x`, so its sign is `x`'s.
+pub fn high_bits<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    s: u32,
+) -> Result<Vec<u64>> {
+    check_trunc_bits(ring, s)?;
+    let high = Ring::new(ring.bits() - s)?;
+    if s == 0 {
+        return Ok(x.to_vec());
+    }
+    let carry = low_bits_carry(p, x, s)?;
+    let c = boolean::b2a(p, high, &carry)?;
+    Ok(x.iter()
+        .zip(&c)
+        .map(|(&v, &ci)| high.add(ring.reduce(v) >> s, ci))
+        .collect())
+}
+
 /// Shares of `w 2^(l - f)` for the wrap `w = msb(x0) OR msb(x1)` of [`trunc_nonneg`]:
 /// only `w mod 2^f` matters once scaled by `2^(l - f)` (see [`msb_or`]).
 fn wrap_times<C: Channel, R: RngCore + CryptoRng>(
