@@ -177,7 +177,14 @@ fn truncation_of_bounded_signed_values() {
 /// ring and the edges), exactly, in `Z_2^(l - s)`; their sign is the value's.
 #[test]
 fn high_bits_of_any_value() {
-    for (bits, s) in [(32u32, 16u32), (33, 14), (64, 16), (40, 12), (8, 7), (16, 1)] {
+    for (bits, s) in [
+        (32u32, 16u32),
+        (33, 14),
+        (64, 16),
+        (40, 12),
+        (8, 7),
+        (16, 1),
+    ] {
         let ring = Ring::new(bits).unwrap();
         let high = Ring::new(bits - s).unwrap();
         let x = inputs(ring, 400);

@@ -4,13 +4,18 @@
 //! One iteration with parameters `(t, k, h)` turns `k + t h` correlated OTs into
 //! `n = t 2^h` new ones:
 //!
-//! * **SPCOT** (one per tree): the sender expands a GGM tree of depth `h` from a random
-//!   seed (`G_b(s) = pi_b(s) xor s`, two fixed-key AES permutations); the receiver learns
-//!   every leaf but one, at a position `alpha` it does not choose: the bits of `alpha` are
-//!   the complements of the random choice bits of `h` correlated OTs, through which it
-//!   receives the XOR of the level's other-side nodes. A last block `gamma = delta xor (xor
-//!   of all leaves)` lets it compute leaf `alpha` xor `delta`. Per tree the sender sends
-//!   `2 h + 1` blocks and the receiver nothing.
+//! * **SPCOT** (one per tree), by the half-tree of Guo, Yang, Wang, Zhang, Xie, Liu and
+//!   Zhao (Eurocrypt 2023): the sender's first level is a random `s` and `s xor delta`,
+//!   and every node `x` has the children `H(x)` and `x xor H(x)` (`H` the circular
+//!   correlation robust hash `pi(sigma(x)) xor sigma(x)`, one fixed-key AES call per node),
+//!   so that every level sums to `delta` and the XOR `K_1` of a level's right children is
+//!   that of its left ones, `K_0`, xor `delta`. The receiver learns every leaf but one, at
+//!   a position `alpha` it does not choose: per level, one correlated OT with its random
+//!   choice bit `c` gives it `K_c = (K_0 xor q) xor (q xor c delta)` from the sender's one
+//!   block `K_0 xor q`, and `alpha`'s bit is `1 - c`. The leaves sum to `delta`, so the
+//!   XOR of the others is leaf `alpha` xor `delta`. Per tree the sender sends `h` blocks
+//!   (the GGM tree of the Ferret paper: `2 h + 1` blocks and two AES calls per node) and
+//!   the receiver nothing.
 //! * **LPN**: output `i` is the tree leaf `i` xor the sum of `d = 10` entries of the `k`
 //!   secret correlated OTs, at positions fixed by a public function of `i` (fixed-key AES).
 //!   The receiver's choice bits are the noise (one 1 per tree, regular) plus the same sum
@@ -37,7 +42,7 @@ use super::iknp::{OtReceiver as IknpReceiver, OtSender as IknpSender};
 use crate::error::{Error, Result};
 use crate::net::{recv_exact, Channel};
 
-/// Parameters of one Ferret iteration: `trees` GGM trees of depth `depth`, an LPN secret of
+/// Parameters of one Ferret iteration: `trees` half-trees of depth `depth`, an LPN secret of
 /// `2^log_k` correlated OTs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LpnParams {
@@ -91,39 +96,33 @@ const LPN_OUTS: usize = 32;
 /// 131,072 OTs, 2 MB, per refill).
 const CHUNK_TREES: usize = 16;
 
-const GGM_LEFT_KEY: [u8; 16] = *b"cipherml-ggm-l/1";
-const GGM_RIGHT_KEY: [u8; 16] = *b"cipherml-ggm-r/1";
+const TREE_KEY: [u8; 16] = *b"cipherml-ght-h/1";
 const LPN_KEY: [u8; 16] = *b"cipherml-lpn-a/1";
 
-/// The public primitives of an iteration: GGM expansion and the LPN matrix.
+/// The public primitives of an iteration: the half-tree's hash and the LPN matrix.
 #[derive(Debug, Clone)]
 struct Prims {
-    left: FixedKeyAes,
-    right: FixedKeyAes,
+    tree: FixedKeyAes,
     lpn: FixedKeyAes,
-    hash: FixedKeyAes,
 }
 
 impl Prims {
     fn new() -> Self {
         Self {
-            left: FixedKeyAes::new(GGM_LEFT_KEY),
-            right: FixedKeyAes::new(GGM_RIGHT_KEY),
+            tree: FixedKeyAes::new(TREE_KEY),
             lpn: FixedKeyAes::new(LPN_KEY),
-            hash: FixedKeyAes::default(),
         }
     }
 
-    /// One GGM level: the children of `nodes[..w]` into `nodes[..2w]` (child `2i` is
-    /// `G_0(node i)`, child `2i + 1` is `G_1(node i)`); returns the XOR of the left and of
-    /// the right children. Works in place, from the last parents down, through small
+    /// One half-tree level: the children of `nodes[..w]` into `nodes[..2w]` (child `2i` is
+    /// `H(node i)`, child `2i + 1` is `node i xor H(node i)`); returns the XOR of the left
+    /// and of the right children. Works in place, from the last parents down, through small
     /// buffers that stay in L1 (children `2i, 2i + 1` never overwrite a parent `>= i` that
     /// is still to be read).
     fn level(&self, nodes: &mut [Block], w: usize) -> [Block; 2] {
         const B: usize = 64;
         let mut p = [0u128; B];
         let mut a = [0u128; B];
-        let mut b = [0u128; B];
         let (mut k0, mut k1) = (0u128, 0u128);
         let mut end = w;
         while end > 0 {
@@ -131,13 +130,10 @@ impl Prims {
             let n = end - lo;
             p[..n].copy_from_slice(&nodes[lo..end]);
             a[..n].copy_from_slice(&p[..n]);
-            b[..n].copy_from_slice(&p[..n]);
-            self.left.permute(&mut a[..n]);
-            self.right.permute(&mut b[..n]);
+            self.tree.ccr(&mut a[..n]);
             let kids = &mut nodes[2 * lo..2 * end];
-            for (((kid, &pi), &ai), &bi) in kids.chunks_exact_mut(2).zip(&p).zip(&a).zip(&b) {
-                let l = ai ^ pi;
-                let r = bi ^ pi;
+            for ((kid, &pi), &l) in kids.chunks_exact_mut(2).zip(&p).zip(&a) {
+                let r = pi ^ l;
                 kid[0] = l;
                 kid[1] = r;
                 k0 ^= l;
@@ -148,7 +144,6 @@ impl Prims {
         let used = w.min(B);
         p[..used].zeroize();
         a[..used].zeroize();
-        b[..used].zeroize();
         [k0, k1]
     }
 
@@ -439,34 +434,27 @@ impl FerretSender {
         Ok(self.st.take(n))
     }
 
-    /// Expands the next chunk of trees: sends their messages, appends their outputs.
+    /// Expands the next chunk of trees: sends their messages (`K_0 xor q` per level),
+    /// appends their outputs.
     fn refill<C: Channel + ?Sized>(&mut self, ch: &mut C) -> Result<()> {
         let c = self.st.begin();
         let h = c.params.depth as usize;
-        let mut msg = Vec::with_capacity(c.trees * (2 * h + 1) * 16);
-        let mut pads = vec![0u128; 2 * h];
+        let mut msg = Vec::with_capacity(c.trees * h * 16);
         let delta = self.delta;
         let (ots, leaves, prims) = self.st.chunk_parts(&c);
         for (tree, q) in leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h)) {
-            for (l, &ql) in q.iter().enumerate() {
-                pads[2 * l] = ql;
-                pads[2 * l + 1] = ql ^ delta;
-            }
-            prims.hash.ccr(&mut pads);
+            // The first level: s and s xor delta (K_0 = s).
             self.seeds.fill(&mut tree[..1]);
-            for l in 0..h {
+            tree[1] = tree[0] ^ delta;
+            msg.extend_from_slice(&(tree[0] ^ q[0]).to_le_bytes());
+            for (l, &ql) in q.iter().enumerate().skip(1) {
                 let k = prims.level(tree, 1 << l);
-                msg.extend_from_slice(&(k[0] ^ pads[2 * l]).to_le_bytes());
-                msg.extend_from_slice(&(k[1] ^ pads[2 * l + 1]).to_le_bytes());
+                msg.extend_from_slice(&(k[0] ^ ql).to_le_bytes());
             }
-            let mut all = 0u128;
             for leaf in tree.iter_mut() {
                 *leaf &= !1;
-                all ^= *leaf;
             }
-            msg.extend_from_slice(&(all ^ delta).to_le_bytes());
         }
-        pads.zeroize();
         ch.send(&msg)?;
         ch.flush()?;
         self.st.finish(&c);
@@ -540,23 +528,23 @@ impl FerretReceiver {
     fn refill<C: Channel + ?Sized>(&mut self, ch: &mut C) -> Result<()> {
         let (params, trees) = self.st.upcoming();
         let h = params.depth as usize;
-        let per = (2 * h + 1) * 16;
+        let per = h * 16;
         // Receive before touching the state: a refused message leaves it as it was.
         let msg = recv_exact(ch, "silent OT tree messages", trees * per)?;
         let c = self.st.begin();
-        let mut pads = vec![0u128; h];
         let (ots, leaves, prims) = self.st.chunk_parts(&c);
         let trees = leaves.chunks_exact_mut(c.leaves).zip(ots.chunks_exact(h));
         for (m, (tree, ts)) in msg.chunks_exact(per).zip(trees) {
-            pads.copy_from_slice(ts);
-            prims.hash.ccr(&mut pads);
-            let mut path = 0usize;
-            tree[0] = 0;
-            for (l, &t) in ts.iter().enumerate() {
-                // Our choice bit c (the lowest bit of our block) selects K^c, the XOR of
-                // the level's nodes off the path on side c: alpha's bit is 1 - c.
+            // Our choice bit c (the lowest bit of our block t = q xor c delta) selects
+            // K_c = (K_0 xor q) xor t, the XOR of the level's nodes on side c, all off the
+            // path: alpha's bit is 1 - c.
+            let c = (ts[0] & 1) as usize;
+            tree[c] = block_at(m, 0) ^ ts[0];
+            let mut path = 1 - c;
+            tree[path] = 0;
+            for (l, &t) in ts.iter().enumerate().skip(1) {
                 let c = (t & 1) as usize;
-                let known = block_at(m, 2 * l + c) ^ pads[l];
+                let known = block_at(m, l) ^ t;
                 // The level's side-c sum, less the (garbage) child of our zeroed node.
                 let sums = prims.level(tree, 1 << l);
                 let sib = 2 * path + c;
@@ -564,16 +552,17 @@ impl FerretReceiver {
                 path = 2 * path + (1 - c);
                 tree[path] = 0;
             }
-            let mut s = block_at(m, 2 * h);
+            // The leaves sum to delta: the others' sum is leaf alpha xor delta, whose
+            // lowest bit (delta's, 1; the sender clears its leaves') is set here.
+            let mut s = 0u128;
             for (i, leaf) in tree.iter_mut().enumerate() {
                 if i != path {
                     *leaf &= !1;
                     s ^= *leaf;
                 }
             }
-            tree[path] = s;
+            tree[path] = s | 1;
         }
-        pads.zeroize();
         self.st.finish(&c);
         Ok(())
     }
@@ -590,6 +579,36 @@ mod tests {
         assert!(BOOT.n() >= MAIN.base());
         assert!(MAIN.n() > 10 * MAIN.base());
         assert!(LPN_D / 2 * MAIN.log_k as usize <= 128);
+    }
+
+    /// The half-tree's levels: children `H(x)` and `x xor H(x)`, the sums of each side
+    /// returned; from a first level `s, s xor delta` every level sums to `delta`, which the
+    /// receiver's last leaf relies on.
+    #[test]
+    fn half_tree_levels_sum_to_delta() {
+        let p = Prims::new();
+        let delta = 0x1234_5678_9abc_def0_0fed_cba9_8765_4321u128;
+        let mut tree = vec![0u128; 1 << 7];
+        tree[0] = 0xdead_beef_0000_0001;
+        tree[1] = tree[0] ^ delta;
+        for l in 1..7 {
+            let parents = tree[..1 << l].to_vec();
+            let sums = p.level(&mut tree, 1 << l);
+            for (i, &x) in parents.iter().enumerate() {
+                let mut h = [x];
+                p.tree.ccr(&mut h);
+                assert_eq!((tree[2 * i], tree[2 * i + 1]), (h[0], x ^ h[0]), "node {i}");
+            }
+            let side = |first: usize| {
+                tree[first..2 << l]
+                    .iter()
+                    .step_by(2)
+                    .fold(0u128, |a, &b| a ^ b)
+            };
+            assert_eq!(sums, [side(0), side(1)], "level {l}");
+            assert_eq!(sums[0] ^ sums[1], delta, "level {l}");
+            assert_ne!(sums[0], 0);
+        }
     }
 
     #[test]
