@@ -215,7 +215,7 @@ pub fn bench_silent(budget: Duration) -> Result<Vec<BenchLine>> {
             "ot.silent_2e20",
             &samples,
             format!(
-                "2^20 random OTs (128-bit outputs) from Ferret silent OT (primal LPN, regular noise, t=1280, k=2^19, trees of 2^13, d=10; semi-honest), half-tree SPCOT (one block per level) and CCR hash; tree messages included, bootstrap apart; {per_bits:.2} bits per OT"
+                "2^20 random OTs (128-bit outputs) from Ferret silent OT (primal LPN, regular noise, emp-ot's ferret_b11: t=4971, k=2^17, trees of 2^11, d=10; semi-honest), half-tree SPCOT (one block per level) and CCR hash; tree messages included, bootstrap apart; {per_bits:.2} bits per OT"
             ),
         ),
         line(
