@@ -246,7 +246,10 @@ pub fn bench_lines_filtered(budget: Duration, filter: Option<&str>) -> Result<Ve
         (&["ot.silent_2e20", "ot.silent_setup"], bench_silent),
         (&["mpc.relu_2e16"], bench_relu),
         (&["mpc.trunc_2e16"], bench_trunc),
-        (&["mpc.trunc_msb0_2e16"], bench_trunc_msb0),
+        (
+            &["mpc.trunc_msb0_2e16", "mpc.trunc_msb0_ulp_2e16"],
+            bench_trunc_msb0,
+        ),
         (&["mpc.maxpool_64x64x16"], bench_maxpool),
         (&["mpc.he_triples_8192"], bench_he_triples),
     ];
@@ -351,26 +354,46 @@ pub fn bench_trunc(budget: Duration) -> Result<Vec<BenchLine>> {
     )])
 }
 
-/// `mpc.trunc_msb0_2e16`: truncation by 12 bits of 2^16 shared values known non-negative
-/// (most significant bit 0) in `Z_2^32` ([`crate::protocols::arith::trunc_nonneg`]).
+/// `mpc.trunc_msb0_2e16`: exact truncation by 12 bits of 2^16 shared values known
+/// non-negative (most significant bit 0) in `Z_2^32`
+/// ([`crate::protocols::arith::trunc_nonneg`]); `mpc.trunc_msb0_ulp_2e16`: the same within
+/// one unit in the last place ([`crate::protocols::arith::trunc_nonneg_within_ulp`]),
+/// Cheetah's known-MSB truncation.
 pub fn bench_trunc_msb0(budget: Duration) -> Result<Vec<BenchLine>> {
     let n = 1usize << 16;
     let ring = Ring::new(32)?;
-    let samples = bench_shared_op(
+    let exact = bench_shared_op(
         budget,
         ring,
         move |r| bench_values(r, 2, n, true),
         |p, r, x| crate::protocols::arith::trunc_nonneg(p, r, x, TRUNC_BITS),
     )?;
-    let per = samples[0].bytes as f64 / n as f64;
-    Ok(vec![line(
-        "mpc.trunc_msb0_2e16",
-        &samples,
-        format!(
-            "truncation by {TRUNC_BITS} bits of 2^16 shared values known non-negative (MSB 0) in Z_2^32: arith::trunc_nonneg, one {TRUNC_BITS}-bit millionaire (beta={}) + one AND for the wrap + one B2A; base OTs apart; {per:.0} bytes per element (both parties); Cheetah's figure for this operation: 164 KB",
-            crate::protocols::compare::BETA
+    let ulp = bench_shared_op(
+        budget,
+        ring,
+        move |r| bench_values(r, 2, n, true),
+        |p, r, x| crate::protocols::arith::trunc_nonneg_within_ulp(p, r, x, TRUNC_BITS),
+    )?;
+    let per = |s: &[Sample]| s[0].bytes as f64 / n as f64;
+    Ok(vec![
+        line(
+            "mpc.trunc_msb0_2e16",
+            &exact,
+            format!(
+                "exact truncation by {TRUNC_BITS} bits of 2^16 shared values known non-negative (MSB 0) in Z_2^32: arith::trunc_nonneg, one {TRUNC_BITS}-bit millionaire (beta={}) + one AND for the wrap + one B2A; base OTs apart; {:.0} bytes per element (both parties); Cheetah's known-MSB truncation (within one ulp) is the next line's operation",
+                crate::protocols::compare::BETA,
+                per(&exact)
+            ),
         ),
-    )])
+        line(
+            "mpc.trunc_msb0_ulp_2e16",
+            &ulp,
+            format!(
+                "truncation within one ulp by {TRUNC_BITS} bits of 2^16 shared values known non-negative (MSB 0) in Z_2^32 (Cheetah's known-MSB truncation): arith::trunc_nonneg_within_ulp, the wrap by one correlated OT in Z_2^{TRUNC_BITS}, the low bits' carry dropped; base OTs apart; {:.1} bytes per element (both parties); Cheetah's figure for this operation: 164 KB, 7-10 ms",
+                per(&ulp)
+            ),
+        ),
+    ])
 }
 
 /// `mpc.maxpool_64x64x16`: 2x2 max-pool (stride 2) of a shared `(16, 64, 64)` tensor in

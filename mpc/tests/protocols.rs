@@ -296,6 +296,48 @@ fn truncation_of_nonnegative_values() {
     assert_eq!(open(ring, &r0.1, &r1.1), x);
 }
 
+/// Known-MSB truncation within one ulp (Cheetah's): `floor(x / 2^f)` or one less for every
+/// non-negative value, and at least once each over 400 random ones (the carry is really
+/// dropped); over TCP too, with `f = 0` and the refusal of `f >= l`.
+#[test]
+fn truncation_within_one_ulp_of_nonnegative_values() {
+    for (bits, f) in [(32u32, 12u32), (40, 12), (64, 16), (16, 3)] {
+        let ring = Ring::new(bits).unwrap();
+        let x = nonneg_inputs(ring, 400);
+        let sx = shares(ring, &x);
+        let (r0, r1) = parties_mem(move |p| {
+            arith::trunc_nonneg_within_ulp(p, ring, &pick(p, &sx), f).unwrap()
+        });
+        let got = open(ring, &r0, &r1);
+        let mut seen = [false; 2];
+        for (v, g) in x.iter().zip(&got) {
+            let d = ring.sub(v >> f, *g);
+            assert!(
+                d <= 1,
+                "l={bits}, f={f}: {v} -> {g}, want {} or one less",
+                v >> f
+            );
+            seen[d as usize] = true;
+        }
+        assert_eq!(seen, [true, true], "l={bits}, f={f}");
+    }
+    let ring = Ring::new(32).unwrap();
+    let x = nonneg_inputs(ring, 50);
+    let sx = shares(ring, &x);
+    let (r0, r1) = parties_tcp(move |p| {
+        let s = pick(p, &sx);
+        assert!(arith::trunc_nonneg_within_ulp(p, ring, &s, 32).is_err());
+        let same = arith::trunc_nonneg_within_ulp(p, ring, &s, 0).unwrap();
+        (
+            arith::trunc_nonneg_within_ulp(p, ring, &s, 12).unwrap(),
+            same,
+        )
+    });
+    let t = open(ring, &r0.0, &r1.0);
+    assert!(x.iter().zip(&t).all(|(v, g)| ring.sub(v >> 12, *g) <= 1));
+    assert_eq!(open(ring, &r0.1, &r1.1), x);
+}
+
 #[test]
 fn millionaire_and_relu_family() {
     for bits in [32u32, 64, 8, 5] {

@@ -524,15 +524,18 @@ impl Trainer {
         let shape = (n, *k, weight.nrows());
         // The first batch's forward multiplies the public initial weights (locally); every
         // gradient multiplies a shared one.
-        let columns = s.held_columns_cheaper(shape, batch, batches.saturating_sub(1));
-        let rows = s.held_rows_cheaper(shape, batch, batches);
-        if columns {
-            s.encrypt_held_columns(x)?;
+        let columns = s.held_columns_plan(shape, batch, batches.saturating_sub(1));
+        let rows = s.held_rows_plan(shape, batch, batches);
+        if let Some(per_ct) = columns {
+            s.encrypt_held_columns(x, per_ct)?;
         }
-        if rows {
-            s.encrypt_held_rows(x)?;
+        if let Some(per_ct) = rows {
+            s.encrypt_held_rows(x, per_ct)?;
         }
-        Ok(DataCache { columns, rows })
+        Ok(DataCache {
+            columns: columns.is_some(),
+            rows: rows.is_some(),
+        })
     }
 
     /// Both parties check that they run the same job (a digest of the model, loss,

@@ -346,56 +346,114 @@ impl<C: Channel> Session<C> {
             && send.total_us(&net) + p * reply.total_us(&net) < p * now.total_us(&net)
     }
 
-    /// Whether encrypting `x` (`m x k`, held) once by columns and multiplying batches of
-    /// `batch` of its rows by `n` shared columns from it costs less, over `products` such
-    /// products, than the held products [`Session::matmul`] would run.
-    pub(crate) fn held_columns_cheaper(
+    /// Outputs a reply carries when `per_ct` columns of `len` coefficients share a
+    /// ciphertext: output `j` of a reply at offset `j per_ct len` (see
+    /// [`Session::columns_combine`]), at most `n`.
+    fn outputs_per_reply(&self, len: usize, per_ct: usize, n: usize) -> usize {
+        (self.params.degree() / (per_ct * len).max(1)).clamp(1, n.max(1))
+    }
+
+    /// The estimated costs (sending, one product) of products by `k` encrypted columns of
+    /// `len` coefficients, `per_ct` to a ciphertext, into `n` outputs of `kept`
+    /// coefficients each, a product touching at most `touched` ciphertexts.
+    fn columns_cost(
+        &self,
+        (len, k, n): (usize, usize, usize),
+        per_ct: usize,
+        kept: usize,
+        touched: usize,
+    ) -> (cost::Cost, cost::Cost) {
+        let count = k.div_ceil(per_ct.max(1));
+        let outs = self.outputs_per_reply(len, per_ct, n);
+        self.encrypted_columns_cost(count, 2 * n.div_ceil(outs), outs * kept, count.min(touched))
+    }
+
+    /// The columns per ciphertext that cost least for `products` products by `k` encrypted
+    /// columns of `len` coefficients (sent once) into `n` outputs of `kept` coefficients:
+    /// from `N / len` (fewest ciphertexts, one output per reply) down to 1 (most
+    /// ciphertexts, `N / len` outputs per reply); 0 if a column does not fit. Public
+    /// shapes only, so both parties choose alike.
+    fn columns_layout(
+        &self,
+        (len, k, n): (usize, usize, usize),
+        kept: usize,
+        touched: usize,
+        products: usize,
+    ) -> usize {
+        let most = self.columns_per_ct(len).min(k.max(1));
+        let net = self.config.network;
+        let total = |per_ct: usize| {
+            let (send, reply) = self.columns_cost((len, k, n), per_ct, kept, touched);
+            send.total_us(&net) + products.max(1) as f64 * reply.total_us(&net)
+        };
+        (1..=most)
+            .rev()
+            .min_by(|&a, &b| total(a).total_cmp(&total(b)))
+            .unwrap_or(0)
+    }
+
+    /// The columns per ciphertext in which encrypting `x` (`m x k`, held) once by columns
+    /// and multiplying batches of `batch` of its rows by `n` shared columns costs least,
+    /// if that costs less, over `products` such products, than the held products
+    /// [`Session::matmul`] would run.
+    pub(crate) fn held_columns_plan(
         &self,
         (m, k, n): (usize, usize, usize),
         batch: usize,
         products: usize,
-    ) -> bool {
-        let per_ct = self.columns_per_ct(m);
-        if per_ct == 0 || k == 0 || n == 0 {
-            return false;
+    ) -> Option<usize> {
+        let shape = (m, k, n);
+        let per_ct = self.columns_layout(shape, batch, usize::MAX, products);
+        if per_ct == 0 || n == 0 {
+            return None;
         }
-        let count = k.div_ceil(per_ct);
-        let costs = self.encrypted_columns_cost(count, 2 * n, batch, count);
+        let costs = self.columns_cost(shape, per_ct, batch, usize::MAX);
         self.cheaper_once(costs, products, self.held_cost(batch, k, n))
+            .then_some(per_ct)
     }
 
-    /// Whether encrypting `x` (`m x k`, held) once by rows and computing the weight
-    /// gradients `G^T X[rows]` (`G` of `n` columns, batches of `batch` rows) from it costs
-    /// less, over `products` of them, than the held products [`Session::matmul`] would run
-    /// (`(X^T G)^T` with `X^T` held).
-    pub(crate) fn held_rows_cheaper(
+    /// The rows per ciphertext in which encrypting `x` (`m x k`, held) once by rows and
+    /// computing the weight gradients `G^T X[rows]` (`G` of `n` columns, batches of `batch`
+    /// rows) costs least, if that costs less, over `products` of them, than the held
+    /// products [`Session::matmul`] would run (`(X^T G)^T` with `X^T` held).
+    pub(crate) fn held_rows_plan(
         &self,
         (m, k, n): (usize, usize, usize),
         batch: usize,
         products: usize,
-    ) -> bool {
-        let per_ct = self.columns_per_ct(k);
-        if per_ct == 0 || m == 0 || n == 0 {
-            return false;
+    ) -> Option<usize> {
+        // X^T's columns: m of them, k long; a batch touches at most `batch` ciphertexts.
+        let shape = (k, m, n);
+        let per_ct = self.columns_layout(shape, k, batch, products);
+        if per_ct == 0 || n == 0 {
+            return None;
         }
-        let count = m.div_ceil(per_ct);
-        // A batch touches at most `batch` rows: at most that many ciphertexts.
-        let costs = self.encrypted_columns_cost(count, 2 * n, k, count.min(batch));
+        let costs = self.columns_cost(shape, per_ct, k, batch);
         self.cheaper_once(costs, products, self.held_cost(k, batch, n))
+            .then_some(per_ct)
     }
 
-    /// Encrypts `x` (2-D, input by one party: [`Session::input`]) once by columns for
+    /// Encrypts `x` (2-D, input by one party: [`Session::input`]) once by columns, `per_ct`
+    /// to a ciphertext ([`Session::held_columns_plan`]), for
     /// [`Session::matmul_held_columns`]. Both parties call it at the same point.
-    pub(crate) fn encrypt_held_columns(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
-        self.held_columns = Some(self.encrypt_held(x, false)?);
+    pub(crate) fn encrypt_held_columns(
+        &mut self,
+        x: &PrivateTensor,
+        per_ct: usize,
+    ) -> Result<(), TensorError> {
+        self.held_columns = Some(self.encrypt_held(x, false, per_ct)?);
         Ok(())
     }
 
-    /// Encrypts `x` (2-D, input by one party) once by rows (its transpose by columns, `N /
-    /// k` rows to a ciphertext) for [`Session::matmul_t_held_rows`]. Both parties call it
-    /// at the same point.
-    pub(crate) fn encrypt_held_rows(&mut self, x: &PrivateTensor) -> Result<(), TensorError> {
-        self.held_rows = Some(self.encrypt_held(x, true)?);
+    /// Encrypts `x` (2-D, input by one party) once by rows (its transpose by columns,
+    /// `per_ct` rows to a ciphertext: [`Session::held_rows_plan`]) for
+    /// [`Session::matmul_t_held_rows`]. Both parties call it at the same point.
+    pub(crate) fn encrypt_held_rows(
+        &mut self,
+        x: &PrivateTensor,
+        per_ct: usize,
+    ) -> Result<(), TensorError> {
+        self.held_rows = Some(self.encrypt_held(x, true, per_ct)?);
         Ok(())
     }
 
@@ -406,6 +464,7 @@ impl<C: Channel> Session<C> {
         &mut self,
         x: &PrivateTensor,
         transposed: bool,
+        per_ct: usize,
     ) -> Result<HeldColumns, TensorError> {
         let shape = x.shape();
         let (Some(holder), [m, k]) = (x.holder(), shape.as_slice()) else {
@@ -415,12 +474,12 @@ impl<C: Channel> Session<C> {
             });
         };
         let (len, cols) = if transposed { (*k, *m) } else { (*m, *k) };
-        let per_ct = self.columns_per_ct(len);
-        if per_ct == 0 {
+        let most = self.columns_per_ct(len);
+        if per_ct == 0 || per_ct > most {
             return Err(TensorError::Invalid {
                 what: "held data",
                 detail: format!(
-                    "columns of {len} do not fit one ciphertext of {}",
+                    "{per_ct} columns of {len} per ciphertext of {} (1 to {most} fit)",
                     self.params.degree()
                 ),
             });
@@ -670,15 +729,18 @@ impl<C: Channel> Session<C> {
     }
 
     /// `sum_t W[t, c] col_{cols[t]}` for every `c < n`, read at the coefficients `keep`,
-    /// where the columns (`len` long, `total` of them, `per_ct` to a ciphertext) are
+    /// where the columns (`len` long, `total` of them, `per_ct = P` to a ciphertext) are
     /// `holder`'s, encrypted ([`Session::send_columns`]: `cts`, on the other party's side),
     /// and `W` (`cols.len() x n`) is the other party's (`w`, its side only). Column `s` of a
-    /// ciphertext sits at offset `s len`: times `X^(-s len) = -X^(N - s len)` it lands at 0,
-    /// while the ciphertext's other columns land at non-zero multiples of `len`, outside
-    /// `[0, len)`. One reply per output and digit: `W` is split into two digits of
-    /// `ceil(l / 2)` bits (the noise grows with the plaintext's size), each reply masked,
+    /// ciphertext sits at offset `s len`: times `X^(j P len - s len)` it lands at `j P len`,
+    /// while the ciphertext's other columns land at other multiples of `len` less than `P
+    /// len` away (negacyclically), outside `[j P len, j P len + len)` and outside every
+    /// other output's window: one reply carries `q = N / (P len)` outputs (at most `n`), the
+    /// `j`-th at offset `j P len`, so fewer columns per ciphertext buy fewer replies
+    /// ([`Session::columns_layout`] weighs the two). `W` is split into two digits of `ceil(l
+    /// / 2)` bits (the noise grows with the plaintext's size), each reply masked,
     /// re-randomized with the holder's public key and flooded (sized from the public
-    /// counts: terms per plaintext, repeats in `cols`), and the holder decrypts.
+    /// counts: `P q` terms per plaintext, repeats in `cols`), and the holder decrypts.
     /// This party's share, output-major (`n x keep.len()`).
     #[allow(clippy::too_many_arguments)]
     fn columns_combine(
@@ -695,22 +757,35 @@ impl<C: Channel> Session<C> {
         let dbits = self.held_digit_bits();
         let low = (1u64 << dbits) - 1;
         let big_n = self.params.degree();
+        if per_ct == 0 || per_ct * len > big_n {
+            return Err(TensorError::Invalid {
+                what: "encrypted columns",
+                detail: format!("{per_ct} columns of {len} per ciphertext of {big_n}"),
+            });
+        }
         let count = total.div_ceil(per_ct);
+        let outs = self.outputs_per_reply(len, per_ct, n);
+        let (block, groups) = (per_ct * len, n.div_ceil(outs));
         // A column taken twice adds its digits: the bound counts the repeats.
         let mut seen = std::collections::HashMap::new();
         for &j in cols {
             *seen.entry(j).or_insert(0u64) += 1;
         }
         let mult = seen.values().copied().max().unwrap_or(1);
+        // Output c of digit d: reply d groups + c / outs, offset (c mod outs) block.
         let positions: Vec<(usize, usize)> = (0..2 * n)
-            .flat_map(|blk| keep.iter().map(move |&i| (blk, i)))
+            .flat_map(|dc| {
+                let (d, c) = (dc / n, dc % n);
+                let (blk, off) = (d * groups + c / outs, (c % outs) * block);
+                keep.iter().map(move |&i| (blk, off + i))
+            })
             .collect();
         let noise = cipherml_he::tensor::product_noise_log2(
             count,
             big_n,
             self.params.plaintext_modulus(),
             mult << dbits,
-            per_ct,
+            per_ct * outs,
             cipherml_he::tensor::FRESH_NOISE_LOG2,
         );
         let label = format!(
@@ -739,9 +814,10 @@ impl<C: Channel> Session<C> {
             let params = self.params.clone();
             let encoder = Encoder::new(&params);
             let ev = cipherml_he::bfv::Evaluator::new(&params);
-            let mut out = Vec::with_capacity(2 * n);
+            let mut out = Vec::with_capacity(2 * groups);
             for d in 0..2u32 {
-                for c in 0..n {
+                for gi in 0..groups {
+                    let first = gi * outs;
                     let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
                     for (g, ct) in cts.iter().enumerate() {
                         let mut coeffs = vec![0i64; big_n];
@@ -750,10 +826,14 @@ impl<C: Channel> Session<C> {
                             if j / per_ct != g {
                                 continue;
                             }
-                            let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
-                            match j % per_ct {
-                                0 => coeffs[0] += v,
-                                s => coeffs[big_n - s * len] -= v,
+                            let shift = (j % per_ct) * len;
+                            for (o, c) in (first..(first + outs).min(n)).enumerate() {
+                                let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
+                                // X^(o block - shift), negacyclic below 0.
+                                match (o * block).checked_sub(shift) {
+                                    Some(e) => coeffs[e] += v,
+                                    None => coeffs[big_n + o * block - shift] -= v,
+                                }
                             }
                             any = true;
                         }
@@ -796,12 +876,11 @@ impl<C: Channel> Session<C> {
     /// [`Session::shared_product_columns`] (`None` if a column of `X` does not fit a
     /// ciphertext): per cross term, `X`'s share in columns and `2 n` dense replies.
     pub(super) fn shared_columns_cost(&self, m: usize, k: usize, n: usize) -> Option<cost::Cost> {
-        let per_ct = self.columns_per_ct(m);
+        let per_ct = self.columns_layout((m, k, n), m, usize::MAX, 1);
         if per_ct == 0 {
             return None;
         }
-        let count = k.div_ceil(per_ct);
-        let (send, reply) = self.encrypted_columns_cost(count, 2 * n, m, count);
+        let (send, reply) = self.columns_cost((m, k, n), per_ct, m, usize::MAX);
         Some(cost::Cost {
             compute_us: 2.0 * (send.compute_us + reply.compute_us),
             bytes: 2.0 * (send.bytes + reply.bytes),
@@ -844,7 +923,18 @@ impl<C: Channel> Session<C> {
         y: &[u64],
         (m, k, n): (usize, usize, usize),
     ) -> Result<Vec<u64>, TensorError> {
-        let per_ct = self.columns_per_ct(m);
+        let per_ct = self.columns_layout((m, k, n), m, usize::MAX, 1);
+        self.shared_product_columns_in(x, y, (m, k, n), per_ct)
+    }
+
+    /// [`Session::shared_product_columns`] with `per_ct` columns to a ciphertext.
+    fn shared_product_columns_in(
+        &mut self,
+        x: &[u64],
+        y: &[u64],
+        (m, k, n): (usize, usize, usize),
+        per_ct: usize,
+    ) -> Result<Vec<u64>, TensorError> {
         let ring = self.fixed.ring();
         let mut z = ring.matmul(x, y, m, k, n);
         let (all_cols, all_rows): (Vec<usize>, Vec<usize>) = ((0..k).collect(), (0..m).collect());
@@ -869,15 +959,18 @@ mod tests {
 
     /// Weight gradients `G^T X[rows]` from held data encrypted once by rows, against the
     /// plaintext product and the engine's: data of either party, one or several
-    /// ciphertexts of rows (`N / k` rows each), batches with repeated rows (their digits
-    /// add up: the noise bound counts the repeats), and a wrong shape refused.
+    /// ciphertexts of rows (`N / k` of them each, or fewer: then several outputs to a
+    /// reply), batches with repeated rows (their digits add up: the noise bound counts the
+    /// repeats), and a wrong shape and a layout that does not fit refused.
     #[test]
     fn gradients_by_held_rows_match_plaintext() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(22);
-        for (holder, m, k, n) in [
-            (Role::Client, 300usize, 7usize, 3usize),
-            (Role::Server, 3000, 20, 2),
-            (Role::Client, 1000, 64, 1),
+        for (holder, m, k, n, per_ct) in [
+            (Role::Client, 300usize, 7usize, 3usize, 1170usize),
+            (Role::Client, 300, 7, 3, 400),
+            (Role::Server, 3000, 20, 2, 409),
+            (Role::Server, 3000, 20, 5, 150),
+            (Role::Client, 1000, 64, 1, 128),
         ] {
             let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-4.0..4.0));
             let rows: Vec<usize> = (0..m).step_by(13).chain([m - 1, 3, 3, 3]).collect();
@@ -887,7 +980,8 @@ mod tests {
             let (client, _) = run_local_with(SessionConfig::training(), move |s| {
                 let x = s.input(holder, &[m, k], || ad.clone())?;
                 let g = s.input_masked(Role::Server, &[r.len(), n], || gd.clone())?;
-                s.encrypt_held_rows(&x)?;
+                let too_many = s.encrypt_held_rows(&x, 8192 / k + 1).is_err();
+                s.encrypt_held_rows(&x, per_ct)?;
                 let xb = s.rows(&x, &r)?;
                 let z = s.matmul_t_held_rows(&xb, &r, &g)?;
                 let gt = s.transpose(&g)?;
@@ -897,7 +991,7 @@ mod tests {
                     s.reveal(&z, Role::Client)?,
                     s.reveal(&engine, Role::Client)?,
                     s.explain(),
-                    refused,
+                    refused && too_many,
                 ))
             })
             .unwrap();
@@ -919,15 +1013,18 @@ mod tests {
 
     /// Products by rows of held data encrypted once, against the plaintext product and the
     /// engine's own held product: data of either party, columns several to a ciphertext
-    /// (300 rows: 27 of them) or one (5,000 rows) or two (3,000), batches of rows in any
-    /// order with repeats; and the refusals of a wrong shape and a row out of range.
+    /// (300 rows: 27 of them, or 4 and then 6 outputs to a reply) or one (5,000 rows; 3,000
+    /// with two outputs to a reply) or two (3,000), batches of rows in any order with
+    /// repeats; and the refusals of a wrong shape and a row out of range.
     #[test]
     fn products_by_held_columns_match_plaintext() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(21);
-        for (holder, m, k, n) in [
-            (Role::Client, 300usize, 7usize, 3usize),
-            (Role::Server, 3000, 5, 2),
-            (Role::Client, 5000, 3, 1),
+        for (holder, m, k, n, per_ct) in [
+            (Role::Client, 300usize, 7usize, 3usize, 27usize),
+            (Role::Client, 300, 9, 8, 4),
+            (Role::Server, 3000, 5, 2, 2),
+            (Role::Server, 3000, 5, 3, 1),
+            (Role::Client, 5000, 3, 1, 1),
         ] {
             let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-4.0..4.0));
             let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-2.0..2.0));
@@ -938,7 +1035,7 @@ mod tests {
                 let x = s.input(holder, &[m, k], || ad.clone())?;
                 // Random-looking shares on both sides.
                 let y = s.input_masked(Role::Server, &[k, n], || bd.clone())?;
-                s.encrypt_held_columns(&x)?;
+                s.encrypt_held_columns(&x, per_ct)?;
                 let xb = s.rows(&x, &r)?;
                 let z = s.matmul_held_columns(&xb, &r, &y)?;
                 let engine = s.matmul(&xb, &y)?;
@@ -965,6 +1062,39 @@ mod tests {
                     "{holder:?} {m}x{k}x{n}: products differ from plaintext by {worst}"
                 );
             }
+        }
+    }
+
+    /// Shared products by encrypted columns in every layout, against plaintext: all
+    /// columns in one ciphertext (one output per reply), one column per ciphertext (all
+    /// the outputs that fit in a reply, the last reply part full), and in between.
+    #[test]
+    fn shared_products_by_columns_in_every_layout_match_plaintext() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(23);
+        let (m, k, n) = (700usize, 9usize, 13usize);
+        let a = Array2::from_shape_fn((m, k), |_| rng.random_range(-4.0..4.0));
+        let b = Array2::from_shape_fn((k, n), |_| rng.random_range(-2.0..2.0));
+        let want = a.dot(&b);
+        for per_ct in [9usize, 1, 2, 5] {
+            let (ad, bd) = (a.clone().into_dyn(), b.clone().into_dyn());
+            let (client, _) = run_local_with(SessionConfig::training(), move |s| {
+                let x = s.input_masked(Role::Client, &[m, k], || ad.clone())?;
+                let y = s.input_masked(Role::Server, &[k, n], || bd.clone())?;
+                let (xs, _) = s.shares_of(&x)?;
+                let (ys, _) = s.shares_of(&y)?;
+                let z = s.shared_product_columns_in(&xs, &ys, (m, k, n), per_ct)?;
+                let z = s.product(z, vec![m, n]);
+                s.reveal(&z, Role::Client)
+            })
+            .unwrap();
+            let got = client.unwrap();
+            let worst = (&got - &want.clone().into_dyn())
+                .mapv(f64::abs)
+                .fold(0.0f64, |acc, &v| acc.max(v));
+            assert!(
+                worst < 1e-4 * k as f64,
+                "{per_ct} per ciphertext: off by {worst}"
+            );
         }
     }
 }

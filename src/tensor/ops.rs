@@ -177,7 +177,8 @@ impl<C: Channel> Session<C> {
     }
 
     /// The logistic sigmoid on shares: piecewise linear (7 exact comparisons per element, or in
-    /// the training ring 2 and one table look-up), within
+    /// the training ring the carry of the low 16 bits, two 15-bit comparisons and one table
+    /// look-up), within
     /// [`cipherml_mpc::protocols::approx::SIGMOID_PWL_ERROR`] of the sigmoid everywhere.
     pub fn sigmoid(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
@@ -188,7 +189,8 @@ impl<C: Channel> Session<C> {
     /// The sigmoid on shares within
     /// [`cipherml_mpc::protocols::approx::SIGMOID_PRECISE_ERROR`] (0.0033; 13 exact
     /// comparisons per element where [`Session::sigmoid`] has 7 and is within 0.0125; in
-    /// the training ring 2 comparisons and one table look-up for either).
+    /// the training ring the carry of the fraction, two short comparisons and one table
+    /// look-up for either).
     pub fn sigmoid_precise(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;
         let share =
@@ -197,7 +199,8 @@ impl<C: Channel> Session<C> {
     }
 
     /// tanh on shares (piecewise linear: 13 exact comparisons per element, or in the
-    /// training ring 2 and one table look-up), within
+    /// training ring the carry of the low 14 bits, two 17-bit comparisons and one table
+    /// look-up), within
     /// [`cipherml_mpc::protocols::approx::TANH_PWL_ERROR`] of tanh everywhere.
     pub fn tanh(&mut self, x: &PrivateTensor) -> Result<PrivateTensor, TensorError> {
         let (s, shape) = self.shares_of(x)?;

@@ -220,8 +220,9 @@ pub const TANH_PWL_ERROR: f64 = 0.0065;
 /// at the integer knots in `[-6, 6]`. By symmetry, `sigmoid(x) = 1/2 + sign(x) h(|x|)` with
 /// `h(a) = c_0 a + sum_k c_k ReLU(a - k)` for the knots `k = 1..6` (`c_k` the change of
 /// slope at knot `k`): the sign and six ReLUs (any ring width, unlike [`sigmoid`], which
-/// needs 64 bits): seven exact comparisons per element, or in the training ring the sign,
-/// one comparison and one table look-up for the six knots (see [`knots_below`]), then
+/// needs 64 bits): seven exact comparisons per element, or in the training ring the sign
+/// and the six knots from the integer part (the carry of the fraction, the integer part's
+/// sign, one comparison and one table look-up: see [`odd_pwl`] and [`knots_on_high`]), then
 /// multiplexers, local products with public constants, one truncation (see [`odd_pwl`]).
 pub fn sigmoid_pwl<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
@@ -396,6 +397,10 @@ fn ones_complement_abs<C: Channel, R: RngCore + CryptoRng>(
 /// In a ring with room to spare (the training ring `Z_2^64`, `f = 16`), the comparisons run
 /// on the value reduced to `Z_2^(f + 16)` (a local step) and `|x|` comes back by one
 /// correlated OT ([`arith::extend_nonneg`]): half the bytes of comparisons on 63 bits.
+/// Where the knots are multiples of `2^-g` (`s = f - g >= 4`), the sign and the knots
+/// come from the part above the low `s` bits ([`arith::high_bits`]: the carry of those
+/// bits, an `s`-bit millionaire), whose sign is `x`'s and whose ones' complement is
+/// `floor(|x| / 2^s)`: the sign's comparison runs on `15 + g` bits instead of 31.
 /// The result is the same for `|x| < 2^15` (the function is constant far beyond its
 /// last knot) up to `|x|`'s last place for negative `x` (ones' complement), and for
 /// larger `|x|` it is the function of `x` reduced into that range: still a value of the

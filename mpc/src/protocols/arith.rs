@@ -267,13 +267,7 @@ pub fn trunc_bounded_within_ulp<C: Channel, R: RngCore + CryptoRng>(
     x: &[u64],
     f: u32,
 ) -> Result<Vec<u64>> {
-    biased_by_quarter(p, ring, x, f, |p, u| {
-        let w = wrap_times(p, ring, u, f)?;
-        Ok(u.iter()
-            .zip(&w)
-            .map(|(&v, &wi)| ring.sub(v >> f, wi))
-            .collect())
-    })
+    biased_by_quarter(p, ring, x, f, |p, u| trunc_nonneg_within_ulp(p, ring, u, f))
 }
 
 /// Faithful truncation of values known to be non-negative: exactly `floor(x / 2^f)` for
@@ -328,6 +322,30 @@ pub fn high_bits<C: Channel, R: RngCore + CryptoRng>(
     Ok(x.iter()
         .zip(&c)
         .map(|(&v, &ci)| high.add(ring.reduce(v) >> s, ci))
+        .collect())
+}
+
+/// Truncation within one unit in the last place of values known to be non-negative
+/// (`[0, 2^(l-1))`, as [`trunc_nonneg`]): `floor(x / 2^f)` or one less, never a wrap of
+/// the ring. The wrap `w` of the shares is exact (one correlated OT in `Z_2^f`, as in
+/// [`trunc_nonneg`]) and the carry of their low `f` bits is dropped, which saves
+/// [`trunc_nonneg`]'s `f`-bit millionaire and B2A: the known-MSB truncation of Cheetah
+/// (Huang et al., USENIX Security 2022), for steps whose stated error covers `2^-f`; the
+/// engine's truncations stay exact.
+pub fn trunc_nonneg_within_ulp<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    ring: Ring,
+    x: &[u64],
+    f: u32,
+) -> Result<Vec<u64>> {
+    if f == 0 {
+        return Ok(x.to_vec());
+    }
+    check_trunc_bits(ring, f)?;
+    let w = wrap_times(p, ring, x, f)?;
+    Ok(x.iter()
+        .zip(&w)
+        .map(|(&v, &wi)| ring.sub(v >> f, wi))
         .collect())
 }
 
