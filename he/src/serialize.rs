@@ -983,80 +983,16 @@ impl Ciphertext {
                 expected: 2,
             });
         }
-        if !compact_fits(params, self.level, noise_log2, bits) {
-            return Err(crate::Error::NoiseMargin {
-                keep_bits: bits,
-                noise_log2,
-                needed_bits: Self::compact_bits(params, self.level, noise_log2)
-                    .unwrap_or(compact_max_bits(params) + 1),
-            });
-        }
-        let n = params.degree();
-        if let Some(&bad) = positions.iter().find(|&&i| i >= n) {
-            return Err(DecodeError::TooLarge {
-                what: "coefficient position",
-                value: bad as u64,
-                max: n as u64 - 1,
-            }
-            .into());
-        }
         let q = params.context().q_at(self.level);
-        let k = q.len();
-        // CRT: c = sum_j y_j (Q / q_j) mod Q with y_j = [c_j (Q / q_j)^-1]_{q_j}, so
-        // 2^bits c / Q = sum_j y_j 2^bits / q_j (mod 2^bits). Each term in fixed point with
-        // 128 - bits fractional bits: y_j * floor(2^128 / q_j) (no overflow: y_j < q_j).
-        let consts: Vec<(u64, u128)> = (0..k)
-            .map(|j| {
-                let m = q.modulus(j);
-                let others = (0..k)
-                    .filter(|&i| i != j)
-                    .fold(1u64, |acc, i| m.mul(acc, m.reduce(q.modulus(i).value())));
-                let inv = m.inv(others).expect("distinct primes are coprime");
-                (inv, u128::MAX / m.value() as u128)
-            })
-            .collect();
         let c0 = self.polys[0].clone().into_coeff(q);
         let c1 = self.polys[1].clone().into_coeff(q);
-        let mut v = header(Kind::BfvCompactCiphertext, self.params_id);
-        v.push(self.level as u8);
-        v.push(bits as u8);
-        v.extend_from_slice(&(positions.len() as u32).to_le_bytes());
-        if bits <= COMPACT_MAX_BITS {
-            let frac = 128 - bits;
-            let half = 1u128 << (frac - 1);
-            let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u64 {
-                let mut acc = 0u128;
-                for (j, &(inv, f)) in consts.iter().enumerate() {
-                    let y = q.modulus(j).mul(polys.limb(j)[i], inv);
-                    acc = acc.wrapping_add((y as u128) * f);
-                }
-                (acc.wrapping_add(half) >> frac) as u64 & low_mask(bits)
-            };
-            let kept: Vec<u64> = positions.iter().map(|&i| round(&c0, i)).collect();
-            pack_values(&mut v, &kept, bits);
-            let all: Vec<u64> = (0..n).map(|i| round(&c1, i)).collect();
-            pack_values(&mut v, &all, bits);
-        } else {
-            // The same sum in 192-bit fixed point (192 - bits >= 64 fractional bits): each
-            // term y_j floor(2^192 / q_j) modulo 2^192.
-            let wide: Vec<[u64; 3]> = (0..k).map(|j| two192_over(q.modulus(j).value())).collect();
-            let frac = 192 - bits;
-            let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u128 {
-                let mut acc = [0u64; 3];
-                for (j, &(inv, _)) in consts.iter().enumerate() {
-                    let y = q.modulus(j).mul(polys.limb(j)[i], inv);
-                    acc = add192(acc, mul192(&wide[j], y));
-                }
-                let mut half = [0u64; 3];
-                half[((frac - 1) / 64) as usize] = 1u64 << ((frac - 1) % 64);
-                shr192(add192(acc, half), frac) & low_mask128(bits)
-            };
-            let kept: Vec<u128> = positions.iter().map(|&i| round(&c0, i)).collect();
-            pack_wide(&mut v, &kept, bits);
-            let all: Vec<u128> = (0..n).map(|i| round(&c1, i)).collect();
-            pack_wide(&mut v, &all, bits);
-        }
-        Ok(v)
+        compact_bytes(
+            params,
+            (self.params_id, self.level),
+            [&c0, &c1],
+            positions,
+            (bits, noise_log2),
+        )
     }
 
     /// Decodes [`Ciphertext::to_bytes_compact`] output for the same `positions`, lifting
@@ -1158,4 +1094,87 @@ impl Ciphertext {
             seed: None,
         })
     }
+}
+
+/// The compact form of a two-polynomial BFV ciphertext already in coefficient form (see
+/// [`Ciphertext::to_bytes_compact`], which converts and calls this).
+pub(crate) fn compact_bytes(
+    params: &BfvParameters,
+    (params_id, level): (u64, usize),
+    [c0, c1]: [&crate::math::Poly<crate::math::Coeff>; 2],
+    positions: &[usize],
+    (bits, noise_log2): (u32, f64),
+) -> Result<Vec<u8>> {
+    if !compact_fits(params, level, noise_log2, bits) {
+        return Err(crate::Error::NoiseMargin {
+            keep_bits: bits,
+            noise_log2,
+            needed_bits: Ciphertext::compact_bits(params, level, noise_log2)
+                .unwrap_or(compact_max_bits(params) + 1),
+        });
+    }
+    let n = params.degree();
+    if let Some(&bad) = positions.iter().find(|&&i| i >= n) {
+        return Err(DecodeError::TooLarge {
+            what: "coefficient position",
+            value: bad as u64,
+            max: n as u64 - 1,
+        }
+        .into());
+    }
+    let q = params.context().q_at(level);
+    let k = q.len();
+    // CRT: c = sum_j y_j (Q / q_j) mod Q with y_j = [c_j (Q / q_j)^-1]_{q_j}, so
+    // 2^bits c / Q = sum_j y_j 2^bits / q_j (mod 2^bits). Each term in fixed point with
+    // 128 - bits fractional bits: y_j * floor(2^128 / q_j) (no overflow: y_j < q_j).
+    let consts: Vec<(u64, u128)> = (0..k)
+        .map(|j| {
+            let m = q.modulus(j);
+            let others = (0..k)
+                .filter(|&i| i != j)
+                .fold(1u64, |acc, i| m.mul(acc, m.reduce(q.modulus(i).value())));
+            let inv = m.inv(others).expect("distinct primes are coprime");
+            (inv, u128::MAX / m.value() as u128)
+        })
+        .collect();
+    let mut v = header(Kind::BfvCompactCiphertext, params_id);
+    v.push(level as u8);
+    v.push(bits as u8);
+    v.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+    if bits <= COMPACT_MAX_BITS {
+        let frac = 128 - bits;
+        let half = 1u128 << (frac - 1);
+        let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u64 {
+            let mut acc = 0u128;
+            for (j, &(inv, f)) in consts.iter().enumerate() {
+                let y = q.modulus(j).mul(polys.limb(j)[i], inv);
+                acc = acc.wrapping_add((y as u128) * f);
+            }
+            (acc.wrapping_add(half) >> frac) as u64 & low_mask(bits)
+        };
+        let kept: Vec<u64> = positions.iter().map(|&i| round(c0, i)).collect();
+        pack_values(&mut v, &kept, bits);
+        let all: Vec<u64> = (0..n).map(|i| round(c1, i)).collect();
+        pack_values(&mut v, &all, bits);
+    } else {
+        // The same sum in 192-bit fixed point (192 - bits >= 64 fractional bits): each
+        // term y_j floor(2^192 / q_j) modulo 2^192.
+        let wide: Vec<[u64; 3]> = (0..k).map(|j| two192_over(q.modulus(j).value())).collect();
+        let frac = 192 - bits;
+        let round = |polys: &crate::math::Poly<crate::math::Coeff>, i: usize| -> u128 {
+            let mut acc = [0u64; 3];
+            for (j, &(inv, _)) in consts.iter().enumerate() {
+                let y = q.modulus(j).mul(polys.limb(j)[i], inv);
+                acc = add192(acc, mul192(&wide[j], y));
+            }
+            let mut half = [0u64; 3];
+            half[((frac - 1) / 64) as usize] = 1u64 << ((frac - 1) % 64);
+            shr192(add192(acc, half), frac) & low_mask128(bits)
+        };
+        let kept: Vec<u128> = positions.iter().map(|&i| round(c0, i)).collect();
+        pack_wide(&mut v, &kept, bits);
+        let all: Vec<u128> = (0..n).map(|i| round(c1, i)).collect();
+        pack_wide(&mut v, &all, bits);
+    }
+    Ok(v)
 }

@@ -364,6 +364,38 @@ fn flooding_and_the_compact_reply_keep_the_values() {
         flooded.to_bytes_compact(&k.params, &some, bits - 3, noise),
         Err(Error::NoiseMargin { .. })
     ));
+    // The one-pass reply (mask, re-randomization, flooding, compact form) decrypts to the
+    // product less the mask at the kept coefficients; its c1 differs from the product's
+    // (re-randomized) and from another reply's (fresh randomness), and a flooding beyond
+    // the room is refused as by `flood`.
+    let r = random_u64s(&mut k.rng, n);
+    let pr = k.enc.encode_coeffs_u64(&r).unwrap();
+    let one_pass = |k: &mut Keys| {
+        k.encryptor
+            .masked_reply_compact(&prod, &pr, 115, &some, (bits, noise), &mut k.rng)
+            .unwrap()
+    };
+    let (reply, again) = (one_pass(&mut k), one_pass(&mut k));
+    let back = Ciphertext::from_bytes_compact(&k.params, &reply, &some).unwrap();
+    let got = k.dec.decrypt(&back).unwrap();
+    for &i in &some {
+        assert_eq!(
+            got.coefficients()[i],
+            want[i].wrapping_sub(r[i]),
+            "coefficient {i}"
+        );
+    }
+    assert_ne!(reply, again);
+    let plain = prod
+        .to_bytes_compact(&k.params, &some, bits + 40, noise)
+        .unwrap();
+    let plain = Ciphertext::from_bytes_compact(&k.params, &plain, &some).unwrap();
+    assert_ne!(back.len(), 0);
+    assert_ne!(back, plain);
+    assert!(k
+        .encryptor
+        .masked_reply_compact(&prod, &pr, 134, &some, (bits, noise), &mut k.rng)
+        .is_err());
     // A width above the largest is refused at decoding.
     let mut wrong = flooded
         .to_bytes_compact(&k.params, &some, bits, noise)

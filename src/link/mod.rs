@@ -141,7 +141,6 @@ pub fn bfv_reply<C: Channel, R: RngCore + CryptoRng>(
     noise_log2: f64,
     mut y_s: Vec<u64>,
 ) -> Result<Vec<u64>, Error> {
-    let ev = Evaluator::new(params);
     let encoder = Encoder::new(params);
     let mask = params.plaintext_mask().ok_or(Error::Invalid {
         what: "link parameters",
@@ -151,25 +150,30 @@ pub fn bfv_reply<C: Channel, R: RngCore + CryptoRng>(
     let flood = flood_log2(n, noise_log2, flood_bits);
     for (b, ct) in out.iter().enumerate() {
         let r: Vec<u64> = (0..n).map(|_| p.rng().next_u64() & mask).collect();
-        let masked = ev.sub_plain(ct, &encoder.encode_coeffs_u64(&r)?)?;
-        // A fresh public-key encryption of zero makes c1 uniform (RLWE): without it c1 is
-        // a function of the weights and of the client's own (known) uniform polynomials,
-        // from which the client could solve for the weights. Flooding then hides c0's noise.
-        let masked = rerand.rerandomize(&masked, p.rng())?;
-        let flooded = ev.flood(&masked, flood, p.rng())?;
-        // After flooding, |noise| <= 2^noise_log2 + 2^flood <= 2^(flood + 1): the reply is
-        // switched to the fewest bits per coefficient that keep decryption exact.
-        let bits = Ciphertext::compact_bits(params, flooded.level(), flood as f64 + 1.0)?;
-        // Only the output coefficients of c0 are sent (the rest would only leak masked
-        // garbage and cost bytes), and every coefficient rounded to `bits` bits: a
-        // deterministic function of the flooded ciphertext, so it reveals nothing more.
+        // Masked by r; a fresh public-key encryption of zero makes c1 uniform (RLWE):
+        // without it c1 is a function of the weights and of the client's own (known)
+        // uniform polynomials, from which the client could solve for the weights. Flooding
+        // then hides c0's noise. After flooding, |noise| <= 2^noise_log2 + 2^flood <=
+        // 2^(flood + 1): the reply is switched to the fewest bits per coefficient that keep
+        // decryption exact. Only the output coefficients of c0 are sent (the rest would
+        // only leak masked garbage and cost bytes), and every coefficient rounded to
+        // `bits` bits: a deterministic function of the flooded ciphertext, so it reveals
+        // nothing more. All in one pass (`masked_reply_compact`).
+        let bits = Ciphertext::compact_bits(params, ct.level(), flood as f64 + 1.0)?;
         let keep: Vec<usize> = positions
             .iter()
             .filter(|(bb, _)| *bb == b)
             .map(|(_, i)| *i)
             .collect();
-        p.channel()
-            .send(&flooded.to_bytes_compact(params, &keep, bits, flood as f64 + 1.0)?)?;
+        let reply = rerand.masked_reply_compact(
+            ct,
+            &encoder.encode_coeffs_u64(&r)?,
+            flood,
+            &keep,
+            (bits, flood as f64 + 1.0),
+            p.rng(),
+        )?;
+        p.channel().send(&reply)?;
         for (j, &(bb, i)) in positions.iter().enumerate() {
             if bb == b {
                 y_s[j] = ring.add(y_s[j], r[i] & ring.mask());

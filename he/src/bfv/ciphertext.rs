@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use rand::{CryptoRng, RngCore};
+use zeroize::Zeroize;
 
 use super::encoding::Plaintext;
 use super::params::BfvParameters;
@@ -180,6 +181,45 @@ impl Encryptor {
         self.rlwe.rerandomize(out.level, &mut out.polys, rng)?;
         out.seed = None;
         Ok(out)
+    }
+
+    /// The reply of a two-party linear layer in one pass, serialized compactly: `ct - Delta
+    /// r` for the mask `r`, re-randomized with a fresh encryption of zero under this key
+    /// and flooded with noise uniform in `[-2^flood_log2, 2^flood_log2)`, then written as
+    /// [`Ciphertext::to_bytes_compact`] writes it (`c0` at `positions` only, `bits` per
+    /// coefficient, `noise_log2` the bound after flooding). The ciphertext that
+    /// `Evaluator::sub_plain`, [`Encryptor::rerandomize`] and `Evaluator::flood` make in turn,
+    /// with the errors, the flooding and the mask added in coefficient form: one forward
+    /// NTT per prime (of the ternary `u`) where those take five.
+    pub fn masked_reply_compact<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        ct: &Ciphertext,
+        mask: &Plaintext,
+        flood_log2: u32,
+        positions: &[usize],
+        (bits, noise_log2): (u32, f64),
+        rng: &mut R,
+    ) -> Result<Vec<u8>> {
+        check_params(self.params.id(), ct.params_id)?;
+        check_pt(&self.params, mask)?;
+        let level = ct.level;
+        let q = self.params.context().q_at(level);
+        let room = q.log2_product() - (self.params.plaintext_modulus() as f64).log2() - 2.0;
+        let mut extra =
+            crate::rlwe::ops::flood_coeff(self.params.degree(), q, (room, level), flood_log2, rng)?;
+        extra.sub_assign(&scaled_message(&self.params, mask, level), q);
+        let polys =
+            self.rlwe
+                .rerandomize_into_coeff(level, &ct.polys, &|p| p.add_assign(&extra, q), rng);
+        extra.zeroize();
+        let [c0, c1] = polys?;
+        crate::serialize::compact_bytes(
+            &self.params,
+            (ct.params_id, level),
+            [&c0, &c1],
+            positions,
+            (bits, noise_log2),
+        )
     }
 }
 

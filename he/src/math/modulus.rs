@@ -119,16 +119,11 @@ impl Modulus {
     /// Reduces a signed value into `[0, p)`.
     #[inline(always)]
     pub fn reduce_i64(&self, x: i64) -> u64 {
-        if x >= 0 {
-            self.reduce(x as u64)
-        } else {
-            let r = self.reduce(x.unsigned_abs());
-            if r == 0 {
-                0
-            } else {
-                self.p - r
-            }
-        }
+        // Branch-free: error and key coefficients have random signs.
+        let r = self.reduce(x.unsigned_abs());
+        let neg = self.neg(r);
+        let m = (x >> 63) as u64;
+        (neg & m) | (r & !m)
     }
 
     /// The representative of `x` (in `[0, p)`) in `(-p/2, p/2]`.

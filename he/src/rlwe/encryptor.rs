@@ -110,6 +110,51 @@ impl RlweEncryptor {
         Ok(vec![c0, c1])
     }
 
+    /// [`RlweEncryptor::rerandomize`] of `polys` (a ciphertext over `Q_level`, NTT form)
+    /// with `extra` added to `c0`, returned in coefficient form: `(c0 + b u + e0 + extra,
+    /// c1 + a u + e1)`, the randomness drawn as [`RlweEncryptor::encrypt`] draws it. The
+    /// errors and `extra` are added after the inverse NTT, so that only `u` takes a
+    /// forward one (the sum's distribution is the same).
+    pub(crate) fn rerandomize_into_coeff<R: RngCore + CryptoRng + ?Sized>(
+        &self,
+        level: usize,
+        polys: &[Poly<Ntt>],
+        extra: &dyn Fn(&mut Poly<Coeff>),
+        rng: &mut R,
+    ) -> Result<[Poly<Coeff>; 2]> {
+        if polys.len() != 2 {
+            return Err(Error::CiphertextSize {
+                found: polys.len(),
+                expected: 2,
+            });
+        }
+        let q = basis(&self.ctx, level)?;
+        let n = self.ctx.degree();
+        let mut e0 = centered_binomial(rng, n);
+        let mut u = ternary(rng, n);
+        let mut u_ntt = Poly::from_signed(&u, q).into_ntt(q);
+        u.zeroize();
+        let mut e1 = centered_binomial(rng, n);
+        let (mut c0, mut c1) = (polys[0].clone(), polys[1].clone());
+        for (i, pr) in q.primes().iter().enumerate() {
+            let ui = u_ntt.limb(i);
+            pr.ntt.mul_accumulate(c0.limb_mut(i), self.pk.b.limb(i), ui);
+            pr.ntt.mul_accumulate(c1.limb_mut(i), self.pk.a.limb(i), ui);
+        }
+        u_ntt.zeroize();
+        let (mut c0, mut c1) = (c0.into_coeff(q), c1.into_coeff(q));
+        let mut err = Poly::from_signed(&e0, q);
+        e0.zeroize();
+        extra(&mut err);
+        c0.add_assign(&err, q);
+        err.zeroize();
+        let mut err = Poly::from_signed(&e1, q);
+        e1.zeroize();
+        c1.add_assign(&err, q);
+        err.zeroize();
+        Ok([c0, c1])
+    }
+
     /// Adds a fresh encryption of zero at `level` to the first two of `polys` (a
     /// ciphertext over `Q_level`): the message is kept, and `c1` becomes uniform under
     /// RLWE instead of a function of whatever computed the ciphertext.

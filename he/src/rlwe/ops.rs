@@ -4,6 +4,7 @@
 //! [`super::encryptor`] for encryption and decryption).
 
 use rand::{CryptoRng, RngCore};
+use zeroize::Zeroize;
 
 use super::context::RlweContext;
 use super::keys::KeySwitchKey;
@@ -21,6 +22,17 @@ pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
     log2_bound: u32,
     rng: &mut R,
 ) -> crate::error::Result<Poly<Ntt>> {
+    Ok(flood_coeff(n, q, (room, level), log2_bound, rng)?.into_ntt(q))
+}
+
+/// [`flood_poly`] in coefficient form.
+pub(crate) fn flood_coeff<R: RngCore + CryptoRng + ?Sized>(
+    n: usize,
+    q: &RnsBasis,
+    (room, level): (f64, usize),
+    log2_bound: u32,
+    rng: &mut R,
+) -> crate::error::Result<Poly<Coeff>> {
     if log2_bound as f64 >= room || log2_bound > 190 {
         return Err(crate::error::Error::InvalidParameters {
             reason: format!(
@@ -30,31 +42,49 @@ pub(crate) fn flood_poly<R: RngCore + CryptoRng + ?Sized>(
     }
     // Uniform in [-2^L, 2^L) as `a 2^64 + b`, `a` uniform in [-2^(L-64), 2^(L-64)) and
     // `b` uniform in [0, 2^64): every integer of the interval has exactly one (a, b).
+    // `|a| <= 2^127` always; drawn for every coefficient first (the same draws in the same
+    // order as one coefficient at a time), then reduced prime by prime.
     let high_bits = log2_bound.saturating_sub(64) + 1;
-    let mut poly = Poly::<Coeff>::zero(n, q.len());
-    for c in 0..n {
-        let (a, b): (i128, u64) = if log2_bound >= 64 {
+    let mut a = vec![0i128; n];
+    let mut b = vec![0u64; n];
+    for (ac, bc) in a.iter_mut().zip(b.iter_mut()) {
+        if log2_bound >= 64 {
             let r = ((rng.next_u64() as u128) << 64 | rng.next_u64() as u128)
                 & (u128::MAX >> (128 - high_bits));
-            (r as i128 - (1i128 << (high_bits - 1)), rng.next_u64())
+            *ac = r as i128 - (1i128 << (high_bits - 1));
+            *bc = rng.next_u64();
         } else {
             let r = rng.next_u64() & (u64::MAX >> (63 - log2_bound));
-            (r as i128 - (1i128 << log2_bound), 0)
-        };
-        for (i, pr) in q.primes().iter().enumerate() {
-            let m = pr.modulus;
-            let ra = m.reduce_u128(a.unsigned_abs());
-            let ra = if a < 0 { m.neg(ra) } else { ra };
-            let v = if log2_bound >= 64 {
-                let two64 = m.reduce_u128(1u128 << 64);
-                m.add(m.mul_reduced(ra, two64), m.reduce(b))
+            *ac = r as i128 - (1i128 << log2_bound);
+        }
+    }
+    let mut poly = Poly::<Coeff>::zero(n, q.len());
+    for (i, pr) in q.primes().iter().enumerate() {
+        let m = pr.modulus;
+        let two64 = m.reduce_u128(1u128 << 64);
+        let limb = poly.limb_mut(i);
+        for ((v, &ac), &bc) in limb.iter_mut().zip(&a).zip(&b) {
+            let ra = match i64::try_from(ac) {
+                Ok(small) => m.reduce_i64(small),
+                Err(_) => {
+                    let r = m.reduce_u128(ac.unsigned_abs());
+                    if ac < 0 {
+                        m.neg(r)
+                    } else {
+                        r
+                    }
+                }
+            };
+            *v = if log2_bound >= 64 {
+                m.add(m.mul_reduced(ra, two64), m.reduce(bc))
             } else {
                 ra
             };
-            poly.limb_mut(i)[c] = v;
         }
     }
-    Ok(poly.into_ntt(q))
+    a.zeroize();
+    b.zeroize();
+    Ok(poly)
 }
 
 /// Divides by the last prime `q_level` with rounding: the result is over `Q_{level-1}`.
