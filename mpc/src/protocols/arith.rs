@@ -294,10 +294,9 @@ pub fn trunc_nonneg<C: Channel, R: RngCore + CryptoRng>(
     check_trunc_bits(ring, f)?;
     let carry = low_bits_carry(p, x, f)?;
     let c = boolean::b2a(p, ring, &carry)?;
-    let w = wrap_times(p, ring, x, f)?;
-    Ok((0..x.len())
-        .map(|i| ring.sub(ring.add(x[i] >> f, c[i]), w[i]))
-        .collect())
+    // (x0 >> f) + (x1 >> f) - w 2^(l-f), then the carry.
+    let t = trunc_nonneg_within_ulp(p, ring, x, f)?;
+    Ok(ring.add_vec(&t, &c))
 }
 
 /// Shares of the top `l - s` bits of `x`, `floor(x / 2^s) mod 2^(l - s)`, in `Z_2^(l - s)`:
