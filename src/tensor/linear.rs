@@ -123,6 +123,57 @@ fn quantized_bias(bias: Option<ArrayView1<'_, f64>>, len: usize, f: u32) -> Vec<
     }
 }
 
+/// The input chunk of a dense layer under BFV (`outputs x inputs`, coefficient encoding)
+/// that costs least under the session's network model: the whole input in one ciphertext
+/// (`N / inputs` outputs to a reply), or split in `s` chunks (`s` input ciphertexts whose
+/// products are summed, `N / chunk` outputs to a reply). Fewer replies pay for a wide layer
+/// with many outputs (784 x 128: two chunks, 7 replies instead of 13), never for more bytes
+/// than one chunk sends. Public shapes only, so client and server choose alike; chunks
+/// whose flooding would not fit are skipped.
+fn dense_chunk(
+    params: &BfvParameters,
+    config: &SessionConfig,
+    (outputs, inputs): (usize, usize),
+) -> usize {
+    let big_n = params.degree();
+    let nf = big_n as f64;
+    let q_bits = params.context().q().log2_product();
+    // A reply: all of c1 and the kept outputs of c0 at about log2(t N) + 2 bits.
+    let reply_bits = f64::from(params.plaintext_bits()) + nf.log2() + 2.0;
+    let whole = inputs.clamp(1, big_n);
+    let cost = |chunk: usize| {
+        let ins = inputs.div_ceil(chunk) as f64;
+        let blocks = outputs.div_ceil(big_n / chunk) as f64;
+        Cost {
+            compute_us: ins * blocks * 150.0 + ins * 400.0 + blocks * 600.0,
+            bytes: ins * nf * q_bits / 8.0 + blocks * nf * reply_bits / 8.0,
+            rounds: 2.0,
+        }
+    };
+    let most_bytes = cost(whole).bytes;
+    let fits = |chunk: usize| {
+        let noise = cipherml_he::tensor::product_noise_log2(
+            inputs.div_ceil(chunk),
+            big_n,
+            params.plaintext_modulus(),
+            config.weight_cap(),
+            (big_n / chunk).min(outputs) * chunk,
+            cipherml_he::tensor::FRESH_NOISE_LOG2,
+        );
+        check_flood(params, config, "dense", noise).is_ok()
+    };
+    // Never more bytes than the whole input in one ciphertext.
+    (1..=8)
+        .map(|s| inputs.div_ceil(s).clamp(1, big_n))
+        .filter(|&c| c == whole || (cost(c).bytes <= most_bytes && fits(c)))
+        .min_by(|&a, &b| {
+            let (ca, cb) = (cost(a), cost(b));
+            ca.total_us(&config.network)
+                .total_cmp(&cb.total_us(&config.network))
+        })
+        .unwrap_or(whole)
+}
+
 impl PreparedLinear {
     /// A dense map `x -> W x + b` with `W` of shape `(outputs, inputs)`. `weight` and
     /// `bias` are the server's (`None` on the client: zeros of the same shapes).
@@ -173,7 +224,13 @@ impl PreparedLinear {
         let options = cost::dense_options(inputs as f64, outputs as f64, false, dealer);
         let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
-            let he = CoeffMatVec::new_capped(&Encoder::new(params), w.view(), config.weight_cap())?;
+            let chunk = dense_chunk(params, config, (outputs, inputs));
+            let he = CoeffMatVec::new_chunked(
+                &Encoder::new(params),
+                w.view(),
+                config.weight_cap(),
+                chunk,
+            )?;
             let noise = he.noise_bound_log2(params.degree(), params.plaintext_modulus());
             check_flood(params, config, label, noise)?;
             (Some(he), noise)
@@ -518,5 +575,33 @@ impl<C: Channel> Session<C> {
 fn add_signed(ring: cipherml_mpc::ring::Ring, y: &mut [u64], b: &[i64]) {
     for (v, &b) in y.iter_mut().zip(b) {
         *v = ring.add(*v, ring.from_signed(b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wide dense layer with many outputs splits its input (784 x 128: two chunks of 392,
+    /// 7 replies instead of 13) and sends fewer bytes for it; narrow ones keep the whole
+    /// input in one ciphertext (LeNet's 256 x 120, 120 x 84); the choice is the same for
+    /// both parties (shapes only) and every chunk's flooding fits.
+    #[test]
+    fn dense_layers_split_their_input_only_where_it_pays() {
+        let config = SessionConfig::default();
+        let params = Arc::new(BfvParameters::new(&config.bfv_literal()).unwrap());
+        assert_eq!(dense_chunk(&params, &config, (128, 784)), 392);
+        assert_eq!(dense_chunk(&params, &config, (120, 256)), 256);
+        assert_eq!(dense_chunk(&params, &config, (84, 120)), 120);
+        assert_eq!(dense_chunk(&params, &config, (10, 20000)), 8192);
+        let w = ndarray::Array2::from_shape_fn((128, 784), |(i, j)| ((i + j) % 7) as f64 - 3.0);
+        let layer = PreparedLinear::dense(&params, &config, "fc", (128, 784), Some(w.view()), None)
+            .unwrap();
+        match &layer.kind {
+            Kind::Dense { he: Some(he), .. } => {
+                assert_eq!((he.input_chunks(), he.output_blocks()), (2, 7));
+            }
+            _ => panic!("the 784 x 128 layer runs under BFV"),
+        }
     }
 }
