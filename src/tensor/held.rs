@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cipherml_he::bfv::{Encoder, Encryptor};
+use cipherml_he::bfv::{BfvParameters, Encoder, Encryptor};
 use cipherml_he::rlwe::SecretKey;
 use cipherml_he::tensor::CoeffMatVec;
 use cipherml_mpc::net::Channel;
@@ -37,6 +37,43 @@ pub(super) struct HeldLayout {
     chunk: usize,
 }
 
+impl HeldLayout {
+    /// One column of `B` per input, split in chunks of `chunk` coefficients.
+    pub(super) fn chunked(chunk: usize) -> Self {
+        Self { columns: 1, chunk }
+    }
+}
+
+/// The estimated cost of a coefficient-encoded product `A B` (`m x k` in plaintext, `k x
+/// n` encrypted) in a layout: per group of columns, the encrypted input (seeded: one
+/// polynomial per input chunk) and the compact replies (all of `c1`, the outputs of `c0`)
+/// of every row block. Shapes and parameters only.
+pub(super) fn coefficient_product_cost(
+    params: &BfvParameters,
+    (m, k, n): (usize, usize, usize),
+    lay: HeldLayout,
+) -> cost::Cost {
+    let big_n = params.degree() as f64;
+    let q_bits = params.context().q().log2_product();
+    let groups = n.div_ceil(lay.columns) as f64;
+    let width = lay.columns * k;
+    let inputs = width.div_ceil(lay.chunk) as f64;
+    let rows_per_block = (params.degree() / lay.chunk).max(1) as f64;
+    let blocks = (m as f64 / rows_per_block).ceil();
+    // A reply is switched to the fewest bits that keep decryption exact: about
+    // log2(t N) + 1 per coefficient (the flooding stays below Q / t); 78 bits, 80 KB
+    // a block at t = 2^64, N = 8192 (measured).
+    let reply_bits = f64::from(params.plaintext_bits()) + big_n.log2() + 1.0;
+    let per_group = inputs * big_n * q_bits / 8.0
+        + blocks * big_n * reply_bits / 8.0
+        + (m * lay.columns) as f64 * reply_bits / 8.0;
+    cost::Cost {
+        compute_us: groups * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
+        bytes: groups * per_group,
+        rounds: 2.0 * groups,
+    }
+}
+
 impl<C: Channel> Session<C> {
     /// The estimated cost of `A B` (`m x k` held, `k x n` shared) under BFV, in the
     /// layout `held_layout` chooses.
@@ -48,25 +85,7 @@ impl<C: Channel> Session<C> {
     /// encrypted share (seeded: one polynomial per input chunk) and the compact replies
     /// (all of `c1`, the outputs of `c0`) of every row block.
     fn held_he_cost_in(&self, m: usize, k: usize, n: usize, lay: HeldLayout) -> cost::Cost {
-        let big_n = self.params.degree() as f64;
-        let q_bits = self.params.context().q().log2_product();
-        let groups = n.div_ceil(lay.columns) as f64;
-        let width = lay.columns * k;
-        let inputs = width.div_ceil(lay.chunk) as f64;
-        let rows_per_block = (self.params.degree() / lay.chunk).max(1) as f64;
-        let blocks = (m as f64 / rows_per_block).ceil();
-        // A reply is switched to the fewest bits that keep decryption exact: about
-        // log2(t N) + 1 per coefficient (the flooding stays below Q / t); 78 bits, 80 KB
-        // a block at t = 2^64, N = 8192 (measured).
-        let reply_bits = f64::from(self.params.plaintext_bits()) + big_n.log2() + 1.0;
-        let per_group = inputs * big_n * q_bits / 8.0
-            + blocks * big_n * reply_bits / 8.0
-            + (m * lay.columns) as f64 * reply_bits / 8.0;
-        cost::Cost {
-            compute_us: groups * (inputs * blocks * 150.0 + inputs * 400.0 + blocks * 900.0),
-            bytes: groups * per_group,
-            rounds: 2.0 * groups,
-        }
+        coefficient_product_cost(&self.params, (m, k, n), lay)
     }
 
     /// The layout of a held product that costs least under the session's network model

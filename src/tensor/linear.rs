@@ -124,10 +124,11 @@ fn quantized_bias(bias: Option<ArrayView1<'_, f64>>, len: usize, f: u32) -> Vec<
 }
 
 /// The input chunk of a dense layer under BFV (`outputs x inputs`, coefficient encoding)
-/// that costs least under the session's network model: the whole input in one ciphertext
+/// that costs least under the session's network model (the cost of
+/// [`super::held::coefficient_product_cost`]): the whole input in one ciphertext
 /// (`N / inputs` outputs to a reply), or split in `s` chunks (`s` input ciphertexts whose
 /// products are summed, `N / chunk` outputs to a reply). Fewer replies pay for a wide layer
-/// with many outputs (784 x 128: two chunks, 7 replies instead of 13), never for more bytes
+/// with many outputs (784 x 128: three chunks, 5 replies instead of 13), never for more bytes
 /// than one chunk sends. Public shapes only, so client and server choose alike; chunks
 /// whose flooding would not fit are skipped.
 fn dense_chunk(
@@ -136,19 +137,13 @@ fn dense_chunk(
     (outputs, inputs): (usize, usize),
 ) -> usize {
     let big_n = params.degree();
-    let nf = big_n as f64;
-    let q_bits = params.context().q().log2_product();
-    // A reply: all of c1 and the kept outputs of c0 at about log2(t N) + 2 bits.
-    let reply_bits = f64::from(params.plaintext_bits()) + nf.log2() + 2.0;
     let whole = inputs.clamp(1, big_n);
     let cost = |chunk: usize| {
-        let ins = inputs.div_ceil(chunk) as f64;
-        let blocks = outputs.div_ceil(big_n / chunk) as f64;
-        Cost {
-            compute_us: ins * blocks * 150.0 + ins * 400.0 + blocks * 600.0,
-            bytes: ins * nf * q_bits / 8.0 + blocks * nf * reply_bits / 8.0,
-            rounds: 2.0,
-        }
+        super::held::coefficient_product_cost(
+            params,
+            (outputs, inputs, 1),
+            super::held::HeldLayout::chunked(chunk),
+        )
     };
     let most_bytes = cost(whole).bytes;
     let fits = |chunk: usize| {
@@ -582,15 +577,15 @@ fn add_signed(ring: cipherml_mpc::ring::Ring, y: &mut [u64], b: &[i64]) {
 mod tests {
     use super::*;
 
-    /// A wide dense layer with many outputs splits its input (784 x 128: two chunks of 392,
-    /// 7 replies instead of 13) and sends fewer bytes for it; narrow ones keep the whole
+    /// A wide dense layer with many outputs splits its input (784 x 128: three chunks of
+    /// 262, 5 replies instead of 13) and sends fewer bytes for it; narrow ones keep the whole
     /// input in one ciphertext (LeNet's 256 x 120, 120 x 84); the choice is the same for
     /// both parties (shapes only) and every chunk's flooding fits.
     #[test]
     fn dense_layers_split_their_input_only_where_it_pays() {
         let config = SessionConfig::default();
         let params = Arc::new(BfvParameters::new(&config.bfv_literal()).unwrap());
-        assert_eq!(dense_chunk(&params, &config, (128, 784)), 392);
+        assert_eq!(dense_chunk(&params, &config, (128, 784)), 262);
         assert_eq!(dense_chunk(&params, &config, (120, 256)), 256);
         assert_eq!(dense_chunk(&params, &config, (84, 120)), 120);
         assert_eq!(dense_chunk(&params, &config, (10, 20000)), 8192);
@@ -599,7 +594,7 @@ mod tests {
             .unwrap();
         match &layer.kind {
             Kind::Dense { he: Some(he), .. } => {
-                assert_eq!((he.input_chunks(), he.output_blocks()), (2, 7));
+                assert_eq!((he.input_chunks(), he.output_blocks()), (3, 5));
             }
             _ => panic!("the 784 x 128 layer runs under BFV"),
         }

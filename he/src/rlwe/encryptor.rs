@@ -61,6 +61,14 @@ impl Message<'_> {
     }
 }
 
+/// A fresh uniform ternary `u` over `q`, in NTT form (the sampled vector zeroized).
+fn ternary_ntt<R: RngCore + CryptoRng + ?Sized>(rng: &mut R, n: usize, q: &RnsBasis) -> Poly<Ntt> {
+    let mut u = ternary(rng, n);
+    let p = Poly::from_signed(&u, q).into_ntt(q);
+    u.zeroize();
+    p
+}
+
 /// The ciphertext basis at `level`, or [`Error::LevelOutOfRange`].
 fn basis(ctx: &RlweContext, level: usize) -> Result<&RnsBasis> {
     ctx.check_level(level)?;
@@ -96,18 +104,21 @@ impl RlweEncryptor {
         let q = basis(&self.ctx, level)?;
         let n = self.ctx.degree();
         let mut c0 = msg.plus_error(n, q, rng);
-        let mut u = ternary(rng, n);
-        let mut u_ntt = Poly::from_signed(&u, q).into_ntt(q);
-        u.zeroize();
+        let u = ternary_ntt(rng, n, q);
         let mut c1 = error_ntt(rng, n, q);
+        self.add_times_key(q, [&mut c0, &mut c1], u);
+        msg.add_ntt_to(&mut c0, q);
+        Ok(vec![c0, c1])
+    }
+
+    /// `c0 += b u`, `c1 += a u` over `q` (NTT form); `u` is zeroized.
+    fn add_times_key(&self, q: &RnsBasis, [c0, c1]: [&mut Poly<Ntt>; 2], mut u: Poly<Ntt>) {
         for (i, pr) in q.primes().iter().enumerate() {
-            let ui = u_ntt.limb(i);
+            let ui = u.limb(i);
             pr.ntt.mul_accumulate(c0.limb_mut(i), self.pk.b.limb(i), ui);
             pr.ntt.mul_accumulate(c1.limb_mut(i), self.pk.a.limb(i), ui);
         }
-        u_ntt.zeroize();
-        msg.add_ntt_to(&mut c0, q);
-        Ok(vec![c0, c1])
+        u.zeroize();
     }
 
     /// [`RlweEncryptor::rerandomize`] of `polys` (a ciphertext over `Q_level`, NTT form)
@@ -131,17 +142,10 @@ impl RlweEncryptor {
         let q = basis(&self.ctx, level)?;
         let n = self.ctx.degree();
         let mut e0 = centered_binomial(rng, n);
-        let mut u = ternary(rng, n);
-        let mut u_ntt = Poly::from_signed(&u, q).into_ntt(q);
-        u.zeroize();
+        let u = ternary_ntt(rng, n, q);
         let mut e1 = centered_binomial(rng, n);
         let (mut c0, mut c1) = (polys[0].clone(), polys[1].clone());
-        for (i, pr) in q.primes().iter().enumerate() {
-            let ui = u_ntt.limb(i);
-            pr.ntt.mul_accumulate(c0.limb_mut(i), self.pk.b.limb(i), ui);
-            pr.ntt.mul_accumulate(c1.limb_mut(i), self.pk.a.limb(i), ui);
-        }
-        u_ntt.zeroize();
+        self.add_times_key(q, [&mut c0, &mut c1], u);
         let (mut c0, mut c1) = (c0.into_coeff(q), c1.into_coeff(q));
         let mut err = Poly::from_signed(&e0, q);
         e0.zeroize();

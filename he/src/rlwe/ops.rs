@@ -58,21 +58,22 @@ pub(crate) fn flood_coeff<R: RngCore + CryptoRng + ?Sized>(
             *ac = r as i128 - (1i128 << log2_bound);
         }
     }
+    // Every `a` fits an i64 below 2^126 (high_bits <= 63, log2_bound <= 126).
+    let narrow = high_bits <= 63;
     let mut poly = Poly::<Coeff>::zero(n, q.len());
     for (i, pr) in q.primes().iter().enumerate() {
         let m = pr.modulus;
         let two64 = m.reduce_u128(1u128 << 64);
         let limb = poly.limb_mut(i);
         for ((v, &ac), &bc) in limb.iter_mut().zip(&a).zip(&b) {
-            let ra = match i64::try_from(ac) {
-                Ok(small) => m.reduce_i64(small),
-                Err(_) => {
-                    let r = m.reduce_u128(ac.unsigned_abs());
-                    if ac < 0 {
-                        m.neg(r)
-                    } else {
-                        r
-                    }
+            let ra = if narrow {
+                m.reduce_i64(ac as i64)
+            } else {
+                let r = m.reduce_u128(ac.unsigned_abs());
+                if ac < 0 {
+                    m.neg(r)
+                } else {
+                    r
                 }
             };
             *v = if log2_bound >= 64 {
