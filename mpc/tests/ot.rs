@@ -3,6 +3,7 @@
 mod common;
 use common::{run_mem, run_tcp};
 
+use cipherml_mpc::net::Channel;
 use cipherml_mpc::ot::{BaseOtReceiver, BaseOtSender, OtReceiver, OtSender};
 use cipherml_mpc::prg::os_rng;
 use cipherml_mpc::ring::Ring;
@@ -181,4 +182,103 @@ fn silent_one_of_n_ot() {
             assert_eq!(got[i], msgs[i * nn + choices[i] as usize], "log_n {log_n}");
         }
     }
+}
+
+/// 1-of-N OT into XOR shares: the shares XOR to the chosen entry, over IKNP and silent
+/// OT, memory and TCP; the sender's share is not the entry (it is masked: with an all-zero
+/// table it is a pad, about half ones), and the receiver's alone is uniform whatever the
+/// table (a share equal to the entry would fail both counts).
+#[test]
+fn one_of_n_ot_into_shares() {
+    for (silent, tcp, log_n, bits) in [
+        (false, false, 1u32, 1u32),
+        (false, true, 2, 2),
+        (true, false, 2, 2),
+        (true, true, 4, 6),
+        (true, false, 8, 64),
+    ] {
+        let nn = 1usize << log_n;
+        let inst = 3000;
+        let mut rng = os_rng();
+        let mk = if bits == 64 {
+            u64::MAX
+        } else {
+            (1 << bits) - 1
+        };
+        // First half of the instances: the all-zero table; second half: random entries.
+        let table: Vec<u64> = (0..inst * nn)
+            .map(|k| {
+                if k < inst / 2 * nn {
+                    0
+                } else {
+                    rng.next_u64() & mk
+                }
+            })
+            .collect();
+        let choices: Vec<u16> = (0..inst).map(|_| rng.random_range(0..nn as u16)).collect();
+        let (t2, c2) = (table.clone(), choices.clone());
+        let (s, r) = if tcp {
+            run_tcp(
+                move |c| shares_sender(c, silent, &t2, log_n, bits),
+                move |c| shares_receiver(c, silent, &c2, log_n, bits),
+            )
+        } else {
+            run_mem(
+                move |c| shares_sender(c, silent, &t2, log_n, bits),
+                move |c| shares_receiver(c, silent, &c2, log_n, bits),
+            )
+        };
+        assert_eq!((s.len(), r.len()), (inst, inst));
+        for i in 0..inst {
+            assert_eq!(
+                s[i] ^ r[i],
+                table[i * nn + choices[i] as usize],
+                "instance {i}"
+            );
+            assert_eq!((s[i] & !mk, r[i] & !mk), (0, 0));
+        }
+        // Lowest bits: the sender's on the zero table, the receiver's on all.
+        let ones = |v: &[u64]| v.iter().filter(|&&x| x & 1 == 1).count();
+        let half = inst / 2;
+        let s_ones = ones(&s[..half]);
+        assert!(
+            (600..=900).contains(&s_ones),
+            "sender ones {s_ones} of {half}"
+        );
+        let r_ones = ones(&r);
+        assert!(
+            (1300..=1700).contains(&r_ones),
+            "receiver ones {r_ones} of {inst}"
+        );
+    }
+}
+
+fn shares_sender<C: Channel>(
+    c: &mut C,
+    silent: bool,
+    t: &[u64],
+    log_n: u32,
+    bits: u32,
+) -> Vec<u64> {
+    let mut s = if silent {
+        OtSender::setup_silent(c, &mut os_rng()).unwrap()
+    } else {
+        OtSender::setup(c, &mut os_rng()).unwrap()
+    };
+    s.send_one_of_n_shares(c, t, log_n, bits).unwrap()
+}
+
+fn shares_receiver<C: Channel>(
+    c: &mut C,
+    silent: bool,
+    choices: &[u16],
+    log_n: u32,
+    bits: u32,
+) -> Vec<u64> {
+    let mut r = if silent {
+        OtReceiver::setup_silent(c, &mut os_rng()).unwrap()
+    } else {
+        OtReceiver::setup(c, &mut os_rng()).unwrap()
+    };
+    r.receive_one_of_n_shares(c, choices, log_n, bits).unwrap()
 }

@@ -16,6 +16,7 @@ use super::ferret::{FerretReceiver, FerretSender};
 use crate::error::{Error, Result};
 use crate::net::{decode_ring, encode_ring, pack_bits, recv_exact, unpack_bits, Channel};
 use crate::ring::{mask, Ring};
+use zeroize::Zeroize;
 
 const KAPPA: usize = 128;
 
@@ -331,6 +332,35 @@ impl OtSender {
         log_n: u32,
         bits: u32,
     ) -> Result<()> {
+        self.one_of_n(ch, msgs, log_n, bits, false).map(|_| ())
+    }
+
+    /// 1-of-N OT of a table into XOR shares: the receiver of
+    /// [`OtReceiver::receive_one_of_n_shares`] with choice `c_i` gets `table[i * N + c_i]
+    /// xor s_i`, and this returns the `s_i` (pseudo-random to the receiver). `s_i` is entry
+    /// 0 xor its own pad, so entry 0's message is zero and is not sent: `(N - 1)
+    /// bits` bits per instance instead of the `N bits` of [`OtSender::send_one_of_n`] with
+    /// a random mask.
+    pub fn send_one_of_n_shares<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        table: &[u64],
+        log_n: u32,
+        bits: u32,
+    ) -> Result<Vec<u64>> {
+        self.one_of_n(ch, table, log_n, bits, true)
+    }
+
+    /// Both 1-of-N OTs: with `shares`, each instance's own share is entry 0 xor its pad
+    /// and the other entries go masked by it (entry 0's message, zero, not sent).
+    fn one_of_n<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        msgs: &[u64],
+        log_n: u32,
+        bits: u32,
+        shares: bool,
+    ) -> Result<Vec<u64>> {
         let nn = 1usize << log_n;
         if !(1..=8).contains(&log_n) || !msgs.len().is_multiple_of(nn) || !(1..=64).contains(&bits)
         {
@@ -353,7 +383,9 @@ impl OtSender {
         let base_tweak = self.tweak;
         self.tweak += (inst * ln) as u128;
         let m = mask(bits);
-        let mut out = BitWriter::with_capacity(inst * nn * bits as usize);
+        let first = usize::from(shares);
+        let mut out = BitWriter::with_capacity(inst * (nn - first) * bits as usize);
+        let mut own = Vec::with_capacity(if shares { inst } else { 0 });
         let mut pi_in = vec![0u128; nn * ln];
         let mut tw = vec![0u128; nn * ln];
         let mut pads = vec![0u128; nn * ln];
@@ -367,16 +399,28 @@ impl OtSender {
                 }
             }
             self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
-            for x in 0..nn {
-                let mut p = 0u64;
-                for j in 0..ln {
-                    p ^= pads[x * ln + j] as u64;
-                }
-                out.push((msgs[i * nn + x] ^ p) & m, bits);
+            let pad = |x: usize| {
+                pads[x * ln..(x + 1) * ln]
+                    .iter()
+                    .fold(0u64, |a, &p| a ^ p as u64)
+            };
+            let s = if shares {
+                let s = (msgs[i * nn] ^ pad(0)) & m;
+                own.push(s);
+                s
+            } else {
+                0
+            };
+            for x in first..nn {
+                out.push((msgs[i * nn + x] ^ s ^ pad(x)) & m, bits);
             }
         }
+        pis.zeroize();
+        pi_in.zeroize();
+        pads.zeroize();
         ch.send(&out.finish())?;
-        ch.flush()
+        ch.flush()?;
+        Ok(own)
     }
 }
 
@@ -637,6 +681,29 @@ impl OtReceiver {
         log_n: u32,
         bits: u32,
     ) -> Result<Vec<u64>> {
+        self.one_of_n(ch, choices, log_n, bits, false)
+    }
+
+    /// The receiver of [`OtSender::send_one_of_n_shares`]: its share `table[i * N + c_i]
+    /// xor s_i` of each instance (`choices[i] = c_i < 2^log_n`).
+    pub fn receive_one_of_n_shares<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u16],
+        log_n: u32,
+        bits: u32,
+    ) -> Result<Vec<u64>> {
+        self.one_of_n(ch, choices, log_n, bits, true)
+    }
+
+    fn one_of_n<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u16],
+        log_n: u32,
+        bits: u32,
+        shares: bool,
+    ) -> Result<Vec<u64>> {
         let nn = 1usize << log_n;
         if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
             return Err(Error::InvalidInput {
@@ -661,6 +728,7 @@ impl OtReceiver {
             }
         }
         let mut t = self.cot(ch, &bits_vec)?;
+        bits_vec.zeroize();
         self.hash.permute(&mut t);
         let base_tweak = self.tweak;
         self.tweak += (inst * ln) as u128;
@@ -673,21 +741,30 @@ impl OtReceiver {
         }
         let mut pads = vec![0u128; inst * ln];
         self.hash.tccr_with_pi(&t, &tw, &mut pads);
+        t.zeroize();
+        // With shares, entry 0 of each instance is not sent (its message is zero).
+        let first = usize::from(shares);
+        let per = nn - first;
         let m = recv_exact(
             ch,
             "1-of-N OT messages",
-            (inst * nn * bits as usize).div_ceil(8),
+            (inst * per * bits as usize).div_ceil(8),
         )?;
         let mk = mask(bits);
         let mut out = Vec::with_capacity(inst);
         for (i, &c) in choices.iter().enumerate() {
-            let v = read_bits(&m, i * nn + c as usize, bits);
-            let mut p = 0u64;
-            for j in 0..ln {
-                p ^= pads[i * ln + j] as u64;
-            }
+            let c = c as usize;
+            let v = if c < first {
+                0
+            } else {
+                read_bits(&m, i * per + c - first, bits)
+            };
+            let p = pads[i * ln..(i + 1) * ln]
+                .iter()
+                .fold(0u64, |a, &p| a ^ p as u64);
             out.push((v ^ p) & mk);
         }
+        pads.zeroize();
         Ok(out)
     }
 }

@@ -300,7 +300,7 @@ fn knot_bits(f: u32, knots: &[f64]) -> Option<u32> {
 /// `2^-g`) from the shares `hi = floor(a / 2^(f - g))` in `small` of values `a >= 0` at
 /// scale `2^f`: `[a >= k]` is `[hi >= k 2^g]`. The knots as integers below `2^w` take one
 /// comparison with `2^w` and one 1-of-`2^(w + 1)` table look-up for all of them
-/// ([`compare::at_least_small`]: for the sigmoid's six knots 4 correlated OTs and 100 bits
+/// ([`compare::at_least_small`]: for the sigmoid's six knots 4 correlated OTs and 94 bits
 /// instead of six 15-bit millionaires, about 180 OTs and 450 bits), or, where the table
 /// would be larger than the comparisons, a millionaire on the high part per knot.
 fn knots_on_high<C: Channel, R: RngCore + CryptoRng>(

@@ -20,6 +20,21 @@ pub fn and_with<C: Channel, R: RngCore + CryptoRng>(
     t: &BitTriples,
     offset: usize,
 ) -> Result<Vec<u8>> {
+    and_with_low(p, x, y, t, offset, |_| false)
+}
+
+/// [`and_with`] where for the elements `i` with `low_only(i)` only the lowest bit of `y`
+/// is needed: their openings carry that bit alone (one bit less per extra bit of the
+/// width and party), and the other bits of their results are 0. Both parties pass the
+/// same `low_only`.
+pub fn and_with_low<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    x: &[u8],
+    y: &[u8],
+    t: &BitTriples,
+    offset: usize,
+    low_only: impl Fn(usize) -> bool,
+) -> Result<Vec<u8>> {
     let n = x.len();
     check_len("AND: y length", n, y.len())?;
     if t.a.len() < offset + n || t.b.len() < offset + n || t.c.len() < offset + n {
@@ -30,14 +45,15 @@ pub fn and_with<C: Channel, R: RngCore + CryptoRng>(
         });
     }
     let w = t.width as usize;
-    let mk = ((1u16 << w) - 1) as u8;
+    let full = ((1u16 << w) - 1) as u8;
+    let widths: Vec<usize> = (0..n).map(|i| if low_only(i) { 1 } else { w }).collect();
     let mut bits = Vec::with_capacity(n * (1 + w));
     for i in 0..n {
         bits.push((x[i] ^ t.a[offset + i]) & 1);
     }
     for i in 0..n {
-        let e = (y[i] ^ t.b[offset + i]) & mk;
-        for k in 0..w {
+        let e = y[i] ^ t.b[offset + i];
+        for k in 0..widths[i] {
             bits.push((e >> k) & 1);
         }
     }
@@ -45,16 +61,19 @@ pub fn and_with<C: Channel, R: RngCore + CryptoRng>(
     let m = p.channel().recv()?;
     let other = unpack_bits(&m, bits.len(), "AND openings")?;
     let p0 = p.is_p0();
+    let mut at = n;
     Ok((0..n)
         .map(|i| {
+            let mk = if widths[i] == w { full } else { 1 };
             let d = bits[i] ^ other[i];
             let mut e = 0u8;
-            for k in 0..w {
-                e |= (bits[n + i * w + k] ^ other[n + i * w + k]) << k;
+            for k in 0..widths[i] {
+                e |= (bits[at + k] ^ other[at + k]) << k;
             }
+            at += widths[i];
             let dm = if d == 1 { mk } else { 0 };
             let am = if t.a[offset + i] & 1 == 1 { mk } else { 0 };
-            let mut z = t.c[offset + i] ^ (dm & t.b[offset + i]) ^ (e & am);
+            let mut z = (t.c[offset + i] & mk) ^ (dm & t.b[offset + i]) ^ (e & am);
             if p0 {
                 z ^= dm & e;
             }

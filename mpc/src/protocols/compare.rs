@@ -4,10 +4,12 @@
 //! Millionaire: party 0 holds `x`, party 1 holds `y` (both `bits`-bit); the output is a
 //! boolean sharing of `x > y`. The values are cut into digits of `beta` bits; for each
 //! digit one 1-of-`2^beta` OT (from `beta` silent correlated OTs, [`crate::ot::ferret`])
-//! gives shares of `x_j > y_j` and `x_j = y_j`; an AND tree combines them
-//! (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with AND triples from random
-//! OTs (two triples sharing `eq_hi` per node from one OT in each direction, no
-//! communication with silent OT).
+//! gives shares of `x_j > y_j` and `x_j = y_j` (party 0's share is the table's entry 0
+//! under its pad, so that entry is not sent: [`crate::ot::OtSender::send_one_of_n_shares`]);
+//! an AND tree combines them (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with
+//! AND triples from random OTs (two triples sharing `eq_hi` per node from one OT in each
+//! direction, no communication with silent OT). The nodes that hold digit 0, and the
+//! root, need no `eq`: their ANDs open one bit of `gt_lo` alone.
 
 use rand::{CryptoRng, RngCore};
 
@@ -19,9 +21,9 @@ use crate::ring::{mask, Ring};
 use crate::triples::ot::bit_triples;
 
 /// Digit size of the millionaire protocol (1-of-4 OTs). With silent OT a digit costs
-/// `BETA` bits from the receiver and `2^BETA * 2` from the sender, and an AND node 6 bits:
-/// per compared bit 5 bits at `BETA = 2`, 6.3 at 3, 10.5 at 4 (a 31-bit comparison: 250,
-/// 269 and 330 bits).
+/// `BETA` bits from the receiver and `(2^BETA - 1) * 2` from the sender, and an AND node 6
+/// bits (4 on the path of digit 0): per compared bit 4 bits and 2.6 for the tree at `BETA
+/// = 2`, 5.7 and 1.7 at 3, 8.5 and 1.2 at 4 (a 31-bit comparison: 205, 225 and 291 bits).
 pub const BETA: u32 = 2;
 
 /// Boolean shares of `x > y`, `x` the input of party 0 and `y` that of party 1, both
@@ -47,49 +49,45 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     let ands_per: usize = levels.iter().sum();
     let triples = bit_triples(p, n * ands_per, 2)?;
 
-    // Leaves: gt[i * q + j], eq[i * q + j].
     let mut gt = vec![0u8; n * q];
     let mut eq = vec![0u8; n * q];
+    // Leaves: gt[i * q + j], eq[i * q + j], straight from 1-of-2^width OTs of the tables
+    // ([x_j > k], [x_j == k]) into shares (entry 0's message not sent).
     for (width, digits) in group_digits(&widths) {
         let nn = 1usize << width;
-        if p.is_p0() {
-            let mut msgs = Vec::with_capacity(n * digits.len() * nn);
-            for i in 0..n {
+        p.ensure_ots(n * digits.len() * width as usize, 0)?;
+        let shares = if p.is_p0() {
+            let mut table = Vec::with_capacity(n * digits.len() * nn);
+            for &x in input {
                 for &j in &digits {
-                    let xj = (input[i] >> (j as u32 * BETA)) & mask(width);
-                    let r = p.rng().next_u32();
-                    let (g0, e0) = ((r & 1) as u8, ((r >> 1) & 1) as u8);
-                    gt[i * q + j] = g0;
-                    eq[i * q + j] = e0;
-                    for k in 0..nn as u64 {
-                        let g = g0 ^ (xj > k) as u8;
-                        let e = e0 ^ (xj == k) as u8;
-                        msgs.push((g | (e << 1)) as u64);
-                    }
+                    let xj = (x >> (j as u32 * BETA)) & mask(width);
+                    table.extend(
+                        (0..nn as u64).map(|k| u64::from(xj > k) | u64::from(xj == k) << 1),
+                    );
                 }
             }
-            p.ensure_ots(n * digits.len() * width as usize, 0)?;
             let parts = p.parts();
-            parts.ot_send.send_one_of_n(parts.ch, &msgs, width, 2)?;
+            parts
+                .ot_send
+                .send_one_of_n_shares(parts.ch, &table, width, 2)?
         } else {
             let mut choices = Vec::with_capacity(n * digits.len());
-            for i in 0..n {
+            for &y in input {
                 for &j in &digits {
-                    choices.push(((input[i] >> (j as u32 * BETA)) & mask(width)) as u16);
+                    choices.push(((y >> (j as u32 * BETA)) & mask(width)) as u16);
                 }
             }
-            p.ensure_ots(n * digits.len() * width as usize, 0)?;
             let parts = p.parts();
-            let got = parts
+            parts
                 .ot_recv
-                .receive_one_of_n(parts.ch, &choices, width, 2)?;
-            let mut k = 0;
-            for i in 0..n {
-                for &j in &digits {
-                    gt[i * q + j] = (got[k] & 1) as u8;
-                    eq[i * q + j] = ((got[k] >> 1) & 1) as u8;
-                    k += 1;
-                }
+                .receive_one_of_n_shares(parts.ch, &choices, width, 2)?
+        };
+        let mut k = 0;
+        for i in 0..n {
+            for &j in &digits {
+                gt[i * q + j] = (shares[k] & 1) as u8;
+                eq[i * q + j] = ((shares[k] >> 1) & 1) as u8;
+                k += 1;
             }
         }
     }
@@ -109,7 +107,9 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
                 yb.push(gt[lo] | (eq[lo] << 1));
             }
         }
-        let z = boolean::and_with(p, &xa, &yb, &triples, toff)?;
+        // The node holding digit 0 (k = 0) is always a low child, so only its gt is
+        // needed, and at the last level only gt is: their ANDs take eq_hi AND gt_lo alone.
+        let z = boolean::and_with_low(p, &xa, &yb, &triples, toff, |e| last || e % pairs == 0)?;
         toff += n * pairs;
         let ns = s.div_ceil(2);
         let mut ngt = vec![0u8; n * ns];
@@ -251,42 +251,36 @@ pub fn at_least_small<C: Channel, R: RngCore + CryptoRng>(
     };
     let log_n = w + 1;
     let low = mask(w);
-    let mut out = vec![0u8; nk * n];
-    if p0 {
-        let rows = 1usize << log_n;
-        let mut msgs = Vec::with_capacity(n * rows);
+    let rows = 1usize << log_n;
+    p.ensure_ots(n * log_n as usize, 0)?;
+    let got = if p0 {
+        let mut table = Vec::with_capacity(n * rows);
         for j in 0..n {
-            let r = p.rng().next_u64() & mask(nk as u32);
-            for (i, o) in out.iter_mut().skip(j).step_by(n).enumerate() {
-                *o = ((r >> i) & 1) as u8;
-            }
             for c in 0..rows as u64 {
                 let lo = v[j].wrapping_add(c) & low;
                 let above = z[j] ^ (c >> w) as u8 == 1;
-                let bits = thresholds.iter().enumerate().fold(0u64, |acc, (i, &k)| {
+                table.push(thresholds.iter().enumerate().fold(0u64, |acc, (i, &k)| {
                     acc | (u64::from(above || lo >= k) << i)
-                });
-                msgs.push(bits ^ r);
+                }));
             }
         }
-        p.ensure_ots(n * log_n as usize, 0)?;
         let parts = p.parts();
         parts
             .ot_send
-            .send_one_of_n(parts.ch, &msgs, log_n, nk as u32)?;
+            .send_one_of_n_shares(parts.ch, &table, log_n, nk as u32)?
     } else {
         let choices: Vec<u16> = (0..n)
             .map(|j| ((v[j] & low) | (u64::from(z[j]) << w)) as u16)
             .collect();
-        p.ensure_ots(n * log_n as usize, 0)?;
         let parts = p.parts();
-        let got = parts
+        parts
             .ot_recv
-            .receive_one_of_n(parts.ch, &choices, log_n, nk as u32)?;
-        for (j, &g) in got.iter().enumerate() {
-            for i in 0..nk {
-                out[i * n + j] = ((g >> i) & 1) as u8;
-            }
+            .receive_one_of_n_shares(parts.ch, &choices, log_n, nk as u32)?
+    };
+    let mut out = vec![0u8; nk * n];
+    for (j, &g) in got.iter().enumerate() {
+        for i in 0..nk {
+            out[i * n + j] = ((g >> i) & 1) as u8;
         }
     }
     Ok(out)
