@@ -643,3 +643,49 @@ fn a_ciphertext_product_on_the_preset() {
         negacyclic_wrapping(&x, &y)
     );
 }
+
+/// Every power-of-two `t` (here `2^40`, the inference ring) encrypts `round(Q m / t)`: a
+/// product by weights of cap `2^16` then has noise within `(21 + 1/2) cap terms` (about
+/// `2^31.4`), where `floor(Q / t) m` would carry `(Q mod t)` times `m w`'s carries over
+/// `t` (up to `2^69` here); the products decrypt exactly, checked against `i128`
+/// arithmetic modulo `2^40`.
+#[test]
+fn rounded_encoding_at_t_2_40_keeps_products_quiet() {
+    let mut k = keys(BfvParameters::new(&preset(40)).unwrap(), 9);
+    let t = 1i128 << 40;
+    let (rows, cols) = (30usize, 64usize);
+    let cap = 1u64 << 16;
+    let w = Array2::from_shape_fn((rows, cols), |_| {
+        k.rng.random_range(-(cap as i64)..=cap as i64)
+    });
+    // Inputs over all of [0, 2^40): m w carries over t.
+    let x: Vec<i64> = (0..cols).map(|_| (k.rng.next_u64() >> 24) as i64).collect();
+    let mv = CoeffMatVec::new_capped(&k.enc, w.view(), cap).unwrap();
+    let cts: Vec<Ciphertext> = mv
+        .encode_input(&k.enc, &x)
+        .unwrap()
+        .iter()
+        .map(|p| k.dec.encrypt_symmetric(p, &mut k.rng).unwrap())
+        .collect();
+    let out = mv.apply(&k.ev, &cts).unwrap();
+    let noise = mv.noise_bound_log2(k.params.degree(), k.params.plaintext_modulus());
+    assert!((31.0..32.0).contains(&noise), "{noise}");
+    let q_log2 = k.params.log2_q();
+    for ct in &out {
+        let measured = q_log2 - k.dec.noise_budget(ct).unwrap() as f64 - 1.0 - 40.0;
+        assert!(
+            measured <= noise,
+            "measured 2^{measured:.1} above 2^{noise:.1}"
+        );
+    }
+    let pts: Vec<Plaintext> = out.iter().map(|c| k.dec.decrypt(c).unwrap()).collect();
+    let got = mv.decode_output(&k.enc, &pts).unwrap();
+    for r in 0..rows {
+        let want = (0..cols).fold(0i128, |a, c| a + w[[r, c]] as i128 * x[c] as i128);
+        assert_eq!(
+            (got[r] as i128).rem_euclid(t),
+            want.rem_euclid(t),
+            "row {r}"
+        );
+    }
+}

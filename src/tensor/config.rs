@@ -77,6 +77,10 @@ impl Default for SessionConfig {
     }
 }
 
+/// The most union bits (`log2` of the coefficients a session may reveal) that
+/// [`SessionConfig::bfv_literal`] leaves room for: `2^40` coefficients.
+pub const MAX_REVEAL_LOG2: u32 = 40;
+
 impl SessionConfig {
     /// The configuration for training: a 64-bit ring with 16 fractional bits (products at
     /// `2^32` leave 31 bits of integer range, and every truncation is faithful, so no
@@ -97,19 +101,56 @@ impl SessionConfig {
         }
     }
 
-    /// The BFV parameters: N = 8192, `t = 2^l`, a 198-bit `Q` and a 20-bit special prime
-    /// (log2(QP) = 218, 128-bit). The link protocol uses no key switching (no evaluation
-    /// key is ever made), so the special prime only completes the context; `Q` holds the
-    /// plaintext modulus and the flooding sized for a whole session.
+    /// The BFV parameters: N = 8192, `t = 2^l` and a 20-bit special prime; `Q` the fewest
+    /// bits that hold the plaintext modulus and the flooding of any reply this
+    /// configuration allows ([`SessionConfig::q_bits_needed`]): three primes where that is
+    /// at most 180 bits (the inference ring: 165 bits, `log2(QP) = 185`), otherwise 198
+    /// bits in four (the training ring; `log2(QP) = 218`), 128-bit secure either way. The
+    /// link protocol uses no key switching (no evaluation key is ever made), so the special
+    /// prime only completes the context. Public values only (the ring, the weight cap, the
+    /// flooding's bits), so client and server derive the same parameters.
+    ///
+    /// ```
+    /// use cipherml::tensor::SessionConfig;
+    /// let bits = |c: SessionConfig| c.bfv_literal().ciphertext_moduli_bits.iter().sum::<u32>();
+    /// assert_eq!(bits(SessionConfig::default()), 165);
+    /// assert_eq!(bits(SessionConfig::training()), 198);
+    /// ```
     pub fn bfv_literal(&self) -> BfvParametersLiteral {
+        let needed = self.q_bits_needed();
+        let ciphertext_moduli_bits = if needed <= 3 * 60 {
+            let b = needed.div_ceil(3);
+            vec![b; 3]
+        } else {
+            vec![50, 50, 49, 49]
+        };
         BfvParametersLiteral {
             plaintext: PlaintextModulus::PowerOfTwo {
                 bits: self.ring_bits,
             },
-            ciphertext_moduli_bits: vec![50, 50, 49, 49],
+            ciphertext_moduli_bits,
             special_moduli_bits: vec![20],
             ..BfvParametersLiteral::n8192()
         }
+    }
+
+    /// The bits of `Q` that a reply's decryption needs: `Q / (2t)` above the flooding of
+    /// the noisiest product allowed, `2^8` products by weight polynomials of `N` terms at
+    /// the weight cap (`(2^4.4 + 1/2) 2^(weight_bits + 13 + 8)`, [`cipherml_he::tensor::product_noise_log2`]),
+    /// flooded by `flood_bits` plus up to [`MAX_REVEAL_LOG2`] union bits, with one bit of
+    /// margin. A layer noisier than that is refused when it is prepared (the flooding
+    /// would not fit), never computed wrong.
+    pub fn q_bits_needed(&self) -> u32 {
+        let noise = cipherml_he::tensor::product_noise_log2(
+            1 << 6,
+            8192,
+            1u128 << self.ring_bits.min(64),
+            self.weight_cap(),
+            8192,
+            cipherml_he::tensor::FRESH_NOISE_LOG2,
+        );
+        let flood = crate::link::flood_log2(8192, noise, self.flood_bits + MAX_REVEAL_LOG2);
+        self.ring_bits + 1 + flood + 1 + 1
     }
 
     /// The public cap on quantized weights, `2^weight_bits`.

@@ -185,13 +185,12 @@ fn ckks_level(t: &PrivateTensor, op: &'static str) -> Result<usize, TensorError>
     }
 }
 
-/// Bound on the noise of a fresh symmetric encryption plus a plaintext share:
-/// the fresh noise (<= 6 sigma N^0.5 is far below `t`) and the rounding of the plaintext
-/// addition (`< t`).
-/// For `t` wider than 60 bits, messages are encoded `round(Q m / t)`: the plaintext
-/// addition adds at most 1/2, and the fresh noise bound stands.
+/// Bound on the noise of a fresh symmetric encryption plus a plaintext share. For a
+/// power-of-two `t` (every `Session`), messages are encoded `round(Q m / t)`: the plaintext
+/// addition adds at most 1/2, and the fresh noise bound stands. Otherwise (`floor(Q / t)
+/// m`) the carry of the addition adds up to `Q mod t < t`.
 fn fresh_noise_log2(params: &cipherml_he::bfv::BfvParameters) -> f64 {
-    if params.plaintext_bits() > 60 {
+    if params.plaintext_modulus().is_power_of_two() {
         cipherml_he::tensor::FRESH_NOISE_LOG2 + 1.0
     } else {
         (params.plaintext_modulus() as f64).log2() + 1.0
@@ -381,7 +380,7 @@ impl<C: Channel> Session<C> {
                 )?,
                 (None, PrivateTensor::Bfv { data: Some(d), .. }) => {
                     // The input's noise is multiplied by the weights (not added to the
-                    // bound): `t N cap + 2^noise_in L1(w) + t` per chunk.
+                    // bound): `(2^noise_in + 1/2) L1(w)` per chunk.
                     let noise = mv.noise_bound_log2_from(
                         self.params.degree(),
                         self.params.plaintext_modulus(),

@@ -847,7 +847,8 @@ impl<C: Channel> Session<C> {
             let (x, _) = self.shares_of(a)?;
             let (y, _) = self.shares_of(b)?;
             let dealer = matches!(self.config.triples, Triples::Dealer { .. });
-            // Two 32-bit digits fit the flooding only with `t`'s rounding encoding (t > 2^60).
+            // Shared products under BFV are built for the training ring (`t > 2^60`: two
+            // 32-bit digits of each share).
             let wide = self.params.plaintext_bits() > 60;
             if wide && !dealer && self.shared_he_cheaper(m, k, n) {
                 let (c, way) = self.shared_he_cost(m, k, n);
@@ -1352,5 +1353,11 @@ where
     });
     let client = run(Role::Client, c0, cfg_c, seeds.map(|s| s.0), &program);
     let server = server.join().map_err(|_| TensorError::PeerPanicked)?;
-    Ok((client?, server?))
+    // Where one party failed and the other only saw it hang up, the cause is reported.
+    let hung_up = |e: &TensorError| matches!(e, TensorError::Mpc(cipherml_mpc::Error::PeerClosed));
+    match (client, server) {
+        (Ok(c), Ok(s)) => Ok((c, s)),
+        (Err(c), Err(s)) if hung_up(&c) => Err(s),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }

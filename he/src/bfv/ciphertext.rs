@@ -54,7 +54,7 @@ impl Ciphertext {
 }
 
 /// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)` (for a
-/// wide power-of-two `t`, `2^61 ..= 2^64`: `round(Q_level m / t)`).
+/// power-of-two `t`: `round(Q_level m / t)`).
 pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize) -> Poly<Coeff> {
     let mut p = Poly::zero(params.degree(), level + 1);
     add_scaled_message(params, pt, level, &mut p);
@@ -65,7 +65,7 @@ pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usiz
 fn add_scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &mut Poly<Coeff>) {
     let q = params.context().q_at(level);
     let lv = &params.levels[level];
-    if params.t().is_wide() {
+    if params.rounds_messages() {
         return add_rounded_message(params, pt, level, p);
     }
     for (i, limb) in p.limbs_mut().enumerate() {
@@ -77,12 +77,12 @@ fn add_scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &
     }
 }
 
-/// `p += round(Q m / t)` for a wide power-of-two `t` (as SEAL's scaling): with
+/// `p += round(Q m / t)` for a power-of-two `t` (as SEAL's scaling): with
 /// `L = ((Q mod t) m + t/2) mod t`, `round(Q m / t) t = Q m + t/2 - L`, so modulo each
 /// `q_i` (which divides `Q`) it is `(t/2 - L) t^-1`. The rounding error is at most 1/2
 /// whatever `m`, so a product by a plaintext `w` adds at most `||w||_1 / 2` to the noise
 /// (with `floor(Q/t) m` it would add `(Q mod t)` times the carries of `m w` over `t`,
-/// up to `t N ||w||_inf`, too much for `t = 2^64`).
+/// up to `t N ||w||_inf`: too much for `t = 2^64`, and 23 bits of flooding at `t = 2^40`).
 fn add_rounded_message(params: &BfvParameters, pt: &Plaintext, level: usize, p: &mut Poly<Coeff>) {
     let q = params.context().q_at(level);
     let lv = &params.levels[level];

@@ -22,12 +22,13 @@ pub enum PlaintextModulus {
     /// A given prime (batching is available if `t = 1 mod 2N`).
     Prime(u64),
     /// `t = 2^bits` with `1 <= bits <= 64`: coefficient encoding only (the Cheetah
-    /// approach). For `bits <= 60` everything works exactly as before `2^61 ..= 2^64` were
-    /// accepted. For `61..=64` (e.g. `t = 2^64`, where a decrypted coefficient is a share
-    /// in `Z_2^64`): arithmetic modulo `t` is masking; a message `m` is encrypted as
-    /// `round(Q m / t)` rather than `floor(Q / t) m` (SEAL's encoding: a plaintext product
-    /// by `w` then adds at most `||w||_1 / 2` to the noise instead of up to
-    /// `t N ||w||_inf`); for `t = 2^64` centered values are in `[-2^63, 2^63)`;
+    /// approach). A message `m` is encrypted as `round(Q m / t)` rather than `floor(Q /
+    /// t) m` (SEAL's encoding: a plaintext product by `w` then adds at most `||w||_1 / 2`
+    /// to the noise instead of up to `(Q mod t)` times the carries of `m w` over `t`, about
+    /// `t N ||w||_inf`: 23 bits less noise, and so flooding, at `t = 2^40`, `N = 8192`).
+    /// For `61..=64` (e.g. `t = 2^64`, where a decrypted coefficient is a share in
+    /// `Z_2^64`): arithmetic modulo `t` is masking; for `t = 2^64` centered values are in
+    /// `[-2^63, 2^63)`;
     /// ciphertext-ciphertext products (HPS) work, with noise growing by about `t N` per
     /// product (one product leaves about 47 bits of budget at N = 8192 and
     /// `log2 Q = 198`); the compact reply takes up to
@@ -557,6 +558,12 @@ impl BfvParameters {
 
     pub(crate) fn t(&self) -> &PlainModulus {
         &self.t
+    }
+
+    /// Whether messages are encrypted as `round(Q m / t)` (every power-of-two `t`) rather
+    /// than `floor(Q / t) m` (primes).
+    pub(crate) fn rounds_messages(&self) -> bool {
+        matches!(self.literal.plaintext, PlaintextModulus::PowerOfTwo { .. })
     }
 
     pub(crate) fn t_ntt(&self) -> Option<&NttOperator> {

@@ -53,13 +53,12 @@ pub const FRESH_NOISE_LOG2: f64 = 4.392_317_422_778_761;
 /// `log2` of a bound on the noise of `sum_k x_k w_k` for `products` plaintext-ciphertext
 /// products, each input of noise at most `2^input_noise_log2` and message coefficients in
 /// `[0, t)`, each weight polynomial with coefficients at most `cap` and at most `terms`
-/// non-zero coefficients: per product, `t N cap` (the carry of `m w` over `t`, times
-/// `q mod t < t`), `2^input_noise_log2 cap terms` (the input noise times the weight
-/// polynomial, whose L1 norm is at most `cap terms`), and `t` (rounding). `t` is a `u128`
-/// (it can be `2^64`). For `t > 2^60`, which BFV encrypts as `round(Q m / t)` (no carry
-/// term), the noise (phase minus `Q m / t`) of a product is at most
-/// `(2^input_noise_log2 + 1/2) cap terms`: the input's noise plus its rounding error
-/// (at most 1/2), times the weight polynomial.
+/// non-zero coefficients. `t` is a `u128` (it can be `2^64`). For a power-of-two `t`,
+/// which BFV encrypts as `round(Q m / t)` (no carry term), the noise (phase minus `Q m /
+/// t`) of a product is at most `(2^input_noise_log2 + 1/2) cap terms`: the input's noise
+/// plus its rounding error (at most 1/2), times the weight polynomial (whose L1 norm is at
+/// most `cap terms`). For other `t` (`floor(Q / t) m`), per product also `t N cap` (the
+/// carry of `m w` over `t`, times `Q mod t < t`) and `t` (rounding).
 pub fn product_noise_log2(
     products: usize,
     n: usize,
@@ -68,8 +67,8 @@ pub fn product_noise_log2(
     terms: usize,
     input_noise_log2: f64,
 ) -> f64 {
-    let (t_wide, t, cap) = (t > 1 << 60, t as f64, cap as f64);
-    let per = if t_wide {
+    let (rounded, t, cap) = (t.is_power_of_two(), t as f64, cap as f64);
+    let per = if rounded {
         (input_noise_log2.exp2() + 0.5) * cap * terms as f64
     } else {
         t * n as f64 * cap + input_noise_log2.exp2() * cap * terms as f64 + t

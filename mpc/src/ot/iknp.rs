@@ -23,6 +23,9 @@ const KAPPA: usize = 128;
 /// Tweak domain of 1-of-N pads, apart from any other use of the hash.
 const ONE_OF_N_DOMAIN: u128 = 1 << 127;
 
+/// Instances of a 1-of-N OT hashed at a time (buffers of a few KB).
+const ONE_OF_N_CHUNK: usize = 256;
+
 /// The sender of extended OTs (the base-OT receiver, holding the global `delta`).
 #[derive(Debug)]
 pub struct OtSender {
@@ -372,49 +375,60 @@ impl OtSender {
         }
         let inst = msgs.len() / nn;
         let ln = log_n as usize;
-        let q = self.cot(ch, inst * ln)?;
-        // pi(k) for both keys of every OT.
-        let mut pis = Vec::with_capacity(q.len() * 2);
-        for &x in &q {
-            pis.push(x);
-            pis.push(x ^ self.delta);
-        }
-        self.hash.permute(&mut pis);
+        let mut q = self.cot(ch, inst * ln)?;
         let base_tweak = self.tweak;
         self.tweak += (inst * ln) as u128;
         let m = mask(bits);
         let first = usize::from(shares);
         let mut out = BitWriter::with_capacity(inst * (nn - first) * bits as usize);
         let mut own = Vec::with_capacity(if shares { inst } else { 0 });
+        // In chunks of instances, so that the buffers stay small and in cache.
+        let per = ONE_OF_N_CHUNK;
+        let mut pis = vec![0u128; 2 * per * ln];
         let mut pi_in = vec![0u128; nn * ln];
         let mut tw = vec![0u128; nn * ln];
         let mut pads = vec![0u128; nn * ln];
-        for i in 0..inst {
-            for x in 0..nn {
-                for j in 0..ln {
-                    let ot = i * ln + j;
-                    let b = (x >> j) & 1;
-                    pi_in[x * ln + j] = pis[2 * ot + b];
-                    tw[x * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot as u128) << 8) | x as u128;
+        for (c, qc) in q.chunks(per * ln).enumerate() {
+            // pi(k) for both keys of the chunk's OTs.
+            let pis = &mut pis[..2 * qc.len()];
+            for (p, &x) in pis.chunks_exact_mut(2).zip(qc) {
+                p[0] = x;
+                p[1] = x ^ self.delta;
+            }
+            self.hash.permute(pis);
+            for (ic, msgs) in msgs[c * per * nn..]
+                .chunks(nn)
+                .take(qc.len() / ln)
+                .enumerate()
+            {
+                let i = c * per + ic;
+                for x in 0..nn {
+                    for j in 0..ln {
+                        let b = (x >> j) & 1;
+                        pi_in[x * ln + j] = pis[2 * (ic * ln + j) + b];
+                        let ot = (i * ln + j) as u128;
+                        tw[x * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | x as u128;
+                    }
+                }
+                self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
+                let pad = |x: usize| {
+                    pads[x * ln..(x + 1) * ln]
+                        .iter()
+                        .fold(0u64, |a, &p| a ^ p as u64)
+                };
+                let s = if shares {
+                    let s = (msgs[0] ^ pad(0)) & m;
+                    own.push(s);
+                    s
+                } else {
+                    0
+                };
+                for (x, &v) in msgs.iter().enumerate().skip(first) {
+                    out.push((v ^ s ^ pad(x)) & m, bits);
                 }
             }
-            self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
-            let pad = |x: usize| {
-                pads[x * ln..(x + 1) * ln]
-                    .iter()
-                    .fold(0u64, |a, &p| a ^ p as u64)
-            };
-            let s = if shares {
-                let s = (msgs[i * nn] ^ pad(0)) & m;
-                own.push(s);
-                s
-            } else {
-                0
-            };
-            for x in first..nn {
-                out.push((msgs[i * nn + x] ^ s ^ pad(x)) & m, bits);
-            }
         }
+        q.zeroize();
         pis.zeroize();
         pi_in.zeroize();
         pads.zeroize();
@@ -729,41 +743,48 @@ impl OtReceiver {
         }
         let mut t = self.cot(ch, &bits_vec)?;
         bits_vec.zeroize();
-        self.hash.permute(&mut t);
         let base_tweak = self.tweak;
         self.tweak += (inst * ln) as u128;
-        let mut tw = vec![0u128; inst * ln];
-        for (i, &c) in choices.iter().enumerate() {
-            for j in 0..ln {
-                let ot = i * ln + j;
-                tw[ot] = ONE_OF_N_DOMAIN | ((base_tweak + ot as u128) << 8) | c as u128;
-            }
-        }
-        let mut pads = vec![0u128; inst * ln];
-        self.hash.tccr_with_pi(&t, &tw, &mut pads);
-        t.zeroize();
         // With shares, entry 0 of each instance is not sent (its message is zero).
         let first = usize::from(shares);
-        let per = nn - first;
+        let per_inst = nn - first;
         let m = recv_exact(
             ch,
             "1-of-N OT messages",
-            (inst * per * bits as usize).div_ceil(8),
+            (inst * per_inst * bits as usize).div_ceil(8),
         )?;
         let mk = mask(bits);
         let mut out = Vec::with_capacity(inst);
-        for (i, &c) in choices.iter().enumerate() {
-            let c = c as usize;
-            let v = if c < first {
-                0
-            } else {
-                read_bits(&m, i * per + c - first, bits)
-            };
-            let p = pads[i * ln..(i + 1) * ln]
-                .iter()
-                .fold(0u64, |a, &p| a ^ p as u64);
-            out.push((v ^ p) & mk);
+        // In chunks of instances, so that the buffers stay small and in cache.
+        let per = ONE_OF_N_CHUNK * ln;
+        let mut tw = vec![0u128; per];
+        let mut pads = vec![0u128; per];
+        for (c, tc) in t.chunks_mut(per).enumerate() {
+            self.hash.permute(tc);
+            let i0 = c * ONE_OF_N_CHUNK;
+            let chosen = &choices[i0..i0 + tc.len() / ln];
+            for (ic, &c) in chosen.iter().enumerate() {
+                for j in 0..ln {
+                    let ot = ((i0 + ic) * ln + j) as u128;
+                    tw[ic * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | c as u128;
+                }
+            }
+            let pads = &mut pads[..tc.len()];
+            self.hash.tccr_with_pi(tc, &tw[..tc.len()], pads);
+            for (ic, &c) in chosen.iter().enumerate() {
+                let (i, c) = (i0 + ic, c as usize);
+                let v = if c < first {
+                    0
+                } else {
+                    read_bits(&m, i * per_inst + c - first, bits)
+                };
+                let p = pads[ic * ln..(ic + 1) * ln]
+                    .iter()
+                    .fold(0u64, |a, &p| a ^ p as u64);
+                out.push((v ^ p) & mk);
+            }
         }
+        t.zeroize();
         pads.zeroize();
         Ok(out)
     }
