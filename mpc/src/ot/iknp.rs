@@ -255,8 +255,11 @@ impl OtSender {
     ) -> Result<Vec<[Block; 2]>> {
         let delta = self.delta;
         if let Some(f) = &mut self.silent {
-            let mut out: Vec<[Block; 2]> =
-                f.take(ch, n)?.into_iter().map(|q| [q, q ^ delta]).collect();
+            let mut out: Vec<[Block; 2]> = f
+                .take_slice(ch, n)?
+                .iter()
+                .map(|&q| [q, q ^ delta])
+                .collect();
             self.hash.ccr(out.as_flattened_mut());
             return Ok(out);
         }
