@@ -82,18 +82,21 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
 
     /// Makes `n01` OTs from party 0 to party 1 and `n10` from party 1 to party 0 ready, so
     /// that the protocol that follows never waits for a refill: both parties call it
-    /// with the same arguments before a step that uses OT in both directions at once
-    /// (refills run in a fixed order, party 0's direction first, so neither waits on the
-    /// other's refill while its own is due).
+    /// with the same arguments before a step that uses OT in both directions at once.
+    /// Refills alternate, each party's own direction first: both expand their sender's
+    /// trees at the same time, then each expands its receiver's from the other's
+    /// message, and at most one refill message is in flight each way (no deadlock on a
+    /// full socket).
     pub fn ensure_ots(&mut self, n01: usize, n10: usize) -> Result<()> {
-        match self.id {
-            PartyId::P0 => {
-                self.ot_send.ensure(&mut self.ch, n01)?;
-                self.ot_recv.ensure(&mut self.ch, n10)
-            }
-            PartyId::P1 => {
-                self.ot_recv.ensure(&mut self.ch, n01)?;
-                self.ot_send.ensure(&mut self.ch, n10)
+        let (n_send, n_recv) = match self.id {
+            PartyId::P0 => (n01, n10),
+            PartyId::P1 => (n10, n01),
+        };
+        loop {
+            let sent = self.ot_send.ensure_step(&mut self.ch, n_send)?;
+            let received = self.ot_recv.ensure_step(&mut self.ch, n_recv)?;
+            if !sent && !received {
+                return Ok(());
             }
         }
     }

@@ -453,10 +453,18 @@ impl FerretSender {
     /// Refills until `n` OTs are ready (the receiver calls [`FerretReceiver::ensure`] at
     /// the same point with the same `n`). Only sends.
     pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
-        while self.available() < n {
-            self.refill(ch)?;
-        }
+        while self.ensure_step(ch, n)? {}
         Ok(())
+    }
+
+    /// One refill if fewer than `n` OTs are ready; whether it refilled (the receiver's
+    /// [`FerretReceiver::ensure_step`] with the same `n` answers the same).
+    pub fn ensure_step<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<bool> {
+        if self.available() >= n {
+            return Ok(false);
+        }
+        self.refill(ch)?;
+        Ok(true)
     }
 
     /// The next `n` random correlated OTs: the sender's blocks `q_i` (the receiver gets
@@ -552,10 +560,18 @@ impl FerretReceiver {
 
     /// Refills until `n` OTs are ready (see [`FerretSender::ensure`]). Only receives.
     pub fn ensure<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<()> {
-        while self.available() < n {
-            self.refill(ch)?;
-        }
+        while self.ensure_step(ch, n)? {}
         Ok(())
+    }
+
+    /// One refill if fewer than `n` OTs are ready; whether it refilled (see
+    /// [`FerretSender::ensure_step`]).
+    pub fn ensure_step<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<bool> {
+        if self.available() >= n {
+            return Ok(false);
+        }
+        self.refill(ch)?;
+        Ok(true)
     }
 
     /// The next `n` random correlated OTs: the random choice bits `r_i` (0/1) and the

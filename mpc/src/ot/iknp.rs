@@ -186,6 +186,15 @@ impl OtSender {
         }
     }
 
+    /// One refill towards [`OtSender::ensure`]`(n)`: whether it refilled (never for IKNP;
+    /// the receiver's [`OtReceiver::ensure_step`] answers the same).
+    pub fn ensure_step<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<bool> {
+        match &mut self.silent {
+            Some(f) => f.ensure_step(ch, n),
+            None => Ok(false),
+        }
+    }
+
     /// The global correlation.
     pub fn delta(&self) -> Block {
         self.delta
@@ -526,6 +535,15 @@ impl OtReceiver {
         match &mut self.silent {
             Some(f) => f.ensure(ch, n),
             None => Ok(()),
+        }
+    }
+
+    /// One refill towards [`OtReceiver::ensure`]`(n)`: whether it refilled (see
+    /// [`OtSender::ensure_step`]).
+    pub fn ensure_step<C: Channel + ?Sized>(&mut self, ch: &mut C, n: usize) -> Result<bool> {
+        match &mut self.silent {
+            Some(f) => f.ensure_step(ch, n),
+            None => Ok(false),
         }
     }
 
