@@ -329,15 +329,22 @@ fn bfv_coefficient_conv2d_is_exact() {
     let encryptor = bfv::Encryptor::new(&params, PublicKey::new(&sk, &mut rng)).unwrap();
     let dec = bfv::Decryptor::new(&params, sk).unwrap();
     let ev = bfv::Evaluator::new(&params);
-    // (C, O, H, k, stride, pad); the last case needs two channel groups (C * 34 * 34 > 4096).
-    for (c, o, h, k, stride, pad) in [
-        (1usize, 8usize, 8usize, 3usize, 1usize, 1usize),
-        (3, 2, 9, 3, 2, 0),
-        (5, 2, 32, 5, 1, 1),
+    // (C, O, H, k, stride, pad, output ciphertexts); the third case needs two channel
+    // groups (C * 34 * 34 > 4096). Output channels sit at the input's length, their
+    // products overlapping where no output is read: LeNet's second convolution (6 -> 16,
+    // 5x5 on 12x12) packs 4 to a ciphertext at N = 4096 (products kept apart: 2), the
+    // last one's product wrapping past N; the stride-2 case packs 4 (apart: 2).
+    for (c, o, h, k, stride, pad, blocks) in [
+        (1usize, 8usize, 8usize, 3usize, 1usize, 1usize, 1usize),
+        (3, 2, 9, 3, 2, 0, 1),
+        (5, 2, 32, 5, 1, 1, 2),
+        (6, 16, 12, 5, 1, 0, 4),
+        (2, 8, 20, 3, 2, 1, 2),
     ] {
         let x = Array3::from_shape_fn((c, h, h), |_| rng.random_range(-50i64..50));
         let w = Array4::from_shape_fn((o, c, k, k), |_| rng.random_range(-5i64..5));
         let conv = CoeffConv2d::new(&enc, w.view(), (h, h), pad, stride).unwrap();
+        assert_eq!(conv.output_blocks(), blocks, "C={c} O={o} H={h}");
         let cts: Vec<_> = conv
             .encode_input(&enc, x.view())
             .unwrap()

@@ -288,7 +288,9 @@ pub fn conv_options(
 ) -> Vec<(Backend, Cost)> {
     let hw = (h * w) as f64;
     let group = (N / hw).floor().min(c as f64).max(1.0);
-    let spacing = group * hw * 2.0;
+    // Output channels at the spacing of `he::tensor::CoeffConv2d` (for stride 1 about
+    // the input's length: products overlap where no output is read).
+    let spacing = group * hw;
     let per_ct = (N / spacing).floor().max(1.0);
     let mut options = vec![
         (

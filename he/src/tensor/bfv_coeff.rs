@@ -329,10 +329,18 @@ impl CoeffConv2d {
         }
         let hw = hp * wp;
         let group = (n_ring / hw).min(c);
-        // One channel's product spans the input length plus the kernel length; channels
-        // packed at that spacing never overlap (and never wrap when they all fit in N).
+        // Output channel j's kernel sits at offset j s. Its product with the input spans
+        // [j s, j s + kernel_len + group hw - 2], its outputs [j s + base, j s + base +
+        // last] (base = kernel_len - 1). Only the outputs are read, so products may overlap
+        // where nothing is read: channel j - 1's product ends before j's outputs if s >=
+        // group hw, and j's outputs end before j + 1's product if s >= kernel_len + last.
+        // With per_ct = N / s channels, what wraps past N (negated) ends below channel
+        // 0's outputs. (Products kept apart would need s = group hw + kernel_len - 1: LeNet's
+        // second convolution, 16 channels of 5x5x6 on 12x12, in 4 replies instead of 2.)
         let kernel_len = (group - 1) * hw + (kh - 1) * wp + kw;
-        let spacing = group * hw + kernel_len - 1;
+        let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+        let last = (ho - 1) * stride * wp + (wo - 1) * stride;
+        let spacing = (group * hw).max(kernel_len + last);
         let per_ct = (n_ring / spacing).max(1);
         let t = t_of(encoder);
         let level = encoder.params().max_level();
