@@ -162,22 +162,27 @@ pub struct LayerPlan {
     pub options: Vec<(Backend, Cost)>,
 }
 
-// Calibrated from `bench -- nn` and `bench -- mpc` on the development machine: a seeded
-// upload ciphertext; a compact reply (c1 at 55 bits per coefficient, c0 at the outputs);
-// one ReLU in Z_2^40 with 5-bit millionaire digits; one truncation of a value known
-// non-negative (the usual case: deferred past a ReLU).
+// Calibrated from `bench -- nn`, `bench -- link` and `bench -- mpc` on the development
+// machine (2026-12-03): a seeded upload ciphertext (`Q` of 165 bits); a compact reply (c1
+// at 55 bits per coefficient, c0 at the outputs); one ReLU in Z_2^40 from silent OT (a
+// 39-bit millionaire in 2-bit digits and the multiplexer: 341 bits, plus the Ferret trees'
+// share); one exact truncation of a value known non-negative (the usual case: deferred
+// past a ReLU).
 /// Ring degree of the BFV parameters the costs are calibrated for.
 pub const N: f64 = 8192.0;
 /// Bytes of one seeded BFV upload ciphertext.
-pub const UPLOAD: f64 = 178_264.0;
+pub const UPLOAD: f64 = 169_008.0;
 /// Bytes of one compact BFV reply, outputs apart.
 pub const REPLY: f64 = 60_000.0;
 /// Bytes of one exact ReLU in `Z_2^40`.
-pub const RELU_BYTES: f64 = 600.0;
+pub const RELU_BYTES: f64 = 50.0;
 /// Microseconds of one exact ReLU.
-pub const RELU_US: f64 = 6.0;
+pub const RELU_US: f64 = 5.0;
 /// Bytes of one truncation.
-pub const TRUNC_BYTES: f64 = 300.0;
+pub const TRUNC_BYTES: f64 = 20.0;
+/// Bytes of one correlated OT with a chosen choice bit, beyond its payload (silent OT:
+/// the choice's correction bit and the Ferret trees' share).
+pub const OT_BYTES: f64 = 0.25;
 /// Microseconds of one CKKS rotation.
 pub const ROT_US: f64 = 800.0;
 
@@ -194,11 +199,11 @@ pub fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
 /// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT, its
 /// openings and the truncation of the result. The triple is Gilboa's in both directions:
 /// one correlated OT per bit of each entry of one factor, carrying a column of the other
-/// (16 bytes of IKNP per OT plus the column's `l`-bit elements), in whichever orientation
+/// ([`OT_BYTES`] per OT plus the column's `l`-bit elements), in whichever orientation
 /// sends fewer bytes (`cipherml_mpc::triples::ot`).
 pub fn shared_linear(m: f64, k: f64, n: f64) -> Cost {
     let l = 40.0;
-    let per_ot = |width: f64| 16.0 + width * l / 8.0;
+    let per_ot = |width: f64| OT_BYTES + width * l / 8.0;
     let triple = 2.0 * k * l * (n * per_ot(m)).min(m * per_ot(n));
     Cost {
         compute_us: m * k * n * 0.01 + k * m.min(n) * l * 0.2,
@@ -214,7 +219,7 @@ pub fn ot_product(m: f64, k: f64, n: f64) -> Cost {
     let l = 40.0;
     Cost {
         compute_us: m * k * n * 0.01 + k * n * l * 0.1,
-        bytes: k * n * l * (16.0 + m * l / 8.0) + m * n * TRUNC_BYTES,
+        bytes: k * n * l * (OT_BYTES + m * l / 8.0) + m * n * TRUNC_BYTES,
         rounds: 2.0 + 8.0,
     }
 }
@@ -337,7 +342,7 @@ pub fn relu_tree(outputs: f64, window: f64) -> Cost {
 pub fn beaver_square(n: f64) -> Cost {
     Cost {
         compute_us: n * 3.0,
-        bytes: n * (40.0 * 21.0 + 10.0 + TRUNC_BYTES),
+        bytes: n * (40.0 * (OT_BYTES + 5.0) + 10.0 + TRUNC_BYTES),
         rounds: 2.0 + 8.0,
     }
 }
