@@ -158,6 +158,9 @@ impl<C: Channel, R: RngCore + CryptoRng> TripleSource<C, R> for OtTriples {
     }
 }
 
+/// Random OTs turned into AND triples at a time.
+const TRIPLE_CHUNK: usize = 1 << 14;
+
 /// `n` AND triples with `width`-bit `b` and `c` (1 to 8), from `2n` random OTs.
 pub fn bit_triples<C: Channel, R: RngCore + CryptoRng>(
     p: &mut Party<C, R>,
@@ -174,17 +177,25 @@ pub fn bit_triples<C: Channel, R: RngCore + CryptoRng>(
     let mk = ((1u16 << width) - 1) as u8;
     p.ensure_ots(n, n)?;
     let parts = p.parts();
-    let (a, wr) = parts.ot_recv.random_ot(parts.ch, n, parts.rng)?;
-    let pairs = OtSender::random_ot(parts.ot_send, parts.ch, n)?;
+    let mut a = Vec::with_capacity(n);
     let mut b = Vec::with_capacity(n);
     let mut c = Vec::with_capacity(n);
-    for i in 0..n {
-        let v = pairs[i][0] as u8 & mk;
-        let u = (pairs[i][1] as u8 & mk) ^ v;
-        let w = wr[i] as u8 & mk;
-        let ai = if a[i] == 1 { mk } else { 0 };
-        b.push(u);
-        c.push((ai & u) ^ w ^ v);
+    // In chunks, so that the OTs' blocks stay in cache and their buffers are reused (with
+    // silent OT, made ready above, the chunks send nothing).
+    let mut done = 0;
+    while done < n {
+        let m = TRIPLE_CHUNK.min(n - done);
+        let (ac, wr) = parts.ot_recv.random_ot(parts.ch, m, parts.rng)?;
+        let pairs = OtSender::random_ot(parts.ot_send, parts.ch, m)?;
+        for ((&ai, w), pair) in ac.iter().zip(&wr).zip(&pairs) {
+            let v = pair[0] as u8 & mk;
+            let u = (pair[1] as u8 & mk) ^ v;
+            let am = if ai == 1 { mk } else { 0 };
+            b.push(u);
+            c.push((am & u) ^ (*w as u8 & mk) ^ v);
+        }
+        a.extend_from_slice(&ac);
+        done += m;
     }
     Ok(BitTriples { width, a, b, c })
 }
