@@ -53,6 +53,13 @@ fn keys(params: Arc<BfvParameters>, seed: u64) -> Keys {
     }
 }
 
+/// `log2` of a ciphertext's noise from its budget: `noise_budget = log2(Q) - log2 |t e| -
+/// 1`, up to rounding.
+fn measured_noise_log2(k: &Keys, ct: &Ciphertext) -> f64 {
+    let budget = k.dec.noise_budget(ct).unwrap() as f64;
+    k.params.log2_q() - budget - 1.0 - k.params.plaintext_bits() as f64
+}
+
 fn random_u64s(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
     let mut v: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
     // The edges: 0, 2^63 - 1, 2^63 (centered as -2^63), 2^64 - 1 (-1).
@@ -441,10 +448,9 @@ fn coefficient_matvec_and_conv2d_are_exact_mod_2_64() {
     let noise = mv.noise_bound_log2(k.params.degree(), k.params.plaintext_modulus());
     // (21 + 1/2) 2^20 30 * 64: about 2^35.3, not the 2^97 of a floor(Q/t) encoding.
     assert!((35.0..36.0).contains(&noise), "{noise}");
-    // `noise_budget = log2(Q) - log2 |t e| - 1`, up to rounding: the bound holds.
-    let q_log2 = k.params.log2_q();
+    // The bound holds.
     for ct in &out {
-        let measured = q_log2 - k.dec.noise_budget(ct).unwrap() as f64 - 1.0 - 64.0;
+        let measured = measured_noise_log2(&k, ct);
         assert!(
             measured <= noise,
             "measured 2^{measured:.1} above 2^{noise:.1}"
@@ -462,7 +468,7 @@ fn coefficient_matvec_and_conv2d_are_exact_mod_2_64() {
         input as f64 + 0.01,
     );
     for ct in &mv.apply(&k.ev, &heavy).unwrap() {
-        let measured = q_log2 - k.dec.noise_budget(ct).unwrap() as f64 - 1.0 - 64.0;
+        let measured = measured_noise_log2(&k, ct);
         assert!(
             measured <= bound,
             "measured 2^{measured:.1} above 2^{bound:.1}"
@@ -670,9 +676,8 @@ fn rounded_encoding_at_t_2_40_keeps_products_quiet() {
     let out = mv.apply(&k.ev, &cts).unwrap();
     let noise = mv.noise_bound_log2(k.params.degree(), k.params.plaintext_modulus());
     assert!((31.0..32.0).contains(&noise), "{noise}");
-    let q_log2 = k.params.log2_q();
     for ct in &out {
-        let measured = q_log2 - k.dec.noise_budget(ct).unwrap() as f64 - 1.0 - 40.0;
+        let measured = measured_noise_log2(&k, ct);
         assert!(
             measured <= noise,
             "measured 2^{measured:.1} above 2^{noise:.1}"

@@ -136,21 +136,23 @@ impl SessionConfig {
     }
 
     /// The bits of `Q` that a reply's decryption needs: `Q / (2t)` above the flooding of
-    /// the noisiest product allowed, `2^8` products by weight polynomials of `N` terms at
-    /// the weight cap (`(2^4.4 + 1/2) 2^(weight_bits + 13 + 8)`, [`cipherml_he::tensor::product_noise_log2`]),
+    /// the noisiest product allowed, `2^6` products by weight polynomials of `N` terms at
+    /// the weight cap (`(2^4.4 + 1/2) 2^(weight_bits + 13 + 6)`,
+    /// [`cipherml_he::tensor::product_noise_log2`]),
     /// flooded by `flood_bits` plus up to [`MAX_REVEAL_LOG2`] union bits, with one bit of
     /// margin. A layer noisier than that is refused when it is prepared (the flooding
     /// would not fit), never computed wrong.
     pub fn q_bits_needed(&self) -> u32 {
+        let n = BfvParametersLiteral::n8192().degree;
         let noise = cipherml_he::tensor::product_noise_log2(
             1 << 6,
-            8192,
+            n,
             1u128 << self.ring_bits.min(64),
             self.weight_cap(),
-            8192,
+            n,
             cipherml_he::tensor::FRESH_NOISE_LOG2,
         );
-        let flood = crate::link::flood_log2(8192, noise, self.flood_bits + MAX_REVEAL_LOG2);
+        let flood = crate::link::flood_log2(n, noise, self.flood_bits + MAX_REVEAL_LOG2);
         self.ring_bits + 1 + flood + 1 + 1
     }
 

@@ -190,7 +190,7 @@ fn ckks_level(t: &PrivateTensor, op: &'static str) -> Result<usize, TensorError>
 /// addition adds at most 1/2, and the fresh noise bound stands. Otherwise (`floor(Q / t)
 /// m`) the carry of the addition adds up to `Q mod t < t`.
 fn fresh_noise_log2(params: &cipherml_he::bfv::BfvParameters) -> f64 {
-    if params.plaintext_modulus().is_power_of_two() {
+    if params.rounds_messages() {
         cipherml_he::tensor::FRESH_NOISE_LOG2 + 1.0
     } else {
         (params.plaintext_modulus() as f64).log2() + 1.0

@@ -561,8 +561,9 @@ impl BfvParameters {
     }
 
     /// Whether messages are encrypted as `round(Q m / t)` (every power-of-two `t`) rather
-    /// than `floor(Q / t) m` (primes).
-    pub(crate) fn rounds_messages(&self) -> bool {
+    /// than `floor(Q / t) m` (primes): a plaintext added or multiplied in then carries no
+    /// `(Q mod t)` term into the noise.
+    pub fn rounds_messages(&self) -> bool {
         matches!(self.literal.plaintext, PlaintextModulus::PowerOfTwo { .. })
     }
 
