@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroize;
 
-use crate::bfv::{BfvParameters, BfvParametersLiteral, Ciphertext, Plaintext};
+use crate::bfv::{BfvParameters, BfvParametersLiteral, Ciphertext, CoeffWindow, Plaintext};
 use crate::ckks;
 use crate::error::{DecodeError, Result};
 use crate::math::sampler::{uniform_from_seed, Seed};
@@ -69,6 +69,9 @@ pub enum Kind {
     /// A BFV ciphertext switched to a power-of-two modulus `2^b` (few bits per coefficient),
     /// its first polynomial kept only at some coefficients.
     BfvCompactCiphertext = 11,
+    /// A fresh seeded BFV ciphertext with its first polynomial sent only in a window of
+    /// coefficients ([`crate::bfv::CoeffWindow`]).
+    BfvWindowCiphertext = 12,
 }
 
 fn header(kind: Kind, id: u64) -> Vec<u8> {
@@ -411,6 +414,127 @@ impl Ciphertext {
             level: d.level,
             polys: d.polys,
             seed: d.seed,
+        })
+    }
+}
+
+/// Size in bytes of a [`Ciphertext::to_bytes_window`] output for `window` (exactly).
+pub fn window_ciphertext_size(params: &BfvParameters, window: CoeffWindow) -> usize {
+    let q = params.context().q();
+    let body: usize = q
+        .primes()
+        .iter()
+        .map(|p| packed_len(window.len(), p.modulus.bits()))
+        .sum();
+    HEADER_LEN + 1 + 4 + 4 + body + 32
+}
+
+impl Ciphertext {
+    /// Serializes a fresh seeded ciphertext (two polynomials at the top level) with its
+    /// first polynomial only at the positions of `window` (coefficient form, bit-packed
+    /// per prime) and its uniform half as the seed: a client's input to a product whose
+    /// read outputs depend on `window` only. What is sent is part of a ciphertext, so it
+    /// reveals no more than the ciphertext. Fails with [`crate::Error::CiphertextSize`]
+    /// for a ciphertext that is not fresh and seeded (`expected` 2, `found` its count,
+    /// or 0 without a seed) and [`crate::Error::LevelOutOfRange`] below the top level.
+    pub fn to_bytes_window(&self, params: &BfvParameters, window: CoeffWindow) -> Result<Vec<u8>> {
+        let max = params.max_level();
+        let seed = match (&self.seed, self.polys.len()) {
+            (Some(seed), 2) => seed,
+            (None, _) => {
+                return Err(crate::Error::CiphertextSize {
+                    found: 0,
+                    expected: 2,
+                })
+            }
+            (_, found) => return Err(crate::Error::CiphertextSize { found, expected: 2 }),
+        };
+        if self.level != max {
+            return Err(crate::Error::LevelOutOfRange {
+                level: self.level,
+                max,
+            });
+        }
+        let q = params.context().q();
+        let c0 = self.polys[0].clone().into_coeff(q);
+        let mut v = header(Kind::BfvWindowCiphertext, self.params_id);
+        v.push(self.level as u8);
+        v.extend_from_slice(&(window.start() as u32).to_le_bytes());
+        v.extend_from_slice(&(window.len() as u32).to_le_bytes());
+        let mut vals = Vec::with_capacity(window.len());
+        for (limb, pr) in c0.limbs().zip(q.primes()) {
+            vals.clear();
+            vals.extend(window.positions().map(|i| limb[i]));
+            pack_values(&mut v, &vals, pr.modulus.bits());
+        }
+        v.extend_from_slice(seed);
+        Ok(v)
+    }
+
+    /// Decodes [`Ciphertext::to_bytes_window`] output sent for `window` (which the
+    /// receiver knows from the public layout: a different window is refused), with the
+    /// first polynomial zero outside it and the second expanded from the seed. Checks the
+    /// header, level, window and exact length before allocating.
+    pub fn from_bytes_window(
+        params: &Arc<BfvParameters>,
+        bytes: &[u8],
+        window: CoeffWindow,
+    ) -> Result<Self> {
+        let body = check_header(bytes, Kind::BfvWindowCiphertext, Some(params.id()))?;
+        let mut r = Reader::new(body);
+        let level = r.u8()? as usize;
+        let start = r.u32()? as usize;
+        let len = r.u32()? as usize;
+        let max = params.max_level();
+        if level != max {
+            return Err(DecodeError::Invalid {
+                what: "level of a windowed ciphertext",
+                value: level as u64,
+            }
+            .into());
+        }
+        if start != window.start() {
+            return Err(DecodeError::Invalid {
+                what: "window start",
+                value: start as u64,
+            }
+            .into());
+        }
+        if len != window.len() {
+            return Err(DecodeError::Invalid {
+                what: "window length",
+                value: len as u64,
+            }
+            .into());
+        }
+        expect_len(
+            &body[9..],
+            window_ciphertext_size(params, window) - HEADER_LEN - 9,
+        )?;
+        let n = params.degree();
+        let q = params.context().q();
+        let mut c0: Poly<crate::math::Coeff> = Poly::zero(n, q.len());
+        for (k, pr) in q.primes().iter().enumerate() {
+            let w = pr.modulus.bits();
+            let vals = unpack_values(
+                r.take(packed_len(len, w))?,
+                len,
+                w,
+                pr.modulus.value().into(),
+            )?;
+            let limb = c0.limb_mut(k);
+            for (i, v) in window.positions().zip(vals) {
+                limb[i] = v;
+            }
+        }
+        let seed: Seed = r.take(32)?.try_into().expect("32 bytes");
+        r.finish()?;
+        let c1 = uniform_from_seed(&seed, n, q, 0);
+        Ok(Ciphertext {
+            params_id: params.id(),
+            level,
+            polys: vec![c0.into_ntt(q), c1],
+            seed: Some(seed),
         })
     }
 }
@@ -788,14 +912,38 @@ fn compact_fixed_bits(bits: u32) -> u32 {
     }
 }
 
+/// `log2` of the probability, per coefficient, that a rerandomized reply's rounding
+/// exceeds the bound [`Ciphertext::compact_bits_rerandomized`] sizes it for (a decryption
+/// off by one): `2^-80`, so `2^-40` over the `2^40` coefficients a session may reveal at
+/// most.
+pub const REPLY_ROUNDING_FAILURE_LOG2: f64 = -80.0;
+
+/// How the rounding to `2^bits` of the second polynomial is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoundingBound {
+    /// Worst case: `|e1 s| <= ||s||_1 / 2 <= N / 2` for a ternary key.
+    WorstCase,
+    /// `c1` re-randomized under the key's public key (computationally uniform and
+    /// independent of the key): Hoeffding's bound with failure probability
+    /// [`REPLY_ROUNDING_FAILURE_LOG2`].
+    Rerandomized,
+}
+
 /// `t |nu|` bound of the compact encoding (see [`Ciphertext::to_bytes_compact`]): the
 /// invariant noise after compression to `bits` bits, for noise `2^noise_log2` (in units of
 /// the ciphertext modulus) at `level`. Exact decryption needs it below 1/2.
-fn compact_noise(params: &BfvParameters, level: usize, noise_log2: f64, bits: u32) -> f64 {
+fn compact_noise(
+    params: &BfvParameters,
+    level: usize,
+    noise_log2: f64,
+    bits: u32,
+    bound: RoundingBound,
+) -> f64 {
     let q = params.context().q_at(level);
     let log_q = q.log2_product();
     let t = params.plaintext_modulus() as f64;
-    let n1 = params.degree() as f64 + 1.0;
+    let n = params.degree() as f64;
+    let n1 = n + 1.0;
     // Error of each rounded coefficient: 1/2, plus the fixed-point error of the CRT sum
     // (each term off by less than q_j / 2^(128 - bits)).
     let eps: f64 = q
@@ -803,21 +951,56 @@ fn compact_noise(params: &BfvParameters, level: usize, noise_log2: f64, bits: u3
         .iter()
         .map(|p| (p.modulus.bits() as f64 - (compact_fixed_bits(bits) - bits) as f64).exp2())
         .sum();
+    // |e0 + e1 s|: e0 at most 1/2 + eps; e1 s a sum of N terms, each in an interval of
+    // length at most 1 + 2 eps (times a ternary key coefficient). Worst case (1/2 + eps) N;
+    // for a rerandomized c1, whose rounding errors are independent of the key, Hoeffding:
+    // |sum| <= lambda but with probability 2 exp(-2 lambda^2 / (N (1 + 2 eps)^2)).
+    let e1s = match bound {
+        RoundingBound::WorstCase => (0.5 + eps) * n,
+        RoundingBound::Rerandomized => {
+            let ln = (1.0 - REPLY_ROUNDING_FAILURE_LOG2) * std::f64::consts::LN_2;
+            ((n * ln / 2.0).sqrt() * (1.0 + 2.0 * eps)).min((0.5 + eps) * n)
+        }
+    };
     // Noise before compression (with the rounding of Delta = floor(Q/t)), the rounding to
-    // 2^bits (|e0 + e1 s| <= (1/2 + eps)(1 + ||s||_1), ternary s: ||s||_1 <= N), and the
-    // rounding of the lift back to Q at decoding (<= (1 + N)/2 in units of Q).
+    // 2^bits, and the rounding of the lift back to Q at decoding (<= (1 + N)/2 in units
+    // of Q).
     let before = t * ((noise_log2 - log_q).exp2() + t * (-log_q).exp2());
-    let rounding = t * (0.5 + eps) * n1 * (-(bits as f64)).exp2();
+    let rounding = t * (0.5 + eps + e1s) * (-(bits as f64)).exp2();
     let lift = t * 0.5 * n1 * (-log_q).exp2();
     before + rounding + lift
 }
 
 /// Whether the bound of [`compact_noise`] leaves exact decryption (with slack for the
 /// floating-point evaluation).
-fn compact_fits(params: &BfvParameters, level: usize, noise_log2: f64, bits: u32) -> bool {
+fn compact_fits(
+    params: &BfvParameters,
+    level: usize,
+    noise_log2: f64,
+    bits: u32,
+    bound: RoundingBound,
+) -> bool {
     noise_log2.is_finite()
         && (1..=compact_max_bits(params)).contains(&bits)
-        && compact_noise(params, level, noise_log2, bits) < 0.5 * (1.0 - 1e-9)
+        && compact_noise(params, level, noise_log2, bits, bound) < 0.5 * (1.0 - 1e-9)
+}
+
+/// The fewest bits that [`compact_fits`] under `bound`.
+fn compact_bits_under(
+    params: &BfvParameters,
+    level: usize,
+    noise_log2: f64,
+    bound: RoundingBound,
+) -> Result<u32> {
+    params.context().check_level(level)?;
+    let max = compact_max_bits(params);
+    (1..=max)
+        .find(|&b| compact_fits(params, level, noise_log2, b, bound))
+        .ok_or(crate::Error::NoiseMargin {
+            keep_bits: max,
+            noise_log2,
+            needed_bits: max + 1,
+        })
 }
 
 /// `x mod 2^bits` mask, for `bits <= 128`.
@@ -945,15 +1128,24 @@ impl Ciphertext {
     /// Fails with [`crate::Error::NoiseMargin`] if no width up to [`compact_max_bits`] fits
     /// (its `needed_bits` is then one more than that largest width).
     pub fn compact_bits(params: &BfvParameters, level: usize, noise_log2: f64) -> Result<u32> {
-        params.context().check_level(level)?;
-        let max = compact_max_bits(params);
-        (1..=max)
-            .find(|&b| compact_fits(params, level, noise_log2, b))
-            .ok_or(crate::Error::NoiseMargin {
-                keep_bits: max,
-                noise_log2,
-                needed_bits: max + 1,
-            })
+        compact_bits_under(params, level, noise_log2, RoundingBound::WorstCase)
+    }
+
+    /// The fewest bits per coefficient for a reply that
+    /// [`crate::bfv::Encryptor::masked_reply_compact`] re-randomizes: as
+    /// [`Ciphertext::compact_bits`], with the rounding of the second polynomial bounded
+    /// with probability `1 - 2^`[`REPLY_ROUNDING_FAILURE_LOG2`] per coefficient rather than
+    /// in the worst case. Its rounding errors are then independent of the key (under RLWE
+    /// the re-randomized `c1` is indistinguishable from uniform, and a distinguisher may
+    /// sample the key itself), so `e1 s` is a sum of `N` independent terms of range 1:
+    /// Hoeffding's bound, about `2^8.9` where the worst case is `2^12` at `N = 8192` (4
+    /// bits fewer per coefficient).
+    pub fn compact_bits_rerandomized(
+        params: &BfvParameters,
+        level: usize,
+        noise_log2: f64,
+    ) -> Result<u32> {
+        compact_bits_under(params, level, noise_log2, RoundingBound::Rerandomized)
     }
 
     /// Serializes a 2-polynomial ciphertext switched to the modulus `2^bits`: each
@@ -992,6 +1184,7 @@ impl Ciphertext {
             [&c0, &c1],
             positions,
             (bits, noise_log2),
+            RoundingBound::WorstCase,
         )
     }
 
@@ -1104,12 +1297,13 @@ pub(crate) fn compact_bytes(
     [c0, c1]: [&crate::math::Poly<crate::math::Coeff>; 2],
     positions: &[usize],
     (bits, noise_log2): (u32, f64),
+    bound: RoundingBound,
 ) -> Result<Vec<u8>> {
-    if !compact_fits(params, level, noise_log2, bits) {
+    if !compact_fits(params, level, noise_log2, bits, bound) {
         return Err(crate::Error::NoiseMargin {
             keep_bits: bits,
             noise_log2,
-            needed_bits: Ciphertext::compact_bits(params, level, noise_log2)
+            needed_bits: compact_bits_under(params, level, noise_log2, bound)
                 .unwrap_or(compact_max_bits(params) + 1),
         });
     }

@@ -266,6 +266,45 @@ fn bfv_pow2() -> bfv::BfvParametersLiteral {
     }
 }
 
+/// Seeded symmetric encryptions of `pts` sent as a client sends them, only at `window`
+/// (checked against the exact size), and decoded with zeros elsewhere.
+fn through_window(
+    params: &Arc<bfv::BfvParameters>,
+    dec: &bfv::Decryptor,
+    pts: &[bfv::Plaintext],
+    window: bfv::CoeffWindow,
+    rng: &mut ChaCha20Rng,
+) -> Vec<bfv::Ciphertext> {
+    pts.iter()
+        .map(|p| {
+            let ct = dec.encrypt_symmetric(p, rng).unwrap();
+            let bytes = ct.to_bytes_window(params, window).unwrap();
+            let size = cipherml_he::serialize::window_ciphertext_size(params, window);
+            assert_eq!(bytes.len(), size);
+            bfv::Ciphertext::from_bytes_window(params, &bytes, window).unwrap()
+        })
+        .collect()
+}
+
+/// A weight in `[-cap, cap]`, not zero.
+fn nonzero(rng: &mut ChaCha20Rng, cap: i64) -> i64 {
+    let v = rng.random_range(-cap..cap);
+    if v >= 0 {
+        v + 1
+    } else {
+        v
+    }
+}
+
+/// `window` less its first coefficient (or its last, if it is the whole ring).
+fn shrunk(n: usize, window: bfv::CoeffWindow) -> bfv::CoeffWindow {
+    if window.is_full(n) {
+        bfv::CoeffWindow::new(n, 0, n - 1).unwrap()
+    } else {
+        bfv::CoeffWindow::new(n, (window.start() + 1) % n, window.len() - 1).unwrap()
+    }
+}
+
 #[test]
 fn bfv_coefficient_matvec_is_exact() {
     let params = bfv::BfvParameters::new(&bfv_pow2()).unwrap();
@@ -286,7 +325,8 @@ fn bfv_coefficient_matvec_is_exact() {
         (7, 1000, Some(300)),
     ];
     for (rows, cols, chunk) in cases {
-        let w = Array2::from_shape_fn((rows, cols), |_| rng.random_range(-8i64..8));
+        // Non-zero weights: every coefficient of the window then counts.
+        let w = Array2::from_shape_fn((rows, cols), |_| nonzero(&mut rng, 8));
         let x: Vec<i64> = (0..cols).map(|_| rng.random_range(-100i64..100)).collect();
         let mv = match chunk {
             None => CoeffMatVec::new(&enc, w.view()).unwrap(),
@@ -317,6 +357,28 @@ fn bfv_coefficient_matvec_is_exact() {
             })
             .collect();
         assert_eq!(got, want, "{rows}x{cols}");
+        // The input sent only at its window gives the same outputs; the window of the
+        // strided layout is the weight block plus m - 1 (contiguous: (2 m - 1) chunk).
+        let n = params.degree();
+        let window = mv.input_window(n);
+        let c = chunk.unwrap_or(cols).min(n);
+        let m = rows.div_ceil(rows.div_ceil(n / c));
+        let expected = if chunk.is_some() {
+            c * m + m - 1
+        } else {
+            (2 * m - 1) * c
+        };
+        assert_eq!(window.len(), expected.min(n), "{rows}x{cols}");
+        let pts = mv.encode_input(&enc, &x).unwrap();
+        let run = |window, rng: &mut ChaCha20Rng| {
+            let cts = through_window(&params, &dec, &pts, window, rng);
+            let out = mv.apply(&ev, &cts).unwrap();
+            let pts: Vec<_> = out.iter().map(|c| dec.decrypt(c).unwrap()).collect();
+            mv.decode_output(&enc, &pts).unwrap()
+        };
+        assert_eq!(run(window, &mut rng), want, "{rows}x{cols} windowed");
+        // One coefficient fewer and some output is wrong: the window is tight.
+        assert_ne!(run(shrunk(n, window), &mut rng), want, "{rows}x{cols} shrunk");
     }
 }
 
@@ -342,7 +404,7 @@ fn bfv_coefficient_conv2d_is_exact() {
         (2, 8, 20, 3, 2, 1, 2),
     ] {
         let x = Array3::from_shape_fn((c, h, h), |_| rng.random_range(-50i64..50));
-        let w = Array4::from_shape_fn((o, c, k, k), |_| rng.random_range(-5i64..5));
+        let w = Array4::from_shape_fn((o, c, k, k), |_| nonzero(&mut rng, 5));
         let conv = CoeffConv2d::new(&enc, w.view(), (h, h), pad, stride).unwrap();
         assert_eq!(conv.output_blocks(), blocks, "C={c} O={o} H={h}");
         let cts: Vec<_> = conv
@@ -357,7 +419,33 @@ fn bfv_coefficient_conv2d_is_exact() {
         let want =
             conv_ref(&x.mapv(|v| v as f64), &w.mapv(|v| v as f64), stride, pad).mapv(|v| v as i64);
         assert_eq!(got, want, "C={c} O={o} H={h} k={k} s={stride} p={pad}");
+        // Sent only at the window (output channels interleaved: about the kernel's reach
+        // times the channels of a block), the outputs are the same; one coefficient fewer
+        // and some output is wrong.
+        let n = params.degree();
+        let window = conv.input_window(n);
+        let pts = conv.encode_input(&enc, x.view()).unwrap();
+        let run = |window, rng: &mut ChaCha20Rng| {
+            let cts = through_window(&params, &dec, &pts, window, rng);
+            let out = conv.apply(&ev, &cts).unwrap();
+            let pts: Vec<_> = out.iter().map(|ct| dec.decrypt(ct).unwrap()).collect();
+            conv.decode_output(&enc, &pts).unwrap()
+        };
+        assert_eq!(run(window, &mut rng), want, "C={c} O={o} windowed");
+        assert_ne!(run(shrunk(n, window), &mut rng), want, "C={c} O={o} shrunk");
     }
+    // LeNet's first convolution (1 -> 6, 5x5 on 28x28) at N = 8192: 6 channels of 784
+    // interleaved, a window of 4709 coefficients (the whole ring without interleaving).
+    let lit = BfvParametersLiteral {
+        degree: 8192,
+        ciphertext_moduli_bits: vec![41; 4],
+        special_moduli_bits: vec![20],
+        plaintext: PlaintextModulus::PowerOfTwo { bits: 40 },
+    };
+    let p8 = bfv::BfvParameters::new(&lit).unwrap();
+    let w = Array4::<i64>::zeros((6, 1, 5, 5));
+    let conv = CoeffConv2d::new(&bfv::Encoder::new(&p8), w.view(), (28, 28), 0, 1).unwrap();
+    assert_eq!(conv.input_window(8192).len(), 784 * 6 + 5);
 }
 
 #[test]

@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use cipherml_he::bfv::{BfvParameters, Ciphertext, Decryptor, Encoder, Encryptor, Evaluator};
+use cipherml_he::bfv::{
+    BfvParameters, Ciphertext, CoeffWindow, Decryptor, Encoder, Encryptor, Evaluator,
+};
 use cipherml_he::rlwe::{PublicKey, SecretKey};
 use cipherml_mpc::net::Channel;
 use cipherml_mpc::party::Party;
@@ -36,17 +38,18 @@ pub fn flood_log2(n: usize, noise_log2: f64, flood_bits: u32) -> u32 {
 }
 
 /// Client side of one linear layer under HE: encrypts its share (one plaintext per input
-/// ciphertext), receives the masked results, and returns its share of the outputs at
-/// `positions` (`(output ciphertext, coefficient)`).
+/// ciphertext, sent only at `window`: the coefficients the read outputs depend on),
+/// receives the masked results, and returns its share of the outputs at `positions`
+/// (`(output ciphertext, coefficient)`).
 pub fn bfv_linear_client<C: Channel, R: RngCore + CryptoRng>(
     params: &Arc<BfvParameters>,
     ring: Ring,
     p: &mut Party<C, R>,
     sk: &Arc<SecretKey>,
-    pts: &[cipherml_he::bfv::Plaintext],
+    (pts, window): (&[cipherml_he::bfv::Plaintext], CoeffWindow),
     positions: &[(usize, usize)],
 ) -> Result<Vec<u64>, Error> {
-    send_encrypted(params, p, sk, pts)?;
+    send_encrypted(params, p, sk, pts, window)?;
     let dec = Decryptor::new(params, sk.clone())?;
     let blocks = positions.iter().map(|(b, _)| b + 1).max().unwrap_or(0);
     let mut coeffs = Vec::with_capacity(blocks);
@@ -67,25 +70,28 @@ pub fn bfv_linear_client<C: Channel, R: RngCore + CryptoRng>(
         .collect())
 }
 
-/// Encrypts each of `pts` under `sk` (symmetric, seeded: one polynomial on the wire) and
-/// sends them; the other party reads them with [`receive_ciphertexts`].
+/// Encrypts each of `pts` under `sk` (symmetric, seeded: the uniform half as its seed)
+/// and sends the first polynomial at `window` only (the whole ring:
+/// [`CoeffWindow::full`]); the other party reads them with [`receive_ciphertexts`] and
+/// the same window.
 pub fn send_encrypted<C: Channel, R: RngCore + CryptoRng>(
     params: &Arc<BfvParameters>,
     p: &mut Party<C, R>,
     sk: &Arc<SecretKey>,
     pts: &[cipherml_he::bfv::Plaintext],
+    window: CoeffWindow,
 ) -> Result<(), Error> {
     let dec = Decryptor::new(params, sk.clone())?;
     for pt in pts {
         let ct = dec.encrypt_symmetric(pt, p.rng())?;
-        p.channel().send(&ct.to_bytes(params))?;
+        p.channel().send(&ct.to_bytes_window(params, window)?)?;
     }
     p.channel().flush()?;
     Ok(())
 }
 
-/// Server side of one linear layer under HE: receives `inputs` ciphertexts, computes
-/// `apply`, subtracts a fresh uniform mask polynomial from each output, adds a fresh
+/// Server side of one linear layer under HE: receives `inputs` ciphertexts (sent at
+/// `window`, zero elsewhere), computes `apply`, subtracts a fresh uniform mask polynomial from each output, adds a fresh
 /// encryption of zero under the client's public key (`rerand`), floods the noise
 /// (`noise_log2 + flood_bits`), sends only the output coefficients of `c0` with `c1`, and
 /// returns its share `y_s + R` of the outputs at `positions`.
@@ -96,32 +102,32 @@ pub fn bfv_linear_server<C: Channel, R: RngCore + CryptoRng>(
     flood_bits: u32,
     p: &mut Party<C, R>,
     rerand: &Encryptor,
-    inputs: usize,
+    (inputs, window): (usize, CoeffWindow),
     positions: &[(usize, usize)],
     noise_log2: f64,
     y_s: Vec<u64>,
     apply: impl Fn(&Evaluator, &[Ciphertext]) -> cipherml_he::Result<Vec<Ciphertext>>,
 ) -> Result<Vec<u64>, Error> {
-    let cts = receive_ciphertexts(params, p, inputs)?;
+    let cts = receive_ciphertexts(params, p, inputs, window)?;
     let out = apply(&Evaluator::new(params), &cts)?;
     bfv_reply(
         params, ring, flood_bits, p, rerand, &out, positions, noise_log2, y_s,
     )
 }
 
-/// Receives `count` fresh ciphertexts of the client (seeded or not), each read with the
-/// size limit of a fresh ciphertext at the top level before it is decoded.
+/// Receives `count` fresh seeded ciphertexts of the client sent at `window` (see
+/// [`send_encrypted`]), each read with the exact size of that window before it is decoded.
 pub fn receive_ciphertexts<C: Channel, R: RngCore + CryptoRng>(
     params: &Arc<BfvParameters>,
     p: &mut Party<C, R>,
     count: usize,
+    window: CoeffWindow,
 ) -> Result<Vec<Ciphertext>, Error> {
-    // The client's inputs are fresh: at most two polynomials at the top level.
-    let max = cipherml_he::serialize::ciphertext_size(params, params.max_level(), 2, false)?;
+    let max = cipherml_he::serialize::window_ciphertext_size(params, window);
     let mut cts = Vec::with_capacity(count);
     for _ in 0..count {
         let msg = p.channel().recv_limited(max)?;
-        cts.push(Ciphertext::from_bytes(params, &msg)?);
+        cts.push(Ciphertext::from_bytes_window(params, &msg, window)?);
     }
     Ok(cts)
 }
@@ -159,7 +165,7 @@ pub fn bfv_reply<C: Channel, R: RngCore + CryptoRng>(
         // only leak masked garbage and cost bytes), and every coefficient rounded to
         // `bits` bits: a deterministic function of the flooded ciphertext, so it reveals
         // nothing more. All in one pass (`masked_reply_compact`).
-        let bits = Ciphertext::compact_bits(params, ct.level(), flood as f64 + 1.0)?;
+        let bits = Ciphertext::compact_bits_rerandomized(params, ct.level(), flood as f64 + 1.0)?;
         let keep: Vec<usize> = positions
             .iter()
             .filter(|(bb, _)| *bb == b)

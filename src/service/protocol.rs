@@ -42,8 +42,10 @@ use cipherml_mpc::net::Channel;
 /// branches, per-channel affine maps, PReLU, activations with public parameters,
 /// transpositions, reshapes, paddings and means (layer kinds a version-7 peer cannot
 /// decode), and a final sigmoid, like a final softmax, applied by the client to the
-/// revealed or decrypted logits.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// revealed or decrypted logits. 9: a hybrid layer's input sent only at the coefficients
+/// its outputs read (a windowed ciphertext, in the strided layouts), replies rounded to
+/// the high-probability bound.
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;

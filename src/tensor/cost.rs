@@ -186,14 +186,26 @@ pub const OT_BYTES: f64 = 0.25;
 /// Microseconds of one CKKS rotation.
 pub const ROT_US: f64 = 800.0;
 
-/// A linear map under BFV with coefficient encoding: `in_cts` uploads, `out_cts` replies,
-/// `outputs` values (each truncated afterwards).
-pub fn bfv_linear(in_cts: f64, out_cts: f64, outputs: f64) -> Cost {
+/// A linear map under BFV with coefficient encoding: `in_cts` uploads of `window`
+/// coefficients each (of `N`: the input coefficients the outputs read), `out_cts`
+/// replies, `outputs` values (each truncated afterwards).
+pub fn bfv_linear(in_cts: f64, window: f64, out_cts: f64, outputs: f64) -> Cost {
+    let upload = UPLOAD * window.min(N) / N;
     Cost {
         compute_us: in_cts * out_cts * 40.0 + out_cts * 600.0 + in_cts * 500.0,
-        bytes: in_cts * UPLOAD + out_cts * REPLY + outputs * 22.0 + outputs * TRUNC_BYTES,
+        bytes: in_cts * upload + out_cts * REPLY + outputs * 22.0 + outputs * TRUNC_BYTES,
         rounds: 1.0 + 8.0,
     }
+}
+
+/// Rows to a block of a strided coefficient-encoded product with `chunk` inputs
+/// (`cipherml_he::tensor::CoeffMatVec`, also the output channels of a `CoeffConv2d` of
+/// `spacing`): as many as fit, balanced over the fewest blocks. Returns `(rows per block,
+/// blocks)`.
+pub fn strided_blocks(rows: f64, chunk: f64) -> (f64, f64) {
+    let fit = (N / chunk.max(1.0)).floor().max(1.0);
+    let blocks = (rows / fit).ceil().max(1.0);
+    ((rows / blocks).ceil(), blocks)
 }
 
 /// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT, its
@@ -262,11 +274,11 @@ pub fn ckks_linear(rows: f64, period: f64) -> Cost {
 /// dealer's triples if `dealer`.
 pub fn dense_options(inputs: f64, outputs: f64, ckks: bool, dealer: bool) -> Vec<(Backend, Cost)> {
     let chunk = inputs.min(N);
-    let rpb = (N / chunk).floor();
+    let (m, blocks) = strided_blocks(outputs, chunk);
     let mut options = vec![
         (
             Backend::BfvCoefficient,
-            bfv_linear((inputs / chunk).ceil(), (outputs / rpb).ceil(), outputs),
+            bfv_linear((inputs / chunk).ceil(), chunk * m + m - 1.0, blocks, outputs),
         ),
         shared_option(outputs, inputs, 1.0, dealer),
     ];
@@ -296,13 +308,14 @@ pub fn conv_options(
     // Output channels at the spacing of `he::tensor::CoeffConv2d` (for stride 1 about
     // the input's length: products overlap where no output is read).
     let spacing = group * hw;
-    let per_ct = (N / spacing).floor().max(1.0);
+    let (m, blocks) = strided_blocks(o as f64, spacing);
     let mut options = vec![
         (
             Backend::BfvCoefficient,
             bfv_linear(
                 (c as f64 / group).ceil(),
-                (o as f64 / per_ct).ceil(),
+                spacing * m + m - 1.0,
+                blocks,
                 outputs,
             ),
         ),

@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cipherml_he::bfv::{Ciphertext, Decryptor, Encoder, Evaluator};
+use cipherml_he::bfv::{Ciphertext, CoeffWindow, Decryptor, Encoder, Evaluator};
 use cipherml_he::ckks::{self, CkksParameters, CkksParametersLiteral};
 use cipherml_he::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey};
 use cipherml_he::serialize;
@@ -294,7 +294,7 @@ impl<C: Channel> Session<C> {
                 ring,
                 &mut self.party,
                 sk,
-                &[],
+                (&[], CoeffWindow::full(n)),
                 &positions,
             )?,
             (None, Some(d)) => crate::link::bfv_linear_server(
@@ -303,7 +303,7 @@ impl<C: Channel> Session<C> {
                 flood_bits,
                 &mut self.party,
                 server_key(&self.rerand)?,
-                0,
+                (0, CoeffWindow::full(n)),
                 &positions,
                 d.noise_log2,
                 vec![0; positions.len()],
@@ -375,7 +375,7 @@ impl<C: Channel> Session<C> {
                     ring,
                     &mut self.party,
                     sk,
-                    &[],
+                    (&[], CoeffWindow::full(self.params.degree())),
                     &positions,
                 )?,
                 (None, PrivateTensor::Bfv { data: Some(d), .. }) => {
@@ -393,7 +393,7 @@ impl<C: Channel> Session<C> {
                         flood_bits,
                         &mut self.party,
                         server_key(&self.rerand)?,
-                        0,
+                        (0, CoeffWindow::full(self.params.degree())),
                         &positions,
                         noise,
                         vec![0; n_out],

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cipherml_he::bfv::{BfvParameters, Encoder, Encryptor};
+use cipherml_he::bfv::{BfvParameters, CoeffWindow, Encoder, Encryptor};
 use cipherml_he::rlwe::SecretKey;
 use cipherml_he::tensor::CoeffMatVec;
 use cipherml_mpc::net::Channel;
@@ -58,13 +58,14 @@ pub(super) fn coefficient_product_cost(
     let groups = n.div_ceil(lay.columns) as f64;
     let width = lay.columns * k;
     let inputs = width.div_ceil(lay.chunk) as f64;
-    let rows_per_block = (params.degree() / lay.chunk).max(1) as f64;
-    let blocks = (m as f64 / rows_per_block).ceil();
+    // The strided layout: rows balanced over the blocks, each input sent at its window.
+    let (rows_per_block, blocks) = cost::strided_blocks(m as f64, lay.chunk as f64);
+    let window = (lay.chunk as f64 * rows_per_block + rows_per_block - 1.0).min(big_n);
     // A reply is switched to the fewest bits that keep decryption exact: about
     // log2(t N) + 1 per coefficient (the flooding stays below Q / t); 78 bits, 80 KB
     // a block at t = 2^64, N = 8192 (measured).
     let reply_bits = f64::from(params.plaintext_bits()) + big_n.log2() + 1.0;
-    let per_group = inputs * big_n * q_bits / 8.0
+    let per_group = inputs * window * q_bits / 8.0
         + blocks * big_n * reply_bits / 8.0
         + (m * lay.columns) as f64 * reply_bits / 8.0;
     cost::Cost {
@@ -192,10 +193,10 @@ impl<C: Channel> Session<C> {
             }
         }
         // Columns of B per ciphertext: several share one input (and, when A's rows leave
-        // room, one reply). The group's columns are laid end to end (`nw k` coefficients)
-        // and A sits in the last k columns of an `m x nw k` matrix, so the product's
-        // coefficient `i nw k + c k + k - 1` (in row i's block) is row i of A times
-        // column c.
+        // room, one reply). The group's columns are laid end to end (`nw k` inputs) and A
+        // sits in the last k columns of an `m x nw k` matrix, so row i of A times column c
+        // is the product's coefficient `(nw - 1 - c) k` inputs (times the layout's input
+        // stride) before row i's output.
         let lay = self.held_layout(m, k, n);
         let nw = lay.columns;
         let wide = nw * k;
@@ -205,13 +206,15 @@ impl<C: Channel> Session<C> {
         let noise = mv.noise_bound_log2(params.degree(), params.plaintext_modulus());
         super::linear::check_flood(&params, &self.config, &label, noise)?;
         let rows = mv.output_positions();
+        // Column c's product sits (nw - 1 - c) k inputs before the last column's.
+        let step = k * mv.input_stride();
         let mut z = vec![0u64; m * n];
         for j0 in (0..n).step_by(nw) {
             let group = nw.min(n - j0);
             // Row i, column c of the group: (block, coefficient), row-major.
             let positions: Vec<(usize, usize)> = rows
                 .iter()
-                .flat_map(|&(blk, last)| (0..group).map(move |c| (blk, last - (nw - 1 - c) * k)))
+                .flat_map(|&(blk, last)| (0..group).map(move |c| (blk, last - (nw - 1 - c) * step)))
                 .collect();
             let col = |c: usize| (0..k).map(move |t| b[t * n + j0 + c]);
             let flood_bits = self.reveal_flood_bits(positions.len())?;
@@ -233,7 +236,7 @@ impl<C: Channel> Session<C> {
                     flood_bits,
                     &mut self.party,
                     rerand,
-                    mv.input_chunks(),
+                    (mv.input_chunks(), mv.input_window(params.degree())),
                     &positions,
                     noise,
                     own,
@@ -250,7 +253,7 @@ impl<C: Channel> Session<C> {
                     ring,
                     &mut self.party,
                     &sk,
-                    &pts,
+                    (&pts, mv.input_window(params.degree())),
                     &positions,
                 )?
             };
@@ -727,7 +730,8 @@ impl<C: Channel> Session<C> {
     ) -> Result<Vec<cipherml_he::bfv::Ciphertext>, TensorError> {
         let count = cols.div_ceil(per_ct);
         if holder != self.role {
-            return crate::link::receive_ciphertexts(&self.params, &mut self.party, count);
+            let full = CoeffWindow::full(self.params.degree());
+            return crate::link::receive_ciphertexts(&self.params, &mut self.party, count, full);
         }
         let encoder = Encoder::new(&self.params);
         let big_n = self.params.degree();
@@ -743,7 +747,8 @@ impl<C: Channel> Session<C> {
             pts.push(encoder.encode_coeffs_u64(&coeffs)?);
         }
         let sk = self.key_of(holder)?;
-        crate::link::send_encrypted(&self.params, &mut self.party, &sk, &pts)?;
+        let full = CoeffWindow::full(big_n);
+        crate::link::send_encrypted(&self.params, &mut self.party, &sk, &pts, full)?;
         Ok(Vec::new())
     }
 
@@ -819,7 +824,7 @@ impl<C: Channel> Session<C> {
                 ring,
                 &mut self.party,
                 &sk,
-                &[],
+                (&[], CoeffWindow::full(big_n)),
                 &positions,
             )?
         } else {

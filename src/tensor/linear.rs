@@ -128,7 +128,7 @@ fn quantized_bias(bias: Option<ArrayView1<'_, f64>>, len: usize, f: u32) -> Vec<
 /// [`super::held::coefficient_product_cost`]): the whole input in one ciphertext
 /// (`N / inputs` outputs to a reply), or split in `s` chunks (`s` input ciphertexts whose
 /// products are summed, `N / chunk` outputs to a reply). Fewer replies pay for a wide layer
-/// with many outputs (784 x 128: three chunks, 5 replies instead of 13), never for more bytes
+/// with many outputs (784 x 128: four chunks, 4 replies instead of 13), never for more bytes
 /// than one chunk sends. Public shapes only, so client and server choose alike; chunks
 /// whose flooding would not fit are skipped.
 fn dense_chunk(
@@ -167,6 +167,45 @@ fn dense_chunk(
                 .total_cmp(&cb.total_us(&config.network))
         })
         .unwrap_or(whole)
+}
+
+/// The input channels to a ciphertext of a convolution under BFV that cost least under
+/// the session's network model: all that fit (fewest uploads), or fewer, which leaves room
+/// for more output channels to a reply (16 -> 16 channels of 3x3 on 32x32: 3 to an input,
+/// 6 uploads and 8 replies, instead of 7: 3 uploads and 16 replies). Public shapes only,
+/// so client and server choose alike; groups whose flooding would not fit are skipped.
+fn conv_group(
+    params: &BfvParameters,
+    config: &SessionConfig,
+    kernel: (usize, usize, usize, usize),
+    input: (usize, usize),
+    (padding, stride, outputs): (usize, usize, f64),
+) -> usize {
+    let big_n = params.degree();
+    let (_, c, kh, kw) = kernel;
+    let most = CoeffConv2d::max_group(big_n, c, input, padding);
+    (1..=most)
+        .filter_map(|g| {
+            let lay = CoeffConv2d::layout(big_n, kernel, input, padding, stride, g).ok()?;
+            let noise = cipherml_he::tensor::product_noise_log2(
+                lay.inputs,
+                big_n,
+                params.plaintext_modulus(),
+                config.weight_cap(),
+                lay.per_ct * g * kh * kw,
+                cipherml_he::tensor::FRESH_NOISE_LOG2,
+            );
+            let fits = g == most || check_flood(params, config, "conv2d", noise).is_ok();
+            let c = cost::bfv_linear(
+                lay.inputs as f64,
+                lay.window as f64,
+                lay.blocks as f64,
+                outputs,
+            );
+            fits.then_some((g, c.total_us(&config.network)))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(most, |(g, _)| g)
 }
 
 impl PreparedLinear {
@@ -300,13 +339,15 @@ impl PreparedLinear {
         );
         let (chosen, _) = cost::cheapest(&options, &config.network, |_| true).expect("two options");
         let (he, noise_log2) = if chosen.is_bfv() {
-            let he = CoeffConv2d::new_capped(
+            let group = conv_group(params, config, kernel, (h, wd), (padding, stride, outputs));
+            let he = CoeffConv2d::new_grouped(
                 &Encoder::new(params),
                 w.view(),
                 (h, wd),
                 padding,
                 stride,
                 config.weight_cap(),
+                group,
             )?;
             let noise = he.noise_bound_log2(params.degree(), params.plaintext_modulus());
             check_flood(params, config, label, noise)?;
@@ -415,7 +456,7 @@ impl<C: Channel> Session<C> {
                 return self.bfv_linear(
                     w,
                     he.output_positions(),
-                    he.input_chunks(),
+                    (he.input_chunks(), he.input_window(self.params.degree())),
                     |encoder| {
                         let xi: Vec<i64> = xs.iter().map(|&v| v as i64).collect();
                         he.encode_input(encoder, &xi)
@@ -434,7 +475,7 @@ impl<C: Channel> Session<C> {
                 return self.bfv_linear(
                     w,
                     he.output_positions(),
-                    he.input_groups(),
+                    (he.input_groups(), he.input_window(self.params.degree())),
                     |encoder| {
                         let x3 = ndarray::Array3::from_shape_vec(
                             *input,
@@ -476,15 +517,16 @@ impl<C: Channel> Session<C> {
     }
 
     /// One linear map under BFV through the link protocol: the client encrypts its share
-    /// (`encode`), the server adds its own part `W x_s + b` (`server_part`) to the masked
-    /// result of `apply` on the client's ciphertexts (`inputs` of them), flooded for the
-    /// session; each party returns its share of the outputs at `positions`.
+    /// (`encode`) and sends it at `window`, the server adds its own part `W x_s + b`
+    /// (`server_part`) to the masked result of `apply` on the client's ciphertexts
+    /// (`inputs` of them), flooded for the session; each party returns its share of the
+    /// outputs at `positions`.
     #[allow(clippy::too_many_arguments)]
     fn bfv_linear(
         &mut self,
         w: &PreparedLinear,
         positions: Vec<(usize, usize)>,
-        inputs: usize,
+        (inputs, window): (usize, cipherml_he::bfv::CoeffWindow),
         encode: impl FnOnce(&Encoder) -> cipherml_he::Result<Vec<cipherml_he::bfv::Plaintext>>,
         server_part: impl FnOnce() -> Vec<u64>,
         apply: impl Fn(
@@ -502,7 +544,7 @@ impl<C: Channel> Session<C> {
                     ring,
                     &mut self.party,
                     sk,
-                    &pts,
+                    (&pts, window),
                     &positions,
                 )
             }
@@ -515,7 +557,7 @@ impl<C: Channel> Session<C> {
                     flood_bits,
                     &mut self.party,
                     super::he::server_key(&self.rerand)?,
-                    inputs,
+                    (inputs, window),
                     &positions,
                     w.noise_log2,
                     y_s,
@@ -577,24 +619,26 @@ fn add_signed(ring: cipherml_mpc::ring::Ring, y: &mut [u64], b: &[i64]) {
 mod tests {
     use super::*;
 
-    /// A wide dense layer with many outputs splits its input (784 x 128: three chunks of
-    /// 262, 5 replies instead of 13) and sends fewer bytes for it; narrow ones keep the whole
+    /// A wide dense layer with many outputs splits its input (784 x 128: four chunks of
+    /// 196, each sent at 6303 coefficients, and 4 replies instead of 13) and sends fewer
+    /// bytes for it; narrow ones keep the whole
     /// input in one ciphertext (LeNet's 256 x 120, 120 x 84); the choice is the same for
     /// both parties (shapes only) and every chunk's flooding fits.
     #[test]
     fn dense_layers_split_their_input_only_where_it_pays() {
         let config = SessionConfig::default();
         let params = Arc::new(BfvParameters::new(&config.bfv_literal()).unwrap());
-        assert_eq!(dense_chunk(&params, &config, (128, 784)), 262);
+        assert_eq!(dense_chunk(&params, &config, (128, 784)), 196);
         assert_eq!(dense_chunk(&params, &config, (120, 256)), 256);
         assert_eq!(dense_chunk(&params, &config, (84, 120)), 120);
-        assert_eq!(dense_chunk(&params, &config, (10, 20000)), 8192);
+        assert_eq!(dense_chunk(&params, &config, (10, 20000)), 6667);
         let w = ndarray::Array2::from_shape_fn((128, 784), |(i, j)| ((i + j) % 7) as f64 - 3.0);
         let layer = PreparedLinear::dense(&params, &config, "fc", (128, 784), Some(w.view()), None)
             .unwrap();
         match &layer.kind {
             Kind::Dense { he: Some(he), .. } => {
-                assert_eq!((he.input_chunks(), he.output_blocks()), (3, 5));
+                assert_eq!((he.input_chunks(), he.output_blocks()), (4, 4));
+                assert_eq!(he.input_window(8192).len(), 196 * 32 + 31);
             }
             _ => panic!("the 784 x 128 layer runs under BFV"),
         }

@@ -802,7 +802,7 @@ impl<C: Channel> Session<C> {
             let wt = self
                 .server_matrix_t(b, n, k)
                 .unwrap_or_else(|| ndarray::Array2::zeros((n, k)));
-            let c = cost::bfv_linear(k.div_ceil(8192) as f64, 1.0, n as f64);
+            let c = cost::bfv_linear(k.div_ceil(8192) as f64, cost::N, 1.0, n as f64);
             self.log.push(cost::LayerPlan {
                 layer: label,
                 depth: 0,

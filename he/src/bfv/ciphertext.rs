@@ -53,6 +53,80 @@ impl Ciphertext {
     }
 }
 
+/// A cyclic run of coefficient positions, `start, start + 1, .., start + len - 1` modulo
+/// the ring degree `N`: the positions of a fresh ciphertext's first polynomial that a
+/// product's read outputs depend on. A client sends its input only there
+/// ([`Ciphertext::to_bytes_window`]); the evaluator takes the rest as zero, which changes
+/// no coefficient it reads (each read output is a sum over the window only), so replies are
+/// the same as from the whole ciphertext.
+///
+/// ```
+/// use cipherml_he::bfv::CoeffWindow;
+/// // Positions -2..=5 modulo 16: 14, 15, 0, 1, .., 5.
+/// let w = CoeffWindow::hull(16, -2, 5);
+/// assert_eq!((w.start(), w.len()), (14, 8));
+/// assert!(w.contains(15) && w.contains(0) && !w.contains(6));
+/// assert!(CoeffWindow::hull(16, -9, 9).is_full(16));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoeffWindow {
+    n: usize,
+    start: usize,
+    len: usize,
+}
+
+impl CoeffWindow {
+    /// All `n` positions.
+    pub fn full(n: usize) -> Self {
+        Self { n, start: 0, len: n }
+    }
+
+    /// The positions `lo..=hi` modulo `n` (`lo` may be negative); all of them if the run is
+    /// `n` long or longer.
+    pub fn hull(n: usize, lo: i64, hi: i64) -> Self {
+        let len = (hi - lo + 1).max(0) as usize;
+        if len >= n {
+            return Self::full(n);
+        }
+        Self {
+            n,
+            start: lo.rem_euclid(n as i64) as usize,
+            len,
+        }
+    }
+
+    /// A window read from the wire: `start < n` and `1 <= len <= n`, else `None`.
+    pub fn new(n: usize, start: usize, len: usize) -> Option<Self> {
+        (start < n && (1..=n).contains(&len)).then_some(Self { n, start, len })
+    }
+
+    /// The first position.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// The number of positions.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the window holds all `n` positions.
+    pub fn is_full(&self, n: usize) -> bool {
+        self.len >= n
+    }
+
+    /// Whether `i` (below `N`) is in the window.
+    pub fn contains(&self, i: usize) -> bool {
+        (i + self.n - self.start) % self.n < self.len
+    }
+
+    /// The positions, in order from `start`.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).map(move |k| (self.start + k) % self.n)
+    }
+}
+
 /// `Delta * m` (coefficient form) over `Q_level`, `Delta = floor(Q_level / t)` (for a
 /// power-of-two `t`: `round(Q_level m / t)`).
 pub(crate) fn scaled_message(params: &BfvParameters, pt: &Plaintext, level: usize) -> Poly<Coeff> {
@@ -187,7 +261,9 @@ impl Encryptor {
     /// r` for the mask `r`, re-randomized with a fresh encryption of zero under this key
     /// and flooded with noise uniform in `[-2^flood_log2, 2^flood_log2)`, then written as
     /// [`Ciphertext::to_bytes_compact`] writes it (`c0` at `positions` only, `bits` per
-    /// coefficient, `noise_log2` the bound after flooding). The ciphertext that
+    /// coefficient, `noise_log2` the bound after flooding), except that the rounding of the
+    /// re-randomized `c1` is bounded with high probability
+    /// ([`Ciphertext::compact_bits_rerandomized`] gives the fewest `bits`). The ciphertext that
     /// `Evaluator::sub_plain`, [`Encryptor::rerandomize`] and `Evaluator::flood` make in turn,
     /// with the errors, the flooding and the mask added in coefficient form: one forward
     /// NTT per prime (of the ternary `u`) where those take five.
@@ -219,6 +295,7 @@ impl Encryptor {
             [&c0, &c1],
             positions,
             (bits, noise_log2),
+            crate::serialize::RoundingBound::Rerandomized,
         )
     }
 }

@@ -9,7 +9,7 @@ mod encoding;
 mod evaluator;
 mod params;
 
-pub use ciphertext::{Ciphertext, Decryptor, Encryptor};
+pub use ciphertext::{Ciphertext, CoeffWindow, Decryptor, Encryptor};
 pub use encoding::{Encoder, Plaintext, PreparedPlaintext};
 pub use evaluator::Evaluator;
 pub use params::{BfvParameters, BfvParametersLiteral, PlaintextModulus};

@@ -3,13 +3,22 @@
 //! rotation. Any plaintext modulus works, including powers of two (exact arithmetic modulo
 //! `t`: wrap-around is the caller's fixed-point contract).
 //!
-//! For `W` of shape `(m, n)` and `x` of length `n`, `x` is encoded as `sum_j x_j X^j` and a
-//! block of rows as `sum_{i,j} W[i][j] X^(i n + n - 1 - j)`; coefficient `i n + n - 1` of the
-//! product is `sum_j W[i][j] x_j`. Convolutions use the same idea in three dimensions.
+//! For `W` of shape `(m, n)` and `x` of length `n`, in the contiguous layout `x` is encoded
+//! as `sum_j x_j X^j` and a block of rows as `sum_{i,j} W[i][j] X^(i n + n - 1 - j)`;
+//! coefficient `i n + n - 1` of the product is `sum_j W[i][j] x_j`. In the strided layout
+//! (`m` rows to a block) the roles of the two digits swap: `x_j` sits at `j m`, `W[i][j]` at
+//! `(n - 1 - j) m + i`, and the outputs are consecutive, at `(n - 1) m + i`. Convolutions
+//! use the strided idea in three dimensions (output channels interleaved).
+//!
+//! Each read output is a sum over a few coefficients of the input only: its
+//! [`CoeffWindow`] (the outputs' positions minus the weights' positions, modulo `N`). A
+//! client sends its ciphertext only there. The strided layouts make the window about the
+//! size of the weight block (`n m + m - 1` coefficients), where the contiguous one needs
+//! `(2 m - 1) n`: a small layer uploads a fraction of a ciphertext.
 
 use ndarray::{ArrayView2, ArrayView3, ArrayView4};
 
-use crate::bfv::{Ciphertext, Encoder, Evaluator, Plaintext, PreparedPlaintext};
+use crate::bfv::{Ciphertext, CoeffWindow, Encoder, Evaluator, Plaintext, PreparedPlaintext};
 use crate::error::{Error, Result};
 
 fn t_of(encoder: &Encoder) -> u128 {
@@ -37,8 +46,12 @@ pub struct CoeffMatVec {
     cols: usize,
     /// Columns per input chunk (at most `N`).
     chunk: usize,
-    /// Rows per product (`N / chunk`).
+    /// Rows per product (at most `N / chunk`, balanced over the blocks).
     rows_per_block: usize,
+    /// Distance between consecutive input coefficients (1, or `rows_per_block` strided).
+    x_stride: usize,
+    /// Distance between consecutive outputs (`chunk`, or 1 strided).
+    row_stride: usize,
     /// `[block][chunk]`: the weight polynomials, prepared at the top level.
     weights: Vec<Vec<PreparedPlaintext>>,
     /// The public bound on `|w|` that the noise bounds use (never the weights' own
@@ -118,29 +131,48 @@ impl CoeffMatVec {
         (0..self.rows)
             .map(|r| {
                 let (b, i) = (r / self.rows_per_block, r % self.rows_per_block);
-                (b, i * self.chunk + self.chunk - 1)
+                (b, (self.chunk - 1) * self.x_stride + i * self.row_stride)
             })
             .collect()
     }
 
-    /// Encodes `w` (entries reduced modulo `t`). The noise bounds use the largest cap any
-    /// weight can have modulo `t` (`t / 2`); prefer [`CoeffMatVec::new_capped`] with a
-    /// declared cap.
+    /// Distance between consecutive input coefficients in the encoding: 1 in the
+    /// contiguous layout, the rows per block in the strided one. (Shifting an input by `s`
+    /// entries moves the outputs by `s` times this.)
+    pub fn input_stride(&self) -> usize {
+        self.x_stride
+    }
+
+    /// The input coefficients every read output depends on (see [`CoeffWindow`]): from the
+    /// layout only.
+    pub fn input_window(&self, n: usize) -> CoeffWindow {
+        let m = self.rows_per_block.min(self.rows) as i64;
+        let (sx, sr) = (self.x_stride as i64, self.row_stride as i64);
+        // Weights at [0, (chunk - 1) sx + (m - 1) sr], outputs at (chunk - 1) sx + [0,
+        // (m - 1) sr]: their differences.
+        CoeffWindow::hull(n, -(m - 1) * sr, (self.chunk as i64 - 1) * sx + (m - 1) * sr)
+    }
+
+    /// Encodes `w` (entries reduced modulo `t`) in the contiguous layout. The noise bounds
+    /// use the largest cap any weight can have modulo `t` (`t / 2`); prefer
+    /// [`CoeffMatVec::new_capped`] with a declared cap.
     pub fn new(encoder: &Encoder, w: ArrayView2<'_, i64>) -> Result<Self> {
         let cap = (t_of(encoder) / 2) as u64;
         Self::new_capped(encoder, w, cap)
     }
 
-    /// Encodes `w`, every `|w|` at most the public `cap` (else
+    /// Encodes `w` in the contiguous layout (the input as `sum_j x_j X^j`, as an input
+    /// encrypted whole is), every `|w|` at most the public `cap` (else
     /// [`Error::ValueAboveCap`] with the first offending weight): the noise bounds, and so
     /// the flooding a server adds, depend on `cap` and the shapes only.
     pub fn new_capped(encoder: &Encoder, w: ArrayView2<'_, i64>, cap: u64) -> Result<Self> {
         let chunk = w.dim().1.min(encoder.params().degree());
-        Self::new_chunked(encoder, w, cap, chunk)
+        Self::build(encoder, w, cap, chunk, false)
     }
 
-    /// [`CoeffMatVec::new_capped`] with the input split in chunks of `chunk` columns (at
-    /// most `N`; the last may be shorter): more input ciphertexts, whose products are
+    /// As [`CoeffMatVec::new_capped`], in the strided layout (the smallest
+    /// [`CoeffMatVec::input_window`]), with the input split in chunks of `chunk` columns
+    /// (at most `N`; the last may be shorter): more input ciphertexts, whose products are
     /// summed, for more rows per output ciphertext (`N / chunk`). Fewer replies pay when
     /// the matrix has few rows and many columns.
     pub fn new_chunked(
@@ -148,6 +180,16 @@ impl CoeffMatVec {
         w: ArrayView2<'_, i64>,
         cap: u64,
         chunk: usize,
+    ) -> Result<Self> {
+        Self::build(encoder, w, cap, chunk, true)
+    }
+
+    fn build(
+        encoder: &Encoder,
+        w: ArrayView2<'_, i64>,
+        cap: u64,
+        chunk: usize,
+        strided: bool,
     ) -> Result<Self> {
         let n_ring = encoder.params().degree();
         if chunk == 0 || chunk > n_ring {
@@ -168,7 +210,14 @@ impl CoeffMatVec {
         check_cap(w.iter().copied(), cap, &[rows, cols])?;
         let t = t_of(encoder);
         let chunk = chunk.min(cols);
-        let rows_per_block = n_ring / chunk;
+        // As few blocks as fit, their rows balanced (a smaller window, the same replies).
+        let blocks = rows.div_ceil(n_ring / chunk);
+        let rows_per_block = rows.div_ceil(blocks);
+        let (x_stride, row_stride) = if strided {
+            (rows_per_block, 1)
+        } else {
+            (1, chunk)
+        };
         let level = encoder.params().max_level();
         let mut weights = Vec::new();
         for r0 in (0..rows).step_by(rows_per_block) {
@@ -177,7 +226,8 @@ impl CoeffMatVec {
                 let mut coeffs = vec![0u64; n_ring];
                 for i in 0..rows_per_block.min(rows - r0) {
                     for j in 0..chunk.min(cols - c0) {
-                        coeffs[i * chunk + chunk - 1 - j] = reduce(w[[r0 + i, c0 + j]] as i128, t);
+                        coeffs[(chunk - 1 - j) * x_stride + i * row_stride] =
+                            reduce(w[[r0 + i, c0 + j]] as i128, t);
                     }
                 }
                 let pt = encoder.encode_coeffs_u64(&coeffs)?;
@@ -190,6 +240,8 @@ impl CoeffMatVec {
             cols,
             chunk,
             rows_per_block,
+            x_stride,
+            row_stride,
             weights,
             cap,
         })
@@ -215,9 +267,13 @@ impl CoeffMatVec {
             });
         }
         let t = t_of(encoder);
+        let n_ring = encoder.params().degree();
         x.chunks(self.chunk)
             .map(|c| {
-                let v: Vec<u64> = c.iter().map(|&v| reduce(v as i128, t)).collect();
+                let mut v = vec![0u64; n_ring];
+                for (j, &xj) in c.iter().enumerate() {
+                    v[j * self.x_stride] = reduce(xj as i128, t);
+                }
                 encoder.encode_coeffs_u64(&v)
             })
             .collect()
@@ -258,14 +314,11 @@ impl CoeffMatVec {
             });
         }
         let t = t_of(encoder);
-        let mut out = Vec::with_capacity(self.rows);
-        for (b, pt) in blocks.iter().enumerate() {
-            let c = pt.coefficients();
-            for i in 0..self.rows_per_block.min(self.rows - b * self.rows_per_block) {
-                out.push(center(c[i * self.chunk + self.chunk - 1], t));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .output_positions()
+            .into_iter()
+            .map(|(b, i)| center(blocks[b].coefficients()[i], t))
+            .collect())
     }
 }
 
@@ -281,13 +334,28 @@ pub struct CoeffConv2d {
     stride: usize,
     /// Channels per input polynomial.
     group: usize,
-    /// Output channels packed per output ciphertext, and the spacing of their products.
+    /// Output channels per output ciphertext (at most `N / spacing`, balanced over the
+    /// blocks), interleaved: channel `j` of a block owns the coefficients `= j mod per_ct`.
     per_ct: usize,
-    spacing: usize,
     /// `[output block][channel group]`.
     weights: Vec<Vec<PreparedPlaintext>>,
     /// The public bound on `|w|` that the noise bounds use.
     cap: u64,
+}
+
+/// The shape of a [`CoeffConv2d`] ([`CoeffConv2d::layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvLayout {
+    /// Input channels to a ciphertext.
+    pub group: usize,
+    /// Input ciphertexts (channel groups).
+    pub inputs: usize,
+    /// Output ciphertexts.
+    pub blocks: usize,
+    /// Output channels to an output ciphertext.
+    pub per_ct: usize,
+    /// Coefficients of each input ciphertext the outputs read ([`CoeffWindow`]).
+    pub window: usize,
 }
 
 impl CoeffConv2d {
@@ -307,6 +375,7 @@ impl CoeffConv2d {
 
     /// As [`CoeffConv2d::new`], every `|w|` at most the public `cap` (else
     /// [`Error::ValueAboveCap`]): the noise bounds depend on `cap` and the shapes only.
+    /// As many input channels to a ciphertext as fit ([`CoeffConv2d::max_group`]).
     pub fn new_capped(
         encoder: &Encoder,
         weights: ArrayView4<'_, i64>,
@@ -315,33 +384,97 @@ impl CoeffConv2d {
         stride: usize,
         cap: u64,
     ) -> Result<Self> {
-        let (o, c, kh, kw) = weights.dim();
-        check_cap(weights.iter().copied(), cap, &[o, c, kh, kw])?;
-        let (h, w) = input;
-        let (hp, wp) = (h + 2 * padding, w + 2 * padding);
         let n_ring = encoder.params().degree();
-        if stride == 0 || hp < kh || wp < kw || hp * wp > n_ring || o == 0 || c == 0 {
+        let (_, c, _, _) = weights.dim();
+        let group = Self::max_group(n_ring, c, input, padding);
+        Self::new_grouped(encoder, weights, input, padding, stride, cap, group)
+    }
+
+    /// The most input channels that fit one ciphertext: `N / (H W)` (padding included), at
+    /// most `C`, at least 1.
+    pub fn max_group(n: usize, channels: usize, input: (usize, usize), padding: usize) -> usize {
+        let hw = (input.0 + 2 * padding) * (input.1 + 2 * padding);
+        (n / hw.max(1)).min(channels).max(1)
+    }
+
+    /// The layout of a convolution with `group` input channels to a ciphertext, from the
+    /// shapes alone (what [`CoeffConv2d::new_grouped`] builds): input ciphertexts, output
+    /// ciphertexts, output channels to one, and the input window's length. Fewer channels
+    /// to an input leave room for more output channels to a reply.
+    ///
+    /// ```
+    /// use cipherml_he::tensor::CoeffConv2d;
+    /// // 16 -> 16 channels, 3x3, padding 1, on 32x32 at N = 8192: 7 channels to an input
+    /// // need 16 replies; 3 need 8 (and 6 inputs, each sent at 6937 coefficients).
+    /// let l7 = CoeffConv2d::layout(8192, (16, 16, 3, 3), (32, 32), 1, 1, 7).unwrap();
+    /// assert_eq!((l7.inputs, l7.blocks, l7.per_ct), (3, 16, 1));
+    /// let l3 = CoeffConv2d::layout(8192, (16, 16, 3, 3), (32, 32), 1, 1, 3).unwrap();
+    /// assert_eq!((l3.inputs, l3.blocks, l3.per_ct, l3.window), (6, 8, 2, 6937));
+    /// ```
+    pub fn layout(
+        n_ring: usize,
+        (o, c, kh, kw): (usize, usize, usize, usize),
+        (h, w): (usize, usize),
+        padding: usize,
+        stride: usize,
+        group: usize,
+    ) -> Result<ConvLayout> {
+        let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+        let bad = stride == 0 || hp < kh || wp < kw || hp * wp > n_ring || o == 0 || c == 0;
+        if bad || group == 0 || group > Self::max_group(n_ring, c, (h, w), padding) {
             return Err(Error::ShapeMismatch {
-                what: "conv2d kernel (O, C, kh, kw) vs padded input (H, W) and ring degree",
+                what: "conv2d kernel (O, C, kh, kw) vs padded input (H, W), ring degree and \
+                       channels to a ciphertext",
                 left: vec![o, c, kh, kw],
-                right: vec![hp, wp, n_ring],
+                right: vec![hp, wp, n_ring, group],
             });
         }
         let hw = hp * wp;
-        let group = (n_ring / hw).min(c);
-        // Output channel j's kernel sits at offset j s. Its product with the input spans
-        // [j s, j s + kernel_len + group hw - 2], its outputs [j s + base, j s + base +
-        // last] (base = kernel_len - 1). Only the outputs are read, so products may overlap
-        // where nothing is read: channel j - 1's product ends before j's outputs if s >=
-        // group hw, and j's outputs end before j + 1's product if s >= kernel_len + last.
-        // With per_ct = N / s channels, what wraps past N (negated) ends below channel
-        // 0's outputs. (Products kept apart would need s = group hw + kernel_len - 1: LeNet's
-        // second convolution, 16 channels of 5x5x6 on 12x12, in 4 replies instead of 2.)
+        // One output channel alone: the kernel at [0, kernel_len), the input at [0, group
+        // hw), the outputs at base + [0, last] (base = kernel_len - 1). Output channels are
+        // interleaved: every position times per_ct, channel j at offset j (the strided
+        // layout of the module documentation). A product stays in its channel's residue
+        // class until it wraps past N (negated); what wraps ends below channel 0's first
+        // output if group hw per_ct <= N, and the outputs stay below N if (kernel_len +
+        // last) per_ct <= N: per_ct = N / spacing with spacing the larger of the two.
         let kernel_len = (group - 1) * hw + (kh - 1) * wp + kw;
         let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
         let last = (ho - 1) * stride * wp + (wo - 1) * stride;
         let spacing = (group * hw).max(kernel_len + last);
-        let per_ct = (n_ring / spacing).max(1);
+        let blocks = o.div_ceil((n_ring / spacing).max(1));
+        let per_ct = o.div_ceil(blocks);
+        // Weights at [0, base m + m - 1], outputs at [base m, (base + last) m + m - 1]:
+        // their differences.
+        let m = per_ct as i64;
+        let top = (kernel_len - 1 + last) as i64 * m + m - 1;
+        let window = CoeffWindow::hull(n_ring, -(m - 1), top).len();
+        Ok(ConvLayout {
+            group,
+            inputs: c.div_ceil(group),
+            blocks,
+            per_ct,
+            window,
+        })
+    }
+
+    /// As [`CoeffConv2d::new_capped`] with `group` input channels to a ciphertext (1 to
+    /// [`CoeffConv2d::max_group`]; see [`CoeffConv2d::layout`]).
+    pub fn new_grouped(
+        encoder: &Encoder,
+        weights: ArrayView4<'_, i64>,
+        input: (usize, usize),
+        padding: usize,
+        stride: usize,
+        cap: u64,
+        group: usize,
+    ) -> Result<Self> {
+        let (o, c, kh, kw) = weights.dim();
+        check_cap(weights.iter().copied(), cap, &[o, c, kh, kw])?;
+        let n_ring = encoder.params().degree();
+        let lay = Self::layout(n_ring, (o, c, kh, kw), input, padding, stride, group)?;
+        let per_ct = lay.per_ct;
+        let wp = input.1 + 2 * padding;
+        let hw = (input.0 + 2 * padding) * wp;
         let t = t_of(encoder);
         let level = encoder.params().max_level();
         let mut all = Vec::new();
@@ -354,10 +487,11 @@ impl CoeffConv2d {
                     for ic in 0..cg {
                         for p in 0..kh {
                             for q in 0..kw {
-                                let idx = j * spacing
-                                    + (group - 1 - ic) * hw
+                                let idx = ((group - 1 - ic) * hw
                                     + (kh - 1 - p) * wp
-                                    + (kw - 1 - q);
+                                    + (kw - 1 - q))
+                                    * per_ct
+                                    + j;
                                 let v = weights[[oc, c0 + ic, p, q]];
                                 coeffs[idx] = reduce(v as i128, t);
                             }
@@ -379,7 +513,6 @@ impl CoeffConv2d {
             stride,
             group,
             per_ct,
-            spacing,
             weights: all,
         })
     }
@@ -418,7 +551,7 @@ impl CoeffConv2d {
                 for x in 0..wo {
                     v.push((
                         b,
-                        j * self.spacing + base + y * self.stride * wp + x * self.stride,
+                        (base + y * self.stride * wp + x * self.stride) * self.per_ct + j,
                     ));
                 }
             }
@@ -429,6 +562,21 @@ impl CoeffConv2d {
     /// Number of output ciphertexts (output channels are packed several to one).
     pub fn output_blocks(&self) -> usize {
         self.weights.len()
+    }
+
+    /// The input coefficients every read output depends on (see [`CoeffWindow`]): from the
+    /// layout only, about `(kernel_len + last) per_ct` of them.
+    pub fn input_window(&self, n: usize) -> CoeffWindow {
+        let (kh, kw) = self.kernel;
+        let wp = (self.input.1 + 2 * self.padding) as i64;
+        let hw = (self.input.0 + 2 * self.padding) as i64 * wp;
+        let (_, ho, wo) = self.output_shape();
+        let s = self.stride as i64;
+        let base = (self.group as i64 - 1) * hw + (kh as i64 - 1) * wp + (kw as i64 - 1);
+        let last = (ho as i64 - 1) * s * wp + (wo as i64 - 1) * s;
+        let m = self.per_ct as i64;
+        // As in `layout`.
+        CoeffWindow::hull(n, -(m - 1), (base + last) * m + m - 1)
     }
 
     /// Output shape `(O, H', W')`.
@@ -471,7 +619,7 @@ impl CoeffConv2d {
                     for y in 0..h {
                         for xx in 0..w {
                             let idx = ic * hw + (y + self.padding) * wp + xx + self.padding;
-                            coeffs[idx] = reduce(x[[c0 + ic, y, xx]] as i128, t);
+                            coeffs[idx * self.per_ct] = reduce(x[[c0 + ic, y, xx]] as i128, t);
                         }
                     }
                 }
