@@ -694,3 +694,62 @@ fn rounded_encoding_at_t_2_40_keeps_products_quiet() {
         );
     }
 }
+
+/// A re-randomized reply is rounded to the high-probability bound on `e1 s` (Hoeffding,
+/// `2^-80` per coefficient): 4 bits fewer than the worst case at t = 2^40, N = 8192, and
+/// every coefficient of several replies decrypts exactly. The rounding error measured on
+/// them (from the noise budget, to a bit) sits below that bound (`2^8.9`), and one bit
+/// fewer than the bound is refused.
+#[test]
+fn rerandomized_replies_round_to_the_high_probability_bound() {
+    let params = BfvParameters::new(&BfvParametersLiteral {
+        ciphertext_moduli_bits: vec![41; 4],
+        ..preset(40)
+    })
+    .unwrap();
+    let mut k = keys(params, 41);
+    let n = k.params.degree();
+    let level = k.params.max_level();
+    let flood = 100u32;
+    let noise = flood as f64 + 1.0;
+    let worst = Ciphertext::compact_bits(&k.params, level, noise).unwrap();
+    let bits = Ciphertext::compact_bits_rerandomized(&k.params, level, noise).unwrap();
+    assert_eq!((worst, bits), (54, 50));
+    let all: Vec<usize> = (0..n).collect();
+    let t_mask = (1u64 << 40) - 1;
+    let mut largest = f64::MIN;
+    for _ in 0..3 {
+        let x: Vec<u64> = (0..n).map(|_| k.rng.next_u64() & t_mask).collect();
+        let ct = k
+            .dec
+            .encrypt_symmetric(&k.enc.encode_coeffs_u64(&x).unwrap(), &mut k.rng)
+            .unwrap();
+        let r: Vec<u64> = (0..n).map(|_| k.rng.next_u64() & t_mask).collect();
+        let pr = k.enc.encode_coeffs_u64(&r).unwrap();
+        let want: Vec<u64> = x
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| a.wrapping_sub(*b) & t_mask)
+            .collect();
+        let reply = k
+            .encryptor
+            .masked_reply_compact(&ct, &pr, flood, &all, (bits, noise), &mut k.rng)
+            .unwrap();
+        let back = Ciphertext::from_bytes_compact(&k.params, &reply, &all).unwrap();
+        assert_eq!(k.dec.decrypt(&back).unwrap().coefficients(), &want[..]);
+        // The phase error of the lifted reply is Q (e0 + e1 s) / 2^bits (the flooding,
+        // 2^100 of Q = 2^164, is below it).
+        largest = largest.max(measured_noise_log2(&k, &back) - k.params.log2_q() + bits as f64);
+        // One bit fewer than the bound is refused.
+        assert!(k
+            .encryptor
+            .masked_reply_compact(&ct, &pr, flood, &all, (bits - 1, noise), &mut k.rng)
+            .is_err());
+    }
+    // |e0 + e1 s| over 24,576 coefficients: about 4.3 standard deviations of sqrt(N / 18)
+    // (2^6.5); the Hoeffding bound is 2^8.9, the worst case 2^12.
+    assert!(
+        (5.0..=9.0).contains(&largest),
+        "largest rounding error 2^{largest:.1}"
+    );
+}

@@ -378,7 +378,11 @@ fn bfv_coefficient_matvec_is_exact() {
         };
         assert_eq!(run(window, &mut rng), want, "{rows}x{cols} windowed");
         // One coefficient fewer and some output is wrong: the window is tight.
-        assert_ne!(run(shrunk(n, window), &mut rng), want, "{rows}x{cols} shrunk");
+        assert_ne!(
+            run(shrunk(n, window), &mut rng),
+            want,
+            "{rows}x{cols} shrunk"
+        );
     }
 }
 

@@ -278,7 +278,12 @@ pub fn dense_options(inputs: f64, outputs: f64, ckks: bool, dealer: bool) -> Vec
     let mut options = vec![
         (
             Backend::BfvCoefficient,
-            bfv_linear((inputs / chunk).ceil(), chunk * m + m - 1.0, blocks, outputs),
+            bfv_linear(
+                (inputs / chunk).ceil(),
+                chunk * m + m - 1.0,
+                blocks,
+                outputs,
+            ),
         ),
         shared_option(outputs, inputs, 1.0, dealer),
     ];

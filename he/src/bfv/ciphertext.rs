@@ -78,7 +78,11 @@ pub struct CoeffWindow {
 impl CoeffWindow {
     /// All `n` positions.
     pub fn full(n: usize) -> Self {
-        Self { n, start: 0, len: n }
+        Self {
+            n,
+            start: 0,
+            len: n,
+        }
     }
 
     /// The positions `lo..=hi` modulo `n` (`lo` may be negative); all of them if the run is

@@ -150,7 +150,11 @@ impl CoeffMatVec {
         let (sx, sr) = (self.x_stride as i64, self.row_stride as i64);
         // Weights at [0, (chunk - 1) sx + (m - 1) sr], outputs at (chunk - 1) sx + [0,
         // (m - 1) sr]: their differences.
-        CoeffWindow::hull(n, -(m - 1) * sr, (self.chunk as i64 - 1) * sx + (m - 1) * sr)
+        CoeffWindow::hull(
+            n,
+            -(m - 1) * sr,
+            (self.chunk as i64 - 1) * sx + (m - 1) * sr,
+        )
     }
 
     /// Encodes `w` (entries reduced modulo `t`) in the contiguous layout. The noise bounds
@@ -487,11 +491,10 @@ impl CoeffConv2d {
                     for ic in 0..cg {
                         for p in 0..kh {
                             for q in 0..kw {
-                                let idx = ((group - 1 - ic) * hw
-                                    + (kh - 1 - p) * wp
-                                    + (kw - 1 - q))
-                                    * per_ct
-                                    + j;
+                                let idx =
+                                    ((group - 1 - ic) * hw + (kh - 1 - p) * wp + (kw - 1 - q))
+                                        * per_ct
+                                        + j;
                                 let v = weights[[oc, c0 + ic, p, q]];
                                 coeffs[idx] = reduce(v as i128, t);
                             }
