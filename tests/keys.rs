@@ -377,10 +377,22 @@ fn corrupted_key_files_give_typed_errors_naming_the_file() {
     }
 
     // Through the client: a corrupted secret key fails the connection with the file named.
+    // The key is the one for the BFV modulus the server fits to its model and announces.
     let plain = model("digits_mlp.onnx");
     let (addr, _) = start(vec![
         ModelSpec::new("mlp", plain).with_mode(ModeChoice::Hybrid)
     ]);
+    let q_bits = Client::connect(&addr).unwrap().models()[0].q_bits;
+    let served = BfvParameters::new(
+        &SessionConfig {
+            q_bits,
+            ..SessionConfig::default()
+        }
+        .bfv_literal(),
+    )
+    .unwrap();
+    store.bfv(&served).unwrap();
+    let sk_path = store.bfv_secret_path(&served);
     flip(&sk_path, -1);
     match Client::connect_with(&addr, &options(Some(&dir.0))) {
         Err(ProtocolError::KeyFile(e @ KeyFileError::Corrupted { .. })) => {

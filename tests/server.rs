@@ -592,6 +592,8 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
             scale_bits: 0,
             id: 0,
         },
+        q_bits: 0,
+        reveal_log2: 0,
         architecture: m.architecture(),
         network: Default::default(),
     };
@@ -647,6 +649,8 @@ fn client_refuses_announced_parameters_that_differ_in_any_field() {
             output_shape: m.shapes().unwrap().last().cloned().unwrap(),
             mode: ModelMode::Ckks,
             params: announced,
+            q_bits: 0,
+            reveal_log2: 0,
             architecture: m.architecture(),
             network: Default::default(),
         };
@@ -1403,5 +1407,81 @@ fn sessions_past_their_quota_or_their_address_share_are_refused_with_codes() {
             }
             Err(e) => panic!("{e}"),
         }
+    }
+}
+
+/// The hybrid models a server hosts share one BFV modulus, fitted to them (below the 164
+/// bits that hold any model the configuration allows) and announced with each; the client
+/// lowers each architecture with it and gets private predictions equal to the plaintext
+/// ones. A server that announces different moduli for two hybrid models, or one above the
+/// parameters' limit, is refused at connect.
+#[test]
+fn hybrid_models_share_a_fitted_modulus() {
+    use cipherml::protocol::{recv, ServerMsg};
+    let cnn =
+        load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_cnn.onnx"))
+            .unwrap();
+    let specs = vec![
+        ModelSpec::new("mlp", model()),
+        ModelSpec::new("cnn", cnn.clone()).with_mode(ModeChoice::Hybrid),
+    ];
+    let server = Server::bind_models("127.0.0.1:0", specs, ServerConfig::default()).unwrap();
+    let addr = server.local_addr().to_string();
+    std::thread::spawn(move || server.run());
+    let mut client = Client::connect(&addr).unwrap();
+    let infos = client.models().to_vec();
+    assert_eq!(infos.len(), 2);
+    let q = infos[0].q_bits;
+    assert!(infos
+        .iter()
+        .all(|i| i.q_bits == q && i.mode == ModelMode::Hybrid));
+    assert!((100..164).contains(&q), "fitted Q of {q} bits");
+    assert!(infos.iter().all(|i| i.reveal_log2 > 0));
+    for (name, m) in [("mlp", model()), ("cnn", cnn)] {
+        for i in 0..2 {
+            let x = digits_row(i);
+            assert_eq!(
+                argmax(&client.infer(name, &x).unwrap()),
+                argmax(&m.predict(&x).unwrap()),
+                "{name} row {i}"
+            );
+        }
+    }
+    client.close().unwrap();
+
+    // A fake server announcing two hybrid models at different moduli, then one at 400 bits.
+    for qs in [vec![q, q + 1], vec![400]] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let announced: Vec<_> = qs
+            .iter()
+            .enumerate()
+            .map(|(k, &q_bits)| {
+                let mut info = infos[0].clone();
+                info.name = format!("m{k}");
+                info.q_bits = q_bits;
+                info
+            })
+            .collect();
+        let fake = std::thread::spawn(move || {
+            let mut ch =
+                cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
+            let _: ClientMsg = recv(&mut ch).unwrap();
+            send(
+                &mut ch,
+                &ServerMsg::Hello {
+                    version: PROTOCOL_VERSION,
+                    models: announced,
+                    cached_keys: Vec::new(),
+                },
+            )
+            .unwrap();
+            let _ = cipherml::mpc::net::Channel::recv(&mut ch);
+        });
+        let Err(err) = Client::connect(&addr) else {
+            panic!("{qs:?}: the client accepted the announcement")
+        };
+        assert!(err.to_string().contains("BFV moduli"), "{qs:?}: {err}");
+        fake.join().unwrap();
     }
 }

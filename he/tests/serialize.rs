@@ -429,3 +429,99 @@ fn compact_ciphertexts_reject_hostile_bytes() {
     // Wrong kind: a full ciphertext is not a compact one.
     decode_err(Ciphertext::from_bytes_compact(p, &ct.to_bytes(p), &keep));
 }
+
+/// A windowed ciphertext (a client's input sent at the coefficients a product reads)
+/// round-trips to the ciphertext with its first polynomial zero outside the window, has
+/// the exact size `window_ciphertext_size` states, and hostile bytes give errors: another
+/// window, truncated or trailing bytes, a coefficient out of range, a level other than the
+/// top, another kind; an unseeded ciphertext is refused at encoding.
+#[test]
+fn windowed_ciphertexts_round_trip_and_reject_hostile_bytes() {
+    use cipherml_he::serialize::window_ciphertext_size;
+    // The served inference ring's default: Q in four 41-bit primes.
+    let lit = BfvParametersLiteral {
+        plaintext: cipherml_he::bfv::PlaintextModulus::PowerOfTwo { bits: 40 },
+        ciphertext_moduli_bits: vec![41; 4],
+        special_moduli_bits: vec![20],
+        ..BfvParametersLiteral::n8192()
+    };
+    let mut b = setup(&lit, false, 35);
+    let p = &b.params;
+    let n = p.degree();
+    let x: Vec<u64> = (0..n as u64).map(|i| i * 3 % 1000).collect();
+    let pt = b.enc.encode_coeffs_u64(&x).unwrap();
+    let ct = b.decryptor.encrypt_symmetric(&pt, &mut b.rng).unwrap();
+    // A window that wraps: 100 coefficients before 0 and 400 from 0.
+    let w = CoeffWindow::hull(n, -100, 399);
+    let bytes = ct.to_bytes_window(p, w).unwrap();
+    assert_eq!(bytes.len(), window_ciphertext_size(p, w));
+    // 4 primes of 41 bits, 500 coefficients each, plus the seed: far below a full one.
+    assert_eq!(
+        bytes.len(),
+        HEADER_LEN + 9 + 4 * (500 * 41usize).div_ceil(8) + 32
+    );
+    let back = Ciphertext::from_bytes_window(p, &bytes, w).unwrap();
+    assert_eq!(back.to_bytes_window(p, w).unwrap(), bytes);
+    // Written whole, the decoded ciphertext's first polynomial (first prime: N values of
+    // 41 bits after the header) is the original's inside the window and zero outside.
+    let full = CoeffWindow::full(n);
+    let coeffs = |c: &Ciphertext| -> Vec<u64> {
+        let v = c.to_bytes_window(p, full).unwrap();
+        let body = &v[HEADER_LEN + 9..];
+        (0..n)
+            .map(|i| {
+                (0..41).fold(0u64, |acc, k| {
+                    let bit = i * 41 + k;
+                    acc | (u64::from(body[bit / 8] >> (bit % 8) & 1) << k)
+                })
+            })
+            .collect()
+    };
+    let (orig, got) = (coeffs(&ct), coeffs(&back));
+    for i in 0..n {
+        let want = if w.contains(i) { orig[i] } else { 0 };
+        assert_eq!(got[i], want, "coefficient {i}");
+    }
+    assert!(orig.iter().filter(|&&c| c != 0).count() > n / 2);
+    let whole = Ciphertext::from_bytes_window(p, &ct.to_bytes_window(p, full).unwrap(), full);
+    assert_eq!(whole.unwrap(), ct);
+    // Hostile bytes.
+    decode_err(Ciphertext::from_bytes_window(
+        p,
+        &bytes,
+        CoeffWindow::hull(n, -99, 399),
+    ));
+    decode_err(Ciphertext::from_bytes_window(
+        p,
+        &bytes,
+        CoeffWindow::hull(n, -100, 398),
+    ));
+    decode_err(Ciphertext::from_bytes_window(
+        p,
+        &bytes[..bytes.len() - 1],
+        w,
+    ));
+    let mut long = bytes.clone();
+    long.push(0);
+    decode_err(Ciphertext::from_bytes_window(p, &long, w));
+    let mut bad = bytes.clone();
+    bad[HEADER_LEN] = 0;
+    decode_err(Ciphertext::from_bytes_window(p, &bad, w));
+    // A huge length field is refused before any allocation.
+    let mut bad = bytes.clone();
+    bad[HEADER_LEN + 5..HEADER_LEN + 9].copy_from_slice(&u32::MAX.to_le_bytes());
+    decode_err(Ciphertext::from_bytes_window(p, &bad, w));
+    // The first coefficient set to all ones (2^41 - 1, above the prime).
+    let mut bad = bytes.clone();
+    for byte in &mut bad[HEADER_LEN + 9..HEADER_LEN + 9 + 5] {
+        *byte = 0xFF;
+    }
+    bad[HEADER_LEN + 9 + 5] |= 0x01;
+    decode_err(Ciphertext::from_bytes_window(p, &bad, w));
+    decode_err(Ciphertext::from_bytes_window(p, &ct.to_bytes(p), w));
+    let public = b.encryptor.encrypt(&pt, &mut b.rng).unwrap();
+    assert!(matches!(
+        public.to_bytes_window(p, w),
+        Err(Error::CiphertextSize { found: 0, .. })
+    ));
+}

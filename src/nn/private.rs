@@ -312,7 +312,12 @@ impl PreparedModel {
     /// Lowers `model` for serving: the session's flooding is sized for at most
     /// `max_inferences` inferences ([`SessionConfig::reveal_log2`] =
     /// `ceil(log2(coefficients revealed per inference x max_inferences))`, and a session
-    /// refuses to reveal more). Both parties call it with the same arguments.
+    /// refuses to reveal more), and, unless `base` sets [`SessionConfig::q_bits`], `Q` is
+    /// fitted to the model: the fewest bits above its largest flooding
+    /// ([`PreparedModel::fitted_q_bits`]), where the default holds any model the
+    /// configuration allows (LeNet: 144 bits instead of 164). Both parties call it with the
+    /// same arguments, or the client rebuilds it from what a server announces
+    /// ([`PreparedModel::new`] with the announced `q_bits` and `reveal_log2`).
     pub fn for_serving(
         model: &Sequential,
         base: &SessionConfig,
@@ -333,7 +338,58 @@ impl PreparedModel {
             reveal_log2: crate::link::union_bits(per_inference * max_inferences.max(1) as u128),
             ..base.clone()
         };
-        Self::with_params(model, &config, params, with_weights)
+        let prepared = Self::with_params(model, &config, params, with_weights)?;
+        if base.q_bits != 0 {
+            return Ok(prepared);
+        }
+        // Fitted: the same lowering at the fewest bits that hold its floodings (if the
+        // choices made there no longer fit, the default stays).
+        let fitted = prepared.fitted_q_bits();
+        if f64::from(fitted) >= prepared.params.context().q().log2_product() {
+            return Ok(prepared);
+        }
+        let config = SessionConfig {
+            q_bits: fitted,
+            ..config
+        };
+        let params = BfvParameters::new(&config.bfv_literal())?;
+        Ok(Self::with_params(model, &config, params, with_weights).unwrap_or(prepared))
+    }
+
+    /// The fewest bits of `Q` that hold this model's largest flooding
+    /// ([`PreparedModel::flood_log2`]) at its plaintext modulus, with the margin of
+    /// [`SessionConfig::q_bits_for_flood`] (one more if the primes of that size fall
+    /// short). From public values only (the layers' noise bounds come from the shapes and
+    /// the weight cap).
+    pub fn fitted_q_bits(&self) -> u32 {
+        let (flood, _) = self.flood_log2();
+        // A model with no encrypted reply still has the session's public key: the
+        // re-randomizing encryption's own noise sets its floor.
+        let n = self.params.degree();
+        let floor = crate::link::flood_log2(n, 0.0, self.flood_bits());
+        let bits = SessionConfig::q_bits_for_flood(self.config.ring_bits, flood.max(floor));
+        // Equal primes of the literal's size may hold a fraction of a bit less than their
+        // count times their size: one bit more then.
+        let lit = SessionConfig {
+            q_bits: bits,
+            ..self.config.clone()
+        };
+        let room = |q_bits: u32| {
+            BfvParameters::new(
+                &SessionConfig {
+                    q_bits,
+                    ..lit.clone()
+                }
+                .bfv_literal(),
+            )
+            .map(|p| p.context().q().log2_product() - f64::from(self.config.ring_bits) - 2.0)
+            .unwrap_or(0.0)
+        };
+        if room(bits) > f64::from(flood.max(floor)) {
+            bits
+        } else {
+            bits + 1
+        }
     }
 
     /// The session configuration the model was lowered for.

@@ -85,6 +85,12 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Largest BFV modulus a server may announce, in bits (the parameters' own limit).
+const MAX_Q_BITS: u32 = 198;
+
+/// Largest union bound a server may announce (`2^64` coefficients).
+const MAX_REVEAL_BITS: u32 = 64;
+
 impl Client {
     /// Connects to `addr` over plain TCP: one round trip (the hello); the OT set-up waits
     /// for the first hybrid inference.
@@ -133,9 +139,26 @@ impl Client {
         // session, before the first hybrid inference, unless the server has it cached (the
         // server re-randomizes its encrypted replies with it).
         let bfv = if models.iter().any(|m| m.mode == ModelMode::Hybrid) {
-            let params =
-                cipherml_he::bfv::BfvParameters::new(&SessionConfig::default().bfv_literal())
-                    .map_err(crate::nn::NnError::from)?;
+            // The hybrid models share one Q (the server fits it to them and announces it).
+            let mut qs = models
+                .iter()
+                .filter(|m| m.mode == ModelMode::Hybrid)
+                .map(|m| m.q_bits);
+            let q_bits = qs.next().unwrap_or(0);
+            if qs.any(|q| q != q_bits) || q_bits > MAX_Q_BITS {
+                return Err(ProtocolError::Unexpected(format!(
+                    "hybrid models announced with different or oversized BFV moduli (first \
+                     {q_bits} bits, at most {MAX_Q_BITS})"
+                )));
+            }
+            let params = cipherml_he::bfv::BfvParameters::new(
+                &SessionConfig {
+                    q_bits,
+                    ..SessionConfig::default()
+                }
+                .bfv_literal(),
+            )
+            .map_err(crate::nn::NnError::from)?;
             let keys = match &store {
                 Some(store) => store.bfv(&params)?,
                 None => generate_bfv(&params),
@@ -210,9 +233,13 @@ impl Client {
         };
         let compiled = match info.mode {
             ModelMode::Hybrid => {
-                // The layout only (zero weights); the flooding is the server's concern.
+                // The layout only (zero weights), lowered as the server lowered it: its Q and
+                // its session's reveal bound (the choices depend on both). The flooding is
+                // the server's concern.
                 let config = SessionConfig {
                     network: info.network.model(),
+                    q_bits: info.q_bits,
+                    reveal_log2: info.reveal_log2.min(MAX_REVEAL_BITS),
                     ..SessionConfig::default()
                 };
                 let h = PreparedModel::new(&arch, &config, false)?;

@@ -382,6 +382,14 @@ pub struct ModelInfo {
     /// The HE parameters (scheme, degree, plaintext modulus or levels and scale, and the
     /// parameter id both sides check).
     pub params: HeParams,
+    /// Hybrid mode: bits of the BFV modulus `Q`, fitted to the hosted hybrid models (the
+    /// same for all of them: they share the session's key; see
+    /// [`crate::tensor::SessionConfig::q_bits`]); 0 for CKKS.
+    pub q_bits: u32,
+    /// Hybrid mode: `log2` of the most reply coefficients a session reveals with this
+    /// model ([`crate::tensor::SessionConfig::reveal_log2`]): its layers' choices depend on
+    /// it, so the client lowers the architecture with it; 0 for CKKS.
+    pub reveal_log2: u32,
     /// The architecture (what the client learns of the model; no weights).
     pub architecture: crate::nn::Architecture,
     /// The network the server's sessions plan for (the client makes the same choices).

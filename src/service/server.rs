@@ -469,7 +469,7 @@ impl Server {
         models: Vec<ModelSpec>,
         config: ServerConfig,
     ) -> Result<Self, ProtocolError> {
-        let mut map = BTreeMap::new();
+        let mut compiled = Vec::with_capacity(models.len());
         for ModelSpec {
             name,
             model: m,
@@ -480,10 +480,57 @@ impl Server {
             let choice = model_mode.unwrap_or(config.mode);
             tracing::debug!(model = %name, ?choice, "compiling");
             let shapes = m.shapes()?;
-            let (engine, why) = choose_engine(&name, &m, choice, &config)?;
-            let (mode, params) = match &engine {
-                Engine::Ckks { params, .. } => (ModelMode::Ckks, HeParams::of_ckks(params)),
-                Engine::Hybrid(h) => (ModelMode::Hybrid, HeParams::of_bfv(h.params())),
+            let (engine, why) = choose_engine(&name, &m, choice, &config, 0)?;
+            compiled.push((name, m, choice, max_batch, shapes, engine, why));
+        }
+        // The hybrid models share the session's BFV key, so one Q: each fitted alone
+        // first, then all at the largest (or the default, if one no longer fits there).
+        let q_of = |e: &Engine| match e {
+            Engine::Hybrid(h) => Some(h.params().context().q().log2_product()),
+            Engine::Ckks { .. } => None,
+        };
+        let fitted: Vec<u32> = compiled
+            .iter()
+            .filter_map(|c| match &c.5 {
+                Engine::Hybrid(h) => Some(h.config().q_bits),
+                Engine::Ckks { .. } => None,
+            })
+            .collect();
+        let qs: Vec<f64> = compiled.iter().filter_map(|c| q_of(&c.5)).collect();
+        if qs.windows(2).any(|w| w[0] != w[1]) {
+            let common = if fitted.contains(&0) {
+                u32::MAX
+            } else {
+                fitted.iter().copied().max().unwrap_or(0)
+            };
+            let mut again = Vec::with_capacity(compiled.len());
+            for c in &compiled {
+                again.push(match &c.5 {
+                    Engine::Hybrid(_) => Some(choose_engine(&c.0, &c.1, c.2, &config, common)),
+                    Engine::Ckks { .. } => None,
+                });
+            }
+            let all_ok = again.iter().flatten().all(|r| r.is_ok());
+            for (c, r) in compiled.iter_mut().zip(again) {
+                let r = match r {
+                    Some(r) if all_ok => r,
+                    // One of them fails at the common Q: all at the default's.
+                    Some(_) => choose_engine(&c.0, &c.1, c.2, &config, u32::MAX),
+                    None => continue,
+                };
+                (c.5, c.6) = r?;
+            }
+        }
+        let mut map = BTreeMap::new();
+        for (name, m, _, max_batch, shapes, engine, why) in compiled {
+            let (mode, params, q_bits, reveal_log2) = match &engine {
+                Engine::Ckks { params, .. } => (ModelMode::Ckks, HeParams::of_ckks(params), 0, 0),
+                Engine::Hybrid(h) => (
+                    ModelMode::Hybrid,
+                    HeParams::of_bfv(h.params()),
+                    h.config().q_bits,
+                    h.config().reveal_log2,
+                ),
             };
             tracing::info!(model = %name, %mode, reason = %why, "model mode");
             map.insert(
@@ -495,6 +542,8 @@ impl Server {
                         output_shape: shapes.last().cloned().unwrap_or_default(),
                         mode,
                         params,
+                        q_bits,
+                        reveal_log2,
                         architecture: m.architecture(),
                         network: config.network,
                     },
@@ -931,15 +980,23 @@ fn ckks_infer(
 /// - `Auto`: CKKS only if the plan picks it and its replies are flooded with the precision
 ///   kept ([`crate::nn::CkksFloodPlan::keeps_precision`]); the hybrid mode otherwise. The
 ///   default never trades the weights' privacy for speed.
+///
+/// The hybrid mode's `Q` has `q_bits` bits: 0 to fit it to the model, `u32::MAX` for the
+/// default (any model the configuration allows).
 fn choose_engine(
     name: &str,
     m: &Sequential,
     choice: ModeChoice,
     config: &ServerConfig,
+    q_bits: u32,
 ) -> Result<(Engine, String), ProtocolError> {
-    let sc = crate::tensor::SessionConfig {
+    let mut sc = crate::tensor::SessionConfig {
         network: config.network.model(),
         ..crate::tensor::SessionConfig::default()
+    };
+    sc.q_bits = match q_bits {
+        u32::MAX => sc.q_bits_needed(),
+        q => q,
     };
     let fc = CkksFloodConfig {
         max_inferences_per_session: config.max_inferences_per_session,

@@ -52,6 +52,12 @@ pub struct SessionConfig {
     pub weight_bits: u32,
     /// Where Beaver triples come from.
     pub triples: Triples,
+    /// Bits of the BFV ciphertext modulus `Q` ([`SessionConfig::bfv_literal`]): 0 for the
+    /// most any model this configuration allows may need
+    /// ([`SessionConfig::q_bits_needed`]); a server fits it to the models it serves
+    /// ([`crate::nn::PreparedModel::for_serving`]: 144 bits for LeNet instead of 164, every
+    /// upload 12% smaller) and announces it. At most 198.
+    pub q_bits: u32,
     /// Threads of this party's HE work: [`run_local_with`](super::run_local_with) runs
     /// each party in a rayon pool of this many threads ([`SessionConfig::thread_pool`]);
     /// a server runs its sessions in one pool of `ServerConfig::threads`; 0: rayon's
@@ -72,6 +78,7 @@ impl Default for SessionConfig {
             reveal_log2: 32,
             weight_bits: 16,
             triples: Triples::Ot,
+            q_bits: 0,
             threads: 0,
         }
     }
@@ -101,9 +108,10 @@ impl SessionConfig {
         }
     }
 
-    /// The BFV parameters: N = 8192, `t = 2^l` and a 20-bit special prime; `Q` the fewest
-    /// bits that hold the plaintext modulus and the flooding of any reply this
-    /// configuration allows ([`SessionConfig::q_bits_needed`]), up to 198 bits, in equal
+    /// The BFV parameters: N = 8192, `t = 2^l` and a 20-bit special prime; `Q` of
+    /// [`SessionConfig::q_bits`] bits, or by default the fewest bits that hold the
+    /// plaintext modulus and the flooding of any reply this configuration allows
+    /// ([`SessionConfig::q_bits_needed`]), up to 198 bits, in equal
     /// primes of at most 50 bits (the NTT's fast 52-bit path: three 55-bit primes were
     /// 10% slower than four of 41): the inference ring 164 bits (`log2(QP) = 184`), the
     /// training ring 198 (`log2(QP) = 218`), 128-bit secure either way. The link protocol
@@ -116,9 +124,13 @@ impl SessionConfig {
     /// let q = |c: SessionConfig| c.bfv_literal().ciphertext_moduli_bits;
     /// assert_eq!(q(SessionConfig::default()), vec![41; 4]);
     /// assert_eq!(q(SessionConfig::training()), vec![50, 50, 49, 49]);
+    /// assert_eq!(q(SessionConfig { q_bits: 144, ..SessionConfig::default() }), vec![48; 3]);
     /// ```
     pub fn bfv_literal(&self) -> BfvParametersLiteral {
-        let needed = self.q_bits_needed();
+        let needed = match self.q_bits {
+            0 => self.q_bits_needed(),
+            q => q.min(198),
+        };
         let ciphertext_moduli_bits = if needed < 198 {
             let k = needed.div_ceil(50);
             vec![needed.div_ceil(k); k as usize]
@@ -153,7 +165,14 @@ impl SessionConfig {
             cipherml_he::tensor::FRESH_NOISE_LOG2,
         );
         let flood = crate::link::flood_log2(n, noise, self.flood_bits + MAX_REVEAL_LOG2);
-        self.ring_bits + 1 + flood + 1 + 1
+        Self::q_bits_for_flood(self.ring_bits, flood)
+    }
+
+    /// Bits of `Q` for replies flooded to `2^flood` at `t = 2^ring_bits`: `Q / (2t)` above
+    /// the flooding, with one bit of margin (what [`SessionConfig::q_bits_needed`] and a
+    /// fitted `Q` both use).
+    pub fn q_bits_for_flood(ring_bits: u32, flood: u32) -> u32 {
+        ring_bits + 1 + flood + 1 + 1
     }
 
     /// The public cap on quantized weights, `2^weight_bits`.

@@ -163,8 +163,9 @@ pub struct LayerPlan {
 }
 
 // Calibrated from `bench -- nn`, `bench -- link` and `bench -- mpc` on the development
-// machine (2026-12-03): a seeded upload ciphertext (`Q` of 164 bits); a compact reply (c1
-// at 55 bits per coefficient, c0 at the outputs); one ReLU in Z_2^40 from silent OT (a
+// machine (2026-12-03): a seeded upload ciphertext (`Q` of 164 bits, the default's; a
+// served model's `Q` is fitted to it, and an upload sends only its window); a compact
+// reply (c1 at 50 bits per coefficient, c0 at the outputs); one ReLU in Z_2^40 from silent OT (a
 // 39-bit millionaire in 2-bit digits and the multiplexer: 341 bits, plus the Ferret trees'
 // share); one exact truncation of a value known non-negative (the usual case: deferred
 // past a ReLU).
@@ -173,7 +174,7 @@ pub const N: f64 = 8192.0;
 /// Bytes of one seeded BFV upload ciphertext.
 pub const UPLOAD: f64 = 167_984.0;
 /// Bytes of one compact BFV reply, outputs apart.
-pub const REPLY: f64 = 60_000.0;
+pub const REPLY: f64 = 51_300.0;
 /// Bytes of one exact ReLU in `Z_2^40`.
 pub const RELU_BYTES: f64 = 50.0;
 /// Microseconds of one exact ReLU.

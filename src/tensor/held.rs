@@ -61,10 +61,11 @@ pub(super) fn coefficient_product_cost(
     // The strided layout: rows balanced over the blocks, each input sent at its window.
     let (rows_per_block, blocks) = cost::strided_blocks(m as f64, lay.chunk as f64);
     let window = (lay.chunk as f64 * rows_per_block + rows_per_block - 1.0).min(big_n);
-    // A reply is switched to the fewest bits that keep decryption exact: about
-    // log2(t N) + 1 per coefficient (the flooding stays below Q / t); 78 bits, 80 KB
-    // a block at t = 2^64, N = 8192 (measured).
-    let reply_bits = f64::from(params.plaintext_bits()) + big_n.log2() + 1.0;
+    // A reply is switched to the fewest bits that keep decryption exact with high
+    // probability: about log2(t sqrt(N)) + 3.5 per coefficient (the rounding's Hoeffding
+    // bound; the flooding stays below Q / t); 50 bits at t = 2^40, 74 at t = 2^64, for
+    // N = 8192.
+    let reply_bits = f64::from(params.plaintext_bits()) + big_n.log2() / 2.0 + 3.5;
     let per_group = inputs * window * q_bits / 8.0
         + blocks * big_n * reply_bits / 8.0
         + (m * lay.columns) as f64 * reply_bits / 8.0;

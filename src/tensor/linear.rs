@@ -128,7 +128,7 @@ fn quantized_bias(bias: Option<ArrayView1<'_, f64>>, len: usize, f: u32) -> Vec<
 /// [`super::held::coefficient_product_cost`]): the whole input in one ciphertext
 /// (`N / inputs` outputs to a reply), or split in `s` chunks (`s` input ciphertexts whose
 /// products are summed, `N / chunk` outputs to a reply). Fewer replies pay for a wide layer
-/// with many outputs (784 x 128: four chunks, 4 replies instead of 13), never for more bytes
+/// with many outputs (784 x 128: three chunks, 5 replies instead of 13), never for more bytes
 /// than one chunk sends. Public shapes only, so client and server choose alike; chunks
 /// whose flooding would not fit are skipped.
 fn dense_chunk(
@@ -619,8 +619,8 @@ fn add_signed(ring: cipherml_mpc::ring::Ring, y: &mut [u64], b: &[i64]) {
 mod tests {
     use super::*;
 
-    /// A wide dense layer with many outputs splits its input (784 x 128: four chunks of
-    /// 196, each sent at 6303 coefficients, and 4 replies instead of 13) and sends fewer
+    /// A wide dense layer with many outputs splits its input (784 x 128: three chunks of
+    /// 262, each sent at 6837 coefficients, and 5 replies instead of 13) and sends fewer
     /// bytes for it; narrow ones keep the whole
     /// input in one ciphertext (LeNet's 256 x 120, 120 x 84); the choice is the same for
     /// both parties (shapes only) and every chunk's flooding fits.
@@ -628,7 +628,7 @@ mod tests {
     fn dense_layers_split_their_input_only_where_it_pays() {
         let config = SessionConfig::default();
         let params = Arc::new(BfvParameters::new(&config.bfv_literal()).unwrap());
-        assert_eq!(dense_chunk(&params, &config, (128, 784)), 196);
+        assert_eq!(dense_chunk(&params, &config, (128, 784)), 262);
         assert_eq!(dense_chunk(&params, &config, (120, 256)), 256);
         assert_eq!(dense_chunk(&params, &config, (84, 120)), 120);
         assert_eq!(dense_chunk(&params, &config, (10, 20000)), 6667);
@@ -637,8 +637,8 @@ mod tests {
             .unwrap();
         match &layer.kind {
             Kind::Dense { he: Some(he), .. } => {
-                assert_eq!((he.input_chunks(), he.output_blocks()), (4, 4));
-                assert_eq!(he.input_window(8192).len(), 196 * 32 + 31);
+                assert_eq!((he.input_chunks(), he.output_blocks()), (3, 5));
+                assert_eq!(he.input_window(8192).len(), 262 * 26 + 25);
             }
             _ => panic!("the 784 x 128 layer runs under BFV"),
         }
