@@ -496,6 +496,7 @@ pub fn nn_filtered(
         let client_model =
             PreparedModel::for_serving(&model, &base, 1 << 16, false).expect("prepare");
         let config = server_model.config().clone();
+        let q_fitted = config.bfv_literal().ciphertext_moduli_bits;
         let x =
             ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&shape), |_| rng.random_range(0.0..1.0));
         let runs = 5usize;
@@ -555,7 +556,11 @@ pub fn nn_filtered(
             bytes: Some(bytes),
             rounds: Some(rounds),
             threads: 1,
-            params: format!("{desc}; bytes both directions, rounds = client flights"),
+            params: format!(
+                "{desc}; Q fitted to the model: {:?} bits (default {:?}); bytes both directions, rounds = client flights",
+                q_fitted,
+                base.bfv_literal().ciphertext_moduli_bits
+            ),
         });
     }
     if !selected("digits_square_mlp") {
