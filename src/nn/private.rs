@@ -315,7 +315,7 @@ impl PreparedModel {
     /// refuses to reveal more), and, unless `base` sets [`SessionConfig::q_bits`], `Q` is
     /// fitted to the model: the fewest bits above its largest flooding
     /// ([`PreparedModel::fitted_q_bits`]), where the default holds any model the
-    /// configuration allows (LeNet: 144 bits instead of 164). Both parties call it with the
+    /// configuration allows (LeNet: 147 bits in three primes instead of 164 in four). Both parties call it with the
     /// same arguments, or the client rebuilds it from what a server announces
     /// ([`PreparedModel::new`] with the announced `q_bits` and `reveal_log2`).
     pub fn for_serving(

@@ -2,8 +2,10 @@
 //! exchanged over the same length-prefixed channel as the two-party protocol.
 //!
 //! 1. client `Hello { version, token, held_keys }` -> server `Hello { version, models,
-//!    cached_keys }` with each model's input and output shapes, mode, HE parameters and
-//!    architecture (or `Error`: busy, unauthorized, wrong version). `held_keys` are the
+//!    cached_keys }` with each model's input and output shapes, mode, HE parameters,
+//!    architecture and, for the hybrid mode, the BFV modulus fitted to the hosted hybrid
+//!    models and the session's union bound, with which the client lowers the architecture
+//!    as the server did (or `Error`: busy, unauthorized, wrong version). `held_keys` are the
 //!    [`KeyId`](crate::key_cache::KeyId)s of the keys a client keeps between sessions;
 //!    `cached_keys` those the server had in its [`crate::key_cache::KeyCache`] and set up for
 //!    the session (CKKS keys for every model with their parameters and Galois elements, the

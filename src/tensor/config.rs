@@ -55,8 +55,8 @@ pub struct SessionConfig {
     /// Bits of the BFV ciphertext modulus `Q` ([`SessionConfig::bfv_literal`]): 0 for the
     /// most any model this configuration allows may need
     /// ([`SessionConfig::q_bits_needed`]); a server fits it to the models it serves
-    /// ([`crate::nn::PreparedModel::for_serving`]: 144 bits for LeNet instead of 164, every
-    /// upload 12% smaller) and announces it. At most 198.
+    /// ([`crate::nn::PreparedModel::for_serving`]: 147 bits for LeNet instead of 164, every
+    /// upload 10% smaller, three primes instead of four) and announces it. At most 198.
     pub q_bits: u32,
     /// Threads of this party's HE work: [`run_local_with`](super::run_local_with) runs
     /// each party in a rayon pool of this many threads ([`SessionConfig::thread_pool`]);
