@@ -238,6 +238,31 @@ fn square_mlp() -> cipherml::nn::Sequential {
     .unwrap()
 }
 
+/// A fake server: accepts one client, answers its hello with `models`, and returns
+/// whether the client sent anything more (its key upload, or nothing if it refused).
+fn fake_server(
+    models: Vec<cipherml::protocol::ModelInfo>,
+) -> (String, std::thread::JoinHandle<bool>) {
+    use cipherml::protocol::{recv, ServerMsg};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let mut ch = cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
+        let _: ClientMsg = recv(&mut ch).unwrap();
+        send(
+            &mut ch,
+            &ServerMsg::Hello {
+                version: PROTOCOL_VERSION,
+                models,
+                cached_keys: Vec::new(),
+            },
+        )
+        .unwrap();
+        cipherml::mpc::net::Channel::recv(&mut ch).is_ok()
+    });
+    (addr, fake)
+}
+
 /// The hybrid MLP and the square MLP, the latter in the CKKS mode.
 fn both_models() -> Vec<ModelSpec> {
     vec![
@@ -577,9 +602,7 @@ fn tls_sessions_work_and_plain_or_untrusted_peers_are_refused() {
 /// refuses with an error before sending anything (no panic, no huge allocation).
 #[test]
 fn client_refuses_announced_shapes_that_contradict_the_architecture() {
-    use cipherml::protocol::{recv, ModelInfo, ServerMsg};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    use cipherml::protocol::ModelInfo;
     let m = square_mlp();
     let info = ModelInfo {
         name: "square".into(),
@@ -597,21 +620,7 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
         architecture: m.architecture(),
         network: Default::default(),
     };
-    let fake = std::thread::spawn(move || {
-        let mut ch = cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
-        let _: ClientMsg = recv(&mut ch).unwrap();
-        send(
-            &mut ch,
-            &ServerMsg::Hello {
-                version: PROTOCOL_VERSION,
-                models: vec![info],
-                cached_keys: Vec::new(),
-            },
-        )
-        .unwrap();
-        // Whatever the client sends next (nothing is expected).
-        let _ = cipherml::mpc::net::Channel::recv(&mut ch);
-    });
+    let (addr, fake) = fake_server(vec![info]);
     let mut client = Client::connect(&addr).unwrap();
     let err = client.infer("square", &digits_row(0)).unwrap_err();
     assert!(
@@ -627,7 +636,7 @@ fn client_refuses_announced_shapes_that_contradict_the_architecture() {
 /// field, before it generates or sends any key.
 #[test]
 fn client_refuses_announced_parameters_that_differ_in_any_field() {
-    use cipherml::protocol::{recv, ModelInfo, ServerMsg};
+    use cipherml::protocol::ModelInfo;
     let m = square_mlp();
     let (_, params) = cipherml::nn::CkksModel::for_model(&m).unwrap();
     let truth = HeParams::of_ckks(&params);
@@ -641,8 +650,6 @@ fn client_refuses_announced_parameters_that_differ_in_any_field() {
         panic!("{truth}")
     };
     let run = |announced: HeParams| -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let info = ModelInfo {
             name: "square".into(),
             input_shape: m.input_shape().to_vec(),
@@ -654,22 +661,8 @@ fn client_refuses_announced_parameters_that_differ_in_any_field() {
             architecture: m.architecture(),
             network: Default::default(),
         };
-        let fake = std::thread::spawn(move || {
-            let mut ch =
-                cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
-            let _: ClientMsg = recv(&mut ch).unwrap();
-            send(
-                &mut ch,
-                &ServerMsg::Hello {
-                    version: PROTOCOL_VERSION,
-                    models: vec![info],
-                    cached_keys: Vec::new(),
-                },
-            )
-            .unwrap();
-            // What the client sends next: nothing if it refused, else its key upload.
-            cipherml::mpc::net::Channel::recv(&mut ch).is_ok()
-        });
+        // What the client sends next: nothing if it refused, else its key upload.
+        let (addr, fake) = fake_server(vec![info]);
         let mut client = Client::connect(&addr).unwrap();
         let err = client.infer("square", &digits_row(0)).unwrap_err();
         drop(client);
@@ -1417,7 +1410,6 @@ fn sessions_past_their_quota_or_their_address_share_are_refused_with_codes() {
 /// parameters' limit, is refused at connect.
 #[test]
 fn hybrid_models_share_a_fitted_modulus() {
-    use cipherml::protocol::{recv, ServerMsg};
     let cnn =
         load_onnx(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_cnn.onnx"))
             .unwrap();
@@ -1451,8 +1443,6 @@ fn hybrid_models_share_a_fitted_modulus() {
 
     // A fake server announcing two hybrid models at different moduli, then one at 400 bits.
     for qs in [vec![q, q + 1], vec![400]] {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let announced: Vec<_> = qs
             .iter()
             .enumerate()
@@ -1463,21 +1453,7 @@ fn hybrid_models_share_a_fitted_modulus() {
                 info
             })
             .collect();
-        let fake = std::thread::spawn(move || {
-            let mut ch =
-                cipherml::mpc::net::TcpChannel::accept(&listener, Default::default()).unwrap();
-            let _: ClientMsg = recv(&mut ch).unwrap();
-            send(
-                &mut ch,
-                &ServerMsg::Hello {
-                    version: PROTOCOL_VERSION,
-                    models: announced,
-                    cached_keys: Vec::new(),
-                },
-            )
-            .unwrap();
-            let _ = cipherml::mpc::net::Channel::recv(&mut ch);
-        });
+        let (addr, fake) = fake_server(announced);
         let Err(err) = Client::connect(&addr) else {
             panic!("{qs:?}: the client accepted the announcement")
         };

@@ -60,6 +60,27 @@ fn measured_noise_log2(k: &Keys, ct: &Ciphertext) -> f64 {
     k.params.log2_q() - budget - 1.0 - k.params.plaintext_bits() as f64
 }
 
+/// Seeded symmetric encryptions of `pts`.
+fn encrypt_all(k: &mut Keys, pts: &[Plaintext]) -> Vec<Ciphertext> {
+    pts.iter()
+        .map(|p| k.dec.encrypt_symmetric(p, &mut k.rng).unwrap())
+        .collect()
+}
+
+/// The measured noise of each of `cts`, every one checked to be at most `2^bound`.
+fn noise_within(k: &Keys, cts: &[Ciphertext], bound: f64) -> Vec<f64> {
+    cts.iter()
+        .map(|ct| {
+            let measured = measured_noise_log2(k, ct);
+            assert!(
+                measured <= bound,
+                "measured 2^{measured:.1} above 2^{bound:.1}"
+            );
+            measured
+        })
+        .collect()
+}
+
 fn random_u64s(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
     let mut v: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
     // The edges: 0, 2^63 - 1, 2^63 (centered as -2^63), 2^64 - 1 (-1).
@@ -438,24 +459,14 @@ fn coefficient_matvec_and_conv2d_are_exact_mod_2_64() {
     let x: Vec<u64> = random_u64s(&mut k.rng, cols);
     let mv = CoeffMatVec::new_capped(&k.enc, w.view(), cap).unwrap();
     let xi: Vec<i64> = x.iter().map(|&v| v as i64).collect();
-    let cts: Vec<Ciphertext> = mv
-        .encode_input(&k.enc, &xi)
-        .unwrap()
-        .iter()
-        .map(|p| k.dec.encrypt_symmetric(p, &mut k.rng).unwrap())
-        .collect();
+    let pts = mv.encode_input(&k.enc, &xi).unwrap();
+    let cts = encrypt_all(&mut k, &pts);
     let out = mv.apply(&k.ev, &cts).unwrap();
     let noise = mv.noise_bound_log2(k.params.degree(), k.params.plaintext_modulus());
     // (21 + 1/2) 2^20 30 * 64: about 2^35.3, not the 2^97 of a floor(Q/t) encoding.
     assert!((35.0..36.0).contains(&noise), "{noise}");
     // The bound holds.
-    for ct in &out {
-        let measured = measured_noise_log2(&k, ct);
-        assert!(
-            measured <= noise,
-            "measured 2^{measured:.1} above 2^{noise:.1}"
-        );
-    }
+    noise_within(&k, &out, noise);
     // An input flooded to 2^40: its noise is multiplied by the weights, within the bound.
     let input = 40u32;
     let heavy: Vec<Ciphertext> = cts
@@ -467,12 +478,7 @@ fn coefficient_matvec_and_conv2d_are_exact_mod_2_64() {
         k.params.plaintext_modulus(),
         input as f64 + 0.01,
     );
-    for ct in &mv.apply(&k.ev, &heavy).unwrap() {
-        let measured = measured_noise_log2(&k, ct);
-        assert!(
-            measured <= bound,
-            "measured 2^{measured:.1} above 2^{bound:.1}"
-        );
+    for measured in noise_within(&k, &mv.apply(&k.ev, &heavy).unwrap(), bound) {
         assert!(
             measured > bound - 12.0,
             "measured 2^{measured:.1} vs 2^{bound:.1}"
@@ -499,12 +505,8 @@ fn coefficient_matvec_and_conv2d_are_exact_mod_2_64() {
     let xin = Array3::from_shape_fn((c, h, h), |_| k.rng.next_u64() as i64);
     let wk = Array4::from_shape_fn((o, c, kk, kk), |_| k.rng.random_range(-100i64..=100));
     let conv = CoeffConv2d::new_capped(&k.enc, wk.view(), (h, h), pad, stride, 100).unwrap();
-    let cts: Vec<Ciphertext> = conv
-        .encode_input(&k.enc, xin.view())
-        .unwrap()
-        .iter()
-        .map(|p| k.dec.encrypt_symmetric(p, &mut k.rng).unwrap())
-        .collect();
+    let pts = conv.encode_input(&k.enc, xin.view()).unwrap();
+    let cts = encrypt_all(&mut k, &pts);
     let out = conv.apply(&k.ev, &cts).unwrap();
     let pts: Vec<Plaintext> = out.iter().map(|c| k.dec.decrypt(c).unwrap()).collect();
     let got = conv.decode_output(&k.enc, &pts).unwrap();
@@ -667,22 +669,12 @@ fn rounded_encoding_at_t_2_40_keeps_products_quiet() {
     // Inputs over all of [0, 2^40): m w carries over t.
     let x: Vec<i64> = (0..cols).map(|_| (k.rng.next_u64() >> 24) as i64).collect();
     let mv = CoeffMatVec::new_capped(&k.enc, w.view(), cap).unwrap();
-    let cts: Vec<Ciphertext> = mv
-        .encode_input(&k.enc, &x)
-        .unwrap()
-        .iter()
-        .map(|p| k.dec.encrypt_symmetric(p, &mut k.rng).unwrap())
-        .collect();
+    let pts = mv.encode_input(&k.enc, &x).unwrap();
+    let cts = encrypt_all(&mut k, &pts);
     let out = mv.apply(&k.ev, &cts).unwrap();
     let noise = mv.noise_bound_log2(k.params.degree(), k.params.plaintext_modulus());
     assert!((31.0..32.0).contains(&noise), "{noise}");
-    for ct in &out {
-        let measured = measured_noise_log2(&k, ct);
-        assert!(
-            measured <= noise,
-            "measured 2^{measured:.1} above 2^{noise:.1}"
-        );
-    }
+    noise_within(&k, &out, noise);
     let pts: Vec<Plaintext> = out.iter().map(|c| k.dec.decrypt(c).unwrap()).collect();
     let got = mv.decode_output(&k.enc, &pts).unwrap();
     for r in 0..rows {

@@ -267,15 +267,17 @@ fn bfv_pow2() -> bfv::BfvParametersLiteral {
 }
 
 /// Seeded symmetric encryptions of `pts` sent as a client sends them, only at `window`
-/// (checked against the exact size), and decoded with zeros elsewhere.
+/// (checked against the exact size), decoded with zeros elsewhere, put through `apply`
+/// (the layer) and decrypted.
 fn through_window(
-    params: &Arc<bfv::BfvParameters>,
-    dec: &bfv::Decryptor,
+    (params, dec): (&Arc<bfv::BfvParameters>, &bfv::Decryptor),
     pts: &[bfv::Plaintext],
     window: bfv::CoeffWindow,
     rng: &mut ChaCha20Rng,
-) -> Vec<bfv::Ciphertext> {
-    pts.iter()
+    apply: impl Fn(&[bfv::Ciphertext]) -> Vec<bfv::Ciphertext>,
+) -> Vec<bfv::Plaintext> {
+    let cts: Vec<_> = pts
+        .iter()
         .map(|p| {
             let ct = dec.encrypt_symmetric(p, rng).unwrap();
             let bytes = ct.to_bytes_window(params, window).unwrap();
@@ -283,6 +285,10 @@ fn through_window(
             assert_eq!(bytes.len(), size);
             bfv::Ciphertext::from_bytes_window(params, &bytes, window).unwrap()
         })
+        .collect();
+    apply(&cts)
+        .iter()
+        .map(|c| dec.decrypt(c).unwrap())
         .collect()
 }
 
@@ -298,7 +304,7 @@ fn nonzero(rng: &mut ChaCha20Rng, cap: i64) -> i64 {
 
 /// `window` less its first coefficient (or its last, if it is the whole ring).
 fn shrunk(n: usize, window: bfv::CoeffWindow) -> bfv::CoeffWindow {
-    if window.is_full(n) {
+    if window.is_full() {
         bfv::CoeffWindow::new(n, 0, n - 1).unwrap()
     } else {
         bfv::CoeffWindow::new(n, (window.start() + 1) % n, window.len() - 1).unwrap()
@@ -360,7 +366,7 @@ fn bfv_coefficient_matvec_is_exact() {
         // The input sent only at its window gives the same outputs; the window of the
         // strided layout is the weight block plus m - 1 (contiguous: (2 m - 1) chunk).
         let n = params.degree();
-        let window = mv.input_window(n);
+        let window = mv.input_window();
         let c = chunk.unwrap_or(cols).min(n);
         let m = rows.div_ceil(rows.div_ceil(n / c));
         let expected = if chunk.is_some() {
@@ -371,10 +377,10 @@ fn bfv_coefficient_matvec_is_exact() {
         assert_eq!(window.len(), expected.min(n), "{rows}x{cols}");
         let pts = mv.encode_input(&enc, &x).unwrap();
         let run = |window, rng: &mut ChaCha20Rng| {
-            let cts = through_window(&params, &dec, &pts, window, rng);
-            let out = mv.apply(&ev, &cts).unwrap();
-            let pts: Vec<_> = out.iter().map(|c| dec.decrypt(c).unwrap()).collect();
-            mv.decode_output(&enc, &pts).unwrap()
+            let out = through_window((&params, &dec), &pts, window, rng, |cts| {
+                mv.apply(&ev, cts).unwrap()
+            });
+            mv.decode_output(&enc, &out).unwrap()
         };
         assert_eq!(run(window, &mut rng), want, "{rows}x{cols} windowed");
         // One coefficient fewer and some output is wrong: the window is tight.
@@ -427,13 +433,13 @@ fn bfv_coefficient_conv2d_is_exact() {
         // times the channels of a block), the outputs are the same; one coefficient fewer
         // and some output is wrong.
         let n = params.degree();
-        let window = conv.input_window(n);
+        let window = conv.input_window();
         let pts = conv.encode_input(&enc, x.view()).unwrap();
         let run = |window, rng: &mut ChaCha20Rng| {
-            let cts = through_window(&params, &dec, &pts, window, rng);
-            let out = conv.apply(&ev, &cts).unwrap();
-            let pts: Vec<_> = out.iter().map(|ct| dec.decrypt(ct).unwrap()).collect();
-            conv.decode_output(&enc, &pts).unwrap()
+            let out = through_window((&params, &dec), &pts, window, rng, |cts| {
+                conv.apply(&ev, cts).unwrap()
+            });
+            conv.decode_output(&enc, &out).unwrap()
         };
         assert_eq!(run(window, &mut rng), want, "C={c} O={o} windowed");
         assert_ne!(run(shrunk(n, window), &mut rng), want, "C={c} O={o} shrunk");
@@ -449,7 +455,7 @@ fn bfv_coefficient_conv2d_is_exact() {
     let p8 = bfv::BfvParameters::new(&lit).unwrap();
     let w = Array4::<i64>::zeros((6, 1, 5, 5));
     let conv = CoeffConv2d::new(&bfv::Encoder::new(&p8), w.view(), (28, 28), 0, 1).unwrap();
-    assert_eq!(conv.input_window(8192).len(), 784 * 6 + 5);
+    assert_eq!(conv.input_window().len(), 784 * 6 + 5);
 }
 
 #[test]

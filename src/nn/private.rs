@@ -338,58 +338,39 @@ impl PreparedModel {
             reveal_log2: crate::link::union_bits(per_inference * max_inferences.max(1) as u128),
             ..base.clone()
         };
-        let prepared = Self::with_params(model, &config, params, with_weights)?;
         if base.q_bits != 0 {
-            return Ok(prepared);
+            return Self::with_params(model, &config, params, with_weights);
         }
-        // Fitted: the same lowering at the fewest bits that hold its floodings (if the
-        // choices made there no longer fit, the default stays).
-        let fitted = prepared.fitted_q_bits();
-        if f64::from(fitted) >= prepared.params.context().q().log2_product() {
-            return Ok(prepared);
+        // Fitted: the layout and bounds alone (no weights) give the fewest bits that hold
+        // the floodings; the model is lowered there, or one bit above (equal primes of the
+        // literal's size may hold a fraction of a bit less than their count times their
+        // size). If the choices made there no longer fit, the default stays.
+        let fitted = Self::with_params(model, &config, params.clone(), false)?.fitted_q_bits();
+        if f64::from(fitted) < params.context().q().log2_product() {
+            for q_bits in [fitted, fitted + 1] {
+                let config = SessionConfig {
+                    q_bits,
+                    ..config.clone()
+                };
+                let params = BfvParameters::new(&config.bfv_literal())?;
+                if let Ok(m) = Self::with_params(model, &config, params, with_weights) {
+                    return Ok(m);
+                }
+            }
         }
-        let config = SessionConfig {
-            q_bits: fitted,
-            ..config
-        };
-        let params = BfvParameters::new(&config.bfv_literal())?;
-        Ok(Self::with_params(model, &config, params, with_weights).unwrap_or(prepared))
+        Self::with_params(model, &config, params, with_weights)
     }
 
     /// The fewest bits of `Q` that hold this model's largest flooding
     /// ([`PreparedModel::flood_log2`]) at its plaintext modulus, with the margin of
-    /// [`SessionConfig::q_bits_for_flood`] (one more if the primes of that size fall
-    /// short). From public values only (the layers' noise bounds come from the shapes and
-    /// the weight cap).
+    /// [`SessionConfig::q_bits_for_flood`]. From public values only (the layers' noise
+    /// bounds come from the shapes and the weight cap).
     pub fn fitted_q_bits(&self) -> u32 {
         let (flood, _) = self.flood_log2();
         // A model with no encrypted reply still has the session's public key: the
         // re-randomizing encryption's own noise sets its floor.
-        let n = self.params.degree();
-        let floor = crate::link::flood_log2(n, 0.0, self.flood_bits());
-        let bits = SessionConfig::q_bits_for_flood(self.config.ring_bits, flood.max(floor));
-        // Equal primes of the literal's size may hold a fraction of a bit less than their
-        // count times their size: one bit more then.
-        let lit = SessionConfig {
-            q_bits: bits,
-            ..self.config.clone()
-        };
-        let room = |q_bits: u32| {
-            BfvParameters::new(
-                &SessionConfig {
-                    q_bits,
-                    ..lit.clone()
-                }
-                .bfv_literal(),
-            )
-            .map(|p| p.context().q().log2_product() - f64::from(self.config.ring_bits) - 2.0)
-            .unwrap_or(0.0)
-        };
-        if room(bits) > f64::from(flood.max(floor)) {
-            bits
-        } else {
-            bits + 1
-        }
+        let floor = crate::link::flood_log2(self.params.degree(), 0.0, self.flood_bits());
+        SessionConfig::q_bits_for_flood(self.config.ring_bits, flood.max(floor))
     }
 
     /// The session configuration the model was lowered for.

@@ -27,7 +27,9 @@ use crate::protocol::{
     recv, send, ClientMsg, HeParams, ModelInfo, ModelMode, ProtocolError, ServerMsg, MAX_BATCH,
     PROTOCOL_VERSION,
 };
-use crate::tensor::{decrypt_output, encrypt_input, LinkKeys, SessionConfig, SessionSetup};
+use crate::tensor::{
+    decrypt_output, encrypt_input, LinkKeys, SessionConfig, SessionSetup, MAX_Q_BITS,
+};
 pub use crate::tls::ClientTls;
 
 /// How the client connects.
@@ -84,9 +86,6 @@ impl std::fmt::Debug for Client {
             .finish_non_exhaustive()
     }
 }
-
-/// Largest BFV modulus a server may announce, in bits (the parameters' own limit).
-const MAX_Q_BITS: u32 = 198;
 
 /// Largest union bound a server may announce (`2^64` coefficients).
 const MAX_REVEAL_BITS: u32 = 64;

@@ -484,11 +484,8 @@ impl Server {
             compiled.push((name, m, choice, max_batch, shapes, engine, why));
         }
         // The hybrid models share the session's BFV key, so one Q: each fitted alone
-        // first, then all at the largest (or the default, if one no longer fits there).
-        let q_of = |e: &Engine| match e {
-            Engine::Hybrid(h) => Some(h.params().context().q().log2_product()),
-            Engine::Ckks { .. } => None,
-        };
+        // first, then all at the largest (at the default's if one was not fitted, or if
+        // one no longer fits at the largest).
         let fitted: Vec<u32> = compiled
             .iter()
             .filter_map(|c| match &c.5 {
@@ -496,8 +493,7 @@ impl Server {
                 Engine::Ckks { .. } => None,
             })
             .collect();
-        let qs: Vec<f64> = compiled.iter().filter_map(|c| q_of(&c.5)).collect();
-        if qs.windows(2).any(|w| w[0] != w[1]) {
+        if fitted.windows(2).any(|w| w[0] != w[1]) {
             let common = if fitted.contains(&0) {
                 u32::MAX
             } else {
@@ -514,7 +510,6 @@ impl Server {
             for (c, r) in compiled.iter_mut().zip(again) {
                 let r = match r {
                     Some(r) if all_ok => r,
-                    // One of them fails at the common Q: all at the default's.
                     Some(_) => choose_engine(&c.0, &c.1, c.2, &config, u32::MAX),
                     None => continue,
                 };

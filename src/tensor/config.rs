@@ -54,9 +54,10 @@ pub struct SessionConfig {
     pub triples: Triples,
     /// Bits of the BFV ciphertext modulus `Q` ([`SessionConfig::bfv_literal`]): 0 for the
     /// most any model this configuration allows may need
-    /// ([`SessionConfig::q_bits_needed`]); a server fits it to the models it serves
-    /// ([`crate::nn::PreparedModel::for_serving`]: 147 bits for LeNet instead of 164, every
-    /// upload 10% smaller, three primes instead of four) and announces it. At most 198.
+    /// ([`SessionConfig::q_bits_needed`]); a server fits it to the models it serves (the
+    /// model layer's `PreparedModel::for_serving`: 147 bits for LeNet instead of 164, every
+    /// upload 10% smaller, three primes instead of four) and announces it. At most
+    /// [`MAX_Q_BITS`].
     pub q_bits: u32,
     /// Threads of this party's HE work: [`run_local_with`](super::run_local_with) runs
     /// each party in a rayon pool of this many threads ([`SessionConfig::thread_pool`]);
@@ -83,6 +84,11 @@ impl Default for SessionConfig {
         }
     }
 }
+
+/// The most bits of the BFV modulus `Q` at N = 8192 with a 20-bit special prime
+/// (`log2(QP) = 218`, 128-bit secure): [`SessionConfig::q_bits`] is clamped to it, and a
+/// client refuses a server that announces more.
+pub const MAX_Q_BITS: u32 = 198;
 
 /// The most union bits (`log2` of the coefficients a session may reveal) that
 /// [`SessionConfig::bfv_literal`] leaves room for: `2^40` coefficients.
@@ -129,9 +135,9 @@ impl SessionConfig {
     pub fn bfv_literal(&self) -> BfvParametersLiteral {
         let needed = match self.q_bits {
             0 => self.q_bits_needed(),
-            q => q.min(198),
+            q => q.min(MAX_Q_BITS),
         };
-        let ciphertext_moduli_bits = if needed < 198 {
+        let ciphertext_moduli_bits = if needed < MAX_Q_BITS {
             let k = needed.div_ceil(50);
             vec![needed.div_ceil(k); k as usize]
         } else {

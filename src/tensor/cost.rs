@@ -6,6 +6,8 @@
 //! The constants are calibrated from `cargo run --release --example bench` on a 2-core AMD
 //! EPYC, one thread per party.
 
+use cipherml_he::tensor::{CoeffConv2d, CoeffMatVec};
+
 /// Bandwidth and round-trip time between client and server.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NetworkModel {
@@ -199,16 +201,6 @@ pub fn bfv_linear(in_cts: f64, window: f64, out_cts: f64, outputs: f64) -> Cost 
     }
 }
 
-/// Rows to a block of a strided coefficient-encoded product with `chunk` inputs
-/// (`cipherml_he::tensor::CoeffMatVec`, also the output channels of a `CoeffConv2d` of
-/// `spacing`): as many as fit, balanced over the fewest blocks. Returns `(rows per block,
-/// blocks)`.
-pub fn strided_blocks(rows: f64, chunk: f64) -> (f64, f64) {
-    let fit = (N / chunk.max(1.0)).floor().max(1.0);
-    let blocks = (rows / fit).ceil().max(1.0);
-    ((rows / blocks).ceil(), blocks)
-}
-
 /// An `(m x k) (k x n)` product on shares with a Beaver matrix triple from OT, its
 /// openings and the truncation of the result. The triple is Gilboa's in both directions:
 /// one correlated OT per bit of each entry of one factor, carrying a column of the other
@@ -274,18 +266,19 @@ pub fn ckks_linear(rows: f64, period: f64) -> Cost {
 /// only if `ckks` (the network runs in the non-interactive mode); on shares with a
 /// dealer's triples if `dealer`.
 pub fn dense_options(inputs: f64, outputs: f64, ckks: bool, dealer: bool) -> Vec<(Backend, Cost)> {
-    let chunk = inputs.min(N);
-    let (m, blocks) = strided_blocks(outputs, chunk);
-    let mut options = vec![
-        (
-            Backend::BfvCoefficient,
-            bfv_linear(
-                (inputs / chunk).ceil(),
-                chunk * m + m - 1.0,
-                blocks,
-                outputs,
-            ),
+    // The whole input in one chunk (the lowering may split it), in the strided layout.
+    let shape = (outputs as usize, inputs as usize);
+    let bfv = match CoeffMatVec::layout(N as usize, shape, shape.1.clamp(1, N as usize), true) {
+        Ok(l) => bfv_linear(
+            l.inputs as f64,
+            l.window.len() as f64,
+            l.blocks as f64,
+            outputs,
         ),
+        Err(_) => bfv_linear((inputs / N).ceil(), N, outputs, outputs),
+    };
+    let mut options = vec![
+        (Backend::BfvCoefficient, bfv),
         shared_option(outputs, inputs, 1.0, dealer),
     ];
     if ckks {
@@ -309,22 +302,21 @@ pub fn conv_options(
     ckks: Option<f64>,
     dealer: bool,
 ) -> Vec<(Backend, Cost)> {
-    let hw = (h * w) as f64;
-    let group = (N / hw).floor().min(c as f64).max(1.0);
-    // Output channels at the spacing of `he::tensor::CoeffConv2d` (for stride 1 about
-    // the input's length: products overlap where no output is read).
-    let spacing = group * hw;
-    let (m, blocks) = strided_blocks(o as f64, spacing);
-    let mut options = vec![
-        (
-            Backend::BfvCoefficient,
-            bfv_linear(
-                (c as f64 / group).ceil(),
-                spacing * m + m - 1.0,
-                blocks,
-                outputs,
-            ),
+    // As many input channels to a ciphertext as fit, stride 1 (the lowering picks the
+    // channels by cost, the stride from the layer).
+    let n = N as usize;
+    let group = CoeffConv2d::max_group(n, c, (h, w), 0);
+    let bfv = match CoeffConv2d::layout(n, (o, c, kh, kw), (h, w), 0, 1, group) {
+        Ok(l) => bfv_linear(
+            l.inputs as f64,
+            l.window.len() as f64,
+            l.blocks as f64,
+            outputs,
         ),
+        Err(_) => bfv_linear(c as f64, N, o as f64, outputs),
+    };
+    let mut options = vec![
+        (Backend::BfvCoefficient, bfv),
         shared_option(o as f64, (c * kh * kw) as f64, outputs / o as f64, dealer),
     ];
     if let Some(inputs) = ckks {

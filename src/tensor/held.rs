@@ -57,10 +57,16 @@ pub(super) fn coefficient_product_cost(
     let q_bits = params.context().q().log2_product();
     let groups = n.div_ceil(lay.columns) as f64;
     let width = lay.columns * k;
-    let inputs = width.div_ceil(lay.chunk) as f64;
     // The strided layout: rows balanced over the blocks, each input sent at its window.
-    let (rows_per_block, blocks) = cost::strided_blocks(m as f64, lay.chunk as f64);
-    let window = (lay.chunk as f64 * rows_per_block + rows_per_block - 1.0).min(big_n);
+    let Ok(shape) = CoeffMatVec::layout(params.degree(), (m, width), lay.chunk, true) else {
+        return cost::Cost {
+            compute_us: f64::INFINITY,
+            bytes: f64::INFINITY,
+            rounds: 0.0,
+        };
+    };
+    let (inputs, blocks) = (shape.inputs as f64, shape.blocks as f64);
+    let window = shape.window.len() as f64;
     // A reply is switched to the fewest bits that keep decryption exact with high
     // probability: about log2(t sqrt(N)) + 3.5 per coefficient (the rounding's Hoeffding
     // bound; the flooding stays below Q / t); 50 bits at t = 2^40, 74 at t = 2^64, for
@@ -237,7 +243,7 @@ impl<C: Channel> Session<C> {
                     flood_bits,
                     &mut self.party,
                     rerand,
-                    (mv.input_chunks(), mv.input_window(params.degree())),
+                    (mv.input_chunks(), mv.input_window()),
                     &positions,
                     noise,
                     own,
@@ -254,7 +260,7 @@ impl<C: Channel> Session<C> {
                     ring,
                     &mut self.party,
                     &sk,
-                    (&pts, mv.input_window(params.degree())),
+                    (&pts, mv.input_window()),
                     &positions,
                 )?
             };

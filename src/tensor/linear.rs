@@ -198,7 +198,7 @@ fn conv_group(
             let fits = g == most || check_flood(params, config, "conv2d", noise).is_ok();
             let c = cost::bfv_linear(
                 lay.inputs as f64,
-                lay.window as f64,
+                lay.window.len() as f64,
                 lay.blocks as f64,
                 outputs,
             );
@@ -456,7 +456,7 @@ impl<C: Channel> Session<C> {
                 return self.bfv_linear(
                     w,
                     he.output_positions(),
-                    (he.input_chunks(), he.input_window(self.params.degree())),
+                    (he.input_chunks(), he.input_window()),
                     |encoder| {
                         let xi: Vec<i64> = xs.iter().map(|&v| v as i64).collect();
                         he.encode_input(encoder, &xi)
@@ -475,7 +475,7 @@ impl<C: Channel> Session<C> {
                 return self.bfv_linear(
                     w,
                     he.output_positions(),
-                    (he.input_groups(), he.input_window(self.params.degree())),
+                    (he.input_groups(), he.input_window()),
                     |encoder| {
                         let x3 = ndarray::Array3::from_shape_vec(
                             *input,
@@ -638,7 +638,7 @@ mod tests {
         match &layer.kind {
             Kind::Dense { he: Some(he), .. } => {
                 assert_eq!((he.input_chunks(), he.output_blocks()), (3, 5));
-                assert_eq!(he.input_window(8192).len(), 262 * 26 + 25);
+                assert_eq!(he.input_window().len(), 262 * 26 + 25);
             }
             _ => panic!("the 784 x 128 layer runs under BFV"),
         }

@@ -117,7 +117,7 @@ pub use ckks::{
     decrypt_output, encrypt_input, CkksEval, CkksEvalKeys, CkksOps, CkksSessionKeys,
     PreparedCkksLinear,
 };
-pub use config::{SessionConfig, Triples};
+pub use config::{SessionConfig, Triples, MAX_Q_BITS};
 pub use cost::NetworkModel;
 pub use grad::{PoolSelection, ReluMask, ACTIVATION_RANGE, ACTIVATION_RANGE_BITS};
 pub use he::BfvTensorData;

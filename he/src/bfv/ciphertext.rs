@@ -66,7 +66,7 @@ impl Ciphertext {
 /// let w = CoeffWindow::hull(16, -2, 5);
 /// assert_eq!((w.start(), w.len()), (14, 8));
 /// assert!(w.contains(15) && w.contains(0) && !w.contains(6));
-/// assert!(CoeffWindow::hull(16, -9, 9).is_full(16));
+/// assert!(CoeffWindow::hull(16, -9, 9).is_full());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoeffWindow {
@@ -115,9 +115,9 @@ impl CoeffWindow {
         self.len
     }
 
-    /// Whether the window holds all `n` positions.
-    pub fn is_full(&self, n: usize) -> bool {
-        self.len >= n
+    /// Whether the window holds all `N` positions.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.n
     }
 
     /// Whether `i` (below `N`) is in the window.

@@ -39,6 +39,25 @@ fn center(v: u64, t: u128) -> i64 {
     }
 }
 
+/// The shape of a [`CoeffMatVec`] ([`CoeffMatVec::layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatVecLayout {
+    /// Columns per input chunk.
+    pub chunk: usize,
+    /// Input ciphertexts (column chunks).
+    pub inputs: usize,
+    /// Output ciphertexts (row blocks).
+    pub blocks: usize,
+    /// Rows to an output ciphertext.
+    pub rows_per_block: usize,
+    /// Distance between consecutive input coefficients.
+    pub x_stride: usize,
+    /// Distance between consecutive outputs.
+    pub row_stride: usize,
+    /// The coefficients of each input ciphertext the outputs read.
+    pub window: CoeffWindow,
+}
+
 /// A plaintext matrix for encrypted matrix-vector products with coefficient encoding.
 #[derive(Debug, Clone)]
 pub struct CoeffMatVec {
@@ -52,6 +71,8 @@ pub struct CoeffMatVec {
     x_stride: usize,
     /// Distance between consecutive outputs (`chunk`, or 1 strided).
     row_stride: usize,
+    /// The input coefficients the outputs read.
+    window: CoeffWindow,
     /// `[block][chunk]`: the weight polynomials, prepared at the top level.
     weights: Vec<Vec<PreparedPlaintext>>,
     /// The public bound on `|w|` that the noise bounds use (never the weights' own
@@ -145,16 +166,8 @@ impl CoeffMatVec {
 
     /// The input coefficients every read output depends on (see [`CoeffWindow`]): from the
     /// layout only.
-    pub fn input_window(&self, n: usize) -> CoeffWindow {
-        let m = self.rows_per_block.min(self.rows) as i64;
-        let (sx, sr) = (self.x_stride as i64, self.row_stride as i64);
-        // Weights at [0, (chunk - 1) sx + (m - 1) sr], outputs at (chunk - 1) sx + [0,
-        // (m - 1) sr]: their differences.
-        CoeffWindow::hull(
-            n,
-            -(m - 1) * sr,
-            (self.chunk as i64 - 1) * sx + (m - 1) * sr,
-        )
+    pub fn input_window(&self) -> CoeffWindow {
+        self.window
     }
 
     /// Encodes `w` (entries reduced modulo `t`) in the contiguous layout. The noise bounds
@@ -188,6 +201,69 @@ impl CoeffMatVec {
         Self::build(encoder, w, cap, chunk, true)
     }
 
+    /// The shape of a matrix-vector product of `rows x cols` with input chunks of `chunk`
+    /// columns (1 to `N`; at most `cols` is used), from the shapes alone: input
+    /// ciphertexts, output ciphertexts (as few as fit, their rows balanced: a smaller
+    /// window for the same replies), rows to one, and the input window in the strided
+    /// layout of [`CoeffMatVec::new_chunked`] (`rows_per_block (chunk + 1) - 1`
+    /// coefficients, at most `N`) or, if not `strided`, the contiguous one
+    /// (`(2 rows_per_block - 1) chunk`).
+    ///
+    /// ```
+    /// use cipherml_he::tensor::CoeffMatVec;
+    /// // 128 x 784 in chunks of 262 at N = 8192: 3 inputs, 5 replies of 26 rows, each
+    /// // input sent at 262 * 26 + 25 coefficients.
+    /// let l = CoeffMatVec::layout(8192, (128, 784), 262, true).unwrap();
+    /// assert_eq!((l.inputs, l.blocks, l.rows_per_block), (3, 5, 26));
+    /// assert_eq!(l.window.len(), 6837);
+    /// ```
+    pub fn layout(
+        n_ring: usize,
+        (rows, cols): (usize, usize),
+        chunk: usize,
+        strided: bool,
+    ) -> Result<MatVecLayout> {
+        if chunk == 0 || chunk > n_ring {
+            return Err(Error::ShapeMismatch {
+                what: "input chunk (1 to N columns)",
+                left: vec![chunk],
+                right: vec![n_ring],
+            });
+        }
+        if rows == 0 || cols == 0 {
+            return Err(Error::ShapeMismatch {
+                what: "empty matrix",
+                left: vec![rows, cols],
+                right: vec![],
+            });
+        }
+        let chunk = chunk.min(cols);
+        let blocks = rows.div_ceil(n_ring / chunk);
+        let rows_per_block = rows.div_ceil(blocks);
+        let (x_stride, row_stride) = if strided {
+            (rows_per_block, 1)
+        } else {
+            (1, chunk)
+        };
+        // Weights at [0, (chunk - 1) sx + (m - 1) sr], outputs at (chunk - 1) sx + [0,
+        // (m - 1) sr]: their differences.
+        let (m, sx, sr) = (rows_per_block as i64, x_stride as i64, row_stride as i64);
+        let window = CoeffWindow::hull(
+            n_ring,
+            -(m - 1) * sr,
+            (chunk as i64 - 1) * sx + (m - 1) * sr,
+        );
+        Ok(MatVecLayout {
+            chunk,
+            inputs: cols.div_ceil(chunk),
+            blocks,
+            rows_per_block,
+            x_stride,
+            row_stride,
+            window,
+        })
+    }
+
     fn build(
         encoder: &Encoder,
         w: ArrayView2<'_, i64>,
@@ -196,32 +272,18 @@ impl CoeffMatVec {
         strided: bool,
     ) -> Result<Self> {
         let n_ring = encoder.params().degree();
-        if chunk == 0 || chunk > n_ring {
-            return Err(Error::ShapeMismatch {
-                what: "input chunk (1 to N columns)",
-                left: vec![chunk],
-                right: vec![n_ring],
-            });
-        }
         let (rows, cols) = w.dim();
-        if rows == 0 || cols == 0 {
-            return Err(Error::ShapeMismatch {
-                what: "empty matrix",
-                left: vec![rows, cols],
-                right: vec![],
-            });
-        }
+        let lay = Self::layout(n_ring, (rows, cols), chunk, strided)?;
         check_cap(w.iter().copied(), cap, &[rows, cols])?;
         let t = t_of(encoder);
-        let chunk = chunk.min(cols);
-        // As few blocks as fit, their rows balanced (a smaller window, the same replies).
-        let blocks = rows.div_ceil(n_ring / chunk);
-        let rows_per_block = rows.div_ceil(blocks);
-        let (x_stride, row_stride) = if strided {
-            (rows_per_block, 1)
-        } else {
-            (1, chunk)
-        };
+        let MatVecLayout {
+            chunk,
+            rows_per_block,
+            x_stride,
+            row_stride,
+            window,
+            ..
+        } = lay;
         let level = encoder.params().max_level();
         let mut weights = Vec::new();
         for r0 in (0..rows).step_by(rows_per_block) {
@@ -246,6 +308,7 @@ impl CoeffMatVec {
             rows_per_block,
             x_stride,
             row_stride,
+            window,
             weights,
             cap,
         })
@@ -341,6 +404,8 @@ pub struct CoeffConv2d {
     /// Output channels per output ciphertext (at most `N / spacing`, balanced over the
     /// blocks), interleaved: channel `j` of a block owns the coefficients `= j mod per_ct`.
     per_ct: usize,
+    /// The input coefficients the outputs read.
+    window: CoeffWindow,
     /// `[output block][channel group]`.
     weights: Vec<Vec<PreparedPlaintext>>,
     /// The public bound on `|w|` that the noise bounds use.
@@ -358,8 +423,8 @@ pub struct ConvLayout {
     pub blocks: usize,
     /// Output channels to an output ciphertext.
     pub per_ct: usize,
-    /// Coefficients of each input ciphertext the outputs read ([`CoeffWindow`]).
-    pub window: usize,
+    /// The coefficients of each input ciphertext the outputs read.
+    pub window: CoeffWindow,
 }
 
 impl CoeffConv2d {
@@ -413,7 +478,7 @@ impl CoeffConv2d {
     /// let l7 = CoeffConv2d::layout(8192, (16, 16, 3, 3), (32, 32), 1, 1, 7).unwrap();
     /// assert_eq!((l7.inputs, l7.blocks, l7.per_ct), (3, 16, 1));
     /// let l3 = CoeffConv2d::layout(8192, (16, 16, 3, 3), (32, 32), 1, 1, 3).unwrap();
-    /// assert_eq!((l3.inputs, l3.blocks, l3.per_ct, l3.window), (6, 8, 2, 6937));
+    /// assert_eq!((l3.inputs, l3.blocks, l3.per_ct, l3.window.len()), (6, 8, 2, 6937));
     /// ```
     pub fn layout(
         n_ring: usize,
@@ -451,7 +516,7 @@ impl CoeffConv2d {
         // their differences.
         let m = per_ct as i64;
         let top = (kernel_len - 1 + last) as i64 * m + m - 1;
-        let window = CoeffWindow::hull(n_ring, -(m - 1), top).len();
+        let window = CoeffWindow::hull(n_ring, -(m - 1), top);
         Ok(ConvLayout {
             group,
             inputs: c.div_ceil(group),
@@ -516,6 +581,7 @@ impl CoeffConv2d {
             stride,
             group,
             per_ct,
+            window: lay.window,
             weights: all,
         })
     }
@@ -569,17 +635,8 @@ impl CoeffConv2d {
 
     /// The input coefficients every read output depends on (see [`CoeffWindow`]): from the
     /// layout only, about `(kernel_len + last) per_ct` of them.
-    pub fn input_window(&self, n: usize) -> CoeffWindow {
-        let (kh, kw) = self.kernel;
-        let wp = (self.input.1 + 2 * self.padding) as i64;
-        let hw = (self.input.0 + 2 * self.padding) as i64 * wp;
-        let (_, ho, wo) = self.output_shape();
-        let s = self.stride as i64;
-        let base = (self.group as i64 - 1) * hw + (kh as i64 - 1) * wp + (kw as i64 - 1);
-        let last = (ho as i64 - 1) * s * wp + (wo as i64 - 1) * s;
-        let m = self.per_ct as i64;
-        // As in `layout`.
-        CoeffWindow::hull(n, -(m - 1), (base + last) * m + m - 1)
+    pub fn input_window(&self) -> CoeffWindow {
+        self.window
     }
 
     /// Output shape `(O, H', W')`.

@@ -10,5 +10,7 @@ pub mod bfv_simd;
 pub mod ckks;
 
 pub use self::ckks::{avg_pool_matrix, conv2d_matrix, CkksTensor, LinearMap, PreparedLinearMap};
-pub use bfv_coeff::{product_noise_log2, CoeffConv2d, CoeffMatVec, ConvLayout, FRESH_NOISE_LOG2};
+pub use bfv_coeff::{
+    product_noise_log2, CoeffConv2d, CoeffMatVec, ConvLayout, MatVecLayout, FRESH_NOISE_LOG2,
+};
 pub use bfv_simd::BfvTensor;
