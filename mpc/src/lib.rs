@@ -53,5 +53,6 @@ pub mod triples;
 
 pub use error::{Error, Result};
 
-/// The version of the MPC layer's wire protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The version of the MPC layer's wire protocol. 2: the millionaire's tables split
+/// between the parties, and 1-of-N pads sliced from one hash per key.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -350,13 +350,30 @@ fn millionaire_and_relu_family() {
         let (r0, r1) = parties_mem(move |p| {
             let own = if p.is_p0() { mx.clone() } else { my.clone() };
             let gt = compare::millionaire(p, bits, &own).unwrap();
+            // Reversed and one shorter: the edge values among the instances whose tables
+            // party 1 holds (the second half), and an odd count.
+            let rev: Vec<u64> = own.iter().rev().skip(1).copied().collect();
+            let gt_rev = compare::millionaire(p, bits, &rev).unwrap();
             let sxx = pick(p, &sx);
             let d = compare::drelu(p, ring, &sxx).unwrap();
             let r = compare::relu(p, ring, &sxx).unwrap();
             let lt = compare::less_than(p, ring, &sxx, &pick(p, &sy)).unwrap();
             let m = compare::max(p, ring, &sxx, &pick(p, &sy)).unwrap();
-            (gt, d, r, lt, m)
+            (gt, d, r, lt, m, gt_rev)
         });
+        let gt_rev = xor(&r0.5, &r1.5);
+        let (xr, yr): (Vec<u64>, Vec<u64>) = (
+            x.iter().rev().skip(1).copied().collect(),
+            y.iter().rev().skip(1).copied().collect(),
+        );
+        assert_eq!(gt_rev.len(), xr.len());
+        for i in 0..xr.len() {
+            assert_eq!(
+                gt_rev[i] == 1,
+                xr[i] > yr[i],
+                "millionaire {bits}, reversed: {i}"
+            );
+        }
         let gt = xor(&r0.0, &r1.0);
         for i in 0..x.len() {
             assert_eq!(

@@ -46,8 +46,10 @@ use cipherml_mpc::net::Channel;
 /// decode), and a final sigmoid, like a final softmax, applied by the client to the
 /// revealed or decrypted logits. 9: a hybrid layer's input sent only at the coefficients
 /// its outputs read (a windowed ciphertext, in the strided layouts), replies rounded to
-/// the high-probability bound.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// the high-probability bound. 10: the millionaire's tables split between the parties,
+/// and 1-of-N pads sliced from one hash per key (a version-9 peer's shares would not
+/// match).
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;

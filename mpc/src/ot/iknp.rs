@@ -339,7 +339,9 @@ impl OtSender {
 
     /// 1-of-N OT with `N = 2^log_n`, messages of `bits` bits: `msgs[i * N + x]` is message
     /// `x` of instance `i`. Built from `log_n` correlated OTs per instance, each message
-    /// masked by the XOR of tweaked hashes of the keys its index selects.
+    /// masked by the XOR of hashes of the keys its index selects: one slice of one hash
+    /// per key when the `N` messages fit in a block (`N bits <= 128`, as the
+    /// millionaire's tables), otherwise a hash per key and index (tweaked by both).
     pub fn send_one_of_n<C: Channel + ?Sized>(
         &mut self,
         ch: &mut C,
@@ -396,50 +398,64 @@ impl OtSender {
         let mut own = Vec::with_capacity(if shares { inst } else { 0 });
         // In chunks of instances, so that the buffers stay small and in cache.
         let per = ONE_OF_N_CHUNK;
+        let sliced = sliced_pads(log_n, bits);
         let mut pis = vec![0u128; 2 * per * ln];
-        let mut pi_in = vec![0u128; nn * ln];
-        let mut tw = vec![0u128; nn * ln];
-        let mut pads = vec![0u128; nn * ln];
+        let mut pi_in = vec![0u128; if sliced { 0 } else { nn * ln }];
+        let mut tw = vec![0u128; if sliced { 0 } else { nn * ln }];
+        let mut pads = vec![0u128; if sliced { 0 } else { nn * ln }];
+        let mut row = vec![0u64; nn];
         for (c, qc) in q.chunks(per * ln).enumerate() {
-            // pi(k) for both keys of the chunk's OTs.
+            // Both keys of the chunk's OTs: hashed (sliced pads) or pi(k) (tweaked pads).
             let pis = &mut pis[..2 * qc.len()];
             for (p, &x) in pis.chunks_exact_mut(2).zip(qc) {
                 p[0] = x;
                 p[1] = x ^ self.delta;
             }
-            self.hash.permute(pis);
+            if sliced {
+                self.hash.ccr(pis);
+            } else {
+                self.hash.permute(pis);
+            }
             for (ic, msgs) in msgs[c * per * nn..]
                 .chunks(nn)
                 .take(qc.len() / ln)
                 .enumerate()
             {
-                let i = c * per + ic;
-                for x in 0..nn {
-                    for j in 0..ln {
-                        let b = (x >> j) & 1;
-                        pi_in[x * ln + j] = pis[2 * (ic * ln + j) + b];
-                        let ot = (i * ln + j) as u128;
-                        tw[x * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | x as u128;
+                let keys = &pis[2 * ic * ln..2 * (ic + 1) * ln];
+                if sliced {
+                    for (x, r) in row.iter_mut().enumerate() {
+                        *r = sliced_pad(|j| keys[2 * j + ((x >> j) & 1)], ln, x, bits);
+                    }
+                } else {
+                    let i = c * per + ic;
+                    for x in 0..nn {
+                        for j in 0..ln {
+                            let b = (x >> j) & 1;
+                            pi_in[x * ln + j] = keys[2 * j + b];
+                            let ot = (i * ln + j) as u128;
+                            tw[x * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | x as u128;
+                        }
+                    }
+                    self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
+                    for (x, r) in row.iter_mut().enumerate() {
+                        *r = pads[x * ln..(x + 1) * ln]
+                            .iter()
+                            .fold(0u64, |a, &p| a ^ p as u64);
                     }
                 }
-                self.hash.tccr_with_pi(&pi_in, &tw, &mut pads);
-                let pad = |x: usize| {
-                    pads[x * ln..(x + 1) * ln]
-                        .iter()
-                        .fold(0u64, |a, &p| a ^ p as u64)
-                };
                 let s = if shares {
-                    let s = (msgs[0] ^ pad(0)) & m;
+                    let s = (msgs[0] ^ row[0]) & m;
                     own.push(s);
                     s
                 } else {
                     0
                 };
                 for (x, &v) in msgs.iter().enumerate().skip(first) {
-                    out.push((v ^ s ^ pad(x)) & m, bits);
+                    out.push((v ^ s ^ row[x]) & m, bits);
                 }
             }
         }
+        row.zeroize();
         q.zeroize();
         pis.zeroize();
         pi_in.zeroize();
@@ -448,6 +464,26 @@ impl OtSender {
         ch.flush()?;
         Ok(own)
     }
+}
+
+/// Whether a 1-of-`2^log_n` OT of `bits`-bit messages takes its pads from slices of one
+/// hash per key: all `2^log_n` slices of `bits` bits fit in a block.
+fn sliced_pads(log_n: u32, bits: u32) -> bool {
+    (bits as usize) << log_n <= 128
+}
+
+/// The pad of entry `x` from the hashes of the keys it selects (`hash(j)`, the hash of
+/// OT `j`'s key for bit `j` of `x`): the XOR over `j` of their slice `x` (bits `x bits ..
+/// (x + 1) bits`). Each entry reads its own slice, so for any entry other than the
+/// receiver's choice `c`, the slice `x` of a hash the receiver does not know (a key with
+/// a bit other than `c`'s) enters that entry's pad and no other: the pads other than
+/// `c`'s are independent and uniform, which the `N log N` tweaked hashes of the general
+/// case give for wider tables (`2 log N` hashes here, one circular correlation robust
+/// hash per key, as the random OTs).
+#[inline]
+fn sliced_pad(hash: impl Fn(usize) -> Block, ln: usize, x: usize, bits: u32) -> u64 {
+    let sh = x as u32 * bits;
+    (0..ln).fold(0u64, |a, j| a ^ (hash(j) >> sh) as u64) & mask(bits)
 }
 
 /// Packs values of a fixed bit width into bytes, least significant bit first.
@@ -716,7 +752,8 @@ impl OtReceiver {
         log_n: u32,
         bits: u32,
     ) -> Result<Vec<u64>> {
-        self.one_of_n(ch, choices, log_n, bits, false)
+        let pending = self.start_one_of_n(ch, choices, log_n, bits, false)?;
+        Self::finish_receive_one_of_n(ch, pending)
     }
 
     /// The receiver of [`OtSender::send_one_of_n_shares`]: its share `table[i * N + c_i]
@@ -728,17 +765,31 @@ impl OtReceiver {
         log_n: u32,
         bits: u32,
     ) -> Result<Vec<u64>> {
-        self.one_of_n(ch, choices, log_n, bits, true)
+        let pending = self.start_one_of_n(ch, choices, log_n, bits, true)?;
+        Self::finish_receive_one_of_n(ch, pending)
     }
 
-    fn one_of_n<C: Channel + ?Sized>(
+    /// First half of [`Self::receive_one_of_n_shares`]: sends the choices' corrections
+    /// and hashes the keys, so that both parties can be sender and receiver of 1-of-N
+    /// OTs at once (each starts its receive, sends, then finishes its receive).
+    pub fn start_receive_one_of_n_shares<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        choices: &[u16],
+        log_n: u32,
+        bits: u32,
+    ) -> Result<PendingOneOfN> {
+        self.start_one_of_n(ch, choices, log_n, bits, true)
+    }
+
+    fn start_one_of_n<C: Channel + ?Sized>(
         &mut self,
         ch: &mut C,
         choices: &[u16],
         log_n: u32,
         bits: u32,
         shares: bool,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<PendingOneOfN> {
         let nn = 1usize << log_n;
         if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
             return Err(Error::InvalidInput {
@@ -766,47 +817,133 @@ impl OtReceiver {
         bits_vec.zeroize();
         let base_tweak = self.tweak;
         self.tweak += (inst * ln) as u128;
-        // With shares, entry 0 of each instance is not sent (its message is zero).
-        let first = usize::from(shares);
-        let per_inst = nn - first;
-        let m = recv_exact(
-            ch,
-            "1-of-N OT messages",
-            (inst * per_inst * bits as usize).div_ceil(8),
-        )?;
-        let mk = mask(bits);
-        let mut out = Vec::with_capacity(inst);
+        let mut pads = Vec::with_capacity(inst);
         // In chunks of instances, so that the buffers stay small and in cache.
         let per = ONE_OF_N_CHUNK * ln;
-        let mut tw = vec![0u128; per];
-        let mut pads = vec![0u128; per];
+        let sliced = sliced_pads(log_n, bits);
+        let mut tw = vec![0u128; if sliced { 0 } else { per }];
+        let mut tccr = vec![0u128; if sliced { 0 } else { per }];
         for (c, tc) in t.chunks_mut(per).enumerate() {
-            self.hash.permute(tc);
             let i0 = c * ONE_OF_N_CHUNK;
             let chosen = &choices[i0..i0 + tc.len() / ln];
-            for (ic, &c) in chosen.iter().enumerate() {
-                for j in 0..ln {
-                    let ot = ((i0 + ic) * ln + j) as u128;
-                    tw[ic * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | c as u128;
+            let keys: &[Block] = if sliced {
+                self.hash.ccr(tc);
+                tc
+            } else {
+                self.hash.permute(tc);
+                for (ic, &c) in chosen.iter().enumerate() {
+                    for j in 0..ln {
+                        let ot = ((i0 + ic) * ln + j) as u128;
+                        tw[ic * ln + j] = ONE_OF_N_DOMAIN | ((base_tweak + ot) << 8) | c as u128;
+                    }
                 }
-            }
-            let pads = &mut pads[..tc.len()];
-            self.hash.tccr_with_pi(tc, &tw[..tc.len()], pads);
+                let out = &mut tccr[..tc.len()];
+                self.hash.tccr_with_pi(tc, &tw[..tc.len()], out);
+                out
+            };
             for (ic, &c) in chosen.iter().enumerate() {
-                let (i, c) = (i0 + ic, c as usize);
-                let v = if c < first {
-                    0
+                let k = &keys[ic * ln..(ic + 1) * ln];
+                pads.push(if sliced {
+                    sliced_pad(|j| k[j], ln, c as usize, bits)
                 } else {
-                    read_bits(&m, i * per_inst + c - first, bits)
-                };
-                let p = pads[ic * ln..(ic + 1) * ln]
-                    .iter()
-                    .fold(0u64, |a, &p| a ^ p as u64);
-                out.push((v ^ p) & mk);
+                    k.iter().fold(0u64, |a, &p| a ^ p as u64) & mask(bits)
+                });
             }
         }
         t.zeroize();
-        pads.zeroize();
-        Ok(out)
+        tccr.zeroize();
+        Ok(PendingOneOfN {
+            bits,
+            per_inst: nn - usize::from(shares),
+            first: usize::from(shares),
+            choices: choices.to_vec(),
+            pads,
+        })
+    }
+
+    /// Second half of [`Self::receive_one_of_n_shares`] (or of a plain 1-of-N receive):
+    /// receives the messages and unmasks the chosen ones.
+    pub fn finish_receive_one_of_n<C: Channel + ?Sized>(
+        ch: &mut C,
+        p: PendingOneOfN,
+    ) -> Result<Vec<u64>> {
+        let inst = p.choices.len();
+        let m = recv_exact(
+            ch,
+            "1-of-N OT messages",
+            (inst * p.per_inst * p.bits as usize).div_ceil(8),
+        )?;
+        let mk = mask(p.bits);
+        Ok(p.choices
+            .iter()
+            .zip(&p.pads)
+            .enumerate()
+            .map(|(i, (&c, &pad))| {
+                let c = c as usize;
+                let v = if c < p.first {
+                    0
+                } else {
+                    read_bits(&m, i * p.per_inst + c - p.first, p.bits)
+                };
+                (v ^ pad) & mk
+            })
+            .collect())
+    }
+}
+
+/// A 1-of-N OT receive in progress (see [`OtReceiver::start_receive_one_of_n_shares`]):
+/// the choices and their pads (zeroized on drop).
+#[derive(Debug)]
+pub struct PendingOneOfN {
+    bits: u32,
+    per_inst: usize,
+    first: usize,
+    choices: Vec<u16>,
+    pads: Vec<u64>,
+}
+
+impl Drop for PendingOneOfN {
+    fn drop(&mut self) {
+        self.choices.zeroize();
+        self.pads.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sliced pads: with the receiver's choice `c = 0` and its keys' hashes fixed, the
+    /// pads of the other entries change with each hash it does not know, and no XOR of
+    /// them is fixed (slicing every entry's pad from the same bits would make `pad(1) ^
+    /// pad(2) ^ pad(3)` a function of the known hashes alone, for `N = 4`).
+    #[test]
+    fn sliced_pads_of_unchosen_entries_are_independent() {
+        let (ln, bits) = (2usize, 2u32);
+        assert!(sliced_pads(ln as u32, bits) && !sliced_pads(5, 13));
+        let known = [
+            0x1234_5678_9abc_def0_u128 * 0x9e37_79b9,
+            0xfeed_beef_u128 << 64 | 77,
+        ];
+        let mut prg = AesPrg::new(99);
+        let mut seen_xor = std::collections::HashSet::new();
+        let mut seen = [(); 3].map(|_| std::collections::HashSet::new());
+        for _ in 0..64 {
+            let mut unknown = [0u128; 2];
+            prg.fill(&mut unknown);
+            let h = |j: usize, b: usize| if b == 0 { known[j] } else { unknown[j] };
+            let pads: Vec<u64> = (0..4)
+                .map(|x| sliced_pad(|j| h(j, (x >> j) & 1), ln, x, bits))
+                .collect();
+            assert_eq!(pads[0], sliced_pad(|j| known[j], ln, 0, bits));
+            for x in 1..4 {
+                seen[x - 1].insert(pads[x]);
+            }
+            seen_xor.insert(pads[1] ^ pads[2] ^ pads[3]);
+        }
+        // 64 draws of a uniform 2-bit value take all 4 values except with probability
+        // below 2^-24.
+        assert!(seen.iter().all(|s| s.len() == 4), "{seen:?}");
+        assert_eq!(seen_xor.len(), 4);
     }
 }

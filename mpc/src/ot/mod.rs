@@ -31,4 +31,4 @@ pub mod iknp;
 
 pub use self::aes::Block;
 pub use base::{BaseOtReceiver, BaseOtSender};
-pub use iknp::{OtReceiver, OtSender, PendingCorrelated};
+pub use iknp::{OtReceiver, OtSender, PendingCorrelated, PendingOneOfN};

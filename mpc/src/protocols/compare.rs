@@ -12,10 +12,12 @@
 //! root, need no `eq`: their ANDs open one bit of `gt_lo` alone.
 
 use rand::{CryptoRng, RngCore};
+use zeroize::Zeroize;
 
 use super::{boolean, check_len};
 use crate::error::Result;
 use crate::net::Channel;
+use crate::ot::OtReceiver;
 use crate::party::Party;
 use crate::ring::{mask, Ring};
 use crate::triples::ot::bit_triples;
@@ -52,42 +54,52 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     let mut gt = vec![0u8; n * q];
     let mut eq = vec![0u8; n * q];
     // Leaves: gt[i * q + j], eq[i * q + j], straight from 1-of-2^width OTs of the tables
-    // ([x_j > k], [x_j == k]) into shares (entry 0's message not sent).
+    // ([x_j > k], [x_j == k]) into shares (entry 0's message not sent). Party 0 holds the
+    // tables of the first `na` instances and party 1 those of the others, from the
+    // complements `2^bits - 1 - y` and `2^bits - 1 - x` (digit by digit, `y'_j > x'_j`
+    // is `x_j > y_j` and `y'_j = x'_j` is `x_j = y_j`): both parties hash and send at
+    // once, in the same two flights.
+    let na = n - n / 2;
+    let own_tables = if p.is_p0() { 0..na } else { na..n };
+    let own_choices = if p.is_p0() { na..n } else { 0..na };
+    let flip = |i: usize, v: u64| if i < na { v } else { !v & mask(bits) };
     for (width, digits) in group_digits(&widths) {
         let nn = 1usize << width;
-        p.ensure_ots(n * digits.len() * width as usize, 0)?;
-        let shares = if p.is_p0() {
-            let mut table = Vec::with_capacity(n * digits.len() * nn);
-            for &x in input {
-                for &j in &digits {
-                    let xj = (x >> (j as u32 * BETA)) & mask(width);
-                    table.extend(
-                        (0..nn as u64).map(|k| u64::from(xj > k) | u64::from(xj == k) << 1),
-                    );
-                }
-            }
-            let parts = p.parts();
-            parts
-                .ot_send
-                .send_one_of_n_shares(parts.ch, &table, width, 2)?
-        } else {
-            let mut choices = Vec::with_capacity(n * digits.len());
-            for &y in input {
-                for &j in &digits {
-                    choices.push(((y >> (j as u32 * BETA)) & mask(width)) as u16);
-                }
-            }
-            let parts = p.parts();
-            parts
-                .ot_recv
-                .receive_one_of_n_shares(parts.ch, &choices, width, 2)?
-        };
-        let mut k = 0;
-        for i in 0..n {
+        let d = digits.len() * width as usize;
+        p.ensure_ots(na * d, (n - na) * d)?;
+        let digit = |v: u64, j: usize| (v >> (j as u32 * BETA)) & mask(width);
+        let mut table = Vec::with_capacity(own_tables.len() * digits.len() * nn);
+        for i in own_tables.clone() {
+            let x = flip(i, input[i]);
             for &j in &digits {
-                gt[i * q + j] = (shares[k] & 1) as u8;
-                eq[i * q + j] = ((shares[k] >> 1) & 1) as u8;
-                k += 1;
+                let xj = digit(x, j);
+                table.extend((0..nn as u64).map(|k| u64::from(xj > k) | u64::from(xj == k) << 1));
+            }
+        }
+        let mut choices = Vec::with_capacity(own_choices.len() * digits.len());
+        for i in own_choices.clone() {
+            let y = flip(i, input[i]);
+            choices.extend(digits.iter().map(|&j| digit(y, j) as u16));
+        }
+        let parts = p.parts();
+        let pending = parts
+            .ot_recv
+            .start_receive_one_of_n_shares(parts.ch, &choices, width, 2)?;
+        let sent = parts
+            .ot_send
+            .send_one_of_n_shares(parts.ch, &table, width, 2)?;
+        let received = OtReceiver::finish_receive_one_of_n(parts.ch, pending)?;
+        table.zeroize();
+        choices.zeroize();
+        for (range, shares) in [
+            (own_tables.clone(), &sent),
+            (own_choices.clone(), &received),
+        ] {
+            for (i, s) in range.zip(shares.chunks_exact(digits.len())) {
+                for (&j, &v) in digits.iter().zip(s) {
+                    gt[i * q + j] = (v & 1) as u8;
+                    eq[i * q + j] = ((v >> 1) & 1) as u8;
+                }
             }
         }
     }

@@ -128,8 +128,9 @@ const MAX_ABS_VALUE: f64 = 1e4;
 const MAX_HELLO: usize = 16 << 10;
 /// Longest token sent in a hello.
 const MAX_TOKEN: usize = 4096;
-/// The version of the hello.
-const HELLO_VERSION: u32 = 1;
+/// The version of the hello: the MPC layer's wire protocol (peers whose protocols differ
+/// would compute on mismatched shares).
+const HELLO_VERSION: u32 = cipherml_mpc::PROTOCOL_VERSION;
 
 /// What both parties must agree on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
