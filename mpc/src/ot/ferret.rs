@@ -93,6 +93,12 @@ pub const BOOT: LpnParams = LpnParams {
 /// Row weight of the LPN matrix.
 pub const LPN_D: usize = 10;
 
+/// Position `j` of an output is field `LPN_FIELD[j]` (of `log_k` bits, lowest first) of
+/// 64-bit word `LPN_WORD[j]` of its two blocks (lowest first): three fields in each of the
+/// first two words, two in the others, none across a word.
+const LPN_WORD: [usize; LPN_D] = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3];
+const LPN_FIELD: [u32; LPN_D] = [0, 1, 2, 0, 1, 2, 0, 1, 0, 1];
+
 /// Outputs whose LPN positions are computed at once (AES on `2 LPN_OUTS` blocks) before
 /// their loads from the secret.
 const LPN_OUTS: usize = 32;
@@ -153,9 +159,10 @@ impl Prims {
     }
 
     /// Writes the `LPN_D` positions (below `2^log_k`) of outputs `start..start + count`
-    /// into `pos[..count]` (`count <= LPN_OUTS`): output `i`'s positions are the
-    /// `log_k`-bit fields of `pi(2 i)` then of `pi(2 i + 1)`, lowest first (`LPN_D / 2` per
-    /// block). Always inlined, so that a constant `log_k` turns the shifts into constants.
+    /// into `pos[..count]` (`count <= LPN_OUTS`): output `i`'s positions are `log_k`-bit
+    /// fields of the 64-bit words of `pi(2 i)` then `pi(2 i + 1)` ([`LPN_WORD`],
+    /// [`LPN_FIELD`]: none across a word, so each is one shift and one mask). Always
+    /// inlined, so that a constant `log_k` turns the shifts into constants.
     #[inline(always)]
     fn positions_into(
         &self,
@@ -170,13 +177,17 @@ impl Prims {
             *b = (2 * start + j) as u128;
         }
         self.lpn.permute(blocks);
-        let m = (1u128 << log_k) - 1;
+        let m = (1u64 << log_k) - 1;
         for (p, pair) in pos.iter_mut().zip(blocks.chunks_exact(2)) {
-            let (lo, hi) = p.split_at_mut(LPN_D / 2);
-            for (half, &b) in [lo, hi].into_iter().zip(pair) {
-                for (j, q) in half.iter_mut().enumerate() {
-                    *q = ((b >> (j as u32 * log_k)) & m) as u32;
-                }
+            let words = [
+                pair[0] as u64,
+                (pair[0] >> 64) as u64,
+                pair[1] as u64,
+                (pair[1] >> 64) as u64,
+            ];
+            for (j, q) in p.iter_mut().enumerate() {
+                let (w, f) = (LPN_WORD[j], LPN_FIELD[j]);
+                *q = ((words[w] >> (f * log_k)) & m) as u32;
             }
         }
     }
@@ -642,7 +653,7 @@ mod tests {
         assert_eq!(BOOT.n(), 870_400);
         assert!(BOOT.n() >= MAIN.base());
         assert!(MAIN.n() > 10 * MAIN.base());
-        assert!(LPN_D / 2 * MAIN.log_k as usize <= 128);
+        assert!(3 * MAIN.log_k.max(BOOT.log_k) <= 64);
     }
 
     /// The half-tree's levels: children `H(x)` and `x xor H(x)`, the sums of each side
@@ -717,10 +728,19 @@ mod tests {
             p.positions(log_k, start, count, &mut out);
             let mut blocks: Vec<Block> = (0..2 * count).map(|j| (2 * start + j) as u128).collect();
             p.lpn.permute(&mut blocks);
-            let m = (1u128 << log_k) - 1;
+            // The 64-bit words of the output's two blocks: three fields of the first two,
+            // two of the others.
+            let m = (1u64 << log_k) - 1;
             let want: Vec<u32> = blocks
-                .iter()
-                .flat_map(|b| (0..LPN_D as u32 / 2).map(move |j| ((b >> (j * log_k)) & m) as u32))
+                .chunks_exact(2)
+                .flat_map(|pair| {
+                    let words = [pair[0], pair[0] >> 64, pair[1], pair[1] >> 64].map(|w| w as u64);
+                    [(0, 3), (1, 3), (2, 2), (3, 2)]
+                        .into_iter()
+                        .flat_map(move |(w, n)| {
+                            (0..n).map(move |f| ((words[w] >> (f * log_k)) & m) as u32)
+                        })
+                })
                 .collect();
             assert_eq!(out, want);
         }
