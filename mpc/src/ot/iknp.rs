@@ -368,6 +368,20 @@ impl OtSender {
         self.one_of_n(ch, table, log_n, bits, true)
     }
 
+    /// As [`OtSender::send_one_of_n_shares`], the table given by a function: `entry(i,
+    /// x)` is entry `x` of instance `i` (below `2^bits`), for `inst` instances (no table
+    /// in memory).
+    pub fn send_one_of_n_shares_with<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        inst: usize,
+        entry: impl Fn(usize, usize) -> u64,
+        log_n: u32,
+        bits: u32,
+    ) -> Result<Vec<u64>> {
+        self.one_of_n_with(ch, inst, entry, log_n, bits, true)
+    }
+
     /// Both 1-of-N OTs: with `shares`, each instance's own share is entry 0 xor its pad
     /// and the other entries go masked by it (entry 0's message, zero, not sent).
     fn one_of_n<C: Channel + ?Sized>(
@@ -379,8 +393,7 @@ impl OtSender {
         shares: bool,
     ) -> Result<Vec<u64>> {
         let nn = 1usize << log_n;
-        if !(1..=8).contains(&log_n) || !msgs.len().is_multiple_of(nn) || !(1..=64).contains(&bits)
-        {
+        if !(1..=8).contains(&log_n) || !msgs.len().is_multiple_of(nn) {
             return Err(Error::InvalidInput {
                 what: "1-of-N OT shape (log N in 1..=8, messages a multiple of N)",
                 expected: nn as u64,
@@ -388,6 +401,26 @@ impl OtSender {
             });
         }
         let inst = msgs.len() / nn;
+        self.one_of_n_with(ch, inst, |i, x| msgs[i * nn + x], log_n, bits, shares)
+    }
+
+    fn one_of_n_with<C: Channel + ?Sized>(
+        &mut self,
+        ch: &mut C,
+        inst: usize,
+        entry: impl Fn(usize, usize) -> u64,
+        log_n: u32,
+        bits: u32,
+        shares: bool,
+    ) -> Result<Vec<u64>> {
+        let nn = 1usize << log_n;
+        if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
+            return Err(Error::InvalidInput {
+                what: "1-of-N OT shape (log N in 1..=8, messages of 1 to 64 bits)",
+                expected: 64,
+                found: u64::from(bits),
+            });
+        }
         let ln = log_n as usize;
         let mut q = self.cot(ch, inst * ln)?;
         let base_tweak = self.tweak;
@@ -416,18 +449,14 @@ impl OtSender {
             } else {
                 self.hash.permute(pis);
             }
-            for (ic, msgs) in msgs[c * per * nn..]
-                .chunks(nn)
-                .take(qc.len() / ln)
-                .enumerate()
-            {
+            for ic in 0..qc.len() / ln {
+                let i = c * per + ic;
                 let keys = &pis[2 * ic * ln..2 * (ic + 1) * ln];
                 if sliced {
                     for (x, r) in row.iter_mut().enumerate() {
                         *r = sliced_pad(|j| keys[2 * j + ((x >> j) & 1)], ln, x, bits);
                     }
                 } else {
-                    let i = c * per + ic;
                     for x in 0..nn {
                         for j in 0..ln {
                             let b = (x >> j) & 1;
@@ -444,14 +473,14 @@ impl OtSender {
                     }
                 }
                 let s = if shares {
-                    let s = (msgs[0] ^ row[0]) & m;
+                    let s = (entry(i, 0) ^ row[0]) & m;
                     own.push(s);
                     s
                 } else {
                     0
                 };
-                for (x, &v) in msgs.iter().enumerate().skip(first) {
-                    out.push((v ^ s ^ row[x]) & m, bits);
+                for (x, &r) in row.iter().enumerate().skip(first) {
+                    out.push((entry(i, x) ^ s ^ r) & m, bits);
                 }
             }
         }

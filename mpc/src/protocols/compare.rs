@@ -64,17 +64,14 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     let own_choices = if p.is_p0() { na..n } else { 0..na };
     let flip = |i: usize, v: u64| if i < na { v } else { !v & mask(bits) };
     for (width, digits) in group_digits(&widths) {
-        let nn = 1usize << width;
         let d = digits.len() * width as usize;
         p.ensure_ots(na * d, (n - na) * d)?;
         let digit = |v: u64, j: usize| (v >> (j as u32 * BETA)) & mask(width);
-        let mut table = Vec::with_capacity(own_tables.len() * digits.len() * nn);
+        // The tables' digits: entry `k` of a digit `x_j`'s table is `[x_j > k] | [x_j = k] << 1`.
+        let mut table = Vec::with_capacity(own_tables.len() * digits.len());
         for i in own_tables.clone() {
             let x = flip(i, input[i]);
-            for &j in &digits {
-                let xj = digit(x, j);
-                table.extend((0..nn as u64).map(|k| u64::from(xj > k) | u64::from(xj == k) << 1));
-            }
+            table.extend(digits.iter().map(|&j| digit(x, j) as u8));
         }
         let mut choices = Vec::with_capacity(own_choices.len() * digits.len());
         for i in own_choices.clone() {
@@ -85,9 +82,14 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
         let pending = parts
             .ot_recv
             .start_receive_one_of_n_shares(parts.ch, &choices, width, 2)?;
-        let sent = parts
-            .ot_send
-            .send_one_of_n_shares(parts.ch, &table, width, 2)?;
+        let entry = |t: usize, k: usize| {
+            let xj = usize::from(table[t]);
+            u64::from(xj > k) | u64::from(xj == k) << 1
+        };
+        let sent =
+            parts
+                .ot_send
+                .send_one_of_n_shares_with(parts.ch, table.len(), entry, width, 2)?;
         let received = OtReceiver::finish_receive_one_of_n(parts.ch, pending)?;
         table.zeroize();
         choices.zeroize();
