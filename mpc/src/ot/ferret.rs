@@ -197,12 +197,15 @@ impl Prims {
     #[inline(always)]
     fn add_lpn(&self, log_k: u32, x: &[Block], first: usize, out: &mut [Block]) {
         let mut pos = [[0u32; LPN_D]; LPN_OUTS];
+        // A slice of exactly `2^log_k` entries, indexed under its mask: no bounds checks.
+        let x = &x[..1 << log_k];
+        let m = (1usize << log_k) - 1;
         for (g, group) in out.chunks_mut(LPN_OUTS).enumerate() {
             self.positions_into(log_k, first + g * LPN_OUTS, group.len(), &mut pos);
             for (o, idx) in group.iter_mut().zip(&pos) {
                 let mut acc = *o;
                 for &p in idx {
-                    acc ^= x[p as usize];
+                    acc ^= x[p as usize & m];
                 }
                 *o = acc;
             }
