@@ -4,8 +4,11 @@
 //! Millionaire: party 0 holds `x`, party 1 holds `y` (both `bits`-bit); the output is a
 //! boolean sharing of `x > y`. The values are cut into digits of `beta` bits; for each
 //! digit one 1-of-`2^beta` OT (from `beta` silent correlated OTs, [`crate::ot::ferret`])
-//! gives shares of `x_j > y_j` and `x_j = y_j` (party 0's share is the table's entry 0
-//! under its pad, so that entry is not sent: [`crate::ot::OtSender::send_one_of_n_shares`]);
+//! gives shares of `x_j > y_j` and `x_j = y_j` (the table holder's share is the table's
+//! entry 0 under its pad, so that entry is not sent:
+//! [`crate::ot::OtSender::send_one_of_n_shares_with`]; party 0 holds the tables of the
+//! first half of the instances, party 1 those of the second, from the complements, so that
+//! both hash and send at once);
 //! an AND tree combines them (`gt = gt_hi ^ (eq_hi & gt_lo)`, `eq = eq_hi & eq_lo`) with
 //! AND triples from random OTs (two triples sharing `eq_hi` per node from one OT in each
 //! direction, no communication with silent OT). The nodes that hold digit 0, and the
