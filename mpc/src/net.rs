@@ -957,9 +957,16 @@ pub fn recv_ring<C: Channel + ?Sized>(
 
 /// Packs bits (one per byte, `0` or `1`) eight to a byte.
 pub fn pack_bits(bits: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; bits.len().div_ceil(8)];
-    for (i, &b) in bits.iter().enumerate() {
-        out[i >> 3] |= (b & 1) << (i & 7);
+    let pack = |c: &[u8]| {
+        c.iter()
+            .enumerate()
+            .fold(0u8, |a, (k, &b)| a | ((b & 1) << k))
+    };
+    let chunks = bits.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut out: Vec<u8> = chunks.map(pack).collect();
+    if !tail.is_empty() {
+        out.push(pack(tail));
     }
     out
 }
@@ -981,7 +988,12 @@ pub fn unpack_bits(bytes: &[u8], n: usize, what: &'static str) -> Result<Vec<u8>
             found: (bytes[len - 1] >> (n % 8)) as u64,
         });
     }
-    Ok((0..n).map(|i| (bytes[i >> 3] >> (i & 7)) & 1).collect())
+    let mut out = Vec::with_capacity(len * 8);
+    for &b in bytes {
+        out.extend((0..8).map(|k| (b >> k) & 1));
+    }
+    out.truncate(n);
+    Ok(out)
 }
 
 /// Sends bits (one per byte) packed.
@@ -994,4 +1006,43 @@ pub fn recv_bits<C: Channel + ?Sized>(ch: &mut C, n: usize, what: &'static str) 
     let len = n.div_ceil(8);
     let m = ch.recv_limited(len).map_err(|e| too_long(e, what, len))?;
     unpack_bits(&m, n, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Packing against its definition (bit `i` at bit `i mod 8` of byte `i / 8`), the round
+    /// trip for every length up to 40, and the refusals of a wrong length or a set padding
+    /// bit.
+    #[test]
+    fn bits_pack_lowest_first_and_round_trip() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 0..=40usize {
+            let bits: Vec<u8> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x & 1) as u8
+                })
+                .collect();
+            let packed = pack_bits(&bits);
+            assert_eq!(packed.len(), n.div_ceil(8));
+            for (i, &b) in bits.iter().enumerate() {
+                assert_eq!((packed[i / 8] >> (i % 8)) & 1, b, "n {n} bit {i}");
+            }
+            assert_eq!(unpack_bits(&packed, n, "t").unwrap(), bits);
+            let mut longer = packed.clone();
+            longer.push(0);
+            assert!(unpack_bits(&longer, n, "t").is_err());
+            if n % 8 != 0 {
+                let mut padded = packed.clone();
+                *padded.last_mut().unwrap() |= 1 << 7;
+                assert!(unpack_bits(&padded, n, "t").is_err());
+            }
+        }
+        // Only the lowest bit of each input byte counts.
+        assert_eq!(pack_bits(&[3, 2, 1]), vec![0b101]);
+    }
 }

@@ -221,3 +221,217 @@ pub fn a2b<C: Channel, R: RngCore + CryptoRng>(
     }
     Ok((0..n).map(|i| (prop[i] ^ (g[i] << 1)) & m).collect())
 }
+
+/// One AND of packed bits for [`and_packed`]: `x & y[0]` and, where given, `x & y[1]` (two
+/// triples sharing `a`: bits 0 and 1 of a width-2 triple). Bits are packed 64 to a word,
+/// lowest first, the last word's unused bits zero.
+pub(crate) struct PackedAnd<'a> {
+    pub x: &'a [u64],
+    pub y: [Option<&'a [u64]>; 2],
+}
+
+/// ANDs of packed bits over `n` instances, in one round. AND `k` takes the triples `offset
+/// + k n + i` of `t` for instance `i` (width 2 or more: bit `j` of their `b` and `c` for
+/// `y[j]`). Returns, per AND, the packed shares of `x & y[0]` and of `x & y[1]` (empty
+/// where `y[1]` is not given). The openings go as one stream of bits: the same bytes as
+/// [`and_with_low`] for the same ANDs.
+pub(crate) fn and_packed<C: Channel, R: RngCore + CryptoRng>(
+    p: &mut Party<C, R>,
+    n: usize,
+    ands: &[PackedAnd<'_>],
+    t: &BitTriples,
+    offset: usize,
+) -> Result<Vec<[Vec<u64>; 2]>> {
+    let need = offset + n * ands.len();
+    let have = t.a.len().min(t.b.len()).min(t.c.len());
+    if have < need || t.width < 2 {
+        return Err(crate::error::Error::InvalidInput {
+            what: "packed AND: triples (width at least 2)",
+            expected: need as u64,
+            found: if t.width < 2 {
+                t.width.into()
+            } else {
+                have as u64
+            },
+        });
+    }
+    let nw = n.div_ceil(64);
+    if let Some(bad) = ands
+        .iter()
+        .flat_map(|a| std::iter::once(a.x).chain(a.y.iter().flatten().copied()))
+        .find(|v| v.len() != nw)
+    {
+        return Err(crate::error::Error::InvalidInput {
+            what: "packed AND: words per operand",
+            expected: nw as u64,
+            found: bad.len() as u64,
+        });
+    }
+    let pack = |v: &[u8], base: usize, bit: u32| {
+        let mut w = vec![0u64; nw];
+        for (i, &x) in v[base..base + n].iter().enumerate() {
+            w[i / 64] |= u64::from((x >> bit) & 1) << (i % 64);
+        }
+        w
+    };
+    // Per AND: a, and per operand given its (b, c, opened e); the openings d = x ^ a and
+    // e = y ^ b, in order, into one stream.
+    let mut sink = BitSink::default();
+    let mut bits = 0usize;
+    let mut state = Vec::with_capacity(ands.len());
+    for (k, and) in ands.iter().enumerate() {
+        let base = offset + k * n;
+        let a = pack(&t.a, base, 0);
+        let d: Vec<u64> = and.x.iter().zip(&a).map(|(x, a)| x ^ a).collect();
+        sink.push(&d, n);
+        bits += n;
+        let mut ys: [Option<Operand>; 2] = [None, None];
+        for (j, y) in and.y.iter().enumerate() {
+            if let Some(y) = y {
+                let b = pack(&t.b, base, j as u32);
+                let e: Vec<u64> = y.iter().zip(&b).map(|(y, b)| y ^ b).collect();
+                sink.push(&e, n);
+                bits += n;
+                ys[j] = Some((b, pack(&t.c, base, j as u32), e));
+            }
+        }
+        state.push((a, d, ys));
+    }
+    let len = bits.div_ceil(8);
+    p.channel().send(&sink.finish())?;
+    let m = crate::net::recv_exact(p.channel(), "AND openings", len)?;
+    if !bits.is_multiple_of(8) && m[len - 1] >> (bits % 8) != 0 {
+        return Err(crate::error::Error::Malformed {
+            what: "AND openings: padding",
+            expected: 0,
+            found: u64::from(m[len - 1] >> (bits % 8)),
+        });
+    }
+    let p0 = p.is_p0();
+    let mut src = BitSource { bytes: &m, pos: 0 };
+    Ok(state
+        .into_iter()
+        .map(|(a, mut d, ys)| {
+            src.xor_into(&mut d, n);
+            ys.map(|y| match y {
+                Some((b, mut c, mut e)) => {
+                    src.xor_into(&mut e, n);
+                    for w in 0..nw {
+                        c[w] ^= (d[w] & b[w]) ^ (e[w] & a[w]);
+                        if p0 {
+                            c[w] ^= d[w] & e[w];
+                        }
+                    }
+                    c
+                }
+                None => Vec::new(),
+            })
+        })
+        .collect())
+}
+
+/// An operand's packed triple parts and opening in [`and_packed`]: `b`, `c`, and `e = y ^
+/// b` (this party's, then opened).
+type Operand = (Vec<u64>, Vec<u64>, Vec<u64>);
+
+/// Packed words written as a stream of bits, lowest first.
+#[derive(Default)]
+struct BitSink {
+    out: Vec<u8>,
+    acc: u128,
+    nacc: u32,
+}
+
+impl BitSink {
+    /// Appends the first `n` bits of `words` (`n.div_ceil(64)` words).
+    fn push(&mut self, words: &[u64], n: usize) {
+        for (i, &w) in words.iter().enumerate() {
+            let k = (n - 64 * i).min(64) as u32;
+            let v = if k == 64 { w } else { w & ((1u64 << k) - 1) };
+            self.acc |= u128::from(v) << self.nacc;
+            self.nacc += k;
+            if self.nacc >= 64 {
+                self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
+                self.acc >>= 64;
+                self.nacc -= 64;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let tail = self.nacc.div_ceil(8) as usize;
+        self.out
+            .extend_from_slice(&(self.acc as u64).to_le_bytes()[..tail]);
+        self.out
+    }
+}
+
+/// Reads a stream of bits written by [`BitSink`] (its length checked by the caller).
+struct BitSource<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl BitSource<'_> {
+    /// XORs the next `n` bits into `words`.
+    fn xor_into(&mut self, words: &mut [u64], n: usize) {
+        for (i, w) in words.iter_mut().enumerate() {
+            let k = (n - 64 * i).min(64);
+            let (byte, sh) = (self.pos / 8, self.pos % 8);
+            let end = (byte + 9).min(self.bytes.len());
+            let mut buf = [0u8; 16];
+            buf[..end - byte].copy_from_slice(&self.bytes[byte..end]);
+            let v = (u128::from_le_bytes(buf) >> sh) as u64;
+            *w ^= if k == 64 { v } else { v & ((1u64 << k) - 1) };
+            self.pos += k;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors of odd lengths written one after another read back the same, the stream
+    /// is exactly as long as their bits, and its bits are those of `pack_bits` on the
+    /// concatenation (lowest first).
+    #[test]
+    fn bit_streams_round_trip_at_any_length() {
+        let mut x = 0x0123_4567_89ab_cdefu64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let lens = [1usize, 63, 64, 65, 130, 7, 0, 200];
+        let vecs: Vec<Vec<u64>> = lens
+            .iter()
+            .map(|&n| {
+                let mut v: Vec<u64> = (0..n.div_ceil(64)).map(|_| next()).collect();
+                if n % 64 != 0 {
+                    *v.last_mut().unwrap() &= (1u64 << (n % 64)) - 1;
+                }
+                v
+            })
+            .collect();
+        let mut sink = BitSink::default();
+        let mut flat = Vec::new();
+        for (v, &n) in vecs.iter().zip(&lens) {
+            sink.push(v, n);
+            flat.extend((0..n).map(|i| ((v[i / 64] >> (i % 64)) & 1) as u8));
+        }
+        let bytes = sink.finish();
+        assert_eq!(bytes, crate::net::pack_bits(&flat));
+        let mut src = BitSource {
+            bytes: &bytes,
+            pos: 0,
+        };
+        for (v, &n) in vecs.iter().zip(&lens) {
+            let mut got = vec![0u64; n.div_ceil(64)];
+            src.xor_into(&mut got, n);
+            assert_eq!(&got, v, "length {n}");
+        }
+        assert_eq!(src.pos, lens.iter().sum::<usize>());
+    }
+}

@@ -54,8 +54,10 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     let ands_per: usize = levels.iter().sum();
     let triples = bit_triples(p, n * ands_per, 2)?;
 
-    let mut gt = vec![0u8; n * q];
-    let mut eq = vec![0u8; n * q];
+    // Node-major and packed: `gt[j]` holds digit `j`'s bits of every instance, 64 to a word.
+    let nw = n.div_ceil(64);
+    let mut gt = vec![vec![0u64; nw]; q];
+    let mut eq = vec![vec![0u64; nw]; q];
     // Leaves: gt[i * q + j], eq[i * q + j], straight from 1-of-2^width OTs of the tables
     // ([x_j > k], [x_j == k]) into shares (entry 0's message not sent). Party 0 holds the
     // tables of the first `na` instances and party 1 those of the others, from the
@@ -101,54 +103,55 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
             (own_choices.clone(), &received),
         ] {
             for (i, s) in range.zip(shares.chunks_exact(digits.len())) {
+                let (w, b) = (i / 64, i % 64);
                 for (&j, &v) in digits.iter().zip(s) {
-                    gt[i * q + j] = (v & 1) as u8;
-                    eq[i * q + j] = ((v >> 1) & 1) as u8;
+                    gt[j][w] |= (v & 1) << b;
+                    eq[j][w] |= ((v >> 1) & 1) << b;
                 }
             }
         }
     }
 
-    // The AND tree, all instances at once.
+    // The AND tree, all instances at once, a level per round: the pair `k` of a level
+    // (nodes `2k`, `2k + 1`) gives `gt = gt_hi ^ (eq_hi & gt_lo)` and `eq = eq_hi & eq_lo`.
+    // The node holding digit 0 (`k = 0`) is always a low child, so only its `gt` is
+    // needed, and at the last level only `gt` is: their ANDs take `eq_hi & gt_lo` alone.
     let mut s = q;
     let mut toff = 0usize;
     while s > 1 {
         let pairs = s / 2;
         let last = s == 2;
-        let mut xa = Vec::with_capacity(n * pairs);
-        let mut yb = Vec::with_capacity(n * pairs);
-        for i in 0..n {
-            for k in 0..pairs {
-                let (lo, hi) = (i * s + 2 * k, i * s + 2 * k + 1);
-                xa.push(eq[hi]);
-                yb.push(gt[lo] | (eq[lo] << 1));
-            }
-        }
-        // The node holding digit 0 (k = 0) is always a low child, so only its gt is
-        // needed, and at the last level only gt is: their ANDs take eq_hi AND gt_lo alone.
-        let z = boolean::and_with_low(p, &xa, &yb, &triples, toff, |e| last || e % pairs == 0)?;
+        let ands: Vec<boolean::PackedAnd<'_>> = (0..pairs)
+            .map(|k| boolean::PackedAnd {
+                x: &eq[2 * k + 1],
+                y: [
+                    Some(&gt[2 * k][..]),
+                    (!last && k != 0).then_some(&eq[2 * k][..]),
+                ],
+            })
+            .collect();
+        let z = boolean::and_packed(p, n, &ands, &triples, toff)?;
         toff += n * pairs;
-        let ns = s.div_ceil(2);
-        let mut ngt = vec![0u8; n * ns];
-        let mut neq = vec![0u8; n * ns];
-        for i in 0..n {
-            for k in 0..pairs {
-                let hi = i * s + 2 * k + 1;
-                ngt[i * ns + k] = gt[hi] ^ (z[i * pairs + k] & 1);
-                if !last {
-                    neq[i * ns + k] = (z[i * pairs + k] >> 1) & 1;
-                }
-            }
-            if s % 2 == 1 {
-                ngt[i * ns + pairs] = gt[i * s + s - 1];
-                neq[i * ns + pairs] = eq[i * s + s - 1];
-            }
+        let mut ngt = Vec::with_capacity(s.div_ceil(2));
+        let mut neq = Vec::with_capacity(s.div_ceil(2));
+        for (k, [z_gt, z_eq]) in z.into_iter().enumerate() {
+            let mut g = std::mem::take(&mut gt[2 * k + 1]);
+            g.iter_mut().zip(&z_gt).for_each(|(a, b)| *a ^= b);
+            ngt.push(g);
+            neq.push(z_eq);
+        }
+        if s % 2 == 1 {
+            ngt.push(std::mem::take(&mut gt[s - 1]));
+            neq.push(std::mem::take(&mut eq[s - 1]));
         }
         gt = ngt;
         eq = neq;
-        s = ns;
+        s = s.div_ceil(2);
     }
-    Ok(gt)
+    let root = &gt[0];
+    Ok((0..n)
+        .map(|i| ((root[i / 64] >> (i % 64)) & 1) as u8)
+        .collect())
 }
 
 /// Groups digit indices by width (at most two groups: full digits and the last one).
