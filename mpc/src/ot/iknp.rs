@@ -437,6 +437,7 @@ impl OtSender {
         let mut tw = vec![0u128; if sliced { 0 } else { nn * ln }];
         let mut pads = vec![0u128; if sliced { 0 } else { nn * ln }];
         let mut row = vec![0u64; nn];
+        let mut combo = vec![0u128; if sliced { nn } else { 0 }];
         for (c, qc) in q.chunks(per * ln).enumerate() {
             // Both keys of the chunk's OTs: hashed (sliced pads) or pi(k) (tweaked pads).
             let pis = &mut pis[..2 * qc.len()];
@@ -453,8 +454,16 @@ impl OtSender {
                 let i = c * per + ic;
                 let keys = &pis[2 * ic * ln..2 * (ic + 1) * ln];
                 if sliced {
-                    for (x, r) in row.iter_mut().enumerate() {
-                        *r = sliced_pad(|j| keys[2 * j + ((x >> j) & 1)], ln, x, bits);
+                    // combo[x] = XOR over j of the hash of OT j's key x_j (each from x with
+                    // its lowest set bit cleared: N XORs, not N log N); pad x is its slice
+                    // x (`sliced_pad`).
+                    combo[0] = (0..ln).fold(0u128, |a, j| a ^ keys[2 * j]);
+                    for x in 1..nn {
+                        let j = x.trailing_zeros() as usize;
+                        combo[x] = combo[x & (x - 1)] ^ keys[2 * j] ^ keys[2 * j + 1];
+                    }
+                    for (x, (r, &h)) in row.iter_mut().zip(combo.iter()).enumerate() {
+                        *r = (h >> (x as u32 * bits)) as u64 & m;
                     }
                 } else {
                     for x in 0..nn {
@@ -485,6 +494,7 @@ impl OtSender {
             }
         }
         row.zeroize();
+        combo.zeroize();
         q.zeroize();
         pis.zeroize();
         pi_in.zeroize();
