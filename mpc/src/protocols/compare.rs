@@ -58,7 +58,7 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     let nw = n.div_ceil(64);
     let mut gt = vec![vec![0u64; nw]; q];
     let mut eq = vec![vec![0u64; nw]; q];
-    // Leaves: gt[i * q + j], eq[i * q + j], straight from 1-of-2^width OTs of the tables
+    // Leaves: bit `i` of gt[j] and eq[j], straight from 1-of-2^width OTs of the tables
     // ([x_j > k], [x_j == k]) into shares (entry 0's message not sent). Party 0 holds the
     // tables of the first `na` instances and party 1 those of the others, from the
     // complements `2^bits - 1 - y` and `2^bits - 1 - x` (digit by digit, `y'_j > x'_j`
