@@ -971,6 +971,56 @@ pub fn pack_bits(bits: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Packs values of a fixed or varying width (up to 64 bits each) into bytes, least
+/// significant bit first: the same stream as [`pack_bits`] on their bits in order.
+pub(crate) struct BitWriter {
+    out: Vec<u8>,
+    acc: u128,
+    nacc: u32,
+}
+
+impl BitWriter {
+    /// A writer with room for `bits` bits.
+    pub(crate) fn with_capacity(bits: usize) -> Self {
+        Self {
+            out: Vec::with_capacity(bits.div_ceil(8)),
+            acc: 0,
+            nacc: 0,
+        }
+    }
+
+    /// Appends the low `bits` bits of `v` (`bits <= 64`; the bits above must be zero).
+    pub(crate) fn push(&mut self, v: u64, bits: u32) {
+        self.acc |= (v as u128) << self.nacc;
+        self.nacc += bits;
+        while self.nacc >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.nacc -= 8;
+        }
+    }
+
+    /// The bytes, the last one padded with zeros.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if self.nacc > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// The `bits` bits (`<= 64`) of a [`BitWriter`] stream from bit `start` on (within
+/// `buf`, which the caller has checked).
+pub(crate) fn read_bits(buf: &[u8], start: usize, bits: u32) -> u64 {
+    let mut v: u128 = 0;
+    let first = start / 8;
+    let last = (start + bits as usize).div_ceil(8);
+    for (k, &b) in buf[first..last].iter().enumerate() {
+        v |= (b as u128) << (8 * k);
+    }
+    ((v >> (start % 8)) as u64) & crate::ring::mask(bits)
+}
+
 /// Unpacks `n` bits; rejects a wrong length or nonzero padding.
 pub fn unpack_bits(bytes: &[u8], n: usize, what: &'static str) -> Result<Vec<u8>> {
     let len = n.div_ceil(8);

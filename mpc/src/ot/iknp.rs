@@ -14,7 +14,9 @@ use super::aes::{transpose128, AesPrg, Block, FixedKeyAes};
 use super::base::{BaseOtReceiver, BaseOtSender};
 use super::ferret::{FerretReceiver, FerretSender};
 use crate::error::{Error, Result};
-use crate::net::{decode_ring, encode_ring, pack_bits, recv_exact, unpack_bits, Channel};
+use crate::net::{
+    decode_ring, encode_ring, pack_bits, read_bits, recv_exact, unpack_bits, BitWriter, Channel,
+};
 use crate::ring::{mask, Ring};
 use zeroize::Zeroize;
 
@@ -392,7 +394,8 @@ impl OtSender {
         bits: u32,
         shares: bool,
     ) -> Result<Vec<u64>> {
-        let nn = 1usize << log_n;
+        // Clamped so that a hostile `log_n` is refused below, not shifted out of range.
+        let nn = 1usize << log_n.min(8);
         if !(1..=8).contains(&log_n) || !msgs.len().is_multiple_of(nn) {
             return Err(Error::InvalidInput {
                 what: "1-of-N OT shape (log N in 1..=8, messages a multiple of N)",
@@ -413,7 +416,8 @@ impl OtSender {
         bits: u32,
         shares: bool,
     ) -> Result<Vec<u64>> {
-        let nn = 1usize << log_n;
+        // Clamped so that a hostile `log_n` is refused below, not shifted out of range.
+        let nn = 1usize << log_n.min(8);
         if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
             return Err(Error::InvalidInput {
                 what: "1-of-N OT shape (log N in 1..=8, messages of 1 to 64 bits)",
@@ -454,17 +458,7 @@ impl OtSender {
                 let i = c * per + ic;
                 let keys = &pis[2 * ic * ln..2 * (ic + 1) * ln];
                 if sliced {
-                    // combo[x] = XOR over j of the hash of OT j's key x_j (each from x with
-                    // its lowest set bit cleared: N XORs, not N log N); pad x is its slice
-                    // x (`sliced_pad`).
-                    combo[0] = (0..ln).fold(0u128, |a, j| a ^ keys[2 * j]);
-                    for x in 1..nn {
-                        let j = x.trailing_zeros() as usize;
-                        combo[x] = combo[x & (x - 1)] ^ keys[2 * j] ^ keys[2 * j + 1];
-                    }
-                    for (x, (r, &h)) in row.iter_mut().zip(combo.iter()).enumerate() {
-                        *r = (h >> (x as u32 * bits)) as u64 & m;
-                    }
+                    sliced_pads_all(keys, bits, &mut combo, &mut row);
                 } else {
                     for x in 0..nn {
                         for j in 0..ln {
@@ -525,50 +519,19 @@ fn sliced_pad(hash: impl Fn(usize) -> Block, ln: usize, x: usize, bits: u32) -> 
     (0..ln).fold(0u64, |a, j| a ^ (hash(j) >> sh) as u64) & mask(bits)
 }
 
-/// Packs values of a fixed bit width into bytes, least significant bit first.
-struct BitWriter {
-    out: Vec<u8>,
-    acc: u128,
-    nacc: u32,
-}
-
-impl BitWriter {
-    fn with_capacity(bits: usize) -> Self {
-        Self {
-            out: Vec::with_capacity(bits.div_ceil(8)),
-            acc: 0,
-            nacc: 0,
-        }
+/// Every entry's sliced pad ([`sliced_pad`]) of one instance: `keys[2 j + b]` is the hash
+/// of OT `j`'s key `b`; `combo[x]` becomes the XOR over `j` of the hashes entry `x`
+/// selects, each from `x` with its lowest set bit cleared (`N` XORs, not `N log N`), and
+/// `row[x]` its slice `x`. `combo` and `row` hold `N` entries.
+fn sliced_pads_all(keys: &[Block], bits: u32, combo: &mut [Block], row: &mut [u64]) {
+    combo[0] = keys.iter().step_by(2).fold(0u128, |a, &k| a ^ k);
+    for x in 1..combo.len() {
+        let j = x.trailing_zeros() as usize;
+        combo[x] = combo[x & (x - 1)] ^ keys[2 * j] ^ keys[2 * j + 1];
     }
-
-    fn push(&mut self, v: u64, bits: u32) {
-        self.acc |= (v as u128) << self.nacc;
-        self.nacc += bits;
-        while self.nacc >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.nacc -= 8;
-        }
+    for (x, (r, &h)) in row.iter_mut().zip(combo.iter()).enumerate() {
+        *r = (h >> (x as u32 * bits)) as u64 & mask(bits);
     }
-
-    fn finish(mut self) -> Vec<u8> {
-        if self.nacc > 0 {
-            self.out.push(self.acc as u8);
-        }
-        self.out
-    }
-}
-
-/// Reads `bits`-bit value number `idx` of a [`BitWriter`] stream.
-fn read_bits(buf: &[u8], idx: usize, bits: u32) -> u64 {
-    let start = idx * bits as usize;
-    let mut v: u128 = 0;
-    let first = start / 8;
-    let last = (start + bits as usize).div_ceil(8);
-    for (k, &b) in buf[first..last].iter().enumerate() {
-        v |= (b as u128) << (8 * k);
-    }
-    ((v >> (start % 8)) as u64) & mask(bits)
 }
 
 impl OtReceiver {
@@ -804,7 +767,7 @@ impl OtReceiver {
         log_n: u32,
         bits: u32,
     ) -> Result<Vec<u64>> {
-        let pending = self.start_one_of_n(ch, choices, log_n, bits, true)?;
+        let pending = self.start_receive_one_of_n_shares(ch, choices, log_n, bits)?;
         Self::finish_receive_one_of_n(ch, pending)
     }
 
@@ -829,7 +792,8 @@ impl OtReceiver {
         bits: u32,
         shares: bool,
     ) -> Result<PendingOneOfN> {
-        let nn = 1usize << log_n;
+        // Clamped so that a hostile `log_n` is refused below, not shifted out of range.
+        let nn = 1usize << log_n.min(8);
         if !(1..=8).contains(&log_n) || !(1..=64).contains(&bits) {
             return Err(Error::InvalidInput {
                 what: "1-of-N OT shape (log N in 1..=8)",
@@ -922,7 +886,7 @@ impl OtReceiver {
                 let v = if c < p.first {
                     0
                 } else {
-                    read_bits(&m, i * p.per_inst + c - p.first, p.bits)
+                    read_bits(&m, (i * p.per_inst + c - p.first) * p.bits as usize, p.bits)
                 };
                 (v ^ pad) & mk
             })
@@ -975,6 +939,11 @@ mod tests {
                 .map(|x| sliced_pad(|j| h(j, (x >> j) & 1), ln, x, bits))
                 .collect();
             assert_eq!(pads[0], sliced_pad(|j| known[j], ln, 0, bits));
+            // The sender's pads, all entries at once, are the same.
+            let keys = [known[0], unknown[0], known[1], unknown[1]];
+            let (mut combo, mut row) = ([0u128; 4], [0u64; 4]);
+            sliced_pads_all(&keys, bits, &mut combo, &mut row);
+            assert_eq!(row.to_vec(), pads);
             for x in 1..4 {
                 seen[x - 1].insert(pads[x]);
             }

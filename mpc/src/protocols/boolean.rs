@@ -4,7 +4,7 @@ use rand::{CryptoRng, RngCore};
 
 use super::check_len;
 use crate::error::Result;
-use crate::net::{pack_bits, unpack_bits, Channel};
+use crate::net::{pack_bits, read_bits, unpack_bits, BitWriter, Channel};
 use crate::ot::OtReceiver;
 use crate::party::Party;
 use crate::ring::Ring;
@@ -276,21 +276,21 @@ pub(crate) fn and_packed<C: Channel, R: RngCore + CryptoRng>(
     };
     // Per AND: a, and per operand given its (b, c, opened e); the openings d = x ^ a and
     // e = y ^ b, in order, into one stream.
-    let mut sink = BitSink::default();
+    let mut sink = BitWriter::with_capacity(2 * n * ands.len());
     let mut bits = 0usize;
     let mut state = Vec::with_capacity(ands.len());
     for (k, and) in ands.iter().enumerate() {
         let base = offset + k * n;
         let a = pack(&t.a, base, 0);
         let d: Vec<u64> = and.x.iter().zip(&a).map(|(x, a)| x ^ a).collect();
-        sink.push(&d, n);
+        push_words(&mut sink, &d, n);
         bits += n;
         let mut ys: [Option<Operand>; 2] = [None, None];
         for (j, y) in and.y.iter().enumerate() {
             if let Some(y) = y {
                 let b = pack(&t.b, base, j as u32);
                 let e: Vec<u64> = y.iter().zip(&b).map(|(y, b)| y ^ b).collect();
-                sink.push(&e, n);
+                push_words(&mut sink, &e, n);
                 bits += n;
                 ys[j] = Some((b, pack(&t.c, base, j as u32), e));
             }
@@ -308,14 +308,14 @@ pub(crate) fn and_packed<C: Channel, R: RngCore + CryptoRng>(
         });
     }
     let p0 = p.is_p0();
-    let mut src = BitSource { bytes: &m, pos: 0 };
+    let mut pos = 0;
     Ok(state
         .into_iter()
         .map(|(a, mut d, ys)| {
-            src.xor_into(&mut d, n);
+            xor_words(&m, &mut pos, &mut d, n);
             ys.map(|y| match y {
                 Some((b, mut c, mut e)) => {
-                    src.xor_into(&mut e, n);
+                    xor_words(&m, &mut pos, &mut e, n);
                     for w in 0..nw {
                         c[w] ^= (d[w] & b[w]) ^ (e[w] & a[w]);
                         if p0 {
@@ -334,57 +334,21 @@ pub(crate) fn and_packed<C: Channel, R: RngCore + CryptoRng>(
 /// b` (this party's, then opened).
 type Operand = (Vec<u64>, Vec<u64>, Vec<u64>);
 
-/// Packed words written as a stream of bits, lowest first.
-#[derive(Default)]
-struct BitSink {
-    out: Vec<u8>,
-    acc: u128,
-    nacc: u32,
-}
-
-impl BitSink {
-    /// Appends the first `n` bits of `words` (`n.div_ceil(64)` words).
-    fn push(&mut self, words: &[u64], n: usize) {
-        for (i, &w) in words.iter().enumerate() {
-            let k = (n - 64 * i).min(64) as u32;
-            let v = if k == 64 { w } else { w & ((1u64 << k) - 1) };
-            self.acc |= u128::from(v) << self.nacc;
-            self.nacc += k;
-            if self.nacc >= 64 {
-                self.out.extend_from_slice(&(self.acc as u64).to_le_bytes());
-                self.acc >>= 64;
-                self.nacc -= 64;
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let tail = self.nacc.div_ceil(8) as usize;
-        self.out
-            .extend_from_slice(&(self.acc as u64).to_le_bytes()[..tail]);
-        self.out
+/// Appends the first `n` bits of the packed `words` (`n.div_ceil(64)` of them).
+fn push_words(out: &mut BitWriter, words: &[u64], n: usize) {
+    for (i, &w) in words.iter().enumerate() {
+        let k = (n - 64 * i).min(64) as u32;
+        out.push(w & crate::ring::mask(k), k);
     }
 }
 
-/// Reads a stream of bits written by [`BitSink`] (its length checked by the caller).
-struct BitSource<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl BitSource<'_> {
-    /// XORs the next `n` bits into `words`.
-    fn xor_into(&mut self, words: &mut [u64], n: usize) {
-        for (i, w) in words.iter_mut().enumerate() {
-            let k = (n - 64 * i).min(64);
-            let (byte, sh) = (self.pos / 8, self.pos % 8);
-            let end = (byte + 9).min(self.bytes.len());
-            let mut buf = [0u8; 16];
-            buf[..end - byte].copy_from_slice(&self.bytes[byte..end]);
-            let v = (u128::from_le_bytes(buf) >> sh) as u64;
-            *w ^= if k == 64 { v } else { v & ((1u64 << k) - 1) };
-            self.pos += k;
-        }
+/// XORs `n` bits of `buf` from bit `*pos` into the packed `words`, and moves `*pos` past
+/// them (the caller has checked `buf`'s length).
+fn xor_words(buf: &[u8], pos: &mut usize, words: &mut [u64], n: usize) {
+    for (i, w) in words.iter_mut().enumerate() {
+        let k = (n - 64 * i).min(64);
+        *w ^= read_bits(buf, *pos, k as u32);
+        *pos += k;
     }
 }
 
@@ -415,23 +379,20 @@ mod tests {
                 v
             })
             .collect();
-        let mut sink = BitSink::default();
+        let mut sink = BitWriter::with_capacity(0);
         let mut flat = Vec::new();
         for (v, &n) in vecs.iter().zip(&lens) {
-            sink.push(v, n);
+            push_words(&mut sink, v, n);
             flat.extend((0..n).map(|i| ((v[i / 64] >> (i % 64)) & 1) as u8));
         }
         let bytes = sink.finish();
         assert_eq!(bytes, crate::net::pack_bits(&flat));
-        let mut src = BitSource {
-            bytes: &bytes,
-            pos: 0,
-        };
+        let mut pos = 0;
         for (v, &n) in vecs.iter().zip(&lens) {
             let mut got = vec![0u64; n.div_ceil(64)];
-            src.xor_into(&mut got, n);
+            xor_words(&bytes, &mut pos, &mut got, n);
             assert_eq!(&got, v, "length {n}");
         }
-        assert_eq!(src.pos, lens.iter().sum::<usize>());
+        assert_eq!(pos, lens.iter().sum::<usize>());
     }
 }
