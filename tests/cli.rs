@@ -448,6 +448,16 @@ fn serve_a_model_dir_with_an_admin_endpoint() {
         .unwrap_or_else(|| panic!("no admin address in {line:?}"))
         .to_string();
     assert_eq!(http_get(&admin, "/health/live").0, 200);
+    // The address is printed before the server starts accepting: the catalog is filled
+    // once it is ready, which is what an orchestrator polls for.
+    let start = std::time::Instant::now();
+    while http_get(&admin, "/health/ready").0 != 200 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "never ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (status, body) = http_get(&admin, "/v1/models");
     assert_eq!(status, 200);
     let catalog: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -471,18 +481,29 @@ fn serve_a_model_dir_with_an_admin_endpoint() {
         "digits_test_x.npy",
         &[],
     );
-    let (status, metrics) = http_get(&admin, "/metrics");
-    assert_eq!(status, 200);
-    for (sample, want) in [
+    // The server counts an inference after its reply is flushed, so the client may be
+    // done a moment before the counter moves: poll, with a deadline.
+    let want = [
         ("cipherml_inferences_total{model=\"mlp\"}", 4.0),
         ("cipherml_inferences_total{model=\"square\"}", 4.0),
         ("cipherml_sessions_total", 2.0),
-    ] {
-        assert_eq!(
-            cipherml::metrics::sample_value(&metrics, sample),
-            Some(want),
-            "{sample} in\n{metrics}"
+    ];
+    let start = std::time::Instant::now();
+    loop {
+        let (status, metrics) = http_get(&admin, "/metrics");
+        assert_eq!(status, 200);
+        let got: Vec<Option<f64>> = want
+            .iter()
+            .map(|(sample, _)| cipherml::metrics::sample_value(&metrics, sample))
+            .collect();
+        if want.iter().zip(&got).all(|((_, w), g)| *g == Some(*w)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{want:?} never reached: {got:?} in\n{metrics}"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     drop(server);
 
