@@ -638,7 +638,8 @@ pub fn nn_filtered(
 /// Training benchmarks (`train.*` lines): logistic regression on 3,750 x 20 Gaussian data
 /// (full batch, and batches of 128), an MLP 20-10-5-1 on the same data, and the digits MLP
 /// 64-32-10 (1,437 samples, batches of 64): two parties over TCP loopback, one thread
-/// each, dealer-free (triples from OT; `.dealer` lines: from a dealer thread), 64-bit ring
+/// each, dealer-free (triples from OT; `.dealer` lines: from a dealer thread; `.ulp`
+/// lines: dealer-free with truncations within one unit in the last place), 64-bit ring
 /// with 16 fractional bits. Each figure is the mean per epoch over 10 epochs (logistic
 /// regression and the MLP), per batch over an epoch's first 10 batches (`lr_b128`), or one
 /// epoch (the digits MLP), after the session set-up; the set-up (base OTs: the only
@@ -753,13 +754,30 @@ pub fn train(budget: Duration, filter: Option<&str>, emit: &mut (dyn FnMut(Bench
             j
         })
         .collect();
+    // The same jobs, dealer-free, with truncations within one unit in the last place
+    // (`Truncation::WithinUlp`) instead of exact ones.
+    let ulp_jobs: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            let mut j = j.clone();
+            j.0 = match j.0 {
+                "train.lr_full.epoch" => "train.lr_full.epoch.ulp",
+                "train.lr_b128.batch" => "train.lr_b128.batch.ulp",
+                "train.mlp.epoch" => "train.mlp.epoch.ulp",
+                _ => "train.digits_mlp.epoch.ulp",
+            };
+            j
+        })
+        .collect();
     jobs.extend(dealer_jobs);
+    jobs.extend(ulp_jobs);
     for (name, model, loss, x, y, batch, epochs) in jobs {
         if filter.is_some_and(|f| !name.contains(f)) {
             continue;
         }
         let dealer = name.ends_with(".dealer");
-        let per_batch = name.ends_with(".batch");
+        let ulp = name.ends_with(".ulp");
+        let per_batch = name.trim_end_matches(".ulp").ends_with(".batch");
         // A per-batch figure: the mean over the first ten batches of an epoch.
         let batches = if per_batch { 10 } else { 1 };
         let (x, y) = if per_batch {
@@ -779,6 +797,9 @@ pub fn train(budget: Duration, filter: Option<&str>, emit: &mut (dyn FnMut(Bench
             reveal_metrics: false,
         };
         let mut config = SessionConfig::training();
+        if ulp {
+            config.truncation = crate::tensor::Truncation::WithinUlp;
+        }
         let dealer_thread = if dealer {
             use cipherml_mpc::triples::dealer::{Dealer, DealerConfig};
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -846,7 +867,7 @@ pub fn train(budget: Duration, filter: Option<&str>, emit: &mut (dyn FnMut(Bench
         let (us, bytes, rounds) = (us / per as f64, bytes / per, rounds / per);
         let setup_bytes = setup_stats.bytes_sent + setup_stats.bytes_received;
         let desc = format!(
-            "{} samples x {:?}, batch {batch}{}, {loss:?}, SGD, {epochs} epoch(s){}; two parties, TCP loopback, one thread each, {}, Z_2^64 f=16, BFV t=2^64 for products by held data; online: this line; offline (set-up: base OTs, public keys) {:.1} ms and {setup_bytes} B once, {:.1} ms and {} B per epoch amortized over 10 epochs",
+            "{} samples x {:?}, batch {batch}{}, {loss:?}, SGD, {epochs} epoch(s){}; two parties, TCP loopback, one thread each, {}, Z_2^64 f=16, {} truncations, BFV t=2^64 for products by held data; online: this line; offline (set-up: base OTs, public keys) {:.1} ms and {setup_bytes} B once, {:.1} ms and {} B per epoch amortized over 10 epochs",
             xs[0],
             &xs[1..],
             if per_batch {
@@ -864,16 +885,24 @@ pub fn train(budget: Duration, filter: Option<&str>, emit: &mut (dyn FnMut(Bench
             } else {
                 "dealer-free (triples from OT)"
             },
+            if ulp {
+                "within-one-ulp"
+            } else {
+                "exact"
+            },
             setup_us / 1e3,
             setup_us / 1e4,
             setup_bytes / 10
         );
         let prefix = name
             .trim_end_matches(".dealer")
+            .trim_end_matches(".ulp")
             .rsplit_once('.')
             .map_or(name, |p| p.0);
         let prefix = if dealer {
             format!("{prefix}.dealer")
+        } else if ulp {
+            format!("{prefix}.ulp")
         } else {
             prefix.to_string()
         };

@@ -42,19 +42,28 @@ fn demo_prints_accuracy_latency_and_bytes() {
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("cipherml");
     std::fs::copy(env!("CARGO_BIN_EXE_cipherml"), &exe).unwrap();
-    let out = Command::new(&exe)
+    // A child forked by another test while the copy was open for writing holds it open
+    // until it execs, and running the copy meanwhile fails with ETXTBSY: retry, bounded.
+    let run = |cmd: &mut Command| {
+        for _ in 0..100 {
+            match cmd.output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.expect("run the binary"),
+            }
+        }
+        panic!("the copied binary stayed busy for 2 s");
+    };
+    let out = run(Command::new(&exe)
         .args(["demo", "--images", "20"])
         .current_dir(&dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the binary");
+        .env_remove("RUST_LOG"));
     // RUST_LOG turns them on.
-    let verbose = Command::new(&exe)
+    let verbose = run(Command::new(&exe)
         .args(["demo", "--images", "1"])
         .current_dir(&dir)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run the binary");
+        .env("RUST_LOG", "info"));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(verbose.status.success());
     let logs = String::from_utf8_lossy(&verbose.stderr);

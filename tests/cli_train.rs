@@ -375,7 +375,8 @@ fn a_peer_killed_mid_training_is_an_error_naming_epoch_and_batch() {
 }
 
 /// Rows split (each party its own samples and labels), over TLS with a token, triples from
-/// a `cipherml dealer`, a two-layer softmax model; the listener receives the model.
+/// a `cipherml dealer`, truncations within one ulp, a two-layer softmax model; the listener
+/// receives the model.
 #[test]
 fn horizontal_softmax_over_tls_with_a_dealer() {
     let dir = temp_dir("horizontal");
@@ -433,6 +434,8 @@ fn horizontal_softmax_over_tls_with_a_dealer() {
         "5",
         "--dealer",
         &dealer_addr,
+        "--truncation",
+        "ulp",
     ];
     let mut server_args = vec![
         "train",

@@ -390,3 +390,87 @@ fn shares_convert_to_ckks_and_compute_there() {
     let err = max_diff(&client.1.unwrap(), &flat.dot(&w).into_dyn());
     assert!(err < 1e-2, "product error {err}");
 }
+
+/// The engine's truncations, against integer arithmetic: in the training ring, products
+/// of signed values and their ReLUs come back as exactly `floor(v / 2^16)` with
+/// `Truncation::Exact`, and as the floor or one unit less with `Truncation::WithinUlp`,
+/// which must be below the floor for some values (the carry it drops) and cost under a
+/// quarter of the exact truncations' bytes.
+#[test]
+fn truncations_are_exact_or_within_one_ulp_as_configured() {
+    use cipherml::tensor::{run_local_with, SessionConfig, Truncation};
+    let mut rng = ChaCha20Rng::seed_from_u64(31);
+    let n = 400;
+    // Integers at scale 2^16, including zero and both signs; products up to 2^38.
+    let ka: Vec<i64> = (0..n)
+        .map(|i| {
+            if i < 4 {
+                [0, 1, -1, 65536][i]
+            } else {
+                rng.random_range(-(1i64 << 22)..(1 << 22))
+            }
+        })
+        .collect();
+    let kb: Vec<i64> = (0..n)
+        .map(|_| rng.random_range(-(1i64 << 16)..(1 << 16)))
+        .collect();
+    let to_f = |k: &[i64]| {
+        ArrayD::from_shape_vec(vec![n], k.iter().map(|&v| v as f64 / 65536.0).collect()).unwrap()
+    };
+    let (a, b) = (to_f(&ka), to_f(&kb));
+    let mut bytes = Vec::new();
+    for mode in [Truncation::Exact, Truncation::WithinUlp] {
+        let config = SessionConfig {
+            truncation: mode,
+            ..SessionConfig::training()
+        };
+        let (a, b) = (a.clone(), b.clone());
+        let (client, _) = run_local_with(config, move |s| {
+            let (a, b) = (a.clone(), b.clone());
+            let x = s.input(Role::Client, &[n], move || a)?;
+            let y = s.input(Role::Server, &[n], move || b)?;
+            let z = s.mul(&x, &y)?;
+            let r = s.relu(&z)?;
+            let before = s.party().stats();
+            let (z, r) = (s.rescaled(&z)?, s.rescaled(&r)?);
+            let after = s.party().stats();
+            let spent =
+                after.bytes_sent + after.bytes_received - before.bytes_sent - before.bytes_received;
+            Ok((
+                s.reveal(&z, Role::Client)?,
+                s.reveal(&r, Role::Client)?,
+                spent,
+            ))
+        })
+        .unwrap();
+        let (z, r, spent) = client;
+        bytes.push(spent);
+        let mut below = 0;
+        for (i, (got_z, got_r)) in z.unwrap().iter().zip(r.unwrap().iter()).enumerate() {
+            let v = i128::from(ka[i]) * i128::from(kb[i]);
+            let floor = v.div_euclid(1 << 16) as f64;
+            let relu = v.max(0).div_euclid(1 << 16) as f64;
+            for (got, want) in [(got_z, floor), (got_r, relu)] {
+                let got = got * 65536.0;
+                assert_eq!(got, got.round(), "{mode:?}: not at scale 2^16");
+                match mode {
+                    Truncation::Exact => assert_eq!(got, want, "{mode:?} at {i}: {v}"),
+                    _ => {
+                        assert!(
+                            got == want || got == want - 1.0,
+                            "{mode:?} at {i}: {got} for {v}"
+                        );
+                        below += usize::from(got != want);
+                    }
+                }
+            }
+        }
+        if mode == Truncation::WithinUlp {
+            assert!(below > n / 10, "only {below} of {} below the floor", 2 * n);
+        }
+    }
+    assert!(
+        4 * bytes[1] < bytes[0],
+        "bytes of the truncations: {bytes:?}"
+    );
+}

@@ -27,6 +27,37 @@ pub enum Triples {
     },
 }
 
+/// How the engine truncates a product back to the session's fractional bits.
+///
+/// Neither mode ever wraps a value around the ring: the difference is the last place.
+///
+/// ```
+/// use cipherml::tensor::{SessionConfig, Truncation};
+/// let c = SessionConfig {
+///     truncation: Truncation::WithinUlp,
+///     ..SessionConfig::training()
+/// };
+/// assert_eq!(SessionConfig::training().truncation, Truncation::Exact);
+/// assert_ne!(c, SessionConfig::training());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Truncation {
+    /// Exactly `floor(x / 2^s)` (an arithmetic shift), every time: CrypTFlow2's faithful
+    /// truncation. Non-negative values (a ReLU's output) and, in the training ring, values
+    /// below `2^(l-2)` cost one `s`-bit millionaire, one B2A and one correlated OT; other
+    /// values two millionaires.
+    #[default]
+    Exact,
+    /// `floor(x / 2^s)` or one unit of `2^-f` less (Cheetah's truncation with a known most
+    /// significant bit): one correlated OT per value, no millionaire, where the value is
+    /// known non-negative or the ring has room (`l >= 2f + 32`, the training ring); exact
+    /// elsewhere. Never a wrap-around: the error of each truncation is in `(-2^-f, 0]`
+    /// beyond the floor, and a training run sees that as rounding. About half the
+    /// comparisons of training.
+    WithinUlp,
+}
+
 /// The configuration of a two-party session. Both parties must use the same one (the
 /// server announces it; a client derives the same from the announcement).
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +95,8 @@ pub struct SessionConfig {
     /// a server runs its sessions in one pool of `ServerConfig::threads`; 0: rayon's
     /// global pool.
     pub threads: usize,
+    /// How products are truncated ([`Truncation::Exact`] by default).
+    pub truncation: Truncation,
 }
 
 impl Default for SessionConfig {
@@ -81,6 +114,7 @@ impl Default for SessionConfig {
             triples: Triples::Ot,
             q_bits: 0,
             threads: 0,
+            truncation: Truncation::Exact,
         }
     }
 }

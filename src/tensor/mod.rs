@@ -117,7 +117,7 @@ pub use ckks::{
     decrypt_output, encrypt_input, CkksEval, CkksEvalKeys, CkksOps, CkksSessionKeys,
     PreparedCkksLinear,
 };
-pub use config::{SessionConfig, Triples, MAX_Q_BITS};
+pub use config::{SessionConfig, Triples, Truncation, MAX_Q_BITS};
 pub use cost::NetworkModel;
 pub use grad::{PoolSelection, ReluMask, ACTIVATION_RANGE, ACTIVATION_RANGE_BITS};
 pub use he::BfvTensorData;
@@ -705,7 +705,8 @@ impl<C: Channel> Session<C> {
         })
     }
 
-    /// Runs a pending truncation: from `frac` fractional bits down to `f`, exactly (the
+    /// Runs a pending truncation: from `frac` fractional bits down to `f`, exactly or
+    /// within one unit in the last place as [`SessionConfig::truncation`] says (the
     /// cheaper protocol if the value is known non-negative, or if the ring is wide enough
     /// for [`arith::trunc_bounded`]).
     pub(crate) fn rescale(
@@ -719,13 +720,21 @@ impl<C: Channel> Session<C> {
             return Ok(share);
         }
         let ring = self.fixed.ring();
-        Ok(if nonneg {
-            arith::trunc_nonneg(&mut self.party, ring, &share, frac - f)?
+        let ulp = self.config.truncation == Truncation::WithinUlp;
+        let p = &mut self.party;
+        Ok(if nonneg && ulp {
+            arith::trunc_nonneg_within_ulp(p, ring, &share, frac - f)?
+        } else if nonneg {
+            arith::trunc_nonneg(p, ring, &share, frac - f)?
         } else if ring.bits() >= 2 * f + 32 {
             // A wide ring (training's Z_2^64, f = 16): products at 2^2f stay below
             // 2^(l-2) unless a value passes 2^(l-2-2f) = 2^30, so the cheaper truncation is
-            // exact.
-            arith::trunc_bounded(&mut self.party, ring, &share, frac - f)?
+            // exact (or within one unit in the last place, without its millionaire).
+            if ulp {
+                arith::trunc_bounded_within_ulp(p, ring, &share, frac - f)?
+            } else {
+                arith::trunc_bounded(p, ring, &share, frac - f)?
+            }
         } else {
             arith::trunc_faithful(&mut self.party, ring, &share, frac - f)?
         })

@@ -18,7 +18,7 @@ use std::time::Duration;
 use cipherml::mpc::net::{Channel, ChannelConfig, TcpChannel};
 use cipherml::nn::{load_onnx, model_from_json, one_hot, FitOptions, Layer, Loss, Optimizer};
 use cipherml::nn::{Sequential, Trainer};
-use cipherml::tensor::{PrivateTensor, Role, Session, SessionConfig, Triples};
+use cipherml::tensor::{PrivateTensor, Role, Session, SessionConfig, Triples, Truncation};
 use ndarray::{ArrayD, Dimension, IxDyn};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,11 @@ pub struct TrainArgs {
     /// it); default: the parties make them with oblivious transfer (no third party).
     #[arg(long)]
     dealer: Option<String>,
+    /// How products are truncated back to 16 fractional bits: "exact" (floor, every
+    /// time) or "ulp" (the floor or one unit of 2^-16 less, never a wrap-around: about
+    /// half the comparisons of training). Both parties must pass the same.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "ulp"])]
+    truncation: String,
     /// Seconds to wait for the peer (each receive, and the connection).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
@@ -149,6 +154,7 @@ struct Job {
     batch_size: u64,
     shuffle_seed: Option<u64>,
     dealer: bool,
+    truncation: String,
 }
 
 /// One party's hello (`Debug` does not show the token).
@@ -387,6 +393,7 @@ fn prepare(args: &TrainArgs, token: Option<String>) -> Res<Local> {
         batch_size: args.batch_size,
         shuffle_seed: args.shuffle_seed,
         dealer: args.dealer.is_some(),
+        truncation: args.truncation.clone(),
     };
     let hello = Hello {
         version: HELLO_VERSION,
@@ -750,6 +757,9 @@ fn run<C: Channel>(
     } = local;
     let me = |r: Role| r == role;
     let mut config = SessionConfig::training();
+    if args.truncation == "ulp" {
+        config.truncation = Truncation::WithinUlp;
+    }
     if let Some(d) = &args.dealer {
         let addr = d
             .to_socket_addrs()
