@@ -11,6 +11,7 @@
 //! such product and its public key sent to the client (both parties decide alike, from
 //! public shapes and holders).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cipherml_he::bfv::{BfvParameters, CoeffWindow, Encoder, Encryptor};
@@ -798,7 +799,7 @@ impl<C: Channel> Session<C> {
         let outs = self.outputs_per_reply(len, per_ct, n);
         let (block, groups) = (per_ct * len, n.div_ceil(outs));
         // A column taken twice adds its digits: the bound counts the repeats.
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = HashMap::new();
         for &j in cols {
             *seen.entry(j).or_insert(0u64) += 1;
         }
@@ -846,42 +847,74 @@ impl<C: Channel> Session<C> {
             let encoder = Encoder::new(&params);
             let ev = cipherml_he::bfv::Evaluator::new(&params);
             let mut out = Vec::with_capacity(2 * groups);
-            for d in 0..2u32 {
-                for gi in 0..groups {
-                    let first = gi * outs;
-                    let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
-                    for (g, ct) in cts.iter().enumerate() {
-                        let mut coeffs = vec![0i64; big_n];
-                        let mut any = false;
+            if per_ct * outs <= SPARSE_TERMS {
+                // Few terms to a plaintext (long columns): each ciphertext times each
+                // monomial once, then every reply a sum of those times the digits.
+                let mut shifted = Shifted::new(&encoder, &ev, cts);
+                for d in 0..2u32 {
+                    for gi in 0..groups {
+                        let first = gi * outs;
+                        let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
                         for (t, &j) in cols.iter().enumerate() {
-                            if j / per_ct != g {
-                                continue;
-                            }
-                            let shift = (j % per_ct) * len;
+                            let (g, shift) = (j / per_ct, (j % per_ct) * len);
                             for (o, c) in (first..(first + outs).min(n)).enumerate() {
                                 let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
                                 // X^(o block - shift), negacyclic below 0.
-                                match (o * block).checked_sub(shift) {
-                                    Some(e) => coeffs[e] += v,
-                                    None => coeffs[big_n + o * block - shift] -= v,
+                                let (e, v) = match (o * block).checked_sub(shift) {
+                                    Some(e) => (e, v),
+                                    None => (big_n + o * block - shift, -v),
+                                };
+                                let term = shifted.get(g, e)?;
+                                match &mut acc {
+                                    None => acc = Some(ev.mul_scalar(term, v)?),
+                                    Some(a) => ev.mul_scalar_add_assign(a, term, v)?,
                                 }
                             }
-                            any = true;
                         }
-                        if !any {
-                            continue;
-                        }
-                        let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
-                        match &mut acc {
-                            None => acc = Some(prod),
-                            Some(a) => ev.add_assign(a, &prod)?,
-                        }
+                        out.push(match acc {
+                            Some(a) => a,
+                            None => ev.mul_scalar(&cts[0], 0)?,
+                        });
                     }
-                    // No column taken (an empty batch): an encryption of zero.
-                    out.push(match acc {
-                        Some(a) => a,
-                        None => ev.mul_scalar(&cts[0], 0)?,
-                    });
+                }
+            } else {
+                for d in 0..2u32 {
+                    for gi in 0..groups {
+                        let first = gi * outs;
+                        let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
+                        for (g, ct) in cts.iter().enumerate() {
+                            let mut coeffs = vec![0i64; big_n];
+                            let mut any = false;
+                            for (t, &j) in cols.iter().enumerate() {
+                                if j / per_ct != g {
+                                    continue;
+                                }
+                                let shift = (j % per_ct) * len;
+                                for (o, c) in (first..(first + outs).min(n)).enumerate() {
+                                    let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
+                                    // X^(o block - shift), negacyclic below 0.
+                                    match (o * block).checked_sub(shift) {
+                                        Some(e) => coeffs[e] += v,
+                                        None => coeffs[big_n + o * block - shift] -= v,
+                                    }
+                                }
+                                any = true;
+                            }
+                            if !any {
+                                continue;
+                            }
+                            let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
+                            match &mut acc {
+                                None => acc = Some(prod),
+                                Some(a) => ev.add_assign(a, &prod)?,
+                            }
+                        }
+                        // No column taken (an empty batch): an encryption of zero.
+                        out.push(match acc {
+                            Some(a) => a,
+                            None => ev.mul_scalar(&cts[0], 0)?,
+                        });
+                    }
                 }
             }
             let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder)?;
@@ -982,11 +1015,138 @@ impl<C: Channel> Session<C> {
     }
 }
 
+/// Most nonzero coefficients of a plaintext of [`Session::columns_combine`] (columns to a
+/// ciphertext times outputs to a reply) for which it multiplies each ciphertext by each
+/// monomial once and sums those times scalars ([`Shifted`]: eight limb-length products and
+/// sums a term) instead of encoding and transforming a plaintext per ciphertext and reply
+/// (about forty).
+const SPARSE_TERMS: usize = 4;
+
+/// Ciphertexts times monomials `X^e`, each product made once, on first use.
+struct Shifted<'a> {
+    encoder: &'a Encoder,
+    ev: &'a cipherml_he::bfv::Evaluator,
+    cts: &'a [cipherml_he::bfv::Ciphertext],
+    monomials: HashMap<usize, cipherml_he::bfv::PreparedPlaintext>,
+    products: HashMap<(usize, usize), cipherml_he::bfv::Ciphertext>,
+}
+
+impl<'a> Shifted<'a> {
+    fn new(
+        encoder: &'a Encoder,
+        ev: &'a cipherml_he::bfv::Evaluator,
+        cts: &'a [cipherml_he::bfv::Ciphertext],
+    ) -> Self {
+        Self {
+            encoder,
+            ev,
+            cts,
+            monomials: HashMap::new(),
+            products: HashMap::new(),
+        }
+    }
+
+    /// Ciphertext `g` times `X^e` (`e < N`).
+    fn get(&mut self, g: usize, e: usize) -> Result<&cipherml_he::bfv::Ciphertext, TensorError> {
+        use std::collections::hash_map::Entry;
+        let ct = self.cts.get(g).ok_or_else(|| TensorError::Invalid {
+            what: "encrypted operand",
+            detail: format!("ciphertext {g} of {}", self.cts.len()),
+        })?;
+        Ok(match self.products.entry((g, e)) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(slot) => {
+                let mono = match self.monomials.entry(e) {
+                    Entry::Occupied(o) => o.into_mut(),
+                    Entry::Vacant(m) => {
+                        let mut coeffs = vec![0i64; e + 1];
+                        coeffs[e] = 1;
+                        let pt = self.encoder.encode_coeffs_i64(&coeffs)?;
+                        m.insert(self.encoder.prepare(&pt, ct.level())?)
+                    }
+                };
+                slot.insert(self.ev.mul_plain_prepared(ct, mono)?)
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{run_local_with, Role, SessionConfig};
+
     use ndarray::Array2;
     use rand::{Rng, SeedableRng};
+
+    /// The sparse combination ([`super::Shifted`]: each ciphertext times each monomial
+    /// once, then scalar sums) is the very ciphertext the dense one makes (one plaintext
+    /// of the same coefficients, encoded, transformed and multiplied): digits of 32 bits,
+    /// negacyclic terms (negative digits at `X^(N - a)`), repeated exponents and two
+    /// ciphertexts.
+    #[test]
+    fn sparse_combination_equals_the_dense_product() {
+        use cipherml_he::bfv::{BfvParameters, Encoder, Encryptor, Evaluator};
+        use cipherml_he::rlwe::{PublicKey, SecretKey};
+        let params = BfvParameters::new(&SessionConfig::training().bfv_literal()).unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(41);
+        let sk = std::sync::Arc::new(SecretKey::random(params.context(), &mut rng));
+        let pk = PublicKey::new(&sk, &mut rng);
+        let (enc, ev) = (Encoder::new(&params), Evaluator::new(&params));
+        let n = params.degree();
+        let encryptor = Encryptor::new(&params, pk).unwrap();
+        let cts: Vec<_> = (0..2)
+            .map(|_| {
+                let v: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+                encryptor
+                    .encrypt(&enc.encode_coeffs_u64(&v).unwrap(), &mut rng)
+                    .unwrap()
+            })
+            .collect();
+        // (ciphertext, exponent, digit) terms.
+        let terms: Vec<(usize, usize, i64)> = vec![
+            (0, 0, rng.random_range(0..1 << 32)),
+            (0, 3750, -rng.random_range(0..1i64 << 32)),
+            (0, 3750, rng.random_range(0..1 << 32)),
+            (1, n - 3750, -rng.random_range(0..1i64 << 32)),
+            (1, 7, rng.random_range(0..1 << 32)),
+        ];
+        let mut dense = None;
+        for (g, ct) in cts.iter().enumerate() {
+            let mut coeffs = vec![0i64; n];
+            for &(_, e, v) in terms.iter().filter(|t| t.0 == g) {
+                coeffs[e] += v;
+            }
+            let prod = ev
+                .mul_plain(ct, &enc.encode_coeffs_i64(&coeffs).unwrap())
+                .unwrap();
+            match &mut dense {
+                None => dense = Some(prod),
+                Some(a) => ev.add_assign(a, &prod).unwrap(),
+            }
+        }
+        let mut shifted = super::Shifted::new(&enc, &ev, &cts);
+        let mut sparse = None;
+        for &(g, e, v) in &terms {
+            let term = shifted.get(g, e).unwrap();
+            match &mut sparse {
+                None => sparse = Some(ev.mul_scalar(term, v).unwrap()),
+                Some(a) => ev.mul_scalar_add_assign(a, term, v).unwrap(),
+            }
+        }
+        assert_eq!(
+            shifted.products.len(),
+            4,
+            "one product per ciphertext and exponent"
+        );
+        assert!(
+            dense.unwrap() == sparse.unwrap(),
+            "the two combinations differ"
+        );
+        assert!(
+            shifted.get(2, 0).is_err(),
+            "a ciphertext that does not exist"
+        );
+    }
 
     /// Weight gradients `G^T X[rows]` from held data encrypted once by rows, against the
     /// plaintext product and the engine's: data of either party, one or several

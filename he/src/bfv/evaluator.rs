@@ -204,6 +204,51 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// `acc += ct * c` for an integer scalar `c` (reduced modulo `t`, centered, as
+    /// [`Evaluator::mul_scalar`]), without a temporary: with ciphertexts already multiplied
+    /// by monomials `X^e` ([`Evaluator::mul_plain_prepared`]), products by plaintexts of a
+    /// few nonzero coefficients are sums of these, with no plaintext encoded or
+    /// transformed per product.
+    ///
+    /// ```
+    /// use cipherml_he::bfv::*;
+    /// use cipherml_he::rlwe::{PublicKey, SecretKey};
+    /// let params = BfvParameters::new(&BfvParametersLiteral::n4096()).unwrap();
+    /// let mut rng = rand::rng();
+    /// let sk = std::sync::Arc::new(SecretKey::random(params.context(), &mut rng));
+    /// let pk = PublicKey::new(&sk, &mut rng);
+    /// let (enc, dec) = (Encoder::new(&params), Decryptor::new(&params, sk).unwrap());
+    /// let ev = Evaluator::new(&params);
+    /// let pt = enc.encode_coeffs_i64(&[5, -2]).unwrap();
+    /// let ct = Encryptor::new(&params, pk).unwrap().encrypt(&pt, &mut rng).unwrap();
+    /// let mut acc = ev.mul_scalar(&ct, 3).unwrap();
+    /// ev.mul_scalar_add_assign(&mut acc, &ct, -7).unwrap();
+    /// let got = enc.decode_coeffs_i64(&dec.decrypt(&acc).unwrap()).unwrap();
+    /// assert_eq!(&got[..3], &[-20, 8, 0]);
+    /// ```
+    pub fn mul_scalar_add_assign(
+        &self,
+        acc: &mut Ciphertext,
+        ct: &Ciphertext,
+        c: i64,
+    ) -> Result<()> {
+        self.check_pair(acc, ct)?;
+        Self::check_size(ct, acc.polys.len())?;
+        let t = self.params.t();
+        let cs = t.center(t.reduce_i64(c));
+        let q = self.q(ct.level);
+        let res: Vec<u64> = q
+            .primes()
+            .iter()
+            .map(|p| p.modulus.reduce_i64(cs))
+            .collect();
+        for (a, b) in acc.polys.iter_mut().zip(&ct.polys) {
+            a.mul_scalar_add_assign(b, &res, q);
+        }
+        acc.seed = None;
+        Ok(())
+    }
+
     /// Noise flooding: adds to `ct` an independent noise uniform in `[-2^log2_bound,
     /// 2^log2_bound]` per coefficient, so that the decrypting party learns nothing (up to
     /// `2^-(log2_bound - log2 |noise|)` statistical distance) about how the noise it floods

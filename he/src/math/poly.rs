@@ -185,6 +185,25 @@ impl<R: Representation> Poly<R> {
         }
     }
 
+    /// `self += c other` for a scalar given by its residues (one per limb).
+    pub fn mul_scalar_add_assign(&mut self, other: &Self, c: &[u64], basis: &RnsBasis) {
+        self.check(basis);
+        other.check(basis);
+        for (((a, b), &ci), p) in self
+            .limbs_mut()
+            .zip(other.limbs())
+            .zip(c)
+            .zip(basis.primes())
+        {
+            let m = &p.modulus;
+            let ci = m.reduce(ci);
+            let cs = m.shoup(ci);
+            for (x, &y) in a.iter_mut().zip(b) {
+                *x = m.add(*x, m.mul_shoup(y, ci, cs));
+            }
+        }
+    }
+
     /// `self -= other`.
     pub fn sub_assign(&mut self, other: &Self, basis: &RnsBasis) {
         self.check(basis);
