@@ -244,7 +244,7 @@ pub fn bench_lines_filtered(budget: Duration, filter: Option<&str>) -> Result<Ve
     const SUITES: [Suite; 7] = [
         (&["ot.iknp_2e20", "ot.base_128"], bench_ot),
         (&["ot.silent_2e20", "ot.silent_setup"], bench_silent),
-        (&["mpc.relu_2e16"], bench_relu),
+        (&["mpc.relu_2e16", "mpc.relu_2e16.lan"], bench_relu),
         (&["mpc.trunc_2e16"], bench_trunc),
         (
             &["mpc.trunc_msb0_2e16", "mpc.trunc_msb0_ulp_2e16"],
@@ -441,43 +441,59 @@ pub fn bench_maxpool(budget: Duration) -> Result<Vec<BenchLine>> {
     )])
 }
 
-/// `mpc.relu_2e16`: ReLU on 2^16 shared 32-bit values (OT setup done once, apart).
+/// `mpc.relu_2e16`: ReLU on 2^16 shared 32-bit values (OT setup done once, apart), with
+/// the default digits ([`crate::protocols::compare::BETA`], fewest bytes);
+/// `mpc.relu_2e16.lan`: the same with the digits a session picks for a 1 Gbit/s LAN
+/// ([`crate::protocols::compare::digit_bits_for`]).
 pub fn bench_relu(budget: Duration) -> Result<Vec<BenchLine>> {
     let n = 1usize << 16;
     let ring = Ring::new(32)?;
     type P = Party<TcpChannel, ChaCha20Rng>;
-    let mk = move |id: PartyId| {
-        move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
-            let mut rng = os_rng();
-            let x = ring.random_vec(&mut rng, n);
-            Ok((Party::setup(id, c, rng)?, x))
-        }
-    };
-    let job = move |s: &mut (P, Vec<u64>)| {
-        let (p, x) = s;
-        std::hint::black_box(crate::protocols::compare::relu(p, ring, x)?);
-        Ok(())
-    };
-    let samples = two_party(
-        budget,
-        2,
-        mk(PartyId::P0),
-        mk(PartyId::P1),
-        |s| s.0.channel(),
-        |s| s.0.channel(),
-        job,
-        job,
-    )?;
-    let per = samples[0].bytes as f64 / n as f64;
-    Ok(vec![line(
-        "mpc.relu_2e16",
-        &samples,
-        format!(
-            "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={} digits by 1-of-2^beta OT from silent correlated OT, AND tree from silent random OTs, multiplexer by correlated OT; Ferret bootstrap apart, tree refills included); {:.1} bytes per ReLU; targets (Cheetah, same machine): <= 28 B/ReLU, <= 156 ms",
-            crate::protocols::compare::BETA,
-            per
-        ),
-    )])
+    let lan = crate::protocols::compare::digit_bits_for(8.0);
+    let mut out = Vec::new();
+    for (name, beta) in [
+        ("mpc.relu_2e16", crate::protocols::compare::BETA),
+        ("mpc.relu_2e16.lan", lan),
+    ] {
+        let mk = move |id: PartyId| {
+            move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
+                let mut rng = os_rng();
+                let x = ring.random_vec(&mut rng, n);
+                let mut p = Party::setup(id, c, rng)?;
+                p.set_digit_bits(beta)?;
+                Ok((p, x))
+            }
+        };
+        let job = move |s: &mut (P, Vec<u64>)| {
+            let (p, x) = s;
+            std::hint::black_box(crate::protocols::compare::relu(p, ring, x)?);
+            Ok(())
+        };
+        let samples = two_party(
+            budget,
+            2,
+            mk(PartyId::P0),
+            mk(PartyId::P1),
+            |s| s.0.channel(),
+            |s| s.0.channel(),
+            job,
+            job,
+        )?;
+        let per = samples[0].bytes as f64 / n as f64;
+        out.push(line(
+            name,
+            &samples,
+            format!(
+                "ReLU on 2^16 shared values in Z_2^32 (millionaire with beta={beta} digits by 1-of-2^beta OT from silent correlated OT, AND tree from silent random OTs, multiplexer by correlated OT; Ferret bootstrap apart, tree refills included){}; {per:.1} bytes per ReLU; targets (Cheetah, same machine): <= 28 B/ReLU, <= 156 ms",
+                if beta == crate::protocols::compare::BETA {
+                    ", the default digits (fewest bytes)"
+                } else {
+                    ", the digits a session picks on a 1 Gbit/s LAN (compare::digit_bits_for)"
+                }
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 /// `mpc.he_triples`: HE-generated Beaver triples (8192 per batch, Z_2^32).

@@ -54,5 +54,7 @@ pub mod triples;
 pub use error::{Error, Result};
 
 /// The version of the MPC layer's wire protocol. 2: the millionaire's tables split
-/// between the parties, and 1-of-N pads sliced from one hash per key.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// between the parties, and 1-of-N pads sliced from one hash per key. 3: the millionaire's
+/// digit size a setting of the party (`Party::set_digit_bits`), which a session picks
+/// from its network model.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -23,6 +23,7 @@ pub struct Party<C: Channel, R: RngCore + CryptoRng> {
     ot_send: OtSender,
     ot_recv: OtReceiver,
     prg: SharedPrg,
+    digit_bits: u32,
 }
 
 /// Mutable views of a party's parts, borrowed at once.
@@ -54,6 +55,7 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
                 ot_send,
                 ot_recv,
                 prg,
+                digit_bits: crate::protocols::compare::BETA,
             }),
             Err(e) => Err((e, ch)),
         }
@@ -99,6 +101,32 @@ impl<C: Channel, R: RngCore + CryptoRng> Party<C, R> {
                 return Ok(());
             }
         }
+    }
+
+    /// The digit size of the millionaire comparisons ([`crate::protocols::compare::BETA`]
+    /// unless set): both parties must use the same.
+    pub fn digit_bits(&self) -> u32 {
+        self.digit_bits
+    }
+
+    /// Sets the digit size of the millionaire comparisons, 1 to
+    /// [`crate::protocols::compare::MAX_DIGIT_BITS`] (both parties the same, e.g. from
+    /// [`crate::protocols::compare::digit_bits_for`] of a network both know): larger digits
+    /// take fewer correlated OTs and send more bits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a size out of range.
+    pub fn set_digit_bits(&mut self, bits: u32) -> Result<()> {
+        if !(1..=crate::protocols::compare::MAX_DIGIT_BITS).contains(&bits) {
+            return Err(Error::InvalidInput {
+                what: "millionaire digit bits (1 to the expected maximum)",
+                expected: u64::from(crate::protocols::compare::MAX_DIGIT_BITS),
+                found: u64::from(bits),
+            });
+        }
+        self.digit_bits = bits;
+        Ok(())
     }
 
     /// This party's role.

@@ -398,6 +398,45 @@ fn millionaire_and_relu_family() {
     }
 }
 
+/// The millionaire with every digit size a party accepts (1 to 4 bits: the 1-of-16 tables
+/// of 4-bit digits, a last digit narrower than the others at 31 and 5 bits), against the
+/// plaintext comparison, both halves of the instances; sizes 0 and 5 refused; wider
+/// digits send more bytes (the trade the network model makes).
+#[test]
+fn millionaire_with_every_digit_size() {
+    let mut bytes = Vec::new();
+    for beta in 1..=compare::MAX_DIGIT_BITS {
+        for bits in [31u32, 64, 5, 16] {
+            let ring = Ring::new(bits).unwrap();
+            let x = inputs(ring, 131);
+            let mut y = inputs(ring, 131);
+            y.rotate_left(3);
+            let (mx, my) = (x.clone(), y.clone());
+            let (r0, r1) = parties_mem(move |p| {
+                assert!(p.set_digit_bits(0).is_err() && p.set_digit_bits(5).is_err());
+                p.set_digit_bits(beta).unwrap();
+                assert_eq!(p.digit_bits(), beta);
+                let own = if p.is_p0() { mx.clone() } else { my.clone() };
+                let before = p.stats();
+                let gt = compare::millionaire(p, bits, &own).unwrap();
+                let after = p.stats();
+                (gt, after.bytes_sent - before.bytes_sent)
+            });
+            let gt = xor(&r0.0, &r1.0);
+            for i in 0..x.len() {
+                assert_eq!(gt[i] == 1, x[i] > y[i], "beta {beta}, {bits} bits: {i}");
+            }
+            if bits == 31 {
+                bytes.push(r0.1 + r1.1);
+            }
+        }
+    }
+    assert!(
+        bytes[1] < bytes[3],
+        "31-bit comparisons' bytes by digit size: {bytes:?}"
+    );
+}
+
 #[test]
 fn small_thresholds_by_one_table_match_plaintext_comparisons() {
     // Rings where z = [v >= 2^w] is compared and where no value reaches 2^w (l = 4, w = 3),

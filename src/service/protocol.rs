@@ -48,8 +48,9 @@ use cipherml_mpc::net::Channel;
 /// its outputs read (a windowed ciphertext, in the strided layouts), replies rounded to
 /// the high-probability bound. 10: the millionaire's tables split between the parties,
 /// and 1-of-N pads sliced from one hash per key (a version-9 peer's shares would not
-/// match).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// match). 11: the millionaire's digits chosen from the announced network (4 bits on a
+/// LAN, 3 on a WAN).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Most inputs in one `Infer` request.
 pub const MAX_BATCH: u32 = 4096;

@@ -67,7 +67,7 @@ use cipherml_mpc::net::TcpChannel;
 use cipherml_mpc::net::{Channel, MemoryChannel};
 use cipherml_mpc::party::Party;
 use cipherml_mpc::prg::os_rng;
-use cipherml_mpc::protocols::arith;
+use cipherml_mpc::protocols::{arith, compare};
 use cipherml_mpc::ring::Ring;
 use cipherml_mpc::share::{receive_share, reveal, share_input, PartyId, RevealTo};
 use cipherml_mpc::triples::AnyTriples;
@@ -447,7 +447,11 @@ impl<C: Channel> Session<C> {
 
     /// A session over `party` with a checked set-up: cannot fail, so a caller that lends
     /// its party to one session per request always gets it back ([`Session::into_party`]).
-    pub fn start(party: Party<C, ChaCha20Rng>, setup: SessionSetup) -> Self {
+    pub fn start(mut party: Party<C, ChaCha20Rng>, setup: SessionSetup) -> Self {
+        // The comparisons' digits for the network both parties plan for (wider on a LAN,
+        // where correlated OTs cost more time than the bits they save): always in range.
+        let digits = compare::digit_bits_for(1e9 / setup.config.network.bandwidth.max(1.0));
+        let _ = party.set_digit_bits(digits);
         let SessionSetup {
             role,
             fixed,

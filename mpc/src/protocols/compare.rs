@@ -31,6 +31,34 @@ use crate::triples::ot::bit_triples;
 /// = 2`, 5.7 and 1.7 at 3, 8.5 and 1.2 at 4 (a 31-bit comparison: 205, 225 and 291 bits).
 pub const BETA: u32 = 2;
 
+/// The largest digit size a party accepts ([`crate::party::Party::set_digit_bits`]): a
+/// leaf's table of `2^b` two-bit entries still fits one block of sliced pads.
+pub const MAX_DIGIT_BITS: u32 = 4;
+
+/// Nanoseconds of one correlated OT (Ferret's LPN step, half-tree and hashes), each party
+/// at once: the `ot.ferret` bench line on the reference machine (55-70 ns).
+pub const COT_NS: f64 = 60.0;
+
+/// The digit size of least time per compared bit on a link of `ns_per_byte` (8 ns for
+/// 1 Gbit/s): `2 / b` correlated OTs at [`COT_NS`] (one per bit for the leaves, two per
+/// AND for about `1 / b` ANDs) against the bits sent, 6.6 at `b = 2`, 7.4 at 3 and 9.7 at
+/// 4 (see [`BETA`]). A LAN takes 4 (a ReLU about 14% faster and 25% larger than at 2), a
+/// 100 Mbit/s WAN 3, slower links 2.
+///
+/// ```
+/// use cipherml_mpc::protocols::compare::digit_bits_for;
+/// assert_eq!(digit_bits_for(8.0), 4);
+/// assert_eq!(digit_bits_for(80.0), 3);
+/// assert_eq!(digit_bits_for(800.0), 2);
+/// ```
+pub fn digit_bits_for(ns_per_byte: f64) -> u32 {
+    let time = |b: u32, bits: f64| (1.0 + 2.0 / f64::from(b)) * COT_NS + bits * ns_per_byte / 8.0;
+    [(2, 6.6), (3, 7.4), (4, 9.7)]
+        .into_iter()
+        .min_by(|x, y| time(x.0, x.1).total_cmp(&time(y.0, y.1)))
+        .map_or(BETA, |(b, _)| b)
+}
+
 /// Boolean shares of `x > y`, `x` the input of party 0 and `y` that of party 1, both
 /// below `2^bits` (`bits <= 64`). Party 0 passes its `x`, party 1 its `y`.
 pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
@@ -42,8 +70,9 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     if bits == 0 || n == 0 {
         return Ok(vec![0; n]);
     }
-    let q = bits.div_ceil(BETA) as usize;
-    let widths: Vec<u32> = (0..q).map(|j| BETA.min(bits - j as u32 * BETA)).collect();
+    let beta = p.digit_bits();
+    let q = bits.div_ceil(beta) as usize;
+    let widths: Vec<u32> = (0..q).map(|j| beta.min(bits - j as u32 * beta)).collect();
     // AND nodes of the tree: pairs per level, the last level only computes gt.
     let mut levels = Vec::new();
     let mut s = q;
@@ -71,7 +100,7 @@ pub fn millionaire<C: Channel, R: RngCore + CryptoRng>(
     for (width, digits) in group_digits(&widths) {
         let d = digits.len() * width as usize;
         p.ensure_ots(na * d, (n - na) * d)?;
-        let digit = |v: u64, j: usize| (v >> (j as u32 * BETA)) & mask(width);
+        let digit = |v: u64, j: usize| (v >> (j as u32 * beta)) & mask(width);
         // The tables' digits: entry `k` of a digit `x_j`'s table is `[x_j > k] | [x_j = k] << 1`.
         let mut table = Vec::with_capacity(own_tables.len() * digits.len());
         for i in own_tables.clone() {
