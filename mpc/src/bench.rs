@@ -296,12 +296,23 @@ fn bench_values(ring: Ring, seed: u64, n: usize, nonneg: bool) -> Vec<u64> {
 type SharedOp = fn(&mut Party<TcpChannel, ChaCha20Rng>, Ring, &[u64]) -> Result<Vec<u64>>;
 
 /// Times `op` on this party's share of `n` values (`values(ring)`), both parties on TCP
-/// loopback with OT set-up done once, apart.
+/// loopback with OT set-up done once, apart, the comparisons on the default digits.
 fn bench_shared_op(
     budget: Duration,
     ring: Ring,
     values: impl Fn(Ring) -> Vec<u64> + Send + Sync + 'static,
     op: SharedOp,
+) -> Result<Vec<Sample>> {
+    bench_shared_op_digits(budget, ring, values, op, crate::protocols::compare::BETA)
+}
+
+/// [`bench_shared_op`] with the comparisons on digits of `digit_bits`.
+fn bench_shared_op_digits(
+    budget: Duration,
+    ring: Ring,
+    values: impl Fn(Ring) -> Vec<u64> + Send + Sync + 'static,
+    op: SharedOp,
+    digit_bits: u32,
 ) -> Result<Vec<Sample>> {
     type P = Party<TcpChannel, ChaCha20Rng>;
     let values = std::sync::Arc::new(values);
@@ -309,7 +320,9 @@ fn bench_shared_op(
         let values = values.clone();
         move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
             let x = share_of(ring, id, 7, &values(ring));
-            Ok((Party::setup(id, c, os_rng())?, x))
+            let mut p = Party::setup(id, c, os_rng())?;
+            p.set_digit_bits(digit_bits)?;
+            Ok((p, x))
         }
     };
     let job = move |s: &mut (P, Vec<u64>)| {
@@ -448,36 +461,18 @@ pub fn bench_maxpool(budget: Duration) -> Result<Vec<BenchLine>> {
 pub fn bench_relu(budget: Duration) -> Result<Vec<BenchLine>> {
     let n = 1usize << 16;
     let ring = Ring::new(32)?;
-    type P = Party<TcpChannel, ChaCha20Rng>;
     let lan = crate::protocols::compare::digit_bits_for(8.0);
     let mut out = Vec::new();
     for (name, beta) in [
         ("mpc.relu_2e16", crate::protocols::compare::BETA),
         ("mpc.relu_2e16.lan", lan),
     ] {
-        let mk = move |id: PartyId| {
-            move |c: TcpChannel| -> Result<(P, Vec<u64>)> {
-                let mut rng = os_rng();
-                let x = ring.random_vec(&mut rng, n);
-                let mut p = Party::setup(id, c, rng)?;
-                p.set_digit_bits(beta)?;
-                Ok((p, x))
-            }
-        };
-        let job = move |s: &mut (P, Vec<u64>)| {
-            let (p, x) = s;
-            std::hint::black_box(crate::protocols::compare::relu(p, ring, x)?);
-            Ok(())
-        };
-        let samples = two_party(
+        let samples = bench_shared_op_digits(
             budget,
-            2,
-            mk(PartyId::P0),
-            mk(PartyId::P1),
-            |s| s.0.channel(),
-            |s| s.0.channel(),
-            job,
-            job,
+            ring,
+            move |r| bench_values(r, 1, n, false),
+            crate::protocols::compare::relu,
+            beta,
         )?;
         let per = samples[0].bytes as f64 / n as f64;
         out.push(line(

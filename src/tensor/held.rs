@@ -847,74 +847,60 @@ impl<C: Channel> Session<C> {
             let encoder = Encoder::new(&params);
             let ev = cipherml_he::bfv::Evaluator::new(&params);
             let mut out = Vec::with_capacity(2 * groups);
-            if per_ct * outs <= SPARSE_TERMS {
-                // Few terms to a plaintext (long columns): each ciphertext times each
-                // monomial once, then every reply a sum of those times the digits.
-                let mut shifted = Shifted::new(&encoder, &ev, cts);
-                for d in 0..2u32 {
-                    for gi in 0..groups {
-                        let first = gi * outs;
-                        let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
-                        for (t, &j) in cols.iter().enumerate() {
-                            let (g, shift) = (j / per_ct, (j % per_ct) * len);
-                            for (o, c) in (first..(first + outs).min(n)).enumerate() {
-                                let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
-                                // X^(o block - shift), negacyclic below 0.
-                                let (e, v) = match (o * block).checked_sub(shift) {
-                                    Some(e) => (e, v),
-                                    None => (big_n + o * block - shift, -v),
-                                };
-                                let term = shifted.get(g, e)?;
-                                match &mut acc {
-                                    None => acc = Some(ev.mul_scalar(term, v)?),
-                                    Some(a) => ev.mul_scalar_add_assign(a, term, v)?,
-                                }
+            // Few terms to a plaintext (long columns): each ciphertext times each monomial
+            // once, then every reply a sum of those times the digits; else a plaintext per
+            // ciphertext and reply.
+            let mut shifted =
+                (per_ct * outs <= SPARSE_TERMS).then(|| Shifted::new(&encoder, &ev, cts));
+            let mut terms = Vec::new();
+            for d in 0..2u32 {
+                for gi in 0..groups {
+                    let first = gi * outs;
+                    // Digit `d` of the outputs of group `gi`: `v X^e` on ciphertext `g`.
+                    terms.clear();
+                    for (t, &j) in cols.iter().enumerate() {
+                        let (g, shift) = (j / per_ct, (j % per_ct) * len);
+                        for (o, c) in (first..(first + outs).min(n)).enumerate() {
+                            let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
+                            // X^(o block - shift), negacyclic below 0.
+                            terms.push(match (o * block).checked_sub(shift) {
+                                Some(e) => (g, e, v),
+                                None => (g, big_n + o * block - shift, -v),
+                            });
+                        }
+                    }
+                    let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
+                    if let Some(shifted) = &mut shifted {
+                        for &(g, e, v) in &terms {
+                            let term = shifted.get(g, e)?;
+                            match &mut acc {
+                                None => acc = Some(ev.mul_scalar(term, v)?),
+                                Some(a) => ev.mul_scalar_add_assign(a, term, v)?,
                             }
                         }
-                        out.push(match acc {
-                            Some(a) => a,
-                            None => ev.mul_scalar(&cts[0], 0)?,
-                        });
-                    }
-                }
-            } else {
-                for d in 0..2u32 {
-                    for gi in 0..groups {
-                        let first = gi * outs;
-                        let mut acc: Option<cipherml_he::bfv::Ciphertext> = None;
-                        for (g, ct) in cts.iter().enumerate() {
-                            let mut coeffs = vec![0i64; big_n];
-                            let mut any = false;
-                            for (t, &j) in cols.iter().enumerate() {
-                                if j / per_ct != g {
-                                    continue;
-                                }
-                                let shift = (j % per_ct) * len;
-                                for (o, c) in (first..(first + outs).min(n)).enumerate() {
-                                    let v = ((w[t * n + c] >> (d * dbits)) & low) as i64;
-                                    // X^(o block - shift), negacyclic below 0.
-                                    match (o * block).checked_sub(shift) {
-                                        Some(e) => coeffs[e] += v,
-                                        None => coeffs[big_n + o * block - shift] -= v,
-                                    }
-                                }
-                                any = true;
-                            }
-                            if !any {
-                                continue;
-                            }
-                            let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(&coeffs)?)?;
+                    } else {
+                        let mut plains: Vec<Option<Vec<i64>>> = vec![None; cts.len()];
+                        for &(g, e, v) in &terms {
+                            let coeffs = plains.get_mut(g).ok_or_else(|| TensorError::Invalid {
+                                what: "encrypted operand",
+                                detail: format!("ciphertext {g} of {}", cts.len()),
+                            })?;
+                            coeffs.get_or_insert_with(|| vec![0; big_n])[e] += v;
+                        }
+                        for (ct, coeffs) in cts.iter().zip(&plains) {
+                            let Some(coeffs) = coeffs else { continue };
+                            let prod = ev.mul_plain(ct, &encoder.encode_coeffs_i64(coeffs)?)?;
                             match &mut acc {
                                 None => acc = Some(prod),
                                 Some(a) => ev.add_assign(a, &prod)?,
                             }
                         }
-                        // No column taken (an empty batch): an encryption of zero.
-                        out.push(match acc {
-                            Some(a) => a,
-                            None => ev.mul_scalar(&cts[0], 0)?,
-                        });
                     }
+                    // No column taken (an empty batch): an encryption of zero.
+                    out.push(match acc {
+                        Some(a) => a,
+                        None => ev.mul_scalar(&cts[0], 0)?,
+                    });
                 }
             }
             let rerand = Self::rerand_for(&self.rerand, &self.server_key, holder)?;

@@ -185,17 +185,23 @@ impl Evaluator {
         Ok(out)
     }
 
-    /// `ct * c` for an integer scalar `c` (reduced modulo `t`).
-    pub fn mul_scalar(&self, ct: &Ciphertext, c: i64) -> Result<Ciphertext> {
-        self.check(ct)?;
+    /// The residues modulo the primes of `level` of `c` reduced modulo `t` and centered:
+    /// the integer a scalar product lifts `c` to.
+    fn scalar_residues(&self, c: i64, level: usize) -> Vec<u64> {
         let t = self.params.t();
         let cs = t.center(t.reduce_i64(c));
-        let q = self.q(ct.level);
-        let res: Vec<u64> = q
+        self.q(level)
             .primes()
             .iter()
             .map(|p| p.modulus.reduce_i64(cs))
-            .collect();
+            .collect()
+    }
+
+    /// `ct * c` for an integer scalar `c` (reduced modulo `t`).
+    pub fn mul_scalar(&self, ct: &Ciphertext, c: i64) -> Result<Ciphertext> {
+        self.check(ct)?;
+        let q = self.q(ct.level);
+        let res = self.scalar_residues(c, ct.level);
         let mut out = ct.clone();
         for x in &mut out.polys {
             x.mul_scalar_assign(&res, q);
@@ -234,14 +240,8 @@ impl Evaluator {
     ) -> Result<()> {
         self.check_pair(acc, ct)?;
         Self::check_size(ct, acc.polys.len())?;
-        let t = self.params.t();
-        let cs = t.center(t.reduce_i64(c));
         let q = self.q(ct.level);
-        let res: Vec<u64> = q
-            .primes()
-            .iter()
-            .map(|p| p.modulus.reduce_i64(cs))
-            .collect();
+        let res = self.scalar_residues(c, ct.level);
         for (a, b) in acc.polys.iter_mut().zip(&ct.polys) {
             a.mul_scalar_add_assign(b, &res, q);
         }
